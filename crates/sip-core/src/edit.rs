@@ -1,0 +1,583 @@
+//! Byte-level editing for forwarding (RFC 3261 §16.6, §16.7).
+//!
+//! A proxy changes a handful of fields and must pass everything else on untouched. The
+//! [`Editor`] records edits as byte ranges of the original buffer and writes the result in
+//! one pass with one allocation: unchanged spans are copied, never re-serialised.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::builder::put_decimal;
+use crate::error::Error;
+use crate::header_name::HeaderName;
+use crate::message::{HeaderEntry, SipMessage, StartLine};
+use crate::split::Elements;
+
+#[derive(Debug, Clone)]
+enum EntryOp<'e> {
+    Delete,
+    Replace(Cow<'e, [u8]>),
+    ReplaceNum(u32),
+    /// Bit i set: element i of the (comma-separated) value is removed.
+    RemoveElements(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Insert<'e> {
+    pos: u32,
+    name: Cow<'e, str>,
+    value: Cow<'e, [u8]>,
+}
+
+/// Collects edits to a message and writes the edited copy.
+///
+/// Edits never overlap by construction: header edits are per field line, inserts go at
+/// line starts, the Request-URI and the body are separate slots. Applying several edits
+/// of the same kind to one field keeps the last one, except element removals, which
+/// accumulate.
+#[derive(Debug, Clone)]
+pub struct Editor<'m, 'e> {
+    msg: &'m SipMessage,
+    ops: SmallVec<[(u16, EntryOp<'e>); 8]>,
+    inserts: SmallVec<[Insert<'e>; 4]>,
+    request_uri: Option<Cow<'e, [u8]>>,
+    body: Option<Cow<'e, [u8]>>,
+}
+
+/// One span of the output.
+enum Piece<'a> {
+    Bytes(&'a [u8]),
+    Num(u32),
+    Line(&'a str, &'a [u8]),
+    Nothing,
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Bytes(b) => b.len(),
+            Piece::Num(n) => decimal_len(*n),
+            Piece::Line(n, v) => n.len() + 2 + v.len() + 2,
+            Piece::Nothing => 0,
+        }
+    }
+    fn write(&self, out: &mut BytesMut) {
+        match self {
+            Piece::Bytes(b) => out.put_slice(b),
+            Piece::Num(n) => put_decimal(out, *n),
+            Piece::Line(n, v) => {
+                out.put_slice(n.as_bytes());
+                out.put_slice(b": ");
+                out.put_slice(v);
+                out.put_slice(b"\r\n");
+            }
+            Piece::Nothing => {}
+        }
+    }
+}
+
+fn decimal_len(mut n: u32) -> usize {
+    let mut l = 1;
+    while n >= 10 {
+        n /= 10;
+        l += 1;
+    }
+    l
+}
+
+impl<'m, 'e> Editor<'m, 'e> {
+    /// Start editing `msg`.
+    pub fn new(msg: &'m SipMessage) -> Self {
+        Editor {
+            msg,
+            ops: SmallVec::new(),
+            inserts: SmallVec::new(),
+            request_uri: None,
+            body: None,
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (usize, &'m HeaderEntry)> + 'm {
+        self.msg.head.headers.iter().enumerate()
+    }
+
+    fn op(&self, idx: usize) -> Option<&EntryOp<'e>> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(i, _)| *i as usize == idx)
+            .map(|(_, op)| op)
+    }
+
+    fn set_op(&mut self, idx: usize, op: EntryOp<'e>) {
+        self.ops.retain(|(i, _)| *i as usize != idx);
+        self.ops.push((idx as u16, op));
+    }
+
+    fn first_pos(&self, name: HeaderName) -> Option<u32> {
+        self.msg
+            .head
+            .headers
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.line_start)
+    }
+
+    fn end_of_headers(&self) -> u32 {
+        self.msg.headers_end() as u32
+    }
+
+    fn insert(&mut self, pos: u32, name: impl Into<Cow<'e, str>>, value: impl Into<Cow<'e, [u8]>>) {
+        self.inserts.push(Insert {
+            pos,
+            name: name.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Add a Via on top (§16.6 step 8).
+    pub fn prepend_via(&mut self, value: impl Into<Cow<'e, [u8]>>) -> &mut Self {
+        let pos = self
+            .first_pos(HeaderName::Via)
+            .unwrap_or(self.msg.head.start_line_end);
+        self.insert(pos, "Via", value);
+        self
+    }
+
+    /// Remove the topmost remaining value of a list header; returns it.
+    fn remove_top_element(
+        &mut self,
+        name: HeaderName,
+        what: &'static str,
+    ) -> Result<&'m [u8], Error> {
+        let msg: &'m SipMessage = self.msg;
+        for (idx, e) in self.entries() {
+            if e.name != name {
+                continue;
+            }
+            let mask = match self.op(idx) {
+                Some(EntryOp::Delete) => continue,
+                Some(EntryOp::RemoveElements(m)) => *m,
+                Some(_) => return Err(Error::Edit("header value was replaced")),
+                None => 0,
+            };
+            for (i, elem) in Elements::new(e.value().get(msg.as_bytes()), true).enumerate() {
+                if i >= 64 {
+                    return Err(Error::Edit("too many values in one header line"));
+                }
+                if mask & (1 << i) == 0 {
+                    self.set_op(idx, EntryOp::RemoveElements(mask | (1 << i)));
+                    return Ok(elem);
+                }
+            }
+        }
+        Err(Error::Edit(what))
+    }
+
+    /// Remove the topmost Route value (§16.4 when it names this proxy); returns it.
+    pub fn remove_top_route(&mut self) -> Result<&'m [u8], Error> {
+        self.remove_top_element(HeaderName::Route, "no Route to remove")
+    }
+
+    /// Remove the topmost Via value (§16.7 step 3, responses); returns it.
+    pub fn remove_top_via(&mut self) -> Result<&'m [u8], Error> {
+        self.remove_top_element(HeaderName::Via, "no Via to remove")
+    }
+
+    /// Decrement Max-Forwards, or add `Max-Forwards: 70` when absent (§16.6 step 3).
+    /// Returns the new value; [`Error::TooManyHops`] when it is already 0.
+    pub fn decrement_max_forwards(&mut self) -> Result<u8, Error> {
+        match self.msg.max_forwards()? {
+            Some(0) => Err(Error::TooManyHops),
+            Some(n) => {
+                let idx = self
+                    .entries()
+                    .find(|(_, e)| e.name == HeaderName::MaxForwards)
+                    .map(|(i, _)| i);
+                if let Some(idx) = idx {
+                    self.set_op(idx, EntryOp::ReplaceNum(u32::from(n - 1)));
+                }
+                Ok(n - 1)
+            }
+            None => {
+                let pos = self.end_of_headers();
+                self.insert(pos, "Max-Forwards", &b"70"[..]);
+                Ok(70)
+            }
+        }
+    }
+
+    /// Add a Record-Route value above any existing one (§16.6 step 4). Several calls keep
+    /// call order: the first added ends up topmost.
+    pub fn add_record_route(&mut self, value: impl Into<Cow<'e, [u8]>>) -> &mut Self {
+        let pos = self
+            .first_pos(HeaderName::RecordRoute)
+            .unwrap_or_else(|| self.end_of_headers());
+        self.insert(pos, "Record-Route", value);
+        self
+    }
+
+    /// Add a Path value above any existing one (RFC 3327 §5.2).
+    pub fn add_path(&mut self, value: impl Into<Cow<'e, [u8]>>) -> &mut Self {
+        let pos = self
+            .first_pos(HeaderName::Path)
+            .unwrap_or_else(|| self.end_of_headers());
+        self.insert(pos, "Path", value);
+        self
+    }
+
+    /// Add a Route value above any existing one (e.g. a pre-loaded outbound proxy).
+    pub fn prepend_route(&mut self, value: impl Into<Cow<'e, [u8]>>) -> &mut Self {
+        let pos = self
+            .first_pos(HeaderName::Route)
+            .unwrap_or_else(|| self.end_of_headers());
+        self.insert(pos, "Route", value);
+        self
+    }
+
+    /// Replace the Request-URI (§16.6 step 2 / 6). Errors on a response.
+    pub fn set_request_uri(&mut self, uri: impl Into<Cow<'e, [u8]>>) -> Result<&mut Self, Error> {
+        if !self.msg.is_request() {
+            return Err(Error::Edit("responses have no Request-URI"));
+        }
+        self.request_uri = Some(uri.into());
+        Ok(self)
+    }
+
+    /// Replace the body and fix Content-Length (adding it if absent). Content-Type is
+    /// left as is; see [`set_header`](Self::set_header) / [`remove_header`](Self::remove_header).
+    pub fn set_body(&mut self, body: impl Into<Cow<'e, [u8]>>) -> &mut Self {
+        let body = body.into();
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let cls: SmallVec<[usize; 2]> = self
+            .entries()
+            .filter(|(_, e)| e.name == HeaderName::ContentLength)
+            .map(|(i, _)| i)
+            .collect();
+        if cls.is_empty() {
+            let pos = self.end_of_headers();
+            self.inserts.push(Insert {
+                pos,
+                name: Cow::Borrowed("Content-Length"),
+                value: Cow::Owned(len.to_string().into_bytes()),
+            });
+        }
+        for i in cls {
+            self.set_op(i, EntryOp::ReplaceNum(len));
+        }
+        self.body = Some(body);
+        self
+    }
+
+    /// Append a header at the end of the header section.
+    pub fn add_header(
+        &mut self,
+        name: impl Into<Cow<'e, str>>,
+        value: impl Into<Cow<'e, [u8]>>,
+    ) -> &mut Self {
+        let pos = self.end_of_headers();
+        self.insert(pos, name, value);
+        self
+    }
+
+    /// Replace the value of the first `name` line and remove its other lines; add the
+    /// header at the end when absent.
+    pub fn set_header(
+        &mut self,
+        name: HeaderName,
+        value: impl Into<Cow<'e, [u8]>>,
+    ) -> Result<&mut Self, Error> {
+        if name == HeaderName::Other {
+            return Err(Error::Edit("use add_header for extension headers"));
+        }
+        let idxs: SmallVec<[usize; 4]> = self
+            .entries()
+            .filter(|(_, e)| e.name == name)
+            .map(|(i, _)| i)
+            .collect();
+        let value = value.into();
+        match idxs.split_first() {
+            None => {
+                let pos = self.end_of_headers();
+                self.insert(pos, name.as_str(), value);
+            }
+            Some((first, rest)) => {
+                self.set_op(*first, EntryOp::Replace(value));
+                for &i in rest {
+                    self.set_op(i, EntryOp::Delete);
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Remove every line of `name` (for `Other`, use the raw name with
+    /// [`remove_header_named`](Self::remove_header_named)).
+    pub fn remove_header(&mut self, name: HeaderName) -> &mut Self {
+        let idxs: SmallVec<[usize; 4]> = self
+            .entries()
+            .filter(|(_, e)| e.name == name)
+            .map(|(i, _)| i)
+            .collect();
+        for i in idxs {
+            self.set_op(i, EntryOp::Delete);
+        }
+        self
+    }
+
+    /// Remove every line whose raw name matches `name` case-insensitively.
+    pub fn remove_header_named(&mut self, name: &str) -> &mut Self {
+        let kind = HeaderName::from_bytes(name.as_bytes());
+        if kind != HeaderName::Other {
+            return self.remove_header(kind);
+        }
+        let buf = self.msg.as_bytes();
+        let idxs: SmallVec<[usize; 4]> = self
+            .entries()
+            .filter(|(_, e)| {
+                e.name == HeaderName::Other
+                    && e.name_span().get(buf).eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in idxs {
+            self.set_op(i, EntryOp::Delete);
+        }
+        self
+    }
+
+    /// Write the edited message.
+    pub fn finish(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.finish_into(&mut out);
+        out.freeze()
+    }
+
+    /// Write the edited message at the end of `out` (reusing its allocation).
+    pub fn finish_into(&self, out: &mut BytesMut) {
+        let buf = self.msg.as_bytes();
+        // (start, end, order, piece): order keeps inserts at one position in call order
+        // and ahead of a range starting there.
+        let mut pieces: SmallVec<[(u32, u32, u32, Piece<'_>); 16]> = SmallVec::new();
+        for (n, ins) in self.inserts.iter().enumerate() {
+            pieces.push((
+                ins.pos,
+                ins.pos,
+                n as u32,
+                Piece::Line(&ins.name, &ins.value),
+            ));
+        }
+        let late = self.inserts.len() as u32;
+        if let (Some(uri), StartLine::Request { uri: span, .. }) =
+            (&self.request_uri, &self.msg.head.start)
+        {
+            pieces.push((span.start, span.end, late, Piece::Bytes(uri)));
+        }
+        for (idx, op) in &self.ops {
+            let Some(e) = self.msg.head.headers.get(*idx as usize) else {
+                continue;
+            };
+            match op {
+                EntryOp::Delete => pieces.push((e.line_start, e.line_end(), late, Piece::Nothing)),
+                EntryOp::Replace(v) => {
+                    pieces.push((e.value().start, e.value().end, late, Piece::Bytes(v)))
+                }
+                EntryOp::ReplaceNum(n) => {
+                    pieces.push((e.value().start, e.value().end, late, Piece::Num(*n)))
+                }
+                EntryOp::RemoveElements(mask) => element_removals(buf, e, *mask, late, &mut pieces),
+            }
+        }
+        if let Some(body) = &self.body {
+            pieces.push((
+                self.msg.head.body_start,
+                buf.len() as u32,
+                late,
+                Piece::Bytes(body),
+            ));
+        }
+        pieces.sort_by_key(|p| (p.0, p.2));
+
+        let mut total = 0usize;
+        let mut cursor = 0usize;
+        for (s, e, _, p) in &pieces {
+            let (s, e) = (*s as usize, *e as usize);
+            if s < cursor {
+                continue;
+            }
+            total += s - cursor + p.len();
+            cursor = e;
+        }
+        total += buf.len() - cursor;
+        out.reserve(total);
+        let mut cursor = 0usize;
+        for (s, e, _, p) in &pieces {
+            let (s, e) = (*s as usize, *e as usize);
+            if s < cursor {
+                continue;
+            }
+            out.put_slice(&buf[cursor..s]);
+            p.write(out);
+            cursor = e;
+        }
+        out.put_slice(&buf[cursor..]);
+    }
+}
+
+/// Byte ranges that delete the masked elements of one list header line while keeping its
+/// separators well-formed: a run of removed elements followed by a kept one is cut up to
+/// that kept element; a run reaching the end is cut from the end of the kept element
+/// before it; all removed means the whole line goes.
+fn element_removals<'a>(
+    buf: &[u8],
+    e: &HeaderEntry,
+    mask: u64,
+    order: u32,
+    out: &mut SmallVec<[(u32, u32, u32, Piece<'a>); 16]>,
+) {
+    let value = e.value().get(buf);
+    let base = e.value().start as usize;
+    // Element spans relative to the buffer.
+    let mut spans: SmallVec<[(usize, usize); 8]> = SmallVec::new();
+    for el in Elements::new(value, true) {
+        let off = el.as_ptr() as usize - value.as_ptr() as usize;
+        spans.push((base + off, base + off + el.len()));
+    }
+    let removed = |i: usize| i < 64 && mask & (1 << i) != 0;
+    if (0..spans.len()).all(removed) {
+        out.push((e.line_start, e.line_end(), order, Piece::Nothing));
+        return;
+    }
+    let mut i = 0;
+    while i < spans.len() {
+        if !removed(i) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j + 1 < spans.len() && removed(j + 1) {
+            j += 1;
+        }
+        let (s, e) = if j + 1 < spans.len() {
+            (spans[i].0, spans[j + 1].0)
+        } else {
+            (spans[i - 1].1, spans[j].1)
+        };
+        out.push((s as u32, e as u32, order, Piece::Nothing));
+        i = j + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INV: &[u8] = b"INVITE sip:bob@biloxi.com SIP/2.0\r\nVia: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds\r\nMax-Forwards: 70\r\nRoute: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\nRoute: <sip:p3.example.com;lr>\r\nTo: Bob <sip:bob@biloxi.com>\r\nFrom: Alice <sip:alice@atlanta.com>;tag=1928301774\r\nCall-ID: a84b4c76e66710\r\nCSeq: 314159 INVITE\r\nRecord-Route: <sip:rr0;lr>\r\nX-Custom:  keep  me \r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n";
+
+    fn parse(b: &[u8]) -> SipMessage {
+        SipMessage::parse(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn no_edits_is_identity() {
+        let m = parse(INV);
+        assert_eq!(Editor::new(&m).finish().as_ref(), INV);
+    }
+
+    #[test]
+    fn forwarding_edits() {
+        let m = parse(INV);
+        let mut ed = Editor::new(&m);
+        ed.prepend_via(&b"SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew"[..]);
+        assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p1.example.com;lr>");
+        assert_eq!(ed.decrement_max_forwards().unwrap(), 69);
+        ed.add_record_route(&b"<sip:proxy.example.com;lr>"[..]);
+        ed.set_request_uri(&b"sip:bob@192.0.2.4:5060"[..]).unwrap();
+        ed.set_body(&b"v=0\r\no=x\r\n"[..]);
+        let out = ed.finish();
+        let expected = b"INVITE sip:bob@192.0.2.4:5060 SIP/2.0\r\nVia: SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew\r\nVia: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds\r\nMax-Forwards: 69\r\nRoute: <sip:p2.example.com;lr>\r\nRoute: <sip:p3.example.com;lr>\r\nTo: Bob <sip:bob@biloxi.com>\r\nFrom: Alice <sip:alice@atlanta.com>;tag=1928301774\r\nCall-ID: a84b4c76e66710\r\nCSeq: 314159 INVITE\r\nRecord-Route: <sip:proxy.example.com;lr>\r\nRecord-Route: <sip:rr0;lr>\r\nX-Custom:  keep  me \r\nContent-Type: application/sdp\r\nContent-Length: 10\r\n\r\nv=0\r\no=x\r\n";
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(expected)
+        );
+        let re = parse(&out);
+        assert!(re.validate_request().is_ok());
+    }
+
+    #[test]
+    fn route_removal_across_lines() {
+        let m = parse(INV);
+        let mut ed = Editor::new(&m);
+        assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p1.example.com;lr>");
+        assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p2.example.com;lr>");
+        assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p3.example.com;lr>");
+        assert!(ed.remove_top_route().is_err());
+        let out = parse(&ed.finish());
+        assert_eq!(out.routes().count(), 0);
+        assert_eq!(out.header_count(), m.header_count() - 2);
+    }
+
+    #[test]
+    fn trailing_element_removal() {
+        let m = parse(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1 ,  SIP/2.0/UDP b;branch=z9hG4bK2,SIP/2.0/UDP c;branch=z9hG4bK3\r\nl: 0\r\n\r\n");
+        let mut ed = Editor::new(&m);
+        ed.remove_top_via().unwrap();
+        let out = ed.finish();
+        assert_eq!(&out[..], b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2,SIP/2.0/UDP c;branch=z9hG4bK3\r\nl: 0\r\n\r\n");
+        let mut ed = Editor::new(&m);
+        ed.remove_top_via().unwrap();
+        ed.remove_top_via().unwrap();
+        assert_eq!(
+            &ed.finish()[..],
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\nl: 0\r\n\r\n"
+        );
+        // element_removals: a trailing run is cut from the previous kept element's end.
+        let mut pieces = SmallVec::new();
+        element_removals(m.as_bytes(), &m.head.headers[0], 0b110, 0, &mut pieces);
+        let (s, e) = (pieces[0].0 as usize, pieces[0].1 as usize);
+        let mut kept = m.as_bytes()[..s].to_vec();
+        kept.extend_from_slice(&m.as_bytes()[e..]);
+        assert_eq!(
+            &kept[..],
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nl: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn max_forwards_cases() {
+        let m = parse(b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nMax-Forwards: 0\r\nl: 0\r\n\r\n");
+        assert_eq!(
+            Editor::new(&m).decrement_max_forwards(),
+            Err(Error::TooManyHops)
+        );
+        let m =
+            parse(b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 0\r\n\r\n");
+        let mut ed = Editor::new(&m);
+        assert_eq!(ed.decrement_max_forwards(), Ok(70));
+        assert_eq!(&ed.finish()[..], b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 0\r\nMax-Forwards: 70\r\n\r\n");
+    }
+
+    #[test]
+    fn header_edits() {
+        let m = parse(b"REGISTER sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContact: <sip:u@10.0.0.1>\r\nX-A: 1\r\nx-a: 2\r\n\r\n");
+        let mut ed = Editor::new(&m);
+        ed.set_header(HeaderName::Contact, &b"<sip:u@203.0.113.9:40000>"[..])
+            .unwrap();
+        ed.remove_header_named("X-A");
+        ed.add_path(&b"<sip:edge;lr>"[..]);
+        ed.set_body(&b""[..]);
+        assert_eq!(
+            &ed.finish()[..],
+            b"REGISTER sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContact: <sip:u@203.0.113.9:40000>\r\nPath: <sip:edge;lr>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let resp = parse(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 0\r\n\r\n");
+        assert!(Editor::new(&resp).set_request_uri(&b"sip:x"[..]).is_err());
+        assert!(
+            Editor::new(&resp)
+                .set_header(HeaderName::Other, &b"x"[..])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Message validation: the checks an edge runs once on every message before acting on it
+//! (RFC 3261 §8.2.1–§8.2.2 syntax, §16.3 request validation).
+//!
+//! Indexing only proves a message can be framed; these checks parse every header a proxy
+//! relies on, so that later accessors on a validated message do not fail.
+
+use crate::error::Error;
+use crate::header_name::HeaderName;
+use crate::headers::auth::Auth;
+use crate::headers::name_addr::Contact;
+use crate::message::{SipMessage, StartLineRef};
+use crate::uri::Uri;
+
+/// Header fields that may appear at most once (RFC 3261 §7.3.1, §20).
+const SINGLE: &[(HeaderName, &str)] = &[
+    (HeaderName::From, "From"),
+    (HeaderName::To, "To"),
+    (HeaderName::CallId, "Call-ID"),
+    (HeaderName::CSeq, "CSeq"),
+    (HeaderName::MaxForwards, "Max-Forwards"),
+    (HeaderName::ContentType, "Content-Type"),
+    (HeaderName::ContentLength, "Content-Length"),
+    (HeaderName::Expires, "Expires"),
+    (HeaderName::MinExpires, "Min-Expires"),
+];
+
+fn check_common(msg: &SipMessage) -> Result<(), Error> {
+    if !msg.version().eq_ignore_ascii_case(b"SIP/2.0") {
+        return Err(Error::UnsupportedVersion);
+    }
+    for &(name, label) in [
+        (HeaderName::Via, "Via"),
+        (HeaderName::From, "From"),
+        (HeaderName::To, "To"),
+        (HeaderName::CallId, "Call-ID"),
+        (HeaderName::CSeq, "CSeq"),
+    ]
+    .iter()
+    {
+        if msg.header(name).is_none() {
+            return Err(Error::MissingHeader(label));
+        }
+    }
+    // One pass over the index counts every single-valued header.
+    let mut seen = [0u8; SINGLE.len()];
+    for h in msg.head.headers.iter() {
+        if let Some(i) = SINGLE.iter().position(|(n, _)| *n == h.name) {
+            seen[i] += 1;
+            if seen[i] > 1 {
+                return Err(Error::DuplicateHeader(SINGLE[i].1));
+            }
+        }
+    }
+    for v in msg.via() {
+        v?;
+    }
+    msg.from_header()?.parsed_uri_checked("From")?;
+    msg.to_header()?.parsed_uri_checked("To")?;
+    crate::headers::simple::check_call_id(msg.header(HeaderName::CallId).unwrap_or_default())?;
+    msg.cseq()?;
+    msg.max_forwards()?;
+    msg.expires()?;
+    msg.min_expires()?;
+    msg.content_type()?;
+    for c in msg.contacts() {
+        if let Contact::Addr(a) = c? {
+            a.addr.parsed_uri_checked("Contact")?;
+        }
+    }
+    for r in msg.record_routes() {
+        r?.parsed_uri_checked("Record-Route")?;
+    }
+    Ok(())
+}
+
+impl crate::headers::name_addr::NameAddr<'_> {
+    fn parsed_uri_checked(&self, header: &'static str) -> Result<(), Error> {
+        match Uri::parse_inner(self.uri) {
+            Ok(_) => Ok(()),
+            Err(why) => Err(Error::BadHeader(header, why)),
+        }
+    }
+}
+
+impl SipMessage {
+    /// Validate a received request. On error, [`Error::status`] is the response to send
+    /// (400, 416 or 505); ACKs are never answered (RFC 3261 §17.2.3).
+    ///
+    /// Checks: SIP/2.0; a sip/sips/tel Request-URI without URI headers; Via, From, To,
+    /// Call-ID and CSeq present and well-formed; single-valued headers not repeated;
+    /// CSeq method equal to the request method; Max-Forwards, Expires and Contact values in
+    /// range; Route, Record-Route and Contact addresses well-formed; Require and
+    /// Proxy-Require lists and Authorization headers well-formed.
+    pub fn validate_request(&self) -> Result<(), Error> {
+        let StartLineRef::Request { method, .. } = self.start_line() else {
+            return Err(Error::BadRequestLine("not a request"));
+        };
+        if !self.version().eq_ignore_ascii_case(b"SIP/2.0") {
+            return Err(Error::UnsupportedVersion);
+        }
+        match self.request_uri()? {
+            Uri::Sip(u) if u.headers.is_some() => {
+                return Err(Error::BadRequestUri("headers are not allowed"));
+            }
+            Uri::Sip(_) | Uri::Tel(_) => {}
+            Uri::Other { .. } => return Err(Error::UnsupportedUriScheme),
+        }
+        check_common(self)?;
+        if self.cseq()?.method != method {
+            return Err(Error::CSeqMethodMismatch);
+        }
+        for r in self.routes() {
+            r?.parsed_uri_checked("Route")?;
+        }
+        for r in self.paths() {
+            r?.parsed_uri_checked("Path")?;
+        }
+        for t in self.require().chain(self.proxy_require()) {
+            t?;
+        }
+        for (name, label) in [
+            (HeaderName::Authorization, "Authorization"),
+            (HeaderName::ProxyAuthorization, "Proxy-Authorization"),
+        ] {
+            for h in self.headers_of(name) {
+                Auth::parse(h.value, label)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate a received response. A response that fails is discarded, never answered.
+    pub fn validate_response(&self) -> Result<(), Error> {
+        if self.is_request() {
+            return Err(Error::BadStatusLine("not a response"));
+        }
+        check_common(self)?;
+        for (name, label) in [
+            (HeaderName::WwwAuthenticate, "WWW-Authenticate"),
+            (HeaderName::ProxyAuthenticate, "Proxy-Authenticate"),
+        ] {
+            for h in self.headers_of(name) {
+                Auth::parse(h.value, label)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed Request-URI. Errors are [`Error::BadRequestUri`].
+    pub fn request_uri(&self) -> Result<Uri<'_>, Error> {
+        let raw = self
+            .request_uri_raw()
+            .ok_or(Error::BadRequestUri("not a request"))?;
+        Uri::parse_inner(raw).map_err(Error::BadRequestUri)
+    }
+}
