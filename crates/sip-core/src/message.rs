@@ -220,7 +220,7 @@ pub enum StartLineRef<'a> {
     Response {
         /// `SIP/2.0` normally.
         version: &'a [u8],
-        /// 100–699.
+        /// Any three digits (000–999); validation accepts 100–699.
         code: u16,
         /// Reason phrase bytes; UTF-8 is allowed and not checked.
         reason: &'a [u8],
@@ -307,12 +307,10 @@ fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, Error> {
         if rest.len() > 3 && rest[3] != b' ' {
             return Err(Error::BadStatusLine("status code is not 3 digits"));
         }
+        // Any three digits frame; validate_response rejects classes outside 1xx–6xx.
         let code = rest[..3]
             .iter()
-            .fold(0u16, |a, d| a * 10 + (d - b'0') as u16);
-        if !(100..=699).contains(&code) {
-            return Err(Error::BadStatusLine("status code out of range"));
-        }
+            .fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
         let reason_start = (sp + 1 + 4).min(end);
         if line[reason_start..].iter().any(|&b| b < 0x20 && b != b'\t') {
             return Err(Error::BadStatusLine("control character in reason phrase"));
@@ -827,14 +825,26 @@ mod tests {
             head(b"SIP/2.0 42 x\r\n\r\n").unwrap_err(),
             Error::BadStatusLine("status code is not 3 digits")
         );
-        assert_eq!(
-            head(b"SIP/2.0 099 x\r\n\r\n").unwrap_err(),
-            Error::BadStatusLine("status code out of range")
-        );
-        assert_eq!(
-            head(b"SIP/2.0 700 x\r\n\r\n").unwrap_err(),
-            Error::BadStatusLine("status code out of range")
-        );
+        assert!(matches!(
+            head(
+                b"SIP/2.0 099 x
+
+"
+            )
+            .unwrap()
+            .start,
+            StartLine::Response { code: 99, .. }
+        ));
+        assert!(matches!(
+            head(
+                b"SIP/2.0 999 x
+
+"
+            )
+            .unwrap()
+            .start,
+            StartLine::Response { code: 999, .. }
+        ));
         assert_eq!(
             head(b"SIP/2.0x 200 OK\r\n\r\n").unwrap_err(),
             Error::BadStatusLine("bad SIP version")

@@ -129,10 +129,15 @@ impl SipMessage {
         Ok(())
     }
 
-    /// Validate a received response. A response that fails is discarded, never answered.
+    /// Validate a received response: status class 1xx–6xx, SIP/2.0, and the same header
+    /// checks as requests. A response that fails is discarded, never answered.
     pub fn validate_response(&self) -> Result<(), Error> {
-        if self.is_request() {
-            return Err(Error::BadStatusLine("not a response"));
+        match self.status() {
+            None => return Err(Error::BadStatusLine("not a response")),
+            Some(code) if !(100..=699).contains(&code) => {
+                return Err(Error::BadStatusLine("status code out of range"));
+            }
+            Some(_) => {}
         }
         check_common(self)?;
         for (name, label) in [
@@ -152,5 +157,60 @@ impl SipMessage {
             .request_uri_raw()
             .ok_or(Error::BadRequestUri("not a request"))?;
         Uri::parse_inner(raw).map_err(Error::BadRequestUri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HDRS: &str = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n";
+
+    fn resp(code: &str) -> SipMessage {
+        SipMessage::parse(format!("SIP/2.0 {code} Whatever\r\n{HDRS}").into_bytes()).unwrap()
+    }
+
+    #[test]
+    fn response_classes() {
+        assert!(resp("180").validate_response().is_ok());
+        assert!(resp("699").validate_response().is_ok());
+        for bad in ["099", "700", "999", "000"] {
+            assert_eq!(
+                resp(bad).validate_response(),
+                Err(Error::BadStatusLine("status code out of range")),
+                "{bad}"
+            );
+        }
+        let req =
+            SipMessage::parse(format!("INVITE sip:c@d SIP/2.0\r\n{HDRS}").into_bytes()).unwrap();
+        assert!(req.validate_request().is_ok());
+        assert_eq!(
+            req.validate_response(),
+            Err(Error::BadStatusLine("not a response"))
+        );
+        assert_eq!(
+            resp("200").validate_request(),
+            Err(Error::BadRequestLine("not a request"))
+        );
+    }
+
+    #[test]
+    fn request_uri_rules() {
+        let with_uri = |u: &str| {
+            SipMessage::parse(format!("INVITE {u} SIP/2.0\r\n{HDRS}").into_bytes())
+                .unwrap()
+                .validate_request()
+        };
+        assert_eq!(with_uri("sips:c@d;transport=tls"), Ok(()));
+        assert_eq!(with_uri("tel:+15551234567"), Ok(()));
+        assert_eq!(with_uri("mailto:c@d"), Err(Error::UnsupportedUriScheme));
+        assert_eq!(
+            with_uri("sip:c@d?Subject=x"),
+            Err(Error::BadRequestUri("headers are not allowed"))
+        );
+        assert_eq!(
+            with_uri("sip:c@[::1"),
+            Err(Error::BadRequestUri("unterminated IPv6 reference"))
+        );
     }
 }

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The whole sipcluster test suite: what CI runs (.ci/run) and what a developer runs.
+#
+#   ./scripts/test.sh            everything
+#   SIPCLUSTER_FUZZ_SECONDS=0 ./scripts/test.sh    skip the fuzz smoke run
+#
+# Works on a fresh Debian machine with only Rust installed: missing tools are installed
+# (idempotently) into a cache outside the repository, so later runs start fast.
+# Every service a later stage starts is private (loopback, free port), recorded by PID,
+# and stopped on exit; nothing this script did not start is touched.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TOOLS=${SIPCLUSTER_TOOLS:-$HOME/.cache/sipcluster/tools}
+FUZZ_SECONDS=${SIPCLUSTER_FUZZ_SECONDS:-20}
+export PATH="$TOOLS/bin:$PATH"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+STARTED_PIDS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sipcluster-test.XXXXXX")
+cleanup() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+elapsed() { printf '    (%ss)\n' "$((SECONDS - $1))"; }
+
+# --- tool installation (idempotent) ------------------------------------------------------
+
+need_rust_component() {
+  local c=$1
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    step "installing rustup component $c"
+    rustup component add "$c"
+  fi
+}
+
+# need_cargo_tool <binary> <crate> <version> [extra cargo install args...]
+need_cargo_tool() {
+  local bin=$1 crate=$2 version=$3
+  shift 3
+  if [ -x "$TOOLS/bin/$bin" ] && "$TOOLS/bin/$bin" --version 2>/dev/null | grep -q "$version"; then
+    return 0
+  fi
+  step "installing $crate $version into $TOOLS (cached for later runs)"
+  cargo install "$crate" --version "$version" --locked --root "$TOOLS" "$@"
+}
+
+need_rust_component rustfmt
+need_rust_component clippy
+
+# --- static checks ------------------------------------------------------------------------
+
+t=$SECONDS
+step "cargo fmt --check"
+cargo fmt --all -- --check
+elapsed $t
+
+t=$SECONDS
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+elapsed $t
+
+# --- tests --------------------------------------------------------------------------------
+
+t=$SECONDS
+step "cargo test (unit, integration, property, torture, hostile-input, doc tests)"
+cargo test --workspace --locked
+elapsed $t
+
+t=$SECONDS
+step "benchmarks compile and run once (figures come from 'cargo bench', not from tests)"
+cargo bench --workspace --locked -- --test >"$WORK/bench.log" 2>&1 || { cat "$WORK/bench.log"; exit 1; }
+grep -c "Success" "$WORK/bench.log" | xargs printf '    %s benchmarks ran once\n'
+elapsed $t
+
+# --- fuzz smoke run -----------------------------------------------------------------------
+# The fuzz targets need cargo-fuzz and a nightly compiler (sanitizer flags); on a stable-only
+# machine RUSTC_BOOTSTRAP lets stable act as nightly for this build only. Each target runs
+# for a bounded time over the RFC 4475/5118 corpus; a crash fails the suite.
+
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  t=$SECONDS
+  need_cargo_tool cargo-fuzz cargo-fuzz 0.13.2
+  fuzz_toolchain=()
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz_toolchain=(+nightly)
+  else
+    export RUSTC_BOOTSTRAP=1
+  fi
+  FUZZ_DIR=crates/sip-core/fuzz
+  step "fuzz smoke run: ${FUZZ_SECONDS}s per target"
+  (cd "$FUZZ_DIR" && cargo "${fuzz_toolchain[@]}" fuzz build -O >"$WORK/fuzz-build.log" 2>&1) || {
+    cat "$WORK/fuzz-build.log"
+    exit 1
+  }
+  for target in datagram stream sdp; do
+    corpus="$WORK/corpus-$target"
+    mkdir -p "$corpus"
+    case $target in
+      datagram) cp crates/sip-core/tests/torture/*.dat crates/sip-core/benches/data/*.sip "$corpus/" ;;
+      stream) for f in crates/sip-core/tests/torture/*.dat crates/sip-core/benches/data/*.sip; do
+          { printf '\007'; cat "$f"; } >"$corpus/$(basename "$f")"
+        done ;;
+      sdp) for f in crates/sip-core/tests/torture/*.dat; do
+          awk 'body{print} /^\r?$/{body=1}' "$f" >"$corpus/$(basename "$f")"
+        done ;;
+    esac
+    (cd "$FUZZ_DIR" && cargo "${fuzz_toolchain[@]}" fuzz run -O "$target" "$corpus" -- \
+      -max_total_time="$FUZZ_SECONDS" -max_len=8192 -print_final_stats=1 \
+      -artifact_prefix="$WORK/" >"$WORK/fuzz-$target.log" 2>&1) || {
+      tail -50 "$WORK/fuzz-$target.log"
+      echo "fuzz target $target crashed; reproducer in $WORK (kept)" >&2
+      trap - EXIT
+      exit 1
+    }
+    runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$WORK/fuzz-$target.log" | grep -Eo '[0-9]+$' || echo '?')
+    printf '    %-8s %s executions, 0 crashes\n' "$target" "$runs"
+  done
+  elapsed $t
+fi
+
+step "all checks passed"
