@@ -189,10 +189,16 @@ impl<'a> ReplyContext<'a> {
                 continue;
             }
             let value = chars::trim_lws(&line[i + 1..]);
+            let name = HeaderName::from_bytes(&line[..name_len]);
             if !copyable(value) {
+                // Without its top Via a reply would be discarded by the previous hop
+                // (RFC 3261 §18.1.2); better to send none.
+                if name == HeaderName::Via && ctx.vias.is_empty() {
+                    return None;
+                }
                 continue;
             }
-            match HeaderName::from_bytes(&line[..name_len]) {
+            match name {
                 HeaderName::Via => ctx.vias.push(value),
                 HeaderName::From => ctx.from = ctx.from.or(Some(value)),
                 HeaderName::To => ctx.to = ctx.to.or(Some(value)),
@@ -700,6 +706,8 @@ mod tests {
         assert_eq!(ctx.from, None);
         assert_eq!(ctx.call_id, Some(&b"x"[..]));
         assert_eq!(ctx.method(), b"FOO");
+        let bad_top = b"FOO sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\0;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\n\r\n";
+        assert!(ReplyContext::salvage(bad_top, 1000).is_none());
     }
 
     #[test]

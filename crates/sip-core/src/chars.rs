@@ -181,6 +181,26 @@ pub(crate) fn is_escaped_class(s: &[u8], class: u16) -> bool {
     true
 }
 
+/// `1*DIGIT` as a `u32`: digits only, leading zeros allowed, `None` when empty, when
+/// anything else appears, or when the value does not fit 32 bits (Content-Length, CSeq,
+/// delta-seconds, ports and Max-Forwards all go through here).
+#[inline]
+pub(crate) fn decimal_u32(v: &[u8]) -> Option<u32> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let significant = &v[v.iter().take_while(|&&b| b == b'0').count()..];
+    if significant.len() > 10 {
+        return None;
+    }
+    u32::try_from(
+        significant
+            .iter()
+            .fold(0u64, |a, d| a * 10 + u64::from(d - b'0')),
+    )
+    .ok()
+}
+
 /// ASCII bytes as `&str`; `None` for anything else.
 ///
 /// Typed accessors hand out token-like fields (branches, tags, hosts, parameter names) as
@@ -218,6 +238,17 @@ mod tests {
         assert!(!is_escaped_class(b"a%", UNRESERVED));
         assert!(!is_escaped_class(b"a%zz", UNRESERVED));
         assert!(!is_escaped_class(b"a b", UNRESERVED));
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(decimal_u32(b"0"), Some(0));
+        assert_eq!(decimal_u32(b"000000000000004294967295"), Some(u32::MAX));
+        assert_eq!(decimal_u32(b"4294967296"), None);
+        assert_eq!(decimal_u32(b"99999999999999999999999"), None);
+        assert_eq!(decimal_u32(b""), None);
+        assert_eq!(decimal_u32(b"-1"), None);
+        assert_eq!(decimal_u32(b"1 "), None);
     }
 
     #[test]

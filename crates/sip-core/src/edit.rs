@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use crate::builder::put_decimal;
 use crate::error::Error;
 use crate::header_name::HeaderName;
-use crate::message::{HeaderEntry, SipMessage, StartLine};
+use crate::message::{HeaderEntry, INLINE_HEADERS, SipMessage, StartLine};
 use crate::split::Elements;
 
 #[derive(Debug, Clone)]
@@ -40,7 +40,8 @@ struct Insert<'e> {
 #[derive(Debug, Clone)]
 pub struct Editor<'m, 'e> {
     msg: &'m SipMessage,
-    ops: SmallVec<[(u16, EntryOp<'e>); 8]>,
+    /// One slot per header line, created on the first header edit: O(1) per edit.
+    ops: SmallVec<[Option<EntryOp<'e>>; INLINE_HEADERS]>,
     inserts: SmallVec<[Insert<'e>; 4]>,
     request_uri: Option<Cow<'e, [u8]>>,
     body: Option<Cow<'e, [u8]>>,
@@ -104,16 +105,16 @@ impl<'m, 'e> Editor<'m, 'e> {
     }
 
     fn op(&self, idx: usize) -> Option<&EntryOp<'e>> {
-        self.ops
-            .iter()
-            .rev()
-            .find(|(i, _)| *i as usize == idx)
-            .map(|(_, op)| op)
+        self.ops.get(idx).and_then(Option::as_ref)
     }
 
     fn set_op(&mut self, idx: usize, op: EntryOp<'e>) {
-        self.ops.retain(|(i, _)| *i as usize != idx);
-        self.ops.push((idx as u16, op));
+        if self.ops.is_empty() {
+            self.ops.resize(self.msg.head.headers.len(), None);
+        }
+        if let Some(slot) = self.ops.get_mut(idx) {
+            *slot = Some(op);
+        }
     }
 
     fn first_pos(&self, name: HeaderName) -> Option<u32> {
@@ -375,10 +376,8 @@ impl<'m, 'e> Editor<'m, 'e> {
         {
             pieces.push((span.start, span.end, late, Piece::Bytes(uri)));
         }
-        for (idx, op) in &self.ops {
-            let Some(e) = self.msg.head.headers.get(*idx as usize) else {
-                continue;
-            };
+        for (e, op) in self.msg.head.headers.iter().zip(&self.ops) {
+            let Some(op) = op else { continue };
             match op {
                 EntryOp::Delete => pieces.push((e.line_start, e.line_end(), late, Piece::Nothing)),
                 EntryOp::Replace(v) => {

@@ -178,13 +178,6 @@ impl Error {
             _ => Cow::Owned(self.to_string()),
         }
     }
-
-    /// A stream connection cannot be resynchronised after this error: the reader does not
-    /// know where the next message starts.
-    pub fn is_fatal_for_stream(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Limit | ErrorKind::Framing)
-            || matches!(self, Error::BadHeaderLine)
-    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub enum Frame {
 /// Feed it the connection's read buffer; it consumes complete messages from the front.
 /// State survives between calls so that a message trickling in a byte at a time is
 /// scanned once, not once per byte.
+///
+/// Every error it returns is fatal for the connection: the decoder cannot tell where the
+/// next message starts. Answer if [`error_reply`](crate::error_reply) can, then close.
 #[derive(Debug)]
 pub struct StreamDecoder {
     limits: Limits,
@@ -90,6 +93,9 @@ pub struct StreamDecoder {
     scanned: usize,
     /// Head parsed, waiting for the body: the head and the total message length.
     pending: Option<(Head, usize)>,
+    /// The last keep-alive was a lone CRLF with nothing after it yet: the first half of a
+    /// `CRLFCRLF` ping that TCP split, or a pong.
+    lone_crlf: bool,
 }
 
 impl StreamDecoder {
@@ -99,6 +105,7 @@ impl StreamDecoder {
             limits,
             scanned: 0,
             pending: None,
+            lone_crlf: false,
         }
     }
 
@@ -128,6 +135,9 @@ impl StreamDecoder {
             && let Some(ka) = self.keep_alive(buf)
         {
             return Ok(ka);
+        }
+        if !buf.is_empty() {
+            self.lone_crlf = false;
         }
         // Find the empty line that ends the head, resuming where the last call stopped.
         let from = self.scanned.saturating_sub(3);
@@ -164,6 +174,10 @@ impl StreamDecoder {
     }
 
     /// Keep-alive CRLFs at the front of the buffer, before any message byte.
+    ///
+    /// A lone CRLF is reported at once (a pong must not wait for more traffic); if another
+    /// CRLF follows it before any message byte, the pair is a ping that TCP split, and the
+    /// second half is reported as [`KeepAlive::Ping`] so that it gets its pong.
     fn keep_alive(&mut self, buf: &mut BytesMut) -> Option<Option<Frame>> {
         match buf.first()? {
             b'\n' => {
@@ -178,18 +192,21 @@ impl StreamDecoder {
                     // A bare CR: leave it to the parser, which reports the defect.
                     return None;
                 }
-                match (buf.get(2), buf.get(3)) {
-                    (Some(b'\r'), Some(b'\n')) => {
-                        buf.advance(4);
-                        Some(Some(Frame::KeepAlive(KeepAlive::Ping)))
-                    }
-                    // `CRLF CR` may be the start of a ping split across reads.
-                    (Some(b'\r'), None) | (None, None) => Some(None),
-                    _ => {
-                        buf.advance(2);
-                        Some(Some(Frame::KeepAlive(KeepAlive::Pong)))
-                    }
+                if buf.get(2..4) == Some(b"\r\n") {
+                    buf.advance(4);
+                    self.lone_crlf = false;
+                    return Some(Some(Frame::KeepAlive(KeepAlive::Ping)));
                 }
+                buf.advance(2);
+                let rest_is_crlf_start = buf.first().is_none_or(|&b| b == b'\r');
+                let ka = if self.lone_crlf {
+                    self.lone_crlf = false;
+                    KeepAlive::Ping
+                } else {
+                    self.lone_crlf = rest_is_crlf_start;
+                    KeepAlive::Pong
+                };
+                Some(Some(Frame::KeepAlive(ka)))
             }
             _ => None,
         }
@@ -305,9 +322,11 @@ mod tests {
                 frames.push(f);
             }
         }
-        assert_eq!(frames.len(), 3);
-        assert!(matches!(frames[0], Frame::KeepAlive(KeepAlive::Ping)));
-        for f in &frames[1..] {
+        // The ping arrives split: its first half reads as a pong, its second as the ping.
+        assert_eq!(frames.len(), 4);
+        assert!(matches!(frames[0], Frame::KeepAlive(KeepAlive::Pong)));
+        assert!(matches!(frames[1], Frame::KeepAlive(KeepAlive::Ping)));
+        for f in &frames[2..] {
             assert!(matches!(f, Frame::Message(m) if m.as_bytes() == OPT));
         }
     }
@@ -343,18 +362,58 @@ mod tests {
     }
 
     #[test]
-    fn stream_partial_keepalive() {
+    fn stream_keepalives() {
         let mut d = StreamDecoder::new(Limits::default());
+        // A lone pong is reported at once.
         let mut buf = BytesMut::from(&b"\r\n"[..]);
-        assert!(d.decode(&mut buf).unwrap().is_none());
-        buf.extend_from_slice(b"\r");
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::KeepAlive(KeepAlive::Pong))
+        ));
+        assert!(buf.is_empty());
+        // A ping split by TCP: the second half is answered as a ping.
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::KeepAlive(KeepAlive::Ping))
+        ));
+        // Split after three bytes.
+        let mut d = StreamDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"\r\n\r"[..]);
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::KeepAlive(KeepAlive::Pong))
+        ));
         assert!(d.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(b"\n");
         assert!(matches!(
             d.decode(&mut buf).unwrap(),
             Some(Frame::KeepAlive(KeepAlive::Ping))
         ));
-        assert!(buf.is_empty());
+        // A pong followed by a message stays a pong, and the message decodes.
+        let mut d = StreamDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"\r\n"[..]);
+        buf.extend_from_slice(OPT);
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::KeepAlive(KeepAlive::Pong))
+        ));
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::Message(_))
+        ));
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            d.decode(&mut buf).unwrap(),
+            Some(Frame::KeepAlive(KeepAlive::Pong))
+        ));
+    }
+
+    #[test]
+    fn start_line_errors_are_reported_not_skipped() {
+        let mut d = StreamDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"INVITE  sip:a SIP/2.0\r\nl: 0\r\n\r\n"[..]);
+        assert!(matches!(d.decode(&mut buf), Err(Error::BadRequestLine(_))));
     }
 
     #[test]

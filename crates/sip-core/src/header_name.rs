@@ -98,6 +98,9 @@ header_names! {
     RSeq => "RSeq";
     RAck => "RAck";
     PAssertedIdentity => "P-Asserted-Identity", list true;
+    AcceptContact => "Accept-Contact", compact b'a', list true;
+    RejectContact => "Reject-Contact", compact b'j', list true;
+    RequestDisposition => "Request-Disposition", compact b'd', list true;
 }
 
 /// `name` equals the lower-case `lower` ignoring ASCII case. Setting bit 5 lower-cases
@@ -371,9 +374,23 @@ impl HeaderName {
                     HeaderName::Other
                 }
             }
+            (14, b'a') => {
+                if eq_lower(name, b"accept-contact") {
+                    HeaderName::AcceptContact
+                } else {
+                    HeaderName::Other
+                }
+            }
             (14, b'c') => {
                 if eq_lower(name, b"content-length") {
                     HeaderName::ContentLength
+                } else {
+                    HeaderName::Other
+                }
+            }
+            (14, b'r') => {
+                if eq_lower(name, b"reject-contact") {
+                    HeaderName::RejectContact
                 } else {
                     HeaderName::Other
                 }
@@ -429,6 +446,13 @@ impl HeaderName {
                     HeaderName::Other
                 }
             }
+            (19, b'r') => {
+                if eq_lower(name, b"request-disposition") {
+                    HeaderName::RequestDisposition
+                } else {
+                    HeaderName::Other
+                }
+            }
             _ => HeaderName::Other,
         }
     }
@@ -454,6 +478,9 @@ impl HeaderName {
                 b'u' => HeaderName::AllowEvents,
                 b'x' => HeaderName::SessionExpires,
                 b'y' => HeaderName::Identity,
+                b'a' => HeaderName::AcceptContact,
+                b'j' => HeaderName::RejectContact,
+                b'd' => HeaderName::RequestDisposition,
                 _ => HeaderName::Other,
             };
         }
@@ -492,6 +519,9 @@ mod tests {
             (b'b', H::ReferredBy),
             (b'x', H::SessionExpires),
             (b'y', H::Identity),
+            (b'a', H::AcceptContact),
+            (b'j', H::RejectContact),
+            (b'd', H::RequestDisposition),
         ] {
             assert_eq!(H::from_bytes(&[c]), h);
             assert_eq!(H::from_bytes(&[c.to_ascii_uppercase()]), h);

@@ -358,17 +358,7 @@ fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, Error> {
 
 /// Content-Length value: decimal digits only (leading zeros allowed), at most 32 bits.
 fn parse_content_length(v: &[u8]) -> Result<u32, Error> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Err(Error::InvalidContentLength);
-    }
-    let significant = &v[v.iter().take_while(|&&b| b == b'0').count()..];
-    if significant.len() > 10 {
-        return Err(Error::InvalidContentLength);
-    }
-    let n = significant
-        .iter()
-        .fold(0u64, |a, d| a * 10 + u64::from(d - b'0'));
-    u32::try_from(n).map_err(|_| Error::InvalidContentLength)
+    chars::decimal_u32(v).ok_or(Error::InvalidContentLength)
 }
 
 /// Parse the start line and index the headers of the message at the start of `buf`.
@@ -478,7 +468,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, Error> {
             });
         }
     };
-    check_nul(&buf[..body_start])?;
+    if memchr::memchr(0, &buf[..body_start]).is_some() {
+        check_nul(buf, start_line_end, &headers)?;
+    }
     Ok(Head {
         start,
         start_line_end: start_line_end as u32,
@@ -489,11 +481,27 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, Error> {
 }
 
 /// A NUL is only legal as a quoted-pair (`\\` NUL inside a quoted string): C-based peers
-/// would otherwise see a truncated message. One vectorised pass over the head.
-fn check_nul(head: &[u8]) -> Result<(), Error> {
-    for i in memchr::memchr_iter(0, head) {
-        if i == 0 || head[i - 1] != b'\\' {
-            return Err(Error::NulByte);
+/// would otherwise see a truncated message. Runs only when a NUL was seen at all (one
+/// memchr over the head), then walks each affected value tracking quotes.
+fn check_nul(buf: &[u8], start_line_end: usize, headers: &HeaderIndex) -> Result<(), Error> {
+    if memchr::memchr(0, &buf[..start_line_end]).is_some() {
+        return Err(Error::NulByte);
+    }
+    for e in headers.iter() {
+        let v = e.value().get(buf);
+        if memchr::memchr(0, v).is_none() {
+            continue;
+        }
+        let mut in_quote = false;
+        let mut i = 0;
+        while i < v.len() {
+            match v[i] {
+                b'\\' if in_quote => i += 1,
+                b'"' => in_quote = !in_quote,
+                0 => return Err(Error::NulByte),
+                _ => {}
+            }
+            i += 1;
         }
     }
     Ok(())
@@ -696,6 +704,21 @@ impl SipMessage {
         let list = name.is_list();
         self.headers_of(name)
             .flat_map(move |h| crate::split::Elements::new(h.value, list))
+    }
+
+    /// Values of a list header that needs at least one value on each of its lines (Via,
+    /// Contact, Route, Record-Route, Path): an empty line is an error, not "no value".
+    pub(crate) fn required_list(
+        &self,
+        name: HeaderName,
+        label: &'static str,
+    ) -> impl Iterator<Item = Result<&[u8], Error>> + '_ {
+        self.headers_of(name).flat_map(move |h| {
+            let empty = chars::trim_lws(h.value).is_empty();
+            let err = empty.then_some(Err(Error::BadHeader(label, "empty value")));
+            err.into_iter()
+                .chain(crate::split::Elements::new(h.value, true).map(Ok))
+        })
     }
 
     /// Offset of the first body byte.
@@ -948,6 +971,32 @@ mod tests {
         assert_eq!(
             head(b"OPTIONS sip:a SIP/2.0\r\nCall\rID: x\r\n\r\n").unwrap_err(),
             Error::BareCr
+        );
+    }
+
+    #[test]
+    fn nul_only_as_quoted_pair() {
+        assert_eq!(
+            head(b"OPTIONS sip:a SIP/2.0\r\nX: a\0b\r\n\r\n").unwrap_err(),
+            Error::NulByte
+        );
+        // A backslash outside quotes does not make a quoted-pair, nor does an escaped one.
+        assert_eq!(
+            head(b"OPTIONS sip:a SIP/2.0\r\nX: a\\\0b\r\n\r\n").unwrap_err(),
+            Error::NulByte
+        );
+        assert_eq!(
+            head(b"OPTIONS sip:a SIP/2.0\r\nX: \"\\\\\0\"\r\n\r\n").unwrap_err(),
+            Error::NulByte
+        );
+        assert!(head(b"OPTIONS sip:a SIP/2.0\r\nX: \"a\\\0b\"\r\n\r\n").is_ok());
+        assert_eq!(
+            head(b"OPTIONS sip:a\0 SIP/2.0\r\n\r\n").unwrap_err(),
+            Error::BadRequestLine("control character in Request-URI")
+        );
+        assert_eq!(
+            head(b"SIP/2.0 200 O\0K\r\n\r\n").unwrap_err(),
+            Error::BadStatusLine("control character in reason phrase")
         );
     }
 

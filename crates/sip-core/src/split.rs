@@ -34,19 +34,8 @@ pub(crate) fn top_level_comma(s: &[u8]) -> Option<usize> {
         let at = i + p;
         match s[at] {
             b',' => return Some(at),
-            b'"' => {
-                // Skip the quoted string; an unterminated one swallows the rest.
-                let mut j = at + 1;
-                loop {
-                    let q = j + memchr::memchr2(b'"', b'\\', s.get(j..)?)?;
-                    if s[q] == b'\\' {
-                        j = q + 2;
-                    } else {
-                        i = q + 1;
-                        break;
-                    }
-                }
-            }
+            // Skip the quoted string; an unterminated one swallows the rest.
+            b'"' => i = crate::params::quoted_end(s, at)?,
             _ => {
                 // Inside <...> commas belong to the URI; an unclosed < swallows the rest.
                 i = at + 1 + memchr::memchr(b'>', &s[at + 1..])? + 1;

@@ -124,8 +124,9 @@ impl Hash for ServerKey<'_> {
     }
 }
 
-/// An owned server transaction key: slices of the message's shared buffer, so keeping one
-/// costs reference counts, not copies.
+/// An owned server transaction key, for a transaction table that outlives the message.
+/// The branch (or Call-ID) is a slice of the message's shared buffer; the lower-cased
+/// sent-by and the method are small copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OwnedServerKey {
     /// For RFC 3261 keys: the branch; for RFC 2543 keys: the Call-ID.
@@ -136,53 +137,6 @@ pub struct OwnedServerKey {
     pub method: Bytes,
     /// CSeq number for RFC 2543 keys, 0 otherwise.
     pub cseq: u32,
-}
-
-impl ServerKey<'_> {
-    /// Copy the key out of the message buffer.
-    pub fn to_owned(&self, msg: &SipMessage) -> OwnedServerKey {
-        let b = msg.bytes();
-        let slice = |s: &[u8]| {
-            if s.is_empty() {
-                Bytes::new()
-            } else {
-                b.slice_ref(s)
-            }
-        };
-        match *self {
-            ServerKey::Rfc3261 {
-                branch,
-                sent_by,
-                method,
-            } => OwnedServerKey {
-                id: slice(branch.as_bytes()),
-                rest: Bytes::from(sent_by.to_string().to_ascii_lowercase()),
-                method: Bytes::copy_from_slice(method.as_str().as_bytes()),
-                cseq: 0,
-            },
-            ServerKey::Rfc2543 {
-                request_uri,
-                from_tag,
-                call_id,
-                cseq,
-                top_via,
-                method,
-            } => {
-                let mut rest = Vec::with_capacity(request_uri.len() + top_via.len() + 32);
-                rest.extend_from_slice(request_uri);
-                rest.push(0);
-                rest.extend_from_slice(from_tag.unwrap_or_default().as_bytes());
-                rest.push(0);
-                rest.extend_from_slice(top_via);
-                OwnedServerKey {
-                    id: slice(call_id.as_bytes()),
-                    rest: rest.into(),
-                    method: Bytes::copy_from_slice(method.as_str().as_bytes()),
-                    cseq,
-                }
-            }
-        }
-    }
 }
 
 /// Client transaction key of a response: top Via branch + CSeq method (§17.1.3).
@@ -241,6 +195,51 @@ impl SipMessage {
             cseq: self.cseq()?.seq,
             top_via: via.raw,
             method: match_method(method),
+        })
+    }
+
+    /// The server transaction key as an owned value ([`OwnedServerKey`]).
+    pub fn owned_server_key(&self) -> Result<OwnedServerKey, Error> {
+        let b = self.bytes();
+        let slice = |s: &[u8]| {
+            if s.is_empty() {
+                Bytes::new()
+            } else {
+                b.slice_ref(s)
+            }
+        };
+        Ok(match self.server_key()? {
+            ServerKey::Rfc3261 {
+                branch,
+                sent_by,
+                method,
+            } => OwnedServerKey {
+                id: slice(branch.as_bytes()),
+                rest: Bytes::from(sent_by.to_string().to_ascii_lowercase()),
+                method: Bytes::copy_from_slice(method.as_str().as_bytes()),
+                cseq: 0,
+            },
+            ServerKey::Rfc2543 {
+                request_uri,
+                from_tag,
+                call_id,
+                cseq,
+                top_via,
+                method,
+            } => {
+                let mut rest = Vec::with_capacity(request_uri.len() + top_via.len() + 32);
+                rest.extend_from_slice(request_uri);
+                rest.push(0);
+                rest.extend_from_slice(from_tag.unwrap_or_default().as_bytes());
+                rest.push(0);
+                rest.extend_from_slice(top_via);
+                OwnedServerKey {
+                    id: slice(call_id.as_bytes()),
+                    rest: rest.into(),
+                    method: Bytes::copy_from_slice(method.as_str().as_bytes()),
+                    cseq,
+                }
+            }
         })
     }
 
@@ -342,8 +341,12 @@ mod tests {
         assert!(set.contains(&upper.server_key().unwrap()));
         assert!(set.contains(&ack.server_key().unwrap()));
         assert_eq!(
-            k.to_owned(&inv),
-            upper.server_key().unwrap().to_owned(&upper)
+            inv.owned_server_key().unwrap(),
+            upper.owned_server_key().unwrap()
+        );
+        assert_ne!(
+            inv.owned_server_key().unwrap(),
+            other_port.owned_server_key().unwrap()
         );
         assert!(inv.cancelled_invite_key().is_err());
     }
@@ -370,8 +373,8 @@ mod tests {
         assert_eq!(k, ack.server_key().unwrap());
         let retrans = req(&old);
         assert_eq!(
-            k.to_owned(&inv),
-            retrans.server_key().unwrap().to_owned(&retrans)
+            inv.owned_server_key().unwrap(),
+            retrans.owned_server_key().unwrap()
         );
         let next = req(&old.replace("1 INVITE", "2 INVITE"));
         assert_ne!(k, next.server_key().unwrap());

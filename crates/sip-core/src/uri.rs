@@ -128,14 +128,7 @@ fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 
 /// Parse `1*DIGIT` as a port.
 pub(crate) fn parse_port(s: &[u8]) -> Option<u16> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = s.iter().try_fold(0u32, |a, d| {
-        let v = a * 10 + u32::from(d - b'0');
-        (v <= 65535).then_some(v)
-    })?;
-    u16::try_from(n).ok()
+    chars::decimal_u32(s).and_then(|n| u16::try_from(n).ok())
 }
 
 /// The `;name[=value]` parameters of a SIP or tel URI, as written (escapes kept).
@@ -178,10 +171,17 @@ impl<'a> UriParams<'a> {
                 },
             })
     }
-    /// The first parameter named `name` (case-insensitive): `Some(None)` for a flag.
+    /// The first parameter named `name` (case-insensitive; `%HH` escapes in the name are
+    /// decoded first, RFC 3261 §19.1.4): `Some(None)` for a flag.
     pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
         self.iter()
-            .find(|p| p.name.eq_ignore_ascii_case(name))
+            .find(|p| {
+                if p.name.contains('%') {
+                    unescape_percent(p.name.as_bytes()).eq_ignore_ascii_case(name.as_bytes())
+                } else {
+                    p.name.eq_ignore_ascii_case(name)
+                }
+            })
             .map(|p| p.value)
     }
     /// True when the parameter is present.
@@ -282,7 +282,7 @@ impl TelUri<'_> {
     }
 }
 
-fn scheme_end(s: &[u8]) -> Option<usize> {
+pub(crate) fn scheme_end(s: &[u8]) -> Option<usize> {
     let colon = memchr::memchr(b':', s)?;
     let scheme = &s[..colon];
     let ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
@@ -533,6 +533,8 @@ mod tests {
         assert_eq!(u.params.iter().count(), 2);
         let u = sip("sip:caller@[::ffff:192.0.2.2]");
         assert_eq!(u.host.ip(), Some("::ffff:192.0.2.2".parse().unwrap()));
+        assert!(sip("sip:a@b;%6Cr").lr());
+        assert_eq!(sip("sip:a@b;tr%61nsport=tcp").transport(), Some("tcp"));
         let u = sip("sip:example.com.");
         assert_eq!(u.host, Host::Domain("example.com."));
     }

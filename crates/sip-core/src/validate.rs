@@ -8,7 +8,9 @@ use crate::error::Error;
 use crate::header_name::HeaderName;
 use crate::headers::auth::Auth;
 use crate::headers::name_addr::Contact;
+use crate::headers::simple::CSeq;
 use crate::message::{SipMessage, StartLineRef};
+use crate::method::Method;
 use crate::uri::Uri;
 
 /// Header fields that may appear at most once (RFC 3261 §7.3.1, §20).
@@ -24,10 +26,15 @@ const SINGLE: &[(HeaderName, &str)] = &[
     (HeaderName::MinExpires, "Min-Expires"),
 ];
 
-fn check_common(msg: &SipMessage) -> Result<(), Error> {
-    if !msg.version().eq_ignore_ascii_case(b"SIP/2.0") {
-        return Err(Error::UnsupportedVersion);
-    }
+/// What the common checks learnt that the request/response checks use again.
+struct Common<'a> {
+    cseq: CSeq<'a>,
+    contacts: usize,
+    star: bool,
+}
+
+/// Checks shared by requests and responses (the caller has checked the version).
+fn check_common(msg: &SipMessage) -> Result<Common<'_>, Error> {
     for &(name, label) in [
         (HeaderName::Via, "Via"),
         (HeaderName::From, "From"),
@@ -57,20 +64,27 @@ fn check_common(msg: &SipMessage) -> Result<(), Error> {
     msg.from_header()?.parsed_uri_checked("From")?;
     msg.to_header()?.parsed_uri_checked("To")?;
     crate::headers::simple::check_call_id(msg.header(HeaderName::CallId).unwrap_or_default())?;
-    msg.cseq()?;
+    let cseq = msg.cseq()?;
     msg.max_forwards()?;
     msg.expires()?;
     msg.min_expires()?;
     msg.content_type()?;
+    let (mut contacts, mut star) = (0, false);
     for c in msg.contacts() {
-        if let Contact::Addr(a) = c? {
-            a.addr.parsed_uri_checked("Contact")?;
+        match c? {
+            Contact::Addr(a) => a.addr.parsed_uri_checked("Contact")?,
+            Contact::Star => star = true,
         }
+        contacts += 1;
     }
     for r in msg.record_routes() {
         r?.parsed_uri_checked("Record-Route")?;
     }
-    Ok(())
+    Ok(Common {
+        cseq,
+        contacts,
+        star,
+    })
 }
 
 impl crate::headers::name_addr::NameAddr<'_> {
@@ -105,9 +119,19 @@ impl SipMessage {
             Uri::Sip(_) | Uri::Tel(_) => {}
             Uri::Other { .. } => return Err(Error::UnsupportedUriScheme),
         }
-        check_common(self)?;
-        if self.cseq()?.method != method {
+        let common = check_common(self)?;
+        if common.cseq.method != method {
             return Err(Error::CSeqMethodMismatch);
+        }
+        // RFC 3261 §10.2.2/§10.3 step 6: `*` removes every binding, so it stands alone, in a
+        // REGISTER, with Expires: 0.
+        if common.star
+            && (common.contacts > 1 || method != Method::Register || self.expires()? != Some(0))
+        {
+            return Err(Error::BadHeader(
+                "Contact",
+                "* must be the only Contact, in a REGISTER with Expires: 0",
+            ));
         }
         for r in self.routes() {
             r?.parsed_uri_checked("Route")?;
@@ -138,6 +162,9 @@ impl SipMessage {
                 return Err(Error::BadStatusLine("status code out of range"));
             }
             Some(_) => {}
+        }
+        if !self.version().eq_ignore_ascii_case(b"SIP/2.0") {
+            return Err(Error::UnsupportedVersion);
         }
         check_common(self)?;
         for (name, label) in [
@@ -192,6 +219,55 @@ mod tests {
             resp("200").validate_request(),
             Err(Error::BadRequestLine("not a request"))
         );
+    }
+
+    #[test]
+    fn contact_star_rules() {
+        let reg = |contacts: &str, expires: &str| {
+            let m = format!(
+                "REGISTER sip:d SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 2 REGISTER\r\n{contacts}{expires}l: 0\r\n\r\n"
+            );
+            SipMessage::parse(m.into_bytes())
+                .unwrap()
+                .validate_request()
+        };
+        assert_eq!(reg("Contact: *\r\n", "Expires: 0\r\n"), Ok(()));
+        assert_eq!(
+            reg("Contact: <sip:a@1.2.3.4>\r\n", "Expires: 3600\r\n"),
+            Ok(())
+        );
+        let bad = Err(Error::BadHeader(
+            "Contact",
+            "* must be the only Contact, in a REGISTER with Expires: 0",
+        ));
+        assert_eq!(
+            reg("Contact: *, <sip:a@1.2.3.4>\r\n", "Expires: 0\r\n"),
+            bad
+        );
+        assert_eq!(
+            reg(
+                "Contact: *\r\nContact: <sip:a@1.2.3.4>\r\n",
+                "Expires: 0\r\n"
+            ),
+            bad
+        );
+        assert_eq!(reg("Contact: *\r\n", "Expires: 3600\r\n"), bad);
+        assert_eq!(reg("Contact: *\r\n", ""), bad);
+        assert_eq!(
+            reg("Contact:\r\n", "Expires: 0\r\n"),
+            Err(Error::BadHeader("Contact", "empty value"))
+        );
+    }
+
+    #[test]
+    fn empty_via_line_is_invalid() {
+        let m = SipMessage::parse(format!("INVITE sip:c@d SIP/2.0\r\nVia:\r\n{HDRS}").into_bytes())
+            .unwrap();
+        assert_eq!(
+            m.validate_request(),
+            Err(Error::BadHeader("Via", "empty value"))
+        );
+        assert_eq!(m.top_via(), Err(Error::BadHeader("Via", "empty value")));
     }
 
     #[test]

@@ -498,3 +498,35 @@ fn malformed_lines_and_garbage() {
         }
     }
 }
+
+#[test]
+fn editing_messages_with_huge_header_counts() {
+    // More lines than a u16 can index, then the Route: edits must land on the right line.
+    let mut extra = String::new();
+    for _ in 0..70_000 {
+        extra.push_str("X: a\r\n");
+    }
+    extra.push_str("Route: <sip:p1;lr>, <sip:p2;lr>\r\nl: 0\r\n");
+    let limits = Limits {
+        max_message_size: 1 << 20,
+        max_headers: 100_000,
+        max_line_len: 8192,
+    };
+    let m = dgram(with(&extra, b""), &limits).unwrap();
+    let mut ed = sip_core::Editor::new(&m);
+    assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p1;lr>");
+    assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p2;lr>");
+    assert!(ed.remove_top_route().is_err());
+    let out = dgram(ed.finish().to_vec(), &limits).unwrap();
+    assert_eq!(out.routes().count(), 0);
+    assert_eq!(out.headers_named("X").count(), 70_000);
+
+    // Removing 70k lines is one edit each, not a rescan of every earlier edit.
+    for _ in 0..20 {
+        let mut ed = sip_core::Editor::new(&m);
+        ed.remove_header_named("X");
+        let out = dgram(ed.finish().to_vec(), &limits).unwrap();
+        assert_eq!(out.header_count(), m.header_count() - 70_000);
+        assert_eq!(out.headers_named("X").count(), 0);
+    }
+}

@@ -33,7 +33,7 @@ fn decode_all(data: &[u8], chunk: usize) -> (Vec<Vec<u8>>, usize, bool) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = e.is_fatal_for_stream();
+                    let _ = e.kind();
                     return (frames, consumed, true);
                 }
             }

@@ -18,6 +18,16 @@ pub struct Auth<'a> {
     /// Auth scheme (`Digest`, compare case-insensitively).
     pub scheme: &'a str,
     params: &'a [u8],
+    token68: Option<&'a str>,
+}
+
+/// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_token68(s: &[u8]) -> bool {
+    let body = s
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        .count();
+    body > 0 && s[body..].iter().all(|&b| b == b'=')
 }
 
 /// One `name=value` auth parameter.
@@ -59,6 +69,18 @@ impl<'a> Auth<'a> {
         }
         let had_lws = c.skip_lws();
         let params_start = c.i;
+        let rest = chars::trim_lws(c.rest());
+        // Digest credentials are always parameter lists (RFC 7616), so `Digest realm` stays
+        // an error instead of reading as a token.
+        if had_lws && !scheme.eq_ignore_ascii_case(b"Digest") && is_token68(rest) {
+            // `Bearer <token>` (RFC 8898), `Basic <base64>`: one opaque token, no parameters.
+            return Ok(Auth {
+                raw: v,
+                scheme: chars::ascii(scheme).unwrap_or_default(),
+                params: &[],
+                token68: chars::ascii(rest),
+            });
+        }
         if !c.at_end() {
             if !had_lws {
                 return Err(Error::BadHeader(header, "bad auth scheme"));
@@ -83,7 +105,14 @@ impl<'a> Auth<'a> {
             raw: v,
             scheme: chars::ascii(scheme).unwrap_or_default(),
             params: &v[params_start..],
+            token68: None,
         })
+    }
+
+    /// The token of a token68 credential (`Bearer <token>`, RFC 8898); `None` for
+    /// parameter lists such as Digest.
+    pub fn token68(&self) -> Option<&'a str> {
+        self.token68
     }
 
     /// True for the Digest scheme.
@@ -236,6 +265,21 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn token68_credentials() {
+        let b = Auth::parse(b"Bearer eyJhbGciOi.JSUzI1NiJ9-_x/y+z==", "Authorization").unwrap();
+        assert_eq!(
+            (b.scheme, b.token68()),
+            ("Bearer", Some("eyJhbGciOi.JSUzI1NiJ9-_x/y+z=="))
+        );
+        assert_eq!(b.params().count(), 0);
+        let basic = Auth::parse(b"Basic dXNlcjpwYXNzd29yZA==", "Authorization").unwrap();
+        assert_eq!(basic.token68(), Some("dXNlcjpwYXNzd29yZA=="));
+        // `a=b` is a parameter, not a token68 ending in `=`.
+        let p = Auth::parse(b"Digest realm=x", "Authorization").unwrap();
+        assert_eq!((p.token68(), p.realm()), (None, Some("x")));
     }
 
     #[test]

@@ -8,7 +8,6 @@ use crate::error::Error;
 use crate::header_name::HeaderName;
 use crate::message::SipMessage;
 use crate::params::{Cursor, Params, unescape_quoted};
-use crate::split::Elements;
 use crate::uri::Uri;
 
 /// A display name as written.
@@ -111,13 +110,19 @@ impl<'a> NameAddr<'a> {
                 angle = false;
             }
         }
-        if !has_scheme(uri) {
+        if crate::uri::scheme_end(uri).is_none() {
             return Err(Error::BadHeader(header, "bad URI"));
         }
         let mut tag = None;
         let params = Params::parse_with(&mut c, header, |p| {
-            if tag.is_none() && p.name.len() == 3 && p.name.eq_ignore_ascii_case("tag") {
-                tag = p.value.and_then(|v| v.as_str());
+            if p.name.len() == 3 && p.name.eq_ignore_ascii_case("tag") {
+                // A tag identifies the dialog: it must be one token, given once.
+                if tag.is_some() {
+                    return Err(Error::BadHeader(header, "duplicate tag"));
+                }
+                let v = p.value.filter(|v| !v.is_quoted()).and_then(|v| v.as_str());
+                let v = v.filter(|t| chars::is_token_str(t.as_bytes()));
+                tag = Some(v.ok_or(Error::BadHeader(header, "bad tag"))?);
             }
             Ok(())
         })?;
@@ -143,18 +148,6 @@ impl<'a> NameAddr<'a> {
     /// The `tag` parameter (From/To).
     pub fn tag(&self) -> Option<&'a str> {
         self.tag
-    }
-}
-
-fn has_scheme(uri: &[u8]) -> bool {
-    match memchr::memchr(b':', uri) {
-        Some(c) if c > 0 => {
-            uri[0].is_ascii_alphabetic()
-                && uri[..c]
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        }
-        _ => false,
     }
 }
 
@@ -211,14 +204,7 @@ impl std::fmt::Display for QValue {
 }
 
 fn delta_seconds(v: &[u8]) -> Option<u32> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let sig = &v[v.iter().take_while(|&&b| b == b'0').count()..];
-    if sig.len() > 10 {
-        return None;
-    }
-    u32::try_from(sig.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0'))).ok()
+    chars::decimal_u32(v)
 }
 
 pub(crate) fn parse_delta_seconds(v: &[u8], header: &'static str) -> Result<u32, Error> {
@@ -267,28 +253,29 @@ impl<'a> Contact<'a> {
             instance: None,
             reg_id: None,
         };
+        // Repeated parameters keep their first value, as `Params::get` does.
         for p in addr.params.iter() {
             let v = p.value.map(|v| v.raw());
             if p.name.eq_ignore_ascii_case("expires") {
-                c.expires = Some(
-                    v.and_then(delta_seconds)
-                        .ok_or(Error::BadHeader(H, "bad expires parameter"))?,
-                );
+                let e = v
+                    .and_then(delta_seconds)
+                    .ok_or(Error::BadHeader(H, "bad expires parameter"))?;
+                c.expires = c.expires.or(Some(e));
             } else if p.name.eq_ignore_ascii_case("q") {
-                c.q = Some(
-                    v.and_then(QValue::parse)
-                        .ok_or(Error::BadHeader(H, "bad q parameter"))?,
-                );
+                let q = v
+                    .and_then(QValue::parse)
+                    .ok_or(Error::BadHeader(H, "bad q parameter"))?;
+                c.q = c.q.or(Some(q));
             } else if p.name.eq_ignore_ascii_case("+sip.instance") {
                 match p.value {
-                    Some(v) if v.is_quoted() => c.instance = Some(v.raw()),
+                    Some(v) if v.is_quoted() => c.instance = c.instance.or(Some(v.raw())),
                     _ => return Err(Error::BadHeader(H, "bad +sip.instance parameter")),
                 }
             } else if p.name.eq_ignore_ascii_case("reg-id") {
-                c.reg_id = Some(
-                    v.and_then(delta_seconds)
-                        .ok_or(Error::BadHeader(H, "bad reg-id parameter"))?,
-                );
+                let r = v
+                    .and_then(delta_seconds)
+                    .ok_or(Error::BadHeader(H, "bad reg-id parameter"))?;
+                c.reg_id = c.reg_id.or(Some(r));
             }
         }
         Ok(Contact::Addr(c))
@@ -309,15 +296,13 @@ fn route_set<'a>(
     name: HeaderName,
     h: &'static str,
 ) -> impl Iterator<Item = Result<NameAddr<'a>, Error>> + 'a {
-    msg.headers_of(name)
-        .flat_map(|x| Elements::new(x.value, true))
-        .map(move |e| {
-            let a = NameAddr::parse(e, h)?;
-            if !a.angle {
-                return Err(Error::BadHeader(h, "route must be in name-addr form"));
-            }
-            Ok(a)
-        })
+    msg.required_list(name, h).map(move |e| {
+        let a = NameAddr::parse(e?, h)?;
+        if !a.angle {
+            return Err(Error::BadHeader(h, "route must be in name-addr form"));
+        }
+        Ok(a)
+    })
 }
 
 impl SipMessage {
@@ -343,7 +328,8 @@ impl SipMessage {
 
     /// Every Contact value across all Contact lines.
     pub fn contacts(&self) -> impl Iterator<Item = Result<Contact<'_>, Error>> + '_ {
-        self.header_values(HeaderName::Contact).map(Contact::parse)
+        self.required_list(HeaderName::Contact, "Contact")
+            .map(|e| e.and_then(Contact::parse))
     }
 
     /// Route values, topmost first. Each must be a name-addr.
@@ -455,6 +441,9 @@ mod tests {
             "malformed parameter"
         );
         assert_eq!(err("<<<<<<sip:a>"), "white space or < inside <>");
+        assert_eq!(err("<sip:a@b>;tag"), "bad tag");
+        assert_eq!(err("<sip:a@b>;tag=\"q t\""), "bad tag");
+        assert_eq!(err("<sip:a@b>;tag=1;tag=2"), "duplicate tag");
     }
 
     #[test]

@@ -32,12 +32,8 @@ impl<'a> CSeq<'a> {
         if digits.is_empty() {
             return Err(Error::BadHeader(H, "missing sequence number"));
         }
-        let sig = &digits[digits.iter().take_while(|&&b| b == b'0').count()..];
-        if sig.len() > 10 {
-            return Err(Error::BadHeader(H, "sequence number out of range"));
-        }
-        let seq = u32::try_from(sig.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')))
-            .map_err(|_| Error::BadHeader(H, "sequence number out of range"))?;
+        let seq = chars::decimal_u32(digits)
+            .ok_or(Error::BadHeader(H, "sequence number out of range"))?;
         if !c.skip_lws() {
             return Err(Error::BadHeader(H, "missing method"));
         }
@@ -182,14 +178,7 @@ impl SipMessage {
             return Ok(None);
         };
         let bad = Error::BadHeader("Max-Forwards", "not a number from 0 to 255");
-        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-            return Err(bad);
-        }
-        let sig = &v[v.iter().take_while(|&&b| b == b'0').count()..];
-        if sig.len() > 3 {
-            return Err(bad);
-        }
-        let n = sig.iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+        let n = chars::decimal_u32(v).ok_or(bad.clone())?;
         u8::try_from(n).map(Some).map_err(|_| bad)
     }
 

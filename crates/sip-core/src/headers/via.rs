@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::header_name::HeaderName;
 use crate::message::SipMessage;
 use crate::params::{Cursor, Params};
-use crate::split::{Elements, top_level_comma};
+use crate::split::top_level_comma;
 use crate::uri::{Host, parse_host, parse_port};
 
 /// The RFC 3261 branch prefix that makes the branch a transaction id.
@@ -137,6 +137,7 @@ impl<'a> Via<'a> {
             protocol = &elem[c.i..c.i + 3];
             version = &elem[c.i + 4..c.i + 7];
             c.i += 8;
+            c.skip_lws();
             transport = c.token();
         } else {
             protocol = c.token();
@@ -188,36 +189,40 @@ impl<'a> Via<'a> {
                     .and_then(|v| if v.is_quoted() { None } else { v.as_str() })
             };
             match p.name.len() {
+                // A repeated branch would let two elements key the same message to
+                // different transactions; the other parameters keep their first value,
+                // as `Params::get` does.
                 6 if p.name.eq_ignore_ascii_case("branch") => {
+                    if branch.is_some() {
+                        return Err(Error::BadHeader(H, "duplicate branch"));
+                    }
                     branch = Some(text().ok_or(Error::BadHeader(H, "bad branch"))?);
                 }
                 8 if p.name.eq_ignore_ascii_case("received") => {
                     let v = text().ok_or(Error::BadHeader(H, "bad received"))?;
                     parse_received(v).ok_or(Error::BadHeader(H, "bad received"))?;
-                    received = Some(v);
+                    received = received.or(Some(v));
                 }
                 5 if p.name.eq_ignore_ascii_case("rport") => {
-                    rport = Some(match p.value {
+                    let v = match p.value {
                         None => None,
                         Some(v) => {
                             Some(parse_port(v.raw()).ok_or(Error::BadHeader(H, "bad rport"))?)
                         }
-                    });
+                    };
+                    rport = rport.or(Some(v));
                 }
                 5 if p.name.eq_ignore_ascii_case("maddr") => {
                     let v = text().ok_or(Error::BadHeader(H, "bad maddr"))?;
                     parse_host(v.as_bytes()).map_err(|_| Error::BadHeader(H, "bad maddr"))?;
-                    maddr = Some(v);
+                    maddr = maddr.or(Some(v));
                 }
                 3 if p.name.eq_ignore_ascii_case("ttl") => {
-                    let v = text().ok_or(Error::BadHeader(H, "bad ttl"))?;
-                    if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                        return Err(Error::BadHeader(H, "bad ttl"));
-                    }
-                    ttl = Some(
-                        v.parse::<u8>()
-                            .map_err(|_| Error::BadHeader(H, "bad ttl"))?,
-                    );
+                    let n = text()
+                        .and_then(|v| chars::decimal_u32(v.as_bytes()))
+                        .and_then(|n| u8::try_from(n).ok())
+                        .ok_or(Error::BadHeader(H, "bad ttl"))?;
+                    ttl = ttl.or(Some(n));
                 }
                 _ => {}
             }
@@ -259,9 +264,8 @@ impl<'a> Via<'a> {
 impl SipMessage {
     /// Every Via hop across every Via line, topmost first.
     pub fn via(&self) -> impl Iterator<Item = Result<Via<'_>, Error>> + '_ {
-        self.headers_of(HeaderName::Via)
-            .flat_map(|h| Elements::new(h.value, true))
-            .map(Via::parse)
+        self.required_list(HeaderName::Via, "Via")
+            .map(|e| e.and_then(Via::parse))
     }
 
     /// The topmost Via hop, parsing nothing else.
@@ -269,6 +273,9 @@ impl SipMessage {
         let v = self
             .header(HeaderName::Via)
             .ok_or(Error::MissingHeader("Via"))?;
+        if chars::trim_lws(v).is_empty() {
+            return Err(Error::BadHeader("Via", "empty value"));
+        }
         let first = match top_level_comma(v) {
             Some(i) => &v[..i],
             None => v,
@@ -319,6 +326,14 @@ mod tests {
         .unwrap();
         assert_eq!(v.transport, Transport::Tcp);
         assert_eq!(v.branch, Some("z9hG4bK9ikj8"));
+        let v = Via::parse(b"SIP/2.0/ UDP h;branch=z9hG4bK1").unwrap();
+        assert_eq!(v.transport, Transport::Udp);
+        let v =
+            Via::parse(b"SIP/2.0/\r\n TCP h;received=192.0.2.1;received=192.0.2.2;rport=1;rport=2")
+                .unwrap();
+        assert_eq!(v.transport, Transport::Tcp);
+        assert_eq!(v.received, Some("192.0.2.1"));
+        assert_eq!(v.rport, Some(Some(1)));
         let v = Via::parse(b"SIP/2.0/UDP host : 5060 ;rport=1234").unwrap();
         assert_eq!(v.sent_by.port, Some(5060));
         assert_eq!(v.rport, Some(Some(1234)));
@@ -373,6 +388,10 @@ mod tests {
             ("SIP/2.0/UDP h;ttl=256", "bad ttl"),
             ("SIP/2.0/UDP h;branch=\"q\"", "bad branch"),
             ("SIP/2.0/UDP h x", "unexpected characters"),
+            (
+                "SIP/2.0/UDP h;branch=z9hG4bK1;branch=z9hG4bK2",
+                "duplicate branch",
+            ),
         ] {
             assert_eq!(
                 Via::parse(s.as_bytes()),
