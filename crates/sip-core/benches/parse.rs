@@ -7,7 +7,8 @@
 //! * `parse_index`: framing + start line + header index (what every message pays).
 //! * `txn_key`: the above plus typed top Via (branch, sent-by), CSeq, Call-ID and From tag,
 //!   i.e. what a transaction layer reads to match a message.
-//! * `rsip`: rsip 0.4 parse plus the same typed reads.
+//! * `rsip`: rsip 0.4 parse plus the same typed reads (compare with `txn_key`).
+//! * `rsip_parse`: rsip 0.4 parse alone (compare with `parse_index`).
 //! * `validate`, `forward`: full request validation; proxy forwarding edits.
 
 use std::hint::black_box;
@@ -68,6 +69,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| txn_key(&parse(black_box(&bytes), &limits)))
         });
         g.bench_function("rsip", |b| b.iter(|| rsip_key(black_box(input))));
+        g.bench_function("rsip_parse", |b| {
+            b.iter(|| rsip::SipMessage::try_from(black_box(input)).expect("rsip parse"))
+        });
         g.bench_function("validate", |b| {
             b.iter(|| {
                 let m = parse(black_box(&bytes), &limits);

@@ -105,11 +105,13 @@ pub(crate) fn is_lws(b: u8) -> bool {
 
 /// Index of the first byte at or after `i` that is not LWS.
 #[inline]
-pub(crate) fn skip_lws(s: &[u8], mut i: usize) -> usize {
-    while i < s.len() && is_lws(s[i]) {
-        i += 1;
+pub(crate) fn skip_lws(s: &[u8], i: usize) -> usize {
+    match s.get(i..) {
+        // Most separators have no white space around them: answer without a loop.
+        Some([b, ..]) if !is_lws(*b) => i,
+        Some(rest) => i + rest.iter().position(|&b| !is_lws(b)).unwrap_or(rest.len()),
+        None => i,
     }
-    i
 }
 
 /// `s` without leading and trailing LWS.
@@ -128,11 +130,16 @@ pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
 
 /// End of the run of bytes in `class` starting at `i`.
 #[inline]
-pub(crate) fn scan(s: &[u8], mut i: usize, class: u16) -> usize {
-    while i < s.len() && is(s[i], class) {
-        i += 1;
+pub(crate) fn scan(s: &[u8], i: usize, class: u16) -> usize {
+    match s.get(i..) {
+        Some(rest) => {
+            i + rest
+                .iter()
+                .position(|&b| !is(b, class))
+                .unwrap_or(rest.len())
+        }
+        None => i,
     }
-    i
 }
 
 /// True when every byte of `s` is printable ASCII other than space (0x21–0x7E). An OR

@@ -108,24 +108,46 @@ header_names! {
 /// letters and only `-` onto `-`, so this is exact for header names.
 #[inline(always)]
 fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
-    if name.len() != lower.len() {
+    let n = name.len();
+    if n != lower.len() {
         return false;
     }
-    // Eight bytes per compare: header names are 2–20 bytes.
-    let mut a = name.chunks_exact(8);
-    let mut b = lower.chunks_exact(8);
-    for (x, y) in (&mut a).zip(&mut b) {
-        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
-            return false;
-        };
-        if u64::from_le_bytes(x) | 0x2020_2020_2020_2020 != u64::from_le_bytes(y) {
-            return false;
-        }
+    // Two overlapping loads cover any length between one and two words, so a 2–24 byte
+    // name costs two or three compares and no loop.
+    #[inline(always)]
+    fn w2(s: &[u8], i: usize) -> u16 {
+        let mut b = [0u8; 2];
+        b.copy_from_slice(&s[i..i + 2]);
+        u16::from_le_bytes(b)
     }
-    a.remainder()
-        .iter()
-        .zip(b.remainder())
-        .all(|(x, y)| (x | 0x20) == *y)
+    #[inline(always)]
+    fn w4(s: &[u8], i: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&s[i..i + 4]);
+        u32::from_le_bytes(b)
+    }
+    #[inline(always)]
+    fn w8(s: &[u8], i: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[i..i + 8]);
+        u64::from_le_bytes(b)
+    }
+    const L2: u16 = 0x2020;
+    const L4: u32 = 0x2020_2020;
+    const L8: u64 = 0x2020_2020_2020_2020;
+    match n {
+        0 => true,
+        1 => name[0] | 0x20 == lower[0],
+        2..=3 => w2(name, 0) | L2 == w2(lower, 0) && w2(name, n - 2) | L2 == w2(lower, n - 2),
+        4..=7 => w4(name, 0) | L4 == w4(lower, 0) && w4(name, n - 4) | L4 == w4(lower, n - 4),
+        8..=16 => w8(name, 0) | L8 == w8(lower, 0) && w8(name, n - 8) | L8 == w8(lower, n - 8),
+        17..=24 => {
+            w8(name, 0) | L8 == w8(lower, 0)
+                && w8(name, 8) | L8 == w8(lower, 8)
+                && w8(name, n - 8) | L8 == w8(lower, n - 8)
+        }
+        _ => name.iter().zip(lower).all(|(a, b)| (a | 0x20) == *b),
+    }
 }
 
 impl HeaderName {
@@ -491,6 +513,39 @@ impl HeaderName {
 #[cfg(test)]
 mod tests {
     use super::HeaderName as H;
+
+    #[test]
+    fn lower_compare() {
+        assert!(super::eq_lower(b"CaLl-Id", b"call-id"));
+        assert!(!super::eq_lower(b"Call-Ix", b"call-id"));
+        assert!(!super::eq_lower(b"Xall-Id", b"call-id"));
+        assert!(super::eq_lower(
+            b"PROXY-AUTHORIZATION",
+            b"proxy-authorization"
+        ));
+        assert!(!super::eq_lower(
+            b"PROXY-AUTHORIZATIOX",
+            b"proxy-authorization"
+        ));
+        assert!(!super::eq_lower(
+            b"PROXY-XUTHORIZATION",
+            b"proxy-authorization"
+        ));
+        assert!(!super::eq_lower(
+            b"PROXY-AUTHXRIZATION",
+            b"proxy-authorization"
+        ));
+        for len in 0..40 {
+            let lower: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let upper = lower.to_ascii_uppercase();
+            assert!(super::eq_lower(&upper, &lower), "{len}");
+            for i in 0..len {
+                let mut bad = upper.clone();
+                bad[i] = b'0';
+                assert!(!super::eq_lower(&bad, &lower), "{len} {i}");
+            }
+        }
+    }
 
     #[test]
     fn classification() {

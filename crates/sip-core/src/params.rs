@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::chars::{self, is_token};
+use crate::chars;
 use crate::error::Error;
 
 /// A forward-only position in a header value.
@@ -61,11 +61,7 @@ impl<'a> Cursor<'a> {
     }
     #[inline]
     pub fn token(&mut self) -> &'a [u8] {
-        let start = self.i;
-        while self.i < self.s.len() && is_token(self.s[self.i]) {
-            self.i += 1;
-        }
-        &self.s[start..self.i]
+        self.take_class(chars::TOKEN)
     }
     /// A quoted string starting at the cursor; returns the bytes between the quotes,
     /// escapes left in place.
