@@ -247,10 +247,48 @@ impl<'a> ReplyContext<'a> {
     }
 }
 
-/// Extra header fields of a builder, in order.
-type ExtraHeaders<'a, const N: usize> = SmallVec<[(Cow<'a, str>, Cow<'a, [u8]>); N]>;
-/// Content-Type and body.
-type Body<'a> = Option<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
+/// What both builders append after their own headers: extra header fields in order, then
+/// Content-Type/Content-Length and the body.
+#[derive(Debug, Clone, Default)]
+struct Tail<'a> {
+    headers: SmallVec<[Field<'a>; 8]>,
+    /// Content-Type and body.
+    body: Option<Field<'a, [u8]>>,
+}
+
+/// A (name, value) pair as the builders keep it.
+type Field<'a, N = str> = (Cow<'a, N>, Cow<'a, [u8]>);
+
+impl Tail<'_> {
+    /// Bytes `write` will need, for sizing the output once.
+    fn len_hint(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + self
+                .body
+                .as_ref()
+                .map_or(0, |(t, b)| t.len() + b.len() + 40)
+            + 20
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        for (n, v) in &self.headers {
+            line(out, n.as_bytes(), v);
+        }
+        match &self.body {
+            Some((ctype, b)) => {
+                line(out, b"Content-Type", ctype);
+                out.put_slice(b"Content-Length: ");
+                put_decimal(out, u32::try_from(b.len()).unwrap_or(u32::MAX));
+                out.put_slice(b"\r\n\r\n");
+                out.put_slice(b);
+            }
+            None => out.put_slice(b"Content-Length: 0\r\n\r\n"),
+        }
+    }
+}
 
 /// Builds a response to a request per RFC 3261 §8.2.6.
 #[derive(Debug, Clone)]
@@ -259,8 +297,7 @@ pub struct ResponseBuilder<'a> {
     code: u16,
     reason: Cow<'a, str>,
     to_tag: Option<Cow<'a, str>>,
-    headers: ExtraHeaders<'a, 6>,
-    body: Body<'a>,
+    tail: Tail<'a>,
 }
 
 impl<'a> ResponseBuilder<'a> {
@@ -276,8 +313,7 @@ impl<'a> ResponseBuilder<'a> {
             code,
             reason: Cow::Borrowed(default_reason(code)),
             to_tag: None,
-            headers: SmallVec::new(),
-            body: None,
+            tail: Tail::default(),
         }
     }
 
@@ -300,7 +336,7 @@ impl<'a> ResponseBuilder<'a> {
         name: impl Into<Cow<'a, str>>,
         value: impl Into<Cow<'a, [u8]>>,
     ) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.tail.headers.push((name.into(), value.into()));
         self
     }
 
@@ -310,7 +346,7 @@ impl<'a> ResponseBuilder<'a> {
         content_type: impl Into<Cow<'a, [u8]>>,
         body: impl Into<Cow<'a, [u8]>>,
     ) -> Self {
-        self.body = Some((content_type.into(), body.into()));
+        self.tail.body = Some((content_type.into(), body.into()));
         self
     }
 
@@ -318,16 +354,7 @@ impl<'a> ResponseBuilder<'a> {
     pub fn build(&self) -> Bytes {
         let c = &self.ctx;
         let mut out = BytesMut::with_capacity(
-            256 + c.vias.iter().map(|v| v.len() + 8).sum::<usize>()
-                + self
-                    .headers
-                    .iter()
-                    .map(|(n, v)| n.len() + v.len() + 4)
-                    .sum::<usize>()
-                + self
-                    .body
-                    .as_ref()
-                    .map_or(0, |(t, b)| t.len() + b.len() + 20),
+            256 + c.vias.iter().map(|v| v.len() + 8).sum::<usize>() + self.tail.len_hint(),
         );
         out.put_slice(b"SIP/2.0 ");
         put_decimal(&mut out, u32::from(self.code.clamp(100, 699)));
@@ -367,13 +394,7 @@ impl<'a> ResponseBuilder<'a> {
         if let (100, Some(v)) = (self.code, c.timestamp) {
             line(&mut out, b"Timestamp", v);
         }
-        for (n, v) in &self.headers {
-            line(&mut out, n.as_bytes(), v);
-        }
-        finish_body(
-            &mut out,
-            self.body.as_ref().map(|(t, b)| (t.as_ref(), b.as_ref())),
-        );
+        self.tail.write(&mut out);
         out.freeze()
     }
 }
@@ -398,19 +419,6 @@ fn line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
-}
-
-fn finish_body(out: &mut BytesMut, body: Option<(&[u8], &[u8])>) {
-    match body {
-        Some((ctype, b)) => {
-            line(out, b"Content-Type", ctype);
-            out.put_slice(b"Content-Length: ");
-            put_decimal(out, u32::try_from(b.len()).unwrap_or(u32::MAX));
-            out.put_slice(b"\r\n\r\n");
-            out.put_slice(b);
-        }
-        None => out.put_slice(b"Content-Length: 0\r\n\r\n"),
-    }
 }
 
 /// The error response for a request that failed validation or parsing.
@@ -438,8 +446,7 @@ pub fn error_reply(msg: Option<&SipMessage>, raw: &[u8], err: &Error) -> Option<
 pub struct RequestBuilder<'a> {
     method: Method<'a>,
     uri: Cow<'a, [u8]>,
-    headers: ExtraHeaders<'a, 10>,
-    body: Body<'a>,
+    tail: Tail<'a>,
 }
 
 impl<'a> RequestBuilder<'a> {
@@ -448,8 +455,7 @@ impl<'a> RequestBuilder<'a> {
         RequestBuilder {
             method,
             uri: uri.into(),
-            headers: SmallVec::new(),
-            body: None,
+            tail: Tail::default(),
         }
     }
 
@@ -459,7 +465,7 @@ impl<'a> RequestBuilder<'a> {
         name: impl Into<Cow<'a, str>>,
         value: impl Into<Cow<'a, [u8]>>,
     ) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.tail.headers.push((name.into(), value.into()));
         self
     }
 
@@ -469,35 +475,18 @@ impl<'a> RequestBuilder<'a> {
         content_type: impl Into<Cow<'a, [u8]>>,
         body: impl Into<Cow<'a, [u8]>>,
     ) -> Self {
-        self.body = Some((content_type.into(), body.into()));
+        self.tail.body = Some((content_type.into(), body.into()));
         self
     }
 
     /// Write the request.
     pub fn build(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(
-            64 + self.uri.len()
-                + self
-                    .headers
-                    .iter()
-                    .map(|(n, v)| n.len() + v.len() + 4)
-                    .sum::<usize>()
-                + self
-                    .body
-                    .as_ref()
-                    .map_or(0, |(t, b)| t.len() + b.len() + 20),
-        );
+        let mut out = BytesMut::with_capacity(64 + self.uri.len() + self.tail.len_hint());
         out.put_slice(self.method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(&self.uri);
         out.put_slice(b" SIP/2.0\r\n");
-        for (n, v) in &self.headers {
-            line(&mut out, n.as_bytes(), v);
-        }
-        finish_body(
-            &mut out,
-            self.body.as_ref().map(|(t, b)| (t.as_ref(), b.as_ref())),
-        );
+        self.tail.write(&mut out);
         out.freeze()
     }
 
