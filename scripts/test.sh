@@ -56,8 +56,47 @@ need_cargo_tool() {
   cargo install "$crate" --version "$version" --locked --root "$TOOLS" "$@"
 }
 
+# need_apt <command> <debian package>: install the package when the command is missing.
+need_apt() {
+  local cmd=$1 pkg=$2 sudo=()
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  step "installing Debian package $pkg (for $cmd)"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y --no-install-recommends "$pkg" >"$WORK/apt-$pkg.log" 2>&1 || {
+    # A fresh machine may have no package lists yet.
+    "${sudo[@]}" apt-get update >"$WORK/apt-update.log" 2>&1
+    "${sudo[@]}" apt-get install -y --no-install-recommends "$pkg" >"$WORK/apt-$pkg.log" 2>&1 || {
+      cat "$WORK/apt-$pkg.log"
+      exit 1
+    }
+  }
+  command -v "$cmd" >/dev/null 2>&1 || { echo "$pkg installed but $cmd is not on PATH" >&2; exit 1; }
+}
+
+# need_deb_binary <command> <debian package>: unpack the package's binaries into $TOOLS
+# without installing it (no root, and no system service started as a side effect).
+need_deb_binary() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  step "unpacking Debian package $pkg into $TOOLS (cached for later runs)"
+  mkdir -p "$WORK/deb-$pkg" "$TOOLS/bin"
+  (cd "$WORK/deb-$pkg" && { apt-get download "$pkg" >/dev/null 2>&1 || {
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update >"$WORK/apt-update.log" 2>&1
+    apt-get download "$pkg"
+  }; })
+  dpkg-deb -x "$WORK/deb-$pkg"/"$pkg"_*.deb "$WORK/deb-$pkg/root"
+  cp "$WORK/deb-$pkg/root/usr/bin/"* "$TOOLS/bin/"
+  command -v "$cmd" >/dev/null 2>&1 || { echo "$pkg unpacked but $cmd not found" >&2; exit 1; }
+}
+
 need_rust_component rustfmt
 need_rust_component clippy
+need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
+need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
+need_deb_binary prometheus prometheus  # a real Prometheus scraping /metrics
 
 # --- static checks ------------------------------------------------------------------------
 
@@ -74,7 +113,7 @@ elapsed $t
 # --- tests --------------------------------------------------------------------------------
 
 t=$SECONDS
-step "cargo test (unit, integration, property, torture, hostile-input, doc tests)"
+step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak and Prometheus end to end)"
 cargo test --workspace --locked
 elapsed $t
 

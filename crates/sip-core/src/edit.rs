@@ -177,6 +177,43 @@ impl<'m, 'e> Editor<'m, 'e> {
         Err(Error::Edit(what))
     }
 
+    /// Remove the bottom-most remaining value of a list header; returns it.
+    fn remove_last_element(
+        &mut self,
+        name: HeaderName,
+        what: &'static str,
+    ) -> Result<&'m [u8], Error> {
+        let msg: &'m SipMessage = self.msg;
+        let entries: SmallVec<[(usize, &'m HeaderEntry); 4]> =
+            self.entries().filter(|(_, e)| e.name == name).collect();
+        for &(idx, e) in entries.iter().rev() {
+            let mask = match self.op(idx) {
+                Some(EntryOp::Delete) => continue,
+                Some(EntryOp::RemoveElements(m)) => *m,
+                Some(_) => return Err(Error::Edit("header value was replaced")),
+                None => 0,
+            };
+            let elems: SmallVec<[&'m [u8]; 8]> =
+                Elements::new(e.value().get(msg.as_bytes()), true).collect();
+            for (i, elem) in elems.iter().enumerate().rev() {
+                if i >= 64 {
+                    return Err(Error::Edit("too many values in one header line"));
+                }
+                if mask & (1 << i) == 0 {
+                    self.set_op(idx, EntryOp::RemoveElements(mask | (1 << i)));
+                    return Ok(elem);
+                }
+            }
+        }
+        Err(Error::Edit(what))
+    }
+
+    /// Remove the last Route value (strict-routing compatibility, RFC 3261 §16.4: the
+    /// Request-URI is replaced by it); returns it.
+    pub fn remove_last_route(&mut self) -> Result<&'m [u8], Error> {
+        self.remove_last_element(HeaderName::Route, "no Route to remove")
+    }
+
     /// Remove the topmost Route value (§16.4 when it names this proxy); returns it.
     pub fn remove_top_route(&mut self) -> Result<&'m [u8], Error> {
         self.remove_top_element(HeaderName::Route, "no Route to remove")
@@ -516,6 +553,17 @@ mod tests {
         let out = parse(&ed.finish());
         assert_eq!(out.routes().count(), 0);
         assert_eq!(out.header_count(), m.header_count() - 2);
+    }
+
+    #[test]
+    fn last_route_removal() {
+        let m = parse(INV);
+        let mut ed = Editor::new(&m);
+        assert_eq!(ed.remove_last_route().unwrap(), b"<sip:p3.example.com;lr>");
+        assert_eq!(ed.remove_last_route().unwrap(), b"<sip:p2.example.com;lr>");
+        assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p1.example.com;lr>");
+        assert!(ed.remove_last_route().is_err());
+        assert_eq!(parse(&ed.finish()).routes().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! Stateless nonces: any edge holding the same secret verifies a nonce another edge issued.
+//!
+//! ```text
+//! nonce = base64url-nopad( timestamp (8 bytes, big-endian Unix seconds)
+//!                          || HMAC-SHA256(secret, timestamp || realm)[..16] )
+//! ```
+//!
+//! The nonce is 32 characters of `[A-Za-z0-9_-]`, so it needs no escaping inside a quoted
+//! string and survives every SIP stack unchanged.
+//!
+//! # Replay
+//!
+//! Nothing is remembered about a nonce once issued, so a captured request (or its
+//! `Authorization` header) can be replayed until the nonce's lifetime ends: the `nc`
+//! counter of RFC 7616 §3.4 is not tracked. Tracking it would need shared per-nonce state
+//! on every request across all edges (a Redis round trip before each REGISTER/INVITE is
+//! answered) and would turn a location-service outage into an authentication outage. The
+//! trade is taken because the lifetime bounds the window (minutes), the response binds the
+//! method and Request-URI so a replay can only repeat the very same request, SIP over
+//! TLS (where capturing a request needs a broken transport) is the deployment we expect,
+//! and a replayed REGISTER repeats a Call-ID/CSeq pair the registrar already refuses as out
+//! of order (RFC 3261 §10.3 step 7).
+
+use crate::error::Error;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const TS_LEN: usize = 8;
+/// 128 bits of MAC: forging one takes 2^128 guesses, and keeps the nonce short.
+const MAC_LEN: usize = 16;
+const RAW_LEN: usize = TS_LEN + MAC_LEN;
+/// base64 of 24 bytes is exactly 32 characters without padding.
+const ENCODED_LEN: usize = RAW_LEN / 3 * 4;
+
+/// The result of checking a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    /// Issued by a holder of the secret for this realm, within its lifetime.
+    Valid,
+    /// Authentic but older than the lifetime: re-challenge with `stale=true`, so the client
+    /// retries with the same credentials instead of asking its user.
+    Stale,
+    /// Not ours: wrong MAC, malformed, another realm, or issued too far in the future.
+    Invalid,
+}
+
+/// Issues and verifies stateless nonces for one cluster-wide secret.
+///
+/// Every edge is configured with the same secret; a nonce issued by one edge verifies on
+/// any other, so a client's retry may land anywhere. Rotating the secret invalidates all
+/// outstanding nonces (clients see one extra 401 each).
+#[derive(Clone)]
+pub struct NonceKey {
+    /// Keyed once: HMAC state after absorbing the key, cloned per nonce.
+    mac: HmacSha256,
+    lifetime_secs: u64,
+    max_skew_secs: u64,
+}
+
+impl NonceKey {
+    /// Shortest secret accepted.
+    pub const MIN_SECRET_LEN: usize = 16;
+    /// Default tolerance for a nonce issued "in the future" by an edge whose clock runs ahead.
+    pub const DEFAULT_MAX_SKEW_SECS: u64 = 30;
+
+    /// A key for `secret` (at least [`Self::MIN_SECRET_LEN`] bytes, ideally 32 random
+    /// bytes) whose nonces are fresh for `lifetime` (whole seconds).
+    pub fn new(secret: impl AsRef<[u8]>, lifetime: Duration) -> Result<NonceKey, Error> {
+        let secret = secret.as_ref();
+        let weak = Error::WeakNonceSecret {
+            min: Self::MIN_SECRET_LEN,
+        };
+        if secret.len() < Self::MIN_SECRET_LEN {
+            return Err(weak);
+        }
+        let mac = HmacSha256::new_from_slice(secret).map_err(|_| weak)?;
+        Ok(NonceKey {
+            mac,
+            lifetime_secs: lifetime.as_secs(),
+            max_skew_secs: Self::DEFAULT_MAX_SKEW_SECS,
+        })
+    }
+
+    /// Change how far in the future a nonce's timestamp may be (clock skew between edges).
+    pub fn with_max_skew(mut self, skew: Duration) -> NonceKey {
+        self.max_skew_secs = skew.as_secs();
+        self
+    }
+
+    /// How long a nonce stays fresh.
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.lifetime_secs)
+    }
+
+    /// A nonce for `realm`, issued at `now_unix` (Unix seconds). Nonces issued in the same
+    /// second for the same realm are identical, which is harmless: uniqueness per request
+    /// comes from the client's `cnonce`.
+    pub fn issue(&self, realm: &str, now_unix: u64) -> String {
+        let ts = now_unix.to_be_bytes();
+        let tag = self.tag(&ts, realm);
+        let mut raw = [0u8; RAW_LEN];
+        let (ts_out, mac_out) = raw.split_at_mut(TS_LEN);
+        ts_out.copy_from_slice(&ts);
+        mac_out.copy_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Check a nonce presented for `realm` at `now_unix`.
+    pub fn verify(&self, nonce: &str, realm: &str, now_unix: u64) -> NonceCheck {
+        // Length first: bounds the work on hostile input and rejects every other format.
+        if nonce.len() != ENCODED_LEN {
+            return NonceCheck::Invalid;
+        }
+        let mut raw = [0u8; RAW_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) {
+            Ok(RAW_LEN) => {}
+            _ => return NonceCheck::Invalid,
+        }
+        let Some((ts, mac)) = raw.split_first_chunk::<TS_LEN>() else {
+            return NonceCheck::Invalid;
+        };
+        if !bool::from(self.tag(ts, realm).as_slice().ct_eq(mac)) {
+            return NonceCheck::Invalid;
+        }
+        let issued = u64::from_be_bytes(*ts);
+        if issued > now_unix.saturating_add(self.max_skew_secs) {
+            // Authentic but from the future: only a badly wrong clock on some edge does this,
+            // and accepting it would extend the nonce's life by the clock error.
+            return NonceCheck::Invalid;
+        }
+        if now_unix.saturating_sub(issued) > self.lifetime_secs {
+            NonceCheck::Stale
+        } else {
+            NonceCheck::Valid
+        }
+    }
+
+    fn tag(&self, ts: &[u8; TS_LEN], realm: &str) -> [u8; MAC_LEN] {
+        let mut m = self.mac.clone();
+        // The timestamp has a fixed width, so `ts || realm` is unambiguous without a separator.
+        m.update(ts);
+        m.update(realm.as_bytes());
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        if let Some(prefix) = full.first_chunk::<MAC_LEN>() {
+            out = *prefix;
+        }
+        out
+    }
+}
+
+impl fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NonceKey")
+            .field("secret", &"<redacted>")
+            .field("lifetime_secs", &self.lifetime_secs)
+            .field("max_skew_secs", &self.max_skew_secs)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_700_000_000;
+
+    fn key() -> NonceKey {
+        NonceKey::new(SECRET, Duration::from_secs(300)).unwrap()
+    }
+
+    #[test]
+    fn format() {
+        let n = key().issue("example.com", NOW);
+        assert_eq!(n.len(), 32);
+        assert!(
+            n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        let mut raw = [0u8; 24];
+        assert_eq!(URL_SAFE_NO_PAD.decode_slice(&n, &mut raw).unwrap(), 24);
+        assert_eq!(raw[..8], NOW.to_be_bytes());
+        // Deterministic for the same inputs, different for another realm or second.
+        assert_eq!(n, key().issue("example.com", NOW));
+        assert_ne!(n, key().issue("example.org", NOW));
+        assert_ne!(n, key().issue("example.com", NOW + 1));
+    }
+
+    #[test]
+    fn lifetime_boundaries() {
+        let k = key();
+        let n = k.issue("example.com", NOW);
+        assert_eq!(k.verify(&n, "example.com", NOW), NonceCheck::Valid);
+        assert_eq!(k.verify(&n, "example.com", NOW + 300), NonceCheck::Valid);
+        assert_eq!(k.verify(&n, "example.com", NOW + 301), NonceCheck::Stale);
+        assert_eq!(k.verify(&n, "example.com", u64::MAX), NonceCheck::Stale);
+        assert_eq!(k.verify(&n, "example.org", NOW), NonceCheck::Invalid);
+    }
+
+    #[test]
+    fn skew() {
+        let k = key();
+        let n = k.issue("r", NOW + 30);
+        assert_eq!(k.verify(&n, "r", NOW), NonceCheck::Valid);
+        let n = k.issue("r", NOW + 31);
+        assert_eq!(k.verify(&n, "r", NOW), NonceCheck::Invalid);
+        let strict = key().with_max_skew(Duration::ZERO);
+        assert_eq!(
+            strict.verify(&k.issue("r", NOW + 1), "r", NOW),
+            NonceCheck::Invalid
+        );
+        // Far-future timestamps must not overflow.
+        assert_eq!(
+            k.verify(&k.issue("r", u64::MAX), "r", u64::MAX - 10),
+            NonceCheck::Valid
+        );
+    }
+
+    #[test]
+    fn garbage() {
+        let k = key();
+        let good = k.issue("r", NOW);
+        for bad in [
+            "",
+            "x",
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            &"A".repeat(32),
+            &"=".repeat(32),
+            &"é".repeat(16),
+            &good[..31],
+            &format!("{good}A"),
+            &format!("{}+", &good[..31]),
+        ] {
+            assert_eq!(k.verify(bad, "r", NOW), NonceCheck::Invalid, "{bad:?}");
+        }
+        // Flip each character of the MAC part.
+        for i in 11..32 {
+            let mut b = good.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let s = String::from_utf8(b).unwrap();
+            assert_eq!(k.verify(&s, "r", NOW), NonceCheck::Invalid, "{i}");
+        }
+    }
+
+    #[test]
+    fn weak_secret_and_debug() {
+        assert!(matches!(
+            NonceKey::new(b"short", Duration::from_secs(1)),
+            Err(Error::WeakNonceSecret { min: 16 })
+        ));
+        let dbg = format!("{:?}", key());
+        assert!(!dbg.contains("0123456789abcdef"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+        assert_eq!(key().lifetime(), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,315 @@
+//! # sip-transport: the socket drivers of sipcluster
+//!
+//! The thin I/O layer around the sans-IO cores: UDP sockets and TCP listeners/connections
+//! on tokio, framing with `sip_core::{parse_datagram, StreamDecoder}`, and a flows table so
+//! that a message can go back over the very connection a request arrived on (RFC 3261
+//! §18.2.2, RFC 5626 flows).
+//!
+//! * Inbound messages are parsed here, on the transport tasks, so that parsing runs in
+//!   parallel with the proxy core; what cannot be parsed is answered (400/505/513 via
+//!   `sip_core::error_reply`) or dropped right here and never reaches the core.
+//! * Overload: the core's inbound queue is bounded. When it is full, a new request is
+//!   answered `503 Service Unavailable` with `Retry-After` on the spot, statelessly, instead
+//!   of queueing without bound; responses, ACKs and CANCELs wait for room instead, as they
+//!   finish work already admitted.
+//! * Outbound: [`Transports::send`] never blocks the caller. UDP goes out of the listening
+//!   socket of the same address family (so replies come from port 5060 through NATs);
+//!   TCP goes over the flow named in the target, over an existing connection to the same
+//!   peer, or over a new connection opened in the background. Failures come back as
+//!   [`Inbound::SendFailed`] so the transaction layer can act (§8.1.3.1).
+//! * TCP connections close after an idle timeout; CRLFCRLF pings are answered with a CRLF
+//!   pong (RFC 5626 §4.4.1).
+
+mod metrics;
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sip_core::{Limits, Method, ResponseBuilder, SipMessage};
+use sip_txn::{FlowId, Target, Transport, TxnRef};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use metrics::TransportMetrics;
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP addresses to listen on (port 0 picks a free port).
+    pub udp: Vec<SocketAddr>,
+    /// TCP addresses to listen on.
+    pub tcp: Vec<SocketAddr>,
+    /// Parser caps for every inbound message.
+    pub limits: Limits,
+    /// A TCP connection with no inbound bytes for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Outbound TCP connection attempts give up after this long.
+    pub tcp_connect_timeout: Duration,
+    /// Seconds announced in `Retry-After` of the 503 sent when the core is saturated.
+    pub overload_retry_after: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            limits: Limits::default(),
+            tcp_idle_timeout: Duration::from_secs(600),
+            tcp_connect_timeout: Duration::from_secs(5),
+            overload_retry_after: 5,
+        }
+    }
+}
+
+/// What the transports hand to the core.
+// Messages are nearly every item and carry their header index inline; boxing them would
+// add an allocation per message to save a few channel-slot bytes on the rare other kinds.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Inbound {
+    /// A parsed message.
+    Message {
+        /// The message (framing-valid; semantic validation is the core's job).
+        msg: SipMessage,
+        /// Where it came from (with the flow for connection-oriented transports).
+        source: Target,
+        /// When the bytes were read, for latency metrics.
+        received_at: Instant,
+    },
+    /// A send could not be completed.
+    SendFailed {
+        /// The transaction the bytes belonged to.
+        origin: TxnRef,
+        /// Where they were going.
+        target: Target,
+    },
+    /// A connection closed; bindings that point at it are stale.
+    FlowClosed {
+        /// The flow.
+        flow: FlowId,
+    },
+}
+
+/// Errors binding the listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind {
+        /// UDP or TCP.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+pub(crate) struct FlowEntry {
+    pub tx: mpsc::Sender<Bytes>,
+    pub transport: Transport,
+    pub remote: SocketAddr,
+}
+
+#[derive(Default)]
+pub(crate) struct Flows {
+    pub by_id: HashMap<FlowId, FlowEntry>,
+    pub by_remote: HashMap<(Transport, SocketAddr), FlowId>,
+    /// Outbound connections being opened: bytes queued until they are up.
+    pub connecting: HashMap<(Transport, SocketAddr), Vec<(Bytes, TxnRef)>>,
+}
+
+pub(crate) struct Inner {
+    pub config: TransportConfig,
+    pub udp: Vec<Arc<UdpSocket>>,
+    pub flows: Mutex<Flows>,
+    pub events: mpsc::Sender<Inbound>,
+    pub next_flow: AtomicU64,
+    pub metrics: TransportMetrics,
+}
+
+/// Handle on the running transports (cheap to clone).
+#[derive(Clone)]
+pub struct Transports {
+    pub(crate) inner: Arc<Inner>,
+    udp_local: Vec<SocketAddr>,
+    tcp_local: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports")
+            .field("udp", &self.udp_local)
+            .field("tcp", &self.tcp_local)
+            .finish()
+    }
+}
+
+impl Transports {
+    /// Bind every listener and start the reader tasks; inbound traffic goes to `events`.
+    pub async fn bind(
+        config: TransportConfig,
+        events: mpsc::Sender<Inbound>,
+        metrics: TransportMetrics,
+    ) -> Result<(Transports, Vec<JoinHandle<()>>), TransportError> {
+        let mut udp = Vec::new();
+        let mut udp_local = Vec::new();
+        for &addr in &config.udp {
+            let s = udp::bind(addr).map_err(|source| TransportError::Bind {
+                transport: "UDP",
+                addr,
+                source,
+            })?;
+            udp_local.push(s.local_addr().map_err(|source| TransportError::Bind {
+                transport: "UDP",
+                addr,
+                source,
+            })?);
+            udp.push(Arc::new(s));
+        }
+        let mut listeners = Vec::new();
+        let mut tcp_local = Vec::new();
+        for &addr in &config.tcp {
+            let l = tcp::listen(addr).map_err(|source| TransportError::Bind {
+                transport: "TCP",
+                addr,
+                source,
+            })?;
+            tcp_local.push(l.local_addr().map_err(|source| TransportError::Bind {
+                transport: "TCP",
+                addr,
+                source,
+            })?);
+            listeners.push(l);
+        }
+        let inner = Arc::new(Inner {
+            config,
+            udp,
+            flows: Mutex::new(Flows::default()),
+            events,
+            next_flow: AtomicU64::new(1),
+            metrics,
+        });
+        let mut tasks = Vec::new();
+        for s in &inner.udp {
+            tasks.push(tokio::spawn(udp::reader(inner.clone(), s.clone())));
+        }
+        for l in listeners {
+            tasks.push(tokio::spawn(tcp::acceptor(inner.clone(), l)));
+        }
+        Ok((
+            Transports {
+                inner,
+                udp_local,
+                tcp_local,
+            },
+            tasks,
+        ))
+    }
+
+    /// The bound UDP addresses (actual ports when 0 was asked for).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_local
+    }
+
+    /// The bound TCP addresses.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_local
+    }
+
+    /// Send `bytes` to `target` without waiting. A failure is reported later as
+    /// [`Inbound::SendFailed`] with `origin`.
+    pub fn send(&self, target: Target, bytes: Bytes, origin: TxnRef) {
+        match target.transport {
+            Transport::Udp => udp::send(&self.inner, target, bytes, origin),
+            Transport::Tcp => tcp::send(&self.inner, target, bytes, origin),
+            // TLS and WebSocket arrive with the security issue; until then a target that
+            // needs them fails like an unreachable one.
+            Transport::Tls | Transport::Ws | Transport::Wss => {
+                report_failure(&self.inner, origin, target)
+            }
+        }
+    }
+
+    /// Whether a flow is still open.
+    pub fn flow_alive(&self, flow: FlowId) -> bool {
+        self.inner
+            .flows
+            .lock()
+            .map(|f| f.by_id.contains_key(&flow))
+            .unwrap_or(false)
+    }
+
+    /// Number of open TCP connections.
+    pub fn connection_count(&self) -> usize {
+        self.inner.flows.lock().map(|f| f.by_id.len()).unwrap_or(0)
+    }
+}
+
+pub(crate) fn report_failure(inner: &Arc<Inner>, origin: TxnRef, target: Target) {
+    inner.metrics.send_failures.inc();
+    let events = inner.events.clone();
+    // The core may be busy; the failure must not be lost, and this must not block.
+    tokio::spawn(async move {
+        let _ = events.send(Inbound::SendFailed { origin, target }).await;
+    });
+}
+
+pub(crate) fn next_flow(inner: &Inner) -> FlowId {
+    FlowId(inner.next_flow.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Hand a parsed message to the core, applying overload control to new requests.
+///
+/// Returns the stateless 503 to send back when the core's queue is full.
+pub(crate) async fn deliver(
+    inner: &Inner,
+    msg: SipMessage,
+    source: Target,
+    received_at: Instant,
+) -> Option<Bytes> {
+    let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
+    if new_request {
+        match inner.events.try_send(Inbound::Message {
+            msg,
+            source,
+            received_at,
+        }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(Inbound::Message { msg, .. })) => {
+                inner.metrics.overload_rejections.inc();
+                overload_reply(&msg, inner.config.overload_retry_after)
+            }
+            Err(_) => None,
+        }
+    } else {
+        let _ = inner
+            .events
+            .send(Inbound::Message {
+                msg,
+                source,
+                received_at,
+            })
+            .await;
+        None
+    }
+}
+
+fn overload_reply(msg: &SipMessage, retry_after: u32) -> Option<Bytes> {
+    // No full validation here: under overload the cheapest possible answer is the point.
+    msg.header(sip_core::HeaderName::Via)?;
+    Some(
+        ResponseBuilder::new(msg, 503)?
+            .header("Retry-After", retry_after.to_string().into_bytes())
+            .build(),
+    )
+}

@@ -1,0 +1,82 @@
+//! Transport counters, registered in the caller's Prometheus registry (explicit registries,
+//! as in linkerd2-proxy: no global state).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels: transport name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+}
+
+/// Labels: parse error class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    /// `sip_core::ErrorKind::as_str`.
+    pub kind: &'static str,
+}
+
+/// The transport metrics (cheap to clone: every field is a shared handle).
+#[derive(Debug, Clone, Default)]
+pub struct TransportMetrics {
+    /// Messages received, by transport.
+    pub received: Family<TransportLabel, Counter>,
+    /// Messages sent, by transport.
+    pub sent: Family<TransportLabel, Counter>,
+    /// Inbound bytes that did not parse, by error class.
+    pub parse_errors: Family<ErrorLabel, Counter>,
+    /// Requests answered 503 because the core's queue was full.
+    pub overload_rejections: Counter,
+    /// Sends that failed (connect refused, socket error, closed flow).
+    pub send_failures: Counter,
+    /// Keep-alives received (CRLF on streams, CRLF-only datagrams).
+    pub keepalives: Counter,
+    /// Open TCP connections.
+    pub connections: Gauge,
+}
+
+impl TransportMetrics {
+    /// Register every metric under `registry` (prefix is the caller's).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sip_transport_messages_received",
+            "SIP messages received",
+            self.received.clone(),
+        );
+        registry.register(
+            "sip_transport_messages_sent",
+            "SIP messages sent",
+            self.sent.clone(),
+        );
+        registry.register(
+            "sip_transport_parse_errors",
+            "Inbound bytes that were not a valid SIP message, by error class",
+            self.parse_errors.clone(),
+        );
+        registry.register(
+            "sip_overload_rejections",
+            "Requests answered 503 because the proxy core's queue was full",
+            self.overload_rejections.clone(),
+        );
+        registry.register(
+            "sip_transport_send_failures",
+            "Sends that failed",
+            self.send_failures.clone(),
+        );
+        registry.register(
+            "sip_transport_keepalives",
+            "Keep-alives received",
+            self.keepalives.clone(),
+        );
+        registry.register(
+            "sip_transport_connections",
+            "Open TCP connections",
+            self.connections.clone(),
+        );
+    }
+}

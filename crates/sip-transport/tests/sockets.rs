@@ -1,0 +1,261 @@
+//! The drivers over real loopback sockets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sip_core::SipMessage;
+use sip_transport::{Inbound, TransportConfig, TransportMetrics, Transports};
+use sip_txn::{ClientTxnId, Target, Transport, TxnRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn options(branch: &str) -> String {
+    format!(
+        "OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:t@x>;tag=1\r\nTo: <sip:edge@127.0.0.1>\r\nCall-ID: {branch}@t\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+async fn start(queue: usize, idle: Duration) -> (Transports, mpsc::Receiver<Inbound>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let cfg = TransportConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp_idle_timeout: idle,
+        ..TransportConfig::default()
+    };
+    let (t, _tasks) = Transports::bind(cfg, tx, TransportMetrics::default())
+        .await
+        .unwrap();
+    (t, rx)
+}
+
+async fn next_message(rx: &mut mpsc::Receiver<Inbound>) -> (SipMessage, Target) {
+    loop {
+        match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Inbound::Message { msg, source, .. } => return (msg, source),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn udp_in_and_out() {
+    let (t, mut rx) = start(16, Duration::from_secs(60)).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    peer.send_to(options("z9hG4bKu1").as_bytes(), t.udp_addrs()[0])
+        .await
+        .unwrap();
+    let (msg, source) = next_message(&mut rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKu1@t"));
+    assert_eq!(source.transport, Transport::Udp);
+    assert_eq!(source.addr, peer.local_addr().unwrap());
+    // Out of the listening socket, to the peer.
+    t.send(source, Bytes::from_static(b"hello"), TxnRef::Stateless);
+    let mut buf = [0u8; 64];
+    let (n, from) = timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(
+        from,
+        t.udp_addrs()[0],
+        "replies leave from the listening port"
+    );
+}
+
+#[tokio::test]
+async fn udp_garbage_is_answered_or_dropped() {
+    let (t, mut rx) = start(16, Duration::from_secs(60)).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let bad = options("z9hG4bKu2").replace("OPTIONS sip", "OPTIONS  sip");
+    peer.send_to(bad.as_bytes(), t.udp_addrs()[0])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = SipMessage::parse(buf[..n].to_vec()).unwrap();
+    assert_eq!(reply.status(), Some(400));
+    // Garbage without a Via is dropped; the socket keeps serving.
+    for _ in 0..100 {
+        peer.send_to(b"\x16\x03\x01garbage", t.udp_addrs()[0])
+            .await
+            .unwrap();
+    }
+    peer.send_to(options("z9hG4bKu3").as_bytes(), t.udp_addrs()[0])
+        .await
+        .unwrap();
+    let (msg, _) = next_message(&mut rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKu3@t"));
+    assert!(
+        timeout(Duration::from_millis(200), peer.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "nothing else came back"
+    );
+}
+
+#[tokio::test]
+async fn tcp_flow_framing_keepalive_and_reply() {
+    let (t, mut rx) = start(16, Duration::from_secs(60)).await;
+    let mut c = TcpStream::connect(t.tcp_addrs()[0]).await.unwrap();
+    // Two pipelined messages and a ping, one byte at a time.
+    let mut stream = options("z9hG4bKt1").replace("UDP", "TCP").into_bytes();
+    stream.extend_from_slice(b"\r\n\r\n");
+    stream.extend_from_slice(options("z9hG4bKt2").replace("UDP", "TCP").as_bytes());
+    for b in &stream {
+        c.write_all(&[*b]).await.unwrap();
+    }
+    let (m1, s1) = next_message(&mut rx).await;
+    let (m2, s2) = next_message(&mut rx).await;
+    assert_eq!(
+        (m1.call_id(), m2.call_id()),
+        (Ok("z9hG4bKt1@t"), Ok("z9hG4bKt2@t"))
+    );
+    assert_eq!(s1.flow, s2.flow);
+    assert!(s1.flow.is_some());
+    // The pong, then a reply sent over the flow.
+    let mut pong = [0u8; 2];
+    timeout(WAIT, c.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    t.send(
+        s1,
+        Bytes::from_static(b"SIP/2.0 200 OK\r\n"),
+        TxnRef::Stateless,
+    );
+    let mut got = [0u8; 16];
+    timeout(WAIT, c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"SIP/2.0 200 OK\r\n");
+    assert_eq!(t.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn tcp_bad_framing_gets_400_and_close() {
+    let (t, mut rx) = start(16, Duration::from_secs(60)).await;
+    let mut c = TcpStream::connect(t.tcp_addrs()[0]).await.unwrap();
+    let no_cl = options("z9hG4bKt3").replace("Content-Length: 0\r\n", "");
+    c.write_all(no_cl.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    timeout(WAIT, c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = SipMessage::parse(out).unwrap();
+    assert_eq!(reply.status(), Some(400));
+    assert_eq!(
+        reply.reason(),
+        Some(&b"Missing Content-Length on stream transport"[..])
+    );
+    loop {
+        match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Inbound::FlowClosed { .. } => break,
+            Inbound::Message { .. } => panic!("nothing was delivered"),
+            _ => {}
+        }
+    }
+    assert_eq!(t.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn tcp_idle_timeout_closes() {
+    let (t, mut rx) = start(16, Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(t.tcp_addrs()[0]).await.unwrap();
+    let mut out = Vec::new();
+    timeout(WAIT, c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.is_empty());
+    assert!(matches!(
+        timeout(WAIT, rx.recv()).await.unwrap(),
+        Some(Inbound::FlowClosed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn tcp_outbound_connect_reuse_and_failure() {
+    let (t, mut rx) = start(16, Duration::from_secs(60)).await;
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = Target {
+        transport: Transport::Tcp,
+        addr: server.local_addr().unwrap(),
+        flow: None,
+    };
+    t.send(target, Bytes::from_static(b"one"), TxnRef::Stateless);
+    t.send(target, Bytes::from_static(b"two"), TxnRef::Stateless);
+    let (mut conn, _) = timeout(WAIT, server.accept()).await.unwrap().unwrap();
+    let mut got = [0u8; 6];
+    timeout(WAIT, conn.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"onetwo", "both sends share one connection");
+    t.send(target, Bytes::from_static(b"3"), TxnRef::Stateless);
+    let mut one = [0u8; 1];
+    timeout(WAIT, conn.read_exact(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.connection_count(), 1, "reused");
+    // Nobody listens here: the failure comes back with its origin.
+    let closed: SocketAddr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let origin = TxnRef::Client(ClientTxnId(42));
+    t.send(
+        Target {
+            transport: Transport::Tcp,
+            addr: closed,
+            flow: None,
+        },
+        Bytes::from_static(b"x"),
+        origin,
+    );
+    loop {
+        match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Inbound::SendFailed { origin: o, target } => {
+                assert_eq!(o, origin);
+                assert_eq!(target.addr, closed);
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn overload_answers_503_with_retry_after() {
+    // A queue of one that nobody drains: the second new request is refused.
+    let (t, _rx) = start(1, Duration::from_secs(60)).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    peer.send_to(options("z9hG4bKo1").as_bytes(), t.udp_addrs()[0])
+        .await
+        .unwrap();
+    peer.send_to(options("z9hG4bKo2").as_bytes(), t.udp_addrs()[0])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = SipMessage::parse(buf[..n].to_vec()).unwrap();
+    assert_eq!(reply.status(), Some(503));
+    assert_eq!(reply.call_id(), Ok("z9hG4bKo2@t"));
+    assert_eq!(reply.retry_after(), Ok(Some(5)));
+}

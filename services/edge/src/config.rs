@@ -1,0 +1,415 @@
+//! The edge's configuration: one typed struct, read from TOML, overridden by the binary's
+//! environment variables and flags, validated once at start.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the edge needs to run.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct EdgeConfig {
+    /// Listening sockets and identity.
+    pub sip: SipConfig,
+    /// Digest authentication.
+    pub auth: AuthConfig,
+    /// Registrar policy.
+    pub registrar: RegistrarConfig,
+    /// Protocol timers.
+    pub timers: TimersConfig,
+    /// Caps and queues.
+    pub limits: LimitsConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listening sockets and the proxy's identity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP listening addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listening addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Address written into Via and Record-Route (what peers use to reach this edge).
+    /// `None`: the listening address when specific, else the primary interface's address.
+    pub advertise: Option<IpAddr>,
+    /// Domains this edge is the registrar and home proxy for; the first is the default.
+    /// Requests for the edge's own addresses count as the default domain.
+    pub domains: Vec<String>,
+}
+
+/// Digest authentication.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Challenge REGISTER (401).
+    pub register: bool,
+    /// Challenge initial requests from local users (407).
+    pub invite: bool,
+    /// Secret shared by every edge so any of them verifies any nonce; generated at start
+    /// when absent, which only suits a single edge.
+    pub nonce_secret: Option<String>,
+    /// Nonce lifetime; older nonces get `stale=true`.
+    pub nonce_lifetime_secs: u64,
+    /// Users file (TOML); the embedded demo users when absent.
+    pub users_file: Option<PathBuf>,
+    /// Challenge algorithms, one challenge each, in this order (`MD5`, `SHA-256`).
+    ///
+    /// RFC 8760 prefers SHA-256 first, but many deployed phones and tools (SIPp, sipsak)
+    /// answer only the first challenge and know only MD5, so the default leads with MD5;
+    /// fleets that all speak SHA-256 should put it first.
+    pub algorithms: Vec<String>,
+}
+
+/// Registrar policy (RFC 3261 §10.3).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Expiry when the REGISTER gives none.
+    pub default_expires: u32,
+    /// Shorter requests get 423 with Min-Expires.
+    pub min_expires: u32,
+    /// Longer requests are capped.
+    pub max_expires: u32,
+    /// Bindings per address-of-record.
+    pub max_contacts: usize,
+}
+
+/// Timers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimersConfig {
+    /// T1, ms.
+    pub t1_ms: u64,
+    /// T2, ms.
+    pub t2_ms: u64,
+    /// T4, ms.
+    pub t4_ms: u64,
+    /// Timer C (proxy INVITE), s.
+    pub timer_c_secs: u64,
+}
+
+/// Caps and queues.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Bytes per message.
+    pub max_message_size: usize,
+    /// Header fields per message.
+    pub max_headers: usize,
+    /// Bytes per header field.
+    pub max_line_len: usize,
+    /// Idle TCP connections close after this many seconds.
+    pub tcp_idle_timeout_secs: u64,
+    /// Messages queued for the proxy core before new requests get 503.
+    pub core_queue: usize,
+    /// Retry-After of that 503, s.
+    pub overload_retry_after: u32,
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// HTTP address for `/metrics`, `/healthz`, `/readyz`; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `edge=debug,info`.
+    pub level: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            advertise: None,
+            domains: vec!["sipcluster.local".into()],
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            register: true,
+            invite: true,
+            nonce_secret: None,
+            nonce_lifetime_secs: 300,
+            users_file: None,
+            algorithms: vec!["MD5".into(), "SHA-256".into()],
+        }
+    }
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_contacts: 10,
+        }
+    }
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        TimersConfig {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            timer_c_secs: 180,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: 65_535,
+            max_headers: 256,
+            max_line_len: 8192,
+            tcp_idle_timeout_secs: 600,
+            core_queue: 16_384,
+            overload_retry_after: 5,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "plain".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot run, with what to fix.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    /// The setting, as `section.key`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl EdgeConfig {
+    /// Parse TOML (unknown keys are errors, so typos do not pass silently).
+    pub fn from_toml(text: &str) -> Result<EdgeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| bad("config", e.to_string()))
+    }
+
+    /// Check every value; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
+            return Err(bad("sip.udp/sip.tcp", "listen on at least one address"));
+        }
+        if self.sip.domains.is_empty() {
+            return Err(bad("sip.domains", "give at least one domain"));
+        }
+        for d in &self.sip.domains {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && !d.starts_with(['.', '-']);
+            if !ok {
+                return Err(bad("sip.domains", format!("{d:?} is not a domain name")));
+            }
+        }
+        if let Some(a) = self.sip.advertise
+            && a.is_unspecified()
+        {
+            return Err(bad(
+                "sip.advertise",
+                "must be an address peers can reach, not 0.0.0.0/::",
+            ));
+        }
+        if let Some(s) = &self.auth.nonce_secret
+            && s.len() < 16
+        {
+            return Err(bad("auth.nonce_secret", "use at least 16 characters"));
+        }
+        if self.auth.algorithms.is_empty()
+            || self
+                .auth
+                .algorithms
+                .iter()
+                .any(|a| sip_auth::Algorithm::from_name(a).is_none())
+        {
+            return Err(bad(
+                "auth.algorithms",
+                format!("{:?}: use MD5 and/or SHA-256", self.auth.algorithms),
+            ));
+        }
+        if self.auth.nonce_lifetime_secs == 0 {
+            return Err(bad("auth.nonce_lifetime_secs", "must be positive"));
+        }
+        let r = &self.registrar;
+        if r.min_expires == 0
+            || r.min_expires > r.default_expires
+            || r.default_expires > r.max_expires
+        {
+            return Err(bad(
+                "registrar",
+                format!(
+                    "need 0 < min_expires ({}) <= default_expires ({}) <= max_expires ({})",
+                    r.min_expires, r.default_expires, r.max_expires
+                ),
+            ));
+        }
+        if r.max_contacts == 0 {
+            return Err(bad("registrar.max_contacts", "must be positive"));
+        }
+        let t = &self.timers;
+        if t.t1_ms == 0 || t.t2_ms < t.t1_ms || t.t4_ms == 0 {
+            return Err(bad("timers", "need 0 < t1_ms <= t2_ms and t4_ms > 0"));
+        }
+        if t.timer_c_secs < 180 {
+            // RFC 3261 §16.6 step 11: Timer C MUST be larger than 3 minutes.
+            return Err(bad(
+                "timers.timer_c_secs",
+                "must be at least 180 (RFC 3261 §16.6)",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_message_size < 1024
+            || l.max_headers < 16
+            || l.max_line_len < 256
+            || l.max_line_len > 65_535
+        {
+            return Err(bad(
+                "limits",
+                "max_message_size >= 1024, max_headers >= 16, 256 <= max_line_len <= 65535",
+            ));
+        }
+        if l.core_queue == 0 || l.tcp_idle_timeout_secs == 0 {
+            return Err(bad(
+                "limits",
+                "core_queue and tcp_idle_timeout_secs must be positive",
+            ));
+        }
+        if self.log.format != "plain" && self.log.format != "json" {
+            return Err(bad(
+                "log.format",
+                format!("{:?}: use plain or json", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The challenge algorithms, in order (validated names).
+    pub fn auth_algorithms(&self) -> Vec<sip_auth::Algorithm> {
+        self.auth
+            .algorithms
+            .iter()
+            .filter_map(|a| sip_auth::Algorithm::from_name(a))
+            .collect()
+    }
+
+    /// The transaction timers.
+    pub fn timer_config(&self) -> sip_txn::TimerConfig {
+        let t = &self.timers;
+        sip_txn::TimerConfig {
+            t1: Duration::from_millis(t.t1_ms),
+            t2: Duration::from_millis(t.t2_ms),
+            t4: Duration::from_millis(t.t4_ms),
+            timer_d: Duration::from_secs(32).max(Duration::from_millis(t.t1_ms * 64)),
+        }
+    }
+
+    /// Parser limits.
+    pub fn parser_limits(&self) -> sip_core::Limits {
+        sip_core::Limits {
+            max_message_size: self.limits.max_message_size,
+            max_headers: self.limits.max_headers,
+            max_line_len: self.limits.max_line_len,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        EdgeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let c = EdgeConfig::from_toml("[sip]\nudp = [\"127.0.0.1:5080\"]\ndomains = [\"example.com\"]\n[registrar]\nmin_expires = 30\n").unwrap();
+        assert_eq!(
+            c.sip.udp,
+            vec!["127.0.0.1:5080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.sip.tcp,
+            SipConfig::default().tcp,
+            "untouched keys keep defaults"
+        );
+        assert_eq!(c.registrar.min_expires, 30);
+        let e = EdgeConfig::from_toml("[sip]\nudpp = []\n").unwrap_err();
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_setting() {
+        let mut c = EdgeConfig::default();
+        c.registrar.min_expires = 9000;
+        assert_eq!(c.validate().unwrap_err().field, "registrar");
+        let mut c = EdgeConfig::default();
+        c.timers.timer_c_secs = 60;
+        assert_eq!(c.validate().unwrap_err().field, "timers.timer_c_secs");
+        let mut c = EdgeConfig::default();
+        c.sip.domains = vec!["bad domain".into()];
+        assert_eq!(c.validate().unwrap_err().field, "sip.domains");
+        let mut c = EdgeConfig::default();
+        c.sip.advertise = Some("0.0.0.0".parse().unwrap());
+        assert_eq!(c.validate().unwrap_err().field, "sip.advertise");
+        let mut c = EdgeConfig::default();
+        c.auth.nonce_secret = Some("short".into());
+        assert_eq!(c.validate().unwrap_err().field, "auth.nonce_secret");
+        let mut c = EdgeConfig::default();
+        c.auth.algorithms = vec!["SHA-512".into()];
+        assert_eq!(c.validate().unwrap_err().field, "auth.algorithms");
+        let mut c = EdgeConfig::default();
+        c.log.format = "xml".into();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid configuration: log.format: \"xml\": use plain or json"
+        );
+    }
+}

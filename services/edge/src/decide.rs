@@ -1,0 +1,738 @@
+//! What to do with a new request (RFC 3261 §16.3–§16.5, §10.3, §22): the checks, Route
+//! processing, authentication, the registrar, and target selection through the location
+//! store. Runs as its own task because the stores are asynchronous (gRPC in a cluster);
+//! the result goes back to the core as a [`Decision`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sip_auth::{
+    Challenge, ChallengeKind, DigestResponse, NonceCheck, NonceKey, Outcome, SubscriberStore,
+    find_credentials,
+};
+use sip_core::{Method, NameAddr, ResponseBuilder, SipMessage, SipUri, Uri};
+use sip_registrar::{Aor, Binding, LocationStore, RegisterRequest, Source, StoreError};
+use sip_txn::{FlowId, ServerTxnId, Target, Transport};
+
+use crate::config::EdgeConfig;
+use crate::local::Local;
+use crate::metrics::{EdgeMetrics, ReasonLabel};
+
+/// What the decision tasks share.
+pub struct Shared {
+    /// Configuration.
+    pub cfg: EdgeConfig,
+    /// Identity.
+    pub local: Local,
+    /// Location store (registrations).
+    pub store: Arc<dyn LocationStore>,
+    /// Subscriber credentials.
+    pub users: Arc<dyn SubscriberStore>,
+    /// Nonce key shared with the other edges.
+    pub nonces: NonceKey,
+    /// Metrics.
+    pub metrics: EdgeMetrics,
+    /// This edge's instance id (recorded with bindings for flow affinity).
+    pub instance: String,
+    /// The transports (to ask whether a registered connection is still open).
+    pub transports: sip_transport::Transports,
+}
+
+/// One next hop for a forwarded copy of the request.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// New Request-URI (the contact), or keep the request's.
+    pub request_uri: Option<String>,
+    /// Route values to put on top (a binding's Path).
+    pub routes: Vec<String>,
+    /// Where to send.
+    pub target: Target,
+}
+
+/// How to forward.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Route values naming this edge to remove from the top (§16.4).
+    pub pop_routes: usize,
+    /// The previous hop strict-routed to us: Request-URI := last Route value (§16.4).
+    pub strict_fix: bool,
+    /// Add Record-Route (dialog-creating request).
+    pub record_route: bool,
+    /// Sequential groups (q-order), each forked in parallel.
+    pub groups: Vec<Vec<Hop>>,
+}
+
+/// The outcome of deciding.
+#[derive(Debug)]
+pub enum Decision {
+    /// Answer on the server transaction.
+    Respond {
+        /// Transaction.
+        txn: ServerTxnId,
+        /// Status code.
+        code: u16,
+        /// The response.
+        bytes: Bytes,
+    },
+    /// Forward downstream.
+    Forward {
+        /// Transaction.
+        txn: ServerTxnId,
+        /// How.
+        plan: Plan,
+    },
+}
+
+/// Unix seconds, the clock of registrations and nonces.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn respond(txn: ServerTxnId, msg: &SipMessage, code: u16) -> Decision {
+    respond_with(txn, msg, code, &[])
+}
+
+fn respond_with(
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    code: u16,
+    headers: &[(&str, String)],
+) -> Decision {
+    let Some(mut b) = ResponseBuilder::new(msg, code) else {
+        return Decision::Respond {
+            txn,
+            code,
+            bytes: Bytes::new(),
+        };
+    };
+    for (n, v) in headers {
+        b = b.header(n.to_string(), v.clone().into_bytes());
+    }
+    Decision::Respond {
+        txn,
+        code,
+        bytes: b.build(),
+    }
+}
+
+fn unavailable(sh: &Shared, txn: ServerTxnId, msg: &SipMessage) -> Decision {
+    sh.metrics.store_unavailable.inc();
+    respond_with(txn, msg, 503, &[("Retry-After", "5".into())])
+}
+
+/// Methods that create dialogs and so get a Record-Route.
+fn creates_dialog(m: Method<'_>) -> bool {
+    matches!(
+        m,
+        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+    )
+}
+
+/// A hash of the request as it identifies a forwarding attempt (§16.6 step 8, §16.3 step
+/// 4): equal for a request that loops back unchanged, different once it was retargeted.
+/// The top Via is left out: in a loop it is always the last hop's, so including it (as
+/// the RFC's list suggests) would never detect anything.
+pub fn loop_hash(msg: &SipMessage) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    feed(msg.request_uri_raw().unwrap_or_default());
+    feed(msg.from_tag().ok().flatten().unwrap_or_default().as_bytes());
+    feed(msg.to_tag().ok().flatten().unwrap_or_default().as_bytes());
+    feed(msg.call_id().unwrap_or_default().as_bytes());
+    feed(&msg.cseq().map(|c| c.seq.to_le_bytes()).unwrap_or_default());
+    for r in msg.headers_of(sip_core::HeaderName::ProxyRequire) {
+        feed(r.value);
+    }
+    h
+}
+
+/// The branch prefix this edge uses for a request with `hash`.
+pub fn branch_prefix(hash: u64) -> String {
+    format!("z9hG4bK-sc{hash:016x}")
+}
+
+fn is_loop(local: &Local, msg: &SipMessage) -> bool {
+    let prefix = branch_prefix(loop_hash(msg));
+    msg.via()
+        .flatten()
+        .any(|v| local.is_my_via(&v) && v.branch.is_some_and(|b| b.starts_with(&prefix)))
+}
+
+/// Where to send a request for `uri` (RFC 3263 without NAPTR/SRV: the transport from
+/// the URI, A/AAAA lookup of a name).
+pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
+    let transport = match uri.transport() {
+        Some(t) => Transport::from_token(t)?,
+        None if uri.secure => Transport::Tls,
+        None => Transport::Udp,
+    };
+    let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+    let addr = match uri.host.ip() {
+        Some(ip) => SocketAddr::new(ip, port),
+        None => {
+            let name = uri.host.to_string();
+            tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .ok()?
+                .next()?
+        }
+    };
+    Some(Target {
+        transport,
+        addr,
+        flow: None,
+    })
+}
+
+fn sip_uri<'a>(a: &NameAddr<'a>) -> Option<SipUri<'a>> {
+    match a.parsed_uri() {
+        Ok(Uri::Sip(u)) => Some(u),
+        _ => None,
+    }
+}
+
+/// Decide what to do with a new request (already validated).
+pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Target) -> Decision {
+    let Some(method) = msg.method() else {
+        return respond(txn, msg, 500);
+    };
+    let now = unix_now();
+
+    if msg.max_forwards() == Ok(Some(0)) {
+        // §16.3 step 3: at zero only an OPTIONS for the proxy itself may be answered.
+        let for_me = method == Method::Options
+            && msg.routes().flatten().next().is_none()
+            && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.user.is_none() && sh.local.is_me(&u));
+        if !for_me {
+            return respond(txn, msg, 483);
+        }
+    }
+    let unsupported: Vec<String> = msg.proxy_require().flatten().map(str::to_owned).collect();
+    if !unsupported.is_empty() {
+        return respond_with(txn, msg, 420, &[("Unsupported", unsupported.join(", "))]);
+    }
+    if is_loop(&sh.local, msg) {
+        return respond(txn, msg, 482);
+    }
+
+    // Route processing (§16.4).
+    let routes: Vec<NameAddr<'_>> = msg.routes().flatten().collect();
+    let pop = routes
+        .iter()
+        .take_while(|r| sip_uri(r).is_some_and(|u| sh.local.is_me(&u)))
+        .count();
+    let ruri = msg.request_uri().ok();
+    let strict_fix =
+        pop < routes.len() && matches!(&ruri, Some(Uri::Sip(u)) if sh.local.is_me(u) && u.lr());
+    let remaining = routes.len() - pop - usize::from(strict_fix);
+    let initial = msg.to_tag().ok().flatten().is_none();
+    let record_route = initial && creates_dialog(method);
+
+    if remaining > 0 {
+        // Loose routing: the next Route decides the next hop; the Request-URI stays.
+        let Some(next) = sip_uri(&routes[pop]) else {
+            return respond(txn, msg, 400);
+        };
+        return match resolve(&next).await {
+            Some(target) => Decision::Forward {
+                txn,
+                plan: Plan {
+                    pop_routes: pop,
+                    strict_fix,
+                    record_route,
+                    groups: vec![vec![Hop {
+                        request_uri: None,
+                        routes: vec![],
+                        target,
+                    }]],
+                },
+            },
+            None => respond(txn, msg, 503),
+        };
+    }
+
+    // The target is the Request-URI (or, after a strict route, the last Route value).
+    let effective = if strict_fix {
+        routes.last().and_then(sip_uri)
+    } else {
+        ruri.as_ref().and_then(|u| u.as_sip().copied())
+    };
+    let Some(target_uri) = effective else {
+        // tel: and the like: this edge has no number routing.
+        return respond(txn, msg, 404);
+    };
+    let domain = sh.local.local_domain(&target_uri).map(str::to_owned);
+    let plan = |groups| Plan {
+        pop_routes: pop,
+        strict_fix,
+        record_route,
+        groups,
+    };
+
+    if method == Method::Register {
+        return match domain {
+            Some(d) => register(sh, txn, msg, source, &d, now).await,
+            None => respond(txn, msg, 403),
+        };
+    }
+
+    let from_domain = msg
+        .from_header()
+        .ok()
+        .and_then(|f| sip_uri(&f))
+        .and_then(|u| sh.local.local_domain(&u).map(str::to_owned));
+    let needs_auth = sh.cfg.auth.invite
+        && initial
+        && from_domain.is_some()
+        && !matches!(method, Method::Ack | Method::Cancel | Method::Options);
+    if needs_auth {
+        let realm = from_domain.clone().unwrap_or_default();
+        let from_user = msg
+            .from_header()
+            .ok()
+            .and_then(|f| sip_uri(&f))
+            .and_then(|u| u.user.map(str::to_owned));
+        if let Err(d) = authenticate(
+            sh,
+            txn,
+            msg,
+            ChallengeKind::Proxy,
+            &realm,
+            from_user.as_deref(),
+            now,
+        )
+        .await
+        {
+            return d;
+        }
+    }
+
+    if !initial && domain.is_none() {
+        // In-dialog request without (more) Route: the Request-URI is the remote target.
+        return match resolve(&target_uri).await {
+            Some(target) => Decision::Forward {
+                txn,
+                plan: plan(vec![vec![Hop {
+                    request_uri: None,
+                    routes: vec![],
+                    target,
+                }]]),
+            },
+            None => respond(txn, msg, 404),
+        };
+    }
+
+    match (domain, target_uri.user) {
+        (Some(_), None) if sh.local.is_me(&target_uri) => {
+            // Addressed to the proxy itself.
+            // The proxy as a UAS (§8.2.1): it answers OPTIONS (and REGISTER, above) only.
+            match method {
+                Method::Options => respond_with(
+                    txn,
+                    msg,
+                    200,
+                    &[
+                        ("Allow", ALLOW.into()),
+                        ("Accept", "application/sdp".into()),
+                    ],
+                ),
+                Method::Other(_) => respond(txn, msg, 501),
+                _ => respond_with(txn, msg, 405, &[("Allow", "OPTIONS, REGISTER".into())]),
+            }
+        }
+        (Some(d), Some(_)) => {
+            // The AOR in the canonical domain (a request to the edge's address counts as
+            // the default domain).
+            let raw_user = target_uri.user.unwrap_or_default();
+            let Ok(aor) = Aor::parse(&format!("sip:{raw_user}@{d}")) else {
+                return respond(txn, msg, 404);
+            };
+            let user = sip_core::unescape_percent(raw_user.as_bytes()).into_owned();
+            let user = String::from_utf8_lossy(&user).into_owned();
+            match sh.users.credentials(&user, &d).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return respond(txn, msg, 404),
+                Err(_) => return unavailable(sh, txn, msg),
+            }
+            let bindings = match sh.store.lookup(&aor, now).await {
+                Ok(b) => b,
+                Err(_) => return unavailable(sh, txn, msg),
+            };
+            let groups = hops_from_bindings(sh, &bindings).await;
+            if groups.is_empty() {
+                return respond(txn, msg, 480);
+            }
+            Decision::Forward {
+                txn,
+                plan: plan(groups),
+            }
+        }
+        (Some(_), None) => respond(txn, msg, 404),
+        (None, _) => {
+            // A foreign domain: only for our own (authenticated) users; no open relay.
+            if from_domain.is_none() {
+                return respond(txn, msg, 403);
+            }
+            match resolve(&target_uri).await {
+                Some(target) => Decision::Forward {
+                    txn,
+                    plan: plan(vec![vec![Hop {
+                        request_uri: None,
+                        routes: vec![],
+                        target,
+                    }]]),
+                },
+                None => respond(txn, msg, 404),
+            }
+        }
+    }
+}
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
+
+/// Bindings to q-ordered groups of hops (§16.6: sequential by q, parallel within a q).
+async fn hops_from_bindings(sh: &Shared, bindings: &[Binding]) -> Vec<Vec<Hop>> {
+    let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
+    for b in bindings {
+        let Some(hop) = hop_for(sh, b).await else {
+            continue;
+        };
+        match groups.last_mut() {
+            Some((q, g)) if *q == b.q => g.push(hop),
+            _ => groups.push((b.q, vec![hop])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// How to reach one binding: through its Path, over its own connection, to the NAT
+/// source it registered from, or to the contact itself.
+async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
+    let contact = Uri::parse(b.contact.as_bytes()).ok()?;
+    let c = *contact.as_sip()?;
+    let target = if let Some(first) = b.path.first() {
+        let na = NameAddr::parse(first.as_bytes(), "Path").ok()?;
+        resolve(&sip_uri(&na)?).await?
+    } else if let Some(src) = b.source.as_ref() {
+        // The REGISTER recorded its source (NAT, or a connection): reach the UA through
+        // its connection while that is open; over UDP through the NAT binding it came from.
+        let transport = Transport::from_token(&src.transport)?;
+        let flow = src
+            .flow_token
+            .as_deref()
+            .filter(|_| src.edge_id.as_deref() == Some(sh.instance.as_str()))
+            .and_then(|t| t.parse().ok())
+            .map(FlowId)
+            .filter(|f| sh.transports.flow_alive(*f));
+        if flow.is_some() || transport == Transport::Udp || !contact_reachable(&c, src.remote) {
+            Target {
+                transport,
+                addr: src.remote,
+                flow,
+            }
+        } else {
+            // The connection is gone but the contact is a listening address we can reach
+            // (a TCP client that is not behind a NAT): open a new connection to it.
+            resolve(&c).await?
+        }
+    } else {
+        resolve(&c).await?
+    };
+    Some(Hop {
+        request_uri: Some(b.contact.clone()),
+        routes: b.path.clone(),
+        target,
+    })
+}
+
+/// Can a new connection reach this contact? Not when it names a private address other
+/// than the one the REGISTER came from (the UA is behind a NAT).
+fn contact_reachable(c: &SipUri<'_>, remote: std::net::SocketAddr) -> bool {
+    match c.host.ip() {
+        Some(ip) => ip == remote.ip() || !is_private(ip),
+        None => true,
+    }
+}
+
+/// Is the sender of this REGISTER behind a NAT? The tests Kamailio's `nat_uac_test`
+/// uses: the top Via's sent-by differs from the packet's source address or port, or a
+/// Contact names a private address other than the source.
+pub fn is_natted(msg: &SipMessage, source: Target) -> bool {
+    if let Ok(v) = msg.top_via()
+        && (v.sent_by.host.ip() != Some(source.addr.ip())
+            || v.sent_by.port.unwrap_or(5060) != source.addr.port())
+    {
+        return true;
+    }
+    msg.contacts().flatten().any(|c| match c {
+        sip_core::Contact::Addr(a) => match a.addr.parsed_uri() {
+            Ok(Uri::Sip(u)) => u
+                .host
+                .ip()
+                .is_some_and(|ip| is_private(ip) && ip != source.addr.ip()),
+            _ => false,
+        },
+        sip_core::Contact::Star => false,
+    })
+}
+
+/// RFC 1918, RFC 6598 (carrier-grade NAT), link-local and IPv6 unique-local addresses.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_private() || a.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        std::net::IpAddr::V6(a) => {
+            (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Digest authentication (§22): `Ok(username)` when verified, else the response to send
+/// (challenge, 403, or 503 when the subscriber store is down).
+async fn authenticate(
+    sh: &Shared,
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    kind: ChallengeKind,
+    realm: &str,
+    expected_user: Option<&str>,
+    now: u64,
+) -> Result<String, Decision> {
+    let challenge = |stale: bool| {
+        let nonce = sh.nonces.issue(realm, now);
+        let name = kind.challenge_header();
+        let headers: Vec<(&str, String)> = sh
+            .cfg
+            .auth_algorithms()
+            .into_iter()
+            .map(|algorithm| {
+                (
+                    name,
+                    Challenge {
+                        realm,
+                        nonce: &nonce,
+                        algorithm,
+                        stale,
+                        opaque: None,
+                    }
+                    .header_value(),
+                )
+            })
+            .collect();
+        respond_with(txn, msg, kind.status(), &headers)
+    };
+    let fail = |reason: &'static str| {
+        sh.metrics
+            .auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc()
+    };
+    let Some(auth) = find_credentials(msg, kind, realm) else {
+        return Err(challenge(false));
+    };
+    let digest = match DigestResponse::parse(&auth) {
+        Ok(d) => d,
+        Err(r) => {
+            fail(r.label());
+            return Err(challenge(false));
+        }
+    };
+    // A forged or foreign nonce is refused before any store lookup.
+    if digest.check_nonce(&sh.nonces, realm, now) == NonceCheck::Invalid {
+        fail("bad_nonce");
+        return Err(challenge(false));
+    }
+    let username = digest.username().to_owned();
+    let creds = match sh.users.credentials(&username, realm).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            fail("unknown_user");
+            return Err(respond(txn, msg, 403));
+        }
+        Err(_) => return Err(unavailable(sh, txn, msg)),
+    };
+    let method = msg.method().map(|m| m.as_str()).unwrap_or_default();
+    let ruri = msg.request_uri_raw().unwrap_or_default();
+    match digest.verify(method, ruri, realm, &creds, &sh.nonces, now) {
+        Outcome::Verified { .. } => {}
+        Outcome::Stale => return Err(challenge(true)),
+        Outcome::Failed(r) => {
+            fail(r.label());
+            return Err(challenge(false));
+        }
+    }
+    // The authenticated user may only act as itself (register its own AOR, call as itself).
+    if expected_user.is_some_and(|u| u != username) {
+        fail("identity_mismatch");
+        return Err(respond(txn, msg, 403));
+    }
+    Ok(username)
+}
+
+/// The registrar (§10.3): authenticate, apply through the store, answer with the bindings.
+async fn register(
+    sh: &Shared,
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    source: Target,
+    domain: &str,
+    now: u64,
+) -> Decision {
+    let to_user = msg
+        .to_header()
+        .ok()
+        .and_then(|t| sip_uri(&t))
+        .and_then(|u| u.user.map(str::to_owned));
+    if sh.cfg.auth.register
+        && let Err(d) = authenticate(
+            sh,
+            txn,
+            msg,
+            ChallengeKind::Www,
+            domain,
+            to_user.as_deref(),
+            now,
+        )
+        .await
+    {
+        return d;
+    }
+    // Requests to this contact go where the REGISTER came from when the UA is behind a
+    // NAT, or over its own connection on a connection-oriented transport; otherwise the
+    // contact itself is used (which also allows registering a contact on another port).
+    let src = (source.transport != Transport::Udp || is_natted(msg, source)).then(|| Source {
+        transport: source.transport.as_str().to_owned(),
+        remote: source.addr,
+        flow_token: source.flow.map(|f| f.0.to_string()),
+        edge_id: Some(sh.instance.clone()),
+    });
+    let mut req = match RegisterRequest::from_message(msg, now, src) {
+        Ok(r) => r,
+        Err(e) => return respond_with(txn, msg, e.status(), &min_expires(e.min_expires())),
+    };
+    // A REGISTER for one of the edge's own addresses registers in the default domain.
+    if let Ok(Uri::Sip(u)) = msg.to_header().and_then(|t| t.parsed_uri())
+        && sh.local.is_my_host(&u.host)
+        && let Some(user) = u.user
+        && let Ok(a) = Aor::parse(&format!("sip:{user}@{domain}"))
+    {
+        req.aor = a;
+    }
+    match sh.store.register(req, now).await {
+        Ok(outcome) => {
+            let mut headers = Vec::new();
+            if let Some(c) = outcome.contact_header() {
+                headers.push(("Contact", c));
+            }
+            // RFC 3327 §5.3: the registrar returns the Path it stored.
+            if msg.supports("path") {
+                for p in msg.headers_of(sip_core::HeaderName::Path) {
+                    headers.push(("Path", String::from_utf8_lossy(p.value).into_owned()));
+                }
+            }
+            // (The registrations gauge is refreshed by a periodic count, not here: counting
+            // is O(bindings) and would make every REGISTER pay for the whole store.)
+            respond_with(txn, msg, 200, &headers)
+        }
+        Err(StoreError::Unavailable(_)) => unavailable(sh, txn, msg),
+        Err(StoreError::Rule(e)) => {
+            respond_with(txn, msg, e.status(), &min_expires(e.min_expires()))
+        }
+        Err(_) => unavailable(sh, txn, msg),
+    }
+}
+
+fn min_expires(m: Option<u32>) -> Vec<(&'static str, String)> {
+    m.map(|m| vec![("Min-Expires", m.to_string())])
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(via: &str, contact: &str) -> SipMessage {
+        let text = format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@example.com>;tag=1\r\n\
+             To: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n"
+        );
+        SipMessage::parse(text.into_bytes()).expect("parses")
+    }
+
+    fn from(addr: &str) -> Target {
+        Target {
+            transport: Transport::Udp,
+            addr: addr.parse().expect("address"),
+            flow: None,
+        }
+    }
+
+    #[test]
+    fn nat_detection() {
+        let direct = register(
+            "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK1",
+            "<sip:a@198.51.100.7:5060>",
+        );
+        assert!(!is_natted(&direct, from("198.51.100.7:5060")));
+        // Source port rewritten by a NAT.
+        assert!(is_natted(&direct, from("198.51.100.7:33333")));
+        // Via and Contact both private, packet from a public address.
+        let behind = register(
+            "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK1",
+            "<sip:a@192.168.1.20:5060>",
+        );
+        assert!(is_natted(&behind, from("203.0.113.9:5060")));
+        // A Via that matches (a NAT-aware phone using STUN) but a private Contact.
+        let stun = register(
+            "SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK1",
+            "<sip:a@10.0.0.3:5060>",
+        );
+        assert!(is_natted(&stun, from("203.0.113.9:5060")));
+        // A private Contact that *is* the source (same LAN as the edge) is not NAT.
+        let lan = register(
+            "SIP/2.0/UDP 10.0.0.3:5060;branch=z9hG4bK1",
+            "<sip:a@10.0.0.3:5060>",
+        );
+        assert!(!is_natted(&lan, from("10.0.0.3:5060")));
+    }
+
+    #[test]
+    fn private_ranges_and_reachability() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "100.128.0.1", "2001:db8::1", "127.0.0.1"] {
+            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        let uri = |s: &'static str| match Uri::parse(s.as_bytes()) {
+            Ok(Uri::Sip(u)) => u,
+            _ => panic!("{s}"),
+        };
+        let remote: SocketAddr = "203.0.113.9:40000".parse().expect("address");
+        assert!(!contact_reachable(&uri("sip:a@10.0.0.3:5060"), remote));
+        assert!(contact_reachable(&uri("sip:a@203.0.113.9:5060"), remote));
+        assert!(contact_reachable(&uri("sip:a@198.51.100.1"), remote));
+        assert!(contact_reachable(&uri("sip:a@phone.example.com"), remote));
+    }
+}

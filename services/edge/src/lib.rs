@@ -1,0 +1,235 @@
+//! # edge: the sipcluster edge proxy and registrar
+//!
+//! A stateful RFC 3261 §16 proxy and §10 registrar with no state that outlives a
+//! transaction: registrations live in a [`sip_registrar::LocationStore`], credentials in a
+//! [`sip_auth::SubscriberStore`], nonces are stateless HMAC tokens any edge can verify.
+//!
+//! Data flow: [`sip_transport`] parses inbound bytes → the core task ([`core`]) validates,
+//! runs the [`sip_txn`] transaction layer and the response contexts ([`forking`]) →
+//! new requests go to decision tasks ([`decide`]: Route processing, digest auth,
+//! registrar, location lookup) → forwarded copies are byte-edited with
+//! [`sip_core::Editor`] and sent through the transaction layer.
+//!
+//! [`start`] runs an edge with in-memory stores and the demo users: the all-in-one.
+
+pub mod config;
+pub mod core;
+pub mod decide;
+pub mod forking;
+pub mod local;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use sip_auth::{FileStore, NonceKey, SubscriberStore};
+use sip_registrar::{LocationStore, MemoryStore, Policy};
+use sip_transport::{TransportConfig, TransportError, Transports};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, EdgeConfig};
+
+/// The demo users embedded in the binary (`deploy/all-in-one/users.toml`).
+pub const DEMO_USERS: &str = include_str!("../../../deploy/all-in-one/users.toml");
+/// The sample configuration (`deploy/all-in-one/sipcluster.toml`).
+pub const SAMPLE_CONFIG: &str = include_str!("../../../deploy/all-in-one/sipcluster.toml");
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The users file is unusable.
+    #[error("users: {0}")]
+    Users(sip_auth::Error),
+    /// The metrics endpoint could not be bound.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No randomness for the nonce secret.
+    #[error("random source: {0}")]
+    Random(String),
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct EdgeHandle {
+    /// Bound UDP addresses.
+    pub udp: Vec<SocketAddr>,
+    /// Bound TCP addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Bound metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Instance id.
+    pub instance: String,
+    /// Readiness (false while draining).
+    pub ready: Arc<AtomicBool>,
+    shutdown: oneshot::Sender<()>,
+    join: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EdgeHandle {
+    /// Stop the edge and wait for the core to finish.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.join.await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Wait until the core ends (it does not on its own; for `main`).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.join).await;
+    }
+
+    /// Ask the core to stop without waiting.
+    pub fn shutdown(self) -> JoinHandle<()> {
+        let _ = self.shutdown.send(());
+        for t in self.tasks {
+            t.abort();
+        }
+        self.join
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, EdgeError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| EdgeError::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Load the subscriber store the configuration names (the demo users when none).
+pub fn load_users(cfg: &EdgeConfig) -> Result<FileStore, EdgeError> {
+    match &cfg.auth.users_file {
+        Some(p) => FileStore::from_path(p).map_err(EdgeError::Users),
+        None => FileStore::from_toml_str(DEMO_USERS).map_err(EdgeError::Users),
+    }
+}
+
+/// Start an edge with in-memory registrations and the configured users (the all-in-one).
+pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
+    let users = Arc::new(load_users(&cfg)?);
+    let r = &cfg.registrar;
+    let store = Arc::new(MemoryStore::new(Policy {
+        default_expires: r.default_expires,
+        min_expires: r.min_expires,
+        max_expires: r.max_expires,
+        max_contacts: r.max_contacts,
+    }));
+    start_with(cfg, users, store).await
+}
+
+/// Start an edge over the given stores.
+pub async fn start_with(
+    cfg: EdgeConfig,
+    users: Arc<dyn SubscriberStore>,
+    store: Arc<dyn LocationStore>,
+) -> Result<EdgeHandle, EdgeError> {
+    cfg.validate()?;
+    let metrics = metrics::EdgeMetrics::default();
+    let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
+    let tcfg = TransportConfig {
+        udp: cfg.sip.udp.clone(),
+        tcp: cfg.sip.tcp.clone(),
+        limits: cfg.parser_limits(),
+        tcp_idle_timeout: Duration::from_secs(cfg.limits.tcp_idle_timeout_secs),
+        tcp_connect_timeout: Duration::from_secs(5),
+        overload_retry_after: cfg.limits.overload_retry_after,
+    };
+    let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
+    let local = local::Local::new(
+        cfg.sip.advertise,
+        transports.udp_addrs(),
+        transports.tcp_addrs(),
+        &cfg.sip.domains,
+    );
+    let secret = match &cfg.auth.nonce_secret {
+        Some(s) => s.clone(),
+        None => random_hex(32)?,
+    };
+    let nonces =
+        NonceKey::new(secret, Duration::from_secs(cfg.auth.nonce_lifetime_secs)).map_err(|e| {
+            EdgeError::Config(ConfigError {
+                field: "auth.nonce_secret",
+                problem: e.to_string(),
+            })
+        })?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut tasks = tasks;
+    let metrics_addr = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| EdgeError::Metrics { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| EdgeError::Metrics { addr, source })?;
+            let registry = metrics.registry();
+            let r = ready.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(l, registry, r).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+    let instance = random_hex(6)?;
+    let (udp, tcp) = (
+        transports.udp_addrs().to_vec(),
+        transports.tcp_addrs().to_vec(),
+    );
+    tracing::info!(?udp, ?tcp, advertise = %local.advertise, domains = ?local.domains, metrics = ?metrics_addr, %instance, "edge started");
+    // Registration gauge: the store is the truth, refreshed every few seconds.
+    {
+        let (store, gauge) = (store.clone(), metrics.registrations.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Ok(s) = store.stats(decide::unix_now()).await {
+                    gauge.set(i64::try_from(s.bindings).unwrap_or(i64::MAX));
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }));
+    }
+    let shared = Arc::new(decide::Shared {
+        cfg,
+        local,
+        store,
+        users,
+        nonces,
+        metrics,
+        instance: instance.clone(),
+        transports: transports.clone(),
+    });
+    let (dtx, drx) = mpsc::unbounded_channel();
+    let core = core::Core::new(shared, transports, dtx);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(core.run(rx, drx, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(EdgeHandle {
+        udp,
+        tcp,
+        metrics: metrics_addr,
+        instance,
+        ready,
+        shutdown: stop_tx,
+        join,
+        tasks,
+    })
+}

@@ -1,0 +1,236 @@
+//! The edge's Prometheus metrics and the small HTTP server that exposes them with the
+//! health endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sip_transport::TransportMetrics;
+
+/// Labels: request method (the well-known ones; everything else is `other` so a peer
+/// cannot grow the label set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// Method.
+    pub method: &'static str,
+}
+
+/// Labels: response class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `1xx` ... `6xx`.
+    pub class: &'static str,
+}
+
+/// Labels: auth failure reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable reason label.
+    pub reason: &'static str,
+}
+
+/// Labels: which transactions.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `server` or `client`.
+    pub kind: &'static str,
+}
+
+/// Map a method to a bounded label.
+pub fn method_label(m: &str) -> &'static str {
+    match m {
+        "INVITE" => "INVITE",
+        "ACK" => "ACK",
+        "BYE" => "BYE",
+        "CANCEL" => "CANCEL",
+        "REGISTER" => "REGISTER",
+        "OPTIONS" => "OPTIONS",
+        "INFO" => "INFO",
+        "UPDATE" => "UPDATE",
+        "PRACK" => "PRACK",
+        "SUBSCRIBE" => "SUBSCRIBE",
+        "NOTIFY" => "NOTIFY",
+        "REFER" => "REFER",
+        "MESSAGE" => "MESSAGE",
+        "PUBLISH" => "PUBLISH",
+        _ => "other",
+    }
+}
+
+/// Map a status code to its class label.
+pub fn class_label(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+/// Every edge metric.
+#[derive(Debug, Clone)]
+pub struct EdgeMetrics {
+    /// Requests received (new transactions and ACKs), by method.
+    pub requests: Family<MethodLabel, Counter>,
+    /// Final and provisional responses this edge sent upstream (generated or relayed),
+    /// by class.
+    pub responses: Family<ClassLabel, Counter>,
+    /// Live transactions.
+    pub transactions: Family<KindLabel, Gauge>,
+    /// Live registrations (bindings) in the location store.
+    pub registrations: Gauge,
+    /// Authentication failures, by reason.
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Seconds from receiving a request to sending its final response, by method.
+    pub request_duration: Family<MethodLabel, Histogram>,
+    /// Requests refused because the location or subscriber store was unavailable.
+    pub store_unavailable: Counter,
+    /// Requests that parsed but failed validation (answered 4xx/5xx statelessly), by kind.
+    pub invalid_requests: Family<ReasonLabel, Counter>,
+    /// Responses from downstream dropped as unroutable (no Via left below ours).
+    pub bad_responses: Counter,
+    /// Transport metrics (registered with the rest).
+    pub transport: TransportMetrics,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~33 s: local replies take microseconds, rung calls tens of seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 17,
+    ))
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        EdgeMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            transactions: Family::default(),
+            registrations: Gauge::default(),
+            auth_failures: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            store_unavailable: Counter::default(),
+            bad_responses: Counter::default(),
+            invalid_requests: Family::default(),
+            transport: TransportMetrics::default(),
+        }
+    }
+}
+
+impl EdgeMetrics {
+    /// A registry holding every metric, prefixed `sipcluster_`.
+    pub fn registry(&self) -> Registry {
+        let mut root = Registry::with_prefix("sipcluster");
+        let r = &mut root;
+        r.register(
+            "sip_requests",
+            "SIP requests received, by method",
+            self.requests.clone(),
+        );
+        r.register(
+            "sip_responses",
+            "SIP responses sent upstream, by class",
+            self.responses.clone(),
+        );
+        r.register(
+            "sip_transactions_active",
+            "Live SIP transactions",
+            self.transactions.clone(),
+        );
+        r.register(
+            "sip_registrations_active",
+            "Live registrations (bindings)",
+            self.registrations.clone(),
+        );
+        r.register(
+            "sip_auth_failures",
+            "Digest authentication failures, by reason",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "sip_request_duration_seconds",
+            "Time from a request's arrival to its final response, by method",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "sip_store_unavailable",
+            "Requests answered 503 because a store was unavailable",
+            self.store_unavailable.clone(),
+        );
+        r.register(
+            "sip_invalid_requests",
+            "Requests refused at validation (missing or malformed mandatory headers), by kind",
+            self.invalid_requests.clone(),
+        );
+        r.register(
+            "sip_bad_responses",
+            "Responses from downstream dropped because no Via was left to route them",
+            self.bad_responses.clone(),
+        );
+        self.transport.register(r);
+        root
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let state = HttpState {
+        registry: Arc::new(registry),
+        ready,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app).await
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        ),
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}

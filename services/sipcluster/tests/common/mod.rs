@@ -1,0 +1,533 @@
+//! Test-harness builders: a private all-in-one on free loopback ports, SIPp runs with their
+//! exit codes and call counts, a raw SIP socket, and a metrics scrape.
+//!
+//! Everything started here is a child of the test process and is killed by PID when its
+//! handle drops; every wait is bounded.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository's SIPp scenarios.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/sipp")
+        .join(name)
+}
+
+/// A scratch directory for one test (logs, SIPp statistics), emptied first.
+pub fn workdir(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("sipcluster-e2e")
+        .join(test);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("create test directory");
+    d
+}
+
+/// A loopback port free for both UDP and TCP at the time of asking.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = u.local_addr() else { continue };
+        if TcpListener::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free loopback port for UDP and TCP");
+}
+
+/// A free loopback port below 10000 for UDP and TCP. sipsak 0.9.8 cuts five-digit ports
+/// in the URIs it builds to four digits, so the server listens on a four-digit port.
+pub fn free_low_port() -> u16 {
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let mut p = 2000 + (seed % 7000) as u16;
+    for _ in 0..7000 {
+        p = if p >= 9999 { 2000 } else { p + 1 };
+        let addr = SocketAddr::from(([127, 0, 0, 1], p));
+        if UdpSocket::bind(addr).is_ok() && TcpListener::bind(addr).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free loopback port below 10000");
+}
+
+/// Which transport a SIPp run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+impl Proto {
+    fn sipp_flag(self) -> &'static str {
+        match self {
+            Proto::Udp => "u1",
+            Proto::Tcp => "t1",
+        }
+    }
+}
+
+/// A private `sipcluster all-in-one`.
+pub struct Server {
+    child: Child,
+    pub sip: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Start on free loopback ports with the demo users; `extra` adds flags.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let port = free_low_port();
+        let mport = free_port();
+        let sip: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let metrics: SocketAddr = format!("127.0.0.1:{mport}").parse().expect("address");
+        let log = fs::File::create(dir.join("sipcluster.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+            .arg("all-in-one")
+            .args([
+                "--listen",
+                &sip.to_string(),
+                "--metrics",
+                &metrics.to_string(),
+            ])
+            .args([
+                "--log-level",
+                "info",
+                "--nonce-secret",
+                "e2e-test-nonce-secret-0123456789",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start sipcluster");
+        let mut s = Server {
+            child,
+            sip,
+            metrics,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("sipcluster exited at start ({st}); log:\n{}", s.log());
+            }
+            if http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipcluster not ready in 20 s; log:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sipcluster.log")).unwrap_or_default()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn scrape(&self) -> String {
+        match http_get(self.metrics, "/metrics") {
+            Some((200, body)) => body,
+            other => panic!("metrics scrape failed: {other:?}"),
+        }
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exposed), 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.scrape(), sample)
+    }
+
+    /// The still-running check: the process did not die under the test.
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("sipcluster died ({st}); log:\n{}", self.log());
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop with SIGTERM (the graceful path) and wait, bounded.
+    pub fn terminate(mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipcluster did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET (the harness avoids an HTTP client dependency).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: good enough to drop the chunk-size lines for text matching.
+    Some((code, body))
+}
+
+/// One SIPp invocation.
+pub struct Sipp {
+    pub name: String,
+    pub scenario: PathBuf,
+    pub proto: Proto,
+    pub port: u16,
+    pub inf: Option<String>,
+    pub auth: Option<(String, String, String)>,
+    pub remote: Option<SocketAddr>,
+    pub calls: u32,
+    pub rate: Option<u32>,
+    pub timeout_secs: u32,
+    pub extra: Vec<String>,
+}
+
+/// What a SIPp run reported.
+#[derive(Debug)]
+pub struct SippOutcome {
+    pub code: Option<i32>,
+    pub successful: u64,
+    pub failed: u64,
+    pub errors: String,
+}
+
+impl SippOutcome {
+    /// Exit code 0 and exactly `n` successful calls, none failed.
+    pub fn assert_ok(&self, n: u64, what: &str) {
+        assert_eq!(
+            (self.code, self.successful, self.failed),
+            (Some(0), n, 0),
+            "{what}: SIPp exit code and call counts; errors:\n{}",
+            self.errors
+        );
+    }
+}
+
+impl Sipp {
+    pub fn new(name: &str, scenario_file: &str, proto: Proto) -> Sipp {
+        Sipp {
+            name: name.to_owned(),
+            scenario: scenario(scenario_file),
+            proto,
+            port: free_port(),
+            inf: None,
+            auth: None,
+            remote: None,
+            calls: 1,
+            rate: None,
+            timeout_secs: 20,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Injection file rows (without the `SEQUENTIAL` line).
+    pub fn inf(mut self, rows: &str) -> Sipp {
+        self.inf = Some(rows.to_owned());
+        self
+    }
+
+    /// Digest credentials and the digest URI (SIPp wants it without `sip:`).
+    pub fn auth(mut self, user: &str, password: &str, uri: &str) -> Sipp {
+        self.auth = Some((user.to_owned(), password.to_owned(), uri.to_owned()));
+        self
+    }
+
+    pub fn to(mut self, remote: SocketAddr) -> Sipp {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> Sipp {
+        self.port = port;
+        self
+    }
+
+    pub fn calls(mut self, n: u32) -> Sipp {
+        self.calls = n;
+        self
+    }
+
+    pub fn rate(mut self, r: u32) -> Sipp {
+        self.rate = Some(r);
+        self
+    }
+
+    pub fn timeout(mut self, secs: u32) -> Sipp {
+        self.timeout_secs = secs;
+        self
+    }
+
+    /// A copy of the scenario with `@CODE@` replaced (the expected-failure template).
+    pub fn expect_code(mut self, dir: &Path, code: u16) -> Sipp {
+        let text = fs::read_to_string(&self.scenario).expect("scenario");
+        let out = dir.join(format!("{}-{code}.xml", self.name));
+        fs::write(&out, text.replace("@CODE@", &code.to_string())).expect("write scenario");
+        self.scenario = out;
+        self
+    }
+
+    fn command(&self, dir: &Path) -> Command {
+        let sipp = which("sipp").unwrap_or_else(|| {
+            panic!("SIPp is not installed: run ./scripts/test.sh, which installs sip-tester")
+        });
+        let mut c = Command::new(sipp);
+        c.current_dir(dir)
+            .arg("-sf")
+            .arg(&self.scenario)
+            .args([
+                "-t",
+                self.proto.sipp_flag(),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-m",
+                &self.calls.to_string(),
+                "-timeout",
+                &format!("{}s", self.timeout_secs),
+            ])
+            .args([
+                "-nostdin",
+                "-trace_err",
+                "-error_file",
+                &format!("{}.errors", self.name),
+            ])
+            .args([
+                "-trace_stat",
+                "-stf",
+                &format!("{}.stat.csv", self.name),
+                "-fd",
+                "1",
+            ])
+            .args(["-trace_msg", "-message_file", &format!("{}.msg", self.name)]);
+        if let Some(rows) = &self.inf {
+            let f = dir.join(format!("{}.csv", self.name));
+            fs::write(&f, format!("SEQUENTIAL\n{rows}\n")).expect("injection file");
+            c.arg("-inf").arg(f);
+        }
+        if let Some((u, p, uri)) = &self.auth {
+            c.args(["-au", u, "-ap", p, "-auth_uri", uri]);
+        }
+        if let Some(r) = self.rate {
+            c.args(["-r", &r.to_string()]);
+        }
+        c.args(&self.extra);
+        if let Some(r) = self.remote {
+            c.arg(r.to_string());
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Run to completion.
+    pub fn run(&self, dir: &Path) -> SippOutcome {
+        self.spawn(dir).wait()
+    }
+
+    /// Start in the background (a UAS waiting for its call).
+    pub fn spawn(&self, dir: &Path) -> RunningSipp {
+        let child = self.command(dir).spawn().expect("start sipp");
+        RunningSipp {
+            child,
+            dir: dir.to_owned(),
+            name: self.name.clone(),
+            deadline: Instant::now() + Duration::from_secs(u64::from(self.timeout_secs) + 10),
+        }
+    }
+}
+
+/// A SIPp process started by [`Sipp::spawn`].
+pub struct RunningSipp {
+    child: Child,
+    dir: PathBuf,
+    name: String,
+    deadline: Instant,
+}
+
+impl RunningSipp {
+    /// Wait (bounded by the run's own timeout plus a margin) and read the statistics.
+    pub fn wait(mut self) -> SippOutcome {
+        let code = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st.code(),
+                Ok(None) if Instant::now() < self.deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        let stat = fs::read_to_string(self.dir.join(format!("{}.stat.csv", self.name)))
+            .unwrap_or_default();
+        let (successful, failed) = parse_stat(&stat);
+        let errors =
+            fs::read_to_string(self.dir.join(format!("{}.errors", self.name))).unwrap_or_default();
+        SippOutcome {
+            code,
+            successful,
+            failed,
+            errors,
+        }
+    }
+}
+
+impl Drop for RunningSipp {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SuccessfulCall(C) and FailedCall(C) from the last line of a SIPp statistics file.
+fn parse_stat(text: &str) -> (u64, u64) {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        return (0, 0);
+    };
+    let Some(last) = lines.next_back() else {
+        return (0, 0);
+    };
+    let cols: Vec<&str> = header.split(';').collect();
+    let vals: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .and_then(|i| vals.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A UDP socket speaking raw SIP to the server.
+pub struct RawSip {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl RawSip {
+    pub fn new(server: SocketAddr) -> RawSip {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
+        RawSip { sock, server }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local address")
+    }
+
+    pub fn send(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).expect("send");
+    }
+
+    /// The next datagram, or `None` after the read timeout.
+    pub fn recv(&self) -> Option<String> {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Send and return the first response to it other than 100 (matched by the Via
+    /// branch, so late retransmissions of earlier answers are skipped).
+    pub fn request(&self, bytes: &[u8]) -> Option<String> {
+        let text = String::from_utf8_lossy(bytes);
+        let branch = text
+            .split("branch=")
+            .nth(1)
+            .map(|b| b.split([';', '\r', ',']).next().unwrap_or(b).to_owned());
+        self.send(bytes);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let r = self.recv()?;
+            let ours = branch
+                .as_ref()
+                .is_none_or(|b| r.contains(&format!("branch={b}")));
+            if ours && !r.starts_with("SIP/2.0 100 ") {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// The status code of a response's first line.
+pub fn status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,135 @@
+//! The edge's `/metrics` scraped by a real Prometheus server.
+
+mod common;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{RawSip, Server, free_port, http_get, status, which, workdir};
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The first sample value of an instant query, if any.
+fn query(p: &Prometheus, q: &str) -> Option<f64> {
+    let (code, body) = http_get(p.addr, &format!("/api/v1/query?query={}", encode(q)))?;
+    if code != 200 {
+        return None;
+    }
+    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{..},"value":[t,"v"]}]}}
+    let v = body.split("\"value\":[").nth(1)?;
+    let v = v.split(',').nth(1)?;
+    v.trim_matches(|c: char| c == '"' || c == ']' || c == '}' || c.is_whitespace())
+        .parse()
+        .ok()
+}
+
+#[test]
+fn prometheus_scrapes_the_edge() {
+    let prom = which("prometheus").expect("prometheus is not installed: run ./scripts/test.sh");
+    let dir = workdir("prometheus");
+    let srv = Server::start(&dir, &[]);
+
+    // Traffic first, so the counters exist: 5 OPTIONS and one bad request.
+    let c = RawSip::new(srv.sip);
+    let l = c.local();
+    for i in 0..5 {
+        let r = c.request(
+            format!(
+                "OPTIONS sip:{s} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKp{i}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:p@example.org>;tag={i}\r\nTo: <sip:{s}>\r\nCall-ID: p{i}\r\nCSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n",
+                s = srv.sip
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.as_deref().map(status), Some(200));
+    }
+
+    // The exposition is OpenMetrics (promtool 2.42's `check metrics` reads only the older
+    // text format, so the real server's ingestion below is the check).
+    let text = srv.scrape();
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics exposition ends with # EOF"
+    );
+
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let cfg = dir.join("prometheus.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sipcluster\n    static_configs:\n      - targets: ['{}']\n",
+            srv.metrics
+        ),
+    )
+    .expect("config");
+    let log = fs::File::create(dir.join("prometheus.log")).expect("log");
+    let child = Command::new(prom)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let p = Prometheus { child, addr };
+
+    // Bounded wait for Prometheus to have scraped us (first sample after a few seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut up = None;
+    let mut options = None;
+    while Instant::now() < deadline {
+        up = query(&p, "up{job=\"sipcluster\"}");
+        options = query(&p, "sipcluster_sip_requests_total{method=\"OPTIONS\"}");
+        if up == Some(1.0) && options.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        up,
+        Some(1.0),
+        "Prometheus sees the edge up; log:\n{}",
+        fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        options,
+        Some(5.0),
+        "the OPTIONS counter as Prometheus stored it"
+    );
+    // The latency histogram and the transport counters made it too.
+    let histogram = query(
+        &p,
+        "sipcluster_sip_request_duration_seconds_count{method=\"OPTIONS\"}",
+    );
+    assert_eq!(histogram, Some(5.0));
+    let received = query(&p, "sum(sipcluster_sip_transport_messages_received_total)");
+    assert!(received.is_some_and(|v| v >= 5.0), "{received:?}");
+}

@@ -1,0 +1,336 @@
+//! Bad input over the wire against a real `sipcluster all-in-one`: malformed requests get
+//! the right error (or are dropped where the RFC says so), the proxy keeps answering
+//! OPTIONS (checked with sipsak, a real SIP peer), loops and exhausted Max-Forwards are
+//! refused, and a bounded flood of garbage datagrams does not stop a digest REGISTER.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Proto, RawSip, Server, Sipp, status, which, workdir};
+
+fn options(server: SocketAddr, local: SocketAddr, branch: &str, mf: u32) -> String {
+    format!(
+        "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: {mf}\r\nFrom: <sip:probe@example.org>;tag=p{branch}\r\nTo: <sip:{server}>\r\n\
+         Call-ID: {branch}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A request from a foreign domain (no proxy authentication asked) with the given parts.
+fn request(method: &str, ruri: &str, local: SocketAddr, branch: &str, extra: &str) -> String {
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@example.org>;tag=t{branch}\r\nTo: <{ruri}>\r\n\
+         Call-ID: {branch}@test\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// sipsak's OPTIONS ping: exit code 0 means a 200 came back.
+fn sipsak_ping(srv: &Server) {
+    let sipsak = which("sipsak").expect("sipsak is not installed: run ./scripts/test.sh");
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(sipsak)
+        .args(["-vv", "-s", &format!("sip:{}", srv.sip)])
+        .output()
+        .expect("run sipsak");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sipsak OPTIONS ping must get a 200:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_status(resp: Option<String>, code: u16, what: &str) -> String {
+    let r = resp.unwrap_or_else(|| panic!("{what}: no response"));
+    assert_eq!(status(&r), code, "{what}: {r}");
+    r
+}
+
+#[test]
+fn malformed_requests_get_errors_and_service_continues() {
+    let dir = workdir("malformed");
+    let mut srv = Server::start(&dir, &[]);
+    let c = RawSip::new(srv.sip);
+    let l = c.local();
+
+    let r = assert_status(
+        c.request(options(srv.sip, l, "ok1", 70).as_bytes()),
+        200,
+        "OPTIONS to the proxy",
+    );
+    assert!(r.contains("Allow: "), "{r}");
+
+    // Missing Call-ID: 400 naming the problem, with the request's Via so it reaches us.
+    let no_call_id = request("MESSAGE", "sip:bob@sipcluster.local", l, "m1", "")
+        .replace("Call-ID: m1@test\r\n", "");
+    let r = assert_status(c.request(no_call_id.as_bytes()), 400, "missing Call-ID");
+    assert!(r.contains("branch=z9hG4bKm1"), "{r}");
+    // CSeq method not matching the request method.
+    let bad_cseq = request("MESSAGE", "sip:bob@sipcluster.local", l, "m2", "")
+        .replace("CSeq: 1 MESSAGE", "CSeq: 1 INVITE");
+    assert_status(c.request(bad_cseq.as_bytes()), 400, "CSeq method mismatch");
+    // Non-numeric CSeq.
+    let nan = request("MESSAGE", "sip:bob@sipcluster.local", l, "m3", "")
+        .replace("CSeq: 1 MESSAGE", "CSeq: one MESSAGE");
+    assert_status(c.request(nan.as_bytes()), 400, "non-numeric CSeq");
+    // A SIP version we do not speak.
+    let v3 = request("OPTIONS", &format!("sip:{}", srv.sip), l, "m4", "")
+        .replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia");
+    assert_status(c.request(v3.as_bytes()), 505, "SIP/3.0");
+    // Content-Length beyond the datagram (§18.3): refused.
+    let long = request("MESSAGE", "sip:bob@sipcluster.local", l, "m5", "")
+        .replace("Content-Length: 0", "Content-Length: 500");
+    assert_status(
+        c.request(long.as_bytes()),
+        400,
+        "Content-Length past the datagram",
+    );
+    // Unknown method addressed to the proxy itself: 501; a known one it does not serve: 405.
+    let foo = request("FOO", &format!("sip:{}", srv.sip), l, "m6", "");
+    assert_status(
+        c.request(foo.as_bytes()),
+        501,
+        "unknown method to the proxy",
+    );
+    let inv = request("INVITE", &format!("sip:{}", srv.sip), l, "m7", "");
+    let r = assert_status(c.request(inv.as_bytes()), 405, "INVITE to the proxy itself");
+    assert!(r.contains("Allow: OPTIONS, REGISTER"), "{r}");
+    // The ACK for it (same branch) stops the 405's retransmissions (Timer G).
+    let to = r.lines().find(|x| x.starts_with("To:")).unwrap_or_default();
+    let ack = inv
+        .replacen("INVITE ", "ACK ", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+    let ack = ack
+        .lines()
+        .map(|x| if x.starts_with("To:") { to } else { x })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n";
+    c.send(ack.as_bytes());
+    // Proxy-Require with an extension we do not support: 420 with Unsupported.
+    let pr = request(
+        "MESSAGE",
+        "sip:bob@sipcluster.local",
+        l,
+        "m8",
+        "Proxy-Require: x-teleport\r\n",
+    );
+    let r = assert_status(c.request(pr.as_bytes()), 420, "Proxy-Require");
+    assert!(r.contains("Unsupported: x-teleport"), "{r}");
+
+    // Not SIP at all, a stray response, a lone header block: dropped, no answer (§18.1.2).
+    for junk in [
+        &b"hello world\r\n\r\n"[..],
+        b"SIP/2.0 200 OK\r\n\r\n",
+        b"\x00\x01\x02\xff\xfe",
+        b"Via: x\r\n\r\n",
+    ] {
+        c.send(junk);
+    }
+    assert_eq!(c.recv(), None, "garbage must not be answered");
+
+    // Still serving, for us and for a real peer; and the refusals were counted.
+    assert_status(
+        c.request(options(srv.sip, l, "ok2", 70).as_bytes()),
+        200,
+        "OPTIONS after bad input",
+    );
+    sipsak_ping(&srv);
+    srv.assert_alive();
+    let m = srv.scrape();
+    let invalid: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("sipcluster_sip_invalid_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let parse: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("sipcluster_sip_transport_parse_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(invalid >= 3.0, "invalid requests counted: {m}");
+    assert!(parse >= 4.0, "parse errors counted: {m}");
+}
+
+#[test]
+fn max_forwards_and_received_rport() {
+    let dir = workdir("max_forwards");
+    let srv = Server::start(&dir, &[]);
+    let c = RawSip::new(srv.sip);
+    let l = c.local();
+    // Zero Max-Forwards: OPTIONS for the proxy itself is answered (§16.3 step 3) ...
+    assert_status(
+        c.request(options(srv.sip, l, "z1", 0).as_bytes()),
+        200,
+        "OPTIONS, Max-Forwards 0, to the proxy",
+    );
+    // ... anything that would be forwarded gets 483.
+    let msg = request("MESSAGE", "sip:bob@sipcluster.local", l, "z2", "")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_status(
+        c.request(msg.as_bytes()),
+        483,
+        "MESSAGE with Max-Forwards 0",
+    );
+    let opt = request("OPTIONS", "sip:bob@sipcluster.local", l, "z3", "")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_status(
+        c.request(opt.as_bytes()),
+        483,
+        "OPTIONS to a user with Max-Forwards 0",
+    );
+
+    // A client whose Via names another address (a NAT) gets received and rport back.
+    let natted = options(
+        srv.sip,
+        "192.0.2.7:5062".parse().expect("address"),
+        "n1",
+        70,
+    )
+    .replace(";branch", ";rport;branch");
+    let r = assert_status(
+        c.request(natted.as_bytes()),
+        200,
+        "OPTIONS from behind a NAT",
+    );
+    let via = r
+        .lines()
+        .find(|x| x.starts_with("Via:"))
+        .unwrap_or_default();
+    assert!(
+        via.contains("received=127.0.0.1") && via.contains(&format!("rport={}", l.port())),
+        "{via}"
+    );
+}
+
+#[test]
+fn a_forwarding_loop_is_refused_with_482() {
+    let dir = workdir("loop");
+    let srv = Server::start(&dir, &[]);
+    // alice registers the proxy's own address as her contact: requests for her spiral
+    // back (new Request-URI: a spiral, allowed) and then loop (same one: 482, §16.3 step 4).
+    Sipp::new("register-self", "register.xml", Proto::Udp)
+        .inf(&format!("alice;sipcluster.local;;{};3600", srv.sip))
+        .auth("alice", "alice-secret", "sipcluster.local")
+        .to(srv.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER a contact at the proxy");
+    let c = RawSip::new(srv.sip);
+    let msg = request("MESSAGE", "sip:alice@sipcluster.local", c.local(), "l1", "");
+    assert_status(c.request(msg.as_bytes()), 482, "looping MESSAGE");
+}
+
+#[test]
+fn tcp_keepalive_and_bad_stream() {
+    let dir = workdir("tcp_stream");
+    let mut srv = Server::start(&dir, &[]);
+    let mut s = TcpStream::connect(srv.sip).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // RFC 5626 §4.4.1: a CRLFCRLF ping gets a CRLF pong.
+    s.write_all(b"\r\n\r\n").expect("ping");
+    let mut pong = [0u8; 2];
+    s.read_exact(&mut pong).expect("pong");
+    assert_eq!(&pong, b"\r\n");
+    // A request on the stream, answered on the same connection.
+    let local = s.local_addr().expect("local");
+    let opt = options(srv.sip, local, "t1", 70).replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    s.write_all(opt.as_bytes()).expect("send");
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).expect("response");
+    assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), 200);
+    // A stream without Content-Length cannot be framed: answered 400 and closed.
+    let mut bad = TcpStream::connect(srv.sip).expect("connect");
+    bad.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let no_len = options(srv.sip, local, "t2", 70)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+        .replace("Content-Length: 0\r\n", "");
+    bad.write_all(no_len.as_bytes()).expect("send");
+    let mut all = Vec::new();
+    let _ = bad.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(status(&text), 400, "{text}");
+    srv.assert_alive();
+    sipsak_ping(&srv);
+}
+
+#[test]
+fn garbage_flood_does_not_stop_a_register() {
+    let dir = workdir("flood");
+    let mut srv = Server::start(&dir, &[]);
+    // Bounded: 30 000 datagrams or 15 s, whichever comes first, from four sockets.
+    let started = Instant::now();
+    let senders: Vec<_> = (0..4u32)
+        .map(|t| {
+            let server = srv.sip;
+            std::thread::spawn(move || {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                let mut x: u32 = 0x9e37_79b9 ^ t;
+                let mut sent = 0u32;
+                for i in 0..7_500u32 {
+                    if started.elapsed() > Duration::from_secs(15) {
+                        break;
+                    }
+                    // Random bytes, truncated requests and header soup, in turn.
+                    let pkt: Vec<u8> = match i % 3 {
+                        0 => (0..200)
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 17;
+                                x ^= x << 5;
+                                x as u8
+                            })
+                            .collect(),
+                        1 => format!("INVITE sip:bob@sipcluster.local SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.{t}:5060;branch=z9hG4bK{i}\r\nCSeq: ").into_bytes(),
+                        _ => b"REGISTER sip:x SIP/2.0\r\nTo: ::::\r\nFrom: <<<\r\nVia: ;;;\r\n\r\n".to_vec(),
+                    };
+                    if sock.send_to(&pkt, server).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    // sipsak's random-mutation mode as a second, real source of broken messages (bounded).
+    let sipsak = which("sipsak").expect("sipsak is not installed: run ./scripts/test.sh");
+    let _ = Command::new("timeout")
+        .arg("10")
+        .arg(&sipsak)
+        .args(["-R", "-t", "200", "-s", &format!("sip:{}", srv.sip)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    // While the flood is still running, a digest REGISTER must succeed.
+    Sipp::new("register", "register.xml", Proto::Udp)
+        .inf(&format!(
+            "bob;sipcluster.local;;127.0.0.1:{};3600",
+            common::free_port()
+        ))
+        .auth("bob", "bob-secret", "sipcluster.local")
+        .to(srv.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER during a garbage flood");
+    let sent: u32 = senders.into_iter().map(|h| h.join().expect("sender")).sum();
+    assert!(sent > 1000, "the flood sent only {sent} datagrams");
+    srv.assert_alive();
+    sipsak_ping(&srv);
+    let m = srv.scrape();
+    let parse: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("sipcluster_sip_transport_parse_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        parse > 100.0,
+        "parse errors counted ({parse} of {sent} sent): {m}"
+    );
+}
