@@ -1,7 +1,7 @@
 //! The location store abstraction the edge registrar and proxy talk to, and its in-memory
 //! implementation.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -59,7 +59,7 @@ impl MemoryStore {
     pub fn new(policy: Policy) -> MemoryStore {
         MemoryStore {
             policy,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
         }
     }
 

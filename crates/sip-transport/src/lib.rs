@@ -24,7 +24,7 @@ mod metrics;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,7 +130,8 @@ pub(crate) struct Flows {
 
 pub(crate) struct Inner {
     pub config: TransportConfig,
-    pub udp: Vec<Arc<UdpSocket>>,
+    /// Each socket with its bound address (looked up per send; `local_addr` is a syscall).
+    pub udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     pub flows: Mutex<Flows>,
     pub events: mpsc::Sender<Inbound>,
     pub next_flow: AtomicU64,
@@ -169,12 +170,13 @@ impl Transports {
                 addr,
                 source,
             })?;
-            udp_local.push(s.local_addr().map_err(|source| TransportError::Bind {
+            let local = s.local_addr().map_err(|source| TransportError::Bind {
                 transport: "UDP",
                 addr,
                 source,
-            })?);
-            udp.push(Arc::new(s));
+            })?;
+            udp_local.push(local);
+            udp.push((local, Arc::new(s)));
         }
         let mut listeners = Vec::new();
         let mut tcp_local = Vec::new();
@@ -200,7 +202,7 @@ impl Transports {
             metrics,
         });
         let mut tasks = Vec::new();
-        for s in &inner.udp {
+        for (_, s) in &inner.udp {
             tasks.push(tokio::spawn(udp::reader(inner.clone(), s.clone())));
         }
         for l in listeners {

@@ -21,8 +21,18 @@ pub struct ErrorLabel {
     pub kind: &'static str,
 }
 
+/// One transport's message counters, resolved from their families once: a family lookup
+/// locks and SipHashes the label set, too much for every datagram.
+#[derive(Debug, Clone)]
+pub struct PerTransport {
+    /// Messages received.
+    pub received: Counter,
+    /// Messages sent.
+    pub sent: Counter,
+}
+
 /// The transport metrics (cheap to clone: every field is a shared handle).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TransportMetrics {
     /// Messages received, by transport.
     pub received: Family<TransportLabel, Counter>,
@@ -38,6 +48,35 @@ pub struct TransportMetrics {
     pub keepalives: Counter,
     /// Open TCP connections.
     pub connections: Gauge,
+    /// UDP handles into `received`/`sent`.
+    pub udp: PerTransport,
+    /// TCP handles into `received`/`sent`.
+    pub tcp: PerTransport,
+}
+
+impl Default for TransportMetrics {
+    fn default() -> Self {
+        let received: Family<TransportLabel, Counter> = Family::default();
+        let sent: Family<TransportLabel, Counter> = Family::default();
+        let per = |transport| PerTransport {
+            received: received
+                .get_or_create(&TransportLabel { transport })
+                .clone(),
+            sent: sent.get_or_create(&TransportLabel { transport }).clone(),
+        };
+        let (udp, tcp) = (per("udp"), per("tcp"));
+        TransportMetrics {
+            received,
+            sent,
+            parse_errors: Family::default(),
+            overload_rejections: Counter::default(),
+            send_failures: Counter::default(),
+            keepalives: Counter::default(),
+            connections: Gauge::default(),
+            udp,
+            tcp,
+        }
+    }
 }
 
 impl TransportMetrics {

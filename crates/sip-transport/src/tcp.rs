@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::metrics::{ErrorLabel, TransportLabel};
+use crate::metrics::ErrorLabel;
 use crate::{FlowEntry, Inbound, Inner, deliver, next_flow, report_failure};
 
 /// Messages queued per connection before a send to it counts as failed.
@@ -96,13 +96,12 @@ async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
 ) {
-    let label = TransportLabel { transport: "tcp" };
     while let Some(b) = rx.recv().await {
         if let Err(e) = writer.write_all(&b).await {
             tracing::debug!(?flow, error = %e, "tcp write failed");
             break;
         }
-        inner.metrics.sent.get_or_create(&label).inc();
+        inner.metrics.tcp.sent.inc();
     }
     let _ = writer.shutdown().await;
     close_flow(&inner, flow);
@@ -115,7 +114,6 @@ async fn read_loop(
     mut reader: tokio::net::tcp::OwnedReadHalf,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let label = TransportLabel { transport: "tcp" };
     let source = Target {
         transport: Transport::Tcp,
         addr: remote,
@@ -147,7 +145,7 @@ async fn read_loop(
                     inner.metrics.keepalives.inc();
                 }
                 Ok(Some(Frame::Message(msg))) => {
-                    inner.metrics.received.get_or_create(&label).inc();
+                    inner.metrics.tcp.received.inc();
                     if let Some(reply) = deliver(&inner, msg, source, received_at).await {
                         let _ = tx.try_send(reply);
                     }

@@ -11,7 +11,7 @@ use sip_txn::{Target, Transport, TxnRef};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::metrics::{ErrorLabel, TransportLabel};
+use crate::metrics::ErrorLabel;
 use crate::{Inner, deliver, report_failure};
 
 /// Large kernel buffers: a burst of REGISTERs must queue in the kernel, not be dropped,
@@ -35,7 +35,6 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
-    let label = TransportLabel { transport: "udp" };
     // Datagrams are split off one shared buffer: no allocation per packet, and the
     // message keeps its bytes alive only as long as it lives.
     let mut buf = BytesMut::with_capacity(4 * MAX_DATAGRAM);
@@ -53,7 +52,7 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
         };
         let data: Bytes = buf.split_to(n).freeze();
         let received_at = Instant::now();
-        inner.metrics.received.get_or_create(&label).inc();
+        inner.metrics.udp.received.inc();
         let source = Target {
             transport: Transport::Udp,
             addr: src,
@@ -86,18 +85,15 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
 }
 
 pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: TxnRef) {
-    let Some(sock) = inner.udp.iter().find(|s| {
-        s.local_addr()
-            .is_ok_and(|a| a.is_ipv4() == target.addr.is_ipv4())
-    }) else {
+    let Some((_, sock)) = inner
+        .udp
+        .iter()
+        .find(|(local, _)| local.is_ipv4() == target.addr.is_ipv4())
+    else {
         report_failure(inner, origin, target);
         return;
     };
-    inner
-        .metrics
-        .sent
-        .get_or_create(&TransportLabel { transport: "udp" })
-        .inc();
+    inner.metrics.udp.sent.inc();
     match sock.try_send_to(&bytes, target.addr) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

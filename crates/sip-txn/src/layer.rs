@@ -1,13 +1,14 @@
 //! The transaction layer: four state machines, their timers, and message matching.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sip_core::{Method, OwnedServerKey, RequestBuilder, SipMessage};
 
 use crate::error::TxnError;
+use crate::table::{Keyed, Table};
+use crate::timers::Timers;
 use crate::types::{ClientTxnId, Event, ServerTxnId, Target, TimerConfig, Transmit, TxnRef};
 
 /// Server transaction states (RFC 3261 §17.2, RFC 6026 Accepted).
@@ -74,10 +75,11 @@ enum Slot {
     Timeout,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A fired timer: which transaction and slot, and the deadline it was armed for (a
+/// transaction re-armed or ended since ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TimerEntry {
     at: Instant,
-    seq: u64,
     txn: TxnKey,
     slot: Slot,
 }
@@ -103,13 +105,9 @@ enum TxnKey {
 #[derive(Debug)]
 pub struct TransactionLayer {
     cfg: TimerConfig,
-    next_id: u64,
-    seq: u64,
-    servers: HashMap<u64, ServerTxn>,
-    server_index: HashMap<OwnedServerKey, u64>,
-    clients: HashMap<u64, ClientTxn>,
-    client_index: HashMap<ClientKey, u64>,
-    timers: BinaryHeap<Reverse<TimerEntry>>,
+    servers: Table<ServerTxn>,
+    clients: Table<ClientTxn>,
+    timers: Timers<(TxnKey, Slot)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -143,18 +141,28 @@ fn static_name(m: Method<'_>) -> Option<&'static str> {
     })
 }
 
+impl Keyed for ServerTxn {
+    type Key = OwnedServerKey;
+    fn key(&self) -> &OwnedServerKey {
+        &self.key
+    }
+}
+
+impl Keyed for ClientTxn {
+    type Key = ClientKey;
+    fn key(&self) -> &ClientKey {
+        &self.key
+    }
+}
+
 impl TransactionLayer {
     /// A layer with the given timers.
     pub fn new(cfg: TimerConfig) -> Self {
         TransactionLayer {
             cfg,
-            next_id: 1,
-            seq: 0,
-            servers: HashMap::new(),
-            server_index: HashMap::new(),
-            clients: HashMap::new(),
-            client_index: HashMap::new(),
-            timers: BinaryHeap::new(),
+            servers: Table::default(),
+            clients: Table::default(),
+            timers: Timers::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -177,41 +185,28 @@ impl TransactionLayer {
 
     /// State of a server transaction, `None` once it ended.
     pub fn server_state(&self, txn: ServerTxnId) -> Option<ServerState> {
-        self.servers.get(&txn.0).map(|t| t.state)
+        self.servers.get(txn.0).map(|t| t.state)
     }
 
     /// State of a client transaction, `None` once it ended.
     pub fn client_state(&self, txn: ClientTxnId) -> Option<ClientState> {
-        self.clients.get(&txn.0).map(|t| t.state)
+        self.clients.get(txn.0).map(|t| t.state)
     }
 
     /// Where a server transaction sends its responses.
     pub fn server_target(&self, txn: ServerTxnId) -> Option<Target> {
-        self.servers.get(&txn.0).map(|t| t.target)
+        self.servers.get(txn.0).map(|t| t.target)
     }
 
     /// The INVITE server transaction a CANCEL refers to (§9.2), if it is still alive.
     pub fn find_cancelled(&self, cancel: &SipMessage) -> Option<ServerTxnId> {
         let mut key = cancel.owned_server_key().ok()?;
         key.method = Bytes::from_static(b"INVITE");
-        let id = *self.server_index.get(&key)?;
-        Some(ServerTxnId(id))
+        self.servers.find(&key).map(ServerTxnId)
     }
 
-    fn id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    fn arm(&mut self, txn: TxnKey, slot: Slot, at: Instant) {
-        self.seq += 1;
-        self.timers.push(Reverse(TimerEntry {
-            at,
-            seq: self.seq,
-            txn,
-            slot,
-        }));
+    fn arm(&mut self, txn: TxnKey, slot: Slot, base: Instant, delay: Duration) {
+        self.timers.arm(base, delay, (txn, slot));
     }
 
     fn send(&mut self, target: Target, bytes: Bytes, origin: TxnRef) {
@@ -238,7 +233,7 @@ impl TransactionLayer {
         let method = msg.method().ok_or(TxnError::NotARequest)?;
         if method == Method::Ack {
             // The ACK's key already names the INVITE (ACK folds into INVITE, §17.2.3).
-            let Some(&id) = self.server_index.get(&key) else {
+            let Some(id) = self.servers.find(&key) else {
                 self.events.push_back(Event::Request {
                     txn: None,
                     msg,
@@ -246,21 +241,20 @@ impl TransactionLayer {
                 });
                 return Ok(());
             };
-            let Some(t) = self.servers.get_mut(&id) else {
+            let Some(t) = self.servers.get_mut(id) else {
                 return Ok(());
             };
             match t.state {
                 ServerState::Completed => {
                     t.state = ServerState::Confirmed;
                     t.retransmit = None;
-                    let at = now
-                        + if t.target.transport.is_reliable() {
-                            Duration::ZERO
-                        } else {
-                            self.cfg.t4
-                        };
-                    t.timeout = Some(at);
-                    self.arm(TxnKey::Server(id), Slot::Timeout, at);
+                    let delay = if t.target.transport.is_reliable() {
+                        Duration::ZERO
+                    } else {
+                        self.cfg.t4
+                    };
+                    t.timeout = Some(now + delay);
+                    self.arm(TxnKey::Server(id), Slot::Timeout, now, delay);
                 }
                 ServerState::Confirmed => {}
                 // RFC 6026 §8.7: an ACK in Accepted goes to the TU (it is end to end).
@@ -272,8 +266,8 @@ impl TransactionLayer {
             }
             return Ok(());
         }
-        if let Some(&id) = self.server_index.get(&key) {
-            if let Some(t) = self.servers.get(&id) {
+        if let Some(id) = self.servers.find(&key) {
+            if let Some(t) = self.servers.get(id) {
                 let resend = match t.state {
                     ServerState::Proceeding | ServerState::Completed => t.last_response.clone(),
                     ServerState::Trying | ServerState::Accepted | ServerState::Confirmed => None,
@@ -285,25 +279,20 @@ impl TransactionLayer {
             }
             return Ok(());
         }
-        let id = self.id();
         let invite = method == Method::Invite;
-        self.server_index.insert(key.clone(), id);
-        self.servers.insert(
-            id,
-            ServerTxn {
-                key,
-                invite,
-                state: if invite {
-                    ServerState::Proceeding
-                } else {
-                    ServerState::Trying
-                },
-                target: source,
-                last_response: None,
-                retransmit: None,
-                timeout: None,
+        let id = self.servers.insert(ServerTxn {
+            key,
+            invite,
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
             },
-        );
+            target: source,
+            last_response: None,
+            retransmit: None,
+            timeout: None,
+        });
         self.events.push_back(Event::Request {
             txn: Some(ServerTxnId(id)),
             msg,
@@ -324,7 +313,7 @@ impl TransactionLayer {
         let t1x64 = self.cfg.t1x64();
         let t = self
             .servers
-            .get_mut(&txn.0)
+            .get_mut(txn.0)
             .ok_or(TxnError::UnknownTransaction)?;
         let reliable = t.target.transport.is_reliable();
         let provisional = code < 200;
@@ -336,19 +325,17 @@ impl TransactionLayer {
                 } else if code < 300 {
                     t.state = ServerState::Accepted;
                     t.last_response = None;
-                    let at = now + t1x64;
-                    t.timeout = Some(at);
-                    arm.push((Slot::Timeout, at));
+                    t.timeout = Some(now + t1x64);
+                    arm.push((Slot::Timeout, t1x64));
                 } else {
                     t.state = ServerState::Completed;
                     t.last_response = Some(response.clone());
                     if !reliable {
                         t.retransmit = Some((now + t1, t1));
-                        arm.push((Slot::Retransmit, now + t1));
+                        arm.push((Slot::Retransmit, t1));
                     }
-                    let at = now + t1x64;
-                    t.timeout = Some(at);
-                    arm.push((Slot::Timeout, at));
+                    t.timeout = Some(now + t1x64);
+                    arm.push((Slot::Timeout, t1x64));
                 }
             }
             // Forked 2xx responses keep flowing upstream through the Accepted transaction.
@@ -360,9 +347,9 @@ impl TransactionLayer {
                 } else {
                     t.state = ServerState::Completed;
                     t.last_response = Some(response.clone());
-                    let at = now + if reliable { Duration::ZERO } else { t1x64 };
-                    t.timeout = Some(at);
-                    arm.push((Slot::Timeout, at));
+                    let delay = if reliable { Duration::ZERO } else { t1x64 };
+                    t.timeout = Some(now + delay);
+                    arm.push((Slot::Timeout, delay));
                 }
             }
             (_, state) => {
@@ -373,8 +360,8 @@ impl TransactionLayer {
         }
         let target = t.target;
         self.send(target, response, TxnRef::Server(txn));
-        for (slot, at) in arm {
-            self.arm(TxnKey::Server(txn.0), slot, at);
+        for (slot, delay) in arm {
+            self.arm(TxnKey::Server(txn.0), slot, now, delay);
         }
         Ok(())
     }
@@ -401,14 +388,15 @@ impl TransactionLayer {
             request.bytes().slice_ref(branch.as_bytes()),
             method_bytes(method),
         );
-        if self.client_index.contains_key(&key) {
+        if self.clients.find(&key).is_some() {
             return Err(TxnError::DuplicateBranch);
         }
         let invite = method == Method::Invite;
-        let id = self.id();
         let t1 = self.cfg.t1;
+        let t1x64 = self.cfg.t1x64();
+        let reliable = target.transport.is_reliable();
         let mut t = ClientTxn {
-            key: key.clone(),
+            key,
             invite,
             state: ClientState::Calling,
             request,
@@ -417,14 +405,15 @@ impl TransactionLayer {
             retransmit: None,
             timeout: Some(now + self.cfg.t1x64()),
         };
-        if !target.transport.is_reliable() {
+        if !reliable {
             t.retransmit = Some((now + t1, t1));
-            self.arm(TxnKey::Client(id), Slot::Retransmit, now + t1);
         }
-        self.arm(TxnKey::Client(id), Slot::Timeout, now + self.cfg.t1x64());
         let bytes = t.request.bytes().clone();
-        self.client_index.insert(key, id);
-        self.clients.insert(id, t);
+        let id = self.clients.insert(t);
+        if !reliable {
+            self.arm(TxnKey::Client(id), Slot::Retransmit, now, t1);
+        }
+        self.arm(TxnKey::Client(id), Slot::Timeout, now, t1x64);
         self.send(target, bytes, TxnRef::Client(ClientTxnId(id)));
         Ok(ClientTxnId(id))
     }
@@ -456,12 +445,12 @@ impl TransactionLayer {
                 return Ok(());
             }
         };
-        let Some(&id) = self.client_index.get(&key) else {
+        let Some(id) = self.clients.find(&key) else {
             self.events.push_back(Event::StrayResponse { msg, source });
             return Ok(());
         };
         let cfg = self.cfg;
-        let Some(t) = self.clients.get_mut(&id) else {
+        let Some(t) = self.clients.get_mut(id) else {
             return Ok(());
         };
         let reliable = t.target.transport.is_reliable();
@@ -482,9 +471,8 @@ impl TransactionLayer {
             (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 t.state = ClientState::Accepted;
                 t.retransmit = None;
-                let at = now + cfg.t1x64();
-                t.timeout = Some(at);
-                arm = Some(at);
+                t.timeout = Some(now + cfg.t1x64());
+                arm = Some(cfg.t1x64());
                 true
             }
             (true, ClientState::Calling | ClientState::Proceeding, _) => {
@@ -493,14 +481,13 @@ impl TransactionLayer {
                 let a = RequestBuilder::ack_non_2xx(&t.request, &msg).map_err(TxnError::NoKey)?;
                 t.ack = Some(a.clone());
                 ack = Some(a);
-                let at = now
-                    + if reliable {
-                        Duration::ZERO
-                    } else {
-                        cfg.timer_d
-                    };
-                t.timeout = Some(at);
-                arm = Some(at);
+                let delay = if reliable {
+                    Duration::ZERO
+                } else {
+                    cfg.timer_d
+                };
+                t.timeout = Some(now + delay);
+                arm = Some(delay);
                 true
             }
             (true, ClientState::Accepted, 200..=299) => true,
@@ -511,9 +498,9 @@ impl TransactionLayer {
             (false, ClientState::Calling | ClientState::Proceeding, _) => {
                 t.state = ClientState::Completed;
                 t.retransmit = None;
-                let at = now + if reliable { Duration::ZERO } else { cfg.t4 };
-                t.timeout = Some(at);
-                arm = Some(at);
+                let delay = if reliable { Duration::ZERO } else { cfg.t4 };
+                t.timeout = Some(now + delay);
+                arm = Some(delay);
                 true
             }
             _ => false,
@@ -522,8 +509,8 @@ impl TransactionLayer {
         if let Some(a) = ack {
             self.send(target, a, TxnRef::Client(txn));
         }
-        if let Some(at) = arm {
-            self.arm(TxnKey::Client(id), Slot::Timeout, at);
+        if let Some(delay) = arm {
+            self.arm(TxnKey::Client(id), Slot::Timeout, now, delay);
         }
         if pass {
             self.events.push_back(Event::Response { txn, msg });
@@ -550,16 +537,13 @@ impl TransactionLayer {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse(e)| e.at)
+        self.timers.next_deadline()
     }
 
     /// Fire every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse(e)) = self.timers.peek().copied() {
-            if e.at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, (txn, slot))) = self.timers.pop_due(now) {
+            let e = TimerEntry { at, txn, slot };
             match e.txn {
                 TxnKey::Server(id) => self.server_timer(id, e),
                 TxnKey::Client(id) => self.client_timer(id, e),
@@ -569,7 +553,7 @@ impl TransactionLayer {
 
     fn server_timer(&mut self, id: u64, e: TimerEntry) {
         let t2 = self.cfg.t2;
-        let Some(t) = self.servers.get_mut(&id) else {
+        let Some(t) = self.servers.get_mut(id) else {
             return;
         };
         match e.slot {
@@ -584,7 +568,7 @@ impl TransactionLayer {
                 let next = (interval * 2).min(t2);
                 t.retransmit = Some((e.at + next, next));
                 let (target, resp) = (t.target, t.last_response.clone());
-                self.arm(TxnKey::Server(id), Slot::Retransmit, e.at + next);
+                self.arm(TxnKey::Server(id), Slot::Retransmit, e.at, next);
                 if let Some(r) = resp {
                     self.send(target, r, TxnRef::Server(ServerTxnId(id)));
                 }
@@ -607,7 +591,7 @@ impl TransactionLayer {
 
     fn client_timer(&mut self, id: u64, e: TimerEntry) {
         let t2 = self.cfg.t2;
-        let Some(t) = self.clients.get_mut(&id) else {
+        let Some(t) = self.clients.get_mut(id) else {
             return;
         };
         match e.slot {
@@ -628,7 +612,7 @@ impl TransactionLayer {
                 };
                 t.retransmit = Some((e.at + next, next));
                 let (target, bytes) = (t.target, t.request.bytes().clone());
-                self.arm(TxnKey::Client(id), Slot::Retransmit, e.at + next);
+                self.arm(TxnKey::Client(id), Slot::Retransmit, e.at, next);
                 self.send(target, bytes, TxnRef::Client(ClientTxnId(id)));
             }
             Slot::Timeout => {
@@ -649,23 +633,11 @@ impl TransactionLayer {
     }
 
     fn remove_server(&mut self, id: u64) -> bool {
-        match self.servers.remove(&id) {
-            Some(t) => {
-                self.server_index.remove(&t.key);
-                true
-            }
-            None => false,
-        }
+        self.servers.remove(id).is_some()
     }
 
     fn remove_client(&mut self, id: u64) -> bool {
-        match self.clients.remove(&id) {
-            Some(t) => {
-                self.client_index.remove(&t.key);
-                true
-            }
-            None => false,
-        }
+        self.clients.remove(id).is_some()
     }
 
     /// Next message to send.

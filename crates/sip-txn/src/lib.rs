@@ -21,6 +21,8 @@
 
 mod error;
 mod layer;
+mod table;
+mod timers;
 mod types;
 
 pub use error::TxnError;

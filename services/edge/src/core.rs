@@ -6,7 +6,9 @@
 //! protocol state in one task means no locks on the hot path and one ordering of events.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+use foldhash::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -20,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::decide::{Decision, Hop, Plan, Shared, branch_prefix, decide, loop_hash, resolve};
 use crate::forking::{BranchId, Outcome, ResponseContext};
-use crate::metrics::{ClassLabel, KindLabel, MethodLabel, ReasonLabel, class_label, method_label};
+use crate::metrics::{ReasonLabel, method_index};
 
 struct BranchInfo {
     txn: Option<ClientTxnId>,
@@ -57,7 +59,7 @@ pub struct Core {
     cancels: HashSet<ClientTxnId>,
     timer_c: BinaryHeap<Reverse<(Instant, ServerTxnId)>>,
     timer_c_len: Duration,
-    started: HashMap<ServerTxnId, (Instant, &'static str)>,
+    started: HashMap<ServerTxnId, (Instant, usize)>,
     branch_seq: u64,
     /// Decisions that completed on their first poll, to act on in `drain`.
     ready: VecDeque<Decision>,
@@ -77,14 +79,14 @@ impl Core {
             txn,
             transports,
             decisions,
-            pending: HashMap::new(),
-            cancelled_pending: HashSet::new(),
-            contexts: HashMap::new(),
-            branch_of: HashMap::new(),
-            cancels: HashSet::new(),
+            pending: HashMap::default(),
+            cancelled_pending: HashSet::default(),
+            contexts: HashMap::default(),
+            branch_of: HashMap::default(),
+            cancels: HashSet::default(),
             timer_c: BinaryHeap::new(),
             timer_c_len,
-            started: HashMap::new(),
+            started: HashMap::default(),
             branch_seq: 0,
             ready: VecDeque::new(),
         }
@@ -138,13 +140,9 @@ impl Core {
             self.txn.handle_timeout(now);
             self.fire_timer_c(now);
             self.drain();
-            let m = &self.sh.metrics;
-            m.transactions
-                .get_or_create(&KindLabel { kind: "server" })
-                .set(self.txn.server_count() as i64);
-            m.transactions
-                .get_or_create(&KindLabel { kind: "client" })
-                .set(self.txn.client_count() as i64);
+            self.sh
+                .metrics
+                .set_transactions(self.txn.server_count(), self.txn.client_count());
         }
     }
 
@@ -210,13 +208,7 @@ impl Core {
     }
 
     fn count_response(&self, code: u16) {
-        self.sh
-            .metrics
-            .responses
-            .get_or_create(&ClassLabel {
-                class: class_label(code),
-            })
-            .inc();
+        self.sh.metrics.count_response(code);
     }
 
     fn respond(&mut self, txn: ServerTxnId, code: u16, bytes: Bytes) {
@@ -229,9 +221,7 @@ impl Core {
                 {
                     self.sh
                         .metrics
-                        .request_duration
-                        .get_or_create(&MethodLabel { method })
-                        .observe(now.duration_since(t0).as_secs_f64());
+                        .observe_duration(method, now.duration_since(t0).as_secs_f64());
                 }
             }
             Err(e) => tracing::debug!(?txn, code, error = %e, "response not sent"),
@@ -245,15 +235,8 @@ impl Core {
                 msg,
                 source,
             } => {
-                let method = msg
-                    .method()
-                    .map(|m| method_label(m.as_str()))
-                    .unwrap_or("other");
-                self.sh
-                    .metrics
-                    .requests
-                    .get_or_create(&MethodLabel { method })
-                    .inc();
+                let method = method_index(msg.method().map_or("", |m| m.as_str()));
+                self.sh.metrics.count_request(method);
                 self.started.insert(txn, (Instant::now(), method));
                 match msg.method() {
                     Some(Method::Cancel) => self.on_cancel(txn, &msg),
@@ -285,11 +268,7 @@ impl Core {
                 }
             }
             Event::Request { txn: None, msg, .. } => {
-                self.sh
-                    .metrics
-                    .requests
-                    .get_or_create(&MethodLabel { method: "ACK" })
-                    .inc();
+                self.sh.metrics.count_request(method_index("ACK"));
                 self.forward_ack(msg);
             }
             Event::Response { txn, msg } => self.on_branch_response(txn, msg),

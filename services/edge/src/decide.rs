@@ -163,10 +163,19 @@ pub fn branch_prefix(hash: u64) -> String {
 }
 
 fn is_loop(local: &Local, msg: &SipMessage) -> bool {
-    let prefix = branch_prefix(loop_hash(msg));
-    msg.via()
-        .flatten()
-        .any(|v| local.is_my_via(&v) && v.branch.is_some_and(|b| b.starts_with(&prefix)))
+    // The hash covers most of the request; only compute it when one of our own Vias is
+    // present, which a request fresh from a client never has.
+    let mut prefix = None;
+    msg.via().flatten().any(|v| {
+        local.is_my_via(&v)
+            && v.branch.is_some_and(|b| {
+                b.starts_with(
+                    prefix
+                        .get_or_insert_with(|| branch_prefix(loop_hash(msg)))
+                        .as_str(),
+                )
+            })
+    })
 }
 
 /// Where to send a request for `uri` (RFC 3263 without NAPTR/SRV: the transport from
