@@ -257,13 +257,17 @@ if [ "$KAMAILIO" = 1 ]; then
   # start_kamailio AUTH(0|1): sets SRV_PID SRV_PORT
   start_kamailio() {
     SRV_PORT=$(free_port)
-    local dir=$WORK/kamailio-$1
-    mkdir -p "$dir"
-    # Subscribers for digest auth: an htable dump, "u00000=pw00000" lines.
-    awk -F';' 'NR > 1 {split($2, a, "password="); sub(/]$/, "", a[2]); print $1 "=" a[2]}' "$WORK/users.csv" \
-      >"$dir/users.htable"
-    kamailio -f "$ROOT/loadtest/kamailio/kamailio.cfg" -DD -E -n 2 -m 512 -M 64 -w "$dir" \
-      -l "udp:127.0.0.1:$SRV_PORT" -A "AUTH=$1" -A "HTFILE=\"$dir/users.htable\"" \
+    local dir=$WORK/kamailio-$1 defs=()
+    mkdir -p "$dir/db"
+    # Subscribers as db_text tables for auth_db (plain passwords, HA1 computed per request,
+    # like the edge's file-backed store).
+    printf 'table_name(str) table_version(int)\nsubscriber:7\n' >"$dir/db/version"
+    { printf 'id(int,auto) username(str) domain(str) password(str)\n'
+      awk -F';' 'NR > 1 {split($2, a, "password="); sub(/]$/, "", a[2]); print NR - 1 ":" $1 ":" $3 ":" a[2]}' "$WORK/users.csv"
+    } >"$dir/db/subscriber"
+    [ "$1" = 1 ] && defs+=(-A AUTH)
+    kamailio -f "$ROOT/loadtest/kamailio/kamailio.cfg" -DD -E -m 512 -M 64 -w "$dir" \
+      -l "udp:127.0.0.1:$SRV_PORT" "${defs[@]}" -A "DBURL=\"text://$dir/db\"" \
       -A "DOMAIN=\"$DOMAIN\"" -P "$dir/kamailio.pid" >"$dir/kamailio.log" 2>&1 &
     SRV_PID=$!
     PIDS+=("$SRV_PID")
