@@ -15,7 +15,8 @@
 # by PID on exit; all traffic stays on 127.0.0.1.
 #
 # Environment: LOAD_STEP_SECONDS (default 10), LOAD_REG_RATES, LOAD_AUTH_RATES,
-# LOAD_CALL_RATES (space-separated steps), LOAD_USERS (default 10000).
+# LOAD_CALL_RATES (space-separated steps), LOAD_USERS (default 10000), LOAD_ONLY (a subset
+# of "register call auth overload", default all).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,6 +44,8 @@ if [ "$QUICK" = 1 ]; then
   AUTH_RATES=${LOAD_AUTH_RATES:-"500"}
   CALL_RATES=${LOAD_CALL_RATES:-"100"}
 fi
+ONLY=${LOAD_ONLY:-register call auth overload}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
 
@@ -227,19 +230,27 @@ header
 
 # --- sipcluster -----------------------------------------------------------------------------
 
-start_sipcluster noauth --no-auth
-register_steps sipcluster register "$ROOT/loadtest/sipp/register.xml" "$SRV_PID" "$SRV_PORT" "$REG_RATES"
-REG_MAX=$LAST_SUSTAINED
-call_steps sipcluster "$SRV_PID" "$SRV_PORT" "$CALL_RATES"
-stop_pid "$SRV_PID"
+REG_MAX=0
+if want register || want call; then
+  start_sipcluster noauth --no-auth
+  if want register; then
+    register_steps sipcluster register "$ROOT/loadtest/sipp/register.xml" "$SRV_PID" "$SRV_PORT" "$REG_RATES"
+    REG_MAX=$LAST_SUSTAINED
+  fi
+  want call && call_steps sipcluster "$SRV_PID" "$SRV_PORT" "$CALL_RATES"
+  stop_pid "$SRV_PID"
+fi
 
-start_sipcluster auth
-register_steps sipcluster register+auth "$ROOT/loadtest/sipp/register_auth.xml" "$SRV_PID" "$SRV_PORT" "$AUTH_RATES" \
-  -auth_uri "$DOMAIN"
-stop_pid "$SRV_PID"
+if want auth; then
+  start_sipcluster auth
+  register_steps sipcluster register+auth "$ROOT/loadtest/sipp/register_auth.xml" "$SRV_PID" "$SRV_PORT" "$AUTH_RATES" \
+    -auth_uri "$DOMAIN"
+  stop_pid "$SRV_PID"
+fi
 
 # Overload: twice the best sustained REGISTER rate (or the top step when none held).
-OVER=$((${REG_MAX:-0} > 0 ? REG_MAX * 2 : ${REG_RATES##* } * 2))
+OVER=${LOAD_OVERLOAD_RATE:-$((${REG_MAX:-0} > 0 ? REG_MAX * 2 : ${REG_RATES##* } * 2))}
+if want overload; then
 start_sipcluster overload --no-auth
 c0=$(cpu_ticks "$SRV_PID")
 run_sipp over "$ROOT/loadtest/sipp/register.xml" "$OVER" $((OVER * STEP)) "$(free_port)" "127.0.0.1:$SRV_PORT" \
@@ -249,6 +260,7 @@ measure sipcluster overload "$SRV_PID" "$OVER" over $((OVER * STEP)) $((c1 - c0)
 rejected=$(metric "$SRV_METRICS" sipcluster_sip_overload_rejections_total)
 echo "sipcluster overload at $OVER/s offered: goodput $(achieved "$WORK/over.rtt")/s, $rejected answered 503 + Retry-After" | tee -a "$RESULTS"
 stop_pid "$SRV_PID"
+fi
 
 # --- Kamailio, side by side -------------------------------------------------------------------
 
@@ -259,12 +271,12 @@ if [ "$KAMAILIO" = 1 ]; then
     SRV_PORT=$(free_port)
     local dir=$WORK/kamailio-$1 defs=()
     mkdir -p "$dir/db"
-    # Subscribers as db_text tables for auth_db (plain passwords, HA1 computed per request,
-    # like the edge's file-backed store).
-    printf 'table_name(str) table_version(int)\nsubscriber:7\n' >"$dir/db/version"
-    { printf 'id(int,auto) username(str) domain(str) password(str)\n'
-      awk -F';' 'NR > 1 {split($2, a, "password="); sub(/]$/, "", a[2]); print NR - 1 ":" $1 ":" $3 ":" a[2]}' "$WORK/users.csv"
-    } >"$dir/db/subscriber"
+    # Subscribers as a db_text table loaded into an htable at start (plain passwords, HA1
+    # computed per request, like the edge's file-backed store).
+    printf 'table_name(str) table_version(int)\nhtable:2\n' >"$dir/db/version"
+    { printf 'id(int,auto) key_name(str) key_type(int) value_type(int) key_value(str) expires(int)\n'
+      awk -F';' 'NR > 1 {split($2, a, "password="); sub(/]$/, "", a[2]); print NR - 1 ":" $1 ":0:0:" a[2] ":0"}' "$WORK/users.csv"
+    } >"$dir/db/htable"
     [ "$1" = 1 ] && defs+=(-A AUTH)
     kamailio -f "$ROOT/loadtest/kamailio/kamailio.cfg" -DD -E -m 512 -M 64 -w "$dir" \
       -l "udp:127.0.0.1:$SRV_PORT" "${defs[@]}" -A "DBURL=\"text://$dir/db\"" \
@@ -282,14 +294,18 @@ if [ "$KAMAILIO" = 1 ]; then
     done
     echo "$total"
   }
-  start_kamailio 0
-  register_steps kamailio register "$ROOT/loadtest/sipp/register.xml" "$SRV_PID" "$SRV_PORT" "$REG_RATES"
-  call_steps kamailio "$SRV_PID" "$SRV_PORT" "$CALL_RATES"
-  stop_pid "$SRV_PID"
-  start_kamailio 1
-  register_steps kamailio register+auth "$ROOT/loadtest/sipp/register_auth.xml" "$SRV_PID" "$SRV_PORT" "$AUTH_RATES" \
-    -auth_uri "$DOMAIN"
-  stop_pid "$SRV_PID"
+  if want register || want call; then
+    start_kamailio 0
+    want register && register_steps kamailio register "$ROOT/loadtest/sipp/register.xml" "$SRV_PID" "$SRV_PORT" "$REG_RATES"
+    want call && call_steps kamailio "$SRV_PID" "$SRV_PORT" "$CALL_RATES"
+    stop_pid "$SRV_PID"
+  fi
+  if want auth; then
+    start_kamailio 1
+    register_steps kamailio register+auth "$ROOT/loadtest/sipp/register_auth.xml" "$SRV_PID" "$SRV_PORT" "$AUTH_RATES" \
+      -auth_uri "$DOMAIN"
+    stop_pid "$SRV_PID"
+  fi
 fi
 
 printf '\n## summary\n'

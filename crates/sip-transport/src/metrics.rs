@@ -99,7 +99,7 @@ impl TransportMetrics {
         );
         registry.register(
             "sip_overload_rejections",
-            "Requests answered 503 because the proxy core's queue was full",
+            "New requests answered 503 + Retry-After because the proxy core was overloaded (queue full, or queued past max_queue_delay)",
             self.overload_rejections.clone(),
         );
         registry.register(

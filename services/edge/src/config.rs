@@ -111,6 +111,10 @@ pub struct LimitsConfig {
     pub core_queue: usize,
     /// Retry-After of that 503, s.
     pub overload_retry_after: u32,
+    /// A new request that waited longer than this in the queue is answered 503 instead of
+    /// processed, ms. Below the client's T1 (500 ms) so that overload sheds excess work
+    /// before retransmissions multiply it, instead of serving stale requests late.
+    pub max_queue_delay_ms: u64,
 }
 
 /// Prometheus endpoint.
@@ -186,6 +190,7 @@ impl Default for LimitsConfig {
             tcp_idle_timeout_secs: 600,
             core_queue: 16_384,
             overload_retry_after: 5,
+            max_queue_delay_ms: 200,
         }
     }
 }
@@ -314,10 +319,10 @@ impl EdgeConfig {
                 "max_message_size >= 1024, max_headers >= 16, 256 <= max_line_len <= 65535",
             ));
         }
-        if l.core_queue == 0 || l.tcp_idle_timeout_secs == 0 {
+        if l.core_queue == 0 || l.tcp_idle_timeout_secs == 0 || l.max_queue_delay_ms == 0 {
             return Err(bad(
                 "limits",
-                "core_queue and tcp_idle_timeout_secs must be positive",
+                "core_queue, tcp_idle_timeout_secs and max_queue_delay_ms must be positive",
             ));
         }
         if self.log.format != "plain" && self.log.format != "json" {

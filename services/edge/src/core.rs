@@ -63,6 +63,7 @@ pub struct Core {
     branch_seq: u64,
     /// Decisions that completed on their first poll, to act on in `drain`.
     ready: VecDeque<Decision>,
+    max_queue_delay: Duration,
 }
 
 impl Core {
@@ -74,6 +75,7 @@ impl Core {
     ) -> Core {
         let txn = TransactionLayer::new(sh.cfg.timer_config());
         let timer_c_len = Duration::from_secs(sh.cfg.timers.timer_c_secs);
+        let sh_delay = sh.cfg.limits.max_queue_delay_ms;
         Core {
             sh,
             txn,
@@ -89,6 +91,7 @@ impl Core {
             started: HashMap::default(),
             branch_seq: 0,
             ready: VecDeque::new(),
+            max_queue_delay: Duration::from_millis(sh_delay),
         }
     }
 
@@ -149,7 +152,11 @@ impl Core {
     fn on_inbound(&mut self, m: Inbound) {
         let now = Instant::now();
         match m {
-            Inbound::Message { msg, source, .. } => {
+            Inbound::Message {
+                msg,
+                source,
+                received_at,
+            } => {
                 if msg.is_request() {
                     if let Err(e) = msg.validate_request() {
                         tracing::debug!(src = %source.addr, error = %e, "invalid request");
@@ -168,6 +175,10 @@ impl Core {
                         }
                         return;
                     }
+                    if self.stale(&msg, received_at, now) {
+                        self.shed(&msg, source);
+                        return;
+                    }
                     let msg = with_received(msg, source);
                     if let Err(e) = self.txn.handle_request(now, msg, source) {
                         tracing::debug!(error = %e, "request not taken by the transaction layer");
@@ -184,6 +195,27 @@ impl Core {
             Inbound::FlowClosed { .. } => {}
         }
         self.drain();
+    }
+
+    /// A new request that sat in the queue past `max_queue_delay`: its client is about to
+    /// retransmit, so serving it late only adds to the overload.
+    fn stale(&self, msg: &SipMessage, received_at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(received_at) > self.max_queue_delay
+            && !matches!(msg.method(), Some(Method::Ack | Method::Cancel) | None)
+            && !self.txn.knows_request(msg)
+    }
+
+    fn shed(&mut self, msg: &SipMessage, source: Target) {
+        self.sh.metrics.transport.overload_rejections.inc();
+        if let Some(b) = ResponseBuilder::new(msg, 503) {
+            let retry = self.sh.cfg.limits.overload_retry_after.to_string();
+            self.count_response(503);
+            self.transports.send(
+                source,
+                b.header("Retry-After", retry.into_bytes()).build(),
+                TxnRef::Stateless,
+            );
+        }
     }
 
     fn drain(&mut self) {
