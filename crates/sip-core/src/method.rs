@@ -76,6 +76,15 @@ impl<'a> Method<'a> {
     /// The method token.
     pub fn as_str(&self) -> &'a str {
         match *self {
+            Method::Other(s) => s,
+            _ => self.known_name().unwrap_or_default(),
+        }
+    }
+
+    /// The token of a method this crate knows, as a `'static` string (so keys and labels
+    /// built from it need no allocation); `None` for [`Method::Other`].
+    pub fn known_name(&self) -> Option<&'static str> {
+        Some(match *self {
             Method::Invite => "INVITE",
             Method::Ack => "ACK",
             Method::Bye => "BYE",
@@ -90,8 +99,8 @@ impl<'a> Method<'a> {
             Method::Refer => "REFER",
             Method::Message => "MESSAGE",
             Method::Publish => "PUBLISH",
-            Method::Other(s) => s,
-        }
+            Method::Other(_) => return None,
+        })
     }
 }
 

@@ -114,31 +114,10 @@ pub struct TransactionLayer {
 
 /// The method as an owned key; the common methods cost no allocation.
 fn method_bytes(m: Method<'_>) -> Bytes {
-    let name = m.as_str();
-    match Method::parse(name.as_bytes()).map(static_name) {
-        Some(Some(s)) => Bytes::from_static(s.as_bytes()),
-        _ => Bytes::copy_from_slice(name.as_bytes()),
+    match m.known_name() {
+        Some(s) => Bytes::from_static(s.as_bytes()),
+        None => Bytes::copy_from_slice(m.as_str().as_bytes()),
     }
-}
-
-fn static_name(m: Method<'_>) -> Option<&'static str> {
-    Some(match m {
-        Method::Invite => "INVITE",
-        Method::Ack => "ACK",
-        Method::Bye => "BYE",
-        Method::Cancel => "CANCEL",
-        Method::Register => "REGISTER",
-        Method::Options => "OPTIONS",
-        Method::Info => "INFO",
-        Method::Update => "UPDATE",
-        Method::Prack => "PRACK",
-        Method::Subscribe => "SUBSCRIBE",
-        Method::Notify => "NOTIFY",
-        Method::Refer => "REFER",
-        Method::Message => "MESSAGE",
-        Method::Publish => "PUBLISH",
-        Method::Other(_) => return None,
-    })
 }
 
 impl Keyed for ServerTxn {
