@@ -26,6 +26,18 @@ pub struct EdgeConfig {
     pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Threads.
+    pub runtime: RuntimeConfig,
+}
+
+/// The process's threads.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 = one per CPU. One worker spends less CPU per message (no
+    /// cross-thread wake-ups: ~7-10 % per call measured) but parses and proxies on one
+    /// core; scale out with more edges instead of more threads when that is the aim.
+    pub workers: usize,
 }
 
 /// Listening sockets and the proxy's identity.

@@ -68,6 +68,9 @@ struct RunArgs {
     /// Log filter, e.g. info or edge=debug.
     #[arg(long, env = "SIPCLUSTER_LOG")]
     log_level: Option<String>,
+    /// Worker threads (0 = one per CPU).
+    #[arg(long, env = "SIPCLUSTER_WORKERS")]
+    workers: Option<usize>,
 }
 
 fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
@@ -121,6 +124,9 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
     if let Some(l) = &a.log_level {
         cfg.log.level = l.clone();
     }
+    if let Some(w) = a.workers {
+        cfg.runtime.workers = w;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -160,8 +166,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig(a) => {
@@ -173,11 +178,19 @@ async fn main() -> Result<()> {
         Command::AllInOne(a) => {
             let cfg = build_config(&a)?;
             init_logging(&cfg)?;
-            let handle = edge::start(cfg).await?;
-            shutdown_signal().await;
-            tracing::info!("stopping");
-            handle.stop().await;
-            Ok(())
+            // The runtime is built from the configuration, so it cannot be `#[tokio::main]`.
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all();
+            if cfg.runtime.workers > 0 {
+                rt.worker_threads(cfg.runtime.workers);
+            }
+            rt.build().context("starting the runtime")?.block_on(async {
+                let handle = edge::start(cfg).await?;
+                shutdown_signal().await;
+                tracing::info!("stopping");
+                handle.stop().await;
+                Ok(())
+            })
         }
     }
 }

@@ -431,3 +431,22 @@ fn overload_is_shed_with_503_and_retry_after() {
     srv.assert_alive();
     sipsak_ping(&srv);
 }
+
+/// `--workers N` sets the runtime's worker threads (and the edge serves with one).
+#[test]
+fn worker_threads_follow_the_configuration() {
+    let workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task list")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim() == "tokio-rt-worker")
+            .count()
+    };
+    for n in [1usize, 3] {
+        let dir = workdir(&format!("workers{n}"));
+        let mut srv = Server::start(&dir, &["--workers", &n.to_string()]);
+        sipsak_ping(&srv);
+        assert_eq!(workers(srv.pid()), n, "worker threads with --workers {n}");
+        srv.assert_alive();
+    }
+}
