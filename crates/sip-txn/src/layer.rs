@@ -195,14 +195,6 @@ impl TransactionLayer {
         self.servers.get(txn.0).map(|t| t.target)
     }
 
-    /// Whether `request` belongs to a live server transaction (a retransmission, or the
-    /// ACK of a non-2xx): such messages are cheap to absorb and never shed under overload.
-    pub fn knows_request(&self, request: &SipMessage) -> bool {
-        request
-            .owned_server_key()
-            .is_ok_and(|key| self.servers.find(&key).is_some())
-    }
-
     /// The INVITE server transaction a CANCEL refers to (§9.2), if it is still alive.
     pub fn find_cancelled(&self, cancel: &SipMessage) -> Option<ServerTxnId> {
         let mut key = cancel.owned_server_key().ok()?;

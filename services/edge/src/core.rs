@@ -64,6 +64,8 @@ pub struct Core {
     /// Decisions that completed on their first poll, to act on in `drain`.
     ready: VecDeque<Decision>,
     max_queue_delay: Duration,
+    /// The request being handed to the transaction layer is to be shed (see `stale`).
+    shed_next: bool,
 }
 
 impl Core {
@@ -92,6 +94,7 @@ impl Core {
             branch_seq: 0,
             ready: VecDeque::new(),
             max_queue_delay: Duration::from_millis(sh_delay),
+            shed_next: false,
         }
     }
 
@@ -175,10 +178,10 @@ impl Core {
                         }
                         return;
                     }
-                    if self.stale(&msg, received_at, now) {
-                        self.shed(&msg, source);
-                        return;
-                    }
+                    // A new transaction for a stale request is answered 503 when its
+                    // event comes out of the layer (just below, in `drain`); a
+                    // retransmission of a live one raises no event and is absorbed.
+                    self.shed_next = self.stale(&msg, received_at, now);
                     let msg = with_received(msg, source);
                     if let Err(e) = self.txn.handle_request(now, msg, source) {
                         tracing::debug!(error = %e, "request not taken by the transaction layer");
@@ -195,27 +198,34 @@ impl Core {
             Inbound::FlowClosed { .. } => {}
         }
         self.drain();
+        // A retransmission absorbed by its transaction raised no event to consume the flag.
+        self.shed_next = false;
     }
 
-    /// A new request that sat in the queue past `max_queue_delay`: its client is about to
-    /// retransmit, so serving it late only adds to the overload.
+    /// A new dialog-creating or out-of-dialog request that sat in the queue past
+    /// `max_queue_delay`: its client is about to retransmit, so serving it late only adds
+    /// to the overload. In-dialog requests (To tag) are never shed: a 503 to a BYE would
+    /// end the call on one side only.
     fn stale(&self, msg: &SipMessage, received_at: Instant, now: Instant) -> bool {
         now.saturating_duration_since(received_at) > self.max_queue_delay
             && !matches!(msg.method(), Some(Method::Ack | Method::Cancel) | None)
-            && !self.txn.knows_request(msg)
+            && msg.to_tag().ok().flatten().is_none()
     }
 
-    fn shed(&mut self, msg: &SipMessage, source: Target) {
+    /// Answer a shed request 503 + Retry-After through its server transaction, so that
+    /// retransmissions get the same 503 instead of being served after all.
+    fn shed(&mut self, txn: ServerTxnId, msg: &SipMessage) -> bool {
+        let Some(b) = ResponseBuilder::new(msg, 503) else {
+            return false;
+        };
         self.sh.metrics.transport.overload_rejections.inc();
-        if let Some(b) = ResponseBuilder::new(msg, 503) {
-            let retry = self.sh.cfg.limits.overload_retry_after.to_string();
-            self.count_response(503);
-            self.transports.send(
-                source,
-                b.header("Retry-After", retry.into_bytes()).build(),
-                TxnRef::Stateless,
-            );
-        }
+        let retry = self.sh.cfg.limits.overload_retry_after.to_string();
+        self.respond(
+            txn,
+            503,
+            b.header("Retry-After", retry.into_bytes()).build(),
+        );
+        true
     }
 
     fn drain(&mut self) {
@@ -270,6 +280,9 @@ impl Core {
                 let method = method_index(msg.method().map_or("", |m| m.as_str()));
                 self.sh.metrics.count_request(method);
                 self.started.insert(txn, (Instant::now(), method));
+                if std::mem::take(&mut self.shed_next) && self.shed(txn, &msg) {
+                    return;
+                }
                 match msg.method() {
                     Some(Method::Cancel) => self.on_cancel(txn, &msg),
                     m => {

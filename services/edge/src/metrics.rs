@@ -172,7 +172,12 @@ impl EdgeMetrics {
     /// Count a response sent upstream.
     pub fn count_response(&self, code: u16) {
         let class = class_label(code);
-        let i = usize::from((code / 100).clamp(1, 6)) - 1;
+        // The same bucketing as `class_label` (anything outside 1xx-5xx is 6xx), so a slot
+        // is only ever bound to its own label.
+        let i = match code / 100 {
+            c @ 1..=5 => usize::from(c) - 1,
+            _ => 5,
+        };
         self.hot.responses[i]
             .get_or_init(|| self.responses.get_or_create(&ClassLabel { class }).clone())
             .inc();

@@ -372,11 +372,13 @@ fn overload_is_shed_with_503_and_retry_after() {
     // Bursts of 100 every 1 ms: ~100k requests/s, several times what the core serves, so
     // the queue in front of it grows well past 2 ms, while the edge's reader (much cheaper
     // than the core) keeps the kernel buffer from overflowing even at its default size.
-    for i in 0..N {
-        let msg = format!(
+    let register = |i: usize| {
+        format!(
             "REGISTER sip:sipcluster.local SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKshed{i}\r\nMax-Forwards: 70\r\nFrom: <sip:u{i}@sipcluster.local>;tag=f{i}\r\nTo: <sip:u{i}@sipcluster.local>\r\nCall-ID: shed-{i}\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{i}@{local}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
-        );
-        raw.send(msg.as_bytes());
+        )
+    };
+    for i in 0..N {
+        raw.send(register(i).as_bytes());
         if i % 100 == 99 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -427,6 +429,26 @@ fn overload_is_shed_with_503_and_retry_after() {
     );
     assert!(ok > 0, "nothing was served");
     assert!(rejected >= shed as f64);
+    // The 503 was sent by a server transaction: a retransmission of a shed request gets
+    // the same 503 again, never a late 200 (and the binding was not stored).
+    let (branch, _) = finals
+        .iter()
+        .find(|(_, code)| **code == 503)
+        .expect("a shed request");
+    let i: usize = branch.parse().expect("branch number");
+    let again = raw
+        .request(register(i).as_bytes())
+        .expect("answer to the retransmission");
+    assert_eq!(
+        status(&again),
+        503,
+        "retransmission of a shed request:\n{again}"
+    );
+    assert_eq!(
+        srv.metric("sipcluster_sip_overload_rejections_total"),
+        rejected,
+        "a retransmission is absorbed, not shed again"
+    );
     // And the edge is healthy right after.
     srv.assert_alive();
     sipsak_ping(&srv);
