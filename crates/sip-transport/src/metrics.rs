@@ -80,6 +80,15 @@ impl Default for TransportMetrics {
 }
 
 impl TransportMetrics {
+    /// Count inbound bytes that did not parse, by error class.
+    pub fn parse_error(&self, e: &sip_core::Error) {
+        self.parse_errors
+            .get_or_create(&ErrorLabel {
+                kind: e.kind().as_str(),
+            })
+            .inc();
+    }
+
     /// Register every metric under `registry` (prefix is the caller's).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

@@ -13,7 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::metrics::ErrorLabel;
 use crate::{FlowEntry, Inbound, Inner, deliver, next_flow, report_failure};
 
 /// Messages queued per connection before a send to it counts as failed.
@@ -152,13 +151,7 @@ async fn read_loop(
                 }
                 Err(e) => {
                     // Framing is lost: answer if the bytes allow it, then close.
-                    inner
-                        .metrics
-                        .parse_errors
-                        .get_or_create(&ErrorLabel {
-                            kind: e.kind().as_str(),
-                        })
-                        .inc();
+                    inner.metrics.parse_error(&e);
                     tracing::debug!(?flow, %remote, error = %e, "unparsable stream data; closing");
                     if let Some(reply) = error_reply(None, &buf, &e) {
                         let _ = tx.send(reply).await;

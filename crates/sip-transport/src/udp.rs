@@ -11,7 +11,6 @@ use sip_txn::{Target, Transport, TxnRef};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::metrics::ErrorLabel;
 use crate::{Inner, deliver, report_failure};
 
 /// Large kernel buffers: a burst of REGISTERs must queue in the kernel, not be dropped,
@@ -68,13 +67,7 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
                 inner.metrics.keepalives.inc();
             }
             Err(e) => {
-                inner
-                    .metrics
-                    .parse_errors
-                    .get_or_create(&ErrorLabel {
-                        kind: e.kind().as_str(),
-                    })
-                    .inc();
+                inner.metrics.parse_error(&e);
                 tracing::debug!(%src, error = %e, "unparsable datagram");
                 if let Some(reply) = error_reply(None, &data, &e) {
                     let _ = sock.try_send_to(&reply, src);
