@@ -91,6 +91,36 @@ impl MemoryStore {
         self.realms.values().map(HashMap::len).sum()
     }
 
+    /// Remove a subscriber; returns its credentials if it existed.
+    pub fn remove(&mut self, username: &str, realm: &str) -> Option<Credentials> {
+        let users = self.realms.get_mut(realm)?;
+        let gone = users.remove(username);
+        if users.is_empty() {
+            self.realms.remove(realm);
+        }
+        gone
+    }
+
+    /// The usernames of `realm`, sorted.
+    pub fn usernames(&self, realm: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .realms
+            .get(realm)
+            .map(|u| u.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every subscriber as `(username, realm, credentials)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Credentials)> {
+        self.realms.iter().flat_map(|(realm, users)| {
+            users
+                .iter()
+                .map(move |(user, c)| (user.as_str(), realm.as_str(), c))
+        })
+    }
+
     /// True when there are no subscribers.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -220,6 +250,11 @@ impl FileStore {
     /// The realms (= domains this deployment serves), sorted.
     pub fn realms(&self) -> BTreeSet<&str> {
         self.users.realms()
+    }
+
+    /// The subscribers, to seed another store (the location service) from the file.
+    pub fn into_inner(self) -> MemoryStore {
+        self.users
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Source {
     pub flow_token: Option<String>,
     /// The edge instance that handled the REGISTER, for diagnostics and flow affinity.
     pub edge_id: Option<String>,
+    /// A SIP URI reaching that edge, carrying the flow token (`sip:TOKEN@10.0.0.5:5060;lr`):
+    /// another edge sends requests for this contact there when the contact can only be
+    /// reached over the client's own connection.
+    pub edge_uri: Option<String>,
 }
 
 /// One contact bound to an address-of-record (RFC 3261 §10).

@@ -60,5 +60,5 @@ pub use request::{ContactSpec, RegisterRequest, RequestContact};
 pub use rules::{
     Policy, RegisterOutcome, ResponseContact, apply_register, live_bindings, sort_bindings,
 };
-pub use store::{LocationStore, MemoryStore, StoreStats};
+pub use store::{LocationStore, MemoryStore, StoreStats, contact_matches};
 pub use uri_match::uris_equivalent;

@@ -68,11 +68,42 @@ impl MemoryStore {
         &self.policy
     }
 
+    /// Remove the bindings of `aor` whose contact is equivalent (RFC 3261 §19.1.4) to
+    /// `contact`, or all of them when `None`; returns the live bindings removed.
+    pub fn remove(&self, aor: &Aor, contact: Option<&str>, now: u64) -> usize {
+        let mut map = self.lock();
+        let Some(set) = map.get_mut(aor) else {
+            return 0;
+        };
+        let before = set.iter().filter(|b| b.is_live(now)).count();
+        match contact {
+            None => set.clear(),
+            Some(c) => set.retain(|b| b.is_live(now) && !contact_matches(&b.contact, c)),
+        }
+        let removed = before - set.len();
+        if set.is_empty() {
+            map.remove(aor);
+        }
+        removed
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Aor, Vec<Binding>>> {
         // A panic while the lock was held cannot have left a half-applied REGISTER: sets
         // are replaced whole, after the pure rules returned. So a poisoned map is still
         // consistent and is used as is rather than turning one panic into many.
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// True when two contact URIs name the same contact (§19.1.4; texts that do not parse are
+/// compared as written).
+pub fn contact_matches(a: &str, b: &str) -> bool {
+    match (
+        sip_core::Uri::parse(a.as_bytes()),
+        sip_core::Uri::parse(b.as_bytes()),
+    ) {
+        (Ok(x), Ok(y)) => crate::uri_match::uris_equivalent(&x, &y),
+        _ => a == b,
     }
 }
 

@@ -438,6 +438,7 @@ fn written_bindings_carry_the_request_call_id_cseq_path_source_and_user_agent() 
         remote: "198.51.100.7:40001".parse().unwrap(),
         flow_token: Some("flow-1".into()),
         edge_id: Some("edge-0".into()),
+        edge_uri: Some("sip:f1@192.0.2.1:5060;lr".into()),
     };
     let r = reg("c1", 1)
         .contact("<sip:alice@10.0.0.2:5060>")

@@ -251,6 +251,17 @@ impl Transports {
             .unwrap_or(false)
     }
 
+    /// Where an open flow leads (its transport and peer), or `None` once it closed.
+    pub fn flow_target(&self, flow: FlowId) -> Option<Target> {
+        let flows = self.inner.flows.lock().ok()?;
+        let e = flows.by_id.get(&flow)?;
+        Some(Target {
+            transport: e.transport,
+            addr: e.remote,
+            flow: Some(flow),
+        })
+    }
+
     /// Number of open TCP connections.
     pub fn connection_count(&self) -> usize {
         self.inner.flows.lock().map(|f| f.by_id.len()).unwrap_or(0)

@@ -28,6 +28,38 @@ pub struct EdgeConfig {
     pub log: LogConfig,
     /// Threads.
     pub runtime: RuntimeConfig,
+    /// The location service (cluster mode).
+    pub location: LocationConfig,
+}
+
+/// Where registrations and credentials live in cluster mode.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocationConfig {
+    /// gRPC endpoint of the location service (`http://location:50051`). Required by
+    /// `sipcluster edge`; the all-in-one keeps its store in process and ignores it.
+    pub endpoint: Option<String>,
+    /// Deadline of every call, ms. A REGISTER or INVITE whose lookup misses it is
+    /// answered 503 + Retry-After.
+    pub timeout_ms: u64,
+    /// Connect timeout, ms.
+    pub connect_timeout_ms: u64,
+    /// Extra attempts after UNAVAILABLE (bounded; each has its own deadline).
+    pub retries: u32,
+    /// How long fetched credentials are reused, s (0 disables the cache).
+    pub credentials_cache_secs: u64,
+}
+
+impl Default for LocationConfig {
+    fn default() -> Self {
+        LocationConfig {
+            endpoint: None,
+            timeout_ms: 500,
+            connect_timeout_ms: 500,
+            retries: 1,
+            credentials_cache_secs: 5,
+        }
+    }
 }
 
 /// The process's threads.
@@ -273,6 +305,26 @@ impl EdgeConfig {
                 "must be an address peers can reach, not 0.0.0.0/::",
             ));
         }
+        if let Some(e) = &self.location.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(bad(
+                    "location.endpoint",
+                    format!("{e:?}: expected http://host:port"),
+                ));
+            }
+            if self.auth.nonce_secret.is_none() {
+                return Err(bad(
+                    "auth.nonce_secret",
+                    "required with a location service: every edge must verify the nonces and flow tokens of the others",
+                ));
+            }
+        }
+        if self.location.timeout_ms == 0 || self.location.connect_timeout_ms == 0 {
+            return Err(bad("location.*timeout_ms", "must be positive"));
+        }
+        if self.location.retries > 5 {
+            return Err(bad("location.retries", "at most 5"));
+        }
         if let Some(s) = &self.auth.nonce_secret
             && s.len() < 16
         {
@@ -364,6 +416,18 @@ impl EdgeConfig {
             t4: Duration::from_millis(t.t4_ms),
             timer_d: Duration::from_secs(32).max(Duration::from_millis(t.t1_ms * 64)),
         }
+    }
+
+    /// The location client's settings (cluster mode), when an endpoint is configured.
+    pub fn location_client(&self) -> Option<location_client::ClientConfig> {
+        let l = &self.location;
+        Some(location_client::ClientConfig {
+            endpoint: l.endpoint.clone()?,
+            timeout: Duration::from_millis(l.timeout_ms),
+            connect_timeout: Duration::from_millis(l.connect_timeout_ms),
+            retries: l.retries,
+            credentials_ttl: Duration::from_secs(l.credentials_cache_secs),
+        })
     }
 
     /// Parser limits.

@@ -17,6 +17,7 @@ use sip_registrar::{Aor, Binding, LocationStore, RegisterRequest, Source, StoreE
 use sip_txn::{FlowId, ServerTxnId, Target, Transport};
 
 use crate::config::EdgeConfig;
+use crate::flow_token;
 use crate::local::Local;
 use crate::metrics::{EdgeMetrics, ReasonLabel};
 
@@ -271,6 +272,36 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         };
     }
 
+    // A Route naming one of this edge's client connections (put there by another edge
+    // that looked up a binding registered here): deliver down that connection.
+    if let Some(token) = routes[..pop]
+        .iter()
+        .filter_map(sip_uri)
+        .find_map(|u| u.user.and_then(|t| flow_token::decode(&sh.nonces, t)))
+    {
+        return match token {
+            (instance, flow) if instance == sh.instance => match sh.transports.flow_target(flow) {
+                Some(target) => Decision::Forward {
+                    txn,
+                    plan: Plan {
+                        pop_routes: pop,
+                        strict_fix,
+                        record_route,
+                        groups: vec![vec![Hop {
+                            request_uri: None,
+                            routes: vec![],
+                            target,
+                        }]],
+                    },
+                },
+                // RFC 5626 §5.3: the flow is gone.
+                None => respond(txn, msg, 430),
+            },
+            // Signed by the cluster but for an earlier incarnation of this edge.
+            _ => respond(txn, msg, 430),
+        };
+    }
+
     // The target is the Request-URI (or, after a strict route, the last Route value).
     let effective = if strict_fix {
         routes.last().and_then(sip_uri)
@@ -430,9 +461,31 @@ async fn hops_from_bindings(sh: &Shared, bindings: &[Binding]) -> Vec<Vec<Hop>> 
 async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
     let contact = Uri::parse(b.contact.as_bytes()).ok()?;
     let c = *contact.as_sip()?;
+    let foreign_flow = b.source.as_ref().and_then(|s| {
+        let connection = Transport::from_token(&s.transport).is_some_and(|t| t != Transport::Udp);
+        let elsewhere = s.edge_id.as_deref() != Some(sh.instance.as_str());
+        (connection && elsewhere)
+            .then_some(s.edge_uri.as_deref())
+            .flatten()
+    });
     let target = if let Some(first) = b.path.first() {
         let na = NameAddr::parse(first.as_bytes(), "Path").ok()?;
         resolve(&sip_uri(&na)?).await?
+    } else if let Some(edge_uri) = foreign_flow {
+        // The UA is connected to another edge: only that edge's connection reaches it
+        // (a NAT or firewall admits nothing else), so the request goes there with the
+        // flow token as its top Route.
+        let Ok(Uri::Sip(u)) = Uri::parse(edge_uri.as_bytes()) else {
+            return None;
+        };
+        let target = resolve(&u).await?;
+        let mut routes = vec![format!("<{edge_uri}>")];
+        routes.extend(b.path.iter().cloned());
+        return Some(Hop {
+            request_uri: Some(b.contact.clone()),
+            routes,
+            target,
+        });
     } else if let Some(src) = b.source.as_ref() {
         // The REGISTER recorded its source (NAT, or a connection): reach the UA through
         // its connection while that is open; over UDP through the NAT binding it came from.
@@ -627,6 +680,11 @@ async fn register(
         remote: source.addr,
         flow_token: source.flow.map(|f| f.0.to_string()),
         edge_id: Some(sh.instance.clone()),
+        // Other edges reach a connection-borne contact through this edge.
+        edge_uri: source.flow.map(|f| {
+            sh.local
+                .flow_uri(&flow_token::encode(&sh.nonces, &sh.instance, f))
+        }),
     });
     let mut req = match RegisterRequest::from_message(msg, now, src) {
         Ok(r) => r,

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod core;
 pub mod decide;
+pub mod flow_token;
 pub mod forking;
 pub mod local;
 pub mod metrics;
@@ -130,6 +131,27 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
         max_contacts: r.max_contacts,
     }));
     start_with(cfg, users, store).await
+}
+
+/// Start an edge in cluster mode: registrations and credentials through the location
+/// service named by `location.endpoint`.
+pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
+    cfg.validate()?;
+    let Some(client_cfg) = cfg.location_client() else {
+        return Err(EdgeError::Config(ConfigError {
+            field: "location.endpoint",
+            problem: "required in cluster mode".into(),
+        }));
+    };
+    let client = Arc::new(
+        location_client::LocationClient::new(client_cfg).map_err(|e| {
+            EdgeError::Config(ConfigError {
+                field: "location.endpoint",
+                problem: e.to_string(),
+            })
+        })?,
+    );
+    start_with(cfg, client.clone(), client).await
 }
 
 /// Start an edge over the given stores.

@@ -106,6 +106,20 @@ impl Local {
         }
     }
 
+    /// The URI other edges use to reach a client connection of this edge: the flow
+    /// token as user part, over UDP when this edge listens on it (edge-to-edge traffic
+    /// stays on the cluster network), else TCP.
+    pub fn flow_uri(&self, token: &str) -> String {
+        match self.udp_port {
+            Some(p) => format!("sip:{token}@{}:{p};lr", self.host_text()),
+            None => format!(
+                "sip:{token}@{}:{};transport=tcp;lr",
+                self.host_text(),
+                self.port(Transport::Tcp)
+            ),
+        }
+    }
+
     /// Is `host` one of this edge's addresses?
     pub fn is_my_host(&self, host: &Host<'_>) -> bool {
         host.ip().is_some_and(|ip| self.addresses.contains(&ip))

@@ -1,14 +1,8 @@
 //! The edge's Prometheus metrics and the small HTTP server that exposes them with the
 //! health endpoints.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -269,53 +263,5 @@ impl EdgeMetrics {
     }
 }
 
-#[derive(Clone)]
-struct HttpState {
-    registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
-}
-
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let state = HttpState {
-        registry: Arc::new(registry),
-        ready,
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    axum::serve(listener, app).await
-}
-
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        ),
-    }
-}
-
-async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    }
-}
+pub use telemetry::serve;

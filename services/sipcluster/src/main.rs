@@ -1,16 +1,24 @@
 //! `sipcluster`: the command that runs sipcluster.
 //!
-//! `sipcluster all-in-one` runs every role in one process with embedded defaults (the
-//! edge proxy and registrar over in-memory registrations and the demo users). Settings
-//! come from a TOML file (`--config`), then `SIPCLUSTER_*` environment variables, then
-//! flags; the result is validated before anything binds.
+//! * `sipcluster all-in-one` runs every role in one process with embedded defaults: the
+//!   edge proxy and registrar over the location service's in-memory backend, used in
+//!   process (optionally also served over gRPC for the admin commands).
+//! * `sipcluster edge` runs an edge proxy in cluster mode (registrations and credentials
+//!   in the location service).
+//! * `sipcluster location` runs the location service (memory, Redis or Redis Cluster).
+//! * `sipcluster users add|remove|list` provisions subscribers through the location
+//!   service; only HA1 digests leave the command, never the password.
+//!
+//! Settings come from a TOML file (`--config`), then `SIPCLUSTER_*` environment
+//! variables, then flags; the result is validated before anything binds.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use edge::EdgeConfig;
+use location::LocationConfig;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,9 +33,105 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every role in one process (edge proxy + registrar, in-memory location).
-    AllInOne(RunArgs),
-    /// Validate a configuration (file + environment + flags) and print the result.
+    AllInOne(AllInOneArgs),
+    /// Run an edge proxy against a location service (cluster mode).
+    Edge(RunArgs),
+    /// Run the location service.
+    Location(LocationArgs),
+    /// Provision subscribers through the location service.
+    Users(UsersArgs),
+    /// Validate an edge configuration (file + environment + flags) and print the result.
     CheckConfig(RunArgs),
+}
+
+#[derive(Args, Clone)]
+struct AllInOneArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Also serve the in-process location service's gRPC API here (for `sipcluster
+    /// users`), e.g. 127.0.0.1:50051.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_LISTEN")]
+    location_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Clone)]
+struct LocationArgs {
+    /// TOML configuration file (see deploy/location.toml).
+    #[arg(long, env = "SIPCLUSTER_LOCATION_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listening address.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Backend: memory, redis or redis-cluster.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_BACKEND")]
+    backend: Option<String>,
+    /// Redis URLs (comma-separated; the seed nodes for a cluster).
+    #[arg(long, env = "SIPCLUSTER_REDIS", value_delimiter = ',')]
+    redis: Vec<String>,
+    /// Key prefix in Redis.
+    #[arg(long, env = "SIPCLUSTER_REDIS_PREFIX")]
+    prefix: Option<String>,
+    /// Metrics/health HTTP address, or `off`.
+    #[arg(long, env = "SIPCLUSTER_METRICS")]
+    metrics: Option<String>,
+    /// Users file (TOML) provisioned at start.
+    #[arg(long, env = "SIPCLUSTER_USERS")]
+    users: Option<PathBuf>,
+    /// Log format: plain or json.
+    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
+    log_format: String,
+    /// Log filter.
+    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
+    log_level: String,
+    /// Worker threads (0 = one per CPU).
+    #[arg(long, env = "SIPCLUSTER_WORKERS", default_value_t = 0)]
+    workers: usize,
+}
+
+#[derive(Args, Clone)]
+struct UsersArgs {
+    /// The location service.
+    #[arg(
+        long,
+        env = "SIPCLUSTER_LOCATION",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    location: String,
+    #[command(subcommand)]
+    action: UsersAction,
+}
+
+#[derive(Subcommand, Clone)]
+enum UsersAction {
+    /// Add or replace a user. The password is read from stdin (first line) unless HA1s are
+    /// given; only its HA1 digests are sent.
+    Add {
+        /// Username.
+        username: String,
+        /// Realm (the SIP domain).
+        #[arg(long)]
+        realm: String,
+        /// Precomputed MD5 HA1 (hex) instead of a password.
+        #[arg(long)]
+        ha1_md5: Option<String>,
+        /// Precomputed SHA-256 HA1 (hex) instead of a password.
+        #[arg(long)]
+        ha1_sha256: Option<String>,
+    },
+    /// Remove a user.
+    Remove {
+        /// Username.
+        username: String,
+        /// Realm.
+        #[arg(long)]
+        realm: String,
+    },
+    /// List the users of a realm.
+    List {
+        /// Realm.
+        #[arg(long)]
+        realm: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -71,6 +175,9 @@ struct RunArgs {
     /// Worker threads (0 = one per CPU).
     #[arg(long, env = "SIPCLUSTER_WORKERS")]
     workers: Option<usize>,
+    /// Location service endpoint (cluster mode), e.g. http://location:50051.
+    #[arg(long, env = "SIPCLUSTER_LOCATION")]
+    location: Option<String>,
 }
 
 fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
@@ -99,14 +206,7 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
         cfg.sip.domains = a.domains.clone();
     }
     if let Some(m) = &a.metrics {
-        cfg.metrics.listen = if m == "off" {
-            None
-        } else {
-            Some(
-                m.parse()
-                    .with_context(|| format!("--metrics {m:?}: expected ADDR:PORT or off"))?,
-            )
-        };
+        cfg.metrics.listen = parse_metrics(m)?;
     }
     if a.users.is_some() {
         cfg.auth.users_file = a.users.clone();
@@ -127,17 +227,67 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
     if let Some(w) = a.workers {
         cfg.runtime.workers = w;
     }
+    if a.location.is_some() {
+        cfg.location.endpoint = a.location.clone();
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
-fn init_logging(cfg: &EdgeConfig) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-        .with_context(|| format!("log.level {:?}", cfg.log.level))?;
+fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            LocationConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => LocationConfig::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(b) = &a.backend {
+        cfg.backend.kind = b.clone();
+    }
+    if !a.redis.is_empty() {
+        cfg.backend.urls = a.redis.clone();
+        if a.backend.is_none() && cfg.backend.kind == "memory" {
+            cfg.backend.kind = if a.redis.len() > 1 {
+                "redis-cluster".into()
+            } else {
+                "redis".into()
+            };
+        }
+    }
+    if let Some(p) = &a.prefix {
+        cfg.backend.prefix = p.clone();
+    }
+    if let Some(m) = &a.metrics {
+        cfg.metrics_listen = parse_metrics(m)?;
+    }
+    if a.users.is_some() {
+        cfg.users_file = a.users.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn parse_metrics(m: &str) -> Result<Option<SocketAddr>> {
+    if m == "off" {
+        return Ok(None);
+    }
+    Ok(Some(m.parse().with_context(|| {
+        format!("--metrics {m:?}: expected ADDR:PORT or off")
+    })?))
+}
+
+fn init_logging(level: &str, format: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log.level {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);
-    if cfg.log.format == "json" {
+    if format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -166,6 +316,104 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    // The runtime is built from the configuration, so it cannot be `#[tokio::main]`.
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if workers > 0 {
+        rt.worker_threads(workers);
+    }
+    rt.build().context("starting the runtime")
+}
+
+async fn all_in_one(cfg: EdgeConfig, location_listen: Option<SocketAddr>) -> Result<()> {
+    let users = edge::load_users(&cfg)?.into_inner();
+    let r = &cfg.registrar;
+    let policy = sip_registrar::Policy {
+        default_expires: r.default_expires,
+        min_expires: r.min_expires,
+        max_expires: r.max_expires,
+        max_contacts: r.max_contacts,
+    };
+    let backend: std::sync::Arc<dyn location::Backend> =
+        std::sync::Arc::new(location::MemoryBackend::new(policy, users));
+    let loc = match location_listen {
+        Some(listen) => {
+            let lcfg = LocationConfig {
+                listen,
+                registrar: policy,
+                metrics_listen: None,
+                ..LocationConfig::default()
+            };
+            Some(location::start_with(lcfg, backend.clone()).await?)
+        }
+        None => None,
+    };
+    let store = std::sync::Arc::new(location::InProcess(backend));
+    let handle = edge::start_with(cfg, store.clone(), store).await?;
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    handle.stop().await;
+    if let Some(l) = loc {
+        l.stop().await;
+    }
+    Ok(())
+}
+
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    if p.is_empty() {
+        bail!("empty password (give it on stdin, or use --ha1-md5/--ha1-sha256)");
+    }
+    Ok(p)
+}
+
+async fn users(a: UsersArgs) -> Result<()> {
+    let client = location_client::LocationClient::new(location_client::ClientConfig {
+        endpoint: a.location.clone(),
+        timeout: std::time::Duration::from_secs(5),
+        connect_timeout: std::time::Duration::from_secs(3),
+        retries: 2,
+        credentials_ttl: std::time::Duration::ZERO,
+    })?;
+    match a.action {
+        UsersAction::Add {
+            username,
+            realm,
+            ha1_md5,
+            ha1_sha256,
+        } => {
+            let creds = if ha1_md5.is_some() || ha1_sha256.is_some() {
+                sip_auth::Credentials::from_ha1_hex(ha1_md5.as_deref(), ha1_sha256.as_deref())?
+            } else {
+                sip_auth::Credentials::from_password(&username, &realm, &read_password()?)
+            };
+            let replaced = client.put_user(&username, &realm, &creds).await?;
+            println!(
+                "{} {username}@{realm}",
+                if replaced { "replaced" } else { "added" }
+            );
+        }
+        UsersAction::Remove { username, realm } => {
+            if client.remove_user(&username, &realm).await? {
+                println!("removed {username}@{realm}");
+            } else {
+                bail!("no user {username}@{realm}");
+            }
+        }
+        UsersAction::List { realm } => {
+            for u in client.list_users(&realm).await? {
+                println!("{u}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -176,21 +424,37 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::AllInOne(a) => {
+            let cfg = build_config(&a.run)?;
+            init_logging(&cfg.log.level, &cfg.log.format)?;
+            runtime(cfg.runtime.workers)?.block_on(all_in_one(cfg, a.location_listen))
+        }
+        Command::Edge(a) => {
             let cfg = build_config(&a)?;
-            init_logging(&cfg)?;
-            // The runtime is built from the configuration, so it cannot be `#[tokio::main]`.
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            rt.enable_all();
-            if cfg.runtime.workers > 0 {
-                rt.worker_threads(cfg.runtime.workers);
+            if cfg.location.endpoint.is_none() {
+                bail!(
+                    "sipcluster edge needs a location service: set location.endpoint, SIPCLUSTER_LOCATION or --location"
+                );
             }
-            rt.build().context("starting the runtime")?.block_on(async {
-                let handle = edge::start(cfg).await?;
+            init_logging(&cfg.log.level, &cfg.log.format)?;
+            runtime(cfg.runtime.workers)?.block_on(async {
+                let handle = edge::start_cluster(cfg).await?;
                 shutdown_signal().await;
                 tracing::info!("stopping");
                 handle.stop().await;
                 Ok(())
             })
         }
+        Command::Location(a) => {
+            let cfg = build_location_config(&a)?;
+            init_logging(&a.log_level, &a.log_format)?;
+            runtime(a.workers)?.block_on(async {
+                let handle = location::start(cfg).await?;
+                shutdown_signal().await;
+                tracing::info!("stopping");
+                handle.stop().await;
+                Ok(())
+            })
+        }
+        Command::Users(a) => runtime(1)?.block_on(users(a)),
     }
 }

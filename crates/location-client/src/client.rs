@@ -1,0 +1,357 @@
+//! The gRPC client of the location service, as the edge's stores.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sip_registrar::{
+    Aor, Binding, LocationStore, RegisterOutcome, RegisterRequest, StoreError, StoreStats,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::convert;
+use crate::pb;
+use crate::pb::location_client::LocationClient as Grpc;
+
+/// How the client reaches the location service.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` of the location service (a Kubernetes Service name in a cluster).
+    pub endpoint: String,
+    /// Deadline of each call, sent to the server as `grpc-timeout` too.
+    pub timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Extra attempts after a call failed with UNAVAILABLE (connection refused or reset),
+    /// within the caller's patience: each attempt has its own deadline.
+    pub retries: u32,
+    /// How long fetched credentials are reused; zero disables the cache. A password
+    /// change therefore takes effect on every edge within this time.
+    pub credentials_ttl: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            endpoint: "http://127.0.0.1:50051".into(),
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            retries: 1,
+            credentials_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not a valid URI.
+    #[error("location endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A call failed.
+    #[error("location service: {0}")]
+    Call(#[from] Status),
+    /// The service answered with a value that does not convert.
+    #[error("location service sent {0}")]
+    Convert(#[from] convert::ConvertError),
+}
+
+/// Credentials cache entries; beyond this the cache is emptied and refilled (a bound,
+/// not an LRU: the common case is a working set far below it).
+const CACHE_LIMIT: usize = 100_000;
+
+type CacheMap = HashMap<(String, String), (Option<sip_auth::Credentials>, Instant)>;
+
+/// A location-service client: one HTTP/2 connection (multiplexed, reconnected on demand)
+/// shared by every task of the edge. Cheap to clone.
+#[derive(Debug)]
+pub struct LocationClient {
+    grpc: Grpc<Channel>,
+    cfg: ClientConfig,
+    cache: Mutex<CacheMap>,
+}
+
+impl LocationClient {
+    /// A client that connects lazily: building it never waits, and an unreachable
+    /// service shows up as UNAVAILABLE on the first calls (the edge answers 503).
+    pub fn new(cfg: ClientConfig) -> Result<LocationClient, ClientError> {
+        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+            .map_err(|source| ClientError::Endpoint {
+                endpoint: cfg.endpoint.clone(),
+                source,
+            })?
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        Ok(LocationClient {
+            grpc: Grpc::new(channel),
+            cfg,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(self.cfg.timeout);
+        r
+    }
+
+    /// Run `call` with the retry policy: UNAVAILABLE is retried `retries` times after a
+    /// short pause; every other status is final.
+    async fn with_retries<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(self.grpc.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == Code::Unavailable && attempt < self.cfg.retries => {
+                    attempt += 1;
+                    tracing::debug!(call = what, attempt, status = %s, "location service unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
+                }
+                Err(s) => {
+                    tracing::warn!(call = what, code = ?s.code(), message = s.message(), "location service call failed");
+                    return Err(s);
+                }
+            }
+        }
+    }
+
+    /// Apply a REGISTER; see [`LocationStore::register`].
+    pub async fn register_request(
+        &self,
+        req: &RegisterRequest,
+    ) -> Result<Result<RegisterOutcome, sip_registrar::RegisterError>, ClientError> {
+        let msg = convert::request_to(req);
+        let reply = self
+            .with_retries("Register", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.register(r).await }
+            })
+            .await?;
+        Ok(convert::outcome_from(reply)?)
+    }
+
+    /// The live bindings of `aor`.
+    pub async fn lookup_aor(&self, aor: &Aor) -> Result<Vec<Binding>, ClientError> {
+        let msg = pb::LookupRequest {
+            aor: aor.as_str().to_owned(),
+        };
+        let reply = self
+            .with_retries("Lookup", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.lookup(r).await }
+            })
+            .await?;
+        Ok(convert::bindings_from(reply.bindings)?)
+    }
+
+    /// Remove one contact (or all, with `None`) of `aor`; returns how many went.
+    pub async fn remove_bindings(
+        &self,
+        aor: &Aor,
+        contact: Option<&str>,
+    ) -> Result<u32, ClientError> {
+        let msg = pb::RemoveBindingsRequest {
+            aor: aor.as_str().to_owned(),
+            contact: contact.unwrap_or_default().to_owned(),
+        };
+        let reply = self
+            .with_retries("RemoveBindings", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.remove_bindings(r).await }
+            })
+            .await?;
+        Ok(reply.removed)
+    }
+
+    /// Registration and user counts.
+    pub async fn stats_reply(&self) -> Result<pb::StatsReply, ClientError> {
+        Ok(self
+            .with_retries("Stats", |mut g| {
+                let r = self.request(pb::StatsRequest {});
+                async move { g.stats(r).await }
+            })
+            .await?)
+    }
+
+    /// Credentials of a user, from the service (bypassing the cache).
+    pub async fn fetch_credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<sip_auth::Credentials>, ClientError> {
+        let msg = pb::GetCredentialsRequest {
+            username: username.to_owned(),
+            realm: realm.to_owned(),
+        };
+        let reply = self
+            .with_retries("GetCredentials", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.get_credentials(r).await }
+            })
+            .await?;
+        Ok(reply
+            .credentials
+            .as_ref()
+            .map(convert::credentials_from)
+            .transpose()?)
+    }
+
+    /// Add or replace a user; true when it replaced one. Only HA1s are sent.
+    pub async fn put_user(
+        &self,
+        username: &str,
+        realm: &str,
+        creds: &sip_auth::Credentials,
+    ) -> Result<bool, ClientError> {
+        let msg = pb::PutUserRequest {
+            username: username.to_owned(),
+            realm: realm.to_owned(),
+            credentials: Some(convert::credentials_to(creds)),
+        };
+        let reply = self
+            .with_retries("PutUser", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.put_user(r).await }
+            })
+            .await?;
+        Ok(reply.replaced)
+    }
+
+    /// Remove a user; true when it existed.
+    pub async fn remove_user(&self, username: &str, realm: &str) -> Result<bool, ClientError> {
+        let msg = pb::RemoveUserRequest {
+            username: username.to_owned(),
+            realm: realm.to_owned(),
+        };
+        let reply = self
+            .with_retries("RemoveUser", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.remove_user(r).await }
+            })
+            .await?;
+        Ok(reply.removed)
+    }
+
+    /// Usernames of a realm, sorted.
+    pub async fn list_users(&self, realm: &str) -> Result<Vec<String>, ClientError> {
+        let msg = pb::ListUsersRequest {
+            realm: realm.to_owned(),
+        };
+        let reply = self
+            .with_retries("ListUsers", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.list_users(r).await }
+            })
+            .await?;
+        Ok(reply.usernames)
+    }
+
+    /// The raw gRPC client (dialog records, watch streams).
+    pub fn grpc(&self) -> Grpc<Channel> {
+        self.grpc.clone()
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<Option<sip_auth::Credentials>> {
+        if self.cfg.credentials_ttl.is_zero() {
+            return None;
+        }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.cfg.credentials_ttl)
+            .map(|(c, _)| c.clone())
+    }
+
+    fn remember(&self, key: (String, String), creds: Option<sip_auth::Credentials>) {
+        if self.cfg.credentials_ttl.is_zero() {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, (creds, Instant::now()));
+    }
+}
+
+fn unavailable(e: ClientError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl LocationStore for LocationClient {
+    /// `now` is ignored: the location service stamps expiries with its own clock, so that
+    /// every binding of an AOR is judged by one clock whichever edge wrote it.
+    async fn register(
+        &self,
+        req: RegisterRequest,
+        _now: u64,
+    ) -> Result<RegisterOutcome, StoreError> {
+        match self.register_request(&req).await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(rule)) => Err(StoreError::Rule(rule)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn lookup(&self, aor: &Aor, _now: u64) -> Result<Vec<Binding>, StoreError> {
+        self.lookup_aor(aor).await.map_err(unavailable)
+    }
+
+    async fn remove_all(&self, aor: &Aor) -> Result<(), StoreError> {
+        self.remove_bindings(aor, None)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn stats(&self, _now: u64) -> Result<StoreStats, StoreError> {
+        let s = self.stats_reply().await.map_err(unavailable)?;
+        Ok(StoreStats {
+            aors: usize::try_from(s.aors).unwrap_or(usize::MAX),
+            bindings: usize::try_from(s.bindings).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+#[async_trait]
+impl sip_auth::SubscriberStore for LocationClient {
+    async fn credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<sip_auth::Credentials>, sip_auth::StoreError> {
+        let key = (username.to_owned(), realm.to_owned());
+        if let Some(c) = self.cached(&key) {
+            return Ok(c);
+        }
+        match self.fetch_credentials(username, realm).await {
+            Ok(c) => {
+                self.remember(key, c.clone());
+                Ok(c)
+            }
+            Err(e) => Err(sip_auth::Error::Unavailable(e.to_string())),
+        }
+    }
+}

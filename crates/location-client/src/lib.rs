@@ -1,0 +1,17 @@
+//! # location-client: how edges and tools talk to the location service
+//!
+//! * [`convert`]: the mapping between the registrar's types ([`sip_registrar::Binding`],
+//!   [`sip_registrar::RegisterRequest`], [`sip_registrar::RegisterError`]) and the
+//!   `sipcluster.location.v1` protobuf messages. The location service uses the same
+//!   functions, so both sides agree on every field by construction.
+//! * [`LocationClient`]: a tonic client that implements [`sip_registrar::LocationStore`]
+//!   and [`sip_auth::SubscriberStore`], so the edge runs unchanged against the cluster's
+//!   location service. Every call has a deadline; reads are retried a bounded number of
+//!   times; a failure becomes `StoreError::Unavailable`, which the edge answers with 503 +
+//!   Retry-After rather than a wrong 404/480.
+
+mod client;
+pub mod convert;
+
+pub use client::{ClientConfig, ClientError, LocationClient};
+pub use sipcluster_proto::location::v1 as pb;

@@ -1,0 +1,21 @@
+//! # sipcluster-proto: the wire contracts between sipcluster services
+//!
+//! Every message and service of `proto/` is compiled here once (prost messages, tonic
+//! clients and servers), so that services share one definition and no crate runs its own
+//! code generation. Packages map to modules: `sipcluster.location.v1` is
+//! [`location::v1`].
+
+#![allow(
+    missing_docs,
+    clippy::doc_lazy_continuation,
+    clippy::large_enum_variant
+)]
+
+/// `sipcluster.location.*`
+pub mod location {
+    /// `sipcluster.location.v1`: the location service (registrations, credentials,
+    /// dialog records).
+    pub mod v1 {
+        tonic::include_proto!("sipcluster.location.v1");
+    }
+}

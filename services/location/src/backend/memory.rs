@@ -1,0 +1,208 @@
+//! The in-process backend: the registrar's own [`sip_registrar::MemoryStore`] for
+//! bindings, maps for users and dialogs. Dialog TTLs are enforced on read and by a sweep
+//! on write, so a forgotten dialog does not live forever.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use foldhash::HashMap;
+use location_client::pb;
+use sip_auth::Credentials;
+use sip_registrar::{
+    Aor, Binding, LocationStore, MemoryStore, Policy, RegisterError, RegisterOutcome,
+    RegisterRequest, StoreError,
+};
+use tokio::sync::broadcast;
+
+use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, merge_dialog};
+
+/// Everything in this process's memory.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    bindings: MemoryStore,
+    users: Mutex<sip_auth::MemoryStore>,
+    dialogs: Mutex<HashMap<DialogKey, (pb::Dialog, Instant)>>,
+    events: Events,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Writers replace whole values after pure computations, so a poisoned map is consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryBackend {
+    /// An empty backend applying `policy`, seeded with `users`.
+    pub fn new(policy: Policy, users: sip_auth::MemoryStore) -> MemoryBackend {
+        MemoryBackend {
+            bindings: MemoryStore::new(policy),
+            users: Mutex::new(users),
+            dialogs: Mutex::new(HashMap::default()),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    fn publish(&self, e: pb::BindingEvent) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(Arc::new(e));
+    }
+}
+
+/// Dialog records kept at most; beyond it expired ones are swept first, then the write
+/// is refused rather than growing without bound.
+const DIALOG_LIMIT: usize = 1_000_000;
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn register(
+        &self,
+        req: &RegisterRequest,
+        now: u64,
+    ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
+        match self.bindings.register(req.clone(), now).await {
+            Ok(o) => {
+                if o.changed() {
+                    self.publish(event(&req.aor, &o, now));
+                }
+                Ok(Ok(o))
+            }
+            Err(StoreError::Rule(e)) => Ok(Err(e)),
+            Err(e) => Err(BackendError::Redis(e.to_string())),
+        }
+    }
+
+    async fn lookup(&self, aor: &Aor, now: u64) -> Result<Vec<Binding>, BackendError> {
+        self.bindings
+            .lookup(aor, now)
+            .await
+            .map_err(|e| BackendError::Redis(e.to_string()))
+    }
+
+    async fn remove(
+        &self,
+        aor: &Aor,
+        contact: Option<&str>,
+        now: u64,
+    ) -> Result<u32, BackendError> {
+        let n = self.bindings.remove(aor, contact, now);
+        if n > 0 {
+            let left = self.bindings.lookup(aor, now).await.unwrap_or_default();
+            self.publish(pb::BindingEvent {
+                aor: aor.as_str().to_owned(),
+                bindings: left
+                    .iter()
+                    .map(location_client::convert::binding_to)
+                    .collect(),
+                removed: u32::try_from(n).unwrap_or(u32::MAX),
+                at: now,
+                ..pb::BindingEvent::default()
+            });
+        }
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<Credentials>, BackendError> {
+        Ok(lock(&self.users).get(username, realm).cloned())
+    }
+
+    async fn put_user(
+        &self,
+        username: &str,
+        realm: &str,
+        creds: &Credentials,
+    ) -> Result<bool, BackendError> {
+        Ok(lock(&self.users)
+            .insert(username, realm, creds.clone())
+            .is_some())
+    }
+
+    async fn remove_user(&self, username: &str, realm: &str) -> Result<bool, BackendError> {
+        Ok(lock(&self.users).remove(username, realm).is_some())
+    }
+
+    async fn list_users(&self, realm: &str) -> Result<Vec<String>, BackendError> {
+        Ok(lock(&self.users).usernames(realm))
+    }
+
+    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError> {
+        let key = DialogKey {
+            call_id: d.call_id.clone(),
+            from_tag: d.from_tag.clone(),
+        };
+        let now = Instant::now();
+        let until = now + Duration::from_secs(u64::from(ttl_secs));
+        let mut map = lock(&self.dialogs);
+        if map.len() >= DIALOG_LIMIT && !map.contains_key(&key) {
+            map.retain(|_, (_, t)| *t > now);
+            if map.len() >= DIALOG_LIMIT {
+                return Err(BackendError::Contention("dialog table full".into()));
+            }
+        }
+        let entry = map
+            .entry(key)
+            .or_insert_with(|| (pb::Dialog::default(), until));
+        if entry.1 <= now {
+            entry.0 = pb::Dialog::default();
+        }
+        merge_dialog(&mut entry.0, d);
+        entry.1 = until;
+        Ok(entry.0.clone())
+    }
+
+    async fn end_dialog(
+        &self,
+        key: &DialogKey,
+        end: &DialogEnd,
+        ttl_secs: u32,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
+        let now = Instant::now();
+        let mut map = lock(&self.dialogs);
+        let Some(entry) = map.get_mut(key).filter(|(_, t)| *t > now) else {
+            return Ok(None);
+        };
+        merge_dialog(
+            &mut entry.0,
+            &pb::Dialog {
+                ended_at_ms: end.ended_at_ms,
+                end_reason: end.reason.clone(),
+                status: end.status,
+                ..pb::Dialog::default()
+            },
+        );
+        entry.1 = now + Duration::from_secs(u64::from(ttl_secs));
+        Ok(Some(entry.0.clone()))
+    }
+
+    async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError> {
+        let now = Instant::now();
+        Ok(lock(&self.dialogs)
+            .get(key)
+            .filter(|(_, t)| *t > now)
+            .map(|(d, _)| d.clone()))
+    }
+
+    async fn counts(&self, now: u64) -> Result<Counts, BackendError> {
+        let s = self
+            .bindings
+            .stats(now)
+            .await
+            .map_err(|e| BackendError::Redis(e.to_string()))?;
+        Ok(Counts {
+            aors: s.aors as u64,
+            bindings: s.bindings as u64,
+            users: lock(&self.users).len() as u64,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
+        self.events.subscribe()
+    }
+}

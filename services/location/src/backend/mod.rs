@@ -1,0 +1,186 @@
+//! Where the location service keeps its data: one trait, three backends.
+//!
+//! * [`MemoryBackend`]: in-process maps, for the all-in-one and tests;
+//! * [`RedisBackend`] over a standalone Redis or a Redis Cluster.
+//!
+//! The registrar rules are never re-implemented here: every backend feeds the stored set
+//! and the request to [`sip_registrar::apply_register`] and writes the outcome back
+//! atomically per AOR.
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use location_client::pb;
+use sip_auth::Credentials;
+use sip_registrar::{Aor, Binding, RegisterError, RegisterOutcome, RegisterRequest};
+use tokio::sync::broadcast;
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::{RedisBackend, RedisOptions};
+
+/// Why a backend call failed. Rule refusals are not errors (see [`Backend::register`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// Redis could not be reached, timed out, or refused the command.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// Stored data did not decode (written by an incompatible version, or corrupted).
+    #[error("stored value for {key}: {problem}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Too many concurrent writers on one AOR: every optimistic attempt lost.
+    #[error("too much contention on {0}")]
+    Contention(String),
+}
+
+/// A dialog record's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DialogKey {
+    /// Call-ID.
+    pub call_id: String,
+    /// The caller's tag.
+    pub from_tag: String,
+}
+
+/// How a dialog ends.
+#[derive(Debug, Clone, Default)]
+pub struct DialogEnd {
+    /// Unix milliseconds.
+    pub ended_at_ms: u64,
+    /// Why (`bye`, `cancel`, `timeout`, a status...).
+    pub reason: String,
+    /// Final status of the INVITE, if known (0 keeps the stored one).
+    pub status: u32,
+}
+
+/// Counts for metrics and admin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// AORs with a stored binding set (a set may hold only lapsed bindings until TTL
+    /// removes it in Redis).
+    pub aors: u64,
+    /// Live bindings.
+    pub bindings: u64,
+    /// Provisioned users.
+    pub users: u64,
+}
+
+/// Change notifications; lagging receivers lose the oldest events, never block writers.
+pub type Events = broadcast::Sender<Arc<pb::BindingEvent>>;
+
+/// The storage of the location service.
+///
+/// Times are Unix seconds chosen by the service (`now`), so that one clock stamps every
+/// binding whichever edge sent the REGISTER.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Apply a REGISTER atomically for its AOR: the outcome, or the rule that refused it
+    /// (nothing written then).
+    async fn register(
+        &self,
+        req: &RegisterRequest,
+        now: u64,
+    ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError>;
+
+    /// Live bindings of an AOR in lookup order.
+    async fn lookup(&self, aor: &Aor, now: u64) -> Result<Vec<Binding>, BackendError>;
+
+    /// Remove one contact (§19.1.4 comparison) or all; returns how many live ones went.
+    async fn remove(&self, aor: &Aor, contact: Option<&str>, now: u64)
+    -> Result<u32, BackendError>;
+
+    /// Digest credentials of a user.
+    async fn credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<Credentials>, BackendError>;
+
+    /// Add or replace a user; true when replaced.
+    async fn put_user(
+        &self,
+        username: &str,
+        realm: &str,
+        creds: &Credentials,
+    ) -> Result<bool, BackendError>;
+
+    /// Remove a user; true when it existed.
+    async fn remove_user(&self, username: &str, realm: &str) -> Result<bool, BackendError>;
+
+    /// Usernames of a realm, sorted.
+    async fn list_users(&self, realm: &str) -> Result<Vec<String>, BackendError>;
+
+    /// Create or update a dialog record: non-empty fields of `d` overwrite, the rest keep
+    /// their stored value; the record lives `ttl_secs` from now. Returns the merged record.
+    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError>;
+
+    /// End a dialog record if it exists; it stays readable `ttl_secs`.
+    async fn end_dialog(
+        &self,
+        key: &DialogKey,
+        end: &DialogEnd,
+        ttl_secs: u32,
+    ) -> Result<Option<pb::Dialog>, BackendError>;
+
+    /// A dialog record.
+    async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError>;
+
+    /// Counts (may be computed by a scan: call it from metrics, not per request).
+    async fn counts(&self, now: u64) -> Result<Counts, BackendError>;
+
+    /// Is the store reachable? (readiness)
+    async fn ping(&self) -> Result<(), BackendError>;
+
+    /// The stream of binding changes.
+    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>>;
+}
+
+/// The event describing an accepted REGISTER (or removal) that changed something.
+pub fn event(aor: &Aor, o: &RegisterOutcome, now: u64) -> pb::BindingEvent {
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    pb::BindingEvent {
+        aor: aor.as_str().to_owned(),
+        bindings: o
+            .bindings
+            .iter()
+            .map(location_client::convert::binding_to)
+            .collect(),
+        added: n(o.added),
+        updated: n(o.updated),
+        removed: n(o.removed),
+        at: now,
+    }
+}
+
+/// Merge `update` into `stored` the way `put_dialog` defines: set fields win.
+pub fn merge_dialog(stored: &mut pb::Dialog, update: &pb::Dialog) {
+    fn s(dst: &mut String, src: &str) {
+        if !src.is_empty() {
+            src.clone_into(dst);
+        }
+    }
+    fn n<T: Copy + PartialEq + Default>(dst: &mut T, src: T) {
+        if src != T::default() {
+            *dst = src;
+        }
+    }
+    s(&mut stored.call_id, &update.call_id);
+    s(&mut stored.from_tag, &update.from_tag);
+    s(&mut stored.to_tag, &update.to_tag);
+    s(&mut stored.caller, &update.caller);
+    s(&mut stored.callee, &update.callee);
+    n(&mut stored.started_at_ms, update.started_at_ms);
+    n(&mut stored.answered_at_ms, update.answered_at_ms);
+    n(&mut stored.ended_at_ms, update.ended_at_ms);
+    s(&mut stored.edge_id, &update.edge_id);
+    s(&mut stored.media_relay, &update.media_relay);
+    n(&mut stored.status, update.status);
+    s(&mut stored.end_reason, &update.end_reason);
+}

@@ -1,0 +1,734 @@
+//! The Redis backend, standalone or Cluster.
+//!
+//! Keys (prefix `P`, `sc` by default; the `{...}` part is the Redis Cluster hash tag, so
+//! everything of one AOR, one user or one dialog lives in one slot):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P:loc:{AOR}` | hash | `v`: version (random), `d`: the binding set (protobuf `BindingSet`) |
+//! | `P:user:{USER@REALM}` | hash | `md5`, `sha256`: HA1 hex |
+//! | `P:users:{REALM}` | set | usernames (for listing) |
+//! | `P:dlg:{CALL-ID}:FROM-TAG` | hash | the dialog record's fields |
+//!
+//! A REGISTER is an optimistic transaction: read `v` and `d`, run the registrar rules in
+//! Rust, then a Lua script writes the new set only if `v` is unchanged (compare-and-set
+//! on a random version, so there is no ABA) and otherwise the attempt starts over.
+//! Rules live in one place (Rust), writes are atomic, and two edges registering the same
+//! AOR at once are serialized. The key expires (PEXPIREAT) a second after its longest
+//! binding: lapsed data is removed by Redis itself, while every read still filters by
+//! `expires_at`, so correctness never waits for a cleanup.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use location_client::{convert, pb};
+use prost::Message;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use sip_auth::Credentials;
+use sip_registrar::{
+    Aor, Binding, Policy, RegisterError, RegisterOutcome, RegisterRequest, apply_register,
+    contact_matches, live_bindings, sort_bindings,
+};
+use tokio::sync::broadcast;
+
+use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event};
+
+/// Compare-and-set of an AOR's binding set, with the change event published in the same
+/// atomic step (subscribers never see an event for a write that did not happen).
+const CAS: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[5]) end
+return 1
+";
+
+/// Replace a user's credentials; returns 1 when the user existed.
+const PUT_USER: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return existed
+";
+
+/// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '1' to
+/// touch only an existing record, then field/value pairs. Returns the merged record.
+const PUT_DIALOG: &str = r"
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Attempts of one optimistic write before giving up (each loses only to a write that
+/// succeeded, so the system as a whole always progresses).
+const CAS_ATTEMPTS: usize = 32;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://host:port` URLs: one for standalone, the seed nodes for a cluster.
+    pub urls: Vec<String>,
+    /// Cluster mode (MOVED/ASK, slot map) instead of a single server.
+    pub cluster: bool,
+    /// Key prefix (several deployments or tests may share a Redis).
+    pub prefix: String,
+    /// Multiplexed connections to spread commands over (standalone).
+    pub pool_size: usize,
+    /// Per-command response timeout.
+    pub response_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Publish binding changes (for WatchBindings across replicas).
+    pub publish_events: bool,
+}
+
+/// A connection of either kind, so the data code is written once.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis (or Redis Cluster) backend.
+pub struct RedisBackend {
+    opts: RedisOptions,
+    policy: Policy,
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    /// Set by a background task once the cluster's slot map was loaded.
+    cluster: Arc<OnceLock<ClusterConnection>>,
+    cas: Script,
+    put_user: Script,
+    put_dialog: Script,
+    events: Events,
+    channel: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("urls", &self.opts.urls)
+            .field("cluster", &self.opts.cluster)
+            .field("prefix", &self.opts.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rerr(e: RedisError) -> BackendError {
+    BackendError::Redis(e.to_string())
+}
+
+fn random_version() -> String {
+    let mut b = [0u8; 8];
+    // A failing random source would only weaken ABA protection to a counter-like value.
+    let _ = getrandom::fill(&mut b);
+    format!("{:016x}", u64::from_le_bytes(b))
+}
+
+impl RedisBackend {
+    /// Build the backend. Connections are made lazily and re-made with backoff, so the
+    /// service starts (not ready) while Redis is down and recovers when it returns.
+    pub fn new(opts: RedisOptions, policy: Policy) -> Result<RedisBackend, BackendError> {
+        if opts.urls.is_empty() {
+            return Err(BackendError::Redis("no Redis URL configured".into()));
+        }
+        let mut pool = Vec::new();
+        let cluster = Arc::new(OnceLock::new());
+        if opts.cluster {
+            let client = redis::cluster::ClusterClient::builder(opts.urls.clone())
+                .connection_timeout(opts.connect_timeout)
+                .response_timeout(opts.response_timeout)
+                .retries(3)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()
+                .map_err(rerr)?;
+            let slot = cluster.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match client.get_async_connection().await {
+                        Ok(c) => {
+                            let _ = slot.set(c);
+                            tracing::info!("connected to the Redis cluster");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "Redis cluster not reachable");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+        } else {
+            let client = redis::Client::open(opts.urls[0].as_str()).map_err(rerr)?;
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.connect_timeout))
+                .set_response_timeout(Some(opts.response_timeout))
+                .set_number_of_retries(3)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_secs(2));
+            for _ in 0..opts.pool_size.max(1) {
+                pool.push(
+                    ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone())
+                        .map_err(rerr)?,
+                );
+            }
+        }
+        let channel = format!("{}:loc:events", opts.prefix);
+        let events = broadcast::channel(1024).0;
+        spawn_subscriber(opts.urls[0].clone(), channel.clone(), events.clone());
+        Ok(RedisBackend {
+            opts,
+            policy,
+            pool,
+            next: AtomicUsize::new(0),
+            cluster,
+            cas: Script::new(CAS),
+            put_user: Script::new(PUT_USER),
+            put_dialog: Script::new(PUT_DIALOG),
+            events,
+            channel,
+        })
+    }
+
+    fn conn(&self) -> Result<Conn, BackendError> {
+        if self.opts.cluster {
+            return self
+                .cluster
+                .get()
+                .cloned()
+                .map(Conn::Cluster)
+                .ok_or_else(|| BackendError::Redis("not connected to the cluster yet".into()));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        Ok(Conn::Single(self.pool[i].clone()))
+    }
+
+    fn loc_key(&self, aor: &Aor) -> String {
+        format!("{}:loc:{{{}}}", self.opts.prefix, aor.as_str())
+    }
+
+    fn user_key(&self, username: &str, realm: &str) -> String {
+        format!("{}:user:{{{username}@{realm}}}", self.opts.prefix)
+    }
+
+    fn users_key(&self, realm: &str) -> String {
+        format!("{}:users:{{{realm}}}", self.opts.prefix)
+    }
+
+    fn dialog_key(&self, call_id: &str, from_tag: &str) -> String {
+        format!("{}:dlg:{{{call_id}}}:{from_tag}", self.opts.prefix)
+    }
+
+    /// Read an AOR's version and binding set (all stored bindings, lapsed ones included).
+    async fn read_set(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+    ) -> Result<(String, Vec<Binding>), BackendError> {
+        let (v, d): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("v")
+            .arg("d")
+            .query_async(conn)
+            .await
+            .map_err(rerr)?;
+        let set = match d {
+            None => Vec::new(),
+            Some(bytes) => decode_set(key, &bytes)?,
+        };
+        Ok((v.unwrap_or_default(), set))
+    }
+
+    /// Write `set` in place of version `expected`; false when another writer came first.
+    async fn write_set(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        expected: &str,
+        set: &[Binding],
+        event: Option<pb::BindingEvent>,
+    ) -> Result<bool, BackendError> {
+        let data = if set.is_empty() {
+            Vec::new()
+        } else {
+            pb::BindingSet {
+                bindings: set.iter().map(convert::binding_to).collect(),
+            }
+            .encode_to_vec()
+        };
+        // One second past the longest binding: lapsed sets disappear on their own.
+        let expire_at_ms = set
+            .iter()
+            .map(|b| b.expires_at)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .saturating_mul(1000);
+        let ev = match (event, self.opts.publish_events) {
+            (Some(e), true) => e.encode_to_vec(),
+            _ => Vec::new(),
+        };
+        let ok: i64 = self
+            .cas
+            .key(key)
+            .arg(expected)
+            .arg(random_version())
+            .arg(data)
+            .arg(expire_at_ms)
+            .arg(ev)
+            .arg(&self.channel)
+            .invoke_async(conn)
+            .await
+            .map_err(rerr)?;
+        Ok(ok == 1)
+    }
+
+    async fn dialog_script(
+        &self,
+        key: &str,
+        ttl_secs: u32,
+        only_existing: bool,
+        fields: &[(&str, String)],
+    ) -> Result<Option<pb::Dialog>, BackendError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.put_dialog.key(key);
+        inv.arg(ttl_secs.max(1))
+            .arg(if only_existing { "1" } else { "0" });
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let flat: Vec<(String, String)> = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
+    }
+
+    /// Count AORs and live bindings by scanning every master (pipelined reads per page).
+    async fn scan_counts(&self, now: u64) -> Result<Counts, BackendError> {
+        let mut counts = Counts::default();
+        let loc_pattern = format!("{}:loc:*", self.opts.prefix);
+        let user_pattern = format!("{}:user:*", self.opts.prefix);
+        let nodes: Vec<String> = if self.opts.cluster {
+            self.opts.urls.clone()
+        } else {
+            vec![self.opts.urls[0].clone()]
+        };
+        for url in nodes {
+            let client = redis::Client::open(url.as_str()).map_err(rerr)?;
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(rerr)?;
+            if self.opts.cluster {
+                // Replicas hold copies of their master's keys: count masters only.
+                let role: Vec<Value> =
+                    redis::cmd("ROLE").query_async(&mut c).await.map_err(rerr)?;
+                if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+                    continue;
+                }
+            }
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&loc_pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(rerr)?;
+                if !keys.is_empty() {
+                    let mut p = redis::pipe();
+                    for k in &keys {
+                        p.cmd("HGET").arg(k).arg("d");
+                    }
+                    let sets: Vec<Option<Vec<u8>>> = p.query_async(&mut c).await.map_err(rerr)?;
+                    for (k, d) in keys.iter().zip(sets) {
+                        let Some(d) = d else { continue };
+                        let live =
+                            decode_set(k, &d)?.iter().filter(|b| b.is_live(now)).count() as u64;
+                        if live > 0 {
+                            counts.aors += 1;
+                            counts.bindings += live;
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&user_pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(rerr)?;
+                counts.users += keys.len() as u64;
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+fn decode_set(key: &str, bytes: &[u8]) -> Result<Vec<Binding>, BackendError> {
+    let corrupt = |problem: String| BackendError::Corrupt {
+        key: key.to_owned(),
+        problem,
+    };
+    let set = pb::BindingSet::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    convert::bindings_from(set.bindings).map_err(|e| corrupt(e.to_string()))
+}
+
+fn dialog_fields(d: &pb::Dialog) -> Vec<(&'static str, String)> {
+    let mut f = Vec::new();
+    let mut s = |k: &'static str, v: &str| {
+        if !v.is_empty() {
+            f.push((k, v.to_owned()));
+        }
+    };
+    s("call_id", &d.call_id);
+    s("from_tag", &d.from_tag);
+    s("to_tag", &d.to_tag);
+    s("caller", &d.caller);
+    s("callee", &d.callee);
+    s("edge_id", &d.edge_id);
+    s("media_relay", &d.media_relay);
+    s("end_reason", &d.end_reason);
+    for (k, v) in [
+        ("started_at_ms", d.started_at_ms),
+        ("answered_at_ms", d.answered_at_ms),
+        ("ended_at_ms", d.ended_at_ms),
+        ("status", u64::from(d.status)),
+    ] {
+        if v != 0 {
+            f.push((k, v.to_string()));
+        }
+    }
+    f
+}
+
+fn dialog_from_fields(flat: &[(String, String)]) -> pb::Dialog {
+    let mut d = pb::Dialog::default();
+    for (k, v) in flat {
+        let n = || v.parse::<u64>().unwrap_or(0);
+        match k.as_str() {
+            "call_id" => d.call_id.clone_from(v),
+            "from_tag" => d.from_tag.clone_from(v),
+            "to_tag" => d.to_tag.clone_from(v),
+            "caller" => d.caller.clone_from(v),
+            "callee" => d.callee.clone_from(v),
+            "edge_id" => d.edge_id.clone_from(v),
+            "media_relay" => d.media_relay.clone_from(v),
+            "end_reason" => d.end_reason.clone_from(v),
+            "started_at_ms" => d.started_at_ms = n(),
+            "answered_at_ms" => d.answered_at_ms = n(),
+            "ended_at_ms" => d.ended_at_ms = n(),
+            "status" => d.status = u32::try_from(n()).unwrap_or(0),
+            _ => {}
+        }
+    }
+    d
+}
+
+/// Relay the Redis change channel into the local broadcast, reconnecting with backoff.
+/// In a cluster PUBLISH reaches every node, so one node's subscription sees all changes.
+fn spawn_subscriber(url: String, channel: String, events: Events) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let sub = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, RedisError>(ps)
+            };
+            match sub.await {
+                Ok(mut ps) => {
+                    delay = Duration::from_millis(100);
+                    use tokio_stream::StreamExt;
+                    let mut stream = ps.on_message();
+                    while let Some(msg) = stream.next().await {
+                        if events.receiver_count() == 0 {
+                            continue;
+                        }
+                        match pb::BindingEvent::decode(msg.get_payload_bytes()) {
+                            Ok(e) => {
+                                let _ = events.send(Arc::new(e));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "undecodable binding event"),
+                        }
+                    }
+                    tracing::warn!("binding event subscription lost; resubscribing");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?delay, "binding event subscription failed");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn register(
+        &self,
+        req: &RegisterRequest,
+        now: u64,
+    ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
+        let key = self.loc_key(&req.aor);
+        let mut conn = self.conn()?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (version, set) = self.read_set(&mut conn, &key).await?;
+            let outcome = match apply_register(&set, req, &self.policy, now) {
+                Ok(o) => o,
+                Err(e) => return Ok(Err(e)),
+            };
+            if !outcome.changed() {
+                return Ok(Ok(outcome));
+            }
+            let ev = event(&req.aor, &outcome, now);
+            if self
+                .write_set(&mut conn, &key, &version, &outcome.bindings, Some(ev))
+                .await?
+            {
+                return Ok(Ok(outcome));
+            }
+            crate::metrics::cas_conflict();
+        }
+        Err(BackendError::Contention(req.aor.to_string()))
+    }
+
+    async fn lookup(&self, aor: &Aor, now: u64) -> Result<Vec<Binding>, BackendError> {
+        let key = self.loc_key(aor);
+        let mut conn = self.conn()?;
+        let d: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("d")
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(match d {
+            Some(bytes) => live_bindings(&decode_set(&key, &bytes)?, now),
+            None => Vec::new(),
+        })
+    }
+
+    async fn remove(
+        &self,
+        aor: &Aor,
+        contact: Option<&str>,
+        now: u64,
+    ) -> Result<u32, BackendError> {
+        let key = self.loc_key(aor);
+        let mut conn = self.conn()?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (version, set) = self.read_set(&mut conn, &key).await?;
+            let live: Vec<Binding> = set.into_iter().filter(|b| b.is_live(now)).collect();
+            let mut keep: Vec<Binding> = live
+                .iter()
+                .filter(|b| contact.is_some_and(|c| !contact_matches(&b.contact, c)))
+                .cloned()
+                .collect();
+            let removed = live.len() - keep.len();
+            if removed == 0 {
+                return Ok(0);
+            }
+            sort_bindings(&mut keep);
+            let ev = pb::BindingEvent {
+                aor: aor.as_str().to_owned(),
+                bindings: keep.iter().map(convert::binding_to).collect(),
+                removed: u32::try_from(removed).unwrap_or(u32::MAX),
+                at: now,
+                ..pb::BindingEvent::default()
+            };
+            if self
+                .write_set(&mut conn, &key, &version, &keep, Some(ev))
+                .await?
+            {
+                return Ok(u32::try_from(removed).unwrap_or(u32::MAX));
+            }
+            crate::metrics::cas_conflict();
+        }
+        Err(BackendError::Contention(aor.to_string()))
+    }
+
+    async fn credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<Credentials>, BackendError> {
+        let key = self.user_key(username, realm);
+        let mut conn = self.conn()?;
+        let (md5, sha): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("md5")
+            .arg("sha256")
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        if md5.is_none() && sha.is_none() {
+            return Ok(None);
+        }
+        Credentials::from_ha1_hex(md5.as_deref(), sha.as_deref())
+            .map(Some)
+            .map_err(|e| BackendError::Corrupt {
+                key,
+                problem: e.to_string(),
+            })
+    }
+
+    async fn put_user(
+        &self,
+        username: &str,
+        realm: &str,
+        creds: &Credentials,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn()?;
+        let c = convert::credentials_to(creds);
+        let mut inv = self.put_user.key(self.user_key(username, realm));
+        if !c.ha1_md5.is_empty() {
+            inv.arg("md5").arg(&c.ha1_md5);
+        }
+        if !c.ha1_sha256.is_empty() {
+            inv.arg("sha256").arg(&c.ha1_sha256);
+        }
+        let existed: i64 = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        // The listing set lives in the realm's slot, not the user's: a second command.
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.users_key(realm))
+            .arg(username)
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(existed == 1)
+    }
+
+    async fn remove_user(&self, username: &str, realm: &str) -> Result<bool, BackendError> {
+        let mut conn = self.conn()?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(self.users_key(realm))
+            .arg(username)
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.user_key(username, realm))
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(n == 1)
+    }
+
+    async fn list_users(&self, realm: &str) -> Result<Vec<String>, BackendError> {
+        let mut conn = self.conn()?;
+        let mut v: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.users_key(realm))
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        v.sort();
+        Ok(v)
+    }
+
+    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError> {
+        let key = self.dialog_key(&d.call_id, &d.from_tag);
+        let merged = self
+            .dialog_script(&key, ttl_secs, false, &dialog_fields(d))
+            .await?;
+        Ok(merged.unwrap_or_else(|| d.clone()))
+    }
+
+    async fn end_dialog(
+        &self,
+        key: &DialogKey,
+        end: &DialogEnd,
+        ttl_secs: u32,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
+        let k = self.dialog_key(&key.call_id, &key.from_tag);
+        let fields = dialog_fields(&pb::Dialog {
+            ended_at_ms: end.ended_at_ms,
+            end_reason: end.reason.clone(),
+            status: end.status,
+            ..pb::Dialog::default()
+        });
+        self.dialog_script(&k, ttl_secs, true, &fields).await
+    }
+
+    async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError> {
+        let mut conn = self.conn()?;
+        let flat: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.dialog_key(&key.call_id, &key.from_tag))
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
+    }
+
+    async fn counts(&self, now: u64) -> Result<Counts, BackendError> {
+        self.scan_counts(now).await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn()?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(())
+    }
+
+    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,312 @@
+//! # location: the sipcluster location service
+//!
+//! Registrations, digest credentials and dialog records, shared by every edge proxy over
+//! gRPC (`proto/sipcluster/location/v1/location.proto`), so that a user registered
+//! through one edge is reachable through every other, and no edge holds state that dies
+//! with it.
+//!
+//! Data flow: edge ([`location_client::LocationClient`]) → tonic → [`server`] (converts
+//! and validates, counts, times) → a [`backend::Backend`]: Redis (standalone or Cluster;
+//! optimistic compare-and-set per AOR around the shared registrar rules), or memory.
+//! Binding changes are published (Redis pub/sub, or in process) to WatchBindings streams.
+//!
+//! The all-in-one runs the memory backend in process and hands the edge an
+//! [`InProcess`] store (no gRPC hop on the hot path); it may still serve the gRPC API for
+//! the `sipcluster users` admin commands.
+
+pub mod backend;
+pub mod config;
+pub mod metrics;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use location_client::pb::location_server::LocationServer;
+use sip_registrar::{
+    Aor, Binding, LocationStore, RegisterOutcome, RegisterRequest, StoreError, StoreStats,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend};
+pub use config::{ConfigError, LocationConfig};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The backend could not be set up.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The users file is unusable.
+    #[error("users file: {0}")]
+    Users(sip_auth::Error),
+    /// A listening socket could not be bound.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// gRPC or metrics.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Build the backend the configuration names, seeded with its users file.
+pub async fn backend_from(cfg: &LocationConfig) -> Result<Arc<dyn Backend>, LocationError> {
+    cfg.validate()?;
+    let users = match &cfg.users_file {
+        Some(p) => Some(
+            sip_auth::FileStore::from_path(p)
+                .map_err(LocationError::Users)?
+                .into_inner(),
+        ),
+        None => None,
+    };
+    let backend: Arc<dyn Backend> = match cfg.backend.kind.as_str() {
+        "memory" => Arc::new(MemoryBackend::new(
+            cfg.registrar,
+            users.clone().unwrap_or_default(),
+        )),
+        _ => Arc::new(RedisBackend::new(cfg.redis_options(), cfg.registrar)?),
+    };
+    if cfg.backend.kind != "memory"
+        && let Some(users) = users
+    {
+        // Redis may not be up yet: keep trying in the background; the service is not
+        // blocked on it (calls fail with UNAVAILABLE until Redis answers).
+        let b = backend.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let mut ok = true;
+                for (user, realm, creds) in users.iter() {
+                    if let Err(e) = b.put_user(user, realm, creds).await {
+                        tracing::warn!(error = %e, "seeding users from the users file failed; retrying");
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    tracing::info!(users = users.len(), "users file provisioned");
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+    Ok(backend)
+}
+
+/// A running location service.
+#[derive(Debug)]
+pub struct LocationHandle {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// The backend (shared with in-process users such as the all-in-one's edge).
+    pub backend: Arc<dyn Backend>,
+    /// Readiness: the backend answers and the service is not draining.
+    pub ready: Arc<AtomicBool>,
+    shutdown: oneshot::Sender<()>,
+    join: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl LocationHandle {
+    /// Stop taking calls, let in-flight ones finish (up to the drain time), and stop.
+    pub async fn stop(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(());
+        let _ = tokio::time::timeout(self.drain, self.join).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Start the service described by `cfg`.
+pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError> {
+    let backend = backend_from(&cfg).await?;
+    start_with(cfg, backend).await
+}
+
+/// Serve an existing backend.
+pub async fn start_with(
+    cfg: LocationConfig,
+    backend: Arc<dyn Backend>,
+) -> Result<LocationHandle, LocationError> {
+    cfg.validate()?;
+    let bind_err = |what, addr| move |source| LocationError::Bind { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(bind_err("gRPC", cfg.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(bind_err("gRPC", cfg.listen))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let m = metrics::Metrics::global();
+    let mut tasks = Vec::new();
+    let metrics_addr = match cfg.metrics_listen {
+        Some(maddr) => {
+            let l = tokio::net::TcpListener::bind(maddr)
+                .await
+                .map_err(bind_err("metrics", maddr))?;
+            let bound = l.local_addr().map_err(bind_err("metrics", maddr))?;
+            let (registry, r) = (m.registry(), ready.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = telemetry::serve(l, registry, r).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    // Readiness and gRPC health follow the backend: an instance whose Redis is gone
+    // should leave the Service's endpoints, not keep taking calls it must fail.
+    {
+        let (b, ready, health) = (backend.clone(), ready.clone(), health.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut was_up = None;
+            loop {
+                let up = tokio::time::timeout(Duration::from_secs(1), b.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                metrics::Metrics::global().backend_up.set(i64::from(up));
+                ready.store(up, Ordering::Relaxed);
+                if was_up != Some(up) {
+                    if up {
+                        tracing::info!("backend reachable; serving");
+                        health
+                            .set_serving::<LocationServer<server::LocationService>>()
+                            .await;
+                    } else {
+                        tracing::warn!("backend unreachable; not serving");
+                        health
+                            .set_not_serving::<LocationServer<server::LocationService>>()
+                            .await;
+                    }
+                    was_up = Some(up);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    {
+        let b = backend.clone();
+        let every = Duration::from_secs(cfg.stats_interval_secs);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match b.counts(server::unix_now()).await {
+                    Ok(c) => {
+                        let m = metrics::Metrics::global();
+                        let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+                        m.aors.set(g(c.aors));
+                        m.bindings.set(g(c.bindings));
+                        m.users.set(g(c.users));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "counting bindings failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        }));
+    }
+    let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_svc)
+        .add_service(LocationServer::new(svc));
+    let join = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+            health
+                .set_not_serving::<LocationServer<server::LocationService>>()
+                .await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    tracing::info!(%addr, metrics = ?metrics_addr, backend = ?backend, "location service started");
+    Ok(LocationHandle {
+        addr,
+        metrics: metrics_addr,
+        backend,
+        ready,
+        shutdown: stop_tx,
+        join,
+        tasks,
+        drain: Duration::from_secs(cfg.drain_secs),
+    })
+}
+
+/// A backend used in process, as the edge's stores (the all-in-one: no gRPC hop).
+#[derive(Debug, Clone)]
+pub struct InProcess(pub Arc<dyn Backend>);
+
+fn unavailable(e: BackendError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl LocationStore for InProcess {
+    async fn register(
+        &self,
+        req: RegisterRequest,
+        now: u64,
+    ) -> Result<RegisterOutcome, StoreError> {
+        match self.0.register(&req, now).await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(rule)) => Err(StoreError::Rule(rule)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn lookup(&self, aor: &Aor, now: u64) -> Result<Vec<Binding>, StoreError> {
+        self.0.lookup(aor, now).await.map_err(unavailable)
+    }
+
+    async fn remove_all(&self, aor: &Aor) -> Result<(), StoreError> {
+        self.0
+            .remove(aor, None, server::unix_now())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn stats(&self, now: u64) -> Result<StoreStats, StoreError> {
+        let c = self.0.counts(now).await.map_err(unavailable)?;
+        Ok(StoreStats {
+            aors: usize::try_from(c.aors).unwrap_or(usize::MAX),
+            bindings: usize::try_from(c.bindings).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+#[async_trait]
+impl sip_auth::SubscriberStore for InProcess {
+    async fn credentials(
+        &self,
+        username: &str,
+        realm: &str,
+    ) -> Result<Option<sip_auth::Credentials>, sip_auth::StoreError> {
+        self.0
+            .credentials(username, realm)
+            .await
+            .map_err(|e| sip_auth::Error::Unavailable(e.to_string()))
+    }
+}

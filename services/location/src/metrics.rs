@@ -1,0 +1,122 @@
+//! The location service's Prometheus metrics.
+//!
+//! One process-wide set (the backend reports CAS conflicts from deep inside a call
+//! without threading a handle through), registered into each service's registry.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a gRPC call: the method and the status code's name (`ok`, `unavailable`...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    /// RPC name.
+    pub method: &'static str,
+    /// Outcome.
+    pub code: &'static str,
+}
+
+/// Labels: RPC name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// RPC name.
+    pub method: &'static str,
+}
+
+/// Every metric of the service.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Calls by method and outcome.
+    pub calls: Family<CallLabel, Counter>,
+    /// Call latency by method.
+    pub duration: Family<MethodLabel, Histogram>,
+    /// REGISTER outcomes refused by the rules, by status.
+    pub refused: Family<CallLabel, Counter>,
+    /// Optimistic writes that lost to a concurrent writer and were retried.
+    pub cas_conflicts: Counter,
+    /// 1 while the backend answers pings.
+    pub backend_up: Gauge,
+    /// AORs with live bindings (from the periodic count).
+    pub aors: Gauge,
+    /// Live bindings (from the periodic count).
+    pub bindings: Gauge,
+    /// Provisioned users (from the periodic count).
+    pub users: Gauge,
+    /// Open WatchBindings streams.
+    pub watchers: Gauge,
+}
+
+fn buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// The process-wide metrics.
+    pub fn global() -> &'static Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(|| Metrics {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(buckets())),
+            refused: Family::default(),
+            cas_conflicts: Counter::default(),
+            backend_up: Gauge::default(),
+            aors: Gauge::default(),
+            bindings: Gauge::default(),
+            users: Gauge::default(),
+            watchers: Gauge::default(),
+        })
+    }
+
+    /// A registry exposing them.
+    pub fn registry(&self) -> Registry {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("sipcluster_location");
+        r.register(
+            "grpc_calls",
+            "gRPC calls by method and status code",
+            self.calls.clone(),
+        );
+        r.register(
+            "grpc_call_duration_seconds",
+            "gRPC call handling time by method (backend included)",
+            self.duration.clone(),
+        );
+        r.register(
+            "register_refused",
+            "REGISTERs refused by the registrar rules, by status code",
+            self.refused.clone(),
+        );
+        r.register(
+            "cas_conflicts",
+            "Optimistic binding-set writes that lost to a concurrent writer and were retried",
+            self.cas_conflicts.clone(),
+        );
+        r.register(
+            "backend_up",
+            "1 while the storage backend answers",
+            self.backend_up.clone(),
+        );
+        r.register("aors", "AORs with live bindings", self.aors.clone());
+        r.register("bindings", "Live bindings", self.bindings.clone());
+        r.register("users", "Provisioned users", self.users.clone());
+        r.register(
+            "watchers",
+            "Open WatchBindings streams",
+            self.watchers.clone(),
+        );
+        root
+    }
+}
+
+/// Count one lost compare-and-set.
+pub fn cas_conflict() {
+    Metrics::global().cas_conflicts.inc();
+}

@@ -1,0 +1,400 @@
+//! The gRPC service: thin glue from `sipcluster.location.v1` to a [`Backend`].
+//!
+//! Rule refusals travel in the reply (the edge needs the exact status and Min-Expires);
+//! backend failures become UNAVAILABLE (the edge answers 503 + Retry-After); malformed
+//! messages become INVALID_ARGUMENT. Every call is counted and timed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use location_client::{convert, pb};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::backend::{Backend, BackendError, DialogEnd, DialogKey};
+use crate::config::DialogConfig;
+use crate::metrics::{CallLabel, MethodLabel, Metrics};
+
+/// Unix seconds on this service's clock: the one clock of every binding's expiry.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct LocationService {
+    backend: Arc<dyn Backend>,
+    dialogs: DialogConfig,
+}
+
+impl LocationService {
+    /// Serve `backend`.
+    pub fn new(backend: Arc<dyn Backend>, dialogs: DialogConfig) -> LocationService {
+        LocationService { backend, dialogs }
+    }
+}
+
+fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "ok",
+        Code::InvalidArgument => "invalid_argument",
+        Code::Unavailable => "unavailable",
+        Code::NotFound => "not_found",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Aborted => "aborted",
+        _ => "other",
+    }
+}
+
+fn backend_status(e: BackendError) -> Status {
+    match e {
+        BackendError::Contention(_) => Status::aborted(e.to_string()),
+        BackendError::Corrupt { .. } => {
+            tracing::error!(error = %e, "corrupt stored data");
+            Status::internal(e.to_string())
+        }
+        BackendError::Redis(_) => {
+            tracing::warn!(error = %e, "backend unavailable");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn invalid(e: convert::ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Count and time one call.
+async fn observed<T>(
+    method: &'static str,
+    f: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let r = f.await;
+    let m = Metrics::global();
+    m.duration
+        .get_or_create(&MethodLabel { method })
+        .observe(start.elapsed().as_secs_f64());
+    let code = match &r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    };
+    m.calls
+        .get_or_create(&CallLabel {
+            method,
+            code: code_name(code),
+        })
+        .inc();
+    r.map(Response::new)
+}
+
+fn need(field: &'static str, v: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is empty")))
+    } else {
+        Ok(())
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BindingEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::location_server::Location for LocationService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        observed("Register", async {
+            let req = convert::request_from(request.into_inner()).map_err(invalid)?;
+            let now = unix_now();
+            match self
+                .backend
+                .register(&req, now)
+                .await
+                .map_err(backend_status)?
+            {
+                Ok(o) => Ok(convert::outcome_to(&o, now)),
+                Err(rule) => {
+                    Metrics::global()
+                        .refused
+                        .get_or_create(&CallLabel {
+                            method: "Register",
+                            code: match rule.status() {
+                                400 => "400",
+                                403 => "403",
+                                416 => "416",
+                                423 => "423",
+                                500 => "500",
+                                _ => "other",
+                            },
+                        })
+                        .inc();
+                    Ok(pb::RegisterReply {
+                        now,
+                        refused: Some(convert::refused_to(&rule)),
+                        ..pb::RegisterReply::default()
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupReply>, Status> {
+        observed("Lookup", async {
+            let aor = convert::aor_from(&request.get_ref().aor).map_err(invalid)?;
+            let now = unix_now();
+            let b = self
+                .backend
+                .lookup(&aor, now)
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::LookupReply {
+                bindings: b.iter().map(convert::binding_to).collect(),
+                now,
+            })
+        })
+        .await
+    }
+
+    async fn remove_bindings(
+        &self,
+        request: Request<pb::RemoveBindingsRequest>,
+    ) -> Result<Response<pb::RemoveBindingsReply>, Status> {
+        observed("RemoveBindings", async {
+            let r = request.into_inner();
+            let aor = convert::aor_from(&r.aor).map_err(invalid)?;
+            let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
+            let removed = self
+                .backend
+                .remove(&aor, contact, unix_now())
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::RemoveBindingsReply { removed })
+        })
+        .await
+    }
+
+    type WatchBindingsStream = EventStream;
+
+    async fn watch_bindings(
+        &self,
+        request: Request<pb::WatchBindingsRequest>,
+    ) -> Result<Response<Self::WatchBindingsStream>, Status> {
+        let filter = request.into_inner().aor;
+        let mut rx = self.backend.events();
+        let watchers = Metrics::global().watchers.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            watchers.inc();
+            loop {
+                let item = match rx.recv().await {
+                    Ok(e) if filter.is_empty() || e.aor == filter => Ok((*e).clone()),
+                    Ok(_) => continue,
+                    // The watcher fell behind: say so (it must resync with Lookup)
+                    // rather than silently skip changes.
+                    Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                        "{n} binding events were dropped"
+                    ))),
+                    Err(RecvError::Closed) => break,
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+            watchers.dec();
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsReply>, Status> {
+        // Served from the periodic count: a scan per call would let any client load Redis.
+        observed("Stats", async {
+            let m = Metrics::global();
+            let g = |x: i64| u64::try_from(x).unwrap_or(0);
+            Ok(pb::StatsReply {
+                aors: g(m.aors.get()),
+                bindings: g(m.bindings.get()),
+                users: g(m.users.get()),
+            })
+        })
+        .await
+    }
+
+    async fn get_credentials(
+        &self,
+        request: Request<pb::GetCredentialsRequest>,
+    ) -> Result<Response<pb::GetCredentialsReply>, Status> {
+        observed("GetCredentials", async {
+            let r = request.get_ref();
+            need("username", &r.username)?;
+            need("realm", &r.realm)?;
+            let c = self
+                .backend
+                .credentials(&r.username, &r.realm)
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::GetCredentialsReply {
+                credentials: c.as_ref().map(convert::credentials_to),
+            })
+        })
+        .await
+    }
+
+    async fn put_user(
+        &self,
+        request: Request<pb::PutUserRequest>,
+    ) -> Result<Response<pb::PutUserReply>, Status> {
+        observed("PutUser", async {
+            let r = request.into_inner();
+            need("username", &r.username)?;
+            need("realm", &r.realm)?;
+            let creds = r
+                .credentials
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("credentials missing"))
+                .and_then(|c| convert::credentials_from(c).map_err(invalid))?;
+            let replaced = self
+                .backend
+                .put_user(&r.username, &r.realm, &creds)
+                .await
+                .map_err(backend_status)?;
+            tracing::info!(username = %r.username, realm = %r.realm, replaced, "user provisioned");
+            Ok(pb::PutUserReply { replaced })
+        })
+        .await
+    }
+
+    async fn remove_user(
+        &self,
+        request: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserReply>, Status> {
+        observed("RemoveUser", async {
+            let r = request.into_inner();
+            need("username", &r.username)?;
+            need("realm", &r.realm)?;
+            let removed = self
+                .backend
+                .remove_user(&r.username, &r.realm)
+                .await
+                .map_err(backend_status)?;
+            tracing::info!(username = %r.username, realm = %r.realm, removed, "user removed");
+            Ok(pb::RemoveUserReply { removed })
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersReply>, Status> {
+        observed("ListUsers", async {
+            let realm = &request.get_ref().realm;
+            need("realm", realm)?;
+            let usernames = self
+                .backend
+                .list_users(realm)
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::ListUsersReply { usernames })
+        })
+        .await
+    }
+
+    async fn put_dialog(
+        &self,
+        request: Request<pb::PutDialogRequest>,
+    ) -> Result<Response<pb::PutDialogReply>, Status> {
+        observed("PutDialog", async {
+            let r = request.into_inner();
+            let d = r
+                .dialog
+                .ok_or_else(|| Status::invalid_argument("dialog missing"))?;
+            need("dialog.call_id", &d.call_id)?;
+            need("dialog.from_tag", &d.from_tag)?;
+            let ttl = if r.ttl_secs == 0 {
+                self.dialogs.ttl_secs
+            } else {
+                r.ttl_secs
+            };
+            let dialog = self
+                .backend
+                .put_dialog(&d, ttl)
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::PutDialogReply {
+                dialog: Some(dialog),
+            })
+        })
+        .await
+    }
+
+    async fn end_dialog(
+        &self,
+        request: Request<pb::EndDialogRequest>,
+    ) -> Result<Response<pb::EndDialogReply>, Status> {
+        observed("EndDialog", async {
+            let r = request.into_inner();
+            need("call_id", &r.call_id)?;
+            need("from_tag", &r.from_tag)?;
+            let ttl = if r.ttl_secs == 0 {
+                self.dialogs.ended_ttl_secs
+            } else {
+                r.ttl_secs
+            };
+            let dialog = self
+                .backend
+                .end_dialog(
+                    &DialogKey {
+                        call_id: r.call_id,
+                        from_tag: r.from_tag,
+                    },
+                    &DialogEnd {
+                        ended_at_ms: r.ended_at_ms,
+                        reason: r.end_reason,
+                        status: r.status,
+                    },
+                    ttl,
+                )
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::EndDialogReply { dialog })
+        })
+        .await
+    }
+
+    async fn get_dialog(
+        &self,
+        request: Request<pb::GetDialogRequest>,
+    ) -> Result<Response<pb::GetDialogReply>, Status> {
+        observed("GetDialog", async {
+            let r = request.into_inner();
+            need("call_id", &r.call_id)?;
+            need("from_tag", &r.from_tag)?;
+            let dialog = self
+                .backend
+                .get_dialog(&DialogKey {
+                    call_id: r.call_id,
+                    from_tag: r.from_tag,
+                })
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::GetDialogReply { dialog })
+        })
+        .await
+    }
+}
