@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SIP load harness: the all-in-one (release build) driven by SIPp at increasing rates.
 #
-#   loadtest/run.sh                 REGISTER (no auth), REGISTER (digest), calls, overload
+#   loadtest/run.sh                 REGISTER (no auth), REGISTER (digest), calls, overload,
+#                                   REGISTER (digest) in cluster mode (edge + location + Redis)
 #   loadtest/run.sh --kamailio      the same against a local Kamailio too, side by side
 #   loadtest/run.sh --quick         short steps, low rates (a smoke run of the harness)
 #
@@ -14,9 +15,14 @@
 # Every SIPp run is bounded (-m calls, -timeout seconds). Servers started here are stopped
 # by PID on exit; all traffic stays on 127.0.0.1.
 #
+# The cluster section runs `sipcluster edge` against `sipcluster location` over a private
+# redis-server (each its own process) and reports the CPU per REGISTER of each process and
+# their sum.
+#
 # Environment: LOAD_STEP_SECONDS (default 10), LOAD_REG_RATES, LOAD_AUTH_RATES,
-# LOAD_CALL_RATES (space-separated steps), LOAD_USERS (default 10000), LOAD_ONLY (a subset
-# of "register call auth overload", default all).
+# LOAD_CALL_RATES, LOAD_CLUSTER_RATES (space-separated steps), LOAD_USERS (default 10000),
+# LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
+# LOAD_ONLY (a subset of "register call auth overload cluster", default all).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,19 +43,24 @@ USERS=${LOAD_USERS:-10000}
 REG_RATES=${LOAD_REG_RATES:-"5000 10000 20000 30000 40000"}
 AUTH_RATES=${LOAD_AUTH_RATES:-"2000 5000 10000 15000 20000"}
 CALL_RATES=${LOAD_CALL_RATES:-"500 1000 2000 3000 4000"}
+CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"4000 8000 12000 14000 16000"}
 if [ "$QUICK" = 1 ]; then
   STEP=${LOAD_STEP_SECONDS:-3}
   USERS=${LOAD_USERS:-500}
   REG_RATES=${LOAD_REG_RATES:-"500 1000"}
   AUTH_RATES=${LOAD_AUTH_RATES:-"500"}
   CALL_RATES=${LOAD_CALL_RATES:-"100"}
+  CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"500"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload}
+ONLY=${LOAD_ONLY:-register call auth overload cluster}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
 
 command -v sipp >/dev/null || { echo "SIPp missing: apt-get install sip-tester (./scripts/test.sh does)" >&2; exit 1; }
+if want cluster; then
+  command -v redis-server >/dev/null || { echo "redis-server missing (the cluster section): apt-get install redis-server" >&2; exit 1; }
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sipcluster-load.XXXXXX")
 PIDS=()
@@ -158,22 +169,31 @@ run_sipp() {
   mv "$WORK"/*_rtt.csv "$WORK/$name.rtt" 2>/dev/null || : >"$WORK/$name.rtt"
 }
 
-# measure SERVER TEST PID RATE NAME COUNT: print one result row from a finished run
-measure() {
-  local server=$1 test=$2 pid=$3 rate=$4 name=$5 count=$6 cpu=$7
-  local ok fail achieved failpct p50 p99 perop note=""
-  ok=$(stat_col "$WORK/$name.stat" "SuccessfulCall(C)")
+# step_stats RATE NAME: the figures of a finished run, in ST_OK ST_ACHIEVED ST_FAILPCT ST_P50
+# ST_P99 ST_NOTE ("sustained" when < 1 % failed and >= 95 % of RATE achieved; then
+# LAST_SUSTAINED=RATE too)
+step_stats() {
+  local rate=$1 name=$2 fail
+  ST_OK=$(stat_col "$WORK/$name.stat" "SuccessfulCall(C)")
   fail=$(stat_col "$WORK/$name.stat" "FailedCall(C)")
-  achieved=$(achieved "$WORK/$name.rtt")
-  failpct=$(awk -v o="$ok" -v f="$fail" 'BEGIN {printf "%.2f", (o + f > 0 ? 100 * f / (o + f) : 100)}')
-  p50=$(percentile "$WORK/$name.rtt" 50)
-  p99=$(percentile "$WORK/$name.rtt" 99)
-  perop=$(awk -v c="$cpu" -v t="$TICK" -v o="$ok" 'BEGIN {printf "%.1fus", (o > 0 ? c / t * 1e6 / o : 0)}')
-  if awk -v f="$failpct" -v a="$achieved" -v r="$rate" 'BEGIN {exit !(f < 1 && a >= 0.95 * r)}'; then
-    note=sustained
+  ST_ACHIEVED=$(achieved "$WORK/$name.rtt")
+  ST_FAILPCT=$(awk -v o="$ST_OK" -v f="$fail" 'BEGIN {printf "%.2f", (o + f > 0 ? 100 * f / (o + f) : 100)}')
+  ST_P50=$(percentile "$WORK/$name.rtt" 50)
+  ST_P99=$(percentile "$WORK/$name.rtt" 99)
+  ST_NOTE=""
+  if awk -v f="$ST_FAILPCT" -v a="$ST_ACHIEVED" -v r="$rate" 'BEGIN {exit !(f < 1 && a >= 0.95 * r)}'; then
+    ST_NOTE=sustained
     LAST_SUSTAINED=$rate
   fi
-  row "$server" "$test" "$rate/s" "$achieved/s" "$failpct" "$p50" "$p99" "$perop" "$note"
+}
+# per_op TICKS OPS: CPU time per operation, in microseconds
+per_op() { awk -v c="$1" -v t="$TICK" -v o="$2" 'BEGIN {printf "%.1fus", (o > 0 ? c / t * 1e6 / o : 0)}'; }
+
+# measure SERVER TEST PID RATE NAME COUNT CPU_TICKS: print one result row from a finished run
+measure() {
+  local server=$1 test=$2 pid=$3 rate=$4 name=$5 count=$6 cpu=$7
+  step_stats "$rate" "$name"
+  row "$server" "$test" "$rate/s" "$ST_ACHIEVED/s" "$ST_FAILPCT" "$ST_P50" "$ST_P99" "$(per_op "$cpu" "$ST_OK")" "$ST_NOTE"
 }
 
 # register_steps SERVER TEST SCENARIO PID PORT RATES [extra sipp args]
@@ -314,6 +334,89 @@ if [ "$KAMAILIO" = 1 ]; then
       -auth_uri "$DOMAIN"
     stop_pid "$SRV_PID"
   fi
+fi
+
+# --- cluster mode: edge + location service + Redis ------------------------------------------
+
+# Three processes on the same cores as SIPp: a private redis-server, `sipcluster location`
+# over it (the users file provisioned into Redis at start) and one `sipcluster edge` asking
+# the location service for credentials and bindings over gRPC. REGISTER with digest auth,
+# as in the auth section; the CPU of each process is read from its own /proc/PID/stat.
+if want cluster; then
+  # proc_ticks PID: user+system ticks of one process, all its threads (the Kamailio section
+  # redefines cpu_ticks for process groups)
+  proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  crow() { printf '%-10s %-16s %8s %9s %7s %8s %8s %9s %9s %9s %9s %7s %s\n' "$@" | tee -a "$RESULTS"; }
+  # waitfor WHAT LOG CMD...: poll CMD for up to 30 s, or show LOG and fail
+  waitfor() {
+    local what=$1 log=$2
+    shift 2
+    for _ in $(seq 300); do
+      "$@" && return 0
+      sleep 0.1
+    done
+    echo "$what did not start:" >&2
+    cat "$log" >&2
+    exit 1
+  }
+  provisioned() { grep -q 'users file provisioned' "$WORK/location.log"; }
+  wargs=()
+  [ -n "${LOAD_CLUSTER_WORKERS:-}" ] && wargs=(--workers "$LOAD_CLUSTER_WORKERS")
+
+  REDIS_PORT=$(free_port)
+  mkdir -p "$WORK/redis"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK/redis" \
+    --daemonize no >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  LOC_PORT=$(free_port)
+  LOC_METRICS=$(free_port)
+  # info for the location crate only: its "users file provisioned" line tells when Redis
+  # holds every subscriber (/readyz only says Redis answers)
+  "$BIN" location --listen "127.0.0.1:$LOC_PORT" --redis "redis://127.0.0.1:$REDIS_PORT" \
+    --metrics "127.0.0.1:$LOC_METRICS" --users "$WORK/users.toml" --log-level warn,location=info \
+    "${wargs[@]}" >"$WORK/location.log" 2>&1 &
+  LOC_PID=$!
+  PIDS+=("$LOC_PID")
+  waitfor "the location service" "$WORK/location.log" http_ok "$LOC_METRICS" /readyz
+  waitfor "the location service's users" "$WORK/location.log" provisioned
+  EDGE_PORT=$(free_port)
+  EDGE_METRICS=$(free_port)
+  "$BIN" edge --listen "127.0.0.1:$EDGE_PORT" --metrics "127.0.0.1:$EDGE_METRICS" \
+    --location "http://127.0.0.1:$LOC_PORT" --nonce-secret load-test-nonce-secret-0123456789 \
+    --log-level warn "${wargs[@]}" >"$WORK/edge.log" 2>&1 &
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
+  waitfor "the edge" "$WORK/edge.log" http_ok "$EDGE_METRICS" /readyz
+
+  printf '\n' | tee -a "$RESULTS"
+  crow server test offered achieved "fail%" "p50ms" "p99ms" "edge/op" "loc/op" "redis/op" "sum/op" "rpc/op" note
+  LAST_SUSTAINED=0
+  for rate in $CLUSTER_RATES; do
+    count=$((rate * STEP))
+    name="cluster-auth-$rate"
+    e0=$(proc_ticks "$EDGE_PID")
+    l0=$(proc_ticks "$LOC_PID")
+    r0=$(proc_ticks "$REDIS_PID")
+    g0=$(metric "$LOC_METRICS" sipcluster_location_grpc_calls_total)
+    run_sipp "$name" "$ROOT/loadtest/sipp/register_auth.xml" "$rate" "$count" "$(free_port)" "127.0.0.1:$EDGE_PORT" \
+      -inf "$WORK/users.csv" -auth_uri "$DOMAIN"
+    e1=$(proc_ticks "$EDGE_PID")
+    l1=$(proc_ticks "$LOC_PID")
+    r1=$(proc_ticks "$REDIS_PID")
+    g1=$(metric "$LOC_METRICS" sipcluster_location_grpc_calls_total)
+    step_stats "$rate" "$name"
+    crow cluster register+auth "$rate/s" "$ST_ACHIEVED/s" "$ST_FAILPCT" "$ST_P50" "$ST_P99" \
+      "$(per_op $((e1 - e0)) "$ST_OK")" "$(per_op $((l1 - l0)) "$ST_OK")" "$(per_op $((r1 - r0)) "$ST_OK")" \
+      "$(per_op $((e1 - e0 + l1 - l0 + r1 - r0)) "$ST_OK")" \
+      "$(awk -v g=$((g1 - g0)) -v o="$ST_OK" 'BEGIN {printf "%.2f", (o > 0 ? g / o : 0)}')" "$ST_NOTE"
+  done
+  echo "cluster register+auth: max sustained $LAST_SUSTAINED/s" | tee -a "$RESULTS"
+  echo "(cpu per REGISTER of the edge, the location service, redis-server and their sum; rpc/op: location gRPC calls per REGISTER)" |
+    tee -a "$RESULTS"
+  stop_pid "$EDGE_PID"
+  stop_pid "$LOC_PID"
+  stop_pid "$REDIS_PID"
 fi
 
 printf '\n## summary\n'

@@ -70,8 +70,12 @@ return redis.call('HGETALL', KEYS[1])
 ";
 
 /// Attempts of one optimistic write before giving up (each loses only to a write that
-/// succeeded, so the system as a whole always progresses).
-const CAS_ATTEMPTS: usize = 32;
+/// succeeded, so the system as a whole always progresses). Writers of one process are
+/// queued per AOR first ([`RedisBackend::stripe`]), so only other replicas compete here.
+const CAS_ATTEMPTS: usize = 64;
+
+/// Per-AOR write queues in one process (striped: AORs sharing a stripe just queue).
+const STRIPES: usize = 256;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -140,6 +144,7 @@ pub struct RedisBackend {
     put_dialog: Script,
     events: Events,
     channel: String,
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -228,7 +233,27 @@ impl RedisBackend {
             put_dialog: Script::new(PUT_DIALOG),
             events,
             channel,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
+    }
+
+    /// The write queue of `key`: concurrent writers of one AOR in this process take turns
+    /// instead of failing each other's compare-and-set (which costs two round trips per
+    /// loss and, with hundreds of writers, would starve some of them).
+    fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
+        &self.stripes[(h as usize) % STRIPES]
+    }
+
+    /// A short random pause after a lost compare-and-set, so that two replicas that keep
+    /// colliding on one AOR fall out of step.
+    async fn backoff(attempt: usize) {
+        let mut b = [0u8; 2];
+        let _ = getrandom::fill(&mut b);
+        let max_us = 200u64 << attempt.min(5);
+        let us = u64::from(u16::from_le_bytes(b)) % max_us;
+        tokio::time::sleep(Duration::from_micros(us)).await;
     }
 
     fn conn(&self) -> Result<Conn, BackendError> {
@@ -528,7 +553,8 @@ impl Backend for RedisBackend {
     ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
         let key = self.loc_key(&req.aor);
         let mut conn = self.conn()?;
-        for _ in 0..CAS_ATTEMPTS {
+        let _turn = self.stripe(&key).lock().await;
+        for attempt in 0..CAS_ATTEMPTS {
             let (version, set) = self.read_set(&mut conn, &key).await?;
             let outcome = match apply_register(&set, req, &self.policy, now) {
                 Ok(o) => o,
@@ -545,6 +571,7 @@ impl Backend for RedisBackend {
                 return Ok(Ok(outcome));
             }
             crate::metrics::cas_conflict();
+            Self::backoff(attempt).await;
         }
         Err(BackendError::Contention(req.aor.to_string()))
     }
@@ -572,7 +599,8 @@ impl Backend for RedisBackend {
     ) -> Result<u32, BackendError> {
         let key = self.loc_key(aor);
         let mut conn = self.conn()?;
-        for _ in 0..CAS_ATTEMPTS {
+        let _turn = self.stripe(&key).lock().await;
+        for attempt in 0..CAS_ATTEMPTS {
             let (version, set) = self.read_set(&mut conn, &key).await?;
             let live: Vec<Binding> = set.into_iter().filter(|b| b.is_live(now)).collect();
             let mut keep: Vec<Binding> = live
@@ -599,6 +627,7 @@ impl Backend for RedisBackend {
                 return Ok(u32::try_from(removed).unwrap_or(u32::MAX));
             }
             crate::metrics::cas_conflict();
+            Self::backoff(attempt).await;
         }
         Err(BackendError::Contention(aor.to_string()))
     }

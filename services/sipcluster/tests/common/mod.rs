@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod redis;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -44,6 +46,11 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port for UDP and TCP");
 }
 
+/// A free loopback TCP address.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// A free loopback port below 10000 for UDP and TCP. sipsak 0.9.8 cuts five-digit ports
 /// in the URIs it builds to four digits, so the server listens on a four-digit port.
 pub fn free_low_port() -> u16 {
@@ -79,37 +86,83 @@ impl Proto {
     }
 }
 
-/// A private `sipcluster all-in-one`.
+/// A private `sipcluster` process (all-in-one, edge or location service).
 pub struct Server {
     child: Child,
+    /// SIP address (edges, all-in-one) or gRPC address (location service).
     pub sip: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
+    pub name: String,
 }
 
+/// The nonce secret every test process shares (edges must verify each other's nonces).
+pub const NONCE_SECRET: &str = "e2e-test-nonce-secret-0123456789";
+
 impl Server {
-    /// Start on free loopback ports with the demo users; `extra` adds flags.
+    /// Start an all-in-one on free loopback ports with the demo users; `extra` adds flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        let port = free_low_port();
-        let mport = free_port();
-        let sip: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let metrics: SocketAddr = format!("127.0.0.1:{mport}").parse().expect("address");
-        let log = fs::File::create(dir.join("sipcluster.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
-            .arg("all-in-one")
-            .args([
-                "--listen",
-                &sip.to_string(),
-                "--metrics",
-                &metrics.to_string(),
-            ])
-            .args([
-                "--log-level",
-                "info",
-                "--nonce-secret",
-                "e2e-test-nonce-secret-0123456789",
-            ])
-            .args(extra)
+        let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let mut args = vec!["--listen".to_owned(), sip.to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, "sipcluster", "all-in-one", sip, free_addr(), &args)
+    }
+
+    /// Start an edge in cluster mode against the location service at `location`.
+    pub fn edge(dir: &Path, name: &str, location: SocketAddr, extra: &[&str]) -> Server {
+        let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let mut args = vec![
+            "--listen".to_owned(),
+            sip.to_string(),
+            "--location".to_owned(),
+            format!("http://{location}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, name, "edge", sip, free_addr(), &args)
+    }
+
+    /// Start a location service on `grpc` (and `metrics`), with the demo users.
+    pub fn location_at(
+        dir: &Path,
+        name: &str,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+        extra: &[&str],
+    ) -> Server {
+        let users =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/all-in-one/users.toml");
+        let mut args = vec![
+            "--listen".to_owned(),
+            grpc.to_string(),
+            "--users".to_owned(),
+            users.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, name, "location", grpc, metrics, &args)
+    }
+
+    /// Start a location service on free ports.
+    pub fn location(dir: &Path, name: &str, extra: &[&str]) -> Server {
+        Server::location_at(dir, name, free_addr(), free_addr(), extra)
+    }
+
+    fn launch(
+        dir: &Path,
+        name: &str,
+        sub: &str,
+        sip: SocketAddr,
+        metrics: SocketAddr,
+        args: &[String],
+    ) -> Server {
+        let log = fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipcluster"));
+        cmd.arg(sub)
+            .args(["--metrics", &metrics.to_string(), "--log-level", "info"]);
+        if sub != "location" {
+            cmd.args(["--nonce-secret", NONCE_SECRET]);
+        }
+        let child = cmd
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -120,18 +173,19 @@ impl Server {
             sip,
             metrics,
             dir: dir.to_owned(),
+            name: name.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("sipcluster exited at start ({st}); log:\n{}", s.log());
+                panic!("{name} exited at start ({st}); log:\n{}", s.log());
             }
             if http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "sipcluster not ready in 20 s; log:\n{}",
+                "{name} not ready in 20 s; log:\n{}",
                 s.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -139,8 +193,14 @@ impl Server {
         s
     }
 
+    /// Kill with SIGKILL (a crash: no drain) and wait.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("sipcluster.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
 
     /// The Prometheus text exposition.

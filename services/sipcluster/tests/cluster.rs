@@ -1,0 +1,478 @@
+//! Cluster mode end to end: `sipcluster location` over a real Redis (standalone and a
+//! 3-master cluster), two `sipcluster edge` processes, SIPp and a raw TCP user agent.
+//!
+//! * a user registered through edge A is called through edge B (Redis, Redis Cluster);
+//! * a user connected over TCP to edge A is reached through A's connection when the call
+//!   arrives at B (signed flow token as Route);
+//! * the location service killed, then Redis killed: REGISTER and INVITE get 503 with
+//!   Retry-After within the deadline; service resumes by itself when they return;
+//! * `sipcluster users` provisions through the location service, storing only HA1s.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::redis::{Redis, RedisProc, cli, prefix};
+use common::{Proto, RawSip, Server, Sipp, free_addr, status, workdir};
+
+const DOMAIN: &str = "sipcluster.local";
+
+fn register(edge: &Server, dir: &Path, user: &str, password: &str, contact_port: u16) {
+    Sipp::new(&format!("register-{user}"), "register.xml", Proto::Udp)
+        .inf(&format!("{user};{DOMAIN};;127.0.0.1:{contact_port};3600"))
+        .auth(user, password, DOMAIN)
+        .to(edge.sip)
+        .run(dir)
+        .assert_ok(1, "REGISTER with digest auth");
+}
+
+fn caller(edge: &Server, callee: &str) -> Sipp {
+    Sipp::new("uac", "uac_call.xml", Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;{callee}"))
+        .auth("alice", "alice-secret", &format!("{callee}@{DOMAIN}"))
+        .to(edge.sip)
+}
+
+fn location_for(dir: &Path, redis: &Redis, test: &str) -> Server {
+    let args = redis.location_args(&prefix(test));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::location(dir, "location", &args)
+}
+
+fn call_across_edges(test: &str, redis: Redis) {
+    let dir = workdir(test);
+    let loc = location_for(&dir, &redis, test);
+    let a = Server::edge(&dir, "edge-a", loc.sip, &[]);
+    let b = Server::edge(&dir, "edge-b", loc.sip, &[]);
+    let uas = Sipp::new("uas", "uas_answer.xml", Proto::Udp);
+    register(&a, &dir, "bob", "bob-secret", uas.port);
+    let callee = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = caller(&b, "bob").run(&dir);
+    let uas_out = callee.wait();
+    out.assert_ok(1, "caller via edge B");
+    uas_out.assert_ok(1, "callee registered via edge A");
+    let calls = |m: &str| {
+        loc.metric(&format!(
+            "sipcluster_location_grpc_calls_total{{method=\"{m}\",code=\"ok\"}}"
+        ))
+    };
+    assert!(
+        calls("Register") >= 1.0 && calls("Lookup") >= 1.0,
+        "{}",
+        loc.scrape()
+    );
+    // Edge B found bob only through the shared store.
+    assert_eq!(
+        b.metric("sipcluster_sip_requests_total{method=\"REGISTER\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn call_registered_on_one_edge_placed_on_another_redis() {
+    let dir = workdir("cross_edge_redis_setup");
+    call_across_edges("cross_edge_redis", Redis::standalone(&dir));
+}
+
+#[test]
+fn call_registered_on_one_edge_placed_on_another_redis_cluster() {
+    let dir = workdir("cross_edge_cluster_setup");
+    call_across_edges("cross_edge_cluster", Redis::cluster(&dir));
+}
+
+/// A minimal SIP user agent over one TCP connection: registers (digest), answers one
+/// call, answers its BYE. Everything it receives must come down its own connection.
+struct TcpUa {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
+    challenge.split(',').find_map(|p| {
+        let (k, v) = p.trim().trim_start_matches("Digest ").split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+impl TcpUa {
+    fn connect(edge: SocketAddr) -> TcpUa {
+        let stream = TcpStream::connect(edge).expect("connect to edge");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        TcpUa {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
+    fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).expect("send");
+    }
+
+    /// The next message (headers + Content-Length body), waiting up to `wait`.
+    fn next(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len: usize = header(&format!("{head}\r\n"), "Content-Length")
+                    .first()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let msg: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
+                    let text = String::from_utf8_lossy(&msg).into_owned();
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    return Some(text);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn register(&mut self, user: &str, password: &str, contact: &str) {
+        let local = self.local();
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcpua-{cseq}\r\n\
+                 From: <sip:{user}@{DOMAIN}>;tag=ua1\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+                 Call-ID: tcpua-reg@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n\
+                 {auth}Expires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        self.send(&req(1, ""));
+        let challenge = self.next(Duration::from_secs(5)).expect("401");
+        assert_eq!(status(&challenge), 401, "{challenge}");
+        let www = header(&challenge, "WWW-Authenticate")[0].to_owned();
+        let realm = param(&www, "realm").expect("realm");
+        let nonce = param(&www, "nonce").expect("nonce");
+        let uri = format!("sip:{DOMAIN}");
+        let md5 = sip_auth::Algorithm::Md5;
+        let ha1 = sip_auth::ha1(md5, user, realm, password);
+        let ha2 = sip_auth::ha2(md5, "REGISTER", &uri);
+        let response = md5.hash_joined_hex(&[
+            ha1.as_bytes(),
+            nonce.as_bytes(),
+            b"00000001",
+            b"c0ffee",
+            b"auth",
+            ha2.as_bytes(),
+        ]);
+        let auth = format!(
+            "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+        );
+        self.send(&req(2, &auth));
+        let ok = self.next(Duration::from_secs(5)).expect("200");
+        assert_eq!(status(&ok), 200, "{ok}");
+    }
+
+    fn respond(&mut self, req: &str, code: u16, reason: &str, to_tag: bool) {
+        let mut r = format!("SIP/2.0 {code} {reason}\r\n");
+        for v in header(req, "Via") {
+            r += &format!("Via: {v}\r\n");
+        }
+        for h in ["From", "Call-ID", "CSeq"] {
+            r += &format!("{h}: {}\r\n", header(req, h)[0]);
+        }
+        let to = header(req, "To")[0];
+        if to_tag && !to.contains("tag=") {
+            r += &format!("To: {to};tag=uas1\r\n");
+        } else {
+            r += &format!("To: {to}\r\n");
+        }
+        for v in header(req, "Record-Route") {
+            r += &format!("Record-Route: {v}\r\n");
+        }
+        r += &format!(
+            "Contact: <sip:bob@{};transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+            self.local()
+        );
+        self.send(&r);
+    }
+
+    /// Answer one INVITE and its BYE; returns the methods received, in order.
+    fn answer_call(&mut self, wait: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let Some(m) = self.next(Duration::from_millis(500)) else {
+                continue;
+            };
+            let method = m.split(' ').next().unwrap_or_default().to_owned();
+            match method.as_str() {
+                "INVITE" => {
+                    self.respond(&m, 180, "Ringing", true);
+                    self.respond(&m, 200, "OK", true);
+                }
+                "BYE" => {
+                    self.respond(&m, 200, "OK", false);
+                    seen.push(method);
+                    return seen;
+                }
+                _ => {}
+            }
+            seen.push(method);
+        }
+        seen
+    }
+}
+
+#[test]
+fn tcp_client_on_edge_a_is_called_through_edge_b() {
+    let dir = workdir("tcp_flow_cross_edge");
+    let redis = Redis::standalone(&dir);
+    let loc = location_for(&dir, &redis, "tcp_flow_cross_edge");
+    let a = Server::edge(&dir, "edge-a", loc.sip, &[]);
+    let b = Server::edge(&dir, "edge-b", loc.sip, &[]);
+    let mut ua = TcpUa::connect(a.sip);
+    // A contact nobody can reach (a private address behind a NAT): only the connection
+    // to edge A leads to this UA.
+    ua.register(
+        "bob",
+        "bob-secret",
+        "sip:bob@10.255.255.1:5999;transport=tcp",
+    );
+    let callee = std::thread::spawn(move || ua.answer_call(Duration::from_secs(20)));
+    let out = caller(&b, "bob").run(&dir);
+    let seen = callee.join().expect("UA thread");
+    out.assert_ok(1, "caller via edge B");
+    assert_eq!(seen, ["INVITE", "ACK", "BYE"], "what the TCP UA received");
+    // The INVITE went B → A (flow token) → the connection.
+    assert!(a.metric("sipcluster_sip_requests_total{method=\"INVITE\"}") >= 1.0);
+}
+
+fn reg_request(local: SocketAddr, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-down-{cseq}\r\n\
+         From: <sip:bob@{DOMAIN}>;tag=t1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: down-test@{local}\r\n\
+         CSeq: {cseq} REGISTER\r\nContact: <sip:bob@127.0.0.1:6999>\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn invite_request(local: SocketAddr, n: u32) -> String {
+    format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-inv-{n}\r\n\
+         From: <sip:alice@{DOMAIN}>;tag=a{n}\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: inv-{n}@{local}\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:alice@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Send REGISTERs (rising CSeq from `cseq`) until one gets `want`, for up to `within`.
+fn register_until(raw: &RawSip, cseq: &mut u32, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        *cseq += 1;
+        let r = raw
+            .request(reg_request(raw.local(), *cseq).as_bytes())
+            .unwrap_or_default();
+        if status(&r) == want {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {want} in {within:?}; last: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// 503 with Retry-After, quickly (the edge's deadline is 500 ms, one retry).
+fn assert_fast_503(raw: &RawSip, msg: &str, what: &str) {
+    let t = Instant::now();
+    let r = raw.request(msg.as_bytes()).unwrap_or_default();
+    let took = t.elapsed();
+    assert_eq!(status(&r), 503, "{what}: {r}");
+    assert!(
+        !header(&r, "Retry-After").is_empty(),
+        "{what}: no Retry-After: {r}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "{what}: 503 took {took:?}"
+    );
+}
+
+#[test]
+fn location_service_down_503_then_recovers() {
+    let dir = workdir("location_down");
+    let redis = Redis::standalone(&dir);
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let args = redis.location_args(&prefix("location_down"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let loc = Server::location_at(&dir, "location", grpc, metrics, &args);
+    let edge = Server::edge(&dir, "edge", grpc, &["--no-auth"]);
+    let raw = RawSip::new(edge.sip);
+    let mut cseq = 0;
+    register_until(&raw, &mut cseq, 200, Duration::from_secs(5));
+
+    loc.kill();
+    cseq += 1;
+    assert_fast_503(&raw, &reg_request(raw.local(), cseq), "REGISTER");
+    // bob is registered, but nobody can tell now: 503, not 404/480.
+    assert_fast_503(
+        &raw,
+        &invite_request(raw.local(), 1),
+        "INVITE to a local user",
+    );
+    // The edge kept working meanwhile: OPTIONS to itself needs no store.
+    let opts = format!(
+        "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-o1\r\nFrom: <sip:x@{DOMAIN}>;tag=o\r\n\
+         To: <sip:{}>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        edge.sip,
+        raw.local(),
+        edge.sip
+    );
+    assert_eq!(
+        status(&raw.request(opts.as_bytes()).unwrap_or_default()),
+        200
+    );
+    assert!(
+        edge.metric("sipcluster_sip_store_unavailable_total") >= 2.0,
+        "{}",
+        edge.scrape()
+    );
+    assert!(
+        edge.log().contains("location service call failed"),
+        "{}",
+        edge.log()
+    );
+
+    // Back on the same address: the edge reconnects on its own.
+    let _loc = Server::location_at(&dir, "location-2", grpc, metrics, &args);
+    register_until(&raw, &mut cseq, 200, Duration::from_secs(10));
+}
+
+#[test]
+fn redis_down_503_then_recovers() {
+    let dir = workdir("redis_down");
+    let mut redis = Redis::own_standalone(&dir);
+    let port = redis.port();
+    let loc = location_for(&dir, &redis, "redis_down");
+    let edge = Server::edge(&dir, "edge", loc.sip, &["--no-auth"]);
+    let raw = RawSip::new(edge.sip);
+    let mut cseq = 0;
+    register_until(&raw, &mut cseq, 200, Duration::from_secs(5));
+
+    redis.procs[0].kill();
+    cseq += 1;
+    assert_fast_503(&raw, &reg_request(raw.local(), cseq), "REGISTER");
+    assert_fast_503(
+        &raw,
+        &invite_request(raw.local(), 2),
+        "INVITE to a local user",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while loc.metric("sipcluster_location_backend_up") != 0.0 {
+        assert!(Instant::now() < deadline, "backend_up stayed 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        loc.metric(
+            "sipcluster_location_grpc_calls_total{method=\"Register\",code=\"unavailable\"}"
+        ) >= 1.0,
+        "{}",
+        loc.scrape()
+    );
+    assert!(loc.log().contains("backend unavailable"), "{}", loc.log());
+
+    // Redis returns (empty: it kept nothing): service resumes without a restart.
+    redis.procs[0] = RedisProc::start(&dir, port, false);
+    register_until(&raw, &mut cseq, 200, Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while loc.metric("sipcluster_location_backend_up") != 1.0 {
+        assert!(Instant::now() < deadline, "backend_up did not return to 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn users_cli_provisions_through_the_location_service() {
+    let dir = workdir("users_cli");
+    let redis = Redis::standalone(&dir);
+    let pfx = prefix("users_cli");
+    let loc = location_for(&dir, &redis, "users_cli");
+    let edge = Server::edge(&dir, "edge", loc.sip, &[]);
+    let users = |args: &[&str], stdin: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+            .args(["users", "--location", &format!("http://{}", loc.sip)])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sipcluster users");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write password");
+        let o = c.wait_with_output().expect("wait");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (ok, out) = users(&["add", "erin", "--realm", DOMAIN], "erin-pass-4711\n");
+    assert!(ok && out.contains("added erin@sipcluster.local"), "{out}");
+    let (ok, out) = users(&["list", "--realm", DOMAIN], "");
+    assert!(ok, "{out}");
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(listed, ["alice", "bob", "carol", "dave", "erin"]);
+
+    // Only HA1s reached Redis.
+    let port = redis.port();
+    let keys = cli(port, &["--scan", "--pattern", &format!("{pfx}:user:*")]);
+    assert!(keys.contains("erin@sipcluster.local"), "{keys}");
+    for k in keys.lines() {
+        let dump = cli(port, &["HGETALL", k]);
+        assert!(
+            !dump.contains("erin-pass-4711"),
+            "plaintext password stored in {k}"
+        );
+    }
+    // The new user registers through an edge.
+    register(&edge, &dir, "erin", "erin-pass-4711", 6998);
+
+    let (ok, out) = users(&["remove", "erin", "--realm", DOMAIN], "");
+    assert!(ok && out.contains("removed erin@sipcluster.local"), "{out}");
+    let (ok, out) = users(&["remove", "erin", "--realm", DOMAIN], "");
+    assert!(
+        !ok && out.contains("no user erin@sipcluster.local"),
+        "{out}"
+    );
+    let (_, out) = users(&["list", "--realm", DOMAIN], "");
+    assert!(!out.contains("erin"), "{out}");
+}

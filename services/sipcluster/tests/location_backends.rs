@@ -1,0 +1,648 @@
+//! The location service's backends against real Redis (standalone and a 3-master
+//! cluster) and in memory:
+//!
+//! * one conformance run per backend (registrar rules, expiry, removal, credentials,
+//!   dialog records with TTL, change events), so the three cannot drift apart;
+//! * concurrency: two location services (two "edges' worth" of clients) hammering one
+//!   AOR leave exactly the bindings §10.3 says — and the same load through a naive
+//!   read-modify-write loses bindings, which shows the test can catch the race;
+//! * Redis Cluster slot migration mid-use: ASK during MIGRATING, MOVED after, both
+//!   followed by the client without an error reaching the caller.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{Redis, cli, prefix};
+use common::workdir;
+use location::backend::{Backend, DialogEnd, DialogKey, RedisBackend, RedisOptions};
+use location::{LocationConfig, MemoryBackend};
+use location_client::{ClientConfig, LocationClient, pb};
+use sip_registrar::{
+    Aor, ContactSpec, Policy, RegisterError, RegisterRequest, RequestContact, apply_register,
+};
+
+fn policy() -> Policy {
+    Policy {
+        default_expires: 3600,
+        min_expires: 60,
+        max_expires: 7200,
+        max_contacts: 3,
+    }
+}
+
+fn redis_backend(r: &Redis, test: &str, policy: Policy) -> Arc<dyn Backend> {
+    Arc::new(
+        RedisBackend::new(
+            RedisOptions {
+                urls: r.urls.clone(),
+                cluster: r.cluster,
+                prefix: prefix(test),
+                pool_size: 2,
+                response_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(2),
+                publish_events: true,
+            },
+            policy,
+        )
+        .expect("backend"),
+    )
+}
+
+/// Wait until the backend answers (the cluster connection is made in the background).
+async fn ready(b: &dyn Backend) {
+    for _ in 0..100 {
+        if b.ping().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("backend not reachable");
+}
+
+fn req(
+    aor: &str,
+    call_id: &str,
+    cseq: u32,
+    contacts: &[(&str, Option<u32>, Option<u16>)],
+) -> RegisterRequest {
+    RegisterRequest {
+        aor: Aor::parse(aor).expect("aor"),
+        call_id: call_id.into(),
+        cseq,
+        contacts: contacts
+            .iter()
+            .map(|(uri, expires, q)| {
+                RequestContact::Addr(ContactSpec {
+                    expires: *expires,
+                    q: *q,
+                    ..ContactSpec::new(*uri)
+                })
+            })
+            .collect(),
+        expires: None,
+        path: vec![],
+        user_agent: Some("test".into()),
+        source: None,
+        received_at: 0,
+    }
+}
+
+async fn conformance(b: Arc<dyn Backend>) {
+    ready(&*b).await;
+    // Real time: Redis expires keys on its own clock.
+    let t0 = location::server::unix_now();
+    let alice = Aor::parse("sip:alice@example.com").unwrap();
+    let mut events = b.events();
+    // Redis delivers events through a subscription made in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let o = b
+        .register(
+            &req(
+                "sip:alice@example.com",
+                "c1",
+                1,
+                &[("sip:alice@192.0.2.1", Some(600), Some(500))],
+            ),
+            t0,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((o.added, o.bindings.len()), (1, 1));
+    let ev = tokio::time::timeout(Duration::from_secs(3), events.recv())
+        .await
+        .expect("event in time")
+        .expect("event");
+    assert_eq!(
+        (ev.aor.as_str(), ev.added, ev.bindings.len()),
+        ("sip:alice@example.com", 1, 1)
+    );
+
+    let o = b
+        .register(
+            &req(
+                "sip:alice@example.com",
+                "c1",
+                2,
+                &[("sip:alice@192.0.2.2", Some(300), None)],
+            ),
+            t0 + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.bindings.len(), 2);
+    // Lookup order: q descending.
+    let live = b.lookup(&alice, t0 + 2).await.unwrap();
+    let contacts: Vec<&str> = live.iter().map(|x| x.contact.as_str()).collect();
+    assert_eq!(contacts, ["sip:alice@192.0.2.2", "sip:alice@192.0.2.1"]);
+    assert_eq!(live[0].expires_at, t0 + 1 + 300);
+
+    // §10.3 step 7: same Call-ID, CSeq not higher → refused, nothing changed.
+    let r = b
+        .register(
+            &req(
+                "sip:alice@example.com",
+                "c1",
+                2,
+                &[("sip:alice@192.0.2.2", None, None)],
+            ),
+            t0 + 3,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Err(RegisterError::OutOfOrder {
+                stored: 2,
+                received: 2
+            })
+        ),
+        "{r:?}"
+    );
+    // Too brief, too many.
+    let r = b
+        .register(
+            &req(
+                "sip:alice@example.com",
+                "c9",
+                1,
+                &[("sip:alice@192.0.2.9", Some(10), None)],
+            ),
+            t0 + 3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.unwrap_err(),
+        RegisterError::IntervalTooBrief { min_expires: 60 }
+    );
+    let r = b
+        .register(
+            &req(
+                "sip:alice@example.com",
+                "c9",
+                1,
+                &[
+                    ("sip:alice@192.0.2.7", None, None),
+                    ("sip:alice@192.0.2.8", None, None),
+                ],
+            ),
+            t0 + 3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.unwrap_err(), RegisterError::TooManyContacts { limit: 3 });
+    assert_eq!(b.lookup(&alice, t0 + 3).await.unwrap().len(), 2);
+
+    // Expiry is in the data: 192.0.2.2 lapses at t0+301.
+    assert_eq!(b.lookup(&alice, t0 + 302).await.unwrap().len(), 1);
+    // Administrative removal of one contact (URI comparison, not text). Times only move
+    // forward from here (the memory backend prunes by the latest `now` it saw).
+    assert_eq!(
+        b.remove(&alice, Some("sip:alice@192.0.2.1;transport=udp"), t0 + 303)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.remove(&alice, Some("sip:ALICE@192.0.2.1"), t0 + 303)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.remove(&alice, Some("sip:alice@192.0.2.1"), t0 + 303)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(b.lookup(&alice, t0 + 303).await.unwrap().is_empty());
+    b.register(
+        &req(
+            "sip:alice@example.com",
+            "c1",
+            3,
+            &[("sip:alice@192.0.2.3", None, None)],
+        ),
+        t0 + 304,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // `*` with Expires: 0 removes the rest.
+    let mut star = req("sip:alice@example.com", "c1", 4, &[]);
+    star.contacts = vec![RequestContact::Star];
+    star.expires = Some(0);
+    let o = b.register(&star, t0 + 305).await.unwrap().unwrap();
+    assert_eq!((o.removed, o.bindings.len()), (1, 0));
+    assert!(b.lookup(&alice, t0 + 305).await.unwrap().is_empty());
+
+    // Credentials.
+    let creds = sip_auth::Credentials::from_password("zed", "example.com", "pw");
+    assert!(!b.put_user("zed", "example.com", &creds).await.unwrap());
+    assert!(
+        b.put_user("zed", "example.com", &creds).await.unwrap(),
+        "replaced"
+    );
+    let got = b
+        .credentials("zed", "example.com")
+        .await
+        .unwrap()
+        .expect("stored");
+    let md5 = sip_auth::Algorithm::Md5;
+    assert_eq!(got.ha1(md5), creds.ha1(md5));
+    assert!(
+        b.credentials("zed", "other.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.list_users("example.com")
+            .await
+            .unwrap()
+            .contains(&"zed".to_owned())
+    );
+    assert!(b.remove_user("zed", "example.com").await.unwrap());
+    assert!(!b.remove_user("zed", "example.com").await.unwrap());
+    assert!(b.credentials("zed", "example.com").await.unwrap().is_none());
+
+    // Dialog records: create, update (only what changed), end, expire.
+    let key = DialogKey {
+        call_id: "call-1".into(),
+        from_tag: "ft".into(),
+    };
+    b.put_dialog(
+        &pb::Dialog {
+            call_id: "call-1".into(),
+            from_tag: "ft".into(),
+            caller: "sip:alice@example.com".into(),
+            callee: "sip:bob@example.com".into(),
+            started_at_ms: 1000,
+            edge_id: "edge-a".into(),
+            ..Default::default()
+        },
+        60,
+    )
+    .await
+    .unwrap();
+    let d = b
+        .put_dialog(
+            &pb::Dialog {
+                call_id: "call-1".into(),
+                from_tag: "ft".into(),
+                to_tag: "tt".into(),
+                answered_at_ms: 2000,
+                media_relay: "relay-1".into(),
+                ..Default::default()
+            },
+            60,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            d.caller.as_str(),
+            d.to_tag.as_str(),
+            d.started_at_ms,
+            d.answered_at_ms
+        ),
+        ("sip:alice@example.com", "tt", 1000, 2000)
+    );
+    let end = DialogEnd {
+        ended_at_ms: 5000,
+        reason: "bye".into(),
+        status: 200,
+    };
+    let d = b.end_dialog(&key, &end, 1).await.unwrap().expect("ended");
+    assert_eq!(
+        (
+            d.ended_at_ms,
+            d.end_reason.as_str(),
+            d.status,
+            d.edge_id.as_str()
+        ),
+        (5000, "bye", 200, "edge-a")
+    );
+    assert_eq!(b.get_dialog(&key).await.unwrap(), Some(d));
+    let missing = DialogKey {
+        call_id: "nope".into(),
+        from_tag: "x".into(),
+    };
+    assert_eq!(
+        b.end_dialog(&missing, &end, 60).await.unwrap(),
+        None,
+        "end never creates"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(b.get_dialog(&key).await.unwrap(), None, "TTL elapsed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backend_conformance() {
+    conformance(Arc::new(MemoryBackend::new(
+        policy(),
+        sip_auth::MemoryStore::new(),
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backend_conformance() {
+    let dir = workdir("conformance_redis");
+    let r = Redis::standalone(&dir);
+    conformance(redis_backend(&r, "conformance_redis", policy())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_backend_conformance() {
+    let dir = workdir("conformance_cluster");
+    let r = Redis::cluster(&dir);
+    conformance(redis_backend(&r, "conformance_cluster", policy())).await;
+}
+
+/// Two location services on one Redis, each with its own client (as two edges would
+/// reach two replicas), every REGISTER for one AOR at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registers_from_two_edges_leave_exactly_the_rfc_bindings() {
+    let dir = workdir("concurrency");
+    let r = Redis::standalone(&dir);
+    let wide = Policy {
+        max_contacts: 1000,
+        ..policy()
+    };
+    let mut services = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let cfg = LocationConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
+            registrar: wide,
+            ..LocationConfig::default()
+        };
+        let svc = location::start_with(cfg, redis_backend(&r, "concurrency", wide))
+            .await
+            .expect("location service");
+        clients.push(Arc::new(
+            LocationClient::new(ClientConfig {
+                endpoint: format!("http://{}", svc.addr),
+                timeout: Duration::from_secs(10),
+                ..ClientConfig::default()
+            })
+            .unwrap(),
+        ));
+        services.push(svc);
+    }
+    ready(&*services[0].backend).await;
+    const N: u32 = 100;
+    let aor = "sip:bob@example.com";
+
+    // 1. Distinct contacts (one UA each): every one must be bound.
+    let mut tasks = Vec::new();
+    for (side, c) in clients.iter().enumerate() {
+        for i in 0..N {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let uri = format!("sip:bob@198.51.100.{side}:{}", 5000 + i);
+                c.register_request(&req(
+                    aor,
+                    &format!("ua-{side}-{i}"),
+                    1,
+                    &[(&uri, Some(600), None)],
+                ))
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap().expect("call").expect("accepted");
+    }
+    let bound = clients[0]
+        .lookup_aor(&Aor::parse(aor).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        bound.len(),
+        2 * N as usize,
+        "every concurrent REGISTER kept its binding"
+    );
+    let conflicts = location::metrics::Metrics::global().cas_conflicts.get();
+    assert!(
+        conflicts > 0,
+        "the writes really raced (compare-and-set retried {conflicts} times)"
+    );
+
+    // 2. One UA, one Call-ID, CSeqs 1..=60 delivered out of order through both edges:
+    // the stored CSeq must end at the highest; lower ones arriving later fail (500).
+    let mut tasks = Vec::new();
+    for cseq in (1..=60u32).rev().chain(1..=60) {
+        let c = clients[(cseq % 2) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            c.register_request(&req(
+                "sip:carol@example.com",
+                "carol-1",
+                cseq,
+                &[("sip:carol@192.0.2.50", Some(600), None)],
+            ))
+            .await
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        if t.await.unwrap().expect("call").is_err() {
+            refused += 1;
+        }
+    }
+    let carol = clients[1]
+        .lookup_aor(&Aor::parse("sip:carol@example.com").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(carol.len(), 1);
+    assert_eq!(
+        carol[0].cseq, 60,
+        "a lower CSeq never overwrote a higher one"
+    );
+    assert!(
+        refused >= 60,
+        "at least the 60 replays are refused ({refused})"
+    );
+
+    // 3. The same load as (1) through a naive read-modify-write (no compare-and-set):
+    // bindings are lost. This is the race the compare-and-set closes.
+    let client = redis::Client::open(r.urls[0].as_str()).unwrap();
+    let key = format!("{}:naive:{{sip:dave@example.com}}", prefix("concurrency"));
+    let mut tasks = Vec::new();
+    for i in 0..2 * N {
+        let (client, key) = (client.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let cur: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let set = cur
+                .map(|b| {
+                    location_client::convert::bindings_from(
+                        <pb::BindingSet as prost::Message>::decode(&b[..])
+                            .unwrap()
+                            .bindings,
+                    )
+                    .unwrap()
+                })
+                .unwrap_or_default();
+            let uri = format!("sip:dave@198.51.100.9:{}", 5000 + i);
+            let o = apply_register(
+                &set,
+                &req(
+                    "sip:dave@example.com",
+                    &format!("d-{i}"),
+                    1,
+                    &[(&uri, Some(600), None)],
+                ),
+                &wide,
+                location::server::unix_now(),
+            )
+            .unwrap();
+            let bytes = prost::Message::encode_to_vec(&pb::BindingSet {
+                bindings: o
+                    .bindings
+                    .iter()
+                    .map(location_client::convert::binding_to)
+                    .collect(),
+            });
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(bytes)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let cur: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let kept = <pb::BindingSet as prost::Message>::decode(&cur[..])
+        .unwrap()
+        .bindings
+        .len();
+    assert!(
+        kept < 2 * N as usize,
+        "naive read-modify-write kept {kept} of {}",
+        2 * N
+    );
+    for s in services {
+        s.stop().await;
+    }
+}
+
+/// Node id and port of every master, from CLUSTER NODES.
+fn masters(port: u16) -> Vec<(String, u16)> {
+    cli(port, &["CLUSTER", "NODES"])
+        .lines()
+        .filter(|l| l.contains("master"))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.to_owned();
+            let addr = f.next()?;
+            let p = addr.split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            Some((id, p))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_migration_ask_and_moved_are_followed() {
+    let dir = workdir("slot_migration");
+    let r = Redis::own_cluster(&dir);
+    let b = redis_backend(&r, "slot_migration", policy());
+    ready(&*b).await;
+    let t0 = location::server::unix_now();
+    let aor = Aor::parse("sip:mia@example.com").unwrap();
+    let reg = |cseq| {
+        req(
+            "sip:mia@example.com",
+            "m1",
+            cseq,
+            &[("sip:mia@192.0.2.77", Some(3600), None)],
+        )
+    };
+    b.register(&reg(1), t0).await.unwrap().unwrap();
+
+    let key = format!("{}:loc:{{sip:mia@example.com}}", prefix("slot_migration"));
+    let any = r.port();
+    let slot = cli(any, &["CLUSTER", "KEYSLOT", &key]).trim().to_owned();
+    let nodes = masters(any);
+    let owner = nodes
+        .iter()
+        .find(|(_, p)| cli(*p, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).trim() == "1")
+        .cloned()
+        .expect("the node holding the key");
+    let target = nodes
+        .iter()
+        .find(|n| n.0 != owner.0)
+        .cloned()
+        .expect("another master");
+
+    // MIGRATING/IMPORTING, key moved: the old owner answers ASK.
+    cli(
+        target.1,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &owner.0],
+    );
+    cli(
+        owner.1,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target.0],
+    );
+    let moved = cli(
+        owner.1,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &target.1.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &key,
+        ],
+    );
+    assert_eq!(moved.trim(), "OK", "MIGRATE: {moved}");
+    assert_eq!(
+        b.lookup(&aor, t0 + 1).await.unwrap().len(),
+        1,
+        "lookup through ASK"
+    );
+    let o = b.register(&reg(2), t0 + 2).await.unwrap().unwrap();
+    assert_eq!(
+        (o.updated, o.bindings[0].cseq),
+        (1, 2),
+        "read + compare-and-set through ASK"
+    );
+
+    // Slot handed over: everyone answers MOVED to the new owner.
+    for (_, p) in &nodes {
+        cli(*p, &["CLUSTER", "SETSLOT", &slot, "NODE", &target.0]);
+    }
+    assert_eq!(
+        b.lookup(&aor, t0 + 3).await.unwrap()[0].cseq,
+        2,
+        "lookup through MOVED"
+    );
+    let o = b.register(&reg(3), t0 + 4).await.unwrap().unwrap();
+    assert_eq!(o.bindings[0].cseq, 3, "write through MOVED");
+    assert_eq!(
+        cli(target.1, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).trim(),
+        "1"
+    );
+}
