@@ -246,7 +246,9 @@ call_steps() {
 }
 
 echo "steps of ${STEP}s; $USERS subscribers; CPU per operation is the server process's user+system time"
-header
+if want register || want call || want auth || want overload || [ "$KAMAILIO" = 1 ]; then
+  header
+fi
 
 # --- sipcluster -----------------------------------------------------------------------------
 
@@ -347,17 +349,26 @@ if want cluster; then
   # redefines cpu_ticks for process groups)
   proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   crow() { printf '%-10s %-16s %8s %9s %7s %8s %8s %9s %9s %9s %9s %7s %s\n' "$@" | tee -a "$RESULTS"; }
-  # waitfor WHAT LOG CMD...: poll CMD for up to 30 s, or show LOG and fail
+  # waitfor WHAT PID LOG CMD...: poll CMD for up to 30 s while PID lives, or show LOG and fail
   waitfor() {
-    local what=$1 log=$2
-    shift 2
+    local what=$1 pid=$2 log=$3
+    shift 3
     for _ in $(seq 300); do
       "$@" && return 0
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
     echo "$what did not start:" >&2
     cat "$log" >&2
     exit 1
+  }
+  redis_ok() { # redis_ok PORT: true when Redis answers PING
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf 'PING\r\n' >&3
+    head -1 <&3 | grep -q PONG
+    local rc=$?
+    exec 3>&-
+    return $rc
   }
   provisioned() { grep -q 'users file provisioned' "$WORK/location.log"; }
   wargs=()
@@ -369,6 +380,7 @@ if want cluster; then
     --daemonize no >"$WORK/redis.log" 2>&1 &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
+  waitfor redis-server "$REDIS_PID" "$WORK/redis.log" redis_ok "$REDIS_PORT"
   LOC_PORT=$(free_port)
   LOC_METRICS=$(free_port)
   # info for the location crate only: its "users file provisioned" line tells when Redis
@@ -378,8 +390,8 @@ if want cluster; then
     "${wargs[@]}" >"$WORK/location.log" 2>&1 &
   LOC_PID=$!
   PIDS+=("$LOC_PID")
-  waitfor "the location service" "$WORK/location.log" http_ok "$LOC_METRICS" /readyz
-  waitfor "the location service's users" "$WORK/location.log" provisioned
+  waitfor "the location service" "$LOC_PID" "$WORK/location.log" http_ok "$LOC_METRICS" /readyz
+  waitfor "the location service's users" "$LOC_PID" "$WORK/location.log" provisioned
   EDGE_PORT=$(free_port)
   EDGE_METRICS=$(free_port)
   "$BIN" edge --listen "127.0.0.1:$EDGE_PORT" --metrics "127.0.0.1:$EDGE_METRICS" \
@@ -387,7 +399,7 @@ if want cluster; then
     --log-level warn "${wargs[@]}" >"$WORK/edge.log" 2>&1 &
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
-  waitfor "the edge" "$WORK/edge.log" http_ok "$EDGE_METRICS" /readyz
+  waitfor "the edge" "$EDGE_PID" "$WORK/edge.log" http_ok "$EDGE_METRICS" /readyz
 
   printf '\n' | tee -a "$RESULTS"
   crow server test offered achieved "fail%" "p50ms" "p99ms" "edge/op" "loc/op" "redis/op" "sum/op" "rpc/op" note

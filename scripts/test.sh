@@ -97,6 +97,14 @@ need_rust_component clippy
 need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
 need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
 need_deb_binary prometheus prometheus  # a real Prometheus scraping /metrics
+# Redis for the location service. redis-tools carries the server binary (as redis-check-rdb,
+# which runs as a server when called redis-server); the redis-server package would also
+# install and start a system service, which this script must not leave behind.
+need_apt redis-cli redis-tools
+if ! command -v redis-server >/dev/null 2>&1; then
+  mkdir -p "$TOOLS/bin"
+  ln -sf "$(command -v redis-check-rdb)" "$TOOLS/bin/redis-server"
+fi
 
 # --- static checks ------------------------------------------------------------------------
 
@@ -110,10 +118,66 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 elapsed $t
 
+# --- private Redis: one standalone server and one 3-master cluster ------------------------
+# Shared by the tests that only need *a* Redis (each uses its own key prefix); tests that
+# kill Redis or move slots start their own. All on loopback, stopped by PID on exit.
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# free_port LOW HIGH: a free TCP port in [LOW, HIGH] whose +10000 (cluster bus) is free too.
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( $1 + RANDOM % ($2 - $1) ))
+    if port_free "$p" && port_free $((p + 10000)); then echo "$p"; return 0; fi
+  done
+  echo "no free port in $1-$2" >&2; return 1
+}
+start_redis() { # start_redis PORT [extra redis-server flags...]
+  local port=$1 dir="$WORK/redis-$1"
+  shift
+  mkdir -p "$dir"
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize no \
+    --dir "$dir" --logfile "$dir/redis.log" "$@" &
+  STARTED_PIDS+=($!)
+  for _ in $(seq 1 200); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
+    sleep 0.05
+  done
+  cat "$dir/redis.log" >&2; echo "redis-server on $port did not start" >&2; exit 1
+}
+
+t=$SECONDS
+step "starting private Redis (standalone + 3-master cluster) on loopback"
+rport=$(free_port 20000 30000)
+start_redis "$rport"
+export SIPCLUSTER_TEST_REDIS="redis://127.0.0.1:$rport"
+cluster_nodes=() cluster_urls=()
+for _ in 1 2 3; do
+  p=$(free_port 30001 40000)
+  start_redis "$p" --cluster-enabled yes --cluster-node-timeout 2000 \
+    --cluster-config-file "$WORK/redis-$p/nodes.conf"
+  cluster_nodes+=("127.0.0.1:$p")
+  cluster_urls+=("redis://127.0.0.1:$p")
+done
+redis-cli --cluster create "${cluster_nodes[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/redis-cluster.log" 2>&1 || {
+  cat "$WORK/redis-cluster.log"; exit 1
+}
+for n in "${cluster_nodes[@]}"; do
+  for i in $(seq 1 200); do
+    redis-cli -p "${n##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    [ "$i" = 200 ] && { echo "Redis cluster not ok" >&2; exit 1; }
+    sleep 0.1
+  done
+done
+SIPCLUSTER_TEST_REDIS_CLUSTER=$(IFS=,; echo "${cluster_urls[*]}")
+export SIPCLUSTER_TEST_REDIS_CLUSTER
+printf '    standalone %s, cluster %s\n' "$SIPCLUSTER_TEST_REDIS" "$SIPCLUSTER_TEST_REDIS_CLUSTER"
+elapsed $t
+
 # --- tests --------------------------------------------------------------------------------
 
 t=$SECONDS
-step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak and Prometheus end to end)"
+step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak, Redis and Prometheus end to end)"
 cargo test --workspace --locked
 elapsed $t
 

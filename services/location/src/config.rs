@@ -211,6 +211,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_sample_file_is_the_defaults() {
+        let sample = include_str!("../../../deploy/location.toml");
+        let c = LocationConfig::from_toml(sample).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, LocationConfig::default());
+    }
+
+    #[test]
     fn defaults_validate_and_mistakes_name_their_field() {
         LocationConfig::default().validate().unwrap();
         let c = LocationConfig::from_toml(
