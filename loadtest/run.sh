@@ -163,7 +163,7 @@ run_sipp() {
   local name=$1 scen=$2 rate=$3 count=$4 port=$5 target=$6
   shift 6
   (cd "$WORK" && timeout $((STEP * 3 + 60)) sipp -sf "$scen" -t u1 -i 127.0.0.1 -p "$port" \
-    -r "$rate" -m "$count" -timeout $((STEP * 3 + 30)) -nostdin -max_recv_loops 10000 \
+    -r "$rate" -m "$count" -timeout $((STEP * 3 + 30)) -nostdin -max_recv_loops 10000 -buff_size 4194304 \
     -trace_stat -stf "$name.stat" -fd 1 -trace_rtt -rtt_freq 100 -trace_err -error_file "$name.err" \
     "$@" "$target" >/dev/null 2>&1) || true
   mv "$WORK"/*_rtt.csv "$WORK/$name.rtt" 2>/dev/null || : >"$WORK/$name.rtt"

@@ -1,13 +1,14 @@
 //! The gRPC client of the location service, as the edge's stores.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sip_registrar::{
     Aor, Binding, LocationStore, RegisterOutcome, RegisterRequest, StoreError, StoreStats,
 };
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -69,6 +70,69 @@ const CACHE_LIMIT: usize = 100_000;
 
 type CacheMap = HashMap<(String, String), (Option<sip_auth::Credentials>, Instant)>;
 
+/// A REGISTER waiting for its batch, with where its result goes.
+type Queued = (
+    pb::RegisterRequest,
+    oneshot::Sender<Result<pb::RegisterReply, Status>>,
+);
+
+/// Most REGISTERs in one RegisterBatch call.
+const MAX_BATCH: usize = 128;
+/// RegisterBatch calls in flight at once. While they are, new REGISTERs queue and leave
+/// together in the next call: batching that costs no latency at low load (a lone REGISTER
+/// leaves at once) and grows with the load. Measured: a unary call per REGISTER costs the
+/// edge and the location service ~25 µs of CPU each; a batch of ten costs little more
+/// than one call.
+const IN_FLIGHT: usize = 2;
+
+fn spawn_batcher(grpc: Grpc<Channel>, timeout: Duration) -> mpsc::UnboundedSender<Queued> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // Wait for a free call slot first: what arrives meanwhile joins this batch.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            let mut g = grpc.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (requests, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let mut r = Request::new(pb::RegisterBatchRequest { requests });
+                r.set_timeout(timeout);
+                match g.register_batch(r).await {
+                    Ok(reply) => {
+                        let mut results = reply.into_inner().results.into_iter();
+                        for w in waiters {
+                            let item = match results.next().and_then(|r| r.result) {
+                                Some(pb::register_result::Result::Reply(x)) => Ok(x),
+                                Some(pb::register_result::Result::Unavailable(m)) => {
+                                    Err(Status::unavailable(m))
+                                }
+                                None => Err(Status::internal("RegisterBatch: result missing")),
+                            };
+                            let _ = w.send(item);
+                        }
+                    }
+                    Err(s) => {
+                        for w in waiters {
+                            let _ = w.send(Err(s.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    tx
+}
+
 /// A location-service client: one HTTP/2 connection (multiplexed, reconnected on demand)
 /// shared by every task of the edge. Cheap to clone.
 #[derive(Debug)]
@@ -76,6 +140,8 @@ pub struct LocationClient {
     grpc: Grpc<Channel>,
     cfg: ClientConfig,
     cache: Mutex<CacheMap>,
+    /// Started on first use (inside the runtime).
+    batcher: OnceLock<mpsc::UnboundedSender<Queued>>,
 }
 
 impl LocationClient {
@@ -90,6 +156,8 @@ impl LocationClient {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(4 << 20))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
@@ -98,6 +166,7 @@ impl LocationClient {
             grpc: Grpc::new(channel),
             cfg,
             cache: Mutex::new(HashMap::new()),
+            batcher: OnceLock::new(),
         })
     }
 
@@ -142,10 +211,19 @@ impl LocationClient {
         req: &RegisterRequest,
     ) -> Result<Result<RegisterOutcome, sip_registrar::RegisterError>, ClientError> {
         let msg = convert::request_to(req);
+        let batcher = self
+            .batcher
+            .get_or_init(|| spawn_batcher(self.grpc.clone(), self.cfg.timeout));
         let reply = self
-            .with_retries("Register", |mut g| {
-                let r = self.request(msg.clone());
-                async move { g.register(r).await }
+            .with_retries("Register", |_| {
+                let (tx, rx) = oneshot::channel();
+                let queued = batcher.send((msg.clone(), tx));
+                async move {
+                    queued.map_err(|_| Status::unavailable("register batcher stopped"))?;
+                    rx.await
+                        .map_err(|_| Status::unavailable("register batch dropped"))?
+                        .map(tonic::Response::new)
+                }
             })
             .await?;
         Ok(convert::outcome_from(reply)?)

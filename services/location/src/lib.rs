@@ -225,9 +225,23 @@ pub async fn start_with(
     }
     let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on each
+    // accepted connection, or Nagle + delayed ACK adds ~40 ms to every reply that does not
+    // fill a segment.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|c| {
+                let _ = c.set_nodelay(true);
+            })
+        },
+    );
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Batched calls carry tens of kilobytes: the 64 KiB HTTP/2 default window would
+        // stall them on WINDOW_UPDATE round trips.
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(4 << 20))
         .add_service(health_svc)
         .add_service(LocationServer::new(svc));
     let join = tokio::spawn(async move {

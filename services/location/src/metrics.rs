@@ -21,6 +21,13 @@ pub struct CallLabel {
     pub code: &'static str,
 }
 
+/// Labels: a REGISTER's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, `refused` or `unavailable`.
+    pub result: &'static str,
+}
+
 /// Labels: RPC name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
@@ -35,6 +42,8 @@ pub struct Metrics {
     pub calls: Family<CallLabel, Counter>,
     /// Call latency by method.
     pub duration: Family<MethodLabel, Histogram>,
+    /// REGISTERs applied, single or in batches, by result (`ok`, `refused`, `unavailable`).
+    pub registers: Family<ResultLabel, Counter>,
     /// REGISTER outcomes refused by the rules, by status.
     pub refused: Family<CallLabel, Counter>,
     /// Optimistic writes that lost to a concurrent writer and were retried.
@@ -66,6 +75,7 @@ impl Metrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             refused: Family::default(),
+            registers: Family::default(),
             cas_conflicts: Counter::default(),
             backend_up: Gauge::default(),
             aors: Gauge::default(),
@@ -88,6 +98,11 @@ impl Metrics {
             "grpc_call_duration_seconds",
             "gRPC call handling time by method (backend included)",
             self.duration.clone(),
+        );
+        r.register(
+            "registers",
+            "REGISTERs handled (alone or in batches) by result: ok, refused, unavailable",
+            self.registers.clone(),
         );
         r.register(
             "register_refused",

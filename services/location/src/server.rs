@@ -15,7 +15,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::backend::{Backend, BackendError, DialogEnd, DialogKey};
 use crate::config::DialogConfig;
-use crate::metrics::{CallLabel, MethodLabel, Metrics};
+use crate::metrics::{CallLabel, MethodLabel, Metrics, ResultLabel};
 
 /// Unix seconds on this service's clock: the one clock of every binding's expiry.
 pub fn unix_now() -> u64 {
@@ -101,6 +101,51 @@ fn need(field: &'static str, v: &str) -> Result<(), Status> {
     }
 }
 
+impl LocationService {
+    /// One REGISTER: the reply (outcome or refusal), or a backend error.
+    async fn register_one(
+        &self,
+        msg: pb::RegisterRequest,
+        now: u64,
+    ) -> Result<pb::RegisterReply, Status> {
+        let m = Metrics::global();
+        let count = |result| m.registers.get_or_create(&ResultLabel { result }).inc();
+        let req = convert::request_from(msg).map_err(invalid)?;
+        let applied = self.backend.register(&req, now).await.map_err(|e| {
+            count("unavailable");
+            backend_status(e)
+        })?;
+        match applied {
+            Ok(o) => {
+                count("ok");
+                Ok(convert::outcome_to(&o, now))
+            }
+            Err(rule) => {
+                count("refused");
+                Metrics::global()
+                    .refused
+                    .get_or_create(&CallLabel {
+                        method: "Register",
+                        code: match rule.status() {
+                            400 => "400",
+                            403 => "403",
+                            416 => "416",
+                            423 => "423",
+                            500 => "500",
+                            _ => "other",
+                        },
+                    })
+                    .inc();
+                Ok(pb::RegisterReply {
+                    now,
+                    refused: Some(convert::refused_to(&rule)),
+                    ..pb::RegisterReply::default()
+                })
+            }
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BindingEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -109,38 +154,49 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
-        observed("Register", async {
-            let req = convert::request_from(request.into_inner()).map_err(invalid)?;
+        observed(
+            "Register",
+            self.register_one(request.into_inner(), unix_now()),
+        )
+        .await
+    }
+
+    async fn register_batch(
+        &self,
+        request: Request<pb::RegisterBatchRequest>,
+    ) -> Result<Response<pb::RegisterBatchReply>, Status> {
+        observed("RegisterBatch", async {
             let now = unix_now();
-            match self
-                .backend
-                .register(&req, now)
+            // Concurrently: the Redis connection pipelines the items' commands, and items
+            // of one AOR still apply in order (the per-AOR queue is first come, first served).
+            let items = request
+                .into_inner()
+                .requests
+                .into_iter()
+                .map(|r| self.register_one(r, now));
+            let results = futures_util::future::join_all(items)
                 .await
-                .map_err(backend_status)?
-            {
-                Ok(o) => Ok(convert::outcome_to(&o, now)),
-                Err(rule) => {
-                    Metrics::global()
-                        .refused
-                        .get_or_create(&CallLabel {
-                            method: "Register",
-                            code: match rule.status() {
-                                400 => "400",
-                                403 => "403",
-                                416 => "416",
-                                423 => "423",
-                                500 => "500",
-                                _ => "other",
-                            },
-                        })
-                        .inc();
-                    Ok(pb::RegisterReply {
-                        now,
-                        refused: Some(convert::refused_to(&rule)),
-                        ..pb::RegisterReply::default()
-                    })
-                }
-            }
+                .into_iter()
+                .map(|r| pb::RegisterResult {
+                    result: Some(match r {
+                        Ok(reply) => pb::register_result::Result::Reply(reply),
+                        // A malformed item is the sending edge's bug: refuse it alone.
+                        Err(s) if s.code() == Code::InvalidArgument => {
+                            pb::register_result::Result::Reply(pb::RegisterReply {
+                                now,
+                                refused: Some(pb::Refused {
+                                    status: 400,
+                                    detail: s.message().to_owned(),
+                                    ..pb::Refused::default()
+                                }),
+                                ..pb::RegisterReply::default()
+                            })
+                        }
+                        Err(s) => pb::register_result::Result::Unavailable(s.message().to_owned()),
+                    }),
+                })
+                .collect();
+            Ok(pb::RegisterBatchReply { results })
         })
         .await
     }

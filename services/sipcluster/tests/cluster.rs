@@ -62,7 +62,8 @@ fn call_across_edges(test: &str, redis: Redis) {
         ))
     };
     assert!(
-        calls("Register") >= 1.0 && calls("Lookup") >= 1.0,
+        loc.metric("sipcluster_location_registers_total{result=\"ok\"}") >= 1.0
+            && calls("Lookup") >= 1.0,
         "{}",
         loc.scrape()
     );
@@ -400,9 +401,7 @@ fn redis_down_503_then_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        loc.metric(
-            "sipcluster_location_grpc_calls_total{method=\"Register\",code=\"unavailable\"}"
-        ) >= 1.0,
+        loc.metric("sipcluster_location_registers_total{result=\"unavailable\"}") >= 1.0,
         "{}",
         loc.scrape()
     );

@@ -145,6 +145,10 @@ pub struct RedisBackend {
     events: Events,
     channel: String,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// The change channel is subscribed on the first watcher only: every REGISTER
+    /// publishes, and a subscribed replica with nobody watching would receive (and Redis
+    /// would send) every event for nothing.
+    subscribed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -161,11 +165,29 @@ fn rerr(e: RedisError) -> BackendError {
     BackendError::Redis(e.to_string())
 }
 
+/// A fresh version tag: splitmix64 over a per-thread state seeded from the OS once (a
+/// syscall per write showed up in profiles). Versions only need to differ from the one
+/// they replace with overwhelming probability; they are not secrets.
 fn random_version() -> String {
-    let mut b = [0u8; 8];
-    // A failing random source would only weaken ABA protection to a counter-like value.
-    let _ = getrandom::fill(&mut b);
-    format!("{:016x}", u64::from_le_bytes(b))
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut b = [0u8; 8];
+            // A failing random source leaves a thread-id-derived seed: still distinct
+            // per thread and per write, which is all the compare-and-set needs.
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b) ^ (std::ptr::addr_of!(b) as u64)
+        });
+    }
+    let x = STATE.with(|s| {
+        let v = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(v);
+        v
+    });
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:016x}", z ^ (z >> 31))
 }
 
 impl RedisBackend {
@@ -221,7 +243,6 @@ impl RedisBackend {
         }
         let channel = format!("{}:loc:events", opts.prefix);
         let events = broadcast::channel(1024).0;
-        spawn_subscriber(opts.urls[0].clone(), channel.clone(), events.clone());
         Ok(RedisBackend {
             opts,
             policy,
@@ -234,6 +255,7 @@ impl RedisBackend {
             events,
             channel,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            subscribed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -758,6 +780,14 @@ impl Backend for RedisBackend {
     }
 
     fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
-        self.events.subscribe()
+        let rx = self.events.subscribe();
+        if !self.subscribed.swap(true, Ordering::Relaxed) {
+            spawn_subscriber(
+                self.opts.urls[0].clone(),
+                self.channel.clone(),
+                self.events.clone(),
+            );
+        }
+        rx
     }
 }
