@@ -206,7 +206,8 @@ register_steps() {
     count=$((rate * STEP))
     name="$server-$test-$rate"
     c0=$(cpu_ticks "$pid")
-    run_sipp "$name" "$scen" "$rate" "$count" "$(free_port)" "127.0.0.1:$port" -inf "$WORK/users.csv" "$@"
+    run_sipp "$name" "$scen" "$rate" "$count" "$(free_port)" "127.0.0.1:$port" -inf "$WORK/users.csv" \
+      -default_behaviors all,-bye "$@"
     c1=$(cpu_ticks "$pid")
     measure "$server" "$test" "$pid" "$rate" "$name" "$count" $((c1 - c0))
   done
@@ -412,6 +413,7 @@ if want cluster; then
     r0=$(proc_ticks "$REDIS_PID")
     g0=$(metric "$LOC_METRICS" sipcluster_location_grpc_calls_total)
     run_sipp "$name" "$ROOT/loadtest/sipp/register_auth.xml" "$rate" "$count" "$(free_port)" "127.0.0.1:$EDGE_PORT" \
+      -default_behaviors all,-bye \
       -inf "$WORK/users.csv" -auth_uri "$DOMAIN"
     e1=$(proc_ticks "$EDGE_PID")
     l1=$(proc_ticks "$LOC_PID")

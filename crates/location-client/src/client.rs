@@ -101,6 +101,12 @@ fn spawn_batcher(grpc: Grpc<Channel>, timeout: Duration) -> mpsc::UnboundedSende
                     Err(_) => break,
                 }
             }
+            // Callers whose deadline passed while queued have answered 503 already:
+            // applying their REGISTER now would be work nobody waits for.
+            batch.retain(|(_, waiter)| !waiter.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
             let mut g = grpc.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -218,11 +224,16 @@ impl LocationClient {
             .with_retries("Register", |_| {
                 let (tx, rx) = oneshot::channel();
                 let queued = batcher.send((msg.clone(), tx));
+                let deadline = self.cfg.timeout;
                 async move {
                     queued.map_err(|_| Status::unavailable("register batcher stopped"))?;
-                    rx.await
-                        .map_err(|_| Status::unavailable("register batch dropped"))?
-                        .map(tonic::Response::new)
+                    // The deadline covers the wait for a batch slot too: under overload
+                    // the REGISTER fails fast (503 + Retry-After) instead of queueing.
+                    match tokio::time::timeout(deadline, rx).await {
+                        Ok(Ok(r)) => r.map(tonic::Response::new),
+                        Ok(Err(_)) => Err(Status::unavailable("register batch dropped")),
+                        Err(_) => Err(Status::deadline_exceeded("register deadline exceeded")),
+                    }
                 }
             })
             .await?;

@@ -646,3 +646,131 @@ async fn cluster_slot_migration_ask_and_moved_are_followed() {
         "1"
     );
 }
+
+/// The gRPC surface beyond REGISTER: WatchBindings streams a change made through another
+/// replica (Redis pub/sub), dialog records round-trip, Stats answers, bad input is
+/// INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_dialogs_and_bad_input_over_grpc() {
+    let dir = workdir("grpc_surface");
+    let r = Redis::standalone(&dir);
+    let mut services = Vec::new();
+    for _ in 0..2 {
+        let cfg = LocationConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
+            ..LocationConfig::default()
+        };
+        services.push(
+            location::start_with(cfg, redis_backend(&r, "grpc_surface", Policy::default()))
+                .await
+                .expect("location service"),
+        );
+    }
+    ready(&*services[0].backend).await;
+    let client = |i: usize| {
+        LocationClient::new(ClientConfig {
+            endpoint: format!("http://{}", services[i].addr),
+            ..ClientConfig::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (client(0), client(1));
+
+    // Watch on replica A, filtered to one AOR; write through replica B.
+    let mut stream = a
+        .grpc()
+        .watch_bindings(pb::WatchBindingsRequest {
+            aor: "sip:wes@example.com".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.register_request(&req(
+        "sip:other@example.com",
+        "o1",
+        1,
+        &[("sip:other@192.0.2.8", Some(600), None)],
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    b.register_request(&req(
+        "sip:wes@example.com",
+        "w1",
+        1,
+        &[("sip:wes@192.0.2.9", Some(600), None)],
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .expect("event in time")
+        .expect("stream ok")
+        .expect("an event");
+    assert_eq!(
+        (ev.aor.as_str(), ev.added),
+        ("sip:wes@example.com", 1),
+        "only the watched AOR"
+    );
+    assert_eq!(ev.bindings[0].contact, "sip:wes@192.0.2.9");
+
+    // Dialog records through gRPC.
+    let mut g = b.grpc();
+    g.put_dialog(pb::PutDialogRequest {
+        dialog: Some(pb::Dialog {
+            call_id: "g-1".into(),
+            from_tag: "f".into(),
+            caller: "sip:wes@example.com".into(),
+            started_at_ms: 10,
+            ..Default::default()
+        }),
+        ttl_secs: 0,
+    })
+    .await
+    .unwrap();
+    let ended = a
+        .grpc()
+        .end_dialog(pb::EndDialogRequest {
+            call_id: "g-1".into(),
+            from_tag: "f".into(),
+            ended_at_ms: 20,
+            end_reason: "bye".into(),
+            status: 200,
+            ttl_secs: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dialog
+        .expect("ended record");
+    assert_eq!(
+        (
+            ended.caller.as_str(),
+            ended.started_at_ms,
+            ended.ended_at_ms
+        ),
+        ("sip:wes@example.com", 10, 20)
+    );
+
+    // Malformed input is refused, not stored.
+    let err = a
+        .grpc()
+        .lookup(pb::LookupRequest {
+            aor: "sip:Wes@EXAMPLE.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = a
+        .grpc()
+        .put_dialog(pb::PutDialogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for s in services {
+        s.stop().await;
+    }
+}
