@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use sip_registrar::{
     Aor, Binding, ContactSpec, RegisterError, RegisterOutcome, RegisterRequest, RequestContact,
-    ResponseContact, Source,
+    Source,
 };
 
 use crate::pb;
@@ -259,25 +259,13 @@ pub fn outcome_from(
     if let Some(refused) = &r.refused {
         return Ok(Err(refused_from(refused)));
     }
-    let now = r.now;
-    let bindings = bindings_from(r.bindings)?;
-    let contacts = bindings
-        .iter()
-        .map(|b| ResponseContact {
-            uri: b.contact.clone(),
-            expires: b.remaining(now),
-            q: b.q,
-        })
-        .collect();
     let n = |x: u32| usize::try_from(x).unwrap_or(usize::MAX);
-    Ok(Ok(RegisterOutcome {
-        bindings,
-        contacts,
-        added: n(r.added),
-        updated: n(r.updated),
-        removed: n(r.removed),
-        expired: n(r.expired),
-    }))
+    let counts = [n(r.added), n(r.updated), n(r.removed), n(r.expired)];
+    Ok(Ok(RegisterOutcome::new(
+        bindings_from(r.bindings)?,
+        r.now,
+        counts,
+    )))
 }
 
 /// Digest credentials to the wire.

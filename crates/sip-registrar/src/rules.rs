@@ -212,24 +212,33 @@ fn new_binding(req: &RegisterRequest, spec: &ContactSpec, secs: u32, now: u64) -
     }
 }
 
-fn outcome(mut bindings: Vec<Binding>, now: u64, counts: [usize; 4]) -> RegisterOutcome {
-    sort_bindings(&mut bindings);
-    let contacts = bindings
-        .iter()
-        .map(|b| ResponseContact {
-            uri: b.contact.clone(),
-            expires: b.remaining(now),
-            q: b.q,
-        })
-        .collect();
-    let [added, updated, removed, expired] = counts;
-    RegisterOutcome {
-        bindings,
-        contacts,
-        added,
-        updated,
-        removed,
-        expired,
+fn outcome(bindings: Vec<Binding>, now: u64, counts: [usize; 4]) -> RegisterOutcome {
+    RegisterOutcome::new(bindings, now, counts)
+}
+
+impl RegisterOutcome {
+    /// An outcome from a binding set (sorted into lookup order here) and the counts
+    /// `[added, updated, removed, expired]`, with the 200 OK's contacts as of `now`: how a
+    /// store that received the set from elsewhere (the location service) rebuilds it.
+    pub fn new(mut bindings: Vec<Binding>, now: u64, counts: [usize; 4]) -> RegisterOutcome {
+        sort_bindings(&mut bindings);
+        let contacts = bindings
+            .iter()
+            .map(|b| ResponseContact {
+                uri: b.contact.clone(),
+                expires: b.remaining(now),
+                q: b.q,
+            })
+            .collect();
+        let [added, updated, removed, expired] = counts;
+        RegisterOutcome {
+            bindings,
+            contacts,
+            added,
+            updated,
+            removed,
+            expired,
+        }
     }
 }
 

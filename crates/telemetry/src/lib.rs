@@ -1,9 +1,10 @@
-//! # telemetry: the HTTP side every sipcluster service exposes
+//! # telemetry: what every sipcluster service exposes the same way
 //!
 //! `/metrics` (OpenMetrics text from a `prometheus-client` registry), `/healthz` (the
 //! process is alive) and `/readyz` (it takes new work; false while draining), served
 //! the same way by the edge, the location service and the rest, so one Prometheus job
-//! and one probe spec fit them all.
+//! and one probe spec fit them all; and [`ConfigError`], the one shape of "this
+//! configuration cannot run" every service reports at start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,26 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+
+/// A configuration that cannot run, with what to fix.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    /// The setting, as `section.key`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// The error for `field`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
 
 #[derive(Clone)]
 struct HttpState {

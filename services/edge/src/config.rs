@@ -256,21 +256,10 @@ impl Default for LogConfig {
     }
 }
 
-/// A configuration that cannot run, with what to fix.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("invalid configuration: {field}: {problem}")]
-pub struct ConfigError {
-    /// The setting, as `section.key`.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
+pub use telemetry::ConfigError;
 
 fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        problem: problem.into(),
-    }
+    ConfigError::new(field, problem)
 }
 
 impl EdgeConfig {

@@ -65,6 +65,22 @@ pub struct Plan {
     pub groups: Vec<Vec<Hop>>,
 }
 
+impl Plan {
+    /// Forward to one next hop, Request-URI unchanged.
+    fn one_hop(pop_routes: usize, strict_fix: bool, record_route: bool, target: Target) -> Plan {
+        Plan {
+            pop_routes,
+            strict_fix,
+            record_route,
+            groups: vec![vec![Hop {
+                request_uri: None,
+                routes: vec![],
+                target,
+            }]],
+        }
+    }
+}
+
 /// The outcome of deciding.
 #[derive(Debug)]
 pub enum Decision {
@@ -257,16 +273,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         return match resolve(&next).await {
             Some(target) => Decision::Forward {
                 txn,
-                plan: Plan {
-                    pop_routes: pop,
-                    strict_fix,
-                    record_route,
-                    groups: vec![vec![Hop {
-                        request_uri: None,
-                        routes: vec![],
-                        target,
-                    }]],
-                },
+                plan: Plan::one_hop(pop, strict_fix, record_route, target),
             },
             None => respond(txn, msg, 503),
         };
@@ -283,16 +290,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             (instance, flow) if instance == sh.instance => match sh.transports.flow_target(flow) {
                 Some(target) => Decision::Forward {
                     txn,
-                    plan: Plan {
-                        pop_routes: pop,
-                        strict_fix,
-                        record_route,
-                        groups: vec![vec![Hop {
-                            request_uri: None,
-                            routes: vec![],
-                            target,
-                        }]],
-                    },
+                    plan: Plan::one_hop(pop, strict_fix, record_route, target),
                 },
                 // RFC 5626 §5.3: the flow is gone.
                 None => respond(txn, msg, 430),
@@ -363,11 +361,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         return match resolve(&target_uri).await {
             Some(target) => Decision::Forward {
                 txn,
-                plan: plan(vec![vec![Hop {
-                    request_uri: None,
-                    routes: vec![],
-                    target,
-                }]]),
+                plan: Plan::one_hop(pop, strict_fix, record_route, target),
             },
             None => respond(txn, msg, 404),
         };
@@ -427,11 +421,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             match resolve(&target_uri).await {
                 Some(target) => Decision::Forward {
                     txn,
-                    plan: plan(vec![vec![Hop {
-                        request_uri: None,
-                        routes: vec![],
-                        target,
-                    }]]),
+                    plan: Plan::one_hop(pop, strict_fix, record_route, target),
                 },
                 None => respond(txn, msg, 404),
             }

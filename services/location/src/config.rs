@@ -103,21 +103,10 @@ impl Default for DialogConfig {
     }
 }
 
-/// A configuration that cannot run, with what to fix.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("invalid configuration: {field}: {problem}")]
-pub struct ConfigError {
-    /// The setting.
-    pub field: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+pub use telemetry::ConfigError;
 
 fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        problem: problem.into(),
-    }
+    ConfigError::new(field, problem)
 }
 
 impl LocationConfig {

@@ -180,15 +180,20 @@ struct RunArgs {
     location: Option<String>,
 }
 
-fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
-    let mut cfg = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            EdgeConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
-        }
-        None => EdgeConfig::default(),
+/// The configuration file's settings, or the defaults without a file.
+fn read_config<T: Default, E: std::error::Error + Send + Sync + 'static>(
+    path: Option<&std::path::Path>,
+    parse: fn(&str) -> Result<T, E>,
+) -> Result<T> {
+    let Some(p) = path else {
+        return Ok(T::default());
     };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    parse(&text).with_context(|| format!("in {}", p.display()))
+}
+
+fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
+    let mut cfg = read_config(a.config.as_deref(), EdgeConfig::from_toml)?;
     if let Some(l) = a.listen {
         cfg.sip.udp = vec![l];
         cfg.sip.tcp = vec![l];
@@ -235,14 +240,7 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
 }
 
 fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
-    let mut cfg = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            LocationConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
-        }
-        None => LocationConfig::default(),
-    };
+    let mut cfg = read_config(a.config.as_deref(), LocationConfig::from_toml)?;
     if let Some(l) = a.listen {
         cfg.listen = l;
     }

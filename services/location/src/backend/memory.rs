@@ -15,7 +15,9 @@ use sip_registrar::{
 };
 use tokio::sync::broadcast;
 
-use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, merge_dialog};
+use super::{
+    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, merge_dialog, removal_event,
+};
 
 /// Everything in this process's memory.
 #[derive(Debug)]
@@ -87,16 +89,8 @@ impl Backend for MemoryBackend {
         let n = self.bindings.remove(aor, contact, now);
         if n > 0 {
             let left = self.bindings.lookup(aor, now).await.unwrap_or_default();
-            self.publish(pb::BindingEvent {
-                aor: aor.as_str().to_owned(),
-                bindings: left
-                    .iter()
-                    .map(location_client::convert::binding_to)
-                    .collect(),
-                removed: u32::try_from(n).unwrap_or(u32::MAX),
-                at: now,
-                ..pb::BindingEvent::default()
-            });
+            let removed = u32::try_from(n).unwrap_or(u32::MAX);
+            self.publish(removal_event(aor, &left, removed, now));
         }
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }

@@ -159,6 +159,20 @@ pub fn event(aor: &Aor, o: &RegisterOutcome, now: u64) -> pb::BindingEvent {
     }
 }
 
+/// The event for an administrative removal of `removed` bindings, `left` remaining.
+pub fn removal_event(aor: &Aor, left: &[Binding], removed: u32, now: u64) -> pb::BindingEvent {
+    pb::BindingEvent {
+        aor: aor.as_str().to_owned(),
+        bindings: left
+            .iter()
+            .map(location_client::convert::binding_to)
+            .collect(),
+        removed,
+        at: now,
+        ..pb::BindingEvent::default()
+    }
+}
+
 /// Merge `update` into `stored` the way `put_dialog` defines: set fields win.
 pub fn merge_dialog(stored: &mut pb::Dialog, update: &pb::Dialog) {
     fn s(dst: &mut String, src: &str) {

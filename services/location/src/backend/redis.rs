@@ -35,7 +35,7 @@ use sip_registrar::{
 };
 use tokio::sync::broadcast;
 
-use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event};
+use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, removal_event};
 
 /// Compare-and-set of an AOR's binding set, with the change event published in the same
 /// atomic step (subscribers never see an event for a write that did not happen).
@@ -635,18 +635,13 @@ impl Backend for RedisBackend {
                 return Ok(0);
             }
             sort_bindings(&mut keep);
-            let ev = pb::BindingEvent {
-                aor: aor.as_str().to_owned(),
-                bindings: keep.iter().map(convert::binding_to).collect(),
-                removed: u32::try_from(removed).unwrap_or(u32::MAX),
-                at: now,
-                ..pb::BindingEvent::default()
-            };
+            let n = u32::try_from(removed).unwrap_or(u32::MAX);
+            let ev = removal_event(aor, &keep, n, now);
             if self
                 .write_set(&mut conn, &key, &version, &keep, Some(ev))
                 .await?
             {
-                return Ok(u32::try_from(removed).unwrap_or(u32::MAX));
+                return Ok(n);
             }
             crate::metrics::cas_conflict();
             Self::backoff(attempt).await;
