@@ -74,6 +74,7 @@ type CacheMap = HashMap<(String, String), (Option<sip_auth::Credentials>, Instan
 type Queued = (
     pb::RegisterRequest,
     oneshot::Sender<Result<pb::RegisterReply, Status>>,
+    Instant,
 );
 
 /// Most REGISTERs in one RegisterBatch call.
@@ -103,16 +104,22 @@ fn spawn_batcher(grpc: Grpc<Channel>, timeout: Duration) -> mpsc::UnboundedSende
             }
             // Callers whose deadline passed while queued have answered 503 already:
             // applying their REGISTER now would be work nobody waits for.
-            batch.retain(|(_, waiter)| !waiter.is_closed());
-            if batch.is_empty() {
+            batch.retain(|(_, waiter, _)| !waiter.is_closed());
+            let Some(oldest) = batch.iter().map(|(_, _, at)| *at).min() else {
                 continue;
-            }
+            };
+            // The call may last only as long as its most impatient caller still waits:
+            // the service stops working on REGISTERs whose callers answered 503 already.
+            let budget = timeout
+                .saturating_sub(oldest.elapsed())
+                .max(Duration::from_millis(1));
             let mut g = grpc.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let (requests, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let (requests, waiters): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|(r, w, _)| (r, w)).unzip();
                 let mut r = Request::new(pb::RegisterBatchRequest { requests });
-                r.set_timeout(timeout);
+                r.set_timeout(budget);
                 match g.register_batch(r).await {
                     Ok(reply) => {
                         let mut results = reply.into_inner().results.into_iter();
@@ -188,8 +195,23 @@ impl LocationClient {
     }
 
     /// Run `call` with the retry policy: UNAVAILABLE is retried `retries` times after a
-    /// short pause; every other status is final.
-    async fn with_retries<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, Status>
+    /// short pause; every other status is final. Only for calls whose replay is harmless
+    /// (reads, and writes that set a value rather than apply a change).
+    async fn with_retries<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_retries_up_to(self.cfg.retries, what, call).await
+    }
+
+    /// [`with_retries`](Self::with_retries) with at most `retries` extra attempts.
+    async fn with_retries_up_to<T, F, Fut>(
+        &self,
+        retries: u32,
+        what: &'static str,
+        mut call: F,
+    ) -> Result<T, Status>
     where
         F: FnMut(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -198,7 +220,7 @@ impl LocationClient {
         loop {
             match call(self.grpc.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == Code::Unavailable && attempt < self.cfg.retries => {
+                Err(s) if s.code() == Code::Unavailable && attempt < retries => {
                     attempt += 1;
                     tracing::debug!(call = what, attempt, status = %s, "location service unavailable; retrying");
                     tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
@@ -220,10 +242,13 @@ impl LocationClient {
         let batcher = self
             .batcher
             .get_or_init(|| spawn_batcher(self.grpc.clone(), self.cfg.timeout));
+        // Not retried: a REGISTER that reached the service may have been applied, and
+        // its replay (same Call-ID and CSeq) would be refused as out of order (500).
+        // UNAVAILABLE becomes 503 + Retry-After; the phone's retry has a new CSeq.
         let reply = self
-            .with_retries("Register", |_| {
+            .with_retries_up_to(0, "Register", |_| {
                 let (tx, rx) = oneshot::channel();
-                let queued = batcher.send((msg.clone(), tx));
+                let queued = batcher.send((msg.clone(), tx, Instant::now()));
                 let deadline = self.cfg.timeout;
                 async move {
                     queued.map_err(|_| Status::unavailable("register batcher stopped"))?;

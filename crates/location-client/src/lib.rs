@@ -6,9 +6,12 @@
 //!   functions, so both sides agree on every field by construction.
 //! * [`LocationClient`]: a tonic client that implements [`sip_registrar::LocationStore`]
 //!   and [`sip_auth::SubscriberStore`], so the edge runs unchanged against the cluster's
-//!   location service. Every call has a deadline; reads are retried a bounded number of
-//!   times; a failure becomes `StoreError::Unavailable`, which the edge answers with 503 +
-//!   Retry-After rather than a wrong 404/480.
+//!   location service. Every call has a deadline; calls whose replay is harmless
+//!   (lookups, credentials, provisioning) are retried a bounded number of times on
+//!   UNAVAILABLE, REGISTER never (its replay would be refused as out of order); a failure
+//!   becomes `StoreError::Unavailable`, which the edge answers with 503 + Retry-After
+//!   rather than a wrong 404/480. REGISTERs are coalesced into `RegisterBatch` calls
+//!   while earlier ones are in flight.
 
 mod client;
 pub mod convert;

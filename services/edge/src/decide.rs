@@ -299,6 +299,15 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             _ => respond(txn, msg, 430),
         };
     }
+    // Our flow-token form, but not signed with the cluster's secret: forged, or from
+    // before a secret rotation. Never treat it as an ordinary Route.
+    if routes[..pop]
+        .iter()
+        .filter_map(sip_uri)
+        .any(|u| u.user.is_some_and(|t| t.starts_with(flow_token::PREFIX)))
+    {
+        return respond(txn, msg, 403);
+    }
 
     // The target is the Request-URI (or, after a strict route, the last Route value).
     let effective = if strict_fix {

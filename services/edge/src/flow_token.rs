@@ -13,6 +13,9 @@ use sip_txn::FlowId;
 
 const DOMAIN: &str = "sipcluster flow token v1";
 
+/// How every flow token starts (a Route user part with it is ours to verify).
+pub const PREFIX: &str = "scf-";
+
 fn signed(instance: &str, flow: FlowId) -> String {
     format!("{:x}-{instance}", flow.0)
 }
@@ -22,12 +25,12 @@ pub fn encode(key: &NonceKey, instance: &str, flow: FlowId) -> String {
     let body = signed(instance, flow);
     let mac = key.sign(DOMAIN, body.as_bytes());
     let hex: String = mac[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("scf-{body}-{hex}")
+    format!("{PREFIX}{body}-{hex}")
 }
 
 /// The flow and edge instance a token names, if it is one of ours and its MAC verifies.
 pub fn decode(key: &NonceKey, token: &str) -> Option<(String, FlowId)> {
-    let rest = token.strip_prefix("scf-")?;
+    let rest = token.strip_prefix(PREFIX)?;
     let (body, mac_hex) = rest.rsplit_once('-')?;
     let (flow_hex, instance) = body.split_once('-')?;
     if mac_hex.len() != 16 || instance.is_empty() {

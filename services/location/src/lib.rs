@@ -59,8 +59,15 @@ pub enum LocationError {
     },
 }
 
-/// Build the backend the configuration names, seeded with its users file.
-pub async fn backend_from(cfg: &LocationConfig) -> Result<Arc<dyn Backend>, LocationError> {
+/// Build the backend the configuration names, seeded with its users file: `seeded`
+/// becomes true once every user of the file is in the store (at once for memory; in the
+/// background for Redis, which may not be up yet). Users that already exist are left as
+/// they are: the file bootstraps a deployment, `sipcluster users` manages it after that,
+/// and a restarted replica must not undo a password change.
+pub async fn backend_from(
+    cfg: &LocationConfig,
+    seeded: Arc<AtomicBool>,
+) -> Result<Arc<dyn Backend>, LocationError> {
     cfg.validate()?;
     let users = match &cfg.users_file {
         Some(p) => Some(
@@ -77,8 +84,10 @@ pub async fn backend_from(cfg: &LocationConfig) -> Result<Arc<dyn Backend>, Loca
         )),
         _ => Arc::new(RedisBackend::new(cfg.redis_options(), cfg.registrar)?),
     };
-    if cfg.backend.kind != "memory"
-        && let Some(users) = users
+    let Some(users) = users.filter(|_| cfg.backend.kind != "memory") else {
+        seeded.store(true, Ordering::Relaxed);
+        return Ok(backend);
+    };
     {
         // Redis may not be up yet: keep trying in the background; the service is not
         // blocked on it (calls fail with UNAVAILABLE until Redis answers).
@@ -86,17 +95,31 @@ pub async fn backend_from(cfg: &LocationConfig) -> Result<Arc<dyn Backend>, Loca
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
-                let mut ok = true;
+                let mut added = 0;
+                let mut failed = None;
                 for (user, realm, creds) in users.iter() {
-                    if let Err(e) = b.put_user(user, realm, creds).await {
-                        tracing::warn!(error = %e, "seeding users from the users file failed; retrying");
-                        ok = false;
-                        break;
+                    let r = match b.credentials(user, realm).await {
+                        Ok(Some(_)) => Ok(false),
+                        Ok(None) => b.put_user(user, realm, creds).await.map(|_| true),
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(new) => added += usize::from(new),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
                 }
-                if ok {
-                    tracing::info!(users = users.len(), "users file provisioned");
-                    return;
+                match failed {
+                    None => {
+                        tracing::info!(users = users.len(), added, "users file provisioned");
+                        seeded.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Some(e) => {
+                        tracing::warn!(error = %e, "seeding users from the users file failed; retrying")
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -121,11 +144,13 @@ pub struct LocationHandle {
     join: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 impl LocationHandle {
     /// Stop taking calls, let in-flight ones finish (up to the drain time), and stop.
     pub async fn stop(self) {
+        self.draining.store(true, Ordering::Relaxed);
         self.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(self.drain, self.join).await;
@@ -137,14 +162,23 @@ impl LocationHandle {
 
 /// Start the service described by `cfg`.
 pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError> {
-    let backend = backend_from(&cfg).await?;
-    start_with(cfg, backend).await
+    let seeded = Arc::new(AtomicBool::new(false));
+    let backend = backend_from(&cfg, seeded.clone()).await?;
+    start_serving(cfg, backend, seeded).await
 }
 
-/// Serve an existing backend.
+/// Serve an existing backend (already provisioned).
 pub async fn start_with(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
+) -> Result<LocationHandle, LocationError> {
+    start_serving(cfg, backend, Arc::new(AtomicBool::new(true))).await
+}
+
+async fn start_serving(
+    cfg: LocationConfig,
+    backend: Arc<dyn Backend>,
+    seeded: Arc<AtomicBool>,
 ) -> Result<LocationHandle, LocationError> {
     cfg.validate()?;
     let bind_err = |what, addr| move |source| LocationError::Bind { what, addr, source };
@@ -175,9 +209,12 @@ pub async fn start_with(
     };
     let (health, health_svc) = tonic_health::server::health_reporter();
     // Readiness and gRPC health follow the backend: an instance whose Redis is gone
-    // should leave the Service's endpoints, not keep taking calls it must fail.
+    // should leave the Service's endpoints, not keep taking calls it must fail. Not ready
+    // either before the users file is in, nor once draining.
+    let draining = Arc::new(AtomicBool::new(false));
     {
         let (b, ready, health) = (backend.clone(), ready.clone(), health.clone());
+        let (draining, seeded) = (draining.clone(), seeded.clone());
         tasks.push(tokio::spawn(async move {
             let mut was_up = None;
             loop {
@@ -185,7 +222,10 @@ pub async fn start_with(
                     .await
                     .is_ok_and(|r| r.is_ok());
                 metrics::Metrics::global().backend_up.set(i64::from(up));
-                ready.store(up, Ordering::Relaxed);
+                ready.store(
+                    up && seeded.load(Ordering::Relaxed) && !draining.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 if was_up != Some(up) {
                     if up {
                         tracing::info!("backend reachable; serving");
@@ -265,6 +305,7 @@ pub async fn start_with(
         join,
         tasks,
         drain: Duration::from_secs(cfg.drain_secs),
+        draining,
     })
 }
 

@@ -146,6 +146,24 @@ impl LocationService {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, RFC-style
+/// units H M S m u n), if any.
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BindingEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -165,6 +183,10 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RegisterBatchRequest>,
     ) -> Result<Response<pb::RegisterBatchReply>, Status> {
+        // Each item gets most of the caller's deadline on its own, so that one slow item
+        // (a hot AOR contended by other replicas) fails alone instead of holding up the
+        // whole batch's reply until every caller in it has given up.
+        let item_budget = grpc_timeout(request.metadata()).map(|t| t.mul_f64(0.9));
         observed("RegisterBatch", async {
             let now = unix_now();
             // Concurrently: the Redis connection pipelines the items' commands, and items
@@ -173,7 +195,18 @@ impl pb::location_server::Location for LocationService {
                 .into_inner()
                 .requests
                 .into_iter()
-                .map(|r| self.register_one(r, now));
+                .map(|r| async move {
+                    match item_budget {
+                        Some(b) => tokio::time::timeout(b, self.register_one(r, now))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(Status::unavailable(
+                                    "REGISTER did not complete within its deadline",
+                                ))
+                            }),
+                        None => self.register_one(r, now).await,
+                    }
+                });
             let results = futures_util::future::join_all(items)
                 .await
                 .into_iter()
@@ -246,13 +279,22 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::WatchBindingsRequest>,
     ) -> Result<Response<Self::WatchBindingsStream>, Status> {
         let filter = request.into_inner().aor;
-        let mut rx = self.backend.events();
+        let mut rx = self.backend.events().await;
         let watchers = Metrics::global().watchers.clone();
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             watchers.inc();
             loop {
-                let item = match rx.recv().await {
+                let got = tokio::select! {
+                    // A watcher that went away is noticed at once, not at its next event
+                    // (which, filtered on a quiet AOR, may never come).
+                    _ = tx.closed() => break,
+                    got = rx.recv() => got,
+                };
+                let item = match got {
+                    Ok(e) if e.aor.is_empty() => Err(Status::data_loss(
+                        "the change feed was interrupted; resynchronise with Lookup",
+                    )),
                     Ok(e) if filter.is_empty() || e.aor == filter => Ok((*e).clone()),
                     Ok(_) => continue,
                     // The watcher fell behind: say so (it must resync with Lookup)

@@ -94,9 +94,8 @@ async fn conformance(b: Arc<dyn Backend>) {
     // Real time: Redis expires keys on its own clock.
     let t0 = location::server::unix_now();
     let alice = Aor::parse("sip:alice@example.com").unwrap();
-    let mut events = b.events();
-    // Redis delivers events through a subscription made in the background.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Returns once the change feed is live (Redis: the subscription is made).
+    let mut events = b.events().await;
 
     let o = b
         .register(
@@ -686,7 +685,6 @@ async fn watch_dialogs_and_bad_input_over_grpc() {
         .await
         .expect("watch")
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     b.register_request(&req(
         "sip:other@example.com",
         "o1",

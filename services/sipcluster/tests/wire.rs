@@ -228,6 +228,36 @@ fn a_forwarding_loop_is_refused_with_482() {
 }
 
 #[test]
+fn forged_or_stale_flow_tokens_are_refused() {
+    let dir = workdir("flow_token");
+    let srv = Server::start(&dir, &["--no-auth"]);
+    let c = RawSip::new(srv.sip);
+    // Our token form with a MAC the cluster's secret did not make: 403, never an
+    // ordinary Route (a flow token must not let anyone write into a client connection).
+    let forged = format!(
+        "Route: <sip:scf-1-0123456789ab-0000000000000000@{};lr>\r\n",
+        srv.sip
+    );
+    let msg = request(
+        "MESSAGE",
+        "sip:bob@sipcluster.local",
+        c.local(),
+        "ft1",
+        &forged,
+    );
+    assert_status(c.request(msg.as_bytes()), 403, "forged flow token");
+    let junk = format!("Route: <sip:scf-zz@{};lr>\r\n", srv.sip);
+    let msg = request(
+        "MESSAGE",
+        "sip:bob@sipcluster.local",
+        c.local(),
+        "ft2",
+        &junk,
+    );
+    assert_status(c.request(msg.as_bytes()), 403, "malformed flow token");
+}
+
+#[test]
 fn tcp_keepalive_and_bad_stream() {
     let dir = workdir("tcp_stream");
     let mut srv = Server::start(&dir, &[]);

@@ -63,8 +63,22 @@ impl Backend for MemoryBackend {
     ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
         match self.bindings.register(req.clone(), now).await {
             Ok(o) => {
-                if o.changed() {
-                    self.publish(event(&req.aor, &o, now));
+                if o.changed() && self.events.receiver_count() > 0 {
+                    // Two REGISTERs of one AOR may publish in the other order than they
+                    // applied (the publish is outside the store's lock): each event
+                    // carries the set as stored when it is sent, so the last one a
+                    // watcher sees is the current set whatever the order.
+                    let mut ev = event(&req.aor, &o, now);
+                    let current = self
+                        .bindings
+                        .lookup(&req.aor, now)
+                        .await
+                        .unwrap_or_default();
+                    ev.bindings = current
+                        .iter()
+                        .map(location_client::convert::binding_to)
+                        .collect();
+                    self.publish(ev);
                 }
                 Ok(Ok(o))
             }
@@ -196,7 +210,7 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
+    async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
         self.events.subscribe()
     }
 }

@@ -138,8 +138,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Is the store reachable? (readiness)
     async fn ping(&self) -> Result<(), BackendError>;
 
-    /// The stream of binding changes.
-    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>>;
+    /// The stream of binding changes, from when this returns. An event with an empty
+    /// `aor` ([`resync_marker`]) means changes may have been missed (the source was
+    /// interrupted): the watcher must resynchronise with lookups.
+    async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>>;
+}
+
+/// The marker telling watchers that events may have been lost.
+pub fn resync_marker() -> Arc<pb::BindingEvent> {
+    Arc::new(pb::BindingEvent::default())
 }
 
 /// The event describing an accepted REGISTER (or removal) that changed something.

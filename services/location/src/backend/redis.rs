@@ -149,6 +149,8 @@ pub struct RedisBackend {
     /// publishes, and a subscribed replica with nobody watching would receive (and Redis
     /// would send) every event for nothing.
     subscribed: std::sync::atomic::AtomicBool,
+    /// True while the change channel is subscribed.
+    subscription: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -256,6 +258,7 @@ impl RedisBackend {
             channel,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             subscribed: std::sync::atomic::AtomicBool::new(false),
+            subscription: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -333,6 +336,7 @@ impl RedisBackend {
         conn: &mut Conn,
         key: &str,
         expected: &str,
+        new_version: &str,
         set: &[Binding],
         event: Option<pb::BindingEvent>,
     ) -> Result<bool, BackendError> {
@@ -360,7 +364,7 @@ impl RedisBackend {
             .cas
             .key(key)
             .arg(expected)
-            .arg(random_version())
+            .arg(new_version)
             .arg(data)
             .arg(expire_at_ms)
             .arg(ev)
@@ -389,13 +393,40 @@ impl RedisBackend {
         Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
     }
 
+    /// The cluster's masters as `redis://host:port`, from CLUSTER NODES of the first seed
+    /// that answers (the seeds may be a subset, or a Service name; masters move on
+    /// failover). Replicas hold copies of their master's keys and are left out.
+    async fn masters(&self) -> Result<Vec<String>, BackendError> {
+        let mut last = BackendError::Redis("no seed answered".into());
+        for seed in &self.opts.urls {
+            let nodes: Result<String, BackendError> = async {
+                let client = redis::Client::open(seed.as_str()).map_err(rerr)?;
+                let mut c = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(rerr)?;
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(rerr)
+            }
+            .await;
+            match nodes {
+                Ok(text) => return Ok(masters_of(&text)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// Count AORs and live bindings by scanning every master (pipelined reads per page).
     async fn scan_counts(&self, now: u64) -> Result<Counts, BackendError> {
         let mut counts = Counts::default();
         let loc_pattern = format!("{}:loc:*", self.opts.prefix);
         let user_pattern = format!("{}:user:*", self.opts.prefix);
         let nodes: Vec<String> = if self.opts.cluster {
-            self.opts.urls.clone()
+            self.masters().await?
         } else {
             vec![self.opts.urls[0].clone()]
         };
@@ -405,14 +436,6 @@ impl RedisBackend {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(rerr)?;
-            if self.opts.cluster {
-                // Replicas hold copies of their master's keys: count masters only.
-                let role: Vec<Value> =
-                    redis::cmd("ROLE").query_async(&mut c).await.map_err(rerr)?;
-                if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
-                    continue;
-                }
-            }
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -464,6 +487,24 @@ impl RedisBackend {
         }
         Ok(counts)
     }
+}
+
+/// `redis://host:port` of each healthy master in CLUSTER NODES output.
+fn masters_of(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let usable = flags.contains(&"master")
+                && !flags
+                    .iter()
+                    .any(|x| matches!(*x, "fail" | "noaddr" | "handshake"));
+            let hostport = addr.split('@').next()?;
+            usable.then(|| format!("redis://{hostport}"))
+        })
+        .collect()
 }
 
 fn decode_set(key: &str, bytes: &[u8]) -> Result<Vec<Binding>, BackendError> {
@@ -526,12 +567,20 @@ fn dialog_from_fields(flat: &[(String, String)]) -> pb::Dialog {
     d
 }
 
-/// Relay the Redis change channel into the local broadcast, reconnecting with backoff.
-/// In a cluster PUBLISH reaches every node, so one node's subscription sees all changes.
-fn spawn_subscriber(url: String, channel: String, events: Events) {
+/// Relay the Redis change channel into the local broadcast, reconnecting with backoff
+/// and trying each seed in turn. In a cluster PUBLISH reaches every node, so one node's
+/// subscription sees all changes. Whenever the subscription (re)starts after the first
+/// time, watchers get the resync marker: changes made while it was down are not replayed.
+fn spawn_subscriber(
+    urls: Vec<String>,
+    channel: String,
+    events: Events,
+    live: Arc<tokio::sync::watch::Sender<bool>>,
+) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(100);
-        loop {
+        let mut first = true;
+        for url in urls.iter().cycle() {
             let sub = async {
                 let client = redis::Client::open(url.as_str())?;
                 let mut ps = client.get_async_pubsub().await?;
@@ -541,6 +590,11 @@ fn spawn_subscriber(url: String, channel: String, events: Events) {
             match sub.await {
                 Ok(mut ps) => {
                     delay = Duration::from_millis(100);
+                    live.send_replace(true);
+                    if !first {
+                        let _ = events.send(super::resync_marker());
+                    }
+                    first = false;
                     use tokio_stream::StreamExt;
                     let mut stream = ps.on_message();
                     while let Some(msg) = stream.next().await {
@@ -554,10 +608,12 @@ fn spawn_subscriber(url: String, channel: String, events: Events) {
                             Err(e) => tracing::warn!(error = %e, "undecodable binding event"),
                         }
                     }
-                    tracing::warn!("binding event subscription lost; resubscribing");
+                    live.send_replace(false);
+                    let _ = events.send(super::resync_marker());
+                    tracing::warn!(%url, "binding event subscription lost; resubscribing");
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, retry_in = ?delay, "binding event subscription failed");
+                    tracing::warn!(%url, error = %e, retry_in = ?delay, "binding event subscription failed");
                 }
             }
             tokio::time::sleep(delay).await;
@@ -576,8 +632,22 @@ impl Backend for RedisBackend {
         let key = self.loc_key(&req.aor);
         let mut conn = self.conn()?;
         let _turn = self.stripe(&key).lock().await;
+        // The outcome of our last write attempt, with the version it wrote: if a write
+        // that seemed to fail (a timeout after the script ran, or the cluster client
+        // resending it after a reconnect) did land, the stored version is ours, and the
+        // REGISTER succeeded. Re-running the rules instead would refuse our own binding
+        // as out of order (500) for a registration that is in fact stored.
+        let mut pending: Option<(String, RegisterOutcome)> = None;
         for attempt in 0..CAS_ATTEMPTS {
-            let (version, set) = self.read_set(&mut conn, &key).await?;
+            let (version, set) = match self.read_set(&mut conn, &key).await {
+                Ok(r) => r,
+                Err(e) => return Err(e),
+            };
+            if let Some((written, outcome)) = pending.take()
+                && written == version
+            {
+                return Ok(Ok(outcome));
+            }
             let outcome = match apply_register(&set, req, &self.policy, now) {
                 Ok(o) => o,
                 Err(e) => return Ok(Err(e)),
@@ -586,14 +656,36 @@ impl Backend for RedisBackend {
                 return Ok(Ok(outcome));
             }
             let ev = event(&req.aor, &outcome, now);
-            if self
-                .write_set(&mut conn, &key, &version, &outcome.bindings, Some(ev))
-                .await?
-            {
-                return Ok(Ok(outcome));
+            let new_version = random_version();
+            let written = self
+                .write_set(
+                    &mut conn,
+                    &key,
+                    &version,
+                    &new_version,
+                    &outcome.bindings,
+                    Some(ev),
+                )
+                .await;
+            match written {
+                Ok(true) => return Ok(Ok(outcome)),
+                Ok(false) => {
+                    crate::metrics::cas_conflict();
+                    pending = Some((new_version, outcome));
+                    Self::backoff(attempt).await;
+                }
+                Err(e) => {
+                    // Did it land? One read tells; if Redis cannot answer, neither can we.
+                    let (now_stored, _) = self
+                        .read_set(&mut conn, &key)
+                        .await
+                        .map_err(|_| e.clone())?;
+                    if now_stored == new_version {
+                        return Ok(Ok(outcome));
+                    }
+                    return Err(e);
+                }
             }
-            crate::metrics::cas_conflict();
-            Self::backoff(attempt).await;
         }
         Err(BackendError::Contention(req.aor.to_string()))
     }
@@ -638,7 +730,14 @@ impl Backend for RedisBackend {
             let n = u32::try_from(removed).unwrap_or(u32::MAX);
             let ev = removal_event(aor, &keep, n, now);
             if self
-                .write_set(&mut conn, &key, &version, &keep, Some(ev))
+                .write_set(
+                    &mut conn,
+                    &key,
+                    &version,
+                    &random_version(),
+                    &keep,
+                    Some(ev),
+                )
                 .await?
             {
                 return Ok(n);
@@ -774,15 +873,47 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
+    async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
         let rx = self.events.subscribe();
         if !self.subscribed.swap(true, Ordering::Relaxed) {
             spawn_subscriber(
-                self.opts.urls[0].clone(),
+                self.opts.urls.clone(),
                 self.channel.clone(),
                 self.events.clone(),
+                self.subscription.clone(),
             );
         }
+        // Return once the subscription is live, so that the stream covers every change
+        // made after the call. If Redis is down, return anyway: the resync marker will
+        // follow when the subscription comes up.
+        let mut live = self.subscription.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_for(|up| *up)).await;
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1 2 connected
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+67ed 127.0.0.1:30002@40002 master - 0 1 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master,fail - 0 1 3 disconnected 10923-16383
+";
+        assert_eq!(
+            masters_of(nodes),
+            ["redis://127.0.0.1:30001", "redis://127.0.0.1:30002"]
+        );
+        assert!(masters_of("garbage").is_empty());
+    }
+
+    #[test]
+    fn versions_differ() {
+        let a: std::collections::HashSet<String> = (0..10_000).map(|_| random_version()).collect();
+        assert_eq!(a.len(), 10_000);
     }
 }
