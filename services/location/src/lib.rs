@@ -324,7 +324,7 @@ impl LocationStore for InProcess {
         req: RegisterRequest,
         now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
-        match self.0.register(&req, now).await {
+        match self.0.register(req, now).await {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(rule)) => Err(StoreError::Rule(rule)),
             Err(e) => Err(unavailable(e)),

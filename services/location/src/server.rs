@@ -111,7 +111,7 @@ impl LocationService {
         let m = Metrics::global();
         let count = |result| m.registers.get_or_create(&ResultLabel { result }).inc();
         let req = convert::request_from(msg).map_err(invalid)?;
-        let applied = self.backend.register(&req, now).await.map_err(|e| {
+        let applied = self.backend.register(req, now).await.map_err(|e| {
             count("unavailable");
             backend_status(e)
         })?;

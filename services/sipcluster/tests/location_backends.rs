@@ -99,7 +99,7 @@ async fn conformance(b: Arc<dyn Backend>) {
 
     let o = b
         .register(
-            &req(
+            req(
                 "sip:alice@example.com",
                 "c1",
                 1,
@@ -122,7 +122,7 @@ async fn conformance(b: Arc<dyn Backend>) {
 
     let o = b
         .register(
-            &req(
+            req(
                 "sip:alice@example.com",
                 "c1",
                 2,
@@ -143,7 +143,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     // §10.3 step 7: same Call-ID, CSeq not higher → refused, nothing changed.
     let r = b
         .register(
-            &req(
+            req(
                 "sip:alice@example.com",
                 "c1",
                 2,
@@ -166,7 +166,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     // Too brief, too many.
     let r = b
         .register(
-            &req(
+            req(
                 "sip:alice@example.com",
                 "c9",
                 1,
@@ -182,7 +182,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     );
     let r = b
         .register(
-            &req(
+            req(
                 "sip:alice@example.com",
                 "c9",
                 1,
@@ -222,7 +222,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     );
     assert!(b.lookup(&alice, t0 + 303).await.unwrap().is_empty());
     b.register(
-        &req(
+        req(
             "sip:alice@example.com",
             "c1",
             3,
@@ -237,7 +237,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     let mut star = req("sip:alice@example.com", "c1", 4, &[]);
     star.contacts = vec![RequestContact::Star];
     star.expires = Some(0);
-    let o = b.register(&star, t0 + 305).await.unwrap().unwrap();
+    let o = b.register(star, t0 + 305).await.unwrap().unwrap();
     assert_eq!((o.removed, o.bindings.len()), (1, 0));
     assert!(b.lookup(&alice, t0 + 305).await.unwrap().is_empty());
 
@@ -577,7 +577,7 @@ async fn cluster_slot_migration_ask_and_moved_are_followed() {
             &[("sip:mia@192.0.2.77", Some(3600), None)],
         )
     };
-    b.register(&reg(1), t0).await.unwrap().unwrap();
+    b.register(reg(1), t0).await.unwrap().unwrap();
 
     let key = format!("{}:loc:{{sip:mia@example.com}}", prefix("slot_migration"));
     let any = r.port();
@@ -622,7 +622,7 @@ async fn cluster_slot_migration_ask_and_moved_are_followed() {
         1,
         "lookup through ASK"
     );
-    let o = b.register(&reg(2), t0 + 2).await.unwrap().unwrap();
+    let o = b.register(reg(2), t0 + 2).await.unwrap().unwrap();
     assert_eq!(
         (o.updated, o.bindings[0].cseq),
         (1, 2),
@@ -638,7 +638,7 @@ async fn cluster_slot_migration_ask_and_moved_are_followed() {
         2,
         "lookup through MOVED"
     );
-    let o = b.register(&reg(3), t0 + 4).await.unwrap().unwrap();
+    let o = b.register(reg(3), t0 + 4).await.unwrap().unwrap();
     assert_eq!(o.bindings[0].cseq, 3, "write through MOVED");
     assert_eq!(
         cli(target.1, &["CLUSTER", "COUNTKEYSINSLOT", &slot]).trim(),

@@ -58,22 +58,23 @@ const DIALOG_LIMIT: usize = 1_000_000;
 impl Backend for MemoryBackend {
     async fn register(
         &self,
-        req: &RegisterRequest,
+        req: RegisterRequest,
         now: u64,
     ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
-        match self.bindings.register(req.clone(), now).await {
+        // The AOR is kept only when someone watches (the all-in-one's hot path pays no
+        // copy for events nobody reads).
+        let watched = (self.events.receiver_count() > 0).then(|| req.aor.clone());
+        match self.bindings.register(req, now).await {
             Ok(o) => {
-                if o.changed() && self.events.receiver_count() > 0 {
+                if o.changed()
+                    && let Some(aor) = watched
+                {
                     // Two REGISTERs of one AOR may publish in the other order than they
                     // applied (the publish is outside the store's lock): each event
                     // carries the set as stored when it is sent, so the last one a
                     // watcher sees is the current set whatever the order.
-                    let mut ev = event(&req.aor, &o, now);
-                    let current = self
-                        .bindings
-                        .lookup(&req.aor, now)
-                        .await
-                        .unwrap_or_default();
+                    let mut ev = event(&aor, &o, now);
+                    let current = self.bindings.lookup(&aor, now).await.unwrap_or_default();
                     ev.bindings = current
                         .iter()
                         .map(location_client::convert::binding_to)

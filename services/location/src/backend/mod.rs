@@ -85,7 +85,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// (nothing written then).
     async fn register(
         &self,
-        req: &RegisterRequest,
+        req: RegisterRequest,
         now: u64,
     ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError>;
 

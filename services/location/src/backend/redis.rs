@@ -626,9 +626,10 @@ fn spawn_subscriber(
 impl Backend for RedisBackend {
     async fn register(
         &self,
-        req: &RegisterRequest,
+        req: RegisterRequest,
         now: u64,
     ) -> Result<Result<RegisterOutcome, RegisterError>, BackendError> {
+        let req = &req;
         let key = self.loc_key(&req.aor);
         let mut conn = self.conn()?;
         let _turn = self.stripe(&key).lock().await;
