@@ -16,7 +16,8 @@ pub fn key_hash(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
-fn mix(mut z: u64) -> u64 {
+/// The splitmix64 finaliser: spreads any 64-bit value over the whole range.
+pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -101,6 +102,24 @@ impl<T> Rendezvous<T> {
             }
             None => false,
         }
+    }
+
+    /// A target's value by id.
+    pub fn get(&self, id: &str) -> Option<&T> {
+        self.targets.iter().find(|e| e.id == id).map(|e| &e.value)
+    }
+
+    /// A target's value by id, mutable.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        self.targets
+            .iter_mut()
+            .find(|e| e.id == id)
+            .map(|e| &mut e.value)
+    }
+
+    /// Every value, mutable.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.targets.iter_mut().map(|e| &mut e.value)
     }
 
     /// Number of targets.

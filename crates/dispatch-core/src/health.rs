@@ -110,6 +110,11 @@ impl Health {
         self.draining = draining;
     }
 
+    /// Is a probe waiting for its answer?
+    pub fn probe_outstanding(&self) -> bool {
+        self.outstanding.is_some()
+    }
+
     /// A probe to send now, if one is due and none is outstanding.
     pub fn poll_probe(&mut self, now: Instant) -> Option<Probe> {
         if self.outstanding.is_some() || now < self.next_probe {

@@ -12,12 +12,26 @@
 //!   with probe results (SIP OPTIONS answers, timeouts, transport errors) and the
 //!   current time; it says when to probe next and when a target goes up or down.
 //!
+//! * [`token`]: the signed flow tokens the dispatcher puts in Path and Record-Route so
+//!   that edges can reach a client over the connection the dispatcher holds.
+//! * [`relay`]: the stateless relay itself (RFC 3261 §16.11): bytes and times in,
+//!   [`Transmit`]s out, with failover of INVITE/REGISTER to the next edge, and the
+//!   [`pool`]s of edges and outbound destination sets it picks from.
+//!
 //! The hash is defined here (FNV-1a, then a splitmix64 finaliser) rather than taken from
 //! a library, so that dispatchers of different builds never disagree about where a
 //! dialog lives during a rolling upgrade.
 
 pub mod hashing;
 pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod relay;
+pub mod token;
 
 pub use hashing::{Rendezvous, key_hash};
 pub use health::{Health, HealthConfig, Probe, State, Transition};
+pub use metrics::Metrics;
+pub use pool::{Algorithm, Pool, TargetSpec};
+pub use relay::{FlowTable, Listen, Notice, Relay, RelayConfig, Side, TargetInfo, Transmit};
+pub use token::{FlowToken, TokenKey};

@@ -726,49 +726,9 @@ fn with_received(msg: SipMessage, source: Target) -> SipMessage {
 }
 
 /// The client's top Via with `received` and `rport` recording where the request really
-/// came from (RFC 3261 §18.2.1, RFC 3581; rport is filled in even when not asked for, so
-/// NATed clients without RFC 3581 still get their responses).
+/// came from; see [`SipMessage::top_via_seen_from`].
 pub fn nat_via(msg: &SipMessage, source: Target) -> Option<String> {
-    let v = msg.top_via().ok()?;
-    let ip = source.addr.ip();
-    let same_host = v.sent_by.host.ip() == Some(ip);
-    let port = source.addr.port();
-    let host_recorded = same_host || v.received_ip() == Some(ip);
-    let port_recorded = match v.rport {
-        Some(Some(p)) => p == port,
-        Some(None) => false,
-        None => v.sent_by.port.unwrap_or(5060) == port,
-    };
-    if host_recorded && port_recorded {
-        return None;
-    }
-    let base = v.raw.len() - v.params.raw().len();
-    let mut s = String::from_utf8_lossy(&v.raw[..base])
-        .trim_end()
-        .to_owned();
-    for p in v.params.iter() {
-        if p.name.eq_ignore_ascii_case("received") || p.name.eq_ignore_ascii_case("rport") {
-            continue;
-        }
-        s.push(';');
-        s.push_str(p.name);
-        if let Some(val) = p.value {
-            s.push('=');
-            let raw = String::from_utf8_lossy(val.raw());
-            if val.is_quoted() {
-                s.push('"');
-                s.push_str(&raw);
-                s.push('"');
-            } else {
-                s.push_str(&raw);
-            }
-        }
-    }
-    if !same_host {
-        s.push_str(&format!(";received={ip}"));
-    }
-    s.push_str(&format!(";rport={}", source.addr.port()));
-    Some(s)
+    msg.top_via_seen_from(source.addr)
 }
 
 /// Route a request statelessly (the ACK for a 2xx): pop our Routes, send to the next

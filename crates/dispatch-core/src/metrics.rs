@@ -1,0 +1,188 @@
+//! The dispatcher's metrics (`sipcluster_dispatcher_*`). Per-target series are created
+//! when a target joins and removed when it leaves; the relay keeps each target's handles,
+//! so the hot path never builds a label set.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A target (edge or destination-set member).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// `edge` or the destination set's name.
+    pub set: String,
+    /// The target id (pod name or address).
+    pub target: String,
+}
+
+/// A probe outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    /// `edge` or the destination set's name.
+    pub set: String,
+    /// The target id.
+    pub target: String,
+    /// `ok`, `failed` (503 or transport error) or `timeout`.
+    pub result: &'static str,
+}
+
+/// Why a message was not relayed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Short reason.
+    pub reason: &'static str,
+}
+
+/// A stateless answer the dispatcher gave itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The status code.
+    pub status: u16,
+}
+
+/// Direction of relayed traffic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `inbound` (client → edge) or `outbound` (edge → client or destination).
+    pub direction: &'static str,
+    /// `request` or `response`.
+    pub kind: &'static str,
+}
+
+/// Every dispatcher metric.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Requests sent to each target (first attempts and failovers).
+    pub target_requests: Family<TargetLabel, Counter>,
+    /// Requests moved away from a target (503, transport error, dead target).
+    pub failovers: Family<TargetLabel, Counter>,
+    /// Probe results per target.
+    pub probes: Family<ProbeLabel, Counter>,
+    /// 1 while a target takes new dialogs, 0 otherwise.
+    pub target_up: Family<TargetLabel, Gauge>,
+    /// 1 while a target is draining.
+    pub target_draining: Family<TargetLabel, Gauge>,
+    /// Relayed messages.
+    pub relayed: Family<DirectionLabel, Counter>,
+    /// Messages dropped, by reason.
+    pub dropped: Family<ReasonLabel, Counter>,
+    /// Stateless answers by status (503 no target, 483, 430, 403, 400).
+    pub replies: Family<StatusLabel, Counter>,
+    /// Client connections held.
+    pub flows: Gauge,
+    /// Requests remembered for failover.
+    pub failover_entries: Gauge,
+}
+
+impl Metrics {
+    /// Register every family under `sipcluster_dispatcher_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("sipcluster_dispatcher");
+        r.register(
+            "target_requests",
+            "Requests relayed to each target",
+            self.target_requests.clone(),
+        );
+        r.register(
+            "failovers",
+            "Requests moved from a target to the next in hash order",
+            self.failovers.clone(),
+        );
+        r.register("probes", "OPTIONS probe results", self.probes.clone());
+        r.register(
+            "target_up",
+            "1 while the target takes new dialogs",
+            self.target_up.clone(),
+        );
+        r.register(
+            "target_draining",
+            "1 while the target is draining",
+            self.target_draining.clone(),
+        );
+        r.register("relayed", "Messages relayed", self.relayed.clone());
+        r.register(
+            "dropped",
+            "Messages dropped, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "replies",
+            "Responses the dispatcher generated itself",
+            self.replies.clone(),
+        );
+        r.register("flows", "Client connections held", self.flows.clone());
+        r.register(
+            "failover_entries",
+            "Requests remembered until their first response, for failover",
+            self.failover_entries.clone(),
+        );
+    }
+
+    pub(crate) fn drop(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub(crate) fn reply(&self, status: u16) {
+        self.replies.get_or_create(&StatusLabel { status }).inc();
+    }
+}
+
+/// The metric handles of one target, kept with it.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetMetrics {
+    pub requests: Counter,
+    pub failovers: Counter,
+    pub up: Gauge,
+    pub draining: Gauge,
+    pub probe_ok: Counter,
+    pub probe_failed: Counter,
+    pub probe_timeout: Counter,
+}
+
+impl TargetMetrics {
+    pub fn new(m: &Metrics, set: &str, target: &str) -> TargetMetrics {
+        let l = TargetLabel {
+            set: set.to_owned(),
+            target: target.to_owned(),
+        };
+        let probe = |result| {
+            m.probes
+                .get_or_create(&ProbeLabel {
+                    set: set.to_owned(),
+                    target: target.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        TargetMetrics {
+            requests: m.target_requests.get_or_create(&l).clone(),
+            failovers: m.failovers.get_or_create(&l).clone(),
+            up: m.target_up.get_or_create(&l).clone(),
+            draining: m.target_draining.get_or_create(&l).clone(),
+            probe_ok: probe("ok"),
+            probe_failed: probe("failed"),
+            probe_timeout: probe("timeout"),
+        }
+    }
+
+    /// Drop the series of a target that left.
+    pub fn remove(m: &Metrics, set: &str, target: &str) {
+        let l = TargetLabel {
+            set: set.to_owned(),
+            target: target.to_owned(),
+        };
+        m.target_requests.remove(&l);
+        m.failovers.remove(&l);
+        m.target_up.remove(&l);
+        m.target_draining.remove(&l);
+        for result in ["ok", "failed", "timeout"] {
+            m.probes.remove(&ProbeLabel {
+                set: set.to_owned(),
+                target: target.to_owned(),
+                result,
+            });
+        }
+    }
+}

@@ -1,0 +1,1322 @@
+//! The stateless relay (RFC 3261 §16.11) between clients and edges, sans-IO.
+//!
+//! Two sides: **public** (clients, gateways: the Internet) and **internal** (edges).
+//!
+//! * A request from a client goes to an edge: the one its Call-ID hashes to among those
+//!   taking new dialogs (in-dialog requests, ACK and CANCEL may also use a draining
+//!   edge, which still holds their transactions). The dispatcher adds its Via with a
+//!   branch derived from the client's transaction (so retransmissions, CANCEL and the
+//!   ACK of a failure get the same branch and the same edge), records the client's real
+//!   source in the client's Via (§18.2.1, RFC 3581), adds a Path (REGISTER) or
+//!   Record-Route (dialog-creating request) whose user part is a signed
+//!   [`FlowToken`] naming the client, and pops its own Route.
+//! * A request from an edge carries one of those URIs as its top Route: the dispatcher
+//!   verifies the token and sends the request down the client's connection (430 Flow
+//!   Failed when it closed) or to its UDP address; or a destination-set Route
+//!   (`sip:set-NAME@dispatcher;lr`) and the set's algorithm picks a member.
+//! * Responses go back by Via: the dispatcher pops its own and sends to the next one,
+//!   over the client's connection when the request came over one (the connection id
+//!   rides in the dispatcher's own Via, so no state is kept).
+//!
+//! The only memory beyond one message: INVITE and REGISTER requests are remembered
+//! until their first response (and a failed-over INVITE until it ends) so that a 503 or
+//! a transport error from an edge can be retried on the next edge in hash order while
+//! nothing but a 100 Trying has been relayed. Bounded in count and time.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foldhash::HashMap;
+use sip_core::{Editor, HeaderName, Method, ResponseBuilder, SipMessage, Uri, Via};
+use sip_txn::{ClientTxnId, FlowId, Target, Transport, TxnRef};
+use smallvec::SmallVec;
+
+use crate::health::{HealthConfig, Probe, State};
+use crate::metrics::{DirectionLabel, Metrics};
+use crate::pool::{Algorithm, Pool, TargetSpec, dialog_key};
+use crate::token::{FlowToken, PREFIX, TokenKey};
+
+/// The dispatcher's own Via branch prefix for relayed requests.
+const RELAY_BRANCH: &str = "z9hG4bK-scd";
+/// The branch prefix of health probes.
+const PROBE_BRANCH: &str = "z9hG4bK-scp";
+/// The Via parameter carrying the client connection a request came over.
+const FLOW_PARAM: &str = "scflow";
+/// The Route user-part prefix naming a destination set.
+pub const SET_PREFIX: &str = "set-";
+
+/// Which side of the dispatcher a message arrived on or leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Clients, gateways.
+    Public,
+    /// Edges.
+    Internal,
+}
+
+/// The addresses of one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Written into Via, Path and Record-Route.
+    pub advertise: IpAddr,
+    /// UDP port, when listening on UDP.
+    pub udp: Option<u16>,
+    /// TCP port, when listening on TCP.
+    pub tcp: Option<u16>,
+    /// Every address that means this side (advertise, listening addresses).
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Listen {
+    fn host(&self) -> String {
+        match self.advertise {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        }
+    }
+
+    fn port(&self, t: Transport) -> u16 {
+        let p = match t {
+            Transport::Udp => self.udp.or(self.tcp),
+            _ => self.tcp.or(self.udp),
+        };
+        p.unwrap_or(5060)
+    }
+
+    fn is_me(&self, ip: IpAddr, port: u16) -> bool {
+        (self.addresses.contains(&ip) || self.advertise == ip)
+            && (self.udp == Some(port) || self.tcp == Some(port))
+    }
+}
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This process (random per start): names its connections in flow tokens.
+    pub instance: u32,
+    /// Client-facing addresses.
+    pub public: Listen,
+    /// Edge-facing addresses.
+    pub internal: Listen,
+    /// How requests reach edges.
+    pub edge_transport: Transport,
+    /// Probing of edges and set members.
+    pub health: HealthConfig,
+    /// How long a request is remembered for failover (64·T1).
+    pub failover_window: Duration,
+    /// At most this many remembered requests; beyond, new ones are not retried.
+    pub max_failover_entries: usize,
+    /// `Retry-After` of the 503 sent when no edge can take a request.
+    pub retry_after: u32,
+}
+
+/// Liveness of the client connections (the public transports).
+pub trait FlowTable {
+    /// Is this connection still open?
+    fn alive(&self, flow: FlowId) -> bool;
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// Which transports.
+    pub side: Side,
+    /// Where.
+    pub target: Target,
+    /// The message.
+    pub bytes: Bytes,
+    /// Reported back with a send failure.
+    pub origin: TxnRef,
+}
+
+/// Something the driver should log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A target's health changed.
+    State {
+        /// Pool name.
+        pool: String,
+        /// Target id.
+        id: String,
+        /// Before.
+        from: State,
+        /// After.
+        to: State,
+    },
+    /// A target was added (joins after its first answered probe).
+    Added {
+        /// Pool name.
+        pool: String,
+        /// Target id.
+        id: String,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A target was removed (discovery said so).
+    Removed {
+        /// Pool name.
+        pool: String,
+        /// Target id.
+        id: String,
+    },
+    /// A target said it is draining (503 to a probe) or stopped saying so.
+    Draining {
+        /// Pool name.
+        pool: String,
+        /// Target id.
+        id: String,
+        /// Now draining?
+        draining: bool,
+    },
+}
+
+/// A target as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// Pool (`edge` or a set's name).
+    pub pool: String,
+    /// Selection algorithm of the pool.
+    pub algorithm: Algorithm,
+    /// Id.
+    pub id: String,
+    /// Address.
+    pub addr: SocketAddr,
+    /// UDP / TCP.
+    pub transport: Transport,
+    /// Effective weight.
+    pub weight: u32,
+    /// Priority (priority pools).
+    pub priority: u32,
+    /// Health.
+    pub state: State,
+    /// Draining (by the operator or by its own 503).
+    pub draining: bool,
+    /// Requests sent to it.
+    pub requests: u64,
+}
+
+struct Entry {
+    request: Bytes,
+    pool: usize,
+    side: Side,
+    key: u64,
+    current: String,
+    current_addr: SocketAddr,
+    tried: SmallVec<[u32; 4]>,
+    relayed: bool,
+    invite: bool,
+}
+
+/// Per-member flags the admin API and probes set.
+#[derive(Debug, Clone, Copy, Default)]
+struct DrainFlags {
+    admin: bool,
+    reported: bool,
+}
+
+/// The relay.
+pub struct Relay {
+    cfg: RelayConfig,
+    key: TokenKey,
+    /// `pools[0]` is the edge pool; destination sets follow.
+    pools: Vec<Pool>,
+    drains: HashMap<u32, DrainFlags>,
+    next_slot: u32,
+    failover: HashMap<u64, Entry>,
+    expiry: VecDeque<(Instant, u64)>,
+    out: VecDeque<Transmit>,
+    notices: VecDeque<Notice>,
+    metrics: Metrics,
+    draining: bool,
+    relayed: [prometheus_client::metrics::counter::Counter; 4],
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("instance", &self.cfg.instance)
+            .field("pools", &self.pools.len())
+            .finish()
+    }
+}
+
+/// The pool name of the edges.
+pub const EDGE_POOL: &str = "edge";
+
+fn fnv(h: &mut u64, b: &[u8]) {
+    for &x in b {
+        *h ^= u64::from(x);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    *h ^= 0xff;
+    *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+}
+
+fn sip_transport(v: &Via<'_>) -> Option<Transport> {
+    Transport::from_token(v.transport.as_str())
+}
+
+/// Where a response goes for this Via (§18.2.2, RFC 3581 §4).
+fn via_target(v: &Via<'_>, flow: Option<FlowId>) -> Option<Target> {
+    let transport = sip_transport(v)?;
+    let ip = v.received_ip().or_else(|| v.sent_by.host.ip())?;
+    let port = match v.rport {
+        Some(Some(p)) => p,
+        _ => v.sent_by.port.unwrap_or(if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        }),
+    };
+    Some(Target {
+        transport,
+        addr: SocketAddr::new(ip, port),
+        flow: flow.filter(|_| transport != Transport::Udp),
+    })
+}
+
+fn creates_dialog(m: Method<'_>) -> bool {
+    matches!(
+        m,
+        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+    )
+}
+
+impl Relay {
+    /// A relay with no targets yet.
+    pub fn new(cfg: RelayConfig, key: TokenKey, metrics: Metrics) -> Relay {
+        let relayed = [
+            ("inbound", "request"),
+            ("inbound", "response"),
+            ("outbound", "request"),
+            ("outbound", "response"),
+        ]
+        .map(|(direction, kind)| {
+            metrics
+                .relayed
+                .get_or_create(&DirectionLabel { direction, kind })
+                .clone()
+        });
+        Relay {
+            cfg,
+            key,
+            pools: vec![Pool::new(EDGE_POOL, Algorithm::Hash)],
+            drains: HashMap::default(),
+            next_slot: 1,
+            failover: HashMap::default(),
+            expiry: VecDeque::new(),
+            out: VecDeque::new(),
+            notices: VecDeque::new(),
+            metrics,
+            draining: false,
+            relayed,
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// The next thing to log.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// The dispatcher itself is draining: its OPTIONS answers say 503 (load balancers
+    /// and clients move away) while relaying goes on.
+    pub fn set_self_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    // --- targets -------------------------------------------------------------------------
+
+    /// Replace the edge set (a discovery snapshot). New edges join after a probe;
+    /// edges missing from the snapshot leave at once.
+    pub fn set_edges(&mut self, specs: Vec<TargetSpec>, now: Instant) {
+        self.set_pool_members(0, specs, now);
+    }
+
+    /// Replace the destination sets (from configuration).
+    pub fn set_sets(&mut self, sets: Vec<(String, Algorithm, Vec<TargetSpec>)>, now: Instant) {
+        let keep: Vec<String> = sets.iter().map(|s| s.0.clone()).collect();
+        let mut i = 1;
+        while i < self.pools.len() {
+            if keep.contains(&self.pools[i].name) {
+                i += 1;
+            } else {
+                self.set_pool_members(i, Vec::new(), now);
+                self.pools.remove(i);
+            }
+        }
+        for (name, alg, specs) in sets {
+            let idx = match self.pools.iter().position(|p| p.name == name) {
+                Some(i) => {
+                    self.pools[i].algorithm = alg;
+                    i
+                }
+                None => {
+                    self.pools.push(Pool::new(&name, alg));
+                    self.pools.len() - 1
+                }
+            };
+            self.set_pool_members(idx, specs, now);
+        }
+        // Failover entries point at pools by index.
+        self.failover.retain(|_, e| e.pool == 0);
+    }
+
+    fn set_pool_members(&mut self, idx: usize, specs: Vec<TargetSpec>, now: Instant) {
+        let pool = &mut self.pools[idx];
+        let gone: Vec<String> = pool
+            .members()
+            .filter(|m| !specs.iter().any(|s| s.id == m.spec.id))
+            .map(|m| m.spec.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(m) = pool.remove(&id, &self.metrics) {
+                self.drains.remove(&m.slot);
+            }
+            self.notices.push_back(Notice::Removed {
+                pool: pool.name.clone(),
+                id,
+            });
+        }
+        for spec in specs {
+            let new = pool.get(&spec.id).is_none();
+            let (id, addr) = (spec.id.clone(), spec.addr);
+            let slot = &mut self.next_slot;
+            pool.upsert(
+                spec,
+                || {
+                    *slot += 1;
+                    *slot
+                },
+                self.cfg.health,
+                &self.metrics,
+                now,
+            );
+            if new {
+                self.notices.push_back(Notice::Added {
+                    pool: pool.name.clone(),
+                    id,
+                    addr,
+                });
+            }
+        }
+    }
+
+    /// Every target of every pool.
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        self.pools
+            .iter()
+            .flat_map(|p| {
+                p.members().map(|m| TargetInfo {
+                    pool: p.name.clone(),
+                    algorithm: p.algorithm,
+                    id: m.spec.id.clone(),
+                    addr: m.spec.addr,
+                    transport: m.spec.transport,
+                    weight: m.weight(),
+                    priority: m.spec.priority,
+                    state: m.health.state(),
+                    draining: m.health.is_draining(),
+                    requests: m.metrics.requests.get(),
+                })
+            })
+            .collect()
+    }
+
+    /// The pools: (name, algorithm, member count).
+    pub fn pools(&self) -> Vec<(String, Algorithm, usize)> {
+        self.pools
+            .iter()
+            .map(|p| (p.name.clone(), p.algorithm, p.members().count()))
+            .collect()
+    }
+
+    fn pool_index(&self, pool: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == pool)
+    }
+
+    /// Set a target's weight (admin); false when unknown.
+    pub fn set_weight(&mut self, pool: &str, id: &str, weight: u32) -> bool {
+        match self.pool_index(pool) {
+            Some(i) => self.pools[i].set_weight(id, weight),
+            None => false,
+        }
+    }
+
+    /// Drain or undrain a target (admin); false when unknown.
+    pub fn set_draining(&mut self, pool: &str, id: &str, draining: bool) -> bool {
+        let Some(i) = self.pool_index(pool) else {
+            return false;
+        };
+        let Some(m) = self.pools[i].get_mut(id) else {
+            return false;
+        };
+        let flags = self.drains.entry(m.slot).or_default();
+        flags.admin = draining;
+        m.health.set_draining(flags.admin || flags.reported);
+        m.publish();
+        true
+    }
+
+    fn is_me(&self, uri: &sip_core::SipUri<'_>) -> bool {
+        if let Some(user) = uri.user
+            && user.starts_with(PREFIX)
+        {
+            return FlowToken::decode(&self.key, user).is_some();
+        }
+        let Some(ip) = uri.host.ip() else {
+            return false;
+        };
+        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+        self.cfg.public.is_me(ip, port) || self.cfg.internal.is_me(ip, port)
+    }
+
+    // --- messages ------------------------------------------------------------------------
+
+    /// A message from `side`.
+    pub fn handle_message(
+        &mut self,
+        side: Side,
+        msg: SipMessage,
+        source: Target,
+        flows: &impl FlowTable,
+        now: Instant,
+    ) {
+        if msg.is_response() {
+            self.response(side, &msg, source, now);
+        } else {
+            match side {
+                Side::Public => self.public_request(&msg, source, now),
+                Side::Internal => self.internal_request(&msg, source, flows, now),
+            }
+        }
+    }
+
+    fn send(&mut self, side: Side, target: Target, bytes: Bytes, origin: TxnRef) {
+        self.out.push_back(Transmit {
+            side,
+            target,
+            bytes,
+            origin,
+        });
+    }
+
+    fn reply(
+        &mut self,
+        side: Side,
+        msg: &SipMessage,
+        source: Target,
+        status: u16,
+        extra: &[(&str, String)],
+    ) {
+        if msg.method() == Some(Method::Ack) {
+            return;
+        }
+        let Some(mut b) = ResponseBuilder::new(msg, status) else {
+            return;
+        };
+        for (n, v) in extra {
+            b = b.header(*n, v.clone().into_bytes());
+        }
+        // The response goes where the request came from (with rport semantics: the source).
+        self.metrics.reply(status);
+        self.send(side, source, b.build(), TxnRef::Stateless);
+    }
+
+    /// The branch of our Via for a request: a function of the sender's transaction, so a
+    /// retransmission, its CANCEL and the ACK of a failure all get the same one (§16.11).
+    fn branch_hash(msg: &SipMessage, top: &Via<'_>) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        fnv(&mut h, top.sent_by.host.to_string().as_bytes());
+        fnv(&mut h, &top.sent_by.port.unwrap_or(0).to_le_bytes());
+        match top.branch.filter(|_| top.is_rfc3261_branch()) {
+            Some(b) => fnv(&mut h, b.as_bytes()),
+            None => {
+                fnv(&mut h, msg.request_uri_raw().unwrap_or_default());
+                fnv(
+                    &mut h,
+                    msg.from_tag().ok().flatten().unwrap_or_default().as_bytes(),
+                );
+                fnv(&mut h, msg.call_id().unwrap_or_default().as_bytes());
+                fnv(
+                    &mut h,
+                    &msg.cseq().map(|c| c.seq.to_le_bytes()).unwrap_or_default(),
+                );
+                fnv(&mut h, top.raw);
+            }
+        }
+        crate::hashing::mix(h)
+    }
+
+    /// Checks every relayed request needs; answers 400/483 itself. `None`: handled.
+    fn precheck<'m>(
+        &mut self,
+        side: Side,
+        msg: &'m SipMessage,
+        source: Target,
+    ) -> Option<(Method<'m>, Via<'m>, &'m str)> {
+        let method = msg.method()?;
+        let Ok(top) = msg.top_via() else {
+            self.metrics.drop("bad_via");
+            return None;
+        };
+        let (Ok(call_id), Ok(_)) = (msg.call_id(), msg.cseq()) else {
+            self.reply(side, msg, source, 400, &[]);
+            return None;
+        };
+        match msg.max_forwards() {
+            Err(_) => {
+                self.reply(side, msg, source, 400, &[]);
+                None
+            }
+            Ok(Some(0)) if !self.for_me(msg, method) => {
+                self.reply(side, msg, source, 483, &[]);
+                None
+            }
+            _ => Some((method, top, call_id)),
+        }
+    }
+
+    /// An OPTIONS for the dispatcher itself (a keepalive, a load balancer's check).
+    fn for_me(&self, msg: &SipMessage, method: Method<'_>) -> bool {
+        method == Method::Options
+            && msg.routes().next().is_none()
+            && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.user.is_none() && self.is_me(&u))
+    }
+
+    fn public_request(&mut self, msg: &SipMessage, source: Target, now: Instant) {
+        let Some((method, top, call_id)) = self.precheck(Side::Public, msg, source) else {
+            return;
+        };
+        if self.for_me(msg, method) {
+            let status = if self.draining { 503 } else { 200 };
+            self.reply(Side::Public, msg, source, status, &[]);
+            return;
+        }
+        let pop = match msg.routes().next() {
+            Some(Ok(r)) => matches!(r.parsed_uri(), Ok(Uri::Sip(u)) if self.is_me(&u)),
+            Some(Err(_)) => {
+                self.reply(Side::Public, msg, source, 400, &[]);
+                return;
+            }
+            None => false,
+        };
+        let h = Self::branch_hash(msg, &top);
+        let in_dialog = msg.to_tag().ok().flatten().is_some();
+        let new_dialog = !in_dialog && !matches!(method, Method::Ack | Method::Cancel);
+        let key = dialog_key(call_id);
+
+        // A request we remember (retransmission, its CANCEL or the ACK of a failure)
+        // follows the edge it went to; a retransmission whose edge died moves on.
+        let remembered = match self.failover.get(&h) {
+            Some(e) if e.pool == 0 => {
+                let retransmission =
+                    msg.method() != Some(Method::Cancel) && msg.method() != Some(Method::Ack);
+                let dead = !self.pools[0]
+                    .get(&e.current)
+                    .is_some_and(|m| m.alive() && (!retransmission || m.usable()));
+                if dead && retransmission && !e.relayed {
+                    if let Some(m) = self.pools[0].get(&e.current) {
+                        m.metrics.failovers.inc();
+                    }
+                    self.fail_over(h);
+                    return;
+                }
+                self.pools[0]
+                    .get(&e.current)
+                    .map(|m| (m.spec.id.clone(), m.spec.addr, m.spec.transport))
+            }
+            _ => None,
+        };
+        let chosen = remembered.or_else(|| {
+            self.pools[0]
+                .pick(key, |m| if new_dialog { m.usable() } else { m.alive() })
+                .map(|m| (m.spec.id.clone(), m.spec.addr, m.spec.transport))
+        });
+        let Some((id, addr, transport)) = chosen else {
+            if method == Method::Ack {
+                self.metrics.drop("no_edge");
+            } else {
+                self.reply(
+                    Side::Public,
+                    msg,
+                    source,
+                    503,
+                    &[("Retry-After", self.cfg.retry_after.to_string())],
+                );
+            }
+            return;
+        };
+
+        let int = &self.cfg.internal;
+        let mut via = String::with_capacity(96);
+        let _ = write!(
+            via,
+            "SIP/2.0/{} {}:{};branch={RELAY_BRANCH}{h:016x}",
+            transport.as_str(),
+            int.host(),
+            int.port(transport)
+        );
+        if let Some(f) = source.flow {
+            let _ = write!(via, ";{FLOW_PARAM}={:x}", f.0);
+        }
+        let client_via = msg.top_via_seen_from(source.addr);
+        let stamp = (method == Method::Register || (!in_dialog && creates_dialog(method)))
+            .then(|| self.client_uri(source));
+        let mut ed = Editor::new(msg);
+        if pop && ed.remove_top_route().is_err() {
+            self.metrics.drop("bad_route");
+            return;
+        }
+        if client_via.is_some() && ed.remove_top_via().is_err() {
+            self.metrics.drop("bad_via");
+            return;
+        }
+        ed.prepend_via(via.as_bytes());
+        if let Some(v) = &client_via {
+            ed.prepend_via(v.as_bytes());
+        }
+        if ed.decrement_max_forwards().is_err() {
+            self.reply(Side::Public, msg, source, 483, &[]);
+            return;
+        }
+        if let Some(uri) = &stamp {
+            if method == Method::Register {
+                ed.add_path(uri.as_bytes());
+            } else {
+                ed.add_record_route(uri.as_bytes());
+            }
+        }
+        let bytes = ed.finish();
+        let target = Target {
+            transport,
+            addr,
+            flow: None,
+        };
+        if let Some(m) = self.pools[0].get(&id) {
+            m.metrics.requests.inc();
+        }
+        self.relayed[0].inc();
+        let remember = matches!(method, Method::Invite | Method::Register)
+            && self.pools[0].members().count() > 1
+            && !self.failover.contains_key(&h);
+        if remember {
+            self.remember(
+                h,
+                bytes.clone(),
+                0,
+                Side::Internal,
+                key,
+                &id,
+                addr,
+                method,
+                now,
+            );
+        }
+        self.send(
+            Side::Internal,
+            target,
+            bytes,
+            TxnRef::Client(ClientTxnId(h)),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remember(
+        &mut self,
+        h: u64,
+        request: Bytes,
+        pool: usize,
+        side: Side,
+        key: u64,
+        id: &str,
+        addr: SocketAddr,
+        method: Method<'_>,
+        now: Instant,
+    ) {
+        if self.failover.len() >= self.cfg.max_failover_entries {
+            self.metrics.drop("failover_table_full");
+            return;
+        }
+        let slot = self.pools[pool].get(id).map_or(0, |m| m.slot);
+        self.failover.insert(
+            h,
+            Entry {
+                request,
+                pool,
+                side,
+                key,
+                current: id.to_owned(),
+                current_addr: addr,
+                tried: SmallVec::from_slice(&[slot]),
+                relayed: false,
+                invite: method == Method::Invite,
+            },
+        );
+        self.expiry.push_back((now + self.cfg.failover_window, h));
+        self.metrics
+            .failover_entries
+            .set(self.failover.len() as i64);
+    }
+
+    /// The Path / Record-Route URI naming the client at `source` on this dispatcher.
+    fn client_uri(&self, source: Target) -> String {
+        let edge_tcp = self.cfg.edge_transport != Transport::Udp;
+        let token = FlowToken {
+            instance: self.cfg.instance,
+            internal: SocketAddr::new(
+                self.cfg.internal.advertise,
+                self.cfg.internal.port(self.cfg.edge_transport),
+            ),
+            internal_tcp: edge_tcp,
+            client: source.addr,
+            flow: source.flow.map(|f| f.0),
+        }
+        .encode(&self.key);
+        let p = &self.cfg.public;
+        match source.transport {
+            Transport::Udp => format!("<sip:{token}@{}:{};lr>", p.host(), p.port(Transport::Udp)),
+            t => format!(
+                "<sip:{token}@{}:{};transport={};lr>",
+                p.host(),
+                p.port(t),
+                t.as_str().to_ascii_lowercase()
+            ),
+        }
+    }
+
+    /// Move a remembered request to the next target in its pool's order. False when
+    /// there is none left.
+    fn fail_over(&mut self, h: u64) -> bool {
+        let Some(e) = self.failover.get(&h) else {
+            return false;
+        };
+        let (pool_idx, key) = (e.pool, e.key);
+        let order = self.pools[pool_idx].order(key);
+        let pool = &self.pools[pool_idx];
+        let next = order.iter().find_map(|id| {
+            let m = pool.get(id)?;
+            (m.usable() && !e.tried.contains(&m.slot)).then_some(m)
+        });
+        let Some(m) = next else {
+            return false;
+        };
+        let (id, addr, transport, slot) =
+            (m.spec.id.clone(), m.spec.addr, m.spec.transport, m.slot);
+        m.metrics.requests.inc();
+        let Some(e) = self.failover.get_mut(&h) else {
+            return false;
+        };
+        e.current = id;
+        e.current_addr = addr;
+        e.tried.push(slot);
+        let (side, bytes) = (e.side, e.request.clone());
+        self.send(
+            side,
+            Target {
+                transport,
+                addr,
+                flow: None,
+            },
+            bytes,
+            TxnRef::Client(ClientTxnId(h)),
+        );
+        true
+    }
+
+    fn internal_request(
+        &mut self,
+        msg: &SipMessage,
+        source: Target,
+        flows: &impl FlowTable,
+        now: Instant,
+    ) {
+        let Some((method, _top, call_id)) = self.precheck(Side::Internal, msg, source) else {
+            return;
+        };
+        if self.for_me(msg, method) {
+            self.reply(Side::Internal, msg, source, 200, &[]);
+            return;
+        }
+        let first = match msg.routes().next() {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                self.reply(Side::Internal, msg, source, 400, &[]);
+                return;
+            }
+            None => {
+                self.reply(Side::Internal, msg, source, 404, &[]);
+                return;
+            }
+        };
+        let Ok(Uri::Sip(uri)) = first.parsed_uri() else {
+            self.reply(Side::Internal, msg, source, 404, &[]);
+            return;
+        };
+        let user = uri.user.unwrap_or("");
+        let in_dialog = msg.to_tag().ok().flatten().is_some();
+        let stamp = !in_dialog && creates_dialog(method);
+        let (target, rr, pool) = if user.starts_with(PREFIX) {
+            let Some(tok) = FlowToken::decode(&self.key, user) else {
+                self.reply(Side::Internal, msg, source, 403, &[]);
+                return;
+            };
+            let target = match tok.flow {
+                Some(flow) => {
+                    if tok.instance != self.cfg.instance || !flows.alive(FlowId(flow)) {
+                        // RFC 5626 §5.3: the connection is gone (or on a dispatcher
+                        // that restarted).
+                        self.reply(Side::Internal, msg, source, 430, &[]);
+                        return;
+                    }
+                    Target {
+                        transport: Transport::Tcp,
+                        addr: tok.client,
+                        flow: Some(FlowId(flow)),
+                    }
+                }
+                None => Target {
+                    transport: Transport::Udp,
+                    addr: tok.client,
+                    flow: None,
+                },
+            };
+            // The same URI serves as this side's Record-Route: it names this client.
+            (target, stamp.then(|| first.raw.to_vec()), None)
+        } else if let Some(set) = user.strip_prefix(SET_PREFIX) {
+            let Some(idx) = self.pools.iter().skip(1).position(|p| p.name == set) else {
+                self.reply(Side::Internal, msg, source, 404, &[]);
+                return;
+            };
+            let idx = idx + 1;
+            let key = dialog_key(call_id);
+            let Some(m) = self.pools[idx].pick(key, |m| m.usable()) else {
+                self.reply(
+                    Side::Internal,
+                    msg,
+                    source,
+                    503,
+                    &[("Retry-After", self.cfg.retry_after.to_string())],
+                );
+                return;
+            };
+            let target = Target {
+                transport: m.spec.transport,
+                addr: m.spec.addr,
+                flow: None,
+            };
+            m.metrics.requests.inc();
+            let id = m.spec.id.clone();
+            let rr = stamp.then(|| self.client_uri(target).into_bytes());
+            (target, rr, Some((idx, key, id)))
+        } else {
+            // Not ours to route: edges only send here with a token or a set.
+            self.reply(Side::Internal, msg, source, 404, &[]);
+            return;
+        };
+
+        let h = {
+            let top = msg.top_via().ok();
+            top.map(|t| Self::branch_hash(msg, &t)).unwrap_or(0)
+        };
+        let p = &self.cfg.public;
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={RELAY_BRANCH}{h:016x}",
+            target.transport.as_str(),
+            p.host(),
+            p.port(target.transport)
+        );
+        let mut ed = Editor::new(msg);
+        if ed.remove_top_route().is_err() {
+            self.metrics.drop("bad_route");
+            return;
+        }
+        ed.prepend_via(via.as_bytes());
+        if ed.decrement_max_forwards().is_err() {
+            self.reply(Side::Internal, msg, source, 483, &[]);
+            return;
+        }
+        if let Some(rr) = &rr {
+            ed.add_record_route(rr.as_slice());
+        }
+        let bytes = ed.finish();
+        self.relayed[2].inc();
+        if let Some((idx, key, id)) = pool
+            && matches!(method, Method::Invite)
+            && !self.failover.contains_key(&h)
+        {
+            self.remember(
+                h,
+                bytes.clone(),
+                idx,
+                Side::Public,
+                key,
+                &id,
+                target.addr,
+                method,
+                now,
+            );
+        }
+        self.send(Side::Public, target, bytes, TxnRef::Client(ClientTxnId(h)));
+    }
+
+    fn response(&mut self, side: Side, msg: &SipMessage, source: Target, now: Instant) {
+        let Ok(top) = msg.top_via() else {
+            self.metrics.drop("bad_via");
+            return;
+        };
+        let Some(status) = msg.status() else {
+            return;
+        };
+        let branch = top.branch.unwrap_or("");
+        if let Some(rest) = branch.strip_prefix(PROBE_BRANCH) {
+            self.probe_response(rest, status, now);
+            return;
+        }
+        let Some(h) = branch
+            .strip_prefix(RELAY_BRANCH)
+            .and_then(|x| u64::from_str_radix(x, 16).ok())
+        else {
+            self.metrics.drop("foreign_via");
+            return;
+        };
+        let flow = top
+            .params
+            .get(FLOW_PARAM)
+            .flatten()
+            .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
+            .map(FlowId);
+        let out_side = match side {
+            Side::Internal => Side::Public,
+            Side::Public => Side::Internal,
+        };
+        if !self.track_response(h, side, msg, status, source) {
+            return;
+        }
+        let next = match msg.via().nth(1) {
+            Some(Ok(v)) => v,
+            _ => {
+                self.metrics.drop("no_next_via");
+                return;
+            }
+        };
+        let Some(target) = via_target(&next, flow) else {
+            self.metrics.drop("bad_next_via");
+            return;
+        };
+        if out_side == Side::Internal && !self.is_edge_ip(target.addr.ip()) {
+            // Only edges sit below us: anything else would make us a reflector.
+            self.metrics.drop("next_via_not_an_edge");
+            return;
+        }
+        let mut ed = Editor::new(msg);
+        if ed.remove_top_via().is_err() {
+            self.metrics.drop("bad_via");
+            return;
+        }
+        let bytes = ed.finish();
+        self.relayed[if side == Side::Public { 1 } else { 3 }].inc();
+        self.send(out_side, target, bytes, TxnRef::Stateless);
+    }
+
+    fn is_edge_ip(&self, ip: IpAddr) -> bool {
+        self.pools[0].members().any(|m| m.spec.addr.ip() == ip)
+    }
+
+    /// Failover bookkeeping for a response; false when the response is absorbed.
+    fn track_response(
+        &mut self,
+        h: u64,
+        side: Side,
+        msg: &SipMessage,
+        status: u16,
+        source: Target,
+    ) -> bool {
+        let Some(e) = self.failover.get_mut(&h) else {
+            return true;
+        };
+        if e.side != side {
+            return true;
+        }
+        if source.addr != e.current_addr {
+            // A retransmitted failure from a target we already moved away from.
+            if e.invite && status >= 300 {
+                let ack = ack_for(&e.request, msg);
+                if let Some(ack) = ack {
+                    self.send(side, source, ack, TxnRef::Stateless);
+                }
+            }
+            self.metrics.drop("response_from_previous_target");
+            return false;
+        }
+        if status == 503 && !e.relayed {
+            let (invite, request) = (e.invite, e.request.clone());
+            let (pool, current) = (e.pool, e.current.clone());
+            if self.fail_over(h) {
+                if let Some(m) = self.pools[pool].get(&current) {
+                    m.metrics.failovers.inc();
+                }
+                if invite && let Some(ack) = ack_for(&request, msg) {
+                    self.send(side, source, ack, TxnRef::Stateless);
+                }
+                return false;
+            }
+        }
+        let Some(e) = self.failover.get_mut(&h) else {
+            return true;
+        };
+        if status > 100 {
+            e.relayed = true;
+        }
+        // Keep a failed-over INVITE so its ACK and CANCEL find the edge that has it.
+        if status >= 200 && (!e.invite || e.tried.len() == 1) {
+            self.failover.remove(&h);
+            self.metrics
+                .failover_entries
+                .set(self.failover.len() as i64);
+        }
+        true
+    }
+
+    /// A send toward `target` failed.
+    pub fn handle_send_failed(&mut self, side: Side, target: Target, origin: TxnRef, now: Instant) {
+        let pools = if side == Side::Internal {
+            0..1
+        } else {
+            1..self.pools.len()
+        };
+        for i in pools {
+            let name = self.pools[i].name.clone();
+            for m in self.pools[i].members_mut() {
+                if m.spec.addr == target.addr {
+                    m.metrics.probe_failed.inc();
+                    if let Some(t) = m.health.on_failure(now) {
+                        m.publish();
+                        self.notices.push_back(Notice::State {
+                            pool: name.clone(),
+                            id: m.spec.id.clone(),
+                            from: t.from,
+                            to: t.to,
+                        });
+                    }
+                }
+            }
+        }
+        if let TxnRef::Client(ClientTxnId(h)) = origin
+            && let Some(e) = self.failover.get(&h)
+            && e.current_addr == target.addr
+            && !e.relayed
+        {
+            if let Some(m) = self.pools[e.pool].get(&e.current) {
+                m.metrics.failovers.inc();
+            }
+            if self.fail_over(h) {
+                return;
+            }
+        }
+        self.metrics.drop("send_failed");
+    }
+
+    // --- probes and timers ---------------------------------------------------------------
+
+    fn probe_response(&mut self, rest: &str, status: u16, now: Instant) {
+        let Some((slot, seq)) = rest.split_once('.').and_then(|(a, b)| {
+            Some((
+                u32::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        }) else {
+            self.metrics.drop("bad_probe_branch");
+            return;
+        };
+        for p in &mut self.pools {
+            let name = p.name.clone();
+            for m in p.members_mut() {
+                if m.slot != slot {
+                    continue;
+                }
+                if status < 200 {
+                    return;
+                }
+                let t = m.health.on_response(Probe(seq), status, now);
+                if status == 503 {
+                    m.metrics.probe_failed.inc();
+                } else {
+                    m.metrics.probe_ok.inc();
+                }
+                // A 503 also means "draining or overloaded": no new dialogs at once,
+                // without waiting for `fall` probes; in-dialog traffic goes on.
+                let flags = self.drains.entry(slot).or_default();
+                let reported = status == 503;
+                if flags.reported != reported {
+                    flags.reported = reported;
+                    m.health.set_draining(flags.admin || flags.reported);
+                    self.notices.push_back(Notice::Draining {
+                        pool: name.clone(),
+                        id: m.spec.id.clone(),
+                        draining: reported,
+                    });
+                }
+                if let Some(t) = t {
+                    self.notices.push_back(Notice::State {
+                        pool: name.clone(),
+                        id: m.spec.id.clone(),
+                        from: t.from,
+                        to: t.to,
+                    });
+                }
+                m.publish();
+                return;
+            }
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let probes = self
+            .pools
+            .iter()
+            .flat_map(|p| p.members().map(|m| m.health.poll_timeout()))
+            .min();
+        let expiry = self.expiry.front().map(|(t, _)| *t);
+        match (probes, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Probe timeouts, due probes, expired failover entries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let cfg = &self.cfg;
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            let side = if i == 0 { Side::Internal } else { Side::Public };
+            let listen = if i == 0 { &cfg.internal } else { &cfg.public };
+            let name = p.name.clone();
+            for m in p.members_mut() {
+                let waiting = m.health.probe_outstanding();
+                let t = m.health.handle_timeout(now);
+                if waiting && !m.health.probe_outstanding() {
+                    m.metrics.probe_timeout.inc();
+                }
+                if let Some(t) = t {
+                    m.publish();
+                    self.notices.push_back(Notice::State {
+                        pool: name.clone(),
+                        id: m.spec.id.clone(),
+                        from: t.from,
+                        to: t.to,
+                    });
+                }
+                if let Some(probe) = m.health.poll_probe(now) {
+                    let bytes = probe_request(cfg.instance, listen, m.slot, probe, &m.spec);
+                    self.out.push_back(Transmit {
+                        side,
+                        target: Target {
+                            transport: m.spec.transport,
+                            addr: m.spec.addr,
+                            flow: None,
+                        },
+                        bytes,
+                        origin: TxnRef::Stateless,
+                    });
+                }
+            }
+        }
+        while let Some(&(t, h)) = self.expiry.front() {
+            if t > now {
+                break;
+            }
+            self.expiry.pop_front();
+            self.failover.remove(&h);
+        }
+        self.metrics
+            .failover_entries
+            .set(self.failover.len() as i64);
+    }
+}
+
+/// An OPTIONS probe for a target.
+fn probe_request(
+    instance: u32,
+    listen: &Listen,
+    slot: u32,
+    probe: Probe,
+    spec: &TargetSpec,
+) -> Bytes {
+    let t = spec.transport;
+    let host = listen.host();
+    let port = listen.port(t);
+    let target = match spec.addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let tparam = if t == Transport::Udp {
+        String::new()
+    } else {
+        format!(";transport={}", t.as_str().to_ascii_lowercase())
+    };
+    let seq = probe.0;
+    Bytes::from(format!(
+        "OPTIONS sip:{target}{tparam} SIP/2.0\r\n\
+         Via: SIP/2.0/{} {host}:{port};branch={PROBE_BRANCH}{slot:x}.{seq:x}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:dispatcher@{host}>;tag=scp{instance:x}\r\n\
+         To: <sip:{target}>\r\n\
+         Call-ID: scp-{instance:x}-{slot:x}-{seq:x}@{host}\r\n\
+         CSeq: {} OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        t.as_str(),
+        seq.min(u64::from(u32::MAX)),
+    ))
+}
+
+/// The ACK for a non-2xx final response to a remembered INVITE (§17.1.1.3), which the
+/// dispatcher sends itself when it absorbs that response to fail over.
+fn ack_for(request: &Bytes, response: &SipMessage) -> Option<Bytes> {
+    let req = SipMessage::parse(request.clone()).ok()?;
+    let via = req.top_via().ok()?.raw;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(req.request_uri_raw()?);
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(via);
+    out.extend_from_slice(b"\r\n");
+    for r in req.headers_of(HeaderName::Route) {
+        out.extend_from_slice(b"Route: ");
+        out.extend_from_slice(r.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Max-Forwards: 70\r\nFrom: ");
+    out.extend_from_slice(req.header(HeaderName::From)?);
+    out.extend_from_slice(b"\r\nTo: ");
+    out.extend_from_slice(response.header(HeaderName::To)?);
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    out.extend_from_slice(req.call_id().ok()?.as_bytes());
+    let _ = write!(
+        StrBuf(&mut out),
+        "\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        req.cseq().ok()?.seq
+    );
+    Some(Bytes::from(out))
+}
+
+struct StrBuf<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for StrBuf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

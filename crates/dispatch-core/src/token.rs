@@ -1,0 +1,267 @@
+//! Dispatcher flow tokens: how a dispatcher names the client it reached a request from
+//! (RFC 5626 §5.2 style), in the Path it adds to a REGISTER and the Record-Route it adds
+//! to a dialog-creating request.
+//!
+//! The token is the user part of a URI that points at the dispatcher's public address
+//! (`sip:scd-<hex>@198.51.100.7:5060;lr`), so clients reach the dispatcher with it. It
+//! carries:
+//! * the dispatcher instance (a TCP connection lives in one process only),
+//! * that instance's internal address, where edges send requests for the client — the
+//!   public address may be a load balancer that edges cannot or must not use,
+//! * the client: the connection id for TCP, the address (NAT binding) for UDP,
+//! * an HMAC over all of it with the cluster secret, truncated to 80 bits, so that
+//!   nobody outside the cluster can make a dispatcher write into someone else's
+//!   connection or send to an address of their choosing.
+//!
+//! Edges read the internal address without the secret being needed for that; the
+//! dispatcher verifies the MAC before it uses anything else.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// How every dispatcher token starts.
+pub const PREFIX: &str = "scd-";
+const DOMAIN: &[u8] = b"sipcluster dispatcher flow token v1\0";
+const MAC_LEN: usize = 10;
+const KIND_TCP: u8 = 1;
+const INTERNAL_TCP: u8 = 2;
+
+/// The cluster secret, keyed once.
+#[derive(Clone)]
+pub struct TokenKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    /// Key from the shared secret (the same `nonce_secret` the edges share).
+    pub fn new(secret: &[u8]) -> TokenKey {
+        // HMAC takes keys of any length; this cannot fail.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        TokenKey(mac)
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(DOMAIN);
+        m.update(body);
+        m.finalize().into_bytes().into()
+    }
+}
+
+/// Who a token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowToken {
+    /// The dispatcher process that holds the client (random per start).
+    pub instance: u32,
+    /// That dispatcher's internal SIP address (where edges send).
+    pub internal: SocketAddr,
+    /// Whether edges reach `internal` over TCP (else UDP).
+    pub internal_tcp: bool,
+    /// The client's address (for UDP, where to send; for TCP, for logs).
+    pub client: SocketAddr,
+    /// The client's connection on `instance`; `None` for UDP.
+    pub flow: Option<u64>,
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (h, t) = b.split_at(n);
+    *b = t;
+    Some(h)
+}
+
+fn get_addr(b: &mut &[u8]) -> Option<SocketAddr> {
+    let ip = match take(b, 1)?[0] {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(take(b, 4)?).ok()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(take(b, 16)?).ok()?)),
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(take(b, 2)?.try_into().ok()?);
+    Some(SocketAddr::new(ip, port))
+}
+
+impl FlowToken {
+    fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        let mut kind = 0;
+        if self.flow.is_some() {
+            kind |= KIND_TCP;
+        }
+        if self.internal_tcp {
+            kind |= INTERNAL_TCP;
+        }
+        out.push(kind);
+        out.extend_from_slice(&self.instance.to_be_bytes());
+        put_addr(&mut out, self.internal);
+        put_addr(&mut out, self.client);
+        if let Some(f) = self.flow {
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        out
+    }
+
+    /// The signed token text (URI-user safe: `scd-` and lower-case hex).
+    pub fn encode(&self, key: &TokenKey) -> String {
+        let body = self.body();
+        let mac = key.mac(&body);
+        let mut s = String::with_capacity(PREFIX.len() + 2 * (body.len() + MAC_LEN));
+        s.push_str(PREFIX);
+        for b in body.iter().chain(&mac[..MAC_LEN]) {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        s
+    }
+
+    /// Parse without checking the MAC: only for reading where a token points (edges
+    /// send there; the dispatcher verifies before acting on it).
+    pub fn peek(token: &str) -> Option<FlowToken> {
+        let raw = unhex(token.strip_prefix(PREFIX)?)?;
+        let body = raw.get(..raw.len().checked_sub(MAC_LEN)?)?;
+        Self::parse_body(body)
+    }
+
+    /// Parse and verify; `None` for anything not signed with `key`.
+    pub fn decode(key: &TokenKey, token: &str) -> Option<FlowToken> {
+        let raw = unhex(token.strip_prefix(PREFIX)?)?;
+        let split = raw.len().checked_sub(MAC_LEN)?;
+        let (body, mac) = raw.split_at(split);
+        let want = key.mac(body);
+        // Constant time: a timing oracle on the MAC would let tokens be forged byte by byte.
+        let diff = want[..MAC_LEN]
+            .iter()
+            .zip(mac)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return None;
+        }
+        Self::parse_body(body)
+    }
+
+    fn parse_body(mut b: &[u8]) -> Option<FlowToken> {
+        let kind = take(&mut b, 1)?[0];
+        if kind & !(KIND_TCP | INTERNAL_TCP) != 0 {
+            return None;
+        }
+        let instance = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+        let internal = get_addr(&mut b)?;
+        let client = get_addr(&mut b)?;
+        let flow = if kind & KIND_TCP != 0 {
+            Some(u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?))
+        } else {
+            None
+        };
+        b.is_empty().then_some(FlowToken {
+            instance,
+            internal,
+            internal_tcp: kind & INTERNAL_TCP != 0,
+            client,
+            flow,
+        })
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) || s.len() > 256 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.chunks_exact(2)
+        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok(flow: Option<u64>, client: &str) -> FlowToken {
+        FlowToken {
+            instance: 0xdead_beef,
+            internal: "10.0.0.9:5070".parse().unwrap(),
+            internal_tcp: false,
+            client: client.parse().unwrap(),
+            flow,
+        }
+    }
+
+    #[test]
+    fn round_trips_v4_v6_udp_tcp() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        for t in [
+            tok(None, "203.0.113.5:40000"),
+            tok(Some(7), "203.0.113.5:40000"),
+            tok(Some(u64::MAX), "[2001:db8::1]:5060"),
+            FlowToken {
+                internal: "[fd00::9]:5070".parse().unwrap(),
+                internal_tcp: true,
+                ..tok(None, "[2001:db8::1]:5060")
+            },
+        ] {
+            let s = t.encode(&key);
+            assert!(s.starts_with(PREFIX));
+            assert!(s.bytes().skip(4).all(|c| c.is_ascii_hexdigit()));
+            assert_eq!(FlowToken::decode(&key, &s), Some(t));
+            assert_eq!(FlowToken::peek(&s), Some(t));
+        }
+    }
+
+    #[test]
+    fn forgeries_and_junk_fail() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        let other = TokenKey::new(b"another-secret-entirely");
+        let s = tok(Some(42), "203.0.113.5:40000").encode(&key);
+        assert_eq!(FlowToken::decode(&other, &s), None, "another cluster");
+        // Flip every nibble of the body in turn: each change must break the MAC.
+        for i in PREFIX.len()..s.len() {
+            let mut b = s.clone().into_bytes();
+            b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+            let forged = String::from_utf8(b).unwrap();
+            assert_eq!(FlowToken::decode(&key, &forged), None, "position {i}");
+        }
+        for junk in [
+            "",
+            "scd-",
+            "scd-0",
+            "scd-zz",
+            "scf-00",
+            "alice",
+            &s[..s.len() - 2],
+        ] {
+            assert_eq!(FlowToken::decode(&key, junk), None, "{junk}");
+        }
+        let long = format!("{PREFIX}{}", "0".repeat(1000));
+        assert_eq!(FlowToken::peek(&long), None);
+    }
+}

@@ -1,0 +1,688 @@
+//! The stateless relay driven with bytes and times, no sockets: what a client's request
+//! looks like at the edge, how responses find their way back, flow tokens, failover,
+//! probes and drain.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dispatch_core::{
+    Algorithm, FlowTable, FlowToken, HealthConfig, Listen, Metrics, Relay, RelayConfig, Side,
+    State, TargetSpec, TokenKey, Transmit,
+};
+use sip_core::SipMessage;
+use sip_txn::{FlowId, Target, Transport, TxnRef};
+
+struct Flows(Vec<u64>);
+impl FlowTable for Flows {
+    fn alive(&self, flow: FlowId) -> bool {
+        self.0.contains(&flow.0)
+    }
+}
+
+const SECRET: &[u8] = b"0123456789abcdef0123";
+const PUBLIC: &str = "198.51.100.7";
+const INTERNAL: &str = "10.0.0.9";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn relay() -> Relay {
+    let cfg = RelayConfig {
+        instance: 0x1234,
+        public: Listen {
+            advertise: ip(PUBLIC),
+            udp: Some(5060),
+            tcp: Some(5060),
+            addresses: vec![ip(PUBLIC)],
+        },
+        internal: Listen {
+            advertise: ip(INTERNAL),
+            udp: Some(5070),
+            tcp: None,
+            addresses: vec![ip(INTERNAL)],
+        },
+        edge_transport: Transport::Udp,
+        health: HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            fall: 2,
+            rise: 1,
+        },
+        failover_window: Duration::from_secs(32),
+        max_failover_entries: 1000,
+        retry_after: 5,
+    };
+    Relay::new(cfg, TokenKey::new(SECRET), Metrics::default())
+}
+
+fn edge(n: u8) -> TargetSpec {
+    TargetSpec {
+        id: format!("edge-{n}"),
+        addr: SocketAddr::new(ip(&format!("10.0.1.{n}")), 5060),
+        transport: Transport::Udp,
+        weight: 1,
+        priority: 0,
+    }
+}
+
+fn udp(addr: &str) -> Target {
+    Target {
+        transport: Transport::Udp,
+        addr: addr.parse().unwrap(),
+        flow: None,
+    }
+}
+
+fn all(r: &mut Relay) -> Vec<Transmit> {
+    std::iter::from_fn(|| r.poll_transmit()).collect()
+}
+
+fn parse(b: &Bytes) -> SipMessage {
+    SipMessage::parse(b.clone()).expect("valid SIP")
+}
+
+/// Add edges and answer their first probes so they are up.
+fn with_edges(r: &mut Relay, n: u8, now: Instant) {
+    r.set_edges((1..=n).map(edge).collect(), now);
+    r.handle_timeout(now);
+    for t in all(r) {
+        let probe = parse(&t.bytes);
+        assert_eq!(probe.method(), Some(sip_core::Method::Options));
+        assert_eq!(t.side, Side::Internal);
+        let resp = respond(&probe, 200);
+        r.handle_message(
+            Side::Internal,
+            parse(&resp),
+            udp(&t.target.addr.to_string()),
+            &Flows(vec![]),
+            now,
+        );
+    }
+    assert!(r.targets().iter().all(|t| t.state == State::Up));
+}
+
+/// A response to `req` as the next hop would send it (its Vias, To tag added).
+fn respond(req: &SipMessage, status: u16) -> Bytes {
+    sip_core::ResponseBuilder::new(req, status)
+        .unwrap()
+        .to_tag("uas1")
+        .build()
+}
+
+const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.168.1.20:5060;rport;branch=z9hG4bKclient1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@example.com>;tag=a1\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: call-1@192.168.1.20\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@192.168.1.20:5060>\r\n\
+Content-Length: 0\r\n\r\n";
+
+/// Another call (new Call-ID and branch).
+fn fresh(i: usize) -> String {
+    INVITE
+        .replace("call-1@", &format!("call-{i}@"))
+        .replace("z9hG4bKclient1", &format!("z9hG4bKclient1x{i}"))
+}
+
+fn client_sends(r: &mut Relay, text: &str, from: Target, now: Instant) -> Vec<Transmit> {
+    r.handle_message(
+        Side::Public,
+        SipMessage::parse(Bytes::from(text.to_owned())).unwrap(),
+        from,
+        &Flows(vec![]),
+        now,
+    );
+    all(r)
+}
+
+#[test]
+fn client_request_reaches_an_edge_with_our_via_token_and_nat_fix() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 3, now);
+    let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    assert_eq!(out.len(), 1);
+    let t = &out[0];
+    assert_eq!(t.side, Side::Internal);
+    assert!(t.target.addr.ip().to_string().starts_with("10.0.1."));
+    let fwd = parse(&t.bytes);
+    let vias: Vec<String> = fwd
+        .via()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v.raw).into_owned())
+        .collect();
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 10.0.0.9:5070;branch=z9hG4bK-scd"),
+        "{vias:?}"
+    );
+    assert_eq!(
+        vias[1],
+        "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKclient1;received=203.0.113.5;rport=40000"
+    );
+    assert_eq!(fwd.max_forwards().unwrap(), Some(69));
+    // A Record-Route naming this client on this dispatcher, at the public address.
+    let rr = fwd.header(sip_core::HeaderName::RecordRoute).expect("RR");
+    let rr = std::str::from_utf8(rr).unwrap();
+    assert!(
+        rr.starts_with("<sip:scd-") && rr.ends_with("@198.51.100.7:5060;lr>"),
+        "{rr}"
+    );
+    let user = &rr[5..rr.find('@').unwrap()];
+    let tok = FlowToken::decode(&TokenKey::new(SECRET), user).expect("signed");
+    assert_eq!(tok.client, "203.0.113.5:40000".parse().unwrap());
+    assert_eq!(tok.internal, "10.0.0.9:5070".parse().unwrap());
+    assert_eq!(tok.flow, None);
+    // The rest is byte-identical.
+    let text = std::str::from_utf8(&t.bytes).unwrap();
+    for line in [
+        "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.168.1.20:5060>\r\n",
+    ] {
+        assert!(text.contains(line), "{text}");
+    }
+
+    // Same Call-ID → same edge; a retransmission gets the same branch.
+    let again = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    assert_eq!(again[0].target, t.target);
+    assert_eq!(again[0].bytes, t.bytes);
+
+    // The edge's 180 goes back to the client's NAT address, our Via removed.
+    let ringing = respond(&fwd, 180);
+    r.handle_message(
+        Side::Internal,
+        parse(&ringing),
+        t.target,
+        &Flows(vec![]),
+        now,
+    );
+    let back = all(&mut r);
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].side, Side::Public);
+    assert_eq!(back[0].target, udp("203.0.113.5:40000"));
+    let resp = parse(&back[0].bytes);
+    assert_eq!(resp.via().count(), 1);
+    assert_eq!(resp.status(), Some(180));
+}
+
+#[test]
+fn calls_spread_over_edges_and_skip_joining_ones() {
+    let now = Instant::now();
+    let mut r = relay();
+    // Joining edges take nothing: 503 with Retry-After.
+    r.set_edges(vec![edge(1)], now);
+    let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    assert_eq!(out[0].side, Side::Public);
+    let resp = parse(&out[0].bytes);
+    assert_eq!(resp.status(), Some(503));
+    assert_eq!(
+        resp.header(sip_core::HeaderName::RetryAfter),
+        Some(&b"5"[..])
+    );
+
+    let mut r = relay();
+    with_edges(&mut r, 3, now);
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..300 {
+        let inv = fresh(i);
+        let out = client_sends(&mut r, &inv, udp("203.0.113.5:40000"), now);
+        *seen.entry(out[0].target.addr).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(seen.values().all(|n| *n > 60), "{seen:?}");
+}
+
+#[test]
+fn edge_503_fails_over_to_the_next_edge_and_is_acked() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 3, now);
+    let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    let first = out[0].target;
+    let fwd = parse(&out[0].bytes);
+    // 100 Trying is relayed and does not stop failover.
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 100)),
+        first,
+        &Flows(vec![]),
+        now,
+    );
+    assert_eq!(all(&mut r).len(), 1);
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 503)),
+        first,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let resent = out
+        .iter()
+        .find(|t| t.target != first)
+        .expect("to another edge");
+    assert_eq!(
+        resent.bytes,
+        fwd.bytes().clone(),
+        "the same request, same branch"
+    );
+    let ack = out
+        .iter()
+        .find(|t| t.target == first)
+        .expect("ACK to the first edge");
+    let ack = parse(&ack.bytes);
+    assert_eq!(ack.method(), Some(sip_core::Method::Ack));
+    assert_eq!(ack.top_via().unwrap().branch, fwd.top_via().unwrap().branch);
+    assert_eq!(ack.to_tag().unwrap(), Some("uas1"));
+
+    // The CANCEL follows the request to the second edge, whatever the hash says.
+    let cancel = INVITE
+        .replace("INVITE sip:bob@example.com", "CANCEL sip:bob@example.com")
+        .replace("1 INVITE", "1 CANCEL");
+    let out = client_sends(&mut r, &cancel, udp("203.0.113.5:40000"), now);
+    assert_eq!(out[0].target, resent.target);
+    // A retransmitted 503 from the first edge is ACKed again, not relayed.
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 503)),
+        first,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse(&out[0].bytes).method(), Some(sip_core::Method::Ack));
+
+    // A 503 from the second and third edge: the last one is relayed to the client.
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 503)),
+        resent.target,
+        &Flows(vec![]),
+        now,
+    );
+    let third = all(&mut r)
+        .into_iter()
+        .find(|t| t.bytes == fwd.bytes().clone())
+        .expect("third edge")
+        .target;
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 503)),
+        third,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].side, Side::Public);
+    assert_eq!(parse(&out[0].bytes).status(), Some(503));
+}
+
+#[test]
+fn no_failover_once_a_response_was_relayed() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 2, now);
+    let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    let (first, fwd) = (out[0].target, parse(&out[0].bytes));
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 180)),
+        first,
+        &Flows(vec![]),
+        now,
+    );
+    all(&mut r);
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 503)),
+        first,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].side, Side::Public, "relayed, not retried");
+}
+
+#[test]
+fn transport_error_fails_over_and_marks_the_edge() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 2, now);
+    let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
+    r.handle_send_failed(Side::Internal, out[0].target, out[0].origin, now);
+    let again = all(&mut r);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].target, out[0].target);
+    assert_eq!(again[0].bytes, out[0].bytes);
+}
+
+#[test]
+fn edge_requests_reach_clients_by_token() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 1, now);
+    // A TCP client registers: the Path names its connection.
+    let reg = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/TCP 192.168.1.30:5060;branch=z9hG4bKreg1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:carol@example.com>;tag=c1\r\nTo: <sip:carol@example.com>\r\n\
+Call-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@192.168.1.30:5060;transport=tcp>\r\n\
+Content-Length: 0\r\n\r\n";
+    let client = Target {
+        transport: Transport::Tcp,
+        addr: "203.0.113.9:50000".parse().unwrap(),
+        flow: Some(FlowId(77)),
+    };
+    let out = client_sends(&mut r, reg, client, now);
+    let fwd = parse(&out[0].bytes);
+    let path = std::str::from_utf8(fwd.header(sip_core::HeaderName::Path).unwrap())
+        .unwrap()
+        .to_owned();
+    assert!(path.contains(";transport=tcp;lr>"), "{path}");
+    assert!(
+        fwd.top_via().unwrap().raw.ends_with(b";scflow=4d"),
+        "connection id in our Via"
+    );
+    // The 200 goes back over the connection.
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&fwd, 200)),
+        out[0].target,
+        &Flows(vec![]),
+        now,
+    );
+    let back = all(&mut r);
+    assert_eq!(back[0].target, client);
+
+    // An edge sends an INVITE for carol with the Path as Route.
+    let invite = format!(
+        "INVITE sip:carol@192.168.1.30:5060;transport=tcp SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge1\r\nRoute: {path}\r\nMax-Forwards: 69\r\n\
+From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:carol@example.com>\r\nCall-ID: call-9\r\n\
+CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let from_edge = udp("10.0.1.1:5060");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite.clone())).unwrap(),
+        from_edge,
+        &Flows(vec![77]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].side, Side::Public);
+    assert_eq!(out[0].target, client);
+    let sent = parse(&out[0].bytes);
+    assert_eq!(
+        sent.header(sip_core::HeaderName::Route),
+        None,
+        "our Route popped"
+    );
+    assert_eq!(
+        sent.header(sip_core::HeaderName::RecordRoute)
+            .map(|v| v.to_vec()),
+        Some(path.clone().into_bytes())
+    );
+    assert!(
+        sent.top_via()
+            .unwrap()
+            .raw
+            .starts_with(b"SIP/2.0/TCP 198.51.100.7:5060;branch=z9hG4bK-scd")
+    );
+    // carol's answer goes back to the edge.
+    r.handle_message(
+        Side::Public,
+        parse(&respond(&sent, 200)),
+        client,
+        &Flows(vec![77]),
+        now,
+    );
+    let back = all(&mut r);
+    assert_eq!(back[0].side, Side::Internal);
+    assert_eq!(back[0].target, from_edge);
+
+    // Connection gone: 430 Flow Failed to the edge.
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite.clone())).unwrap(),
+        from_edge,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(parse(&out[0].bytes).status(), Some(430));
+    // Forged token: 403.
+    let forged = invite.replace("scd-", "scd-0");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(forged)).unwrap(),
+        from_edge,
+        &Flows(vec![77]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(parse(&out[0].bytes).status(), Some(403));
+}
+
+#[test]
+fn responses_to_unknown_hops_are_dropped() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 1, now);
+    // A "response" from outside whose second Via points at a non-edge: not reflected.
+    let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-scd0000000000000001\r\n\
+Via: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\n\
+Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    r.handle_message(
+        Side::Public,
+        SipMessage::parse(Bytes::from(resp)).unwrap(),
+        udp("192.0.2.66:5060"),
+        &Flows(vec![]),
+        now,
+    );
+    assert!(all(&mut r).is_empty());
+    // A response with a foreign top Via.
+    let foreign = resp.replace("z9hG4bK-scd", "z9hG4bKzz");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(foreign)).unwrap(),
+        udp("10.0.1.1:5060"),
+        &Flows(vec![]),
+        now,
+    );
+    assert!(all(&mut r).is_empty());
+}
+
+#[test]
+fn in_dialog_requests_use_any_live_edge_and_bye_survives_an_edge_loss() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 3, now);
+    let bye = INVITE
+        .replace("INVITE sip:bob@example.com", "BYE sip:bob@192.168.1.40")
+        .replace(
+            "To: <sip:bob@example.com>",
+            "To: <sip:bob@example.com>;tag=b1",
+        )
+        .replace("1 INVITE", "2 BYE");
+    let first = client_sends(&mut r, &bye, udp("203.0.113.5:40000"), now)[0].target;
+    // That edge stops answering probes: after `fall` failures BYEs go elsewhere.
+    let mut t = now;
+    for _ in 0..3 {
+        t += Duration::from_millis(1100);
+        r.handle_timeout(t);
+        let probes = all(&mut r);
+        for p in probes {
+            if p.target != first {
+                let req = parse(&p.bytes);
+                r.handle_message(
+                    Side::Internal,
+                    parse(&respond(&req, 200)),
+                    p.target,
+                    &Flows(vec![]),
+                    t,
+                );
+            }
+        }
+        t += Duration::from_millis(600);
+        r.handle_timeout(t);
+        all(&mut r);
+    }
+    let down: Vec<_> = r
+        .targets()
+        .into_iter()
+        .filter(|x| x.state == State::Down)
+        .collect();
+    assert_eq!(down.len(), 1, "{:?}", r.targets());
+    let second = client_sends(&mut r, &bye, udp("203.0.113.5:40000"), t)[0].target;
+    assert_ne!(second, first);
+}
+
+#[test]
+fn probe_503_drains_at_once_and_admin_drain_and_weight_work() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 2, now);
+    let t = now + Duration::from_millis(1001);
+    r.handle_timeout(t);
+    let probes = all(&mut r);
+    let draining = probes[0].target;
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&parse(&probes[0].bytes), 503)),
+        draining,
+        &Flows(vec![]),
+        t,
+    );
+    let info = r.targets();
+    let d = info.iter().find(|x| x.addr == draining.addr).unwrap();
+    assert!(d.draining && d.state == State::Up);
+    for i in 0..50 {
+        let inv = fresh(i);
+        let out = client_sends(&mut r, &inv, udp("203.0.113.5:40000"), t);
+        assert_ne!(out[0].target, draining, "no new dialogs to a draining edge");
+    }
+    // Admin: weight 0 on the other one leaves nothing for new dialogs.
+    let other = info
+        .iter()
+        .find(|x| x.addr != draining.addr)
+        .unwrap()
+        .id
+        .clone();
+    assert!(r.set_weight("edge", &other, 0));
+    let out = client_sends(&mut r, &fresh(1000), udp("203.0.113.5:40000"), t);
+    assert_eq!(parse(&out[0].bytes).status(), Some(503));
+    assert!(r.set_weight("edge", &other, 1));
+    assert!(r.set_draining("edge", &other, true));
+    let out = client_sends(&mut r, &fresh(1001), udp("203.0.113.5:40000"), t);
+    assert_eq!(parse(&out[0].bytes).status(), Some(503));
+    assert!(!r.set_draining("edge", "nope", true));
+}
+
+#[test]
+fn destination_sets_pick_members_and_fail_over() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 1, now);
+    let gw = |n: u8, prio: u32| TargetSpec {
+        id: format!("gw{n}"),
+        addr: SocketAddr::new(ip(&format!("192.0.2.{n}")), 5060),
+        transport: Transport::Udp,
+        weight: 1,
+        priority: prio,
+    };
+    r.set_sets(
+        vec![(
+            "carrier".into(),
+            Algorithm::Priority,
+            vec![gw(1, 1), gw(2, 2)],
+        )],
+        now,
+    );
+    r.handle_timeout(now);
+    for p in all(&mut r) {
+        assert_eq!(
+            p.side,
+            Side::Public,
+            "set members are probed on the public side"
+        );
+        let req = parse(&p.bytes);
+        r.handle_message(
+            Side::Public,
+            parse(&respond(&req, 200)),
+            p.target,
+            &Flows(vec![]),
+            now,
+        );
+    }
+    let invite = "INVITE sip:+15551234@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge7\r\nRoute: <sip:set-carrier@10.0.0.9:5070;lr>\r\n\
+Max-Forwards: 69\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:+15551234@example.com>\r\n\
+Call-ID: pstn-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite)).unwrap(),
+        udp("10.0.1.1:5060"),
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(
+        out[0].target.addr,
+        "192.0.2.1:5060".parse().unwrap(),
+        "priority 1 first"
+    );
+    let sent = parse(&out[0].bytes);
+    assert!(sent.header(sip_core::HeaderName::RecordRoute).is_some());
+    r.handle_message(
+        Side::Public,
+        parse(&respond(&sent, 503)),
+        out[0].target,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    let resent = out
+        .iter()
+        .find(|t| t.bytes == sent.bytes().clone())
+        .expect("failover");
+    assert_eq!(resent.target.addr, "192.0.2.2:5060".parse().unwrap());
+    // Unknown set: 404.
+    let bad = invite.replace("set-carrier", "set-nope");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(bad)).unwrap(),
+        udp("10.0.1.1:5060"),
+        &Flows(vec![]),
+        now,
+    );
+    assert_eq!(parse(&all(&mut r)[0].bytes).status(), Some(404));
+    let _ = TxnRef::Stateless;
+}
+
+#[test]
+fn options_to_the_dispatcher_and_hostile_input() {
+    let now = Instant::now();
+    let mut r = relay();
+    let opts = "OPTIONS sip:198.51.100.7:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKo\r\n\
+Max-Forwards: 70\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:198.51.100.7>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    let out = client_sends(&mut r, opts, udp("192.0.2.1:5060"), now);
+    assert_eq!(parse(&out[0].bytes).status(), Some(200));
+    r.set_self_draining(true);
+    let out = client_sends(&mut r, opts, udp("192.0.2.1:5060"), now);
+    assert_eq!(parse(&out[0].bytes).status(), Some(503));
+    // Max-Forwards 0 to someone else: 483.
+    with_edges(&mut r, 1, now);
+    let mf0 = INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let out = client_sends(&mut r, &mf0, udp("192.0.2.1:5060"), now);
+    assert_eq!(parse(&out[0].bytes).status(), Some(483));
+    // No Call-ID: 400.
+    let bad = INVITE.replace("Call-ID: call-1@192.168.1.20\r\n", "");
+    let out = client_sends(&mut r, &bad, udp("192.0.2.1:5060"), now);
+    assert_eq!(parse(&out[0].bytes).status(), Some(400));
+}
