@@ -258,9 +258,7 @@ mod tests {
         let mut p = Pool::new("gw", alg);
         let m = Metrics::default();
         let now = Instant::now();
-        let mut slot = 0;
-        for (i, prio) in [(1u16, 2u32), (2, 1), (3, 1)] {
-            slot += 1;
+        for (slot, (i, prio)) in (1u32..).zip([(1u16, 2u32), (2, 1), (3, 1)]) {
             p.upsert(
                 TargetSpec {
                     id: format!("gw{i}"),

@@ -178,11 +178,9 @@ fn client_request_reaches_an_edge_with_our_via_token_and_nat_fix() {
     assert_eq!(tok.flow, None);
     // The rest is byte-identical.
     let text = std::str::from_utf8(&t.bytes).unwrap();
-    for line in [
-        "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.168.1.20:5060>\r\n",
-    ] {
-        assert!(text.contains(line), "{text}");
-    }
+    let kept = "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n\
+Call-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.168.1.20:5060>\r\n";
+    assert!(text.contains(kept), "{text}");
 
     // Same Call-ID → same edge; a retransmission gets the same branch.
     let again = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
