@@ -2,7 +2,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["sipcluster/location/v1/location.proto"];
+    let files = [
+        "sipcluster/location/v1/location.proto",
+        "sipcluster/dispatcher/v1/admin.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

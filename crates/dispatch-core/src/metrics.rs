@@ -77,9 +77,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Register every family under `sipcluster_dispatcher_`.
+    /// Register every family under `dispatcher_` (the caller's registry adds `sipcluster_`).
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("sipcluster_dispatcher");
+        let r = registry.sub_registry_with_prefix("dispatcher");
         r.register(
             "target_requests",
             "Requests relayed to each target",

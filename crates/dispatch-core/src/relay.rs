@@ -673,8 +673,10 @@ impl Relay {
             let _ = write!(via, ";{FLOW_PARAM}={:x}", f.0);
         }
         let client_via = msg.top_via_seen_from(source.addr);
+        let nat = top.sent_by.host.ip() != Some(source.addr.ip())
+            || top.sent_by.port.unwrap_or(5060) != source.addr.port();
         let stamp = (method == Method::Register || (!in_dialog && creates_dialog(method)))
-            .then(|| self.client_uri(source));
+            .then(|| self.client_uri(source, nat));
         let mut ed = Editor::new(msg);
         if pop && ed.remove_top_route().is_err() {
             self.metrics.drop("bad_route");
@@ -772,7 +774,7 @@ impl Relay {
     }
 
     /// The Path / Record-Route URI naming the client at `source` on this dispatcher.
-    fn client_uri(&self, source: Target) -> String {
+    fn client_uri(&self, source: Target, nat: bool) -> String {
         let edge_tcp = self.cfg.edge_transport != Transport::Udp;
         let token = FlowToken {
             instance: self.cfg.instance,
@@ -782,6 +784,7 @@ impl Relay {
             ),
             internal_tcp: edge_tcp,
             client: source.addr,
+            nat,
             flow: source.flow.map(|f| f.0),
         }
         .encode(&self.key);
@@ -887,9 +890,14 @@ impl Relay {
                         flow: Some(FlowId(flow)),
                     }
                 }
+                // Not behind a NAT: the Request-URI (the Contact) is where it listens.
                 None => Target {
                     transport: Transport::Udp,
-                    addr: tok.client,
+                    addr: if tok.nat {
+                        tok.client
+                    } else {
+                        ruri_addr(msg).unwrap_or(tok.client)
+                    },
                     flow: None,
                 },
             };
@@ -919,7 +927,7 @@ impl Relay {
             };
             m.metrics.requests.inc();
             let id = m.spec.id.clone();
-            let rr = stamp.then(|| self.client_uri(target).into_bytes());
+            let rr = stamp.then(|| self.client_uri(target, true).into_bytes());
             (target, rr, Some((idx, key, id)))
         } else {
             // Not ours to route: edges only send here with a token or a set.
@@ -1245,6 +1253,18 @@ impl Relay {
             .failover_entries
             .set(self.failover.len() as i64);
     }
+}
+
+/// The Request-URI's address when it is a SIP URI with an IP literal host.
+fn ruri_addr(msg: &SipMessage) -> Option<SocketAddr> {
+    let Ok(Uri::Sip(u)) = msg.request_uri() else {
+        return None;
+    };
+    let ip = u.host.ip()?;
+    Some(SocketAddr::new(
+        ip,
+        u.port.unwrap_or(if u.secure { 5061 } else { 5060 }),
+    ))
 }
 
 /// An OPTIONS probe for a target.

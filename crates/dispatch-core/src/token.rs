@@ -27,6 +27,7 @@ const DOMAIN: &[u8] = b"sipcluster dispatcher flow token v1\0";
 const MAC_LEN: usize = 10;
 const KIND_TCP: u8 = 1;
 const INTERNAL_TCP: u8 = 2;
+const BEHIND_NAT: u8 = 4;
 
 /// The cluster secret, keyed once.
 #[derive(Clone)]
@@ -64,8 +65,12 @@ pub struct FlowToken {
     pub internal: SocketAddr,
     /// Whether edges reach `internal` over TCP (else UDP).
     pub internal_tcp: bool,
-    /// The client's address (for UDP, where to send; for TCP, for logs).
+    /// The client's address (the source of its request).
     pub client: SocketAddr,
+    /// UDP: the client is behind a NAT (its Via did not match the source), so requests
+    /// for it go to `client`, the NAT binding; otherwise to the Request-URI (its
+    /// Contact), which may be another socket than the one it registered from.
+    pub nat: bool,
     /// The client's connection on `instance`; `None` for UDP.
     pub flow: Option<u64>,
 }
@@ -112,6 +117,9 @@ impl FlowToken {
         }
         if self.internal_tcp {
             kind |= INTERNAL_TCP;
+        }
+        if self.nat {
+            kind |= BEHIND_NAT;
         }
         out.push(kind);
         out.extend_from_slice(&self.instance.to_be_bytes());
@@ -163,7 +171,7 @@ impl FlowToken {
 
     fn parse_body(mut b: &[u8]) -> Option<FlowToken> {
         let kind = take(&mut b, 1)?[0];
-        if kind & !(KIND_TCP | INTERNAL_TCP) != 0 {
+        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT) != 0 {
             return None;
         }
         let instance = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
@@ -178,6 +186,7 @@ impl FlowToken {
             instance,
             internal,
             internal_tcp: kind & INTERNAL_TCP != 0,
+            nat: kind & BEHIND_NAT != 0,
             client,
             flow,
         })
@@ -211,6 +220,7 @@ mod tests {
             instance: 0xdead_beef,
             internal: "10.0.0.9:5070".parse().unwrap(),
             internal_tcp: false,
+            nat: true,
             client: client.parse().unwrap(),
             flow,
         }
@@ -226,6 +236,7 @@ mod tests {
             FlowToken {
                 internal: "[fd00::9]:5070".parse().unwrap(),
                 internal_tcp: true,
+                nat: false,
                 ..tok(None, "[2001:db8::1]:5060")
             },
         ] {

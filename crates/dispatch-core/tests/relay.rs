@@ -176,6 +176,10 @@ fn client_request_reaches_an_edge_with_our_via_token_and_nat_fix() {
     assert_eq!(tok.client, "203.0.113.5:40000".parse().unwrap());
     assert_eq!(tok.internal, "10.0.0.9:5070".parse().unwrap());
     assert_eq!(tok.flow, None);
+    assert!(
+        tok.nat,
+        "the Via said 192.168.1.20:5060, the packet came from elsewhere"
+    );
     // The rest is byte-identical.
     let text = std::str::from_utf8(&t.bytes).unwrap();
     let kept = "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n\

@@ -3,7 +3,7 @@
 //! Every message and service of `proto/` is compiled here once (prost messages, tonic
 //! clients and servers), so that services share one definition and no crate runs its own
 //! code generation. Packages map to modules: `sipcluster.location.v1` is
-//! [`location::v1`].
+//! [`location::v1`], `sipcluster.dispatcher.v1` is [`dispatcher::v1`].
 
 #![allow(
     missing_docs,
@@ -17,5 +17,14 @@ pub mod location {
     /// dialog records).
     pub mod v1 {
         tonic::include_proto!("sipcluster.location.v1");
+    }
+}
+
+/// `sipcluster.dispatcher.*`
+pub mod dispatcher {
+    /// `sipcluster.dispatcher.v1`: the dispatcher's admin API (targets, weights, drain,
+    /// destination sets).
+    pub mod v1 {
+        tonic::include_proto!("sipcluster.dispatcher.v1");
     }
 }

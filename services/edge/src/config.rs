@@ -70,6 +70,10 @@ pub struct RuntimeConfig {
     /// cross-thread wake-ups: ~7-10 % per call measured) but parses and proxies on one
     /// core; scale out with more edges instead of more threads when that is the aim.
     pub workers: usize,
+    /// On SIGTERM: seconds during which the edge answers OPTIONS with 503 and is not
+    /// ready (dispatchers stop giving it new dialogs at once) while its transactions
+    /// finish; then it stops.
+    pub drain_secs: u64,
 }
 
 /// Listening sockets and the proxy's identity.
@@ -86,6 +90,11 @@ pub struct SipConfig {
     /// Domains this edge is the registrar and home proxy for; the first is the default.
     /// Requests for the edge's own addresses count as the default domain.
     pub domains: Vec<String>,
+    /// Add Record-Route to dialog-creating requests. Behind a dispatcher set it to false:
+    /// the dispatcher's Record-Route keeps in-dialog requests in the cluster, and any
+    /// edge can take them (an edge's own address in the route set would pin the dialog
+    /// to that edge and break it when the edge goes away).
+    pub record_route: bool,
 }
 
 /// Digest authentication.
@@ -186,6 +195,7 @@ impl Default for SipConfig {
             tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
             advertise: None,
             domains: vec!["sipcluster.local".into()],
+            record_route: true,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Shared {
     pub instance: String,
     /// The transports (to ask whether a registered connection is still open).
     pub transports: sip_transport::Transports,
+    /// Draining: OPTIONS to the edge say 503, so dispatchers send no new dialogs.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One next hop for a forwarded copy of the request.
@@ -198,6 +200,23 @@ fn is_loop(local: &Local, msg: &SipMessage) -> bool {
 /// Where to send a request for `uri` (RFC 3263 without NAPTR/SRV: the transport from
 /// the URI, A/AAAA lookup of a name).
 pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
+    // A dispatcher's Path / Record-Route: its public address is for clients; edges
+    // send to the internal address of the dispatcher instance the token names.
+    if let Some(tok) = uri
+        .user
+        .filter(|u| u.starts_with(dispatch_core::token::PREFIX))
+        .and_then(dispatch_core::FlowToken::peek)
+    {
+        return Some(Target {
+            transport: if tok.internal_tcp {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            addr: tok.internal,
+            flow: None,
+        });
+    }
     let transport = match uri.transport() {
         Some(t) => Transport::from_token(t)?,
         None if uri.secure => Transport::Tls,
@@ -263,7 +282,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         pop < routes.len() && matches!(&ruri, Some(Uri::Sip(u)) if sh.local.is_me(u) && u.lr());
     let remaining = routes.len() - pop - usize::from(strict_fix);
     let initial = msg.to_tag().ok().flatten().is_none();
-    let record_route = initial && creates_dialog(method);
+    let record_route = initial && creates_dialog(method) && sh.cfg.sip.record_route;
 
     if remaining > 0 {
         // Loose routing: the next Route decides the next hop; the Request-URI stays.
@@ -381,6 +400,9 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             // Addressed to the proxy itself.
             // The proxy as a UAS (§8.2.1): it answers OPTIONS (and REGISTER, above) only.
             match method {
+                Method::Options if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                    respond_with(txn, msg, 503, &[("Retry-After", "5".into())])
+                }
                 Method::Options => respond_with(
                     txn,
                     msg,

@@ -22,7 +22,7 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sip_auth::{FileStore, NonceKey, SubscriberStore};
@@ -76,6 +76,8 @@ pub struct EdgeHandle {
     pub instance: String,
     /// Readiness (false while draining).
     pub ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    drain: Duration,
     shutdown: oneshot::Sender<()>,
     join: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -89,6 +91,18 @@ impl EdgeHandle {
         for t in self.tasks {
             t.abort();
         }
+    }
+
+    /// SIGTERM: not ready and 503 to OPTIONS (dispatchers stop sending new dialogs at
+    /// once) for `runtime.drain_secs` while transactions finish; then stop.
+    pub async fn drain_and_stop(self) {
+        if !self.drain.is_zero() {
+            self.ready.store(false, Ordering::Relaxed);
+            self.draining.store(true, Ordering::Relaxed);
+            tracing::info!(secs = self.drain.as_secs(), "draining");
+            tokio::time::sleep(self.drain).await;
+        }
+        self.stop().await;
     }
 
     /// Wait until the core ends (it does not on its own; for `main`).
@@ -228,7 +242,10 @@ pub async fn start_with(
             }
         }));
     }
+    let draining = Arc::new(AtomicBool::new(false));
+    let drain = Duration::from_secs(cfg.runtime.drain_secs);
     let shared = Arc::new(decide::Shared {
+        draining: draining.clone(),
         cfg,
         local,
         store,
@@ -250,6 +267,8 @@ pub async fn start_with(
         metrics: metrics_addr,
         instance,
         ready,
+        draining,
+        drain,
         shutdown: stop_tx,
         join,
         tasks,

@@ -6,6 +6,8 @@
 //! * `sipcluster edge` runs an edge proxy in cluster mode (registrations and credentials
 //!   in the location service).
 //! * `sipcluster location` runs the location service (memory, Redis or Redis Cluster).
+//! * `sipcluster dispatcher` runs the dispatcher, the public SIP entry point in front of
+//!   the edges; `sipcluster dispatcher-admin` drives its admin API.
 //! * `sipcluster users add|remove|list` provisions subscribers through the location
 //!   service; only HA1 digests leave the command, never the password.
 //!
@@ -40,6 +42,10 @@ enum Command {
     Location(LocationArgs),
     /// Provision subscribers through the location service.
     Users(UsersArgs),
+    /// Run the dispatcher (public SIP entry point and load balancer in front of edges).
+    Dispatcher(DispatcherArgs),
+    /// Inspect and steer a dispatcher: targets, weights, drain, destination sets.
+    DispatcherAdmin(AdminArgs),
     /// Validate an edge configuration (file + environment + flags) and print the result.
     CheckConfig(RunArgs),
 }
@@ -86,6 +92,118 @@ struct LocationArgs {
     /// Worker threads (0 = one per CPU).
     #[arg(long, env = "SIPCLUSTER_WORKERS", default_value_t = 0)]
     workers: usize,
+}
+
+#[derive(Args, Clone)]
+struct DispatcherArgs {
+    /// TOML configuration file (see deploy/dispatcher.toml).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public listening address for UDP and TCP (replaces the configured ones).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address clients reach (Via, Path, Record-Route).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_PUBLIC_ADVERTISE")]
+    advertise: Option<IpAddr>,
+    /// Edge-facing UDP address (replaces the configured one).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_INTERNAL")]
+    internal: Option<SocketAddr>,
+    /// Edge-facing address written into flow tokens (the pod IP).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_INTERNAL_ADVERTISE")]
+    internal_advertise: Option<IpAddr>,
+    /// Static edges (comma-separated host:port; implies discovery kind static).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_EDGES", value_delimiter = ',')]
+    edges: Vec<SocketAddr>,
+    /// Discovery: static, dns or kubernetes.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_DISCOVERY")]
+    discovery: Option<String>,
+    /// Kubernetes: kubeconfig file.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes: namespace of the edge pods.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_NAMESPACE")]
+    namespace: Option<String>,
+    /// Kubernetes: label selector of the edge pods.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_SELECTOR")]
+    selector: Option<String>,
+    /// The cluster secret (the edges' nonce secret).
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Admin gRPC address, or `off`.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
+    admin: Option<String>,
+    /// Metrics/health HTTP address, or `off`.
+    #[arg(long, env = "SIPCLUSTER_METRICS")]
+    metrics: Option<String>,
+    /// Health probe interval, ms.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_PROBE_INTERVAL_MS")]
+    probe_interval_ms: Option<u64>,
+    /// Health probe timeout, ms.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_PROBE_TIMEOUT_MS")]
+    probe_timeout_ms: Option<u64>,
+    /// Seconds of drain on SIGTERM.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_DRAIN_SECS")]
+    drain_secs: Option<u64>,
+    /// Log format: plain or json.
+    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
+    log_format: String,
+    /// Log filter.
+    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
+    log_level: String,
+    /// Worker threads (0 = one per CPU).
+    #[arg(long, env = "SIPCLUSTER_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The dispatcher's admin API.
+    #[arg(
+        long,
+        env = "SIPCLUSTER_DISPATCHER_ADMIN_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    admin: String,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Subcommand, Clone)]
+enum AdminAction {
+    /// List targets (edges and destination-set members) with their health.
+    Targets {
+        /// Only this pool (`edge` or a set name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// List the destination sets and the edge pool.
+    Sets,
+    /// Set a target's weight.
+    Weight {
+        /// Target id (as `targets` shows it).
+        id: String,
+        /// New weight (0: no new dialogs).
+        weight: u32,
+        /// Pool (default: edge).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Stop giving a target new dialogs.
+    Drain {
+        /// Target id.
+        id: String,
+        /// Pool (default: edge).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Undo `drain`.
+    Undrain {
+        /// Target id.
+        id: String,
+        /// Pool (default: edge).
+        #[arg(long)]
+        pool: Option<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -166,6 +284,13 @@ struct RunArgs {
     /// Disable digest authentication (REGISTER and calls).
     #[arg(long, env = "SIPCLUSTER_NO_AUTH")]
     no_auth: bool,
+    /// Do not Record-Route (edges behind a dispatcher: its Record-Route is enough, and
+    /// any edge then takes in-dialog requests).
+    #[arg(long, env = "SIPCLUSTER_NO_RECORD_ROUTE")]
+    no_record_route: bool,
+    /// Seconds of drain on SIGTERM (OPTIONS answered 503 meanwhile).
+    #[arg(long, env = "SIPCLUSTER_DRAIN_SECS")]
+    drain_secs: Option<u64>,
     /// Log format: plain or json.
     #[arg(long, env = "SIPCLUSTER_LOG_FORMAT")]
     log_format: Option<String>,
@@ -223,6 +348,12 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
         cfg.auth.register = false;
         cfg.auth.invite = false;
     }
+    if a.no_record_route {
+        cfg.sip.record_route = false;
+    }
+    if let Some(d) = a.drain_secs {
+        cfg.runtime.drain_secs = d;
+    }
     if let Some(f) = &a.log_format {
         cfg.log.format = f.clone();
     }
@@ -268,6 +399,147 @@ fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::DispatcherConfig> {
+    let mut cfg = read_config(a.config.as_deref(), dispatcher::DispatcherConfig::from_toml)?;
+    if let Some(l) = a.listen {
+        cfg.public.udp = vec![l];
+        cfg.public.tcp = vec![l];
+    }
+    if a.advertise.is_some() {
+        cfg.public.advertise = a.advertise;
+    }
+    if let Some(i) = a.internal {
+        cfg.internal.udp = vec![i];
+    }
+    if a.internal_advertise.is_some() {
+        cfg.internal.advertise = a.internal_advertise;
+    }
+    if !a.edges.is_empty() {
+        cfg.discovery.edges = a.edges.clone();
+        if a.discovery.is_none() {
+            cfg.discovery.kind = "static".into();
+        }
+    }
+    if let Some(d) = &a.discovery {
+        cfg.discovery.kind = d.clone();
+    }
+    if a.kubeconfig.is_some() {
+        cfg.discovery.kubeconfig = a.kubeconfig.clone();
+    }
+    if a.namespace.is_some() {
+        cfg.discovery.namespace = a.namespace.clone();
+    }
+    if let Some(s) = &a.selector {
+        cfg.discovery.label_selector = s.clone();
+    }
+    if a.secret.is_some() {
+        cfg.secret = a.secret.clone();
+    }
+    if let Some(m) = &a.admin {
+        cfg.admin_listen = parse_metrics(m).context("--admin")?;
+    }
+    if let Some(m) = &a.metrics {
+        cfg.metrics_listen = parse_metrics(m)?;
+    }
+    if let Some(v) = a.probe_interval_ms {
+        cfg.health.interval_ms = v;
+    }
+    if let Some(v) = a.probe_timeout_ms {
+        cfg.health.timeout_ms = v;
+    }
+    if let Some(v) = a.drain_secs {
+        cfg.drain_secs = v;
+    }
+    if let Some(w) = a.workers {
+        cfg.workers = w;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn dispatcher_admin(a: AdminArgs) -> Result<()> {
+    use sipcluster_proto::dispatcher::v1 as pb;
+    let mut client = pb::dispatcher_admin_client::DispatcherAdminClient::connect(a.admin.clone())
+        .await
+        .with_context(|| format!("connecting to the dispatcher admin API at {}", a.admin))?;
+    let health = |h: i32| match pb::Health::try_from(h) {
+        Ok(pb::Health::Up) => "up",
+        Ok(pb::Health::Down) => "down",
+        Ok(pb::Health::Joining) => "joining",
+        _ => "?",
+    };
+    let print = |t: &pb::Target| {
+        println!(
+            "{:<10} {:<28} {:<24} {:<4} weight={:<4} prio={:<3} {:<8}{} requests={}",
+            t.pool,
+            t.id,
+            t.address,
+            t.transport,
+            t.weight,
+            t.priority,
+            health(t.health),
+            if t.draining { " draining" } else { "" },
+            t.requests
+        )
+    };
+    let drain = matches!(a.action, AdminAction::Drain { .. });
+    match a.action {
+        AdminAction::Targets { pool } => {
+            let r = client
+                .list_targets(pb::ListTargetsRequest {
+                    pool: pool.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            for t in &r.targets {
+                print(t);
+            }
+        }
+        AdminAction::Sets => {
+            for s in client
+                .list_sets(pb::ListSetsRequest {})
+                .await?
+                .into_inner()
+                .sets
+            {
+                println!(
+                    "{:<16} {:<12} targets={} up={}",
+                    s.name, s.algorithm, s.targets, s.up
+                );
+            }
+        }
+        AdminAction::Weight { id, weight, pool } => {
+            let r = client
+                .set_weight(pb::SetWeightRequest {
+                    pool: pool.unwrap_or_default(),
+                    id,
+                    weight,
+                })
+                .await?
+                .into_inner();
+            if let Some(t) = &r.target {
+                print(t);
+            }
+        }
+        AdminAction::Drain { id, pool } | AdminAction::Undrain { id, pool } => {
+            let req = pb::DrainRequest {
+                pool: pool.unwrap_or_default(),
+                id,
+            };
+            let r = if drain {
+                client.drain(req).await?
+            } else {
+                client.undrain(req).await?
+            }
+            .into_inner();
+            if let Some(t) = &r.target {
+                print(t);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_metrics(m: &str) -> Result<Option<SocketAddr>> {
@@ -438,7 +710,7 @@ fn main() -> Result<()> {
                 let handle = edge::start_cluster(cfg).await?;
                 shutdown_signal().await;
                 tracing::info!("stopping");
-                handle.stop().await;
+                handle.drain_and_stop().await;
                 Ok(())
             })
         }
@@ -454,5 +726,17 @@ fn main() -> Result<()> {
             })
         }
         Command::Users(a) => runtime(1)?.block_on(users(a)),
+        Command::Dispatcher(a) => {
+            let cfg = build_dispatcher_config(&a)?;
+            init_logging(&a.log_level, &a.log_format)?;
+            runtime(cfg.workers)?.block_on(async {
+                let handle = dispatcher::start(cfg).await?;
+                shutdown_signal().await;
+                tracing::info!("stopping");
+                handle.drain_and_stop().await;
+                Ok(())
+            })
+        }
+        Command::DispatcherAdmin(a) => runtime(1)?.block_on(dispatcher_admin(a)),
     }
 }

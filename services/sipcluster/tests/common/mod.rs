@@ -121,6 +121,61 @@ impl Server {
         Server::launch(dir, name, "edge", sip, free_addr(), &args)
     }
 
+    /// Start an edge behind a dispatcher (no Record-Route of its own) on a given port.
+    pub fn edge_at(
+        dir: &Path,
+        name: &str,
+        sip: SocketAddr,
+        location: SocketAddr,
+        extra: &[&str],
+    ) -> Server {
+        let mut args = vec![
+            "--listen".to_owned(),
+            sip.to_string(),
+            "--location".to_owned(),
+            format!("http://{location}"),
+            "--no-record-route".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, name, "edge", sip, free_addr(), &args)
+    }
+
+    /// Start a dispatcher on free loopback ports in front of static `edges`, probing
+    /// them every 200 ms. `sip` is its public address; the admin API is on `admin`.
+    pub fn dispatcher(
+        dir: &Path,
+        name: &str,
+        edges: &[SocketAddr],
+        extra: &[&str],
+    ) -> (Server, SocketAddr) {
+        let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let admin = free_addr();
+        let list: Vec<String> = edges.iter().map(|e| e.to_string()).collect();
+        let mut args = vec![
+            "--listen".to_owned(),
+            sip.to_string(),
+            "--internal".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--admin".to_owned(),
+            admin.to_string(),
+            "--probe-interval-ms".to_owned(),
+            "200".to_owned(),
+            "--probe-timeout-ms".to_owned(),
+            "150".to_owned(),
+            "--drain-secs".to_owned(),
+            "1".to_owned(),
+        ];
+        if !list.is_empty() {
+            args.push("--edges".to_owned());
+            args.push(list.join(","));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        (
+            Server::launch(dir, name, "dispatcher", sip, free_addr(), &args),
+            admin,
+        )
+    }
+
     /// Start a location service on `grpc` (and `metrics`), with the demo users.
     pub fn location_at(
         dir: &Path,
@@ -158,8 +213,14 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipcluster"));
         cmd.arg(sub)
             .args(["--metrics", &metrics.to_string(), "--log-level", "info"]);
-        if sub != "location" {
-            cmd.args(["--nonce-secret", NONCE_SECRET]);
+        match sub {
+            "location" => {}
+            "dispatcher" => {
+                cmd.args(["--secret", NONCE_SECRET]);
+            }
+            _ => {
+                cmd.args(["--nonce-secret", NONCE_SECRET]);
+            }
         }
         let child = cmd
             .args(args)

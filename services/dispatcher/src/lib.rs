@@ -1,0 +1,493 @@
+//! # dispatcher: sipcluster's public SIP entry point
+//!
+//! A stateless, SIP-aware load balancer in front of the edge proxies. It terminates the
+//! clients' UDP and TCP (holding their connections, so an edge restart is invisible to
+//! them), relays each request to the edge its Call-ID hashes to, and relays requests from
+//! edges back to clients through the connection or NAT binding named by the signed flow
+//! token in their Route. Health comes from OPTIONS probes; edges come from a
+//! [`discovery::Discovery`] source (static, DNS, Kubernetes Pods).
+//!
+//! This crate is the thin I/O driver: two [`sip_transport::Transports`] (public and
+//! internal), one task owning the sans-IO [`dispatch_core::Relay`], the discovery
+//! task, the gRPC admin API ([`admin`]) and `/metrics`.
+
+pub mod admin;
+pub mod config;
+pub mod discovery;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dispatch_core::{
+    FlowTable, Listen, Metrics, Notice, Relay, RelayConfig, Side, TargetInfo, TargetSpec, TokenKey,
+};
+use prometheus_client::registry::Registry;
+use sip_transport::{Inbound, TransportConfig, TransportMetrics, Transports};
+use sip_txn::{FlowId, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, DispatcherConfig};
+use discovery::Discovery;
+
+/// Errors starting or running the dispatcher.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A SIP listener could not be bound.
+    #[error(transparent)]
+    Transport(#[from] sip_transport::TransportError),
+    /// The admin or metrics listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Discovery cannot run (bad kubeconfig, no credentials, the watch ended).
+    #[error("edge discovery: {0}")]
+    Discovery(String),
+    /// No randomness for the instance id.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// What the admin API asks the relay task.
+#[derive(Debug)]
+pub enum Command {
+    /// Every target.
+    Targets(oneshot::Sender<Vec<TargetInfo>>),
+    /// Set a weight; replies with the target, `None` when unknown.
+    SetWeight {
+        /// Pool.
+        pool: String,
+        /// Target id.
+        id: String,
+        /// Weight.
+        weight: u32,
+        /// Reply.
+        reply: oneshot::Sender<Option<TargetInfo>>,
+    },
+    /// Drain or undrain.
+    Drain {
+        /// Pool.
+        pool: String,
+        /// Target id.
+        id: String,
+        /// Drain?
+        draining: bool,
+        /// Reply.
+        reply: oneshot::Sender<Option<TargetInfo>>,
+    },
+}
+
+/// A running dispatcher.
+pub struct DispatcherHandle {
+    /// Public UDP addresses (actual ports).
+    pub public_udp: Vec<SocketAddr>,
+    /// Public TCP addresses.
+    pub public_tcp: Vec<SocketAddr>,
+    /// Internal UDP addresses.
+    pub internal_udp: Vec<SocketAddr>,
+    /// Internal TCP addresses.
+    pub internal_tcp: Vec<SocketAddr>,
+    /// Admin gRPC address.
+    pub admin: Option<SocketAddr>,
+    /// `/metrics` address.
+    pub metrics: Option<SocketAddr>,
+    /// Readiness.
+    pub ready: Arc<AtomicBool>,
+    commands: mpsc::Sender<Command>,
+    draining: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl DispatcherHandle {
+    /// The admin command channel (for in-process callers).
+    pub fn commands(&self) -> mpsc::Sender<Command> {
+        self.commands.clone()
+    }
+
+    /// Every target, as the admin API shows it.
+    pub async fn targets(&self) -> Vec<TargetInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Targets(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// SIGTERM: not ready (load balancers and clients' OPTIONS see it), keep relaying and
+    /// holding connections for the drain time, then stop.
+    pub async fn drain_and_stop(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.draining.send(true);
+        tracing::info!(secs = self.drain.as_secs(), "draining");
+        tokio::time::sleep(self.drain).await;
+        self.stop().await;
+    }
+
+    /// Stop at once.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// The address of the interface that carries the default route (nothing is sent).
+fn primary_address() -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn listen(advertise: Option<IpAddr>, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Listen {
+    let specific = udp
+        .iter()
+        .chain(tcp)
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_unspecified());
+    let advertise = advertise.or(specific).unwrap_or_else(primary_address);
+    let mut addresses = vec![advertise];
+    for a in udp.iter().chain(tcp) {
+        addresses.push(if a.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            a.ip()
+        });
+    }
+    addresses.sort();
+    addresses.dedup();
+    Listen {
+        advertise,
+        udp: udp.first().map(|a| a.port()),
+        tcp: tcp.first().map(|a| a.port()),
+        addresses,
+    }
+}
+
+/// The discovery source the configuration names.
+pub fn discovery_from(cfg: &DispatcherConfig) -> Result<Box<dyn Discovery>, DispatcherError> {
+    let d = &cfg.discovery;
+    let transport = cfg.edge_transport()?;
+    Ok(match d.kind.as_str() {
+        "dns" => Box::new(discovery::Dns {
+            name: d.dns_name.clone().unwrap_or_default(),
+            port: d.port,
+            interval: Duration::from_secs(d.dns_interval_secs),
+            transport,
+        }),
+        "kubernetes" => Box::new(discovery::Kubernetes {
+            namespace: d.namespace.clone(),
+            label_selector: d.label_selector.clone(),
+            port: d.port,
+            kubeconfig: d.kubeconfig.clone(),
+            transport,
+        }),
+        _ => Box::new(discovery::Static {
+            edges: d.edges.clone(),
+            transport,
+        }),
+    })
+}
+
+/// Start the dispatcher described by `cfg`.
+pub async fn start(cfg: DispatcherConfig) -> Result<DispatcherHandle, DispatcherError> {
+    cfg.validate()?;
+    let d = discovery_from(&cfg)?;
+    start_with(cfg, d).await
+}
+
+struct PublicFlows<'a>(&'a Transports);
+
+impl FlowTable for PublicFlows<'_> {
+    fn alive(&self, flow: FlowId) -> bool {
+        self.0.flow_alive(flow)
+    }
+}
+
+/// Start with an explicit discovery source.
+pub async fn start_with(
+    cfg: DispatcherConfig,
+    discovery: Box<dyn Discovery>,
+) -> Result<DispatcherHandle, DispatcherError> {
+    cfg.validate()?;
+    let edge_transport = cfg.edge_transport()?;
+    let secret = cfg.secret.clone().unwrap_or_default();
+    let mut rnd = [0u8; 4];
+    getrandom::fill(&mut rnd).map_err(|e| DispatcherError::Random(e.to_string()))?;
+    let instance = u32::from_be_bytes(rnd);
+
+    let transport_cfg = |side: &config::SideConfig| TransportConfig {
+        udp: side.udp.clone(),
+        tcp: side.tcp.clone(),
+        limits: sip_core::Limits::default(),
+        tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
+        tcp_connect_timeout: Duration::from_secs(5),
+        overload_retry_after: cfg.retry_after_secs,
+    };
+    let (pub_m, int_m) = (TransportMetrics::default(), TransportMetrics::default());
+    // Deep queues: the relay task is fast and stateless; a burst should wait, not be
+    // refused (the transports answer 503 themselves when a queue is full).
+    let (pub_tx, mut pub_rx) = mpsc::channel(16_384);
+    let (int_tx, mut int_rx) = mpsc::channel(16_384);
+    let (public, mut tasks) =
+        Transports::bind(transport_cfg(&cfg.public), pub_tx, pub_m.clone()).await?;
+    let (internal, t2) =
+        Transports::bind(transport_cfg(&cfg.internal), int_tx, int_m.clone()).await?;
+    tasks.extend(t2);
+
+    let relay_cfg = RelayConfig {
+        instance,
+        public: listen(cfg.public.advertise, public.udp_addrs(), public.tcp_addrs()),
+        internal: listen(
+            cfg.internal.advertise,
+            internal.udp_addrs(),
+            internal.tcp_addrs(),
+        ),
+        edge_transport,
+        health: cfg.health_config(),
+        failover_window: Duration::from_secs(cfg.failover_window_secs),
+        max_failover_entries: cfg.max_failover_entries,
+        retry_after: cfg.retry_after_secs,
+    };
+    let metrics = Metrics::default();
+    let mut relay = Relay::new(
+        relay_cfg.clone(),
+        TokenKey::new(secret.as_bytes()),
+        metrics.clone(),
+    );
+    relay.set_sets(cfg.relay_sets(), Instant::now());
+
+    let mut registry = Registry::with_prefix("sipcluster");
+    metrics.register(&mut registry);
+    pub_m.register(registry.sub_registry_with_label(("side".into(), "public".into())));
+    int_m.register(registry.sub_registry_with_label(("side".into(), "internal".into())));
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DispatcherError::Bind {
+                    what: "metrics",
+                    addr,
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| DispatcherError::Bind {
+                what: "metrics",
+                addr,
+                source,
+            })?;
+            let r = ready.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = telemetry::serve(l, registry, r).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
+    let admin_addr = match cfg.admin_listen {
+        Some(addr) => {
+            let (bound, task) = admin::serve(addr, cmd_tx.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (edges_tx, mut edges_rx) = watch::channel::<Vec<TargetSpec>>(Vec::new());
+    let source = discovery.name();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = discovery.run(edges_tx).await {
+            tracing::error!(source, error = %e, "edge discovery stopped; the edge set stays as it was");
+        }
+    }));
+
+    let (drain_tx, mut drain_rx) = watch::channel(false);
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (pub_t, int_t) = (public.clone(), internal.clone());
+    tasks.push(tokio::spawn(async move {
+        let flush = |relay: &mut Relay| {
+            while let Some(t) = relay.poll_transmit() {
+                match t.side {
+                    Side::Public => pub_t.send(t.target, t.bytes, t.origin),
+                    Side::Internal => int_t.send(t.target, t.bytes, t.origin),
+                }
+            }
+            while let Some(n) = relay.poll_notice() {
+                log_notice(n);
+            }
+        };
+        let handle = |relay: &mut Relay, side: Side, ev: Inbound| match ev {
+            Inbound::Message { msg, source, .. } => {
+                relay.handle_message(side, msg, source, &PublicFlows(&pub_t), Instant::now())
+            }
+            Inbound::SendFailed { origin, target } => {
+                relay.handle_send_failed(side, target, origin, Instant::now())
+            }
+            Inbound::FlowClosed { .. } => {}
+        };
+        let mut next_gauge = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_gauge {
+                metrics.flows.set(pub_t.connection_count() as i64);
+                next_gauge = now + Duration::from_secs(1);
+            }
+            let deadline = relay.poll_timeout().map_or(next_gauge, |d| d.min(next_gauge));
+            tokio::select! {
+                Some(ev) = pub_rx.recv() => {
+                    handle(&mut relay, Side::Public, ev);
+                    // Drain what else is queued before looking at timers again.
+                    for _ in 0..64 {
+                        match pub_rx.try_recv() {
+                            Ok(ev) => handle(&mut relay, Side::Public, ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(ev) = int_rx.recv() => {
+                    handle(&mut relay, Side::Internal, ev);
+                    for _ in 0..64 {
+                        match int_rx.try_recv() {
+                            Ok(ev) => handle(&mut relay, Side::Internal, ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(()) = edges_rx.changed() => {
+                    let set = edges_rx.borrow_and_update().clone();
+                    relay.set_edges(set, Instant::now());
+                    relay.handle_timeout(Instant::now());
+                }
+                Some(cmd) = cmd_rx.recv() => command(&mut relay, cmd),
+                Ok(()) = drain_rx.changed() => {
+                    let d = *drain_rx.borrow_and_update();
+                    relay.set_self_draining(d);
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => relay.handle_timeout(Instant::now()),
+                _ = shutdown_rx.changed() => break,
+            }
+            flush(&mut relay);
+        }
+    }));
+
+    tracing::info!(
+        instance = format_args!("{instance:08x}"),
+        public_udp = ?public.udp_addrs(),
+        public_tcp = ?public.tcp_addrs(),
+        internal_udp = ?internal.udp_addrs(),
+        internal_tcp = ?internal.tcp_addrs(),
+        admin = ?admin_addr,
+        metrics = ?metrics_addr,
+        discovery = source,
+        "dispatcher started"
+    );
+    Ok(DispatcherHandle {
+        public_udp: public.udp_addrs().to_vec(),
+        public_tcp: public.tcp_addrs().to_vec(),
+        internal_udp: internal.udp_addrs().to_vec(),
+        internal_tcp: internal.tcp_addrs().to_vec(),
+        admin: admin_addr,
+        metrics: metrics_addr,
+        ready,
+        commands: cmd_tx,
+        draining: drain_tx,
+        shutdown: shutdown_tx,
+        tasks,
+        drain: Duration::from_secs(cfg.drain_secs),
+    })
+}
+
+fn command(relay: &mut Relay, cmd: Command) {
+    let find = |relay: &Relay, pool: &str, id: &str| {
+        relay
+            .targets()
+            .into_iter()
+            .find(|t| t.pool == pool && t.id == id)
+    };
+    match cmd {
+        Command::Targets(reply) => {
+            let _ = reply.send(relay.targets());
+        }
+        Command::SetWeight {
+            pool,
+            id,
+            weight,
+            reply,
+        } => {
+            let ok = relay.set_weight(&pool, &id, weight);
+            if ok {
+                tracing::info!(pool, id, weight, "weight set by admin");
+            }
+            let _ = reply.send(ok.then(|| find(relay, &pool, &id)).flatten());
+        }
+        Command::Drain {
+            pool,
+            id,
+            draining,
+            reply,
+        } => {
+            let ok = relay.set_draining(&pool, &id, draining);
+            if ok {
+                tracing::info!(pool, id, draining, "drain set by admin");
+            }
+            let _ = reply.send(ok.then(|| find(relay, &pool, &id)).flatten());
+        }
+    }
+}
+
+fn log_notice(n: Notice) {
+    match n {
+        Notice::State { pool, id, from, to } => {
+            if to == dispatch_core::State::Down {
+                tracing::warn!(pool, id, ?from, ?to, "target down");
+            } else {
+                tracing::info!(pool, id, ?from, ?to, "target state");
+            }
+        }
+        Notice::Added { pool, id, addr } => {
+            tracing::info!(pool, id, %addr, "target added (joins after a probe)")
+        }
+        Notice::Removed { pool, id } => tracing::info!(pool, id, "target removed"),
+        Notice::Draining { pool, id, draining } => {
+            tracing::info!(
+                pool,
+                id,
+                draining,
+                "target reports draining (503 to OPTIONS)"
+            )
+        }
+    }
+}
+
+/// Transport names for the admin API.
+pub fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+        Transport::Ws => "ws",
+        Transport::Wss => "wss",
+    }
+}
