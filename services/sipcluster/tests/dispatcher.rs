@@ -18,9 +18,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis::{Redis, prefix};
+use common::tcp_ua::TcpUa;
 use common::{Proto, Server, Sipp, free_low_port, workdir};
 
 const DOMAIN: &str = "sipcluster.local";
+/// Edges drain for a second on SIGTERM (probes see 503 meanwhile).
+const EDGE_ARGS: &[&str] = &["--drain-secs", "1"];
 
 struct Cluster {
     _redis: Redis,
@@ -125,9 +128,18 @@ impl Cluster {
             &name,
             self.edge_addrs[i],
             self.loc.sip,
-            &[],
+            EDGE_ARGS,
         ));
     }
+}
+
+/// The sum of every sample whose name starts with `prefix`.
+fn sum(s: &Server, prefix: &str) -> f64 {
+    s.scrape()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 fn register(to: SocketAddr, dir: &Path, user: &str, password: &str, contact_port: u16) {
@@ -200,4 +212,101 @@ fn calls_spread_over_every_edge_through_the_dispatcher() {
         sets.contains("edge") && sets.contains("targets=3 up=3"),
         "{sets}"
     );
+}
+
+#[test]
+fn edge_killed_during_200_calls_per_second_loses_almost_nothing() {
+    let mut c = Cluster::start("dispatcher_kill_edge", 3);
+    const CALLS: u32 = 2000;
+    let uas = callee(CALLS);
+    register(c.disp.sip, &c.dir, "bob", "bob-secret", uas.port);
+    let running_uas = uas.spawn(&c.dir);
+    std::thread::sleep(Duration::from_millis(300));
+    // 200 calls/s for 10 s, each held 2 s: ~400 established calls at any time.
+    let running = caller(c.disp.sip, &c.dir, CALLS, 200, 2000).spawn(&c.dir);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = c.edge_invites(1);
+    assert!(before > 50.0, "edge 1 was taking calls: {before}");
+    c.edges[1].take().expect("edge 1").kill();
+    // Registrations keep working meanwhile (bob's binding lives in Redis, its Path names
+    // the dispatcher).
+    std::thread::sleep(Duration::from_millis(500));
+    register(c.disp.sip, &c.dir, "carol", "carol-secret", 5999);
+    let out = running.wait();
+    let uas_out = running_uas.wait();
+    let failed = out.failed;
+    assert!(
+        out.successful + out.failed == u64::from(CALLS),
+        "every call accounted for: {out:?}"
+    );
+    // At most 0.5 % failures, setups and BYEs together.
+    assert!(
+        failed * 200 <= u64::from(CALLS),
+        "{failed} of {CALLS} calls failed (> 0.5 %): {}\n{}",
+        out.errors,
+        c.disp.scrape()
+    );
+    eprintln!(
+        "edge killed at 200 calls/s: {} ok, {failed} failed; callee saw {} ok / {} failed; failovers {}",
+        out.successful,
+        uas_out.successful,
+        uas_out.failed,
+        sum(&c.disp, "sipcluster_dispatcher_failovers_total{")
+    );
+    // The edge comes back on its address and rejoins.
+    c.wait_up(2, Duration::from_secs(5));
+    c.restart_edge(1);
+    c.wait_up(3, Duration::from_secs(10));
+}
+
+#[test]
+fn tcp_client_stays_reachable_while_every_edge_restarts() {
+    let mut c = Cluster::start("dispatcher_rolling_restart", 3);
+    let mut ua = TcpUa::connect(c.disp.sip);
+    // A contact nobody can reach: only the connection the dispatcher holds leads to it.
+    ua.register(
+        "bob",
+        "bob-secret",
+        "sip:bob@10.255.255.1:5999;transport=tcp",
+    );
+    let ua_port = ua.local().port();
+    let mut ua = Some(ua);
+    for i in 0..3 {
+        // A graceful restart: SIGTERM, the edge answers probes 503 and drains, exits.
+        let status = c.edges[i].take().expect("edge").terminate();
+        assert!(status.success(), "edge {i} exit status {status}");
+        // Called while edge i is away ...
+        ua = Some(call_tcp_ua(
+            &c,
+            ua.take().expect("ua"),
+            &format!("edge {i} down"),
+        ));
+        c.restart_edge(i);
+        c.wait_up(3, Duration::from_secs(10));
+        // ... and after it is back.
+        ua = Some(call_tcp_ua(
+            &c,
+            ua.take().expect("ua"),
+            &format!("edge {i} back"),
+        ));
+    }
+    let ua = ua.expect("ua");
+    assert_eq!(ua.local().port(), ua_port, "one connection all along");
+    assert_eq!(c.disp.metric("sipcluster_dispatcher_flows"), 1.0);
+}
+
+fn call_tcp_ua(c: &Cluster, mut ua: TcpUa, what: &str) -> TcpUa {
+    let callee = std::thread::spawn(move || {
+        let seen = ua.answer_call(Duration::from_secs(20));
+        (ua, seen)
+    });
+    let out = caller(c.disp.sip, &c.dir, 1, 1, 100).run(&c.dir);
+    let (ua, seen) = callee.join().expect("UA thread");
+    out.assert_ok(1, what);
+    assert_eq!(
+        seen,
+        ["INVITE", "ACK", "BYE"],
+        "{what}: what the TCP UA received"
+    );
+    ua
 }

@@ -1,0 +1,174 @@
+//! A minimal SIP user agent over one TCP connection, for tests that need a client whose
+//! only path is its own connection (behind a NAT, unreachable otherwise).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::status;
+
+const DOMAIN: &str = "sipcluster.local";
+
+/// A minimal SIP user agent over one TCP connection: registers (digest), answers one
+/// call, answers its BYE. Everything it receives must come down its own connection.
+pub struct TcpUa {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+pub fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
+    challenge.split(',').find_map(|p| {
+        let (k, v) = p.trim().trim_start_matches("Digest ").split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+impl TcpUa {
+    pub fn connect(edge: SocketAddr) -> TcpUa {
+        let stream = TcpStream::connect(edge).expect("connect to edge");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        TcpUa {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).expect("send");
+    }
+
+    /// The next message (headers + Content-Length body), waiting up to `wait`.
+    pub fn next(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len: usize = header(&format!("{head}\r\n"), "Content-Length")
+                    .first()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let msg: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
+                    let text = String::from_utf8_lossy(&msg).into_owned();
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    return Some(text);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    pub fn register(&mut self, user: &str, password: &str, contact: &str) {
+        let local = self.local();
+        let req = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcpua-{cseq}\r\n\
+                 From: <sip:{user}@{DOMAIN}>;tag=ua1\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+                 Call-ID: tcpua-reg@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n\
+                 {auth}Expires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        self.send(&req(1, ""));
+        let challenge = self.next(Duration::from_secs(5)).expect("401");
+        assert_eq!(status(&challenge), 401, "{challenge}");
+        let www = header(&challenge, "WWW-Authenticate")[0].to_owned();
+        let realm = param(&www, "realm").expect("realm");
+        let nonce = param(&www, "nonce").expect("nonce");
+        let uri = format!("sip:{DOMAIN}");
+        let md5 = sip_auth::Algorithm::Md5;
+        let ha1 = sip_auth::ha1(md5, user, realm, password);
+        let ha2 = sip_auth::ha2(md5, "REGISTER", &uri);
+        let response = md5.hash_joined_hex(&[
+            ha1.as_bytes(),
+            nonce.as_bytes(),
+            b"00000001",
+            b"c0ffee",
+            b"auth",
+            ha2.as_bytes(),
+        ]);
+        let auth = format!(
+            "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+        );
+        self.send(&req(2, &auth));
+        let ok = self.next(Duration::from_secs(5)).expect("200");
+        assert_eq!(status(&ok), 200, "{ok}");
+    }
+
+    pub fn respond(&mut self, req: &str, code: u16, reason: &str, to_tag: bool) {
+        let mut r = format!("SIP/2.0 {code} {reason}\r\n");
+        for v in header(req, "Via") {
+            r += &format!("Via: {v}\r\n");
+        }
+        for h in ["From", "Call-ID", "CSeq"] {
+            r += &format!("{h}: {}\r\n", header(req, h)[0]);
+        }
+        let to = header(req, "To")[0];
+        if to_tag && !to.contains("tag=") {
+            r += &format!("To: {to};tag=uas1\r\n");
+        } else {
+            r += &format!("To: {to}\r\n");
+        }
+        for v in header(req, "Record-Route") {
+            r += &format!("Record-Route: {v}\r\n");
+        }
+        r += &format!(
+            "Contact: <sip:bob@{};transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+            self.local()
+        );
+        self.send(&r);
+    }
+
+    /// Answer one INVITE and its BYE; returns the methods received, in order.
+    pub fn answer_call(&mut self, wait: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let Some(m) = self.next(Duration::from_millis(500)) else {
+                continue;
+            };
+            let method = m.split(' ').next().unwrap_or_default().to_owned();
+            match method.as_str() {
+                "INVITE" => {
+                    self.respond(&m, 180, "Ringing", true);
+                    self.respond(&m, 200, "OK", true);
+                }
+                "BYE" => {
+                    self.respond(&m, 200, "OK", false);
+                    seen.push(method);
+                    return seen;
+                }
+                _ => {}
+            }
+            seen.push(method);
+        }
+        seen
+    }
+}
