@@ -2,7 +2,8 @@
 # Builds a real kube-apiserver offline from Debian's `kubernetes` source package (which vendors
 # every Go dependency) into $TOOLS/bin, for the dispatcher's Kubernetes discovery tests.
 # No registry ships a kube-apiserver binary and these machines have no Docker; see
-# ../shared/notes/infra.md. Idempotent: an existing binary is kept (the build takes ~5 min).
+# ../shared/notes/infra.md. Idempotent: an existing binary is kept (the build takes ~5 min
+# and needs the Debian packages golang-go, dpkg-dev, rsync and jq, installed if missing).
 #
 #   scripts/build-kube-apiserver.sh [TOOLS_DIR]
 set -euo pipefail
@@ -16,7 +17,7 @@ fi
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 missing=()
-for p in golang-go:go dpkg-dev:dpkg-source rsync:rsync jq:jq etcd-server:etcd; do
+for p in golang-go:go dpkg-dev:dpkg-source rsync:rsync jq:jq; do
   command -v "${p#*:}" >/dev/null 2>&1 || missing+=("${p%%:*}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

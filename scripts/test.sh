@@ -174,6 +174,71 @@ export SIPCLUSTER_TEST_REDIS_CLUSTER
 printf '    standalone %s, cluster %s\n' "$SIPCLUSTER_TEST_REDIS" "$SIPCLUSTER_TEST_REDIS_CLUSTER"
 elapsed $t
 
+# --- a real Kubernetes API server (etcd + kube-apiserver) --------------------------------
+# For the dispatcher's Kubernetes discovery test. kube-apiserver is built once from Debian's
+# source package (scripts/build-kube-apiserver.sh, ~5 min, cached in $TOOLS); etcd comes
+# unpacked from the etcd-server package (installing it could start a system service).
+
+t=$SECONDS
+step "starting a private Kubernetes API server (etcd + kube-apiserver) on loopback"
+need_apt curl curl
+need_apt openssl openssl
+if [ ! -x "$TOOLS/bin/kube-apiserver" ]; then
+  step "building kube-apiserver from Debian's kubernetes source package (first run only, ~5 min)"
+fi
+scripts/build-kube-apiserver.sh "$TOOLS" >"$WORK/kube-build.log" 2>&1 || { tail -40 "$WORK/kube-build.log"; exit 1; }
+need_deb_binary etcd etcd-server
+KDIR="$WORK/kube"
+mkdir -p "$KDIR"
+etcd_client=$(free_port 40001 50000)
+etcd_peer=$(free_port 40001 50000)
+api_port=$(free_port 50001 60000)
+etcd --name sc-test --data-dir "$KDIR/etcd" --unsafe-no-fsync \
+  --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "sc-test=http://127.0.0.1:$etcd_peer" >"$KDIR/etcd.log" 2>&1 &
+STARTED_PIDS+=($!)
+openssl genrsa -out "$KDIR/sa.key" 2048 >/dev/null 2>&1
+openssl rsa -in "$KDIR/sa.key" -pubout -out "$KDIR/sa.pub" >/dev/null 2>&1
+kube_token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+echo "$kube_token,admin,admin,system:masters" >"$KDIR/tokens.csv"
+kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_client" --bind-address 127.0.0.1 \
+  --secure-port "$api_port" --cert-dir "$KDIR/certs" --token-auth-file "$KDIR/tokens.csv" \
+  --authorization-mode RBAC --service-account-key-file "$KDIR/sa.pub" \
+  --service-account-signing-key-file "$KDIR/sa.key" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --disable-admission-plugins ServiceAccount --service-cluster-ip-range 10.96.0.0/16 \
+  >"$KDIR/apiserver.log" 2>&1 &
+STARTED_PIDS+=($!)
+for i in $(seq 1 600); do
+  [ "$(curl -sk -m 1 -H "Authorization: Bearer $kube_token" "https://127.0.0.1:$api_port/readyz" 2>/dev/null)" = ok ] && break
+  [ "$i" = 600 ] && { tail -30 "$KDIR/apiserver.log" "$KDIR/etcd.log"; echo "kube-apiserver not ready in 60 s" >&2; exit 1; }
+  sleep 0.1
+done
+cat >"$KDIR/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:$api_port
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: $kube_token
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: admin
+    namespace: default
+current-context: test
+KUBECONFIG
+export SIPCLUSTER_TEST_KUBECONFIG="$KDIR/kubeconfig"
+printf '    kube-apiserver %s at https://127.0.0.1:%s\n' "$(kube-apiserver --version)" "$api_port"
+elapsed $t
+
 # --- tests --------------------------------------------------------------------------------
 
 t=$SECONDS

@@ -126,6 +126,9 @@ struct DispatcherArgs {
     /// Kubernetes: label selector of the edge pods.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_SELECTOR")]
     selector: Option<String>,
+    /// DNS and Kubernetes discovery: the edges' SIP port.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_EDGE_PORT")]
+    edge_port: Option<u16>,
     /// The cluster secret (the edges' nonce secret).
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -433,6 +436,9 @@ fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::DispatcherC
     }
     if let Some(s) = &a.selector {
         cfg.discovery.label_selector = s.clone();
+    }
+    if let Some(p) = a.edge_port {
+        cfg.discovery.port = p;
     }
     if a.secret.is_some() {
         cfg.secret = a.secret.clone();

@@ -54,7 +54,7 @@ impl Cluster {
                     &format!("edge-{i}"),
                     *a,
                     loc.sip,
-                    &[],
+                    EDGE_ARGS,
                 ))
             })
             .collect();
@@ -273,7 +273,18 @@ fn tcp_client_stays_reachable_while_every_edge_restarts() {
     let mut ua = Some(ua);
     for i in 0..3 {
         // A graceful restart: SIGTERM, the edge answers probes 503 and drains, exits.
-        let status = c.edges[i].take().expect("edge").terminate();
+        let edge = c.edges[i].take().expect("edge");
+        let stopping = std::thread::spawn(move || edge.terminate());
+        // While it drains, its probes say 503 and it gets no new dialogs.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while c.up_count() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "draining edge {i} still takes new dialogs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = stopping.join().expect("terminate");
         assert!(status.success(), "edge {i} exit status {status}");
         // Called while edge i is away ...
         ua = Some(call_tcp_ua(
