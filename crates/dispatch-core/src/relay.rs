@@ -927,7 +927,10 @@ impl Relay {
             };
             m.metrics.requests.inc();
             let id = m.spec.id.clone();
-            let rr = stamp.then(|| self.client_uri(target, true).into_bytes());
+            // In-dialog requests toward the set member go to its Contact (the
+            // Request-URI), not to the member tried first: a failover may have moved the
+            // dialog to another member.
+            let rr = stamp.then(|| self.client_uri(target, false).into_bytes());
             (target, rr, Some((idx, key, id)))
         } else {
             // Not ours to route: edges only send here with a token or a set.

@@ -30,6 +30,53 @@ pub struct EdgeConfig {
     pub runtime: RuntimeConfig,
     /// The location service (cluster mode).
     pub location: LocationConfig,
+    /// Calls sent to the dispatcher's destination sets (gateways, trunks, PBXs).
+    pub outbound: OutboundConfig,
+}
+
+/// Outbound routing to destination sets held by the dispatcher: the dispatcher picks a
+/// member of the set (hash, weighted, round robin or priority) among those that answer
+/// its probes, and fails over on 503 or a transport error.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// The dispatcher's internal SIP URI (`sip:dispatcher-internal:5070`, a Kubernetes
+    /// Service name works). Required when `rules` are given.
+    pub dispatcher: Option<String>,
+    /// First match wins; only requests from local users (authenticated when
+    /// `auth.invite` is on) are routed by these rules, so outsiders cannot use trunks.
+    pub rules: Vec<OutboundRule>,
+}
+
+/// One rule: a Request-URI user prefix and/or domain, and the set to use.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRule {
+    /// The Request-URI's user part starts with this (e.g. `+1`, `00`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The Request-URI's host is this domain (case-insensitive).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The dispatcher's destination set.
+    pub set: String,
+}
+
+impl OutboundConfig {
+    /// The set for a Request-URI's user and host, by the first matching rule.
+    pub fn set_for(&self, user: Option<&str>, host: &str) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.prefix
+                    .as_deref()
+                    .is_none_or(|p| user.is_some_and(|u| u.starts_with(p)))
+                    && r.domain
+                        .as_deref()
+                        .is_none_or(|d| d.eq_ignore_ascii_case(host))
+            })
+            .map(|r| r.set.as_str())
+    }
 }
 
 /// Where registrations and credentials live in cluster mode.
@@ -280,6 +327,37 @@ impl EdgeConfig {
 
     /// Check every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let o = &self.outbound;
+        if !o.rules.is_empty() {
+            match o.dispatcher.as_deref() {
+                Some(u) if u.starts_with("sip:") => {}
+                _ => {
+                    return Err(bad(
+                        "outbound.dispatcher",
+                        "outbound rules need the dispatcher's internal SIP URI (sip:host:port)",
+                    ));
+                }
+            }
+        }
+        for r in &o.rules {
+            if r.prefix.is_none() && r.domain.is_none() {
+                return Err(bad(
+                    "outbound.rules",
+                    "each rule needs a prefix or a domain (a catch-all is a domain rule)",
+                ));
+            }
+            if r.set.is_empty()
+                || !r
+                    .set
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(
+                    "outbound.rules.set",
+                    format!("{:?}: letters, digits, - and _ only", r.set),
+                ));
+            }
+        }
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
             return Err(bad("sip.udp/sip.tcp", "listen on at least one address"));
         }

@@ -384,6 +384,53 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         }
     }
 
+    // Outbound rules: a local user's call to a number or domain served by a destination
+    // set goes to the dispatcher, which picks the gateway.
+    if initial
+        && from_domain.is_some()
+        && !matches!(method, Method::Ack | Method::Cancel | Method::Options)
+        && let Some(set) = sh
+            .cfg
+            .outbound
+            .set_for(target_uri.user, &target_uri.host.to_string())
+    {
+        let route = sh.cfg.outbound.dispatcher.as_deref().and_then(|d| {
+            let Ok(Uri::Sip(u)) = Uri::parse(d.as_bytes()) else {
+                return None;
+            };
+            let hostport = match u.port {
+                Some(p) => format!("{}:{p}", u.host),
+                None => u.host.to_string(),
+            };
+            Some((
+                u,
+                format!(
+                    "<sip:{}{set}@{hostport};lr>",
+                    dispatch_core::relay::SET_PREFIX
+                ),
+            ))
+        });
+        let Some((disp, route)) = route else {
+            return respond(txn, msg, 500);
+        };
+        return match resolve(&disp).await {
+            Some(target) => Decision::Forward {
+                txn,
+                plan: Plan {
+                    pop_routes: pop,
+                    strict_fix,
+                    record_route,
+                    groups: vec![vec![Hop {
+                        request_uri: None,
+                        routes: vec![route],
+                        target,
+                    }]],
+                },
+            },
+            None => respond(txn, msg, 503),
+        };
+    }
+
     if !initial && domain.is_none() {
         // In-dialog request without (more) Route: the Request-URI is the remote target.
         return match resolve(&target_uri).await {

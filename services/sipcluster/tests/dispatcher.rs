@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::gateway::Gateway;
 use common::redis::{Redis, prefix};
 use common::tcp_ua::TcpUa;
 use common::{Proto, Server, Sipp, free_low_port, workdir};
@@ -320,4 +321,89 @@ fn call_tcp_ua(c: &Cluster, mut ua: TcpUa, what: &str) -> TcpUa {
         "{what}: what the TCP UA received"
     );
     ua
+}
+
+#[test]
+fn outbound_calls_go_to_a_destination_set_with_priority_failover() {
+    let dir = workdir("dispatcher_destination_set");
+    let gw1 = Gateway::spawn(503);
+    let gw2 = Gateway::spawn(200);
+    let internal = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let disp_cfg = dir.join("dispatcher.toml");
+    std::fs::write(
+        &disp_cfg,
+        format!(
+            "[[sets]]\nname = \"carrier\"\nalgorithm = \"priority\"\ntargets = [\n  \
+             {{ address = \"{}\", priority = 1 }},\n  {{ address = \"{}\", priority = 2 }},\n]\n",
+            gw1.addr, gw2.addr
+        ),
+    )
+    .expect("dispatcher config");
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "[outbound]\ndispatcher = \"sip:{internal}\"\n[[outbound.rules]]\nprefix = \"+1\"\nset = \"carrier\"\n"
+        ),
+    )
+    .expect("edge config");
+    let loc = Server::location(&dir, "location", &[]);
+    let edge_addr = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let _edge = Server::edge_at(
+        &dir,
+        "edge",
+        edge_addr,
+        loc.sip,
+        &["--config", &edge_cfg.display().to_string()],
+    );
+    let (disp, admin) = Server::dispatcher_at(
+        &dir,
+        "dispatcher",
+        internal,
+        &[edge_addr],
+        &["--config", &disp_cfg.display().to_string()],
+    );
+    // Both gateways answer probes: up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sum(&disp, "sipcluster_dispatcher_target_up{set=\"carrier\"") < 2.0 {
+        assert!(Instant::now() < deadline, "{}", disp.scrape());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut uac = Sipp::new("uac", "uac_call.xml", Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;+15551234"))
+        .auth("alice", "alice-secret", &format!("+15551234@{DOMAIN}"))
+        .to(disp.sip)
+        .calls(3)
+        .timeout(30);
+    uac.extra.extend(["-buff_size".into(), "1048576".into()]);
+    uac.run(&dir)
+        .assert_ok(3, "calls to +1… through the carrier set");
+    use std::sync::atomic::Ordering::Relaxed;
+    // Priority 1 first; its 503 moves each call to priority 2.
+    assert_eq!(
+        gw1.invites.load(Relaxed),
+        3,
+        "gw1 tried first for every call"
+    );
+    assert_eq!(gw2.invites.load(Relaxed), 3, "gw2 took every call");
+    assert_eq!(
+        gw2.byes.load(Relaxed),
+        3,
+        "BYEs reached the gateway that answered"
+    );
+    assert!(gw1.options.load(Relaxed) >= 1 && gw2.options.load(Relaxed) >= 1);
+    let sets = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+        .args([
+            "dispatcher-admin",
+            "--admin",
+            &format!("http://{admin}"),
+            "sets",
+        ])
+        .output()
+        .expect("admin");
+    let sets = String::from_utf8_lossy(&sets.stdout);
+    assert!(
+        sets.contains("carrier") && sets.contains("priority") && sets.contains("targets=2 up=2"),
+        "{sets}"
+    );
 }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod gateway;
 pub mod redis;
 pub mod tcp_ua;
 
@@ -149,6 +150,18 @@ impl Server {
         edges: &[SocketAddr],
         extra: &[&str],
     ) -> (Server, SocketAddr) {
+        let internal = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Server::dispatcher_at(dir, name, internal, edges, extra)
+    }
+
+    /// [`Server::dispatcher`] with a given internal (edge-facing) address.
+    pub fn dispatcher_at(
+        dir: &Path,
+        name: &str,
+        internal: SocketAddr,
+        edges: &[SocketAddr],
+        extra: &[&str],
+    ) -> (Server, SocketAddr) {
         let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
         let admin = free_addr();
         let list: Vec<String> = edges.iter().map(|e| e.to_string()).collect();
@@ -156,7 +169,7 @@ impl Server {
             "--listen".to_owned(),
             sip.to_string(),
             "--internal".to_owned(),
-            format!("127.0.0.1:{}", free_port()),
+            internal.to_string(),
             "--admin".to_owned(),
             admin.to_string(),
             "--probe-interval-ms".to_owned(),
