@@ -74,6 +74,8 @@ pub struct Metrics {
     pub flows: Gauge,
     /// Requests remembered for failover.
     pub failover_entries: Gauge,
+    /// Responses relayed past an edge that died (to the client, skipping its hop).
+    pub rescued: Counter,
 }
 
 impl Metrics {
@@ -113,6 +115,11 @@ impl Metrics {
             self.replies.clone(),
         );
         r.register("flows", "Client connections held", self.flows.clone());
+        r.register(
+            "responses_rescued",
+            "Responses relayed to the client past an edge that died",
+            self.rescued.clone(),
+        );
         r.register(
             "failover_entries",
             "Requests remembered until their first response, for failover",

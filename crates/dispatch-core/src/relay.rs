@@ -226,6 +226,12 @@ pub struct Relay {
     drains: HashMap<u32, DrainFlags>,
     next_slot: u32,
     failover: HashMap<u64, Entry>,
+    /// Requests from edges sent over a connection being opened: answered 480 to the edge
+    /// if it cannot be opened (the edge learns at once, as with its own transport error).
+    connecting: HashMap<u64, (Bytes, Target)>,
+    /// Edges removed by discovery, until the failover window passes: a draining pod
+    /// still finishes its transactions, so responses toward it are still relayed.
+    retired: VecDeque<(Instant, SocketAddr)>,
     expiry: VecDeque<(Instant, u64)>,
     out: VecDeque<Transmit>,
     notices: VecDeque<Notice>,
@@ -307,6 +313,8 @@ impl Relay {
             drains: HashMap::default(),
             next_slot: 1,
             failover: HashMap::default(),
+            connecting: HashMap::default(),
+            retired: VecDeque::new(),
             expiry: VecDeque::new(),
             out: VecDeque::new(),
             notices: VecDeque::new(),
@@ -384,6 +392,10 @@ impl Relay {
         for id in gone {
             if let Some(m) = pool.remove(&id, &self.metrics) {
                 self.drains.remove(&m.slot);
+                if idx == 0 {
+                    self.retired
+                        .push_back((now + self.cfg.failover_window, m.spec.addr));
+                }
             }
             self.notices.push_back(Notice::Removed {
                 pool: pool.name.clone(),
@@ -600,7 +612,13 @@ impl Relay {
         let Some((method, top, call_id)) = self.precheck(Side::Public, msg, source) else {
             return;
         };
-        if self.for_me(msg, method) {
+        // OPTIONS for the dispatcher's own address is a question about the service: an
+        // edge answers it (with its Allow, Accept), so a client's keepalive or a load
+        // balancer's check succeeds only while an edge can serve. The dispatcher answers
+        // itself when draining (503, so traffic moves away) and when it cannot forward.
+        if self.for_me(msg, method)
+            && (self.draining || msg.max_forwards().ok().flatten() == Some(0))
+        {
             let status = if self.draining { 503 } else { 200 };
             self.reply(Side::Public, msg, source, status, &[]);
             return;
@@ -877,19 +895,27 @@ impl Relay {
                 return;
             };
             let target = match tok.flow {
-                Some(flow) => {
-                    if tok.instance != self.cfg.instance || !flows.alive(FlowId(flow)) {
-                        // RFC 5626 §5.3: the connection is gone (or on a dispatcher
-                        // that restarted).
-                        self.reply(Side::Internal, msg, source, 430, &[]);
-                        return;
-                    }
+                Some(flow) if tok.instance == self.cfg.instance && flows.alive(FlowId(flow)) => {
                     Target {
                         transport: Transport::Tcp,
                         addr: tok.client,
                         flow: Some(FlowId(flow)),
                     }
                 }
+                // The connection is gone (or was on a dispatcher that restarted). A client
+                // not behind a NAT listens at its Contact: open a new connection there
+                // (RFC 3261 §18.1.1); behind a NAT nothing else reaches it (RFC 5626 §5.3).
+                Some(_) => match ruri_addr(msg).filter(|_| !tok.nat) {
+                    Some(addr) => Target {
+                        transport: Transport::Tcp,
+                        addr,
+                        flow: None,
+                    },
+                    None => {
+                        self.reply(Side::Internal, msg, source, 430, &[]);
+                        return;
+                    }
+                },
                 // Not behind a NAT: the Request-URI (the Contact) is where it listens.
                 None => Target {
                     transport: Transport::Udp,
@@ -980,6 +1006,14 @@ impl Relay {
                 now,
             );
         }
+        if target.transport != Transport::Udp
+            && target.flow.is_none()
+            && method != Method::Ack
+            && self.connecting.len() < self.cfg.max_failover_entries
+        {
+            self.connecting.insert(h, (msg.bytes().clone(), source));
+            self.expiry.push_back((now + self.cfg.failover_window, h));
+        }
         self.send(Side::Public, target, bytes, TxnRef::Client(ClientTxnId(h)));
     }
 
@@ -1013,6 +1047,9 @@ impl Relay {
             Side::Internal => Side::Public,
             Side::Public => Side::Internal,
         };
+        if side == Side::Public {
+            self.connecting.remove(&h);
+        }
         if !self.track_response(h, side, msg, status, source) {
             return;
         }
@@ -1028,8 +1065,17 @@ impl Relay {
             return;
         };
         if out_side == Side::Internal && !self.is_edge_ip(target.addr.ip()) {
-            // Only edges sit below us: anything else would make us a reflector.
+            // Only edges (current, or removed within the failover window and maybe still
+            // finishing transactions) sit below us: anything else would make us a
+            // reflector.
             self.metrics.drop("next_via_not_an_edge");
+            return;
+        }
+        if out_side == Side::Internal && self.edge_dead(target.addr) {
+            // The edge that forwarded this request died. Its transaction is gone, but the
+            // answer (a 200 for an INVITE above all) still matters to the client: relay it
+            // past the dead hop, to the client our own Via below it names.
+            self.relay_past_dead_edge(msg);
             return;
         }
         let mut ed = Editor::new(msg);
@@ -1042,8 +1088,50 @@ impl Relay {
         self.send(out_side, target, bytes, TxnRef::Stateless);
     }
 
+    /// A current edge that stopped answering probes.
+    fn edge_dead(&self, addr: SocketAddr) -> bool {
+        self.pools[0]
+            .members()
+            .any(|m| m.spec.addr == addr && m.health.state() == State::Down)
+    }
+
+    /// Vias: ours (public), the dead edge's, ours (internal, from the client's request),
+    /// the client's. Pop the first three and send to the client.
+    fn relay_past_dead_edge(&mut self, msg: &SipMessage) {
+        let vias: SmallVec<[Via<'_>; 4]> = msg.via().take(4).flatten().collect();
+        let ours = vias.get(2).filter(|v| {
+            v.branch.is_some_and(|b| b.starts_with(RELAY_BRANCH))
+                && v.sent_by.host.ip() == Some(self.cfg.internal.advertise)
+        });
+        let (Some(ours), Some(client)) = (ours, vias.get(3)) else {
+            self.metrics.drop("next_via_dead_edge");
+            return;
+        };
+        let flow = ours
+            .params
+            .get(FLOW_PARAM)
+            .flatten()
+            .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
+            .map(FlowId);
+        let Some(target) = via_target(client, flow) else {
+            self.metrics.drop("bad_next_via");
+            return;
+        };
+        let mut ed = Editor::new(msg);
+        for _ in 0..3 {
+            if ed.remove_top_via().is_err() {
+                self.metrics.drop("bad_via");
+                return;
+            }
+        }
+        let bytes = ed.finish();
+        self.metrics.rescued.inc();
+        self.send(Side::Public, target, bytes, TxnRef::Stateless);
+    }
+
     fn is_edge_ip(&self, ip: IpAddr) -> bool {
         self.pools[0].members().any(|m| m.spec.addr.ip() == ip)
+            || self.retired.iter().any(|(_, a)| a.ip() == ip)
     }
 
     /// Failover bookkeeping for a response; false when the response is absorbed.
@@ -1124,6 +1212,17 @@ impl Relay {
                     }
                 }
             }
+        }
+        if side == Side::Public
+            && let TxnRef::Client(ClientTxnId(h)) = origin
+            && let Some((request, edge)) = self.connecting.remove(&h)
+        {
+            // The client could not be reached: the edge hears it now, as 480 (what it
+            // answers for an unreachable contact itself), not after its Timer B.
+            if let Ok(req) = SipMessage::parse(request) {
+                self.reply(Side::Internal, &req, edge, 480, &[]);
+            }
+            return;
         }
         if let TxnRef::Client(ClientTxnId(h)) = origin
             && let Some(e) = self.failover.get(&h)
@@ -1245,12 +1344,16 @@ impl Relay {
                 }
             }
         }
+        while self.retired.front().is_some_and(|(t, _)| *t <= now) {
+            self.retired.pop_front();
+        }
         while let Some(&(t, h)) = self.expiry.front() {
             if t > now {
                 break;
             }
             self.expiry.pop_front();
             self.failover.remove(&h);
+            self.connecting.remove(&h);
         }
         self.metrics
             .failover_entries

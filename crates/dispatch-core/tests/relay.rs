@@ -458,6 +458,45 @@ CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     );
     let out = all(&mut r);
     assert_eq!(parse(&out[0].bytes).status(), Some(430));
+    // A TCP client that is not behind a NAT gets a new connection to its Contact instead.
+    let direct = Target {
+        transport: Transport::Tcp,
+        addr: "192.168.1.30:5060".parse().unwrap(),
+        flow: Some(FlowId(78)),
+    };
+    let reg_direct = reg
+        .replace("Call-ID: reg-1", "Call-ID: reg-2")
+        .replace("z9hG4bKreg1", "z9hG4bKreg2");
+    let out = client_sends(&mut r, &reg_direct, direct, now);
+    let fwd2 = parse(&out[0].bytes);
+    let path2 = std::str::from_utf8(fwd2.header(sip_core::HeaderName::Path).unwrap())
+        .unwrap()
+        .to_owned();
+    let invite2 = invite.replace(&path, &path2);
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite2)).unwrap(),
+        from_edge,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].side, Side::Public);
+    assert_eq!(
+        out[0].target,
+        Target {
+            transport: Transport::Tcp,
+            addr: "192.168.1.30:5060".parse().unwrap(),
+            flow: None
+        }
+    );
+    // That connection cannot be opened: the edge gets 480 at once.
+    r.handle_send_failed(Side::Public, out[0].target, out[0].origin, now);
+    let answer = all(&mut r);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0].side, Side::Internal);
+    assert_eq!(answer[0].target, from_edge);
+    assert_eq!(parse(&answer[0].bytes).status(), Some(480));
     // Forged token: 403.
     let forged = invite.replace("scd-", "scd-0");
     r.handle_message(
@@ -673,13 +712,22 @@ fn options_to_the_dispatcher_and_hostile_input() {
     let mut r = relay();
     let opts = "OPTIONS sip:198.51.100.7:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKo\r\n\
 Max-Forwards: 70\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:198.51.100.7>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    // No edge: the dispatcher says 503 itself.
     let out = client_sends(&mut r, opts, udp("192.0.2.1:5060"), now);
+    assert_eq!(parse(&out[0].bytes).status(), Some(503));
+    // Max-Forwards 0: it cannot forward, so it answers.
+    let mf0_opts = opts.replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let out = client_sends(&mut r, &mf0_opts, udp("192.0.2.1:5060"), now);
     assert_eq!(parse(&out[0].bytes).status(), Some(200));
     r.set_self_draining(true);
     let out = client_sends(&mut r, opts, udp("192.0.2.1:5060"), now);
     assert_eq!(parse(&out[0].bytes).status(), Some(503));
-    // Max-Forwards 0 to someone else: 483.
+    // With an edge and not draining, the edge answers OPTIONS for the service.
+    r.set_self_draining(false);
     with_edges(&mut r, 1, now);
+    let out = client_sends(&mut r, opts, udp("192.0.2.1:5060"), now);
+    assert_eq!(out[0].side, Side::Internal);
+    // Max-Forwards 0 to someone else: 483.
     let mf0 = INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0");
     let out = client_sends(&mut r, &mf0, udp("192.0.2.1:5060"), now);
     assert_eq!(parse(&out[0].bytes).status(), Some(483));
@@ -687,4 +735,105 @@ Max-Forwards: 70\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:198.51.100.7>\r\nCall-ID: 
     let bad = INVITE.replace("Call-ID: call-1@192.168.1.20\r\n", "");
     let out = client_sends(&mut r, &bad, udp("192.0.2.1:5060"), now);
     assert_eq!(parse(&out[0].bytes).status(), Some(400));
+}
+
+#[test]
+fn a_200_past_a_dead_edge_still_reaches_the_caller() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 2, now);
+    let caller = udp("203.0.113.5:40000");
+    let out = client_sends(&mut r, INVITE, caller, now);
+    let (edge_t, fwd) = (out[0].target, parse(&out[0].bytes));
+    // The edge forwards to the callee through us (Route: a token naming the callee).
+    let token_uri = fwd
+        .header(sip_core::HeaderName::RecordRoute)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap();
+    let text = String::from_utf8_lossy(fwd.as_bytes()).into_owned();
+    let edge_req = text.replacen(
+        "Via: ",
+        &format!(
+            "Route: {token_uri}\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKedgeX\r\nVia: ",
+            edge_t.addr
+        ),
+        1,
+    );
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(edge_req)).unwrap(),
+        edge_t,
+        &Flows(vec![]),
+        now,
+    );
+    let to_callee = all(&mut r);
+    assert_eq!(to_callee.len(), 1);
+    let callee_req = parse(&to_callee[0].bytes);
+    assert_eq!(callee_req.via().count(), 4);
+    // The edge dies; probes find out.
+    let mut t = now;
+    for _ in 0..3 {
+        t += Duration::from_millis(1100);
+        r.handle_timeout(t);
+        for p in all(&mut r) {
+            if p.target != edge_t {
+                let req = parse(&p.bytes);
+                r.handle_message(
+                    Side::Internal,
+                    parse(&respond(&req, 200)),
+                    p.target,
+                    &Flows(vec![]),
+                    t,
+                );
+            }
+        }
+        t += Duration::from_millis(600);
+        r.handle_timeout(t);
+        all(&mut r);
+    }
+    // The callee's 200 goes straight to the caller, past the dead edge and our own hop.
+    r.handle_message(
+        Side::Public,
+        parse(&respond(&callee_req, 200)),
+        to_callee[0].target,
+        &Flows(vec![]),
+        t,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].side, Side::Public);
+    assert_eq!(out[0].target, caller);
+    let resp = parse(&out[0].bytes);
+    assert_eq!(resp.via().count(), 1);
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(r.metrics().rescued.get(), 1);
+
+    // An edge removed by discovery still gets the responses of its transactions for a
+    // while (it is draining, not dead).
+    let alive: Vec<TargetSpec> = r
+        .targets()
+        .into_iter()
+        .filter(|x| x.addr != edge_t.addr)
+        .map(|x| TargetSpec {
+            id: x.id,
+            addr: x.addr,
+            transport: x.transport,
+            weight: 1,
+            priority: 0,
+        })
+        .collect();
+    let other = alive[0].addr;
+    r.set_edges(vec![], t);
+    let resp_for_other = String::from_utf8_lossy(&respond(&callee_req, 180))
+        .replace(&edge_t.addr.to_string(), &other.to_string());
+    r.handle_message(
+        Side::Public,
+        SipMessage::parse(Bytes::from(resp_for_other)).unwrap(),
+        to_callee[0].target,
+        &Flows(vec![]),
+        t,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].target.addr, other);
 }

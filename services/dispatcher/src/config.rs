@@ -50,7 +50,7 @@ pub struct DispatcherConfig {
 }
 
 /// Listening addresses of one side.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SideConfig {
     /// UDP addresses.
@@ -166,16 +166,6 @@ impl Default for DispatcherConfig {
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9092))),
             drain_secs: 30,
             workers: 0,
-        }
-    }
-}
-
-impl Default for SideConfig {
-    fn default() -> SideConfig {
-        SideConfig {
-            udp: Vec::new(),
-            tcp: Vec::new(),
-            advertise: None,
         }
     }
 }
@@ -405,7 +395,8 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut DispatcherConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut DispatcherConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("secret", Box::new(|c| c.secret = None)),
             ("secret", Box::new(|c| c.secret = Some("short".into()))),
             ("public", Box::new(|c| c.public = SideConfig::default())),

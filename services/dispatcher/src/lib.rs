@@ -104,6 +104,7 @@ pub struct DispatcherHandle {
     pub metrics: Option<SocketAddr>,
     /// Readiness.
     pub ready: Arc<AtomicBool>,
+    metric_set: MetricSet,
     commands: mpsc::Sender<Command>,
     draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -111,7 +112,33 @@ pub struct DispatcherHandle {
     drain: Duration,
 }
 
+/// Every dispatcher metric: the relay's and both transports'.
+#[derive(Clone)]
+struct MetricSet {
+    relay: Metrics,
+    public: TransportMetrics,
+    internal: TransportMetrics,
+}
+
+impl MetricSet {
+    /// `dispatcher_*` under the caller's prefix; the transports' series carry `side`.
+    fn register(&self, root: &mut Registry) {
+        self.relay.register(root);
+        let d = root.sub_registry_with_prefix("dispatcher");
+        self.public
+            .register(d.sub_registry_with_label(("side".into(), "public".into())));
+        self.internal
+            .register(d.sub_registry_with_label(("side".into(), "internal".into())));
+    }
+}
+
 impl DispatcherHandle {
+    /// Add every dispatcher metric to `registry` (a process serving several roles on
+    /// one `/metrics`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metric_set.register(registry);
+    }
+
     /// The admin command channel (for in-process callers).
     pub fn commands(&self) -> mpsc::Sender<Command> {
         self.commands.clone()
@@ -274,10 +301,13 @@ pub async fn start_with(
     );
     relay.set_sets(cfg.relay_sets(), Instant::now());
 
+    let metric_set = MetricSet {
+        relay: metrics.clone(),
+        public: pub_m.clone(),
+        internal: int_m.clone(),
+    };
     let mut registry = Registry::with_prefix("sipcluster");
-    metrics.register(&mut registry);
-    pub_m.register(registry.sub_registry_with_label(("side".into(), "public".into())));
-    int_m.register(registry.sub_registry_with_label(("side".into(), "internal".into())));
+    metric_set.register(&mut registry);
 
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_addr = match cfg.metrics_listen {
@@ -411,6 +441,7 @@ pub async fn start_with(
         admin: admin_addr,
         metrics: metrics_addr,
         ready,
+        metric_set,
         commands: cmd_tx,
         draining: drain_tx,
         shutdown: shutdown_tx,

@@ -142,6 +142,10 @@ pub struct SipConfig {
     /// edge can take them (an edge's own address in the route set would pin the dialog
     /// to that edge and break it when the edge goes away).
     pub record_route: bool,
+    /// Other `ip:port`s that mean this edge in Request-URIs (the dispatchers' public
+    /// addresses: a client registering to `sip:203.0.113.7` reaches the edge through
+    /// them).
+    pub aliases: Vec<SocketAddr>,
 }
 
 /// Digest authentication.
@@ -243,6 +247,7 @@ impl Default for SipConfig {
             advertise: None,
             domains: vec!["sipcluster.local".into()],
             record_route: true,
+            aliases: Vec::new(),
         }
     }
 }

@@ -76,6 +76,7 @@ pub struct EdgeHandle {
     pub instance: String,
     /// Readiness (false while draining).
     pub ready: Arc<AtomicBool>,
+    metrics_set: metrics::EdgeMetrics,
     draining: Arc<AtomicBool>,
     drain: Duration,
     shutdown: oneshot::Sender<()>,
@@ -91,6 +92,12 @@ impl EdgeHandle {
         for t in self.tasks {
             t.abort();
         }
+    }
+
+    /// A registry with every edge metric (for a process that serves several roles on one
+    /// `/metrics`).
+    pub fn registry(&self) -> prometheus_client::registry::Registry {
+        self.metrics_set.registry()
     }
 
     /// SIGTERM: not ready and 503 to OPTIONS (dispatchers stop sending new dialogs at
@@ -192,6 +199,10 @@ pub async fn start_with(
         transports.tcp_addrs(),
         &cfg.sip.domains,
     );
+    let local = local::Local {
+        aliases: cfg.sip.aliases.clone(),
+        ..local
+    };
     let secret = match &cfg.auth.nonce_secret {
         Some(s) => s.clone(),
         None => random_hex(32)?,
@@ -244,6 +255,7 @@ pub async fn start_with(
     }
     let draining = Arc::new(AtomicBool::new(false));
     let drain = Duration::from_secs(cfg.runtime.drain_secs);
+    let metrics_set = metrics.clone();
     let shared = Arc::new(decide::Shared {
         draining: draining.clone(),
         cfg,
@@ -267,6 +279,7 @@ pub async fn start_with(
         metrics: metrics_addr,
         instance,
         ready,
+        metrics_set,
         draining,
         drain,
         shutdown: stop_tx,

@@ -20,6 +20,8 @@ pub struct Local {
     /// Addresses that mean this edge (advertise, specific listening addresses, loopback
     /// when listening on all interfaces).
     pub addresses: Vec<IpAddr>,
+    /// Other `ip:port`s that mean this edge (a dispatcher's public address).
+    pub aliases: Vec<SocketAddr>,
 }
 
 /// The address of the interface that carries the default route, without sending
@@ -64,6 +66,7 @@ impl Local {
             tcp_port: tcp.first().map(|a| a.port()),
             domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             addresses,
+            aliases: Vec::new(),
         }
     }
 
@@ -127,10 +130,20 @@ impl Local {
 
     /// Is this URI this edge (host and port)? Used on Route values and for strict routing.
     pub fn is_me(&self, uri: &SipUri<'_>) -> bool {
+        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+        // A dispatcher's flow token at an alias address is the dispatcher's to act on.
+        let dispatcher_token = uri
+            .user
+            .is_some_and(|u| u.starts_with(dispatch_core::token::PREFIX));
+        if let Some(ip) = uri.host.ip()
+            && !dispatcher_token
+            && self.aliases.contains(&SocketAddr::new(ip, port))
+        {
+            return true;
+        }
         if !self.is_my_host(&uri.host) {
             return false;
         }
-        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
         self.udp_port == Some(port) || self.tcp_port == Some(port)
     }
 

@@ -626,14 +626,95 @@ async fn all_in_one(cfg: EdgeConfig, location_listen: Option<SocketAddr>) -> Res
         None => None,
     };
     let store = std::sync::Arc::new(location::InProcess(backend));
-    let handle = edge::start_with(cfg, store.clone(), store).await?;
+
+    // The same path as a cluster: the dispatcher takes the public sockets and relays to
+    // an edge on an internal loopback socket. They share the flow-token secret.
+    let secret = match &cfg.auth.nonce_secret {
+        Some(s) => s.clone(),
+        None => random_secret()?,
+    };
+    let mut ecfg = cfg.clone();
+    ecfg.sip.udp = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    ecfg.sip.tcp = Vec::new();
+    ecfg.sip.advertise = Some(IpAddr::from([127, 0, 0, 1]));
+    ecfg.sip.record_route = false;
+    // Requests for the public address are for this edge (REGISTER sip:<public>, ...).
+    let public = edge::local::Local::new(cfg.sip.advertise, &cfg.sip.udp, &cfg.sip.tcp, &[]);
+    let ports: Vec<u16> = cfg
+        .sip
+        .udp
+        .iter()
+        .chain(&cfg.sip.tcp)
+        .map(|a| a.port())
+        .collect();
+    ecfg.sip.aliases = public
+        .addresses
+        .iter()
+        .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p)))
+        .collect();
+    ecfg.auth.nonce_secret = Some(secret.clone());
+    ecfg.metrics.listen = None;
+    // The edge answers requests for the public address as its own (the default domain).
+    let edge = edge::start_with(ecfg, store.clone(), store).await?;
+    let dcfg = dispatcher::DispatcherConfig {
+        public: dispatcher::config::SideConfig {
+            udp: cfg.sip.udp.clone(),
+            tcp: cfg.sip.tcp.clone(),
+            advertise: cfg.sip.advertise,
+        },
+        internal: dispatcher::config::SideConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            tcp: Vec::new(),
+            advertise: Some(IpAddr::from([127, 0, 0, 1])),
+        },
+        secret: Some(secret),
+        discovery: dispatcher::config::DiscoveryConfig {
+            kind: "static".into(),
+            edges: edge.udp.clone(),
+            ..Default::default()
+        },
+        tcp_idle_timeout_secs: cfg.limits.tcp_idle_timeout_secs,
+        retry_after_secs: cfg.limits.overload_retry_after,
+        admin_listen: None,
+        metrics_listen: None,
+        drain_secs: cfg.runtime.drain_secs,
+        ..Default::default()
+    };
+    let disp = dispatcher::start(dcfg).await?;
+    let metrics_task = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics listener {addr}"))?;
+            let mut registry = edge.registry();
+            disp.register_metrics(&mut registry);
+            let ready = edge.ready.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = telemetry::serve(l, registry, ready).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    tracing::info!(public_udp = ?disp.public_udp, public_tcp = ?disp.public_tcp, edge = ?edge.udp, "all-in-one started");
     shutdown_signal().await;
     tracing::info!("stopping");
-    handle.stop().await;
+    disp.drain_and_stop().await;
+    edge.stop().await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if let Some(l) = loc {
         l.stop().await;
     }
     Ok(())
+}
+
+fn random_secret() -> Result<String> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn read_password() -> Result<String> {

@@ -1,4 +1,4 @@
-//! The edge's `/metrics` scraped by a real Prometheus server.
+//! The all-in-one's `/metrics` (edge and dispatcher) scraped by a real Prometheus server.
 
 mod common;
 
@@ -107,7 +107,8 @@ fn prometheus_scrapes_the_edge() {
     let mut options = None;
     while Instant::now() < deadline {
         up = query(&p, "up{job=\"sipcluster\"}");
-        options = query(&p, "sipcluster_sip_requests_total{method=\"OPTIONS\"}");
+        // OPTIONS for the public address are the dispatcher's to answer.
+        options = query(&p, "sipcluster_dispatcher_replies_total{status=\"200\"}");
         if up == Some(1.0) && options.is_some() {
             break;
         }
@@ -124,12 +125,18 @@ fn prometheus_scrapes_the_edge() {
         Some(5.0),
         "the OPTIONS counter as Prometheus stored it"
     );
-    // The latency histogram and the transport counters made it too.
+    // The edge's latency histogram (its OPTIONS are the dispatcher's health probes), the
+    // dispatcher's target health and both sides' transport counters made it too.
     let histogram = query(
         &p,
         "sipcluster_sip_request_duration_seconds_count{method=\"OPTIONS\"}",
     );
-    assert_eq!(histogram, Some(5.0));
-    let received = query(&p, "sum(sipcluster_sip_transport_messages_received_total)");
+    assert!(histogram.is_some_and(|v| v >= 1.0), "{histogram:?}");
+    let up = query(&p, "sum(sipcluster_dispatcher_target_up)");
+    assert_eq!(up, Some(1.0), "the in-process edge is up");
+    let received = query(
+        &p,
+        "sum(sipcluster_dispatcher_sip_transport_messages_received_total{side=\"public\"})",
+    );
     assert!(received.is_some_and(|v| v >= 5.0), "{received:?}");
 }
