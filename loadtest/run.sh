@@ -22,7 +22,12 @@
 # Environment: LOAD_STEP_SECONDS (default 10), LOAD_REG_RATES, LOAD_AUTH_RATES,
 # LOAD_CALL_RATES, LOAD_CLUSTER_RATES (space-separated steps), LOAD_USERS (default 10000),
 # LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
-# LOAD_ONLY (a subset of "register call auth overload cluster", default all).
+# LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
+# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher", default all).
+#
+# The dispatcher section runs calls (no auth) through `sipcluster edge` alone and through
+# `sipcluster dispatcher` in front of the same edge, step by step in the same run, and
+# reports the CPU per call of each process and the dispatcher's share of the edge's.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +49,7 @@ REG_RATES=${LOAD_REG_RATES:-"5000 10000 20000 30000 40000"}
 AUTH_RATES=${LOAD_AUTH_RATES:-"2000 5000 10000 15000 20000"}
 CALL_RATES=${LOAD_CALL_RATES:-"500 1000 2000 3000 4000"}
 CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"4000 8000 12000 14000 16000"}
+DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"500 1000 1500 2000 2500 3000"}
 if [ "$QUICK" = 1 ]; then
   STEP=${LOAD_STEP_SECONDS:-3}
   USERS=${LOAD_USERS:-500}
@@ -51,8 +57,9 @@ if [ "$QUICK" = 1 ]; then
   AUTH_RATES=${LOAD_AUTH_RATES:-"500"}
   CALL_RATES=${LOAD_CALL_RATES:-"100"}
   CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"500"}
+  DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload cluster}
+ONLY=${LOAD_ONLY:-register call auth overload cluster dispatcher}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -431,6 +438,106 @@ if want cluster; then
   stop_pid "$EDGE_PID"
   stop_pid "$LOC_PID"
   stop_pid "$REDIS_PID"
+fi
+
+# --- the dispatcher hop: calls through edge alone vs dispatcher + edge ----------------------
+
+# One `sipcluster location` (memory), one `sipcluster edge` (no auth, no Record-Route) and
+# one `sipcluster dispatcher` in front of it. At each rate the same call load runs twice:
+# straight to the edge, then through the dispatcher (callee registered through it, so both
+# legs of every call cross it). CPU per call of each process from /proc/PID/stat.
+if want dispatcher; then
+  proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  drow() { printf '%-10s %-18s %8s %9s %7s %8s %8s %9s %9s %9s %7s %s\n' "$@" | tee -a "$RESULTS"; }
+  start_bg() { # start_bg NAME METRICS_PORT CMD...: sets BG_PID
+    local name=$1 mport=$2
+    shift 2
+    "$@" >"$WORK/$name.log" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+    for _ in $(seq 300); do
+      http_ok "$mport" /readyz && return 0
+      kill -0 "$BG_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    echo "$name did not start:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+  }
+  DLOC_PORT=$(free_port)
+  DLOC_METRICS=$(free_port)
+  start_bg dloc "$DLOC_METRICS" "$BIN" location --listen "127.0.0.1:$DLOC_PORT" \
+    --metrics "127.0.0.1:$DLOC_METRICS" --log-level warn
+  DLOC_PID=$BG_PID
+  DEDGE_PORT=$(free_port)
+  DEDGE_METRICS=$(free_port)
+  start_bg dedge "$DEDGE_METRICS" "$BIN" edge --listen "127.0.0.1:$DEDGE_PORT" \
+    --metrics "127.0.0.1:$DEDGE_METRICS" --location "http://127.0.0.1:$DLOC_PORT" \
+    --nonce-secret load-test-nonce-secret-0123456789 --no-auth --no-record-route --log-level warn
+  DEDGE_PID=$BG_PID
+  DISP_PORT=$(free_port)
+  DISP_METRICS=$(free_port)
+  start_bg disp "$DISP_METRICS" "$BIN" dispatcher --listen "127.0.0.1:$DISP_PORT" \
+    --internal "127.0.0.1:$(free_port)" --edges "127.0.0.1:$DEDGE_PORT" \
+    --secret load-test-nonce-secret-0123456789 --metrics "127.0.0.1:$DISP_METRICS" --admin off \
+    --log-level warn
+  DISP_PID=$BG_PID
+  for _ in $(seq 100); do
+    [ "$(metric "$DISP_METRICS" sipcluster_dispatcher_target_up)" = 1 ] && break
+    sleep 0.1
+  done
+
+  # dcall NAME RATE ENTRY_PORT USER: one step of calls entering at ENTRY_PORT, the callee
+  # (a fresh user per step, so no stale binding is forked to) registered there too
+  dcall() {
+    local name=$1 rate=$2 port=$3 user=$4 count uas_port uas_pid
+    count=$((rate * STEP))
+    uas_port=$(free_port)
+    printf 'SEQUENTIAL\n%s;x;%s\n' "$user" "$DOMAIN" >"$WORK/dcallee.csv"
+    (cd "$WORK" && timeout 30 sipp -sf "$ROOT/loadtest/sipp/register.xml" -t u1 -i 127.0.0.1 -p "$uas_port" \
+      -m 1 -timeout 20 -nostdin -inf "$WORK/dcallee.csv" "127.0.0.1:$port" >/dev/null 2>&1) || {
+      echo "callee registration through 127.0.0.1:$port failed" >&2
+      exit 1
+    }
+    (cd "$WORK" && exec timeout $((STEP * 3 + 90)) sipp -sf "$ROOT/tests/sipp/uas_answer.xml" -t u1 -i 127.0.0.1 \
+      -p "$uas_port" -m "$count" -timeout $((STEP * 3 + 60)) -nostdin -max_recv_loops 10000 \
+      -buff_size 4194304 >/dev/null 2>&1) &
+    uas_pid=$!
+    PIDS+=("$uas_pid")
+    sleep 0.3
+    printf 'SEQUENTIAL\ncaller;%s;%s\n' "$DOMAIN" "$user" >"$WORK/dcaller.csv"
+    d0=$(proc_ticks "$DISP_PID")
+    e0=$(proc_ticks "$DEDGE_PID")
+    l0=$(proc_ticks "$DLOC_PID")
+    run_sipp "$name" "$ROOT/loadtest/sipp/uac_call.xml" "$rate" "$count" "$(free_port)" "127.0.0.1:$port" \
+      -inf "$WORK/dcaller.csv"
+    d1=$(proc_ticks "$DISP_PID")
+    e1=$(proc_ticks "$DEDGE_PID")
+    l1=$(proc_ticks "$DLOC_PID")
+    stop_pid "$uas_pid"
+    step_stats "$rate" "$name"
+  }
+
+  printf '\n' | tee -a "$RESULTS"
+  drow server test offered achieved "fail%" "p50ms" "p99ms" "disp/call" "edge/call" "loc/call" "disp%" note
+  EDGE_MAX=0
+  DISP_MAX=0
+  for rate in $DISPATCH_RATES; do
+    dcall "edge-call-$rate" "$rate" "$DEDGE_PORT" "ce$rate"
+    [ "$ST_NOTE" = sustained ] && EDGE_MAX=$rate
+    drow edge-alone call "$rate/s" "$ST_ACHIEVED/s" "$ST_FAILPCT" "$ST_P50" "$ST_P99" "-" \
+      "$(per_op $((e1 - e0)) "$ST_OK")" "$(per_op $((l1 - l0)) "$ST_OK")" "-" "$ST_NOTE"
+    dcall "disp-call-$rate" "$rate" "$DISP_PORT" "cd$rate"
+    [ "$ST_NOTE" = sustained ] && DISP_MAX=$rate
+    drow disp+edge call "$rate/s" "$ST_ACHIEVED/s" "$ST_FAILPCT" "$ST_P50" "$ST_P99" \
+      "$(per_op $((d1 - d0)) "$ST_OK")" "$(per_op $((e1 - e0)) "$ST_OK")" "$(per_op $((l1 - l0)) "$ST_OK")" \
+      "$(awk -v d=$((d1 - d0)) -v e=$((e1 - e0)) 'BEGIN {printf "%.1f", (e > 0 ? 100 * d / e : 0)}')" "$ST_NOTE"
+  done
+  echo "calls: edge alone max sustained $EDGE_MAX/s; dispatcher + edge max sustained $DISP_MAX/s" | tee -a "$RESULTS"
+  echo "(disp%: the dispatcher's CPU per call as a share of the edge's, same step)" | tee -a "$RESULTS"
+  stop_pid "$DISP_PID"
+  stop_pid "$DEDGE_PID"
+  stop_pid "$DLOC_PID"
 fi
 
 printf '\n## summary\n'

@@ -107,8 +107,12 @@ fn prometheus_scrapes_the_edge() {
     let mut options = None;
     while Instant::now() < deadline {
         up = query(&p, "up{job=\"sipcluster\"}");
-        // OPTIONS for the public address are the dispatcher's to answer.
-        options = query(&p, "sipcluster_dispatcher_replies_total{status=\"200\"}");
+        // The dispatcher relays them to the edge (whose own OPTIONS counter also counts
+        // the dispatcher's health probes).
+        options = query(
+            &p,
+            "sipcluster_dispatcher_relayed_total{direction=\"inbound\",kind=\"request\"}",
+        );
         if up == Some(1.0) && options.is_some() {
             break;
         }
@@ -123,7 +127,7 @@ fn prometheus_scrapes_the_edge() {
     assert_eq!(
         options,
         Some(5.0),
-        "the OPTIONS counter as Prometheus stored it"
+        "the relayed-requests counter as Prometheus stored it"
     );
     // The edge's latency histogram (its OPTIONS are the dispatcher's health probes), the
     // dispatcher's target health and both sides' transport counters made it too.
