@@ -464,10 +464,17 @@ if want dispatcher; then
     cat "$WORK/$name.log" >&2
     exit 1
   }
+  # The callee of each step is a known subscriber (an unknown user gets 404).
+  cp "$WORK/users.toml" "$WORK/dusers.toml"
+  for rate in $DISPATCH_RATES; do
+    for u in "ce$rate" "cd$rate"; do
+      printf '[[user]]\nusername = "%s"\nrealm = "%s"\npassword = "x"\n' "$u" "$DOMAIN" >>"$WORK/dusers.toml"
+    done
+  done
   DLOC_PORT=$(free_port)
   DLOC_METRICS=$(free_port)
   start_bg dloc "$DLOC_METRICS" "$BIN" location --listen "127.0.0.1:$DLOC_PORT" \
-    --metrics "127.0.0.1:$DLOC_METRICS" --log-level warn
+    --metrics "127.0.0.1:$DLOC_METRICS" --users "$WORK/dusers.toml" --log-level warn
   DLOC_PID=$BG_PID
   DEDGE_PORT=$(free_port)
   DEDGE_METRICS=$(free_port)

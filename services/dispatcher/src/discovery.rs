@@ -286,6 +286,56 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn dns_publishes_the_addresses_of_a_name() {
+        let (tx, mut rx) = watch::channel(Vec::new());
+        let d = Box::new(Dns {
+            name: "localhost".into(),
+            port: 5071,
+            interval: Duration::from_millis(50),
+            transport: Transport::Udp,
+        });
+        let task = tokio::spawn(d.run(tx));
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("a snapshot within 5 s")
+            .expect("sender alive");
+        let set = rx.borrow().clone();
+        assert!(
+            set.iter()
+                .any(|e| e.addr == "127.0.0.1:5071".parse().unwrap() && e.id == "127.0.0.1:5071"),
+            "{set:?}"
+        );
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("stops when the receiver goes")
+            .expect("task")
+            .expect("no error");
+    }
+
+    #[tokio::test]
+    async fn static_publishes_its_list_once() {
+        let (tx, rx) = watch::channel(Vec::new());
+        let d = Box::new(Static {
+            edges: vec![
+                "10.0.0.5:5060".parse().unwrap(),
+                "10.0.0.6:5060".parse().unwrap(),
+            ],
+            transport: Transport::Tcp,
+        });
+        let task = tokio::spawn(d.run(tx));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let set = rx.borrow().clone();
+        assert_eq!(set.len(), 2);
+        assert!(
+            set.iter()
+                .all(|e| e.transport == Transport::Tcp && e.weight == 1)
+        );
+        drop(rx);
+        task.await.expect("task").expect("no error");
+    }
+
     #[test]
     fn only_ready_pods_with_an_ip_that_are_not_terminating_are_edges() {
         let e = pod_edge(&pod("True", Some("10.1.2.3"), false), 5060, Transport::Udp).unwrap();

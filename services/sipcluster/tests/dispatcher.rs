@@ -222,6 +222,69 @@ fn calls_spread_over_every_edge_through_the_dispatcher() {
         sets.contains("edge") && sets.contains("targets=3 up=3"),
         "{sets}"
     );
+
+    // Operator drains edge 0 and gives edge 1 weight 0: new calls all go to edge 2.
+    let id0 = c.edge_addrs[0].to_string();
+    let id1 = c.edge_addrs[1].to_string();
+    assert!(c.admin(&["drain", &id0]).contains("draining"));
+    assert!(c.admin(&["weight", &id1, "0"]).contains("weight=0"));
+    let before: Vec<f64> = (0..3).map(|i| c.edge_invites(i)).collect();
+    let uas = callee(20);
+    register(c.disp.sip, &c.dir, "bob", "bob-secret", uas.port);
+    let running = uas.spawn(&c.dir);
+    std::thread::sleep(Duration::from_millis(300));
+    caller(c.disp.sip, &c.dir, 20, 20, 50)
+        .run(&c.dir)
+        .assert_ok(20, "20 calls with edge 0 drained, edge 1 at weight 0");
+    running.wait().assert_ok(20, "callee");
+    let after: Vec<f64> = (0..3).map(|i| c.edge_invites(i)).collect();
+    assert_eq!(after[0], before[0], "drained edge got no new dialog");
+    assert_eq!(after[1], before[1], "weight-0 edge got no new dialog");
+    assert_eq!(after[2] - before[2], 40.0, "edge 2 took them all");
+    assert!(!c.admin(&["undrain", &id0]).contains("draining"));
+    let sets = c.admin(&["sets"]);
+    assert!(sets.contains("targets=3 up=3"), "{sets}");
+    // Unknown target: the CLI fails with a message.
+    let out = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+        .args([
+            "dispatcher-admin",
+            "--admin",
+            &format!("http://{}", c.admin),
+            "drain",
+            "nope",
+        ])
+        .output()
+        .expect("admin");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no target"));
+}
+
+#[test]
+fn dispatcher_drains_on_sigterm_and_keeps_relaying() {
+    let _serial = serial();
+    let c = Cluster::start("dispatcher_drain", 1);
+    let Cluster { disp, dir, .. } = c;
+    let (sip, metrics) = (disp.sip, disp.metrics);
+    let stopping = std::thread::spawn(move || disp.terminate());
+    // Not ready at once (load balancers stop sending), OPTIONS say 503 ...
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while common::http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+        assert!(Instant::now() < deadline, "still ready while draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let raw = common::RawSip::new(sip);
+    let l = raw.local();
+    let opt = format!(
+        "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKdr1\r\nMax-Forwards: 70\r\n\
+         From: <sip:p@example.org>;tag=1\r\nTo: <sip:{sip}>\r\nCall-ID: dr1\r\nCSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let r = raw.request(opt.as_bytes()).expect("OPTIONS answered");
+    assert_eq!(common::status(&r), 503, "{r}");
+    // ... and a REGISTER during the drain is still relayed.
+    register(sip, &dir, "bob", "bob-secret", 5999);
+    let status = stopping.join().expect("terminate");
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]
