@@ -265,6 +265,15 @@ fn sip_transport(v: &Via<'_>) -> Option<Transport> {
     Transport::from_token(v.transport.as_str())
 }
 
+/// The client connection our own Via names (`;scflow=`), if any.
+fn flow_of(ours: &Via<'_>) -> Option<FlowId> {
+    ours.params
+        .get(FLOW_PARAM)
+        .flatten()
+        .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
+        .map(FlowId)
+}
+
 /// Where a response goes for this Via (§18.2.2, RFC 3581 §4).
 fn via_target(v: &Via<'_>, flow: Option<FlowId>) -> Option<Target> {
     let transport = sip_transport(v)?;
@@ -1037,12 +1046,7 @@ impl Relay {
             self.metrics.drop("foreign_via");
             return;
         };
-        let flow = top
-            .params
-            .get(FLOW_PARAM)
-            .flatten()
-            .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
-            .map(FlowId);
+        let flow = flow_of(&top);
         let out_side = match side {
             Side::Internal => Side::Public,
             Side::Public => Side::Internal,
@@ -1107,12 +1111,7 @@ impl Relay {
             self.metrics.drop("next_via_dead_edge");
             return;
         };
-        let flow = ours
-            .params
-            .get(FLOW_PARAM)
-            .flatten()
-            .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
-            .map(FlowId);
+        let flow = flow_of(ours);
         let Some(target) = via_target(client, flow) else {
             self.metrics.drop("bad_next_via");
             return;

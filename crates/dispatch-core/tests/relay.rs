@@ -103,6 +103,32 @@ fn with_edges(r: &mut Relay, n: u8, now: Instant) {
     assert!(r.targets().iter().all(|t| t.state == State::Up));
 }
 
+/// Three probe rounds in which every edge but `dead` answers: `dead` goes down. Returns
+/// the time after them.
+fn silence(r: &mut Relay, dead: Target, now: Instant) -> Instant {
+    let mut t = now;
+    for _ in 0..3 {
+        t += Duration::from_millis(1100);
+        r.handle_timeout(t);
+        for p in all(r) {
+            if p.target != dead {
+                let req = parse(&p.bytes);
+                r.handle_message(
+                    Side::Internal,
+                    parse(&respond(&req, 200)),
+                    p.target,
+                    &Flows(vec![]),
+                    t,
+                );
+            }
+        }
+        t += Duration::from_millis(600);
+        r.handle_timeout(t);
+        all(r);
+    }
+    t
+}
+
 /// A response to `req` as the next hop would send it (its Vias, To tag added).
 fn respond(req: &SipMessage, status: u16) -> Bytes {
     sip_core::ResponseBuilder::new(req, status)
@@ -553,27 +579,7 @@ fn in_dialog_requests_use_any_live_edge_and_bye_survives_an_edge_loss() {
         .replace("1 INVITE", "2 BYE");
     let first = client_sends(&mut r, &bye, udp("203.0.113.5:40000"), now)[0].target;
     // That edge stops answering probes: after `fall` failures BYEs go elsewhere.
-    let mut t = now;
-    for _ in 0..3 {
-        t += Duration::from_millis(1100);
-        r.handle_timeout(t);
-        let probes = all(&mut r);
-        for p in probes {
-            if p.target != first {
-                let req = parse(&p.bytes);
-                r.handle_message(
-                    Side::Internal,
-                    parse(&respond(&req, 200)),
-                    p.target,
-                    &Flows(vec![]),
-                    t,
-                );
-            }
-        }
-        t += Duration::from_millis(600);
-        r.handle_timeout(t);
-        all(&mut r);
-    }
+    let t = silence(&mut r, first, now);
     let down: Vec<_> = r
         .targets()
         .into_iter()
@@ -771,26 +777,7 @@ fn a_200_past_a_dead_edge_still_reaches_the_caller() {
     let callee_req = parse(&to_callee[0].bytes);
     assert_eq!(callee_req.via().count(), 4);
     // The edge dies; probes find out.
-    let mut t = now;
-    for _ in 0..3 {
-        t += Duration::from_millis(1100);
-        r.handle_timeout(t);
-        for p in all(&mut r) {
-            if p.target != edge_t {
-                let req = parse(&p.bytes);
-                r.handle_message(
-                    Side::Internal,
-                    parse(&respond(&req, 200)),
-                    p.target,
-                    &Flows(vec![]),
-                    t,
-                );
-            }
-        }
-        t += Duration::from_millis(600);
-        r.handle_timeout(t);
-        all(&mut r);
-    }
+    let t = silence(&mut r, edge_t, now);
     // The callee's 200 goes straight to the caller, past the dead edge and our own hop.
     r.handle_message(
         Side::Public,

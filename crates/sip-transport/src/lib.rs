@@ -268,6 +268,18 @@ impl Transports {
     }
 }
 
+/// The address of the interface that carries the default route, found without sending
+/// anything (connecting a UDP socket only selects the route); loopback when there is none.
+/// What a process listening on 0.0.0.0 writes into Via and Record-Route by default.
+pub fn primary_address() -> std::net::IpAddr {
+    let probe = || -> io::Result<std::net::IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    probe().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 pub(crate) fn report_failure(inner: &Arc<Inner>, origin: TxnRef, target: Target) {
     inner.metrics.send_failures.inc();
     let events = inner.events.clone();

@@ -58,6 +58,24 @@ impl Admin {
             .map_err(|_| Status::unavailable("dispatcher is stopping"))
     }
 
+    async fn set_drain(
+        &self,
+        r: pb::DrainRequest,
+        draining: bool,
+    ) -> Result<Response<pb::TargetResponse>, Status> {
+        let pool = pool_or_edge(r.pool);
+        let (p, id) = (pool.clone(), r.id.clone());
+        let t = self
+            .ask(|reply| Command::Drain {
+                pool: p,
+                id,
+                draining,
+                reply,
+            })
+            .await?;
+        Self::found(t, &pool, &r.id)
+    }
+
     fn found(
         t: Option<TargetInfo>,
         pool: &str,
@@ -112,36 +130,14 @@ impl DispatcherAdmin for Admin {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::TargetResponse>, Status> {
-        let r = req.into_inner();
-        let pool = pool_or_edge(r.pool);
-        let (p, id) = (pool.clone(), r.id.clone());
-        let t = self
-            .ask(|reply| Command::Drain {
-                pool: p,
-                id,
-                draining: true,
-                reply,
-            })
-            .await?;
-        Self::found(t, &pool, &r.id)
+        self.set_drain(req.into_inner(), true).await
     }
 
     async fn undrain(
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::TargetResponse>, Status> {
-        let r = req.into_inner();
-        let pool = pool_or_edge(r.pool);
-        let (p, id) = (pool.clone(), r.id.clone());
-        let t = self
-            .ask(|reply| Command::Drain {
-                pool: p,
-                id,
-                draining: false,
-                reply,
-            })
-            .await?;
-        Self::found(t, &pool, &r.id)
+        self.set_drain(req.into_inner(), false).await
     }
 
     async fn list_sets(

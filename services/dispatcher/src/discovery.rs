@@ -47,6 +47,17 @@ fn spec(id: String, addr: SocketAddr, transport: Transport) -> TargetSpec {
     }
 }
 
+/// Send `set` unless it is what the receivers already have (no wake-up for nothing).
+fn publish(tx: &watch::Sender<Vec<TargetSpec>>, set: Vec<TargetSpec>) {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != set;
+        if changed {
+            *cur = set;
+        }
+        changed
+    });
+}
+
 /// A fixed list.
 #[derive(Debug, Clone)]
 pub struct Static {
@@ -110,13 +121,7 @@ impl Discovery for Dns {
                         .into_iter()
                         .map(|a| spec(a.to_string(), a, self.transport))
                         .collect();
-                    tx.send_if_modified(|cur| {
-                        let changed = *cur != set;
-                        if changed {
-                            *cur = set.clone();
-                        }
-                        changed
-                    });
+                    publish(&tx, set);
                 }
                 // A failed lookup keeps the last set: a DNS hiccup must not empty the pool.
                 Err(e) => {
@@ -209,14 +214,7 @@ impl Discovery for Kubernetes {
         let mut pods: BTreeMap<String, TargetSpec> = BTreeMap::new();
         let mut init: Option<BTreeMap<String, TargetSpec>> = None;
         let publish = |pods: &BTreeMap<String, TargetSpec>| {
-            let set: Vec<TargetSpec> = pods.values().cloned().collect();
-            tx.send_if_modified(|cur| {
-                let changed = *cur != set;
-                if changed {
-                    *cur = set;
-                }
-                changed
-            });
+            publish(&tx, pods.values().cloned().collect());
         };
         loop {
             let ev = tokio::select! {

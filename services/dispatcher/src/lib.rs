@@ -15,7 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod discovery;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -173,23 +173,15 @@ impl DispatcherHandle {
     }
 }
 
-/// The address of the interface that carries the default route (nothing is sent).
-fn primary_address() -> IpAddr {
-    let probe = || -> std::io::Result<IpAddr> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect("192.0.2.1:9")?;
-        Ok(s.local_addr()?.ip())
-    };
-    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 fn listen(advertise: Option<IpAddr>, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Listen {
     let specific = udp
         .iter()
         .chain(tcp)
         .map(|a| a.ip())
         .find(|ip| !ip.is_unspecified());
-    let advertise = advertise.or(specific).unwrap_or_else(primary_address);
+    let advertise = advertise
+        .or(specific)
+        .unwrap_or_else(sip_transport::primary_address);
     let mut addresses = vec![advertise];
     for a in udp.iter().chain(tcp) {
         addresses.push(if a.ip().is_unspecified() {

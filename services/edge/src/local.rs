@@ -1,7 +1,7 @@
 //! Who this edge is: its addresses, ports and domains, and the Via / Record-Route values
 //! it writes; "is this URI me?" for Route processing (RFC 3261 §16.4).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use sip_core::{Host, SipUri, Via};
 use sip_txn::Transport;
@@ -24,17 +24,6 @@ pub struct Local {
     pub aliases: Vec<SocketAddr>,
 }
 
-/// The address of the interface that carries the default route, without sending
-/// anything (connecting a UDP socket only selects the route). Falls back to loopback.
-fn primary_address() -> IpAddr {
-    let probe = || -> std::io::Result<IpAddr> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect("192.0.2.1:9")?;
-        Ok(s.local_addr()?.ip())
-    };
-    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 impl Local {
     /// From the configuration and the actually bound sockets.
     pub fn new(
@@ -48,7 +37,9 @@ impl Local {
             .chain(tcp)
             .map(|a| a.ip())
             .find(|ip| !ip.is_unspecified());
-        let advertise = advertise.or(specific).unwrap_or_else(primary_address);
+        let advertise = advertise
+            .or(specific)
+            .unwrap_or_else(sip_transport::primary_address);
         let mut addresses = vec![advertise];
         for a in udp.iter().chain(tcp) {
             let ip = a.ip();
