@@ -556,6 +556,12 @@ impl Relay {
         self.send(side, source, b.build(), TxnRef::Stateless);
     }
 
+    /// 503 + Retry-After: no target can take the request now.
+    fn unavailable(&mut self, side: Side, msg: &SipMessage, source: Target) {
+        let retry = self.cfg.retry_after.to_string();
+        self.reply(side, msg, source, 503, &[("Retry-After", retry)]);
+    }
+
     /// The branch of our Via for a request: a function of the sender's transaction, so a
     /// retransmission, its CANCEL and the ACK of a failure all get the same one (§16.11).
     fn branch_hash(msg: &SipMessage, top: &Via<'_>) -> u64 {
@@ -676,13 +682,7 @@ impl Relay {
             if method == Method::Ack {
                 self.metrics.drop("no_edge");
             } else {
-                self.reply(
-                    Side::Public,
-                    msg,
-                    source,
-                    503,
-                    &[("Retry-After", self.cfg.retry_after.to_string())],
-                );
+                self.unavailable(Side::Public, msg, source);
             }
             return;
         };
@@ -946,13 +946,7 @@ impl Relay {
             let idx = idx + 1;
             let key = dialog_key(call_id);
             let Some(m) = self.pools[idx].pick(key, |m| m.usable()) else {
-                self.reply(
-                    Side::Internal,
-                    msg,
-                    source,
-                    503,
-                    &[("Retry-After", self.cfg.retry_after.to_string())],
-                );
+                self.unavailable(Side::Internal, msg, source);
                 return;
             };
             let target = Target {

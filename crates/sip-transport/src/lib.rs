@@ -280,6 +280,33 @@ pub fn primary_address() -> std::net::IpAddr {
     probe().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
+/// Who a process listening on these sockets is: the address it advertises (`advertise`, else
+/// the first specific listening address, else [`primary_address`]) and every address that
+/// means it (loopback standing for the unspecified address), sorted.
+pub fn own_addresses(
+    advertise: Option<std::net::IpAddr>,
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+) -> (std::net::IpAddr, Vec<std::net::IpAddr>) {
+    let specific = udp
+        .iter()
+        .chain(tcp)
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_unspecified());
+    let advertise = advertise.or(specific).unwrap_or_else(primary_address);
+    let mut addresses = vec![advertise];
+    for a in udp.iter().chain(tcp) {
+        addresses.push(if a.ip().is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            a.ip()
+        });
+    }
+    addresses.sort();
+    addresses.dedup();
+    (advertise, addresses)
+}
+
 pub(crate) fn report_failure(inner: &Arc<Inner>, origin: TxnRef, target: Target) {
     inner.metrics.send_failures.inc();
     let events = inner.events.clone();

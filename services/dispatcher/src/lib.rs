@@ -15,7 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod discovery;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -174,24 +174,7 @@ impl DispatcherHandle {
 }
 
 fn listen(advertise: Option<IpAddr>, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Listen {
-    let specific = udp
-        .iter()
-        .chain(tcp)
-        .map(|a| a.ip())
-        .find(|ip| !ip.is_unspecified());
-    let advertise = advertise
-        .or(specific)
-        .unwrap_or_else(sip_transport::primary_address);
-    let mut addresses = vec![advertise];
-    for a in udp.iter().chain(tcp) {
-        addresses.push(if a.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            a.ip()
-        });
-    }
-    addresses.sort();
-    addresses.dedup();
+    let (advertise, addresses) = sip_transport::own_addresses(advertise, udp, tcp);
     Listen {
         advertise,
         udp: udp.first().map(|a| a.port()),

@@ -1,7 +1,7 @@
 //! Who this edge is: its addresses, ports and domains, and the Via / Record-Route values
 //! it writes; "is this URI me?" for Route processing (RFC 3261 §16.4).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use sip_core::{Host, SipUri, Via};
 use sip_txn::Transport;
@@ -32,25 +32,7 @@ impl Local {
         tcp: &[SocketAddr],
         domains: &[String],
     ) -> Local {
-        let specific = udp
-            .iter()
-            .chain(tcp)
-            .map(|a| a.ip())
-            .find(|ip| !ip.is_unspecified());
-        let advertise = advertise
-            .or(specific)
-            .unwrap_or_else(sip_transport::primary_address);
-        let mut addresses = vec![advertise];
-        for a in udp.iter().chain(tcp) {
-            let ip = a.ip();
-            if ip.is_unspecified() {
-                addresses.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            } else {
-                addresses.push(ip);
-            }
-        }
-        addresses.sort();
-        addresses.dedup();
+        let (advertise, addresses) = sip_transport::own_addresses(advertise, udp, tcp);
         Local {
             advertise,
             udp_port: udp.first().map(|a| a.port()),
