@@ -173,6 +173,17 @@ pub enum Notice {
     },
 }
 
+impl Notice {
+    fn state(pool: &str, m: &crate::pool::Member, t: crate::health::Transition) -> Notice {
+        Notice::State {
+            pool: pool.to_owned(),
+            id: m.spec.id.clone(),
+            from: t.from,
+            to: t.to,
+        }
+    }
+}
+
 /// A target as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
@@ -1196,12 +1207,7 @@ impl Relay {
                     m.metrics.probe_failed.inc();
                     if let Some(t) = m.health.on_failure(now) {
                         m.publish();
-                        self.notices.push_back(Notice::State {
-                            pool: name.clone(),
-                            id: m.spec.id.clone(),
-                            from: t.from,
-                            to: t.to,
-                        });
+                        self.notices.push_back(Notice::state(&name, m, t));
                     }
                 }
             }
@@ -1273,12 +1279,7 @@ impl Relay {
                     });
                 }
                 if let Some(t) = t {
-                    self.notices.push_back(Notice::State {
-                        pool: name.clone(),
-                        id: m.spec.id.clone(),
-                        from: t.from,
-                        to: t.to,
-                    });
+                    self.notices.push_back(Notice::state(&name, m, t));
                 }
                 m.publish();
                 return;
@@ -1315,12 +1316,7 @@ impl Relay {
                 }
                 if let Some(t) = t {
                     m.publish();
-                    self.notices.push_back(Notice::State {
-                        pool: name.clone(),
-                        id: m.spec.id.clone(),
-                        from: t.from,
-                        to: t.to,
-                    });
+                    self.notices.push_back(Notice::state(&name, m, t));
                 }
                 if let Some(probe) = m.health.poll_probe(now) {
                     let bytes = probe_request(cfg.instance, listen, m.slot, probe, &m.spec);
