@@ -113,13 +113,7 @@ fn silence(r: &mut Relay, dead: Target, now: Instant) -> Instant {
         for p in all(r) {
             if p.target != dead {
                 let req = parse(&p.bytes);
-                r.handle_message(
-                    Side::Internal,
-                    parse(&respond(&req, 200)),
-                    p.target,
-                    &Flows(vec![]),
-                    t,
-                );
+                answer(r, Side::Internal, &req, 200, p.target, t);
             }
         }
         t += Duration::from_millis(600);
@@ -127,6 +121,11 @@ fn silence(r: &mut Relay, dead: Target, now: Instant) -> Instant {
         all(r);
     }
     t
+}
+
+/// The next hop at `from` answers `req` with `code`; what it sends reaches the relay on `side`.
+fn answer(r: &mut Relay, side: Side, req: &SipMessage, code: u16, from: Target, now: Instant) {
+    r.handle_message(side, parse(&respond(req, code)), from, &Flows(vec![]), now);
 }
 
 /// A response to `req` as the next hop would send it (its Vias, To tag added).
@@ -271,21 +270,9 @@ fn edge_503_fails_over_to_the_next_edge_and_is_acked() {
     let first = out[0].target;
     let fwd = parse(&out[0].bytes);
     // 100 Trying is relayed and does not stop failover.
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 100)),
-        first,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 100, first, now);
     assert_eq!(all(&mut r).len(), 1);
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 503)),
-        first,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 503, first, now);
     let out = all(&mut r);
     assert_eq!(out.len(), 2, "{out:?}");
     let resent = out
@@ -313,37 +300,19 @@ fn edge_503_fails_over_to_the_next_edge_and_is_acked() {
     let out = client_sends(&mut r, &cancel, udp("203.0.113.5:40000"), now);
     assert_eq!(out[0].target, resent.target);
     // A retransmitted 503 from the first edge is ACKed again, not relayed.
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 503)),
-        first,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 503, first, now);
     let out = all(&mut r);
     assert_eq!(out.len(), 1);
     assert_eq!(parse(&out[0].bytes).method(), Some(sip_core::Method::Ack));
 
     // A 503 from the second and third edge: the last one is relayed to the client.
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 503)),
-        resent.target,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 503, resent.target, now);
     let third = all(&mut r)
         .into_iter()
         .find(|t| t.bytes == fwd.bytes().clone())
         .expect("third edge")
         .target;
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 503)),
-        third,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 503, third, now);
     let out = all(&mut r);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Public);
@@ -357,21 +326,9 @@ fn no_failover_once_a_response_was_relayed() {
     with_edges(&mut r, 2, now);
     let out = client_sends(&mut r, INVITE, udp("203.0.113.5:40000"), now);
     let (first, fwd) = (out[0].target, parse(&out[0].bytes));
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 180)),
-        first,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 180, first, now);
     all(&mut r);
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 503)),
-        first,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 503, first, now);
     let out = all(&mut r);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Public, "relayed, not retried");
@@ -417,13 +374,7 @@ Content-Length: 0\r\n\r\n";
         "connection id in our Via"
     );
     // The 200 goes back over the connection.
-    r.handle_message(
-        Side::Internal,
-        parse(&respond(&fwd, 200)),
-        out[0].target,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Internal, &fwd, 200, out[0].target, now);
     let back = all(&mut r);
     assert_eq!(back[0].target, client);
 
@@ -659,13 +610,7 @@ fn destination_sets_pick_members_and_fail_over() {
             "set members are probed on the public side"
         );
         let req = parse(&p.bytes);
-        r.handle_message(
-            Side::Public,
-            parse(&respond(&req, 200)),
-            p.target,
-            &Flows(vec![]),
-            now,
-        );
+        answer(&mut r, Side::Public, &req, 200, p.target, now);
     }
     let invite = "INVITE sip:+15551234@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge7\r\nRoute: <sip:set-carrier@10.0.0.9:5070;lr>\r\n\
@@ -686,13 +631,7 @@ Call-ID: pstn-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
     );
     let sent = parse(&out[0].bytes);
     assert!(sent.header(sip_core::HeaderName::RecordRoute).is_some());
-    r.handle_message(
-        Side::Public,
-        parse(&respond(&sent, 503)),
-        out[0].target,
-        &Flows(vec![]),
-        now,
-    );
+    answer(&mut r, Side::Public, &sent, 503, out[0].target, now);
     let out = all(&mut r);
     let resent = out
         .iter()
@@ -779,11 +718,12 @@ fn a_200_past_a_dead_edge_still_reaches_the_caller() {
     // The edge dies; probes find out.
     let t = silence(&mut r, edge_t, now);
     // The callee's 200 goes straight to the caller, past the dead edge and our own hop.
-    r.handle_message(
+    answer(
+        &mut r,
         Side::Public,
-        parse(&respond(&callee_req, 200)),
+        &callee_req,
+        200,
         to_callee[0].target,
-        &Flows(vec![]),
         t,
     );
     let out = all(&mut r);
