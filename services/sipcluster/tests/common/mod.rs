@@ -540,6 +540,13 @@ pub struct RunningSipp {
 }
 
 impl RunningSipp {
+    /// Wait at most `d` (a UAS that expects calls a lost one never brings), then read the
+    /// statistics.
+    pub fn wait_at_most(mut self, d: Duration) -> SippOutcome {
+        self.deadline = self.deadline.min(Instant::now() + d);
+        self.wait()
+    }
+
     /// Wait (bounded by the run's own timeout plus a margin) and read the statistics.
     pub fn wait(mut self) -> SippOutcome {
         let code = loop {
