@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "sipcluster/location/v1/location.proto",
         "sipcluster/dispatcher/v1/admin.proto",
+        "sipcluster/media/v1/relay.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     for f in files {

@@ -210,6 +210,22 @@ impl Server {
         Server::launch(dir, name, "location", grpc, metrics, &args)
     }
 
+    /// Start a media relay on loopback with media ports `ports` (MIN-MAX); its gRPC
+    /// control address is `sip`.
+    pub fn media_relay(dir: &Path, name: &str, ports: &str, extra: &[&str]) -> Server {
+        let control = free_addr();
+        let mut args = vec![
+            "--control".to_owned(),
+            control.to_string(),
+            "--bind-v4".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--ports".to_owned(),
+            ports.to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, name, "media-relay", control, free_addr(), &args)
+    }
+
     /// Start a location service on free ports.
     pub fn location(dir: &Path, name: &str, extra: &[&str]) -> Server {
         Server::location_at(dir, name, free_addr(), free_addr(), extra)
@@ -228,7 +244,7 @@ impl Server {
         cmd.arg(sub)
             .args(["--metrics", &metrics.to_string(), "--log-level", "info"]);
         match sub {
-            "location" => {}
+            "location" | "media-relay" => {}
             "dispatcher" => {
                 cmd.args(["--secret", NONCE_SECRET]);
             }

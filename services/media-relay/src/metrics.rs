@@ -1,0 +1,132 @@
+//! The media relay's Prometheus metrics (`sipcluster_media_*`).
+//!
+//! The forwarding threads count in plain locals and add them here once per wake-up, so
+//! the per-packet cost is an integer increment, not an atomic per metric.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels: a reason (drops, session ends).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels: a packet kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `rtp`, `rtcp`, `stun`, `dtls` or `other`.
+    pub kind: &'static str,
+}
+
+/// Labels: a control call and its outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    /// RPC name.
+    pub method: &'static str,
+    /// `ok` or the gRPC code's name.
+    pub code: &'static str,
+}
+
+/// Labels: the state of port pairs.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    /// `in_use`, `available` (free or in quarantine).
+    pub state: &'static str,
+}
+
+/// Every metric of the relay.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Sessions now.
+    pub sessions: Gauge,
+    /// Sessions created.
+    pub sessions_started: Counter,
+    /// Sessions ended, by reason (`deleted`, `idle`, `max_duration`).
+    pub sessions_ended: Family<ReasonLabel, Counter>,
+    /// Datagrams forwarded, by kind.
+    pub packets: Family<KindLabel, Counter>,
+    /// Bytes forwarded.
+    pub bytes: Counter,
+    /// Datagrams not forwarded, by reason.
+    pub dropped: Family<ReasonLabel, Counter>,
+    /// Port pairs by state.
+    pub ports: Family<PortLabel, Gauge>,
+    /// Control calls by method and outcome.
+    pub calls: Family<CallLabel, Counter>,
+    /// Per party and media section at session end: sequence-gap loss ratio.
+    pub loss: Histogram,
+    /// Per party and media section at session end: interarrival jitter, ms.
+    pub jitter_ms: Histogram,
+    /// 1 while draining.
+    pub draining: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sessions: Gauge::default(),
+            sessions_started: Counter::default(),
+            sessions_ended: Family::default(),
+            packets: Family::default(),
+            bytes: Counter::default(),
+            dropped: Family::default(),
+            ports: Family::default(),
+            calls: Family::default(),
+            loss: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+            jitter_ms: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0]),
+            draining: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Register every metric under `sipcluster_media_`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("sipcluster_media");
+        r.register("sessions", "Sessions now", self.sessions.clone());
+        r.register(
+            "sessions_started",
+            "Sessions created",
+            self.sessions_started.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions ended, by reason",
+            self.sessions_ended.clone(),
+        );
+        r.register(
+            "packets",
+            "Datagrams forwarded, by kind",
+            self.packets.clone(),
+        );
+        r.register("bytes", "Bytes forwarded", self.bytes.clone());
+        r.register(
+            "dropped",
+            "Datagrams not forwarded, by reason",
+            self.dropped.clone(),
+        );
+        r.register("port_pairs", "Port pairs by state", self.ports.clone());
+        r.register(
+            "control_calls",
+            "Control calls by method and outcome",
+            self.calls.clone(),
+        );
+        r.register(
+            "loss_ratio",
+            "Sequence-gap loss ratio per party and media section, at session end",
+            self.loss.clone(),
+        );
+        r.register(
+            "jitter_ms",
+            "Interarrival jitter (RFC 3550) per party and media section at session end, ms",
+            self.jitter_ms.clone(),
+        );
+        r.register("draining", "1 while draining", self.draining.clone());
+    }
+}

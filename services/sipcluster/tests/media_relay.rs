@@ -1,0 +1,328 @@
+//! `sipcluster media-relay` as a process: sessions over its real gRPC API, RTP and RTCP
+//! over real loopback sockets, statistics, the idle timeout, drain and SIGTERM.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Server, workdir};
+use sipcluster_proto::media::v1 as pb;
+use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
+use tonic::transport::Channel;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn client(relay: &Server) -> MediaRelayClient<Channel> {
+    MediaRelayClient::connect(format!("http://{}", relay.sip))
+        .await
+        .expect("control API")
+}
+
+fn media(addr: SocketAddr) -> pb::Media {
+    pb::Media {
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        rtcp_port: None,
+        rtcp_mux: false,
+        clock_rate: 8000,
+        secure: false,
+    }
+}
+
+fn update(call: &str, sender: &str, peer: &str, at: SocketAddr) -> pb::UpdateRequest {
+    pb::UpdateRequest {
+        call_id: call.into(),
+        sender_tag: sender.into(),
+        peer_tag: peer.into(),
+        media: vec![media(at)],
+        strict: false,
+        reply_family: pb::Family::Same as i32,
+    }
+}
+
+fn phone() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("phone socket");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    s
+}
+
+/// A G.711 packet: 12-byte header + 160 bytes, the sequence number in the payload too.
+fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.resize(172, 0xd5);
+    p
+}
+
+fn ports(reply: &pb::UpdateReply) -> SocketAddr {
+    let ip = reply.address.parse().expect("relay address");
+    SocketAddr::new(ip, u16::try_from(reply.media[0].port).expect("port"))
+}
+
+/// Datagrams a phone received, with their source.
+type Heard = Vec<(Vec<u8>, SocketAddr)>;
+
+/// Send the packets `seqs` from each phone to its relay port, 5 ms apart, and return what
+/// each one received (packets, and where they came from).
+fn exchange(
+    a: &UdpSocket,
+    a_to: SocketAddr,
+    b: &UdpSocket,
+    b_to: SocketAddr,
+    seqs: std::ops::Range<u16>,
+    skip_a: Option<u16>,
+) -> (Heard, Heard) {
+    let n = seqs.len() as u16;
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 2048];
+    for seq in seqs {
+        if skip_a != Some(seq) {
+            a.send_to(&rtp(seq, 0xaaaa), a_to).expect("send a");
+        }
+        b.send_to(&rtp(seq, 0xbbbb), b_to).expect("send b");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (sock, got, expect) in [
+        (a, &mut got_a, n),
+        (b, &mut got_b, n - u16::from(skip_a.is_some())),
+    ] {
+        while got.len() < usize::from(expect) {
+            match sock.recv_from(&mut buf) {
+                Ok((len, from)) => got.push((buf[..len].to_vec(), from)),
+                Err(_) => break,
+            }
+        }
+    }
+    (got_a, got_b)
+}
+
+fn side<'a>(s: &'a pb::SessionStats, tag: &str) -> &'a pb::SideStats {
+    s.sides
+        .iter()
+        .find(|x| x.tag == tag)
+        .unwrap_or_else(|| panic!("no side {tag}: {s:?}"))
+}
+
+#[test]
+fn relays_rtp_both_ways_with_latching_stats_and_delete() {
+    let dir = workdir("media_relay_basic");
+    let relay = Server::media_relay(&dir, "relay", "42000-42099", &[]);
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let (alice, bob) = (phone(), phone());
+    let (alice_rtcp, bob_rtcp) = (phone(), phone());
+    // Alice's SDP says a port nobody listens on (a NAT hides her real one): latching
+    // must find her by her packets.
+    let alice_sdp: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let bob_sdp = bob.local_addr().expect("bob");
+    let to_bob = rt
+        .block_on(c.offer(update("call-1", "alice-tag", "", alice_sdp)))
+        .expect("offer")
+        .into_inner();
+    assert_eq!(to_bob.address, "127.0.0.1");
+    assert_eq!(to_bob.media[0].rtcp_port, to_bob.media[0].port + 1);
+    // A retransmitted offer gets the same ports.
+    let again = rt
+        .block_on(c.offer(update("call-1", "alice-tag", "", alice_sdp)))
+        .expect("offer again")
+        .into_inner();
+    assert_eq!(again.media, to_bob.media);
+    // Bob's answer names his RTCP port (a=rtcp).
+    let mut answer = update("call-1", "bob-tag", "alice-tag", bob_sdp);
+    answer.media[0].rtcp_port = Some(u32::from(bob_rtcp.local_addr().expect("r").port()));
+    let to_alice = rt.block_on(c.answer(answer)).expect("answer").into_inner();
+    let (alice_to, bob_to) = (ports(&to_alice), ports(&to_bob));
+
+    // Alice speaks first (latching her), then both send packets 1..=100; Alice's
+    // packet 40 is lost on her side of the relay.
+    alice.send_to(&rtp(0, 0xaaaa), alice_to).expect("first");
+    let mut buf = [0u8; 2048];
+    let (_, from) = bob.recv_from(&mut buf).expect("bob hears alice");
+    assert_eq!(from, bob_to, "bob hears the relay on the port he sends to");
+    let (got_alice, got_bob) = exchange(&alice, alice_to, &bob, bob_to, 1..101, Some(40));
+    assert_eq!(got_alice.len(), 100, "alice heard all of bob (latched)");
+    assert_eq!(got_bob.len(), 99, "bob heard all alice sent");
+    assert!(
+        got_alice.iter().all(|(_, f)| *f == alice_to),
+        "symmetric: alice hears the port she sends to"
+    );
+    // Untouched: byte for byte what was sent.
+    for (i, (p, _)) in got_alice.iter().enumerate() {
+        assert_eq!(p, &rtp(i as u16 + 1, 0xbbbb));
+    }
+    // RTCP between the odd ports: a receiver report from Alice reaches Bob's a=rtcp port
+    // from the relay's RTCP port facing him.
+    let rtcp_to_alice = SocketAddr::new(alice_to.ip(), alice_to.port() + 1);
+    let rtcp_to_bob = SocketAddr::new(bob_to.ip(), bob_to.port() + 1);
+    let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0xaa, 0xaa, 0, 0, 0xbb, 0xbb, 3];
+    rr.extend_from_slice(&[0, 0, 1, 0, 0, 0, 99, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(rr.len(), 32);
+    alice_rtcp.send_to(&rr, rtcp_to_alice).expect("alice rtcp");
+    let (n, from) = bob_rtcp.recv_from(&mut buf).expect("bob's RTCP");
+    assert_eq!((&buf[..n], from), (&rr[..], rtcp_to_bob));
+    bob.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+
+    let stats = rt
+        .block_on(c.query(pb::SessionRef {
+            call_id: "call-1".into(),
+            tag: "bob-tag".into(),
+            other_tag: "alice-tag".into(),
+        }))
+        .expect("query")
+        .into_inner();
+    let a = side(&stats, "alice-tag");
+    let b = side(&stats, "bob-tag");
+    assert_eq!((a.rtp_packets, a.expected, a.lost), (100, 101, 1), "{a:?}");
+    assert_eq!(a.source, alice.local_addr().expect("a").to_string());
+    assert_eq!((b.rtp_packets, b.lost), (100, 0), "{b:?}");
+    assert_eq!(a.rtcp_packets, 1);
+    assert_eq!(a.reported_lost, Some(1));
+    assert_eq!(a.reported_jitter_ms, Some(5.0)); // 40 units at 8 kHz
+
+    let ended = rt
+        .block_on(c.delete(pb::SessionRef {
+            call_id: "call-1".into(),
+            tag: "alice-tag".into(),
+            other_tag: "bob-tag".into(),
+        }))
+        .expect("delete")
+        .into_inner();
+    assert_eq!(side(&ended, "bob-tag").rtp_packets, 100);
+    let gone = rt.block_on(c.query(pb::SessionRef {
+        call_id: "call-1".into(),
+        tag: "alice-tag".into(),
+        other_tag: String::new(),
+    }));
+    assert_eq!(gone.expect_err("deleted").code(), tonic::Code::NotFound);
+    // The ports are closed and quarantined: a late packet reaches nobody.
+    alice.send_to(&rtp(500, 0xaaaa), alice_to).expect("late");
+    assert!(
+        bob.recv_from(&mut buf).is_err(),
+        "a late packet was forwarded"
+    );
+    let load = rt
+        .block_on(c.load(pb::LoadRequest {}))
+        .expect("load")
+        .into_inner();
+    assert_eq!((load.sessions, load.pairs_in_use), (0, 0));
+    let m = relay.scrape();
+    assert!(
+        common::metric_value(&m, "sipcluster_media_packets_total{kind=\"rtp\"}") >= 200.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "sipcluster_media_sessions_ended_total{reason=\"deleted\"}"
+        ),
+        1.0
+    );
+    // Unknown calls and bad input are refused with the right codes, not a crash.
+    let e = rt
+        .block_on(c.answer(update("nope", "b", "a", bob_sdp)))
+        .expect_err("unknown");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let mut bad = update("x", "a", "", bob_sdp);
+    bad.media[0].address = "not-an-ip".into();
+    assert_eq!(
+        rt.block_on(c.offer(bad)).expect_err("bad").code(),
+        tonic::Code::InvalidArgument
+    );
+}
+
+#[test]
+fn idle_sessions_end_and_drain_refuses_new_ones() {
+    let dir = workdir("media_relay_idle");
+    let relay = Server::media_relay(
+        &dir,
+        "relay",
+        "42200-42299",
+        &["--idle-timeout-secs", "2", "--drain-secs", "30"],
+    );
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let (alice, bob) = (phone(), phone());
+    let to_bob = rt
+        .block_on(c.offer(update("idle", "a", "", alice.local_addr().expect("a"))))
+        .expect("offer")
+        .into_inner();
+    let to_alice = rt
+        .block_on(c.answer(update("idle", "b", "a", bob.local_addr().expect("b"))))
+        .expect("answer")
+        .into_inner();
+    exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
+    // Media stops: the session is ended by the idle timeout (2 s + the 1 s sweep).
+    let t0 = Instant::now();
+    loop {
+        let r = rt.block_on(c.query(pb::SessionRef {
+            call_id: "idle".into(),
+            tag: "a".into(),
+            other_tag: String::new(),
+        }));
+        if r.is_err() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "idle session still there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "ended too early: {waited:?}"
+    );
+    assert_eq!(
+        relay.metric("sipcluster_media_sessions_ended_total{reason=\"idle\"}"),
+        1.0
+    );
+
+    // Drain over the API: a new offer is refused, an existing session's answer is not.
+    rt.block_on(c.offer(update("kept", "a", "", alice.local_addr().expect("a"))))
+        .expect("offer before drain");
+    let load = rt
+        .block_on(c.drain(pb::DrainRequest { draining: true }))
+        .expect("drain")
+        .into_inner();
+    assert!(load.draining);
+    let e = rt
+        .block_on(c.offer(update("new", "a", "", alice.local_addr().expect("a"))))
+        .expect_err("draining");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    rt.block_on(c.answer(update("kept", "b", "a", bob.local_addr().expect("b"))))
+        .expect("answer while draining");
+
+    // SIGTERM with a session left: not ready at once, exits when the session ends.
+    let metrics = relay.metrics;
+    let stopping = std::thread::spawn(move || relay.terminate());
+    let t0 = Instant::now();
+    while common::http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "still ready after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!stopping.is_finished(), "exited with a session still up");
+    rt.block_on(c.delete(pb::SessionRef {
+        call_id: "kept".into(),
+        tag: "a".into(),
+        other_tag: String::new(),
+    }))
+    .expect("delete");
+    let status = stopping.join().expect("terminate");
+    assert!(status.success(), "exit status {status}");
+}
