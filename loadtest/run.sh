@@ -23,7 +23,8 @@
 # LOAD_CALL_RATES, LOAD_CLUSTER_RATES (space-separated steps), LOAD_USERS (default 10000),
 # LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
-# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher", default all).
+# LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
+# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher media", default all).
 #
 # The dispatcher section runs calls (no auth) through `sipcluster edge` alone and through
 # `sipcluster dispatcher` in front of the same edge, step by step in the same run, and
@@ -50,6 +51,7 @@ AUTH_RATES=${LOAD_AUTH_RATES:-"2000 5000 10000 15000 20000"}
 CALL_RATES=${LOAD_CALL_RATES:-"500 1000 2000 3000 4000"}
 CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"4000 8000 12000 14000 16000"}
 DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"500 1000 1500 2000 2500 3000"}
+MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"500 1000 1500 2000 2100"}
 if [ "$QUICK" = 1 ]; then
   STEP=${LOAD_STEP_SECONDS:-3}
   USERS=${LOAD_USERS:-500}
@@ -58,8 +60,9 @@ if [ "$QUICK" = 1 ]; then
   CALL_RATES=${LOAD_CALL_RATES:-"100"}
   CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"500"}
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
+  MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload cluster dispatcher}
+ONLY=${LOAD_ONLY:-register call auth overload cluster dispatcher media}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -117,7 +120,7 @@ done
 printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "$DOMAIN" >>"$WORK/users.toml"
 
 echo "building the release binary"
-cargo build --release --locked -p sipcluster >/dev/null 2>&1 || cargo build --release --locked -p sipcluster
+cargo build --release --locked -p sipcluster -p rtp-load >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load
 BIN=$ROOT/target/release/sipcluster
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
@@ -545,6 +548,34 @@ if want dispatcher; then
   stop_pid "$DISP_PID"
   stop_pid "$DEDGE_PID"
   stop_pid "$DLOC_PID"
+fi
+
+# --- the media relay: concurrent G.711 streams ----------------------------------------------
+
+# One `sipcluster media-relay` (its default one forwarding worker) and `rtp-load` on the
+# same cores: each step sets up streams/2 sessions over the gRPC API and sends every stream
+# at 50 packets/s for LOAD_STEP_SECONDS after a 2 s warm-up. Pass: loss < 0.1 % and p99
+# added latency < 5 ms. CPU per packet of the relay from /proc/PID/stat.
+if want media; then
+  MEDIA_CONTROL=$(free_port)
+  MEDIA_METRICS=$(free_port)
+  "$BIN" media-relay --control "127.0.0.1:$MEDIA_CONTROL" --metrics "127.0.0.1:$MEDIA_METRICS" \
+    --bind-v4 127.0.0.1 --ports 30000-39999 --log-level warn >"$WORK/media-relay.log" 2>&1 &
+  MEDIA_PID=$!
+  PIDS+=("$MEDIA_PID")
+  for _ in $(seq 100); do http_ok "$MEDIA_METRICS" /readyz && break; sleep 0.1; done
+  printf '\n' | tee -a "$RESULTS"
+  MEDIA_MAX=0
+  for streams in $MEDIA_STREAMS; do
+    line=$("$ROOT/target/release/rtp-load" --control "http://127.0.0.1:$MEDIA_CONTROL" \
+      --streams "$streams" --secs "$STEP" --relay-pid "$MEDIA_PID" 2>>"$WORK/rtp-load.log") || line="failed"
+    pass=$(awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}}
+      END {print (v["loss_pct"] != "" && v["loss_pct"] < 0.1 && v["p99_ms"] < 5) ? "pass" : "fail"}' <<<"$line")
+    [ "$pass" = pass ] && MEDIA_MAX=$streams
+    echo "media-relay $line $pass" | tee -a "$RESULTS"
+  done
+  echo "media: max streams passing (loss < 0.1 %, p99 < 5 ms): $MEDIA_MAX" | tee -a "$RESULTS"
+  stop_pid "$MEDIA_PID"
 fi
 
 printf '\n## summary\n'

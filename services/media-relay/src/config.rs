@@ -176,6 +176,13 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_the_defaults() {
+        let text = include_str!("../../../deploy/media-relay.toml");
+        let c = MediaRelayConfig::from_toml(text).expect("deploy/media-relay.toml");
+        assert_eq!(c, MediaRelayConfig::default());
+    }
+
+    #[test]
     fn a_wildcard_bind_needs_an_advertised_address() {
         let c = MediaRelayConfig::from_toml("bind_v4 = \"0.0.0.0\"").expect("toml");
         let e = c.validate().expect_err("no advertise");

@@ -1,0 +1,388 @@
+//! # rtp-load: G.711 streams through a sipcluster media relay
+//!
+//! Sets up `streams / 2` sessions over the relay's gRPC API (an offer and an answer
+//! each, two loopback sockets per session standing for the two phones), then sends every
+//! stream at 50 packets/s (172-byte packets: 12 bytes of RTP header and 160 of payload,
+//! as G.711 at 20 ms) for the given time, paced evenly over each 20 ms period. Each
+//! payload carries its send time, so the receiving side measures the latency the relay
+//! adds, the loss (per stream, counted after a warm-up) and the RFC 3550 jitter. With
+//! `--relay-pid` it also reads the relay's CPU time and reports µs of CPU per packet.
+//!
+//! Everything runs on loopback; the run is bounded by `--secs` and stops itself.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use sipcluster_proto::media::v1 as pb;
+use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
+
+#[derive(Parser, Debug)]
+#[command(about = "G.711 streams through a sipcluster media relay")]
+struct Args {
+    /// The relay's gRPC control address.
+    #[arg(long, default_value = "http://127.0.0.1:50053")]
+    control: String,
+    /// Concurrent streams (two per session, one each way).
+    #[arg(long, default_value_t = 200)]
+    streams: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Seconds of traffic before measuring (latching, caches).
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// The relay's PID, to report its CPU per packet.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Address of the phones' sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// One socket per phone (as many sockets as streams) instead of one per side.
+    #[arg(long)]
+    socket_per_phone: bool,
+    /// Exit 1 when the loss (percent) is above this.
+    #[arg(long)]
+    max_loss_pct: Option<f64>,
+    /// Exit 1 when the p99 added latency (ms) is above this.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+}
+
+const PERIOD: Duration = Duration::from_millis(20);
+const PACKET: usize = 172;
+/// Latency histogram: 10 µs buckets up to 200 ms.
+const BUCKET_US: u64 = 10;
+const BUCKETS: usize = 20_000;
+
+struct Stream {
+    from: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+fn ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn media(at: SocketAddr) -> pb::Media {
+    pb::Media {
+        address: at.ip().to_string(),
+        port: u32::from(at.port()),
+        rtcp_port: None,
+        rtcp_mux: false,
+        clock_rate: 8000,
+        secure: false,
+    }
+}
+
+fn request(call: &str, sender: &str, peer: &str, at: SocketAddr) -> pb::UpdateRequest {
+    pb::UpdateRequest {
+        call_id: call.into(),
+        sender_tag: sender.into(),
+        peer_tag: peer.into(),
+        media: vec![media(at)],
+        strict: false,
+        reply_family: pb::Family::Same as i32,
+    }
+}
+
+fn relay_addr(r: &pb::UpdateReply) -> Result<SocketAddr> {
+    let ip: IpAddr = r.address.parse().context("relay address")?;
+    let port = r.media.first().context("no media in reply")?.port;
+    Ok(SocketAddr::new(ip, u16::try_from(port)?))
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    if a.streams < 2 || a.streams % 2 != 0 {
+        bail!("--streams must be an even number ≥ 2 (two per session)");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut client = rt
+        .block_on(MediaRelayClient::connect(a.control.clone()))
+        .with_context(|| format!("connecting to {}", a.control))?;
+    let sessions = a.streams / 2;
+    let mut streams = Vec::with_capacity(a.streams);
+    let mut receivers = Vec::with_capacity(a.streams);
+    let run = std::process::id();
+    let setup = Instant::now();
+    // Every calling phone shares one socket and every called phone another: the relay
+    // sees one party per leg all the same (it keys on its own ports), and the
+    // generator's cost stays far below the relay's, on the same two cores.
+    let shared_x = Arc::new(UdpSocket::bind(SocketAddr::new(a.bind, 0))?);
+    let shared_y = Arc::new(UdpSocket::bind(SocketAddr::new(a.bind, 0))?);
+    for s in [&shared_x, &shared_y] {
+        socket_buffers(s);
+    }
+    for i in 0..sessions {
+        let (x, y) = if a.socket_per_phone {
+            (
+                Arc::new(UdpSocket::bind(SocketAddr::new(a.bind, 0))?),
+                Arc::new(UdpSocket::bind(SocketAddr::new(a.bind, 0))?),
+            )
+        } else {
+            (shared_x.clone(), shared_y.clone())
+        };
+        let call = format!("rtp-load-{run}-{i}");
+        let to_y = rt
+            .block_on(client.offer(request(&call, "x", "", x.local_addr()?)))
+            .with_context(|| format!("offer {i}"))?
+            .into_inner();
+        let to_x = rt
+            .block_on(client.answer(request(&call, "y", "x", y.local_addr()?)))
+            .with_context(|| format!("answer {i}"))?
+            .into_inner();
+        // x sends to the port facing it (from the answer), y to the one from the offer.
+        streams.push(Stream {
+            from: x.clone(),
+            to: relay_addr(&to_x)?,
+        });
+        streams.push(Stream {
+            from: y.clone(),
+            to: relay_addr(&to_y)?,
+        });
+        if a.socket_per_phone {
+            receivers.push(y);
+            receivers.push(x);
+        }
+    }
+    if !a.socket_per_phone {
+        receivers = vec![shared_x.clone(), shared_y.clone()];
+    }
+    eprintln!(
+        "{} sessions set up in {:.2} s",
+        sessions,
+        setup.elapsed().as_secs_f64()
+    );
+
+    let epoch = Instant::now();
+    let warm_until = Duration::from_secs(a.warmup_secs);
+    let send_until = warm_until + Duration::from_secs(a.secs);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let receiver = {
+        let stop = stop.clone();
+        let socks: Vec<Arc<UdpSocket>> = receivers.clone();
+        let n = a.streams;
+        std::thread::spawn(move || receive(socks, n, epoch, stop))
+    };
+
+    let relay_t0 = std::cell::Cell::new(None);
+    let self_t0 = std::cell::Cell::new(None);
+    let n = streams.len();
+    let mut seq = vec![0u16; n];
+    let mut sent_measured = vec![0u64; n];
+    let mut packet = [0u8; PACKET];
+    packet[0] = 0x80;
+    let mut round: u32 = 0;
+    let mut measuring = false;
+    'send: loop {
+        let round_start = PERIOD * round;
+        for (k, s) in streams.iter().enumerate() {
+            let due = round_start + PERIOD * k as u32 / n as u32;
+            let now = epoch.elapsed();
+            if due >= send_until {
+                break 'send;
+            }
+            if due > now + Duration::from_micros(100) {
+                std::thread::sleep(due - now);
+            }
+            if !measuring && due >= warm_until {
+                measuring = true;
+                relay_t0.set(a.relay_pid.and_then(ticks));
+                self_t0.set(ticks(std::process::id()));
+            }
+            let sent_ns = epoch.elapsed().as_nanos() as u64;
+            packet[2..4].copy_from_slice(&seq[k].to_be_bytes());
+            packet[4..8].copy_from_slice(&(u32::from(seq[k]).wrapping_mul(160)).to_be_bytes());
+            packet[8..12].copy_from_slice(&(k as u32).to_be_bytes());
+            packet[12..20].copy_from_slice(&sent_ns.to_be_bytes());
+            packet[20..24].copy_from_slice(&(k as u32).to_be_bytes());
+            // Sender and receiver count the same packets: those due after the warm-up.
+            packet[24] = u8::from(due >= warm_until);
+            seq[k] = seq[k].wrapping_add(1);
+            if s.from.send_to(&packet, s.to).is_ok() && due >= warm_until {
+                sent_measured[k] += 1;
+            }
+        }
+        round += 1;
+    }
+    let measured = epoch.elapsed().saturating_sub(warm_until);
+    let relay_t1 = a.relay_pid.and_then(ticks);
+    let self_t1 = ticks(std::process::id());
+    // Let the last packets arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+
+    let sent: u64 = sent_measured.iter().sum();
+    let received: u64 = got.per_stream.iter().sum();
+    let loss_pct = if sent == 0 {
+        0.0
+    } else {
+        100.0 * sent.saturating_sub(received) as f64 / sent as f64
+    };
+    let pct = |q: f64| -> f64 {
+        let total: u64 = got.latency.iter().sum();
+        let want = (total as f64 * q).ceil() as u64;
+        let mut acc = 0;
+        for (i, c) in got.latency.iter().enumerate() {
+            acc += c;
+            if acc >= want && want > 0 {
+                return (i as u64 * BUCKET_US) as f64 / 1000.0;
+            }
+        }
+        f64::NAN
+    };
+    let secs = measured.as_secs_f64();
+    let tick = 100.0; // USER_HZ
+    let cpu = |t0: Option<u64>, t1: Option<u64>| -> Option<f64> {
+        Some((t1? - t0?) as f64 / tick / secs * 100.0)
+    };
+    let relay_cpu = cpu(relay_t0.get(), relay_t1);
+    let gen_cpu = cpu(self_t0.get(), self_t1);
+    let us_per_packet = relay_cpu.map(|c| c / 100.0 * secs * 1e6 / received.max(1) as f64);
+    let jitter_ms = got.jitter_sum_ms / a.streams as f64;
+    println!(
+        "streams={} secs={:.1} sent={} received={} loss_pct={:.4} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} jitter_mean_ms={:.3} relay_cpu_pct={} relay_us_per_packet={} generator_cpu_pct={}",
+        a.streams,
+        secs,
+        sent,
+        received,
+        loss_pct,
+        pct(0.5),
+        pct(0.99),
+        got.max_ms,
+        jitter_ms,
+        relay_cpu.map_or("n/a".into(), |c| format!("{c:.1}")),
+        us_per_packet.map_or("n/a".into(), |c| format!("{c:.2}")),
+        gen_cpu.map_or("n/a".into(), |c| format!("{c:.1}")),
+    );
+
+    for i in 0..sessions {
+        let _ = rt.block_on(client.delete(pb::SessionRef {
+            call_id: format!("rtp-load-{run}-{i}"),
+            tag: "x".into(),
+            other_tag: "y".into(),
+        }));
+    }
+    let mut failed = false;
+    if let Some(m) = a.max_loss_pct
+        && loss_pct > m
+    {
+        eprintln!("FAIL: loss {loss_pct:.4} % > {m} %");
+        failed = true;
+    }
+    if let Some(m) = a.max_p99_ms
+        && pct(0.99) > m
+    {
+        eprintln!("FAIL: p99 {:.3} ms > {m} ms", pct(0.99));
+        failed = true;
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Large kernel buffers on the shared sockets: every stream of a side lands on one.
+fn socket_buffers(s: &UdpSocket) {
+    let s = socket2::SockRef::from(s);
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+}
+
+struct Received {
+    per_stream: Vec<u64>,
+    latency: Vec<u64>,
+    max_ms: f64,
+    jitter_sum_ms: f64,
+}
+
+fn receive(
+    socks: Vec<Arc<UdpSocket>>,
+    n: usize,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) -> Received {
+    use mio::net::UdpSocket as MioSocket;
+    use mio::{Events, Interest, Poll, Token};
+    let mut out = Received {
+        per_stream: vec![0; n],
+        latency: vec![0; BUCKETS + 1],
+        max_ms: 0.0,
+        jitter_sum_ms: 0.0,
+    };
+    let Ok(mut poll) = Poll::new() else {
+        return out;
+    };
+    let mut mio_socks = Vec::with_capacity(socks.len());
+    for (i, s) in socks.iter().enumerate() {
+        let Ok(c) = s.try_clone() else { continue };
+        if c.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let mut m = MioSocket::from_std(c);
+        if poll
+            .registry()
+            .register(&mut m, Token(i), Interest::READABLE)
+            .is_err()
+        {
+            continue;
+        }
+        mio_socks.push(m);
+    }
+    // RFC 3550 jitter per stream, in ns (the send time stands for the RTP timestamp).
+    let mut transit = vec![None::<i64>; n];
+    let mut jitter = vec![0f64; n];
+    let mut events = Events::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .is_err()
+        {
+            continue;
+        }
+        for ev in &events {
+            let Some(s) = mio_socks.get(ev.token().0) else {
+                continue;
+            };
+            while let Ok((len, _)) = s.recv_from(&mut buf) {
+                if len < 24 {
+                    continue;
+                }
+                let now = epoch.elapsed().as_nanos() as u64;
+                let k = u32::from_be_bytes([buf[20], buf[21], buf[22], buf[23]]) as usize;
+                let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or([0; 8]));
+                if k >= n || buf[24] == 0 {
+                    continue;
+                }
+                out.per_stream[k] += 1;
+                let lat = now.saturating_sub(sent);
+                let b = ((lat / 1000) / BUCKET_US) as usize;
+                out.latency[b.min(BUCKETS)] += 1;
+                out.max_ms = out.max_ms.max(lat as f64 / 1e6);
+                let t = lat as i64;
+                if let Some(prev) = transit[k] {
+                    let d = (t - prev).unsigned_abs() as f64;
+                    jitter[k] += (d - jitter[k]) / 16.0;
+                }
+                transit[k] = Some(t);
+            }
+        }
+    }
+    out.jitter_sum_ms = jitter.iter().sum::<f64>() / 1e6;
+    out
+}
