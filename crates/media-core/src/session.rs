@@ -570,10 +570,35 @@ impl Engine {
         }
     }
 
-    fn claim(&mut self, pair: Pair, u: PortUse) {
+    /// The pair of media section `media` facing `facing`'s party: the one it has, or a
+    /// new one for a new or re-enabled section (none for a disabled one); claimed for
+    /// the session.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_for(
+        &mut self,
+        existing: Option<Pair>,
+        spec: &MediaSpec,
+        rtcp: bool,
+        session: u32,
+        media: usize,
+        facing: Facing,
+        now: Instant,
+        bind: &mut dyn FnMut(Binding) -> bool,
+    ) -> Result<Option<Pair>, MediaError> {
+        let pair = match existing {
+            Some(p) => p,
+            None if spec.port != 0 => self.allocate(spec.reply_family, rtcp, now, bind)?,
+            None => return Ok(None),
+        };
         if let Some(slot) = self.slot_of(pair.port) {
-            self.ports[slot] = Some(u);
+            self.ports[slot] = Some(PortUse {
+                session,
+                media: media as u8,
+                facing,
+                family: pair.family,
+            });
         }
+        Ok(Some(pair))
     }
 
     fn find(&self, call_id: &str, tag: &str) -> Option<u32> {
@@ -658,24 +683,17 @@ impl Engine {
             let existing = self
                 .session(idx)
                 .and_then(|s| s.media.get(i).map(|m| m.branch_facing));
-            let pair = match existing {
-                Some(Some(p)) => Some(p),
-                // A new or re-enabled section; the peer has not said whether it muxes,
-                // so both ports are opened.
-                _ if spec.port != 0 => Some(self.allocate(spec.reply_family, true, now, bind)?),
-                _ => None,
-            };
-            if let Some(p) = pair {
-                self.claim(
-                    p,
-                    PortUse {
-                        session: idx,
-                        media: i as u8,
-                        facing: Facing::Branches,
-                        family: p.family,
-                    },
-                );
-            }
+            // The peer has not said whether it muxes: both ports are opened.
+            let pair = self.pair_for(
+                existing.flatten(),
+                spec,
+                true,
+                idx,
+                i,
+                Facing::Branches,
+                now,
+                bind,
+            )?;
             let s = self.session_mut(idx).ok_or(MediaError::NotFound)?;
             match s.media.get_mut(i) {
                 Some(m) => {
@@ -718,24 +736,17 @@ impl Engine {
             let existing = self
                 .session(idx)
                 .and_then(|s| s.branches[b].key_facing.get(i).copied());
-            let pair = match existing {
-                Some(Some(p)) => Some(p),
-                _ if spec.port != 0 => {
-                    Some(self.allocate(spec.reply_family, !spec.rtcp_mux, now, bind)?)
-                }
-                _ => None,
-            };
-            if let Some(p) = pair {
-                self.claim(
-                    p,
-                    PortUse {
-                        session: idx,
-                        media: i as u8,
-                        facing: Facing::Key(b as u8),
-                        family: p.family,
-                    },
-                );
-            }
+            let facing = Facing::Key(b as u8);
+            let pair = self.pair_for(
+                existing.flatten(),
+                spec,
+                !spec.rtcp_mux,
+                idx,
+                i,
+                facing,
+                now,
+                bind,
+            )?;
             let s = self.session_mut(idx).ok_or(MediaError::NotFound)?;
             let br = &mut s.branches[b];
             while br.key_facing.len() <= i {

@@ -36,5 +36,42 @@ pub mod media {
     /// statistics, drain, load).
     pub mod v1 {
         tonic::include_proto!("sipcluster.media.v1");
+
+        impl Media {
+            /// An audio section received at `at` (RTCP on the next port, 8 kHz clock,
+            /// plain RTP): what a G.711 phone offers.
+            #[must_use]
+            pub fn audio(at: std::net::SocketAddr) -> Media {
+                Media {
+                    address: at.ip().to_string(),
+                    port: u32::from(at.port()),
+                    rtcp_port: None,
+                    rtcp_mux: false,
+                    clock_rate: 8000,
+                    secure: false,
+                }
+            }
+        }
+
+        impl UpdateRequest {
+            /// Party `sender` of `call_id` receives one [`Media::audio`] section at `at`;
+            /// `peer` is the other party's tag, empty when not known yet.
+            #[must_use]
+            pub fn audio(
+                call_id: &str,
+                sender: &str,
+                peer: &str,
+                at: std::net::SocketAddr,
+            ) -> UpdateRequest {
+                UpdateRequest {
+                    call_id: call_id.into(),
+                    sender_tag: sender.into(),
+                    peer_tag: peer.into(),
+                    media: vec![Media::audio(at)],
+                    strict: false,
+                    reply_family: Family::Same as i32,
+                }
+            }
+        }
     }
 }

@@ -36,6 +36,23 @@ impl ConfigError {
     }
 }
 
+/// Bind `addr` and serve [`serve`] there in a task that logs if it ever stops: every
+/// service's metrics endpoint. Returns the bound address (for port 0) and the task.
+pub async fn spawn_endpoint(
+    addr: std::net::SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = serve(listener, registry, ready).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
 #[derive(Clone)]
 struct HttpState {
     registry: Arc<Registry>,

@@ -71,28 +71,6 @@ fn ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-fn media(at: SocketAddr) -> pb::Media {
-    pb::Media {
-        address: at.ip().to_string(),
-        port: u32::from(at.port()),
-        rtcp_port: None,
-        rtcp_mux: false,
-        clock_rate: 8000,
-        secure: false,
-    }
-}
-
-fn request(call: &str, sender: &str, peer: &str, at: SocketAddr) -> pb::UpdateRequest {
-    pb::UpdateRequest {
-        call_id: call.into(),
-        sender_tag: sender.into(),
-        peer_tag: peer.into(),
-        media: vec![media(at)],
-        strict: false,
-        reply_family: pb::Family::Same as i32,
-    }
-}
-
 fn relay_addr(r: &pb::UpdateReply) -> Result<SocketAddr> {
     let ip: IpAddr = r.address.parse().context("relay address")?;
     let port = r.media.first().context("no media in reply")?.port;
@@ -134,11 +112,11 @@ fn main() -> Result<()> {
         };
         let call = format!("rtp-load-{run}-{i}");
         let to_y = rt
-            .block_on(client.offer(request(&call, "x", "", x.local_addr()?)))
+            .block_on(client.offer(pb::UpdateRequest::audio(&call, "x", "", x.local_addr()?)))
             .with_context(|| format!("offer {i}"))?
             .into_inner();
         let to_x = rt
-            .block_on(client.answer(request(&call, "y", "x", y.local_addr()?)))
+            .block_on(client.answer(pb::UpdateRequest::audio(&call, "y", "x", y.local_addr()?)))
             .with_context(|| format!("answer {i}"))?
             .into_inner();
         // x sends to the port facing it (from the answer), y to the one from the offer.

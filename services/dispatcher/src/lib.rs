@@ -287,24 +287,14 @@ pub async fn start_with(
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
+            let (bound, task) = telemetry::spawn_endpoint(addr, registry, ready.clone())
                 .await
                 .map_err(|source| DispatcherError::Bind {
                     what: "metrics",
                     addr,
                     source,
                 })?;
-            let bound = l.local_addr().map_err(|source| DispatcherError::Bind {
-                what: "metrics",
-                addr,
-                source,
-            })?;
-            let r = ready.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = telemetry::serve(l, registry, r).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
+            tasks.push(task);
             Some(bound)
         }
         None => None,

@@ -218,19 +218,10 @@ pub async fn start_with(
     let mut tasks = tasks;
     let metrics_addr = match cfg.metrics.listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
+            let (bound, task) = telemetry::spawn_endpoint(addr, metrics.registry(), ready.clone())
                 .await
                 .map_err(|source| EdgeError::Metrics { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| EdgeError::Metrics { addr, source })?;
-            let registry = metrics.registry();
-            let r = ready.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = metrics::serve(l, registry, r).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
+            tasks.push(task);
             Some(bound)
         }
         None => None,

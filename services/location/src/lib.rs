@@ -193,16 +193,10 @@ async fn start_serving(
     let mut tasks = Vec::new();
     let metrics_addr = match cfg.metrics_listen {
         Some(maddr) => {
-            let l = tokio::net::TcpListener::bind(maddr)
+            let (bound, task) = telemetry::spawn_endpoint(maddr, m.registry(), ready.clone())
                 .await
                 .map_err(bind_err("metrics", maddr))?;
-            let bound = l.local_addr().map_err(bind_err("metrics", maddr))?;
-            let (registry, r) = (m.registry(), ready.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = telemetry::serve(l, registry, r).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
+            tasks.push(task);
             Some(bound)
         }
         None => None,

@@ -123,22 +123,16 @@ pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelay
     let mut tasks = Vec::new();
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
+            let mut registry = Registry::default();
+            metrics.register(&mut registry);
+            let (bound, task) = telemetry::spawn_endpoint(addr, registry, ready.clone())
                 .await
                 .map_err(|source| MediaRelayError::Bind {
                     what: "metrics",
                     addr,
                     source,
                 })?;
-            let bound = l.local_addr().unwrap_or(addr);
-            let mut registry = Registry::default();
-            metrics.register(&mut registry);
-            let r = ready.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = telemetry::serve(l, registry, r).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
+            tasks.push(task);
             Some(bound)
         }
         None => None,

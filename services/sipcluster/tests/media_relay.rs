@@ -24,28 +24,6 @@ async fn client(relay: &Server) -> MediaRelayClient<Channel> {
         .expect("control API")
 }
 
-fn media(addr: SocketAddr) -> pb::Media {
-    pb::Media {
-        address: addr.ip().to_string(),
-        port: u32::from(addr.port()),
-        rtcp_port: None,
-        rtcp_mux: false,
-        clock_rate: 8000,
-        secure: false,
-    }
-}
-
-fn update(call: &str, sender: &str, peer: &str, at: SocketAddr) -> pb::UpdateRequest {
-    pb::UpdateRequest {
-        call_id: call.into(),
-        sender_tag: sender.into(),
-        peer_tag: peer.into(),
-        media: vec![media(at)],
-        strict: false,
-        reply_family: pb::Family::Same as i32,
-    }
-}
-
 fn phone() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("phone socket");
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -106,6 +84,14 @@ fn exchange(
     (got_a, got_b)
 }
 
+fn session_ref(call_id: &str, tag: &str, other: &str) -> pb::SessionRef {
+    pb::SessionRef {
+        call_id: call_id.into(),
+        tag: tag.into(),
+        other_tag: other.into(),
+    }
+}
+
 fn side<'a>(s: &'a pb::SessionStats, tag: &str) -> &'a pb::SideStats {
     s.sides
         .iter()
@@ -126,19 +112,29 @@ fn relays_rtp_both_ways_with_latching_stats_and_delete() {
     let alice_sdp: SocketAddr = "127.0.0.1:9".parse().expect("addr");
     let bob_sdp = bob.local_addr().expect("bob");
     let to_bob = rt
-        .block_on(c.offer(update("call-1", "alice-tag", "", alice_sdp)))
+        .block_on(c.offer(pb::UpdateRequest::audio(
+            "call-1",
+            "alice-tag",
+            "",
+            alice_sdp,
+        )))
         .expect("offer")
         .into_inner();
     assert_eq!(to_bob.address, "127.0.0.1");
     assert_eq!(to_bob.media[0].rtcp_port, to_bob.media[0].port + 1);
     // A retransmitted offer gets the same ports.
     let again = rt
-        .block_on(c.offer(update("call-1", "alice-tag", "", alice_sdp)))
+        .block_on(c.offer(pb::UpdateRequest::audio(
+            "call-1",
+            "alice-tag",
+            "",
+            alice_sdp,
+        )))
         .expect("offer again")
         .into_inner();
     assert_eq!(again.media, to_bob.media);
     // Bob's answer names his RTCP port (a=rtcp).
-    let mut answer = update("call-1", "bob-tag", "alice-tag", bob_sdp);
+    let mut answer = pb::UpdateRequest::audio("call-1", "bob-tag", "alice-tag", bob_sdp);
     answer.media[0].rtcp_port = Some(u32::from(bob_rtcp.local_addr().expect("r").port()));
     let to_alice = rt.block_on(c.answer(answer)).expect("answer").into_inner();
     let (alice_to, bob_to) = (ports(&to_alice), ports(&to_bob));
@@ -174,11 +170,7 @@ fn relays_rtp_both_ways_with_latching_stats_and_delete() {
         .expect("timeout");
 
     let stats = rt
-        .block_on(c.query(pb::SessionRef {
-            call_id: "call-1".into(),
-            tag: "bob-tag".into(),
-            other_tag: "alice-tag".into(),
-        }))
+        .block_on(c.query(session_ref("call-1", "bob-tag", "alice-tag")))
         .expect("query")
         .into_inner();
     let a = side(&stats, "alice-tag");
@@ -191,19 +183,11 @@ fn relays_rtp_both_ways_with_latching_stats_and_delete() {
     assert_eq!(a.reported_jitter_ms, Some(5.0)); // 40 units at 8 kHz
 
     let ended = rt
-        .block_on(c.delete(pb::SessionRef {
-            call_id: "call-1".into(),
-            tag: "alice-tag".into(),
-            other_tag: "bob-tag".into(),
-        }))
+        .block_on(c.delete(session_ref("call-1", "alice-tag", "bob-tag")))
         .expect("delete")
         .into_inner();
     assert_eq!(side(&ended, "bob-tag").rtp_packets, 100);
-    let gone = rt.block_on(c.query(pb::SessionRef {
-        call_id: "call-1".into(),
-        tag: "alice-tag".into(),
-        other_tag: String::new(),
-    }));
+    let gone = rt.block_on(c.query(session_ref("call-1", "alice-tag", "")));
     assert_eq!(gone.expect_err("deleted").code(), tonic::Code::NotFound);
     // The ports are closed and quarantined: a late packet reaches nobody.
     alice.send_to(&rtp(500, 0xaaaa), alice_to).expect("late");
@@ -230,10 +214,10 @@ fn relays_rtp_both_ways_with_latching_stats_and_delete() {
     );
     // Unknown calls and bad input are refused with the right codes, not a crash.
     let e = rt
-        .block_on(c.answer(update("nope", "b", "a", bob_sdp)))
+        .block_on(c.answer(pb::UpdateRequest::audio("nope", "b", "a", bob_sdp)))
         .expect_err("unknown");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let mut bad = update("x", "a", "", bob_sdp);
+    let mut bad = pb::UpdateRequest::audio("x", "a", "", bob_sdp);
     bad.media[0].address = "not-an-ip".into();
     assert_eq!(
         rt.block_on(c.offer(bad)).expect_err("bad").code(),
@@ -254,22 +238,28 @@ fn idle_sessions_end_and_drain_refuses_new_ones() {
     let mut c = rt.block_on(client(&relay));
     let (alice, bob) = (phone(), phone());
     let to_bob = rt
-        .block_on(c.offer(update("idle", "a", "", alice.local_addr().expect("a"))))
+        .block_on(c.offer(pb::UpdateRequest::audio(
+            "idle",
+            "a",
+            "",
+            alice.local_addr().expect("a"),
+        )))
         .expect("offer")
         .into_inner();
     let to_alice = rt
-        .block_on(c.answer(update("idle", "b", "a", bob.local_addr().expect("b"))))
+        .block_on(c.answer(pb::UpdateRequest::audio(
+            "idle",
+            "b",
+            "a",
+            bob.local_addr().expect("b"),
+        )))
         .expect("answer")
         .into_inner();
     exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
     // Media stops: the session is ended by the idle timeout (2 s + the 1 s sweep).
     let t0 = Instant::now();
     loop {
-        let r = rt.block_on(c.query(pb::SessionRef {
-            call_id: "idle".into(),
-            tag: "a".into(),
-            other_tag: String::new(),
-        }));
+        let r = rt.block_on(c.query(session_ref("idle", "a", "")));
         if r.is_err() {
             break;
         }
@@ -290,19 +280,34 @@ fn idle_sessions_end_and_drain_refuses_new_ones() {
     );
 
     // Drain over the API: a new offer is refused, an existing session's answer is not.
-    rt.block_on(c.offer(update("kept", "a", "", alice.local_addr().expect("a"))))
-        .expect("offer before drain");
+    rt.block_on(c.offer(pb::UpdateRequest::audio(
+        "kept",
+        "a",
+        "",
+        alice.local_addr().expect("a"),
+    )))
+    .expect("offer before drain");
     let load = rt
         .block_on(c.drain(pb::DrainRequest { draining: true }))
         .expect("drain")
         .into_inner();
     assert!(load.draining);
     let e = rt
-        .block_on(c.offer(update("new", "a", "", alice.local_addr().expect("a"))))
+        .block_on(c.offer(pb::UpdateRequest::audio(
+            "new",
+            "a",
+            "",
+            alice.local_addr().expect("a"),
+        )))
         .expect_err("draining");
     assert_eq!(e.code(), tonic::Code::Unavailable);
-    rt.block_on(c.answer(update("kept", "b", "a", bob.local_addr().expect("b"))))
-        .expect("answer while draining");
+    rt.block_on(c.answer(pb::UpdateRequest::audio(
+        "kept",
+        "b",
+        "a",
+        bob.local_addr().expect("b"),
+    )))
+    .expect("answer while draining");
 
     // SIGTERM with a session left: not ready at once, exits when the session ends.
     let metrics = relay.metrics;
@@ -317,12 +322,8 @@ fn idle_sessions_end_and_drain_refuses_new_ones() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(!stopping.is_finished(), "exited with a session still up");
-    rt.block_on(c.delete(pb::SessionRef {
-        call_id: "kept".into(),
-        tag: "a".into(),
-        other_tag: String::new(),
-    }))
-    .expect("delete");
+    rt.block_on(c.delete(session_ref("kept", "a", "")))
+        .expect("delete");
     let status = stopping.join().expect("terminate");
     assert!(status.success(), "exit status {status}");
 }
