@@ -197,6 +197,8 @@ pub struct SideStats {
     pub media: usize,
     /// Where its packets come from (latched), if any came.
     pub source: Option<SocketAddr>,
+    /// The relay port it sends to (its first branch's, for the key party).
+    pub local_port: Option<u16>,
     /// Datagrams received from it.
     pub packets: u64,
     /// Their bytes.
@@ -353,13 +355,14 @@ impl Party {
         latched.map_or(signalled == Some(src), |a| a == src)
     }
 
-    fn side_stats(&self, tag: &str, media: usize) -> SideStats {
+    fn side_stats(&self, tag: &str, media: usize, local_port: Option<u16>) -> SideStats {
         let s = &self.stats;
         let clock = f64::from(s.clock_rate_hz());
         SideStats {
             tag: tag.to_owned(),
             media,
             source: self.latched,
+            local_port,
             packets: s.packets,
             bytes: s.bytes,
             rtp_packets: s.rtp_packets,
@@ -410,10 +413,15 @@ impl Session {
     fn info(&self, now: Instant) -> SessionInfo {
         let mut sides = Vec::new();
         for (i, m) in self.media.iter().enumerate() {
-            sides.push(m.key.side_stats(&self.tag, i));
+            let key_port = self
+                .branches
+                .first()
+                .and_then(|b| b.key_facing.get(i).copied().flatten())
+                .map(|p| p.port);
+            sides.push(m.key.side_stats(&self.tag, i, key_port));
             for b in &self.branches {
                 if let Some(Some(p)) = b.parties.get(i) {
-                    sides.push(p.side_stats(&b.tag, i));
+                    sides.push(p.side_stats(&b.tag, i, m.branch_facing.map(|p| p.port)));
                 }
             }
         }

@@ -32,6 +32,89 @@ pub struct EdgeConfig {
     pub location: LocationConfig,
     /// Calls sent to the dispatcher's destination sets (gateways, trunks, PBXs).
     pub outbound: OutboundConfig,
+    /// Media anchoring through media relays.
+    pub media: MediaConfig,
+}
+
+/// When a call's media goes through a relay.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Anchor {
+    /// Every call with SDP.
+    #[default]
+    Always,
+    /// Only when the offering party is behind a NAT (its source differs from its Via, or
+    /// it signals a private address).
+    Nat,
+    /// Never: SDP passes untouched.
+    Never,
+}
+
+/// What a call gets when no relay can take it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRelayFailure {
+    /// 503 with Retry-After: the caller tries again or elsewhere.
+    #[default]
+    Reject,
+    /// Forward with the SDP untouched (media may not flow across NATs).
+    Pass,
+}
+
+/// Media anchoring: the relays' gRPC endpoints and when to use them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Media relay control URLs (`http://media-relay-0.media-relay:50053`). Empty: no
+    /// anchoring.
+    pub relays: Vec<String>,
+    /// The default policy.
+    pub anchor: Anchor,
+    /// Per-domain policies (the Request-URI's host of the initial INVITE), first match.
+    pub rules: Vec<AnchorRule>,
+    /// When no relay answers.
+    pub on_failure: OnRelayFailure,
+    /// Per control call.
+    pub timeout_ms: u64,
+    /// Relays accept media only from the signalled addresses (no latching).
+    pub strict: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            relays: Vec::new(),
+            anchor: Anchor::Always,
+            rules: Vec::new(),
+            on_failure: OnRelayFailure::Reject,
+            timeout_ms: 1000,
+            strict: false,
+        }
+    }
+}
+
+/// A per-domain anchoring policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorRule {
+    /// The Request-URI host (case-insensitive).
+    pub domain: String,
+    /// The policy for it.
+    pub anchor: Anchor,
+}
+
+impl MediaConfig {
+    /// The policy for calls to `host`.
+    #[must_use]
+    pub fn policy_for(&self, host: &str) -> Anchor {
+        if self.relays.is_empty() {
+            return Anchor::Never;
+        }
+        self.rules
+            .iter()
+            .find(|r| r.domain.eq_ignore_ascii_case(host))
+            .map_or(self.anchor, |r| r.anchor)
+    }
 }
 
 /// Outbound routing to destination sets held by the dispatcher: the dispatcher picks a
@@ -332,6 +415,17 @@ impl EdgeConfig {
 
     /// Check every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for r in &self.media.relays {
+            if !(r.starts_with("http://") || r.starts_with("https://")) {
+                return Err(bad(
+                    "media.relays",
+                    format!("{r:?}: a gRPC URL, http://host:port"),
+                ));
+            }
+        }
+        if self.media.timeout_ms == 0 {
+            return Err(bad("media.timeout_ms", "must be positive"));
+        }
         let o = &self.outbound;
         if !o.rules.is_empty() {
             match o.dispatcher.as_deref() {

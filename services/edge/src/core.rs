@@ -294,7 +294,10 @@ impl Core {
                         }
                         self.pending.insert(txn, (msg.clone(), source));
                         let sh = self.sh.clone();
-                        let mut fut = Box::pin(async move { decide(&sh, txn, &msg, source).await });
+                        let mut fut = Box::pin(async move {
+                            let d = decide(&sh, txn, &msg, source).await;
+                            crate::media::anchor_request(&sh, &msg, source, d).await
+                        });
                         // Most decisions never wait (in-memory stores, no DNS): poll once
                         // here and act at once, saving a task, a channel hop and a thread
                         // wake-up per request. Only one that really waits becomes a task;
@@ -511,6 +514,13 @@ impl Core {
                         }
                         ed.finish()
                     };
+                    if code >= 300 {
+                        self.media_failed_call(&ctx);
+                    } else if code > 100 && self.anchor_response(stxn, &ctx, code, &bytes) {
+                        // Sent when the relay has answered (see `anchor_response`).
+                        self.contexts.insert(stxn, ctx);
+                        continue;
+                    }
                     self.contexts.insert(stxn, ctx);
                     self.respond(stxn, code, bytes);
                     continue;
@@ -524,6 +534,9 @@ impl Core {
                     }
                 }
                 Outcome::Generate(code) => {
+                    if code >= 300 {
+                        self.media_failed_call(&ctx);
+                    }
                     let built = ResponseBuilder::new(&ctx.original, code).map(|b| b.build());
                     if let Some(bytes) = built {
                         self.contexts.insert(stxn, ctx);
@@ -545,6 +558,77 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// An 18x/2xx with SDP for an anchored INVITE or UPDATE: ask the relay (off the core)
+    /// and send the rewritten response when it answers. False when there is nothing to
+    /// anchor (send it now).
+    fn anchor_response(
+        &mut self,
+        stxn: ServerTxnId,
+        ctx: &ProxyCtx,
+        code: u16,
+        bytes: &Bytes,
+    ) -> bool {
+        let (Some(relays), Some(hint)) = (self.sh.relays.clone(), ctx.plan.anchor) else {
+            return false;
+        };
+        if !matches!(ctx.original.method(), Some(Method::Invite | Method::Update)) {
+            return false;
+        }
+        let Ok(resp) = SipMessage::parse(bytes.clone()) else {
+            return false;
+        };
+        if !crate::media::has_sdp(&resp) {
+            return false;
+        }
+        let (Ok(Some(from)), Ok(Some(to))) = (resp.from_tag(), resp.to_tag()) else {
+            return false;
+        };
+        // The request had no SDP: this response carries the offer (late offer).
+        let offer = !crate::media::has_sdp(&ctx.original);
+        let (from, to) = (from.to_owned(), to.to_owned());
+        let tx = self.decisions.clone();
+        let fallback = bytes.clone();
+        tokio::spawn(async move {
+            let bytes = crate::media::anchor_sdp(&relays, Some(hint), &resp, &to, &from, offer)
+                .await
+                .unwrap_or(fallback);
+            let _ = tx.send(Decision::Respond {
+                txn: stxn,
+                code,
+                bytes,
+            });
+        });
+        true
+    }
+
+    /// A new call that failed (a final non-2xx, a timeout): its relay session goes.
+    fn media_failed_call(&mut self, ctx: &ProxyCtx) {
+        if ctx.plan.anchor.is_some()
+            && ctx.original.method() == Some(Method::Invite)
+            && ctx.original.to_tag().ok().flatten().is_none()
+        {
+            self.media_delete(&ctx.original, false);
+        }
+    }
+
+    /// End the relay session of `msg`'s call (by its From tag; with `both`, also its To
+    /// tag) without waiting.
+    fn media_delete(&self, msg: &SipMessage, both: bool) {
+        let Some(relays) = self.sh.relays.clone() else {
+            return;
+        };
+        let (Ok(call_id), Ok(Some(from))) = (msg.call_id(), msg.from_tag()) else {
+            return;
+        };
+        let to = if both {
+            msg.to_tag().ok().flatten().unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        let (c, f) = (call_id.to_owned(), from.to_owned());
+        tokio::spawn(async move { relays.delete(&c, &f, &to).await });
     }
 
     fn send_cancel(&mut self, ctx: &ProxyCtx, b: BranchId) {
@@ -570,6 +654,7 @@ impl Core {
             self.respond(txn, code, b.build());
         }
         let Some(inv) = target else { return };
+        self.media_delete(cancel, false);
         if self.pending.contains_key(&inv) {
             self.cancelled_pending.insert(inv);
             return;
@@ -603,6 +688,17 @@ impl Core {
         let sh = self.sh.clone();
         let transports = self.transports.clone();
         tokio::spawn(async move {
+            // The answer of a late offer rides on the ACK.
+            let mut ack = ack;
+            if let Some(relays) = &sh.relays
+                && crate::media::has_sdp(&ack)
+                && let (Ok(Some(from)), Ok(Some(to))) = (ack.from_tag(), ack.to_tag())
+                && let Some(bytes) =
+                    crate::media::anchor_sdp(relays, None, &ack, from, to, false).await
+                && let Ok(rewritten) = SipMessage::parse(bytes)
+            {
+                ack = rewritten;
+            }
             if let Some((target, bytes)) = stateless_request(&sh, &ack).await {
                 transports.send(target, bytes, TxnRef::Stateless);
             }
@@ -693,6 +789,9 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
         ed.add_header("Route", old_ruri.into_bytes());
     }
     ed.decrement_max_forwards().ok()?;
+    if let Some(body) = &plan.body {
+        ed.set_body(body.as_ref());
+    }
     if plan.record_route {
         ed.add_record_route(rr_out.as_bytes());
         if in_t != out_t {

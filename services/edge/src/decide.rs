@@ -41,6 +41,8 @@ pub struct Shared {
     pub transports: sip_transport::Transports,
     /// Draining: OPTIONS to the edge say 503, so dispatchers send no new dialogs.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Media relays, when anchoring is configured.
+    pub relays: Option<Arc<crate::media::Relays>>,
 }
 
 /// One next hop for a forwarded copy of the request.
@@ -65,6 +67,10 @@ pub struct Plan {
     pub record_route: bool,
     /// Sequential groups (q-order), each forked in parallel.
     pub groups: Vec<Vec<Hop>>,
+    /// The body to forward instead of the request's (SDP anchored at a media relay).
+    pub body: Option<Bytes>,
+    /// The media relay holding the call's session (its index), when anchored.
+    pub anchor: Option<usize>,
 }
 
 impl Plan {
@@ -74,6 +80,8 @@ impl Plan {
             pop_routes,
             strict_fix,
             record_route,
+            body: None,
+            anchor: None,
             groups: vec![vec![Hop {
                 request_uri: None,
                 routes: vec![],
@@ -111,7 +119,7 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn respond(txn: ServerTxnId, msg: &SipMessage, code: u16) -> Decision {
+pub(crate) fn respond(txn: ServerTxnId, msg: &SipMessage, code: u16) -> Decision {
     respond_with(txn, msg, code, &[])
 }
 
@@ -138,8 +146,13 @@ fn respond_with(
     }
 }
 
-fn unavailable(sh: &Shared, txn: ServerTxnId, msg: &SipMessage) -> Decision {
+pub(crate) fn unavailable(sh: &Shared, txn: ServerTxnId, msg: &SipMessage) -> Decision {
     sh.metrics.store_unavailable.inc();
+    retry_later(txn, msg)
+}
+
+/// 503 with Retry-After: a dependency (a store, a media relay) is down, not the callee.
+pub(crate) fn retry_later(txn: ServerTxnId, msg: &SipMessage) -> Decision {
     respond_with(txn, msg, 503, &[("Retry-After", "5".into())])
 }
 
@@ -344,6 +357,8 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         strict_fix,
         record_route,
         groups,
+        body: None,
+        anchor: None,
     };
 
     if method == Method::Register {
@@ -425,6 +440,8 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
                         routes: vec![route],
                         target,
                     }]],
+                    body: None,
+                    anchor: None,
                 },
             },
             None => respond(txn, msg, 503),
@@ -618,7 +635,7 @@ pub fn is_natted(msg: &SipMessage, source: Target) -> bool {
 }
 
 /// RFC 1918, RFC 6598 (carrier-grade NAT), link-local and IPv6 unique-local addresses.
-fn is_private(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_private(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(a) => {
             let o = a.octets();

@@ -18,6 +18,7 @@ pub mod decide;
 pub mod flow_token;
 pub mod forking;
 pub mod local;
+pub mod media;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -247,7 +248,18 @@ pub async fn start_with(
     let draining = Arc::new(AtomicBool::new(false));
     let drain = Duration::from_secs(cfg.runtime.drain_secs);
     let metrics_set = metrics.clone();
+    let relays = media::Relays::new(&cfg.media).map_err(|problem| {
+        EdgeError::Config(ConfigError {
+            field: "media.relays",
+            problem,
+        })
+    })?;
+    if let Some(r) = &relays {
+        tasks.push(r.spawn_monitor());
+        tracing::info!(relays = ?r, anchor = ?cfg.media.anchor, "media anchoring on");
+    }
     let shared = Arc::new(decide::Shared {
+        relays,
         draining: draining.clone(),
         cfg,
         local,

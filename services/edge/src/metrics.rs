@@ -103,6 +103,10 @@ pub struct EdgeMetrics {
     pub request_duration: Family<MethodLabel, Histogram>,
     /// Requests refused because the location or subscriber store was unavailable.
     pub store_unavailable: Counter,
+    /// Calls whose media a relay anchored (new sessions).
+    pub media_anchored: Counter,
+    /// Relay calls that failed (the call got 503 or passed untouched, by configuration).
+    pub media_failures: Counter,
     /// Requests that parsed but failed validation (answered 4xx/5xx statelessly), by kind.
     pub invalid_requests: Family<ReasonLabel, Counter>,
     /// Responses from downstream dropped as unroutable (no Via left below ours).
@@ -142,6 +146,8 @@ impl Default for EdgeMetrics {
             auth_failures: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             store_unavailable: Counter::default(),
+            media_anchored: Counter::default(),
+            media_failures: Counter::default(),
             bad_responses: Counter::default(),
             invalid_requests: Family::default(),
             transport: TransportMetrics::default(),
@@ -242,6 +248,16 @@ impl EdgeMetrics {
             "sip_request_duration_seconds",
             "Time from a request's arrival to its final response, by method",
             self.request_duration.clone(),
+        );
+        r.register(
+            "media_anchored",
+            "Calls whose media a relay anchored",
+            self.media_anchored.clone(),
+        );
+        r.register(
+            "media_relay_failures",
+            "Media relay calls that failed (503 or SDP untouched, by configuration)",
+            self.media_failures.clone(),
         );
         r.register(
             "sip_store_unavailable",

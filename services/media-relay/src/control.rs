@@ -369,6 +369,7 @@ fn to_pb(info: &SessionInfo) -> pb::SessionStats {
                 reported_fraction_lost: s.reported_fraction_lost,
                 reported_lost: s.reported_lost,
                 reported_jitter_ms: s.reported_jitter_ms,
+                local_port: s.local_port.map_or(0, u32::from),
             })
             .collect(),
     }

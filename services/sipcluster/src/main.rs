@@ -349,6 +349,13 @@ struct RunArgs {
     /// Seconds of drain on SIGTERM (OPTIONS answered 503 meanwhile).
     #[arg(long, env = "SIPCLUSTER_DRAIN_SECS")]
     drain_secs: Option<u64>,
+    /// Media relay control URLs (comma-separated), e.g. http://media-relay:50053: anchor
+    /// calls' media there.
+    #[arg(long, env = "SIPCLUSTER_MEDIA_RELAYS", value_delimiter = ',')]
+    media_relay: Vec<String>,
+    /// When to anchor media: always, nat (the offerer is behind a NAT) or never.
+    #[arg(long, env = "SIPCLUSTER_ANCHOR")]
+    anchor: Option<String>,
     /// Log format: plain or json.
     #[arg(long, env = "SIPCLUSTER_LOG_FORMAT")]
     log_format: Option<String>,
@@ -411,6 +418,17 @@ fn build_config(a: &RunArgs) -> Result<EdgeConfig> {
     }
     if let Some(d) = a.drain_secs {
         cfg.runtime.drain_secs = d;
+    }
+    if !a.media_relay.is_empty() {
+        cfg.media.relays = a.media_relay.clone();
+    }
+    if let Some(p) = &a.anchor {
+        cfg.media.anchor = match p.as_str() {
+            "always" => edge::config::Anchor::Always,
+            "nat" => edge::config::Anchor::Nat,
+            "never" => edge::config::Anchor::Never,
+            other => anyhow::bail!("--anchor: always, nat or never, not {other:?}"),
+        };
     }
     if let Some(f) = &a.log_format {
         cfg.log.format = f.clone();

@@ -327,3 +327,205 @@ fn idle_sessions_end_and_drain_refuses_new_ones() {
     let status = stopping.join().expect("terminate");
     assert!(status.success(), "exit status {status}");
 }
+
+const DOMAIN: &str = "sipcluster.local";
+
+/// The UAC scenario with `hold_ms` between ACK and BYE.
+fn caller(to: SocketAddr, dir: &std::path::Path, name: &str, hold_ms: u32) -> common::Sipp {
+    let mut s = common::Sipp::new(name, "uac_call.xml", common::Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
+        .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
+        .to(to)
+        .timeout(30);
+    let text = std::fs::read_to_string(&s.scenario).expect("scenario");
+    let path = dir.join(format!("{name}.xml"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "<pause milliseconds=\"200\"/>",
+            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
+        ),
+    )
+    .expect("write scenario");
+    s.scenario = path;
+    s
+}
+
+/// The `m=audio` ports of the SDP bodies in a SIPp message log whose first line
+/// starts with `start`.
+fn sdp_ports(log: &str, start: &str) -> Vec<u16> {
+    log.split("----------------------------------------------- ")
+        .filter(|m| m.lines().any(|l| l.trim_start().starts_with(start)))
+        .flat_map(|m| {
+            m.lines()
+                .filter_map(|l| l.trim().strip_prefix("m=audio "))
+                .filter_map(|r| r.split(' ').next()?.parse().ok())
+                .collect::<Vec<u16>>()
+        })
+        .collect()
+}
+
+#[test]
+fn sipp_call_through_the_edge_is_anchored_at_the_relay() {
+    let dir = workdir("media_relay_sipp_call");
+    let relay = Server::media_relay(&dir, "relay", "42400-42499", &["--idle-timeout-secs", "3"]);
+    let relay_url = format!("http://{}", relay.sip);
+    let sip = Server::start(&dir, &["--media-relay", &relay_url]);
+    // Bob: SIPp echoing every RTP packet back to where it came from (the relay).
+    let uas_media = common::free_port();
+    let mut uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
+        .calls(2)
+        .timeout(40);
+    uas.extra.extend([
+        "-rtp_echo".into(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        uas_media.to_string(),
+    ]);
+    common::Sipp::new("register-bob", "register.xml", common::Proto::Udp)
+        .inf(&format!("bob;{DOMAIN};;127.0.0.1:{};3600", uas.port))
+        .auth("bob", "bob-secret", DOMAIN)
+        .to(sip.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER bob");
+    let uas_run = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Call 1: alice holds 4 s; meanwhile our own phone sends her RTP through the relay.
+    let call = caller(sip.sip, &dir, "uac", 4000).spawn(&dir);
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let session = loop {
+        let list = rt
+            .block_on(c.list_sessions(pb::ListSessionsRequest {}))
+            .expect("list")
+            .into_inner();
+        if let Some(s) = list.sessions.into_iter().find(|s| s.sides.len() == 2) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no anchored session appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let alice_port = side(&session, &session.from_tag).local_port;
+    assert!((42400..42500).contains(&alice_port), "{session:?}");
+    let alice_to = SocketAddr::from(([127, 0, 0, 1], u16::try_from(alice_port).expect("port")));
+    let alice = phone();
+    let mut buf = [0u8; 2048];
+    let mut echoed = 0;
+    for seq in 0..50u16 {
+        alice.send_to(&rtp(seq, 0xa11c), alice_to).expect("rtp");
+        if let Ok((n, from)) = alice.recv_from(&mut buf) {
+            assert_eq!(
+                from, alice_to,
+                "the echo comes back from the port alice sends to"
+            );
+            assert_eq!(&buf[..n], &rtp(seq, 0xa11c)[..], "untouched both ways");
+            echoed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(echoed, 50, "every packet crossed the relay to bob and back");
+    let stats = rt
+        .block_on(c.query(session_ref(&session.call_id, &session.from_tag, "")))
+        .expect("query")
+        .into_inner();
+    let to_tag = stats.to_tags.first().cloned().expect("bob's tag");
+    assert_eq!(side(&stats, &session.from_tag).rtp_packets, 50);
+    assert_eq!(side(&stats, &to_tag).rtp_packets, 50, "{stats:?}");
+    call.wait().assert_ok(1, "anchored call");
+    // BYE deleted the session.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !rt
+        .block_on(c.list_sessions(pb::ListSessionsRequest {}))
+        .expect("list")
+        .into_inner()
+        .sessions
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "session still there after BYE");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        relay.metric("sipcluster_media_sessions_ended_total{reason=\"deleted\"}"),
+        1.0
+    );
+    assert!(relay.metric("sipcluster_media_packets_total{kind=\"rtp\"}") >= 100.0);
+
+    // Call 2: no media at all; the relay ends the session after its 3 s idle timeout
+    // while the call is still up, and the call still ends cleanly.
+    caller(sip.sip, &dir, "uac-silent", 5000)
+        .run(&dir)
+        .assert_ok(1, "silent call");
+    assert_eq!(
+        relay.metric("sipcluster_media_sessions_ended_total{reason=\"idle\"}"),
+        1.0
+    );
+    let uas_out = uas_run.wait_at_most(Duration::from_secs(5));
+    assert_eq!(uas_out.successful, 2, "{}", uas_out.errors);
+    // What each side was told: the relay's ports, not the other party's.
+    let uas_log = std::fs::read_to_string(dir.join("uas.msg")).unwrap_or_default();
+    let offered = sdp_ports(&uas_log, "INVITE sip:");
+    assert!(
+        !offered.is_empty() && offered.iter().all(|p| (42400..42500).contains(p)),
+        "bob's INVITEs offered {offered:?}, not relay ports"
+    );
+    let uac_log = std::fs::read_to_string(dir.join("uac.msg")).unwrap_or_default();
+    let answered = sdp_ports(&uac_log, "SIP/2.0 200 OK");
+    assert!(
+        !answered.is_empty() && answered.iter().all(|p| (42400..42500).contains(p)),
+        "alice's 200 OK answered {answered:?}, not relay ports"
+    );
+    assert_eq!(
+        sip.metric("sipcluster_media_anchored_total"),
+        2.0,
+        "{}",
+        sip.scrape()
+    );
+}
+
+#[test]
+fn a_call_gets_503_when_no_relay_answers() {
+    let dir = workdir("media_relay_down");
+    // A relay URL where nothing listens.
+    let dead = format!("http://{}", common::free_addr());
+    let sip = Server::start(&dir, &["--media-relay", &dead]);
+    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(10);
+    common::Sipp::new("register-bob", "register.xml", common::Proto::Udp)
+        .inf(&format!("bob;{DOMAIN};;127.0.0.1:{};3600", uas.port))
+        .auth("bob", "bob-secret", DOMAIN)
+        .to(sip.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER bob");
+    let _uas = uas.spawn(&dir);
+    // uac_fail.xml, its authenticated INVITE carrying an offer.
+    let mut uac = common::Sipp::new("uac", "uac_fail.xml", common::Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
+        .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
+        .to(sip.sip)
+        .timeout(20);
+    let text = std::fs::read_to_string(&uac.scenario).expect("scenario");
+    let with_sdp = text.replacen(
+        "[authentication]\n      Max-Forwards: 70\n      Content-Length: 0\n",
+        "[authentication]\n      Max-Forwards: 70\n      Content-Type: application/sdp\n      \
+         Content-Length: [len]\n\n      v=0\n      o=a 1 1 IN IP4 [local_ip]\n      s=-\n      \
+         c=IN IP4 [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n",
+        1,
+    );
+    assert_ne!(with_sdp, text, "the scenario changed shape");
+    let path = dir.join("uac_fail_sdp.xml");
+    std::fs::write(&path, with_sdp).expect("write scenario");
+    uac.scenario = path;
+    let t0 = Instant::now();
+    let out = uac.expect_code(&dir, 503).run(&dir);
+    out.assert_ok(1, "the call is refused with 503, not left hanging");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(sip.metric("sipcluster_media_relay_failures_total") >= 1.0);
+}
