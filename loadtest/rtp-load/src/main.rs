@@ -12,7 +12,6 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -111,14 +110,27 @@ fn main() -> Result<()> {
             (shared_x.clone(), shared_y.clone())
         };
         let call = format!("rtp-load-{run}-{i}");
-        let to_y = rt
-            .block_on(client.offer(pb::UpdateRequest::audio(&call, "x", "", x.local_addr()?)))
-            .with_context(|| format!("offer {i}"))?
-            .into_inner();
-        let to_x = rt
-            .block_on(client.answer(pb::UpdateRequest::audio(&call, "y", "x", y.local_addr()?)))
-            .with_context(|| format!("answer {i}"))?
-            .into_inner();
+        let set_up = rt.block_on(async {
+            let to_y = client
+                .offer(pb::UpdateRequest::audio(&call, "x", "", x.local_addr()?))
+                .await
+                .with_context(|| format!("offer {i}"))?
+                .into_inner();
+            let to_x = client
+                .answer(pb::UpdateRequest::audio(&call, "y", "x", y.local_addr()?))
+                .await
+                .with_context(|| format!("answer {i}"))?
+                .into_inner();
+            anyhow::Ok((to_y, to_x))
+        });
+        let (to_y, to_x) = match set_up {
+            Ok(r) => r,
+            Err(e) => {
+                // Leave the relay as it was: the sessions set up so far go.
+                delete_sessions(&rt, &mut client, run, i + 1);
+                return Err(e);
+            }
+        };
         // x sends to the port facing it (from the answer), y to the one from the offer.
         streams.push(Stream {
             from: x.clone(),
@@ -145,14 +157,9 @@ fn main() -> Result<()> {
     let epoch = Instant::now();
     let warm_until = Duration::from_secs(a.warmup_secs);
     let send_until = warm_until + Duration::from_secs(a.secs);
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let receiver = {
-        let stop = stop.clone();
-        let socks: Vec<Arc<UdpSocket>> = receivers.clone();
-        let n = a.streams;
-        std::thread::spawn(move || receive(socks, n, epoch, stop))
-    };
+    // One thread sends and receives: it waits for the next packet's turn in the poll
+    // for arrivals, so the generator never competes with itself for the two cores.
+    let mut rx = Receiving::new(&receivers, a.streams)?;
 
     let relay_t0 = std::cell::Cell::new(None);
     let self_t0 = std::cell::Cell::new(None);
@@ -171,8 +178,10 @@ fn main() -> Result<()> {
             if due >= send_until {
                 break 'send;
             }
-            if due > now + Duration::from_micros(100) {
-                std::thread::sleep(due - now);
+            let mut now = now;
+            while due > now + Duration::from_micros(100) {
+                rx.pump(epoch, due - now);
+                now = epoch.elapsed();
             }
             if !measuring && due >= warm_until {
                 measuring = true;
@@ -198,11 +207,11 @@ fn main() -> Result<()> {
     let relay_t1 = a.relay_pid.and_then(ticks);
     let self_t1 = ticks(std::process::id());
     // Let the last packets arrive.
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let got = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    let end = epoch.elapsed() + Duration::from_millis(300);
+    while epoch.elapsed() < end {
+        rx.pump(epoch, Duration::from_millis(50));
+    }
+    let got = rx.finish();
 
     let sent: u64 = sent_measured.iter().sum();
     let received: u64 = got.per_stream.iter().sum();
@@ -248,13 +257,7 @@ fn main() -> Result<()> {
         gen_cpu.map_or("n/a".into(), |c| format!("{c:.1}")),
     );
 
-    for i in 0..sessions {
-        let _ = rt.block_on(client.delete(pb::SessionRef {
-            call_id: format!("rtp-load-{run}-{i}"),
-            tag: "x".into(),
-            other_tag: "y".into(),
-        }));
-    }
+    delete_sessions(&rt, &mut client, run, sessions);
     let mut failed = false;
     if let Some(m) = a.max_loss_pct
         && loss_pct > m
@@ -288,57 +291,76 @@ struct Received {
     jitter_sum_ms: f64,
 }
 
-fn receive(
-    socks: Vec<Arc<UdpSocket>>,
+/// Delete the first `n` sessions of this run.
+fn delete_sessions(
+    rt: &tokio::runtime::Runtime,
+    client: &mut MediaRelayClient<tonic::transport::Channel>,
+    run: u32,
     n: usize,
-    epoch: Instant,
-    stop: Arc<AtomicBool>,
-) -> Received {
-    use mio::net::UdpSocket as MioSocket;
-    use mio::{Events, Interest, Poll, Token};
-    let mut out = Received {
-        per_stream: vec![0; n],
-        latency: vec![0; BUCKETS + 1],
-        max_ms: 0.0,
-        jitter_sum_ms: 0.0,
-    };
-    let Ok(mut poll) = Poll::new() else {
-        return out;
-    };
-    let mut mio_socks = Vec::with_capacity(socks.len());
-    for (i, s) in socks.iter().enumerate() {
-        let Ok(c) = s.try_clone() else { continue };
-        if c.set_nonblocking(true).is_err() {
-            continue;
-        }
-        let mut m = MioSocket::from_std(c);
-        if poll
-            .registry()
-            .register(&mut m, Token(i), Interest::READABLE)
-            .is_err()
-        {
-            continue;
-        }
-        mio_socks.push(m);
+) {
+    for i in 0..n {
+        let _ = rt.block_on(client.delete(pb::SessionRef {
+            call_id: format!("rtp-load-{run}-{i}"),
+            tag: "x".into(),
+            other_tag: "y".into(),
+        }));
     }
-    // RFC 3550 jitter per stream, in ns (the send time stands for the RTP timestamp).
-    let mut transit = vec![None::<i64>; n];
-    let mut jitter = vec![0f64; n];
-    let mut events = Events::with_capacity(1024);
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        if poll
-            .poll(&mut events, Some(Duration::from_millis(50)))
-            .is_err()
-        {
-            continue;
+}
+
+/// The receiving half: every phone socket in one poll.
+struct Receiving {
+    poll: mio::Poll,
+    events: mio::Events,
+    socks: Vec<mio::net::UdpSocket>,
+    out: Received,
+    /// RFC 3550 jitter per stream, in ns (the send time stands for the RTP timestamp).
+    transit: Vec<Option<i64>>,
+    jitter: Vec<f64>,
+    buf: Vec<u8>,
+}
+
+impl Receiving {
+    fn new(socks: &[Arc<UdpSocket>], n: usize) -> Result<Receiving> {
+        use mio::{Interest, Poll, Token};
+        let poll = Poll::new()?;
+        let mut mio_socks = Vec::with_capacity(socks.len());
+        for (i, s) in socks.iter().enumerate() {
+            let c = s.try_clone()?;
+            c.set_nonblocking(true)?;
+            let mut m = mio::net::UdpSocket::from_std(c);
+            poll.registry()
+                .register(&mut m, Token(i), Interest::READABLE)?;
+            mio_socks.push(m);
         }
-        for ev in &events {
-            let Some(s) = mio_socks.get(ev.token().0) else {
+        Ok(Receiving {
+            poll,
+            events: mio::Events::with_capacity(1024),
+            socks: mio_socks,
+            out: Received {
+                per_stream: vec![0; n],
+                latency: vec![0; BUCKETS + 1],
+                max_ms: 0.0,
+                jitter_sum_ms: 0.0,
+            },
+            transit: vec![None; n],
+            jitter: vec![0.0; n],
+            buf: vec![0; 2048],
+        })
+    }
+
+    /// Wait at most `timeout` for arrivals and take them in.
+    fn pump(&mut self, epoch: Instant, timeout: Duration) {
+        if self.poll.poll(&mut self.events, Some(timeout)).is_err() {
+            return;
+        }
+        let n = self.out.per_stream.len();
+        for ev in &self.events {
+            let Some(s) = self.socks.get(ev.token().0) else {
                 continue;
             };
-            while let Ok((len, _)) = s.recv_from(&mut buf) {
-                if len < 24 {
+            while let Ok((len, _)) = s.recv_from(&mut self.buf) {
+                let buf = &self.buf;
+                if len < 25 {
                     continue;
                 }
                 let now = epoch.elapsed().as_nanos() as u64;
@@ -347,20 +369,23 @@ fn receive(
                 if k >= n || buf[24] == 0 {
                     continue;
                 }
-                out.per_stream[k] += 1;
+                self.out.per_stream[k] += 1;
                 let lat = now.saturating_sub(sent);
                 let b = ((lat / 1000) / BUCKET_US) as usize;
-                out.latency[b.min(BUCKETS)] += 1;
-                out.max_ms = out.max_ms.max(lat as f64 / 1e6);
+                self.out.latency[b.min(BUCKETS)] += 1;
+                self.out.max_ms = self.out.max_ms.max(lat as f64 / 1e6);
                 let t = lat as i64;
-                if let Some(prev) = transit[k] {
+                if let Some(prev) = self.transit[k] {
                     let d = (t - prev).unsigned_abs() as f64;
-                    jitter[k] += (d - jitter[k]) / 16.0;
+                    self.jitter[k] += (d - self.jitter[k]) / 16.0;
                 }
-                transit[k] = Some(t);
+                self.transit[k] = Some(t);
             }
         }
     }
-    out.jitter_sum_ms = jitter.iter().sum::<f64>() / 1e6;
-    out
+
+    fn finish(mut self) -> Received {
+        self.out.jitter_sum_ms = self.jitter.iter().sum::<f64>() / 1e6;
+        self.out
+    }
 }

@@ -45,6 +45,9 @@ pub struct MediaRelayConfig {
     pub workers: usize,
     /// On SIGTERM: refuse new sessions, keep the existing ones at most this long.
     pub drain_secs: u64,
+    /// Microseconds a worker lets packets gather after each wake-up (0: none). A few
+    /// hundred trade that much added delay for far fewer context switches under load.
+    pub coalesce_us: u64,
 }
 
 impl Default for MediaRelayConfig {
@@ -66,6 +69,7 @@ impl Default for MediaRelayConfig {
             relatch_after_ms: 2000,
             workers: 1,
             drain_secs: 3600,
+            coalesce_us: 200,
         }
     }
 }
@@ -130,6 +134,12 @@ impl MediaRelayConfig {
             return Err(ConfigError::new(
                 "idle_timeout_secs/max_duration_secs",
                 "must be positive",
+            ));
+        }
+        if self.coalesce_us > 5000 {
+            return Err(ConfigError::new(
+                "coalesce_us",
+                "at most 5000: it is added to every packet's delay",
             ));
         }
         if self.instance.is_empty() {

@@ -50,6 +50,8 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut threads = Vec::new();
+        let coalesce =
+            (cfg.coalesce_us > 0).then(|| std::time::Duration::from_micros(cfg.coalesce_us));
         for i in 0..cfg.workers {
             let (shard, poll) = Shard::new(cfg.engine(i, cfg.workers), cfg.bind_v4, cfg.bind_v6)?;
             let shard = Arc::new(shard);
@@ -57,7 +59,7 @@ impl Relay {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("media-{i}"))
-                    .spawn(move || forward::run(s, poll, st, m))?,
+                    .spawn(move || forward::run(s, poll, st, m, coalesce))?,
             );
             shards.push(shard);
         }

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use media_core::packet::Kind;
 use media_core::{Binding, DropReason, Engine, EngineConfig, Family, Forward};
 use mio::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use crate::batch::{BATCH, Receiver};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
-
-/// Datagrams larger than this are truncated by the kernel and dropped (RTP stays well
-/// under a 1500-byte MTU; jumbo video frames still fit).
-const MAX_DATAGRAM: usize = 9000;
 
 /// One worker's sessions and sockets.
 #[derive(Debug)]
@@ -146,6 +145,15 @@ impl Shard {
         }
     }
 
+    /// Ask for a new readiness event on a socket that may still hold datagrams.
+    fn rearm(&self, sockets: &mut Sockets, port: u16, family: Family) {
+        if let Some(Some(s)) = sockets.slot(port, family) {
+            let _ = self
+                .registry
+                .reregister(s, token(port, family), Interest::READABLE);
+        }
+    }
+
     /// Close the sockets of ended sessions.
     pub fn close_released(&self, st: &mut ShardState) {
         for b in st.engine.take_closed() {
@@ -221,9 +229,15 @@ impl Tally {
 }
 
 /// A worker: forward until `stop`.
-pub fn run(shard: Arc<Shard>, mut poll: Poll, stop: Arc<AtomicBool>, metrics: Metrics) {
+pub fn run(
+    shard: Arc<Shard>,
+    mut poll: Poll,
+    stop: Arc<AtomicBool>,
+    metrics: Metrics,
+    coalesce: Option<Duration>,
+) {
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut rx = Receiver::default();
     let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
@@ -240,44 +254,56 @@ pub fn run(shard: Arc<Shard>, mut poll: Poll, stop: Arc<AtomicBool>, metrics: Me
         let mut st = shard.lock();
         for ev in &events {
             let (port, family) = untoken(ev.token());
-            // Edge-triggered: read until the socket is empty.
-            let mut errors = 0;
-            while let Some(sock) = st.sockets.get(port, family) {
-                let (n, src) = match sock.recv_from(&mut buf) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ICMP errors of earlier sends surface here, once each; the socket
-                    // goes on. Anything persistent must not spin the worker.
-                    Err(_) => {
-                        errors += 1;
-                        if errors > 8 {
-                            break;
-                        }
-                        continue;
-                    }
+            // Edge-triggered: drain the socket. A short batch means it is empty.
+            let mut drained = false;
+            for _ in 0..64 {
+                let Some(fd) = st.sockets.get(port, family).map(|s| s.as_raw_fd()) else {
+                    break;
                 };
-                if n > MAX_DATAGRAM {
-                    tally.drops[5] += 1;
-                    continue;
+                let n = match rx.recv(fd) {
+                    Ok(n) => n,
+                    // ICMP errors of earlier sends surface here, once each; the socket
+                    // goes on.
+                    Err(_) => continue,
+                };
+                for i in 0..n {
+                    let Some((meta, data)) = rx.get(i) else { break };
+                    let Some(src) = meta.src.filter(|_| !meta.truncated) else {
+                        tally.drops[5] += 1;
+                        continue;
+                    };
+                    match st.engine.on_packet(port, family, src, data, now) {
+                        Forward::Send {
+                            port: out,
+                            to,
+                            kind,
+                        } => match st.sockets.get(out, family).map(|s| s.send_to(data, to)) {
+                            Some(Ok(_)) => {
+                                tally.kind(kind);
+                                tally.bytes += data.len() as u64;
+                            }
+                            _ => tally.drops[4] += 1,
+                        },
+                        Forward::Drop(r) => tally.drop(r),
+                    }
                 }
-                let data = &buf[..n];
-                match st.engine.on_packet(port, family, src, data, now) {
-                    Forward::Send {
-                        port: out,
-                        to,
-                        kind,
-                    } => match st.sockets.get(out, family).map(|s| s.send_to(data, to)) {
-                        Some(Ok(_)) => {
-                            tally.kind(kind);
-                            tally.bytes += n as u64;
-                        }
-                        _ => tally.drops[4] += 1,
-                    },
-                    Forward::Drop(r) => tally.drop(r),
+                if n < BATCH {
+                    drained = true;
+                    break;
                 }
+            }
+            if !drained {
+                // A flood on one socket: re-arm it so its rest is read after the others
+                // had their turn, instead of waiting for a new packet's edge.
+                shard.rearm(&mut st.sockets, port, family);
             }
         }
         drop(st);
         tally.flush(&metrics);
+        if let Some(c) = coalesce {
+            // Let packets gather: one wake-up then carries many, instead of a context
+            // switch every packet or two. Media tolerates far more delay than this.
+            std::thread::sleep(c);
+        }
     }
 }

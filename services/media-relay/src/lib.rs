@@ -13,6 +13,7 @@
 //! lock is contended but by the control plane. A 1 s sweep ends idle and over-long
 //! sessions and reports every end (metrics, log) with its statistics.
 
+pub mod batch;
 pub mod config;
 pub mod control;
 pub mod forward;

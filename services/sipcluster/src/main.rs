@@ -138,6 +138,9 @@ struct MediaRelayArgs {
     /// On SIGTERM, keep existing sessions at most this long.
     #[arg(long, env = "SIPCLUSTER_MEDIA_DRAIN_SECS")]
     drain_secs: Option<u64>,
+    /// Microseconds a worker lets packets gather after each wake-up (0: none).
+    #[arg(long, env = "SIPCLUSTER_MEDIA_COALESCE_US")]
+    coalesce_us: Option<u64>,
     /// Metrics/health HTTP address, or `off`.
     #[arg(long, env = "SIPCLUSTER_METRICS")]
     metrics: Option<String>,
@@ -529,6 +532,9 @@ fn build_media_relay_config(a: &MediaRelayArgs) -> Result<media_relay::MediaRela
     }
     if let Some(v) = a.drain_secs {
         cfg.drain_secs = v;
+    }
+    if let Some(v) = a.coalesce_us {
+        cfg.coalesce_us = v;
     }
     if let Some(m) = &a.metrics {
         cfg.metrics_listen = parse_metrics(m)?;
