@@ -560,7 +560,7 @@ if want media; then
   MEDIA_CONTROL=$(free_port)
   MEDIA_METRICS=$(free_port)
   "$BIN" media-relay --control "127.0.0.1:$MEDIA_CONTROL" --metrics "127.0.0.1:$MEDIA_METRICS" \
-    --bind-v4 127.0.0.1 --ports 30000-39999 --log-level warn >"$WORK/media-relay.log" 2>&1 &
+    --bind-v4 127.0.0.1 --ports 20000-39999 --log-level warn >"$WORK/media-relay.log" 2>&1 &
   MEDIA_PID=$!
   PIDS+=("$MEDIA_PID")
   for _ in $(seq 100); do http_ok "$MEDIA_METRICS" /readyz && break; sleep 0.1; done

@@ -58,8 +58,96 @@ const BUCKET_US: u64 = 10;
 const BUCKETS: usize = 20_000;
 
 struct Stream {
-    from: Arc<UdpSocket>,
+    /// Index of the sending socket in `Senders`.
+    from: usize,
     to: SocketAddr,
+}
+
+/// The sending sockets and, per socket, the packets waiting for one `sendmmsg`.
+struct Senders {
+    socks: Vec<Arc<UdpSocket>>,
+    pending: Vec<Vec<Queued>>,
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+}
+
+/// A packet waiting for its socket's next `sendmmsg`.
+struct Queued {
+    packet: [u8; PACKET],
+    to: SocketAddr,
+    stream: usize,
+    /// Due after the warm-up: counted.
+    measured: bool,
+}
+
+/// Packets per `sendmmsg`.
+const SEND_BATCH: usize = 64;
+
+impl Senders {
+    fn new() -> Senders {
+        Senders {
+            socks: Vec::new(),
+            pending: Vec::new(),
+            headers: nix::sys::socket::MultiHeaders::preallocate(SEND_BATCH, None),
+        }
+    }
+
+    /// The index of `s`, added if new.
+    fn index(&mut self, s: &Arc<UdpSocket>) -> usize {
+        if let Some(i) = self.socks.iter().position(|x| Arc::ptr_eq(x, s)) {
+            return i;
+        }
+        self.socks.push(s.clone());
+        self.pending.push(Vec::with_capacity(SEND_BATCH));
+        self.socks.len() - 1
+    }
+
+    /// Queue a packet on socket `from`; sent when the batch is full or on `flush`.
+    fn queue(&mut self, from: usize, q: Queued, epoch: Instant, sent: &mut [u64]) {
+        self.pending[from].push(q);
+        if self.pending[from].len() >= SEND_BATCH {
+            self.flush_one(from, epoch, sent);
+        }
+    }
+
+    fn flush(&mut self, epoch: Instant, sent: &mut [u64]) {
+        for i in 0..self.socks.len() {
+            if !self.pending[i].is_empty() {
+                self.flush_one(i, epoch, sent);
+            }
+        }
+    }
+
+    /// One `sendmmsg` for socket `i`'s queue, stamped with the send time.
+    fn flush_one(&mut self, i: usize, epoch: Instant, sent: &mut [u64]) {
+        use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmmsg};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let now = epoch.elapsed().as_nanos() as u64;
+        let batch = &mut self.pending[i];
+        for q in batch.iter_mut() {
+            q.packet[12..20].copy_from_slice(&now.to_be_bytes());
+        }
+        let addrs: Vec<Option<SockaddrStorage>> = batch
+            .iter()
+            .map(|q| Some(SockaddrStorage::from(q.to)))
+            .collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|q| [IoSlice::new(&q.packet)]).collect();
+        let done = sendmmsg(
+            self.socks[i].as_raw_fd(),
+            &mut self.headers,
+            &iovs,
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        )
+        .map_or(0, |r| r.count());
+        for q in batch.iter().take(done) {
+            if q.measured {
+                sent[q.stream] += 1;
+            }
+        }
+        batch.clear();
+    }
 }
 
 fn ticks(pid: u32) -> Option<u64> {
@@ -89,6 +177,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("connecting to {}", a.control))?;
     let sessions = a.streams / 2;
     let mut streams = Vec::with_capacity(a.streams);
+    let mut senders = Senders::new();
     let mut receivers = Vec::with_capacity(a.streams);
     let run = std::process::id();
     let setup = Instant::now();
@@ -133,11 +222,11 @@ fn main() -> Result<()> {
         };
         // x sends to the port facing it (from the answer), y to the one from the offer.
         streams.push(Stream {
-            from: x.clone(),
+            from: senders.index(&x),
             to: relay_addr(&to_x)?,
         });
         streams.push(Stream {
-            from: y.clone(),
+            from: senders.index(&y),
             to: relay_addr(&to_y)?,
         });
         if a.socket_per_phone {
@@ -179,6 +268,10 @@ fn main() -> Result<()> {
                 break 'send;
             }
             let mut now = now;
+            if due > now + Duration::from_micros(100) {
+                // Nothing more is due for a while: send what is queued, then listen.
+                senders.flush(epoch, &mut sent_measured);
+            }
             while due > now + Duration::from_micros(100) {
                 rx.pump(epoch, due - now);
                 now = epoch.elapsed();
@@ -188,21 +281,24 @@ fn main() -> Result<()> {
                 relay_t0.set(a.relay_pid.and_then(ticks));
                 self_t0.set(ticks(std::process::id()));
             }
-            let sent_ns = epoch.elapsed().as_nanos() as u64;
             packet[2..4].copy_from_slice(&seq[k].to_be_bytes());
             packet[4..8].copy_from_slice(&(u32::from(seq[k]).wrapping_mul(160)).to_be_bytes());
             packet[8..12].copy_from_slice(&(k as u32).to_be_bytes());
-            packet[12..20].copy_from_slice(&sent_ns.to_be_bytes());
             packet[20..24].copy_from_slice(&(k as u32).to_be_bytes());
             // Sender and receiver count the same packets: those due after the warm-up.
             packet[24] = u8::from(due >= warm_until);
             seq[k] = seq[k].wrapping_add(1);
-            if s.from.send_to(&packet, s.to).is_ok() && due >= warm_until {
-                sent_measured[k] += 1;
-            }
+            let q = Queued {
+                packet,
+                to: s.to,
+                stream: k,
+                measured: due >= warm_until,
+            };
+            senders.queue(s.from, q, epoch, &mut sent_measured);
         }
         round += 1;
     }
+    senders.flush(epoch, &mut sent_measured);
     let measured = epoch.elapsed().saturating_sub(warm_until);
     let relay_t1 = a.relay_pid.and_then(ticks);
     let self_t1 = ticks(std::process::id());
@@ -316,7 +412,7 @@ struct Receiving {
     /// RFC 3550 jitter per stream, in ns (the send time stands for the RTP timestamp).
     transit: Vec<Option<i64>>,
     jitter: Vec<f64>,
-    buf: Vec<u8>,
+    rx: media_relay::batch::Receiver,
 }
 
 impl Receiving {
@@ -344,7 +440,7 @@ impl Receiving {
             },
             transit: vec![None; n],
             jitter: vec![0.0; n],
-            buf: vec![0; 2048],
+            rx: media_relay::batch::Receiver::default(),
         })
     }
 
@@ -358,28 +454,37 @@ impl Receiving {
             let Some(s) = self.socks.get(ev.token().0) else {
                 continue;
             };
-            while let Ok((len, _)) = s.recv_from(&mut self.buf) {
-                let buf = &self.buf;
-                if len < 25 {
-                    continue;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+            loop {
+                let got = self.rx.recv(fd).unwrap_or(0);
+                for i in 0..got {
+                    let Some((meta, buf)) = self.rx.get(i) else {
+                        break;
+                    };
+                    if meta.len < 25 {
+                        continue;
+                    }
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    let k = u32::from_be_bytes([buf[20], buf[21], buf[22], buf[23]]) as usize;
+                    let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or([0; 8]));
+                    if k >= n || buf[24] == 0 {
+                        continue;
+                    }
+                    self.out.per_stream[k] += 1;
+                    let lat = now.saturating_sub(sent);
+                    let b = ((lat / 1000) / BUCKET_US) as usize;
+                    self.out.latency[b.min(BUCKETS)] += 1;
+                    self.out.max_ms = self.out.max_ms.max(lat as f64 / 1e6);
+                    let t = lat as i64;
+                    if let Some(prev) = self.transit[k] {
+                        let d = (t - prev).unsigned_abs() as f64;
+                        self.jitter[k] += (d - self.jitter[k]) / 16.0;
+                    }
+                    self.transit[k] = Some(t);
                 }
-                let now = epoch.elapsed().as_nanos() as u64;
-                let k = u32::from_be_bytes([buf[20], buf[21], buf[22], buf[23]]) as usize;
-                let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap_or([0; 8]));
-                if k >= n || buf[24] == 0 {
-                    continue;
+                if got < media_relay::batch::BATCH {
+                    break;
                 }
-                self.out.per_stream[k] += 1;
-                let lat = now.saturating_sub(sent);
-                let b = ((lat / 1000) / BUCKET_US) as usize;
-                self.out.latency[b.min(BUCKETS)] += 1;
-                self.out.max_ms = self.out.max_ms.max(lat as f64 / 1e6);
-                let t = lat as i64;
-                if let Some(prev) = self.transit[k] {
-                    let d = (t - prev).unsigned_abs() as f64;
-                    self.jitter[k] += (d - self.jitter[k]) / 16.0;
-                }
-                self.transit[k] = Some(t);
             }
         }
     }

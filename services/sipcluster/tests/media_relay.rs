@@ -452,6 +452,18 @@ fn sipp_call_through_the_edge_is_anchored_at_the_relay() {
         1.0
     );
     assert!(relay.metric("sipcluster_media_packets_total{kind=\"rtp\"}") >= 100.0);
+    // The final statistics, as the BYE's Delete returned them, are in the relay's log.
+    let ended = relay
+        .log()
+        .lines()
+        .find(|l| l.contains("media session ended") && l.contains(&session.call_id))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let plain = strip_ansi(&ended);
+    assert!(
+        plain.contains("reason=\"deleted\"") && plain.contains("packets=100 "),
+        "{plain:?}"
+    );
 
     // Call 2: no media at all; the relay ends the session after its 3 s idle timeout
     // while the call is still up, and the call still ends cleanly.
@@ -485,6 +497,113 @@ fn sipp_call_through_the_edge_is_anchored_at_the_relay() {
     );
 }
 
+/// A SIPp caller (alice) from `scenario`, whose authenticated INVITE carries an offer
+/// (the scenarios of the other suites send none).
+fn with_offer(
+    dir: &std::path::Path,
+    name: &str,
+    scenario: &str,
+    callee: &str,
+    to: SocketAddr,
+) -> common::Sipp {
+    let mut uac = common::Sipp::new(name, scenario, common::Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;{callee}"))
+        .auth("alice", "alice-secret", &format!("{callee}@{DOMAIN}"))
+        .to(to)
+        .timeout(20);
+    let text = std::fs::read_to_string(&uac.scenario).expect("scenario");
+    let with_sdp = text.replacen(
+        "[authentication]\n      Max-Forwards: 70\n      Content-Length: 0\n",
+        "[authentication]\n      Max-Forwards: 70\n      Content-Type: application/sdp\n      \
+         Content-Length: [len]\n\n      v=0\n      o=a 1 1 IN IP4 [local_ip]\n      s=-\n      \
+         c=IN IP4 [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n",
+        1,
+    );
+    assert_ne!(with_sdp, text, "{scenario} changed shape");
+    let path = dir.join(format!("{name}-offer.xml"));
+    std::fs::write(&path, with_sdp).expect("write scenario");
+    uac.scenario = path;
+    uac
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for ch in s.chars() {
+        match (esc, ch) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Register `user` at the SIPp UAS `uas`.
+fn register(sip: &Server, dir: &std::path::Path, user: &str, uas: &common::Sipp) {
+    common::Sipp::new(
+        &format!("register-{user}"),
+        "register.xml",
+        common::Proto::Udp,
+    )
+    .inf(&format!("{user};{DOMAIN};;127.0.0.1:{};3600", uas.port))
+    .auth(user, &format!("{user}-secret"), DOMAIN)
+    .to(sip.sip)
+    .run(dir)
+    .assert_ok(1, "REGISTER");
+}
+
+#[test]
+fn busy_and_cancelled_calls_free_their_relay_sessions() {
+    let dir = workdir("media_relay_failed_calls");
+    let relay = Server::media_relay(&dir, "relay", "42600-42699", &[]);
+    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let sessions = |c: &mut MediaRelayClient<Channel>| {
+        rt.block_on(c.list_sessions(pb::ListSessionsRequest {}))
+            .expect("list")
+            .into_inner()
+            .sessions
+            .len()
+    };
+    // Bob is busy: the 486 ends the session the INVITE's offer created.
+    let busy = common::Sipp::new("uas-busy", "uas_busy.xml", common::Proto::Udp).timeout(20);
+    register(&sip, &dir, "bob", &busy);
+    let busy_run = busy.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    with_offer(&dir, "uac-busy", "uac_fail.xml", "bob", sip.sip)
+        .expect_code(&dir, 486)
+        .run(&dir)
+        .assert_ok(1, "busy call");
+    busy_run.wait_at_most(Duration::from_secs(5));
+    // Carol rings and alice gives up: CANCEL ends it.
+    let ring = common::Sipp::new("uas-ring", "uas_ring_cancel.xml", common::Proto::Udp).timeout(20);
+    register(&sip, &dir, "carol", &ring);
+    let ring_run = ring.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    with_offer(&dir, "uac-cancel", "uac_cancel.xml", "carol", sip.sip)
+        .run(&dir)
+        .assert_ok(1, "cancelled call");
+    ring_run.wait_at_most(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sessions(&mut c) != 0
+        || relay.metric("sipcluster_media_sessions_ended_total{reason=\"deleted\"}") < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sessions left: {}; {}",
+            sessions(&mut c),
+            relay.scrape()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(relay.metric("sipcluster_media_sessions_started_total"), 2.0);
+    assert_eq!(sip.metric("sipcluster_media_anchored_total"), 2.0);
+}
+
 #[test]
 fn a_call_gets_503_when_no_relay_answers() {
     let dir = workdir("media_relay_down");
@@ -501,26 +620,10 @@ fn a_call_gets_503_when_no_relay_answers() {
         .run(&dir)
         .assert_ok(1, "REGISTER bob");
     let _uas = uas.spawn(&dir);
-    // uac_fail.xml, its authenticated INVITE carrying an offer.
-    let mut uac = common::Sipp::new("uac", "uac_fail.xml", common::Proto::Udp)
-        .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
-        .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
-        .to(sip.sip)
-        .timeout(20);
-    let text = std::fs::read_to_string(&uac.scenario).expect("scenario");
-    let with_sdp = text.replacen(
-        "[authentication]\n      Max-Forwards: 70\n      Content-Length: 0\n",
-        "[authentication]\n      Max-Forwards: 70\n      Content-Type: application/sdp\n      \
-         Content-Length: [len]\n\n      v=0\n      o=a 1 1 IN IP4 [local_ip]\n      s=-\n      \
-         c=IN IP4 [media_ip]\n      t=0 0\n      m=audio [media_port] RTP/AVP 0\n",
-        1,
-    );
-    assert_ne!(with_sdp, text, "the scenario changed shape");
-    let path = dir.join("uac_fail_sdp.xml");
-    std::fs::write(&path, with_sdp).expect("write scenario");
-    uac.scenario = path;
     let t0 = Instant::now();
-    let out = uac.expect_code(&dir, 503).run(&dir);
+    let out = with_offer(&dir, "uac", "uac_fail.xml", "bob", sip.sip)
+        .expect_code(&dir, 503)
+        .run(&dir);
     out.assert_ok(1, "the call is refused with 503, not left hanging");
     assert!(
         t0.elapsed() < Duration::from_secs(5),
