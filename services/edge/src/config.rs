@@ -626,6 +626,27 @@ mod tests {
     }
 
     #[test]
+    fn media_policy_per_domain() {
+        let c = EdgeConfig::from_toml(
+            "[media]\nrelays = [\"http://r:50053\"]\nanchor = \"nat\"\n\
+             [[media.rules]]\ndomain = \"LAN.example.com\"\nanchor = \"never\"\n\
+             [[media.rules]]\ndomain = \"pstn.example.com\"\nanchor = \"always\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.media.policy_for("lan.example.com"), Anchor::Never);
+        assert_eq!(c.media.policy_for("pstn.example.com"), Anchor::Always);
+        assert_eq!(c.media.policy_for("other.example.com"), Anchor::Nat);
+        // No relay configured: nothing is anchored, whatever the policy says.
+        assert_eq!(MediaConfig::default().policy_for("x"), Anchor::Never);
+        let bad = EdgeConfig::from_toml("[media]\nrelays = [\"r:50053\"]\n").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "media.relays");
+        // The sample configuration parses to the defaults of this section.
+        let sample = EdgeConfig::from_toml(crate::SAMPLE_CONFIG).unwrap();
+        assert_eq!(sample.media, MediaConfig::default());
+    }
+
+    #[test]
     fn toml_overrides_and_rejects_unknown_keys() {
         let c = EdgeConfig::from_toml("[sip]\nudp = [\"127.0.0.1:5080\"]\ndomains = [\"example.com\"]\n[registrar]\nmin_expires = 30\n").unwrap();
         assert_eq!(

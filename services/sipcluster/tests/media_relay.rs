@@ -632,3 +632,169 @@ fn a_call_gets_503_when_no_relay_answers() {
     );
     assert!(sip.metric("sipcluster_media_relay_failures_total") >= 1.0);
 }
+
+/// uac_call.xml turned into a late offer: INVITEs without SDP, the answer in the ACK.
+fn late_offer_caller(to: SocketAddr, dir: &std::path::Path) -> common::Sipp {
+    let mut s = caller(to, dir, "uac-late", 200);
+    let mut text = std::fs::read_to_string(&s.scenario).expect("scenario");
+    let (start, end) = (
+        "      Content-Type: application/sdp\n",
+        "      a=rtpmap:0 PCMU/8000\n",
+    );
+    while let Some(a) = text.find(start) {
+        let b = text[a..]
+            .find(end)
+            .map(|i| a + i + end.len())
+            .expect("an SDP body ends with its rtpmap");
+        text.replace_range(a..b, "      Content-Length: 0\n");
+    }
+    let ack =
+        "      CSeq: 2 ACK\n      [routes]\n      Max-Forwards: 70\n      Content-Length: 0\n";
+    assert!(text.contains(ack), "uac_call.xml changed shape");
+    let text = text.replacen(
+        ack,
+        "      CSeq: 2 ACK\n      [routes]\n      Max-Forwards: 70\n      \
+         Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      \
+         o=a 1 1 IN IP4 [local_ip]\n      s=-\n      c=IN IP4 [media_ip]\n      t=0 0\n      \
+         m=audio [media_port] RTP/AVP 0\n",
+        1,
+    );
+    let path = dir.join("uac-late-offer.xml");
+    std::fs::write(&path, text).expect("write scenario");
+    s.scenario = path;
+    s
+}
+
+#[test]
+fn late_offer_is_anchored_in_the_2xx_and_the_ack() {
+    let dir = workdir("media_relay_late_offer");
+    let relay = Server::media_relay(&dir, "relay", "42800-42899", &[]);
+    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
+    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    register(&sip, &dir, "bob", &uas);
+    let uas_run = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    late_offer_caller(sip.sip, &dir)
+        .run(&dir)
+        .assert_ok(1, "late-offer call");
+    uas_run.wait_at_most(Duration::from_secs(5));
+    let relay_port = |p: &u16| (42800..42900).contains(p);
+    // Bob's offer (in his 200) reached alice with the relay's port...
+    let uac_log = std::fs::read_to_string(dir.join("uac-late.msg")).unwrap_or_default();
+    let offered = sdp_ports(&uac_log, "SIP/2.0 200 OK");
+    assert!(
+        !offered.is_empty() && offered.iter().all(relay_port),
+        "alice got {offered:?}"
+    );
+    // ... and alice's answer (in her ACK) reached bob with the relay's port.
+    let uas_log = std::fs::read_to_string(dir.join("uas.msg")).unwrap_or_default();
+    let answered = sdp_ports(&uas_log, "ACK sip:");
+    assert!(
+        !answered.is_empty() && answered.iter().all(relay_port),
+        "bob got {answered:?} in the ACK"
+    );
+    assert_eq!(relay.metric("sipcluster_media_sessions_started_total"), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while relay.metric("sipcluster_media_sessions_ended_total{reason=\"deleted\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "BYE did not end the session");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn anchoring_policy_never_and_pass_through_leave_sdp_untouched() {
+    let dir = workdir("media_relay_policy");
+    let relay = Server::media_relay(&dir, "relay", "43000-43099", &[]);
+    // `--anchor never`: a relay is configured but not used.
+    let never = Server::start(
+        &dir,
+        &[
+            "--media-relay",
+            &format!("http://{}", relay.sip),
+            "--anchor",
+            "never",
+        ],
+    );
+    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    register(&never, &dir, "bob", &uas);
+    let uas_run = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    caller(never.sip, &dir, "uac-never", 200)
+        .run(&dir)
+        .assert_ok(1, "unanchored call");
+    uas_run.wait_at_most(Duration::from_secs(5));
+    assert_eq!(relay.metric("sipcluster_media_sessions_started_total"), 0.0);
+    let uas_log = std::fs::read_to_string(dir.join("uas.msg")).unwrap_or_default();
+    let offered = sdp_ports(&uas_log, "INVITE sip:");
+    assert!(
+        !offered.is_empty() && offered.iter().all(|p| !(43000..43100).contains(p)),
+        "bob got {offered:?}: the caller's own port, untouched"
+    );
+
+    // `on_failure = "pass"` with no relay reachable: the call goes through, unanchored.
+    let cfg = dir.join("pass.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[media]\nrelays = [\"http://{}\"]\non_failure = \"pass\"\ntimeout_ms = 300\n",
+            common::free_addr()
+        ),
+    )
+    .expect("config");
+    let pass = Server::start(&dir, &["--config", &cfg.display().to_string()]);
+    let uas = common::Sipp::new("uas2", "uas_answer.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    register(&pass, &dir, "bob", &uas);
+    let uas_run = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    caller(pass.sip, &dir, "uac-pass", 200)
+        .run(&dir)
+        .assert_ok(1, "call passed through without a relay");
+    uas_run.wait_at_most(Duration::from_secs(5));
+    assert!(pass.metric("sipcluster_media_relay_failures_total") >= 1.0);
+}
+
+#[test]
+fn ipv6_legs_are_relayed_on_ipv6_sockets() {
+    let dir = workdir("media_relay_ipv6");
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        panic!("no IPv6 loopback on this machine: the relay's IPv6 path cannot be tested");
+    }
+    let relay = Server::media_relay(&dir, "relay", "43200-43299", &["--bind-v6", "::1"]);
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let bind6 = || {
+        let s = UdpSocket::bind("[::1]:0").expect("v6 phone");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        s
+    };
+    let (alice, bob) = (bind6(), bind6());
+    let to_bob = rt
+        .block_on(c.offer(pb::UpdateRequest::audio(
+            "v6",
+            "a",
+            "",
+            alice.local_addr().expect("a"),
+        )))
+        .expect("offer")
+        .into_inner();
+    assert_eq!(to_bob.address, "::1");
+    let to_alice = rt
+        .block_on(c.answer(pb::UpdateRequest::audio(
+            "v6",
+            "b",
+            "a",
+            bob.local_addr().expect("b"),
+        )))
+        .expect("answer")
+        .into_inner();
+    let (got_a, got_b) = exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
+    assert_eq!((got_a.len(), got_b.len()), (20, 20));
+    assert!(got_a.iter().all(|(_, f)| *f == ports(&to_alice)));
+}
