@@ -332,7 +332,18 @@ const DOMAIN: &str = "sipcluster.local";
 
 /// The UAC scenario with `hold_ms` between ACK and BYE.
 fn caller(to: SocketAddr, dir: &std::path::Path, name: &str, hold_ms: u32) -> common::Sipp {
-    let mut s = common::Sipp::new(name, "uac_call.xml", common::Proto::Udp)
+    caller_with(to, dir, name, "uac_call.xml", hold_ms)
+}
+
+/// A UAC scenario of the uac_call.xml family (fields, auth, a pause before the BYE).
+fn caller_with(
+    to: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    scenario: &str,
+    hold_ms: u32,
+) -> common::Sipp {
+    let mut s = common::Sipp::new(name, scenario, common::Proto::Udp)
         .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
         .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
         .to(to)
@@ -797,4 +808,43 @@ fn ipv6_legs_are_relayed_on_ipv6_sockets() {
     let (got_a, got_b) = exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
     assert_eq!((got_a.len(), got_b.len()), (20, 20));
     assert!(got_a.iter().all(|(_, f)| *f == ports(&to_alice)));
+}
+
+#[test]
+fn reinvite_through_the_edge_keeps_the_same_relay_session_and_ports() {
+    let dir = workdir("media_relay_reinvite");
+    let relay = Server::media_relay(&dir, "relay", "43400-43499", &[]);
+    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
+    let uas = common::Sipp::new("uas", "uas_reinvite.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    register(&sip, &dir, "bob", &uas);
+    let uas_run = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    caller_with(sip.sip, &dir, "uac", "uac_reinvite.xml", 200)
+        .run(&dir)
+        .assert_ok(1, "call with a re-INVITE");
+    uas_run.wait_at_most(Duration::from_secs(5));
+    let relay_port = |p: &u16| (43400..43500).contains(p);
+    // Bob saw both offers (INVITE and re-INVITE) with the same relay port.
+    let uas_log = std::fs::read_to_string(dir.join("uas.msg")).unwrap_or_default();
+    let offers = sdp_ports(&uas_log, "INVITE sip:");
+    assert!(
+        offers.len() == 2 && offers.iter().all(relay_port) && offers[0] == offers[1],
+        "bob's offers: {offers:?}"
+    );
+    // Alice saw both answers with the same relay port.
+    let uac_log = std::fs::read_to_string(dir.join("uac.msg")).unwrap_or_default();
+    let answers = sdp_ports(&uac_log, "SIP/2.0 200 OK");
+    assert!(
+        answers.len() == 2 && answers.iter().all(relay_port) && answers[0] == answers[1],
+        "alice's answers: {answers:?}"
+    );
+    // One session, updated in place, ended by the BYE.
+    assert_eq!(relay.metric("sipcluster_media_sessions_started_total"), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while relay.metric("sipcluster_media_sessions_ended_total{reason=\"deleted\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "BYE did not end the session");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
