@@ -168,18 +168,8 @@ fn caller(to: SocketAddr, dir: &Path, calls: u32, rate: u32, hold_ms: u32) -> Si
         .to(to)
         .calls(calls)
         .rate(rate)
-        .timeout(120);
-    let text = std::fs::read_to_string(&s.scenario).expect("scenario");
-    let path = dir.join(format!("uac_call_{hold_ms}.xml"));
-    std::fs::write(
-        &path,
-        text.replace(
-            "<pause milliseconds=\"200\"/>",
-            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
-        ),
-    )
-    .expect("write scenario");
-    s.scenario = path;
+        .timeout(120)
+        .hold(dir, hold_ms);
     s.extra.extend(["-buff_size".into(), "4194304".into()]);
     s
 }

@@ -92,6 +92,28 @@ fn session_ref(call_id: &str, tag: &str, other: &str) -> pb::SessionRef {
     }
 }
 
+/// Alice (tag `a`) offers, Bob (tag `b`) answers: the relay's ports for Bob, then
+/// for Alice.
+fn offer_answer(
+    rt: &tokio::runtime::Runtime,
+    c: &mut MediaRelayClient<Channel>,
+    call: &str,
+    alice: &UdpSocket,
+    bob: &UdpSocket,
+) -> (pb::UpdateReply, pb::UpdateReply) {
+    let a = alice.local_addr().expect("alice");
+    let b = bob.local_addr().expect("bob");
+    let to_bob = rt
+        .block_on(c.offer(pb::UpdateRequest::audio(call, "a", "", a)))
+        .expect("offer")
+        .into_inner();
+    let to_alice = rt
+        .block_on(c.answer(pb::UpdateRequest::audio(call, "b", "a", b)))
+        .expect("answer")
+        .into_inner();
+    (to_bob, to_alice)
+}
+
 fn side<'a>(s: &'a pb::SessionStats, tag: &str) -> &'a pb::SideStats {
     s.sides
         .iter()
@@ -237,24 +259,7 @@ fn idle_sessions_end_and_drain_refuses_new_ones() {
     let rt = rt();
     let mut c = rt.block_on(client(&relay));
     let (alice, bob) = (phone(), phone());
-    let to_bob = rt
-        .block_on(c.offer(pb::UpdateRequest::audio(
-            "idle",
-            "a",
-            "",
-            alice.local_addr().expect("a"),
-        )))
-        .expect("offer")
-        .into_inner();
-    let to_alice = rt
-        .block_on(c.answer(pb::UpdateRequest::audio(
-            "idle",
-            "b",
-            "a",
-            bob.local_addr().expect("b"),
-        )))
-        .expect("answer")
-        .into_inner();
+    let (to_bob, to_alice) = offer_answer(&rt, &mut c, "idle", &alice, &bob);
     exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
     // Media stops: the session is ended by the idle timeout (2 s + the 1 s sweep).
     let t0 = Instant::now();
@@ -343,23 +348,36 @@ fn caller_with(
     scenario: &str,
     hold_ms: u32,
 ) -> common::Sipp {
-    let mut s = common::Sipp::new(name, scenario, common::Proto::Udp)
+    common::Sipp::new(name, scenario, common::Proto::Udp)
         .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
         .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
         .to(to)
-        .timeout(30);
-    let text = std::fs::read_to_string(&s.scenario).expect("scenario");
-    let path = dir.join(format!("{name}.xml"));
-    std::fs::write(
-        &path,
-        text.replace(
-            "<pause milliseconds=\"200\"/>",
-            &format!("<pause milliseconds=\"{hold_ms}\"/>"),
-        ),
-    )
-    .expect("write scenario");
-    s.scenario = path;
-    s
+        .timeout(30)
+        .hold(dir, hold_ms)
+}
+
+/// A relay on `ports` and an all-in-one anchoring calls there.
+fn relay_and_proxy(dir: &std::path::Path, ports: &str, relay_args: &[&str]) -> (Server, Server) {
+    let relay = Server::media_relay(dir, "relay", ports, relay_args);
+    let sip = Server::start(dir, &["--media-relay", &format!("http://{}", relay.sip)]);
+    (relay, sip)
+}
+
+/// SIPp `scenario` as `user`'s phone: registered through `sip`, then waiting for its call.
+fn callee(
+    sip: &Server,
+    dir: &std::path::Path,
+    name: &str,
+    scenario: &str,
+    user: &str,
+) -> common::RunningSipp {
+    let uas = common::Sipp::new(name, scenario, common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    register(sip, dir, user, &uas);
+    let run = uas.spawn(dir);
+    std::thread::sleep(Duration::from_millis(200));
+    run
 }
 
 /// The `m=audio` ports of the SDP bodies in a SIPp message log whose first line
@@ -379,9 +397,7 @@ fn sdp_ports(log: &str, start: &str) -> Vec<u16> {
 #[test]
 fn sipp_call_through_the_edge_is_anchored_at_the_relay() {
     let dir = workdir("media_relay_sipp_call");
-    let relay = Server::media_relay(&dir, "relay", "42400-42499", &["--idle-timeout-secs", "3"]);
-    let relay_url = format!("http://{}", relay.sip);
-    let sip = Server::start(&dir, &["--media-relay", &relay_url]);
+    let (relay, sip) = relay_and_proxy(&dir, "42400-42499", &["--idle-timeout-secs", "3"]);
     // Bob: SIPp echoing every RTP packet back to where it came from (the relay).
     let uas_media = common::free_port();
     let mut uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
@@ -569,8 +585,7 @@ fn register(sip: &Server, dir: &std::path::Path, user: &str, uas: &common::Sipp)
 #[test]
 fn busy_and_cancelled_calls_free_their_relay_sessions() {
     let dir = workdir("media_relay_failed_calls");
-    let relay = Server::media_relay(&dir, "relay", "42600-42699", &[]);
-    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
+    let (relay, sip) = relay_and_proxy(&dir, "42600-42699", &[]);
     let rt = rt();
     let mut c = rt.block_on(client(&relay));
     let sessions = |c: &mut MediaRelayClient<Channel>| {
@@ -581,20 +596,14 @@ fn busy_and_cancelled_calls_free_their_relay_sessions() {
             .len()
     };
     // Bob is busy: the 486 ends the session the INVITE's offer created.
-    let busy = common::Sipp::new("uas-busy", "uas_busy.xml", common::Proto::Udp).timeout(20);
-    register(&sip, &dir, "bob", &busy);
-    let busy_run = busy.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let busy_run = callee(&sip, &dir, "uas-busy", "uas_busy.xml", "bob");
     with_offer(&dir, "uac-busy", "uac_fail.xml", "bob", sip.sip)
         .expect_code(&dir, 486)
         .run(&dir)
         .assert_ok(1, "busy call");
     busy_run.wait_at_most(Duration::from_secs(5));
     // Carol rings and alice gives up: CANCEL ends it.
-    let ring = common::Sipp::new("uas-ring", "uas_ring_cancel.xml", common::Proto::Udp).timeout(20);
-    register(&sip, &dir, "carol", &ring);
-    let ring_run = ring.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let ring_run = callee(&sip, &dir, "uas-ring", "uas_ring_cancel.xml", "carol");
     with_offer(&dir, "uac-cancel", "uac_cancel.xml", "carol", sip.sip)
         .run(&dir)
         .assert_ok(1, "cancelled call");
@@ -679,14 +688,8 @@ fn late_offer_caller(to: SocketAddr, dir: &std::path::Path) -> common::Sipp {
 #[test]
 fn late_offer_is_anchored_in_the_2xx_and_the_ack() {
     let dir = workdir("media_relay_late_offer");
-    let relay = Server::media_relay(&dir, "relay", "42800-42899", &[]);
-    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
-    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
-        .calls(1)
-        .timeout(20);
-    register(&sip, &dir, "bob", &uas);
-    let uas_run = uas.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let (relay, sip) = relay_and_proxy(&dir, "42800-42899", &[]);
+    let uas_run = callee(&sip, &dir, "uas", "uas_answer.xml", "bob");
     late_offer_caller(sip.sip, &dir)
         .run(&dir)
         .assert_ok(1, "late-offer call");
@@ -728,12 +731,7 @@ fn anchoring_policy_never_and_pass_through_leave_sdp_untouched() {
             "never",
         ],
     );
-    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
-        .calls(1)
-        .timeout(20);
-    register(&never, &dir, "bob", &uas);
-    let uas_run = uas.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let uas_run = callee(&never, &dir, "uas", "uas_answer.xml", "bob");
     caller(never.sip, &dir, "uac-never", 200)
         .run(&dir)
         .assert_ok(1, "unanchored call");
@@ -757,12 +755,7 @@ fn anchoring_policy_never_and_pass_through_leave_sdp_untouched() {
     )
     .expect("config");
     let pass = Server::start(&dir, &["--config", &cfg.display().to_string()]);
-    let uas = common::Sipp::new("uas2", "uas_answer.xml", common::Proto::Udp)
-        .calls(1)
-        .timeout(20);
-    register(&pass, &dir, "bob", &uas);
-    let uas_run = uas.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let uas_run = callee(&pass, &dir, "uas2", "uas_answer.xml", "bob");
     caller(pass.sip, &dir, "uac-pass", 200)
         .run(&dir)
         .assert_ok(1, "call passed through without a relay");
@@ -786,25 +779,8 @@ fn ipv6_legs_are_relayed_on_ipv6_sockets() {
         s
     };
     let (alice, bob) = (bind6(), bind6());
-    let to_bob = rt
-        .block_on(c.offer(pb::UpdateRequest::audio(
-            "v6",
-            "a",
-            "",
-            alice.local_addr().expect("a"),
-        )))
-        .expect("offer")
-        .into_inner();
+    let (to_bob, to_alice) = offer_answer(&rt, &mut c, "v6", &alice, &bob);
     assert_eq!(to_bob.address, "::1");
-    let to_alice = rt
-        .block_on(c.answer(pb::UpdateRequest::audio(
-            "v6",
-            "b",
-            "a",
-            bob.local_addr().expect("b"),
-        )))
-        .expect("answer")
-        .into_inner();
     let (got_a, got_b) = exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
     assert_eq!((got_a.len(), got_b.len()), (20, 20));
     assert!(got_a.iter().all(|(_, f)| *f == ports(&to_alice)));
@@ -813,14 +789,8 @@ fn ipv6_legs_are_relayed_on_ipv6_sockets() {
 #[test]
 fn reinvite_through_the_edge_keeps_the_same_relay_session_and_ports() {
     let dir = workdir("media_relay_reinvite");
-    let relay = Server::media_relay(&dir, "relay", "43400-43499", &[]);
-    let sip = Server::start(&dir, &["--media-relay", &format!("http://{}", relay.sip)]);
-    let uas = common::Sipp::new("uas", "uas_reinvite.xml", common::Proto::Udp)
-        .calls(1)
-        .timeout(20);
-    register(&sip, &dir, "bob", &uas);
-    let uas_run = uas.spawn(&dir);
-    std::thread::sleep(Duration::from_millis(200));
+    let (relay, sip) = relay_and_proxy(&dir, "43400-43499", &[]);
+    let uas_run = callee(&sip, &dir, "uas", "uas_reinvite.xml", "bob");
     caller_with(sip.sip, &dir, "uac", "uac_reinvite.xml", 200)
         .run(&dir)
         .assert_ok(1, "call with a re-INVITE");

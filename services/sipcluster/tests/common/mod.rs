@@ -465,6 +465,23 @@ impl Sipp {
     }
 
     /// A copy of the scenario with `@CODE@` replaced (the expected-failure template).
+    /// The scenario with its `<pause milliseconds="200"/>` (the hold of the call
+    /// scenarios) set to `ms`.
+    pub fn hold(mut self, dir: &Path, ms: u32) -> Sipp {
+        let text = fs::read_to_string(&self.scenario).expect("scenario");
+        let out = dir.join(format!("{}-hold{ms}.xml", self.name));
+        fs::write(
+            &out,
+            text.replace(
+                "<pause milliseconds=\"200\"/>",
+                &format!("<pause milliseconds=\"{ms}\"/>"),
+            ),
+        )
+        .expect("write scenario");
+        self.scenario = out;
+        self
+    }
+
     pub fn expect_code(mut self, dir: &Path, code: u16) -> Sipp {
         let text = fs::read_to_string(&self.scenario).expect("scenario");
         let out = dir.join(format!("{}-{code}.xml", self.name));
