@@ -19,6 +19,8 @@ use std::os::fd::AsRawFd;
 use crate::batch::{BATCH, Receiver};
 use mio::{Events, Interest, Poll, Registry, Token};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 
 /// One worker's sessions and sockets.
@@ -164,12 +166,15 @@ impl Shard {
     }
 }
 
-/// Counts kept in locals between wake-ups.
-#[derive(Default)]
+/// Counts kept in locals between wake-ups, and the counters they are added to (looked
+/// up once, not per wake-up).
 struct Tally {
     kinds: [u64; 5],
     bytes: u64,
     drops: [u64; 6],
+    kind_counters: [Counter; 5],
+    drop_counters: [Counter; 6],
+    bytes_counter: Counter,
 }
 
 const KINDS: [&str; 5] = ["rtp", "rtcp", "stun", "dtls", "other"];
@@ -204,24 +209,32 @@ impl Tally {
         self.drops[i] += 1;
     }
 
-    fn flush(&mut self, m: &Metrics) {
-        for (i, n) in self.kinds.iter_mut().enumerate() {
+    fn new(m: &Metrics) -> Tally {
+        Tally {
+            kinds: [0; 5],
+            bytes: 0,
+            drops: [0; 6],
+            kind_counters: KINDS.map(|kind| m.packets.get_or_create(&KindLabel { kind }).clone()),
+            drop_counters: DROPS
+                .map(|reason| m.dropped.get_or_create(&ReasonLabel { reason }).clone()),
+            bytes_counter: m.bytes.clone(),
+        }
+    }
+
+    fn flush(&mut self) {
+        for (n, c) in self.kinds.iter_mut().zip(&self.kind_counters) {
             if *n > 0 {
-                m.packets
-                    .get_or_create(&KindLabel { kind: KINDS[i] })
-                    .inc_by(*n);
+                c.inc_by(*n);
                 *n = 0;
             }
         }
         if self.bytes > 0 {
-            m.bytes.inc_by(self.bytes);
+            self.bytes_counter.inc_by(self.bytes);
             self.bytes = 0;
         }
-        for (i, n) in self.drops.iter_mut().enumerate() {
+        for (n, c) in self.drops.iter_mut().zip(&self.drop_counters) {
             if *n > 0 {
-                m.dropped
-                    .get_or_create(&ReasonLabel { reason: DROPS[i] })
-                    .inc_by(*n);
+                c.inc_by(*n);
                 *n = 0;
             }
         }
@@ -238,7 +251,7 @@ pub fn run(
 ) {
     let mut events = Events::with_capacity(1024);
     let mut rx = Receiver::default();
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(&metrics);
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(200))) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -299,7 +312,7 @@ pub fn run(
             }
         }
         drop(st);
-        tally.flush(&metrics);
+        tally.flush();
         if let Some(c) = coalesce {
             // Let packets gather: one wake-up then carries many, instead of a context
             // switch every packet or two. Media tolerates far more delay than this.
