@@ -53,6 +53,52 @@ pub async fn spawn_endpoint(
     Ok((bound, task))
 }
 
+/// Label set: a method (SIP method or RPC name).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MethodLabel {
+    /// Method; a bounded set of values, never taken from the wire unchecked.
+    pub method: &'static str,
+}
+
+/// Label set: a reason (drops, failures, session ends).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable reason label.
+    pub reason: &'static str,
+}
+
+/// Label set: a kind (of transaction, of packet).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabel {
+    /// A stable kind label.
+    pub kind: &'static str,
+}
+
+/// Label set: a gRPC call and its outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CallLabel {
+    /// RPC name.
+    pub method: &'static str,
+    /// Outcome: [`grpc_code_name`].
+    pub code: &'static str,
+}
+
+/// The label value of a gRPC status code (`ok`, `not_found`, `unavailable`...).
+#[must_use]
+pub fn grpc_code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match c {
+        Code::Ok => "ok",
+        Code::InvalidArgument => "invalid_argument",
+        Code::Unavailable => "unavailable",
+        Code::NotFound => "not_found",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Aborted => "aborted",
+        _ => "other",
+    }
+}
+
 #[derive(Clone)]
 struct HttpState {
     registry: Arc<Registry>,

@@ -11,33 +11,16 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sip_transport::TransportMetrics;
 
-/// Labels: request method (the well-known ones; everything else is `other` so a peer
-/// cannot grow the label set).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabel {
-    /// Method.
-    pub method: &'static str,
-}
+// Labels shared with the other services: request method (the well-known ones;
+// everything else is `other` so a peer cannot grow the label set), auth failure reason,
+// which transactions (`server` or `client`).
+pub use telemetry::{KindLabel, MethodLabel, ReasonLabel};
 
 /// Labels: response class.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
     /// `1xx` ... `6xx`.
     pub class: &'static str,
-}
-
-/// Labels: auth failure reason.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// A stable reason label.
-    pub reason: &'static str,
-}
-
-/// Labels: which transactions.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// `server` or `client`.
-    pub kind: &'static str,
 }
 
 /// The methods with their own label value; everything else is `other` so a peer cannot

@@ -12,27 +12,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels of a gRPC call: the method and the status code's name (`ok`, `unavailable`...).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabel {
-    /// RPC name.
-    pub method: &'static str,
-    /// Outcome.
-    pub code: &'static str,
-}
+// Labels of a gRPC call (the method and the status code's name) and of an RPC name.
+pub use telemetry::{CallLabel, MethodLabel};
 
 /// Labels: a REGISTER's result.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `ok`, `refused` or `unavailable`.
     pub result: &'static str,
-}
-
-/// Labels: RPC name.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabel {
-    /// RPC name.
-    pub method: &'static str,
 }
 
 /// Every metric of the service.

@@ -38,19 +38,6 @@ impl LocationService {
     }
 }
 
-fn code_name(c: Code) -> &'static str {
-    match c {
-        Code::Ok => "ok",
-        Code::InvalidArgument => "invalid_argument",
-        Code::Unavailable => "unavailable",
-        Code::NotFound => "not_found",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::Aborted => "aborted",
-        _ => "other",
-    }
-}
-
 fn backend_status(e: BackendError) -> Status {
     match e {
         BackendError::Contention(_) => Status::aborted(e.to_string()),
@@ -87,7 +74,7 @@ async fn observed<T>(
     m.calls
         .get_or_create(&CallLabel {
             method,
-            code: code_name(code),
+            code: telemetry::grpc_code_name(code),
         })
         .inc();
     r.map(Response::new)

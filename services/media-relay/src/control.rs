@@ -391,16 +391,8 @@ impl Service {
     }
 
     fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
-        let code = match r {
-            Ok(_) => "ok",
-            Err(s) => match s.code() {
-                tonic::Code::NotFound => "not_found",
-                tonic::Code::Unavailable => "unavailable",
-                tonic::Code::ResourceExhausted => "resource_exhausted",
-                tonic::Code::InvalidArgument => "invalid_argument",
-                _ => "error",
-            },
-        };
+        let code =
+            telemetry::grpc_code_name(r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.relay
             .metrics
             .calls

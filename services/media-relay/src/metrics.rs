@@ -10,28 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels: a reason (drops, session ends).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Why.
-    pub reason: &'static str,
-}
-
-/// Labels: a packet kind.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// `rtp`, `rtcp`, `stun`, `dtls` or `other`.
-    pub kind: &'static str,
-}
-
-/// Labels: a control call and its outcome.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabel {
-    /// RPC name.
-    pub method: &'static str,
-    /// `ok` or the gRPC code's name.
-    pub code: &'static str,
-}
+// Labels shared with the other services: a reason (drops, session ends), a packet kind
+// (`rtp`, `rtcp`, `stun`, `dtls`, `other`), a control call and its outcome.
+pub use telemetry::{CallLabel, KindLabel, ReasonLabel};
 
 /// Labels: the state of port pairs.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
