@@ -131,7 +131,7 @@ start_sipcluster() {
   SRV_METRICS=$(free_port)
   "$BIN" all-in-one --listen "127.0.0.1:$SRV_PORT" --metrics "127.0.0.1:$SRV_METRICS" \
     --users "$WORK/users.toml" --nonce-secret load-test-nonce-secret-0123456789 \
-    --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
+    --location-listen off --admin off --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
   SRV_PID=$!
   PIDS+=("$SRV_PID")
   for _ in $(seq 100); do

@@ -96,6 +96,9 @@ need_rust_component rustfmt
 need_rust_component clippy
 need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
 need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
+need_apt baresip baresip-core    # real softphones: two baresip register, call and talk
+need_apt linphonec linphone-cli  # and linphone's command-line phone
+need_apt script bsdutils         # a pseudo-terminal for linphonec (it runs only on one)
 need_deb_binary prometheus prometheus  # a real Prometheus scraping /metrics
 # Redis for the location service. redis-tools carries the server binary (as redis-check-rdb,
 # which runs as a server when called redis-server); the redis-server package would also
@@ -242,8 +245,13 @@ elapsed $t
 # --- tests --------------------------------------------------------------------------------
 
 t=$SECONDS
-step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak, Redis and Prometheus end to end)"
+step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak, baresip, linphone, Redis and Prometheus end to end)"
 cargo test --workspace --locked
+elapsed $t
+
+t=$SECONDS
+step "the README's commands, exactly as printed (the first run builds the release binary)"
+scripts/readme-check.sh
 elapsed $t
 
 t=$SECONDS

@@ -33,5 +33,8 @@ pub use hashing::{Rendezvous, key_hash};
 pub use health::{Health, HealthConfig, Probe, State, Transition};
 pub use metrics::Metrics;
 pub use pool::{Algorithm, Pool, TargetSpec};
-pub use relay::{FlowTable, Listen, Notice, Relay, RelayConfig, Side, TargetInfo, Transmit};
+pub use relay::{
+    FlowTable, Listen, Notice, Rejected, Relay, RelayConfig, Side, TargetInfo, Transmit,
+    is_dispatcher_via,
+};
 pub use token::{FlowToken, TokenKey};

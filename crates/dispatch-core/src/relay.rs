@@ -132,6 +132,9 @@ pub struct Transmit {
     pub origin: TxnRef,
 }
 
+/// `Notice::Rejected` queued at most between two polls of the driver.
+const REJECTED_QUEUE: usize = 64;
+
 /// Something the driver should log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -171,6 +174,26 @@ pub enum Notice {
         /// Now draining?
         draining: bool,
     },
+    /// The dispatcher refused a request itself (3xx-6xx): for the operator's log.
+    Rejected(Box<Rejected>),
+}
+
+/// A request the dispatcher answered with a refusal, as the log line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The status sent.
+    pub status: u16,
+    /// The request's method.
+    pub method: String,
+    /// Its Call-ID (empty when it had none).
+    pub call_id: String,
+    /// The From user (the caller), when there is one.
+    pub user: String,
+    /// Where it came from.
+    pub source: Target,
+    /// Refusals not reported before this one because the driver had not yet taken the
+    /// earlier ones (a flood): the driver adds them to its own count of held-back lines.
+    pub unreported: u64,
 }
 
 impl Notice {
@@ -246,6 +269,10 @@ pub struct Relay {
     expiry: VecDeque<(Instant, u64)>,
     out: VecDeque<Transmit>,
     notices: VecDeque<Notice>,
+    /// `Notice::Rejected` waiting in `notices` (capped: a flood of refusals must not
+    /// queue without bound between two polls), and those dropped at the cap.
+    rejected_queued: usize,
+    rejected_unreported: u64,
     metrics: Metrics,
     draining: bool,
     relayed: [prometheus_client::metrics::counter::Counter; 4],
@@ -288,20 +315,17 @@ fn flow_of(ours: &Via<'_>) -> Option<FlowId> {
 /// Where a response goes for this Via (§18.2.2, RFC 3581 §4).
 fn via_target(v: &Via<'_>, flow: Option<FlowId>) -> Option<Target> {
     let transport = sip_transport(v)?;
-    let ip = v.received_ip().or_else(|| v.sent_by.host.ip())?;
-    let port = match v.rport {
-        Some(Some(p)) => p,
-        _ => v.sent_by.port.unwrap_or(if transport == Transport::Tls {
-            5061
-        } else {
-            5060
-        }),
-    };
     Some(Target {
         transport,
-        addr: SocketAddr::new(ip, port),
+        addr: v.response_addr()?,
         flow: flow.filter(|_| transport != Transport::Udp),
     })
+}
+
+/// Is this a dispatcher's Via (its relay branch)? An edge behind a dispatcher reads the
+/// client's own Via, the one below, for where a request really came from.
+pub fn is_dispatcher_via(v: &Via<'_>) -> bool {
+    v.branch.is_some_and(|b| b.starts_with(RELAY_BRANCH))
 }
 
 fn creates_dialog(m: Method<'_>) -> bool {
@@ -338,6 +362,8 @@ impl Relay {
             expiry: VecDeque::new(),
             out: VecDeque::new(),
             notices: VecDeque::new(),
+            rejected_queued: 0,
+            rejected_unreported: 0,
             metrics,
             draining: false,
             relayed,
@@ -356,7 +382,11 @@ impl Relay {
 
     /// The next thing to log.
     pub fn poll_notice(&mut self) -> Option<Notice> {
-        self.notices.pop_front()
+        let n = self.notices.pop_front();
+        if matches!(n, Some(Notice::Rejected(_))) {
+            self.rejected_queued -= 1;
+        }
+        n
     }
 
     /// The dispatcher itself is draining: its OPTIONS answers say 503 (load balancers
@@ -565,6 +595,32 @@ impl Relay {
         // The response goes where the request came from (with rport semantics: the source).
         self.metrics.reply(status);
         self.send(side, source, b.build(), TxnRef::Stateless);
+        // A draining dispatcher's 503 to keepalives is the drain working, not a refusal.
+        let keepalive = self.draining && msg.method() == Some(Method::Options);
+        if status >= 300 && !keepalive {
+            self.note_rejected(msg, source, status);
+        }
+    }
+
+    /// Queue a `Notice::Rejected`, at most [`REJECTED_QUEUE`] at a time.
+    fn note_rejected(&mut self, msg: &SipMessage, source: Target, status: u16) {
+        if self.rejected_queued >= REJECTED_QUEUE {
+            self.rejected_unreported += 1;
+            return;
+        }
+        let user = msg.from_user().unwrap_or_default().to_owned();
+        self.rejected_queued += 1;
+        self.notices.push_back(Notice::Rejected(Box::new(Rejected {
+            status,
+            method: msg
+                .method()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+            call_id: msg.call_id().unwrap_or_default().to_owned(),
+            user,
+            source,
+            unreported: std::mem::take(&mut self.rejected_unreported),
+        })));
     }
 
     /// 503 + Retry-After: no target can take the request now.

@@ -298,6 +298,33 @@ impl LocationClient {
         Ok(reply.removed)
     }
 
+    /// A page of the AORs with live bindings (see the `ListBindings` RPC): the AORs with
+    /// their bindings, the next page's token (empty after the last), the service's clock.
+    pub async fn list_bindings(
+        &self,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<(Vec<(Aor, Vec<Binding>)>, String, u64), ClientError> {
+        let msg = pb::ListBindingsRequest {
+            limit,
+            page_token: page_token.to_owned(),
+        };
+        let reply = self
+            .with_retries("ListBindings", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.list_bindings(r).await }
+            })
+            .await?;
+        let mut page = Vec::with_capacity(reply.aors.len());
+        for a in reply.aors {
+            page.push((
+                convert::aor_from(&a.aor)?,
+                convert::bindings_from(a.bindings)?,
+            ));
+        }
+        Ok((page, reply.next_page_token, reply.now))
+    }
+
     /// Registration and user counts.
     pub async fn stats_reply(&self) -> Result<pb::StatsReply, ClientError> {
         Ok(self

@@ -11,9 +11,10 @@
 //! - [`ports`]: the per-pod port range as even/odd RTP/RTCP pairs, with a quarantine so
 //!   that late packets of an ended call never reach the next one.
 //! - [`session`]: the [`Engine`](session::Engine): offers and answers (idempotent,
-//!   forked answers, re-INVITEs from either side), symmetric latching with an optional
-//!   strict mode, the forwarding decision per packet, idle and maximum-duration timeouts,
-//!   drain, and a load report.
+//!   forked answers, re-INVITEs from either side), symmetric latching that prefers the
+//!   signalled address (a stranger who sends first cannot keep a party out; hijack
+//!   attempts are counted and reported) with an optional strict mode, the forwarding
+//!   decision per packet, idle and maximum-duration timeouts, drain, and a load report.
 //!
 //! The driver (`services/media-relay`) owns the sockets: it binds what
 //! [`Engine::take_binds`](session::Engine::take_binds) asks for, hands every received

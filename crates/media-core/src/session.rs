@@ -13,6 +13,40 @@
 //! these addresses; which ports does the other party send to". The tags say who is who,
 //! so re-INVITEs from either side, late offers (SDP in the 2xx and the ACK) and
 //! retransmissions (same ports again) need no extra state.
+//!
+//! # Latching
+//!
+//! Packets for a party go where its packets come from (symmetric RTP: a NAT rewrites the
+//! address it signalled), so the relay *latches* each party's source, per media section
+//! and separately for RTCP without rtcp-mux. Anyone who learns a relay port can send to
+//! it, so the rule must not let a stranger who sends first own the call (the way
+//! "first source wins" did: both phones then heard nothing for the whole call). Like
+//! rtpengine's heuristic endpoint learning, a source is scored against the signalled
+//! address: 2 when it is that address (IP and port), 1 when it has its IP, 0 otherwise.
+//! A packet is the party's, and latches its source, when
+//!
+//! - nothing is latched yet (a NAT'd phone whose private address is never seen latches
+//!   its public one, as before);
+//! - it comes from the latched source;
+//! - its source scores higher than the latched one: the signalled address displaces a
+//!   stranger at once, even an active one, and a stranger never displaces it;
+//! - or the latched source has been silent for [`EngineConfig::relatch_after`] (a NAT
+//!   rebinding, a phone that changed network).
+//!
+//! Anything else is dropped ([`DropReason::WrongSource`]) and counted per party
+//! ([`SideStats::foreign_packets`]). A stranger displaced by the signalled source, or
+//! dropped while the latched source is active, is a hijack attempt: the engine reports
+//! the first one of each party and media section as [`Event::ForeignSource`] (once, so a
+//! flood costs no memory). An offer or answer that moves a party's media to another
+//! address unlatches it: packets for it go to the new address, its old source is kept
+//! only until any other shows up, and is never reported as a stranger. Strict mode
+//! ([`MediaSpec::strict`], rtpengine's "strict source") accepts only the signalled
+//! address.
+//!
+//! What the rule cannot do: a NAT'd phone signals a private address its packets never
+//! come from, so a stranger that latches first scores as well as the phone and keeps the
+//! latch while it sends; it is then reported, and the phone's packets are counted as
+//! foreign, so the call's statistics show it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -62,8 +96,9 @@ pub struct EngineConfig {
     pub max_duration: Duration,
     /// At most this many sessions.
     pub max_sessions: usize,
-    /// A latched source that has been silent this long may be replaced by a new one (a
-    /// NAT rebinding, a phone that changed network).
+    /// A latched source that has been silent this long may be replaced by any new one (a
+    /// NAT rebinding, a phone that changed network). A source that matches the signalled
+    /// address better than the latched one replaces it without waiting.
     pub relatch_after: Duration,
 }
 
@@ -128,7 +163,8 @@ pub struct Binding {
 pub enum DropReason {
     /// No session uses the port (ended, or a stray).
     UnknownPort,
-    /// Strict mode, or a second source while the latched one is active.
+    /// Strict mode, or a second source while the latched one is active and matches the
+    /// signalled address at least as well.
     WrongSource,
     /// Several forks answered and the source matches none of them.
     UnknownFork,
@@ -197,6 +233,13 @@ pub struct SideStats {
     pub media: usize,
     /// Where its packets come from (latched), if any came.
     pub source: Option<SocketAddr>,
+    /// Datagrams dropped because of their source ([`DropReason::WrongSource`]): a
+    /// stranger sending to this party's relay port, or the party itself when a stranger
+    /// holds its latch.
+    pub foreign_packets: u64,
+    /// How often the latched source (RTP or RTCP) changed: a NAT rebinding, or the
+    /// signalled source displacing a stranger.
+    pub relatches: u64,
     /// The relay port it sends to (its first branch's, for the key party).
     pub local_port: Option<u16>,
     /// Datagrams received from it.
@@ -238,7 +281,8 @@ pub struct SessionInfo {
     pub sides: Vec<SideStats>,
 }
 
-/// Something the driver reports (an ended session, for CDRs and metrics).
+/// Something the driver reports (an ended session, for CDRs and metrics; a hijack
+/// attempt, for the log).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A session ended; its final statistics.
@@ -247,6 +291,27 @@ pub enum Event {
         reason: EndReason,
         /// Final statistics.
         info: SessionInfo,
+    },
+    /// A source other than the party's sent to its relay port: it was dropped while the
+    /// latched source was active, or the signalled source displaced it. Reported once per
+    /// party and media section; [`SideStats::foreign_packets`] counts every packet.
+    ForeignSource {
+        /// Call-ID.
+        call_id: String,
+        /// The tag of the party whose port it was.
+        tag: String,
+        /// Media section index.
+        media: usize,
+        /// The foreign source.
+        source: SocketAddr,
+        /// The source the relay kept for the party (none in strict mode before the
+        /// signalled address sent).
+        latched: Option<SocketAddr>,
+        /// The foreign source now holds the party's latch: the party's signalled source
+        /// fell silent for `relatch_after` (on hold, muted without comfort noise) and a
+        /// source that matches its SDP less well took the port, so it receives what the
+        /// other party sends until the party speaks again.
+        holds_latch: bool,
     },
 }
 
@@ -263,33 +328,161 @@ pub struct Load {
     pub draining: bool,
 }
 
+/// Where one stream of a party (its RTP, or its RTCP without rtcp-mux) comes from.
+#[derive(Debug, Clone, Copy, Default)]
+struct Latch {
+    /// The address its SDP names.
+    signalled: Option<SocketAddr>,
+    /// The address its packets come from.
+    latched: Option<SocketAddr>,
+    /// When the latched source last sent.
+    last: Option<Instant>,
+    /// What was latched before the party moved its media (an offer or answer naming
+    /// another address): its own old stream, not a stranger.
+    retired: Option<SocketAddr>,
+    /// The last address its SDP named: a hold (no address) does not forget it, so that
+    /// resuming on another address is a move, not a hijack.
+    named: Option<SocketAddr>,
+}
+
+/// How well `src` matches the signalled address: 2 the same address and port, 1 the
+/// same IP, 0 neither (or nothing signalled). rtpengine's heuristic endpoint learning
+/// ranks candidates the same way.
+fn score(src: SocketAddr, signalled: Option<SocketAddr>) -> u8 {
+    match signalled {
+        Some(s) if s == src => 2,
+        Some(s) if s.ip() == src.ip() => 1,
+        _ => 0,
+    }
+}
+
+/// What [`Latch::accept`] made of a packet's source. `hijack`: the source pushed out
+/// or kept out was a stranger (not the party's own stream from before it moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The party's: latched already, or the first source.
+    Accept,
+    /// The party's; it replaced the latched source `old`.
+    Relatched { old: SocketAddr, hijack: bool },
+    /// Taken as the party's (its signalled source fell silent), but it matches the SDP
+    /// less well than the source it replaced: a stranger now holds the latch.
+    TakenOver { old: SocketAddr },
+    /// Not the party's: drop it. `latched` is the source kept.
+    Foreign {
+        latched: Option<SocketAddr>,
+        hijack: bool,
+    },
+}
+
+impl Latch {
+    /// The SDP names `to`. When the party moved its media from one address to another,
+    /// what was latched is its old stream: it must neither keep the new one out for
+    /// `relatch_after` nor be reported as a stranger when the new one replaces it, and
+    /// until the new one sends, packets for the party go to the new address. Holding (no
+    /// address) and resuming keep the latch: a NAT'd phone's public source does not
+    /// change with them.
+    fn signal(&mut self, to: Option<SocketAddr>) {
+        if let (Some(a), Some(b)) = (self.named, to)
+            && a != b
+        {
+            self.retired = self.latched.take().or(self.retired);
+            self.last = None;
+        }
+        if to.is_some() {
+            self.named = to;
+        }
+        self.signalled = to;
+    }
+
+    /// Whether a packet from `src` is the party's, latching its source when it may (the
+    /// rule is in the module documentation).
+    fn accept(
+        &mut self,
+        src: SocketAddr,
+        now: Instant,
+        relatch: Duration,
+        strict: bool,
+    ) -> Verdict {
+        let stranger = Some(src) != self.retired;
+        let verdict = match self.latched {
+            _ if strict && Some(src) != self.signalled => Verdict::Foreign {
+                latched: self.latched,
+                hijack: stranger,
+            },
+            None => Verdict::Accept,
+            Some(a) if a == src => Verdict::Accept,
+            // The party's old stream is kept only until anything else shows up.
+            Some(a) if Some(a) == self.retired => Verdict::Relatched {
+                old: a,
+                hijack: false,
+            },
+            // The signalled address (or its host) wins over whatever got here first,
+            // however busy: a stranger who sends first cannot keep the party out.
+            Some(a) if score(src, self.signalled) > score(a, self.signalled) => {
+                Verdict::Relatched {
+                    old: a,
+                    hijack: true,
+                }
+            }
+            // The latched source stopped: a NAT rebinding, or a new network. When the new
+            // source matches the SDP less well than the silent one did, it may as well be
+            // a stranger who found the port while the party holds or is muted: taken
+            // (the party might have moved) but reported.
+            Some(a)
+                if self
+                    .last
+                    .is_none_or(|t| now.saturating_duration_since(t) >= relatch) =>
+            {
+                if score(src, self.named) < score(a, self.named) {
+                    Verdict::TakenOver { old: a }
+                } else {
+                    Verdict::Relatched {
+                        old: a,
+                        hijack: false,
+                    }
+                }
+            }
+            Some(a) => Verdict::Foreign {
+                latched: Some(a),
+                hijack: stranger,
+            },
+        };
+        if !matches!(verdict, Verdict::Foreign { .. }) {
+            self.latched = Some(src);
+            self.last = Some(now);
+        }
+        verdict
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Party {
-    signalled: Option<SocketAddr>,
-    signalled_rtcp: Option<SocketAddr>,
+    rtp: Latch,
+    /// Unused with rtcp-mux (RTCP then rides `rtp`).
+    rtcp: Latch,
     mux: bool,
     strict: bool,
     secure: bool,
-    latched: Option<SocketAddr>,
-    latched_rtcp: Option<SocketAddr>,
-    last_rtp: Option<Instant>,
-    last_rtcp: Option<Instant>,
     stats: StreamStats,
+    foreign_packets: u64,
+    relatches: u64,
+    /// A hijack attempt was reported ([`Event::ForeignSource`]): at most one event per
+    /// party and media section, so a flood cannot make the engine allocate per packet.
+    reported: bool,
 }
 
 impl Party {
     fn new(spec: &MediaSpec) -> Party {
         let mut p = Party {
-            signalled: None,
-            signalled_rtcp: None,
+            rtp: Latch::default(),
+            rtcp: Latch::default(),
             mux: false,
             strict: false,
             secure: false,
-            latched: None,
-            latched_rtcp: None,
-            last_rtp: None,
-            last_rtcp: None,
             stats: StreamStats::new(spec.clock_rate),
+            foreign_packets: 0,
+            relatches: 0,
+            reported: false,
         };
         p.set(spec);
         p
@@ -298,61 +491,53 @@ impl Party {
     fn set(&mut self, spec: &MediaSpec) {
         let ip = spec.addr.filter(|ip| !ip.is_unspecified());
         let ok = ip.filter(|_| spec.port != 0);
-        self.signalled = ok.map(|ip| SocketAddr::new(ip, spec.port));
-        self.signalled_rtcp =
-            ok.map(|ip| SocketAddr::new(ip, spec.rtcp_port.unwrap_or(spec.port.saturating_add(1))));
+        self.rtp.signal(ok.map(|ip| SocketAddr::new(ip, spec.port)));
+        self.rtcp.signal(
+            ok.map(|ip| SocketAddr::new(ip, spec.rtcp_port.unwrap_or(spec.port.saturating_add(1)))),
+        );
         self.mux = spec.rtcp_mux;
         self.strict = spec.strict;
         self.secure = spec.secure;
     }
 
-    /// Whether a packet from `src` is this party's, latching it when it may.
-    fn accept(&mut self, src: SocketAddr, rtcp: bool, now: Instant, relatch: Duration) -> bool {
-        let rtcp = rtcp && !self.mux;
-        let (latched, last, signalled) = if rtcp {
-            (
-                &mut self.latched_rtcp,
-                &mut self.last_rtcp,
-                self.signalled_rtcp,
-            )
+    /// Whether a packet from `src` is this party's (see [`Latch::accept`]); counts what
+    /// it drops and every change of source. Does not allocate.
+    fn accept(&mut self, src: SocketAddr, rtcp: bool, now: Instant, relatch: Duration) -> Verdict {
+        let latch = if rtcp && !self.mux {
+            &mut self.rtcp
         } else {
-            (&mut self.latched, &mut self.last_rtp, self.signalled)
+            &mut self.rtp
         };
-        if self.strict {
-            if Some(src) != signalled {
-                return false;
-            }
-        } else if let Some(a) = *latched
-            && a != src
-            && last.is_some_and(|t| now.saturating_duration_since(t) < relatch)
-        {
-            return false;
+        let verdict = latch.accept(src, now, relatch, self.strict);
+        match verdict {
+            Verdict::Foreign { .. } => self.foreign_packets += 1,
+            Verdict::Relatched { .. } | Verdict::TakenOver { .. } => self.relatches += 1,
+            Verdict::Accept => {}
         }
-        *latched = Some(src);
-        *last = Some(now);
-        true
+        verdict
     }
 
     /// Where packets for this party go.
     fn target(&self, rtcp: bool) -> Option<SocketAddr> {
         if !rtcp || self.mux {
-            return self.latched.or(self.signalled);
+            return self.rtp.latched.or(self.rtp.signalled);
         }
-        self.latched_rtcp.or(self.signalled_rtcp).or_else(|| {
-            self.latched
+        self.rtcp.latched.or(self.rtcp.signalled).or_else(|| {
+            self.rtp
+                .latched
                 .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
         })
     }
 
-    /// Whether `src` is known as this party's (latched, or signalled when nothing is
-    /// latched yet).
+    /// Whether `src` is known as this party's: latched, or signalled (even when something
+    /// else is latched: a stranger latched first must not hide the fork's own address).
     fn knows(&self, src: SocketAddr, rtcp: bool) -> bool {
-        let (latched, signalled) = if rtcp && !self.mux {
-            (self.latched_rtcp, self.signalled_rtcp)
+        let l = if rtcp && !self.mux {
+            &self.rtcp
         } else {
-            (self.latched, self.signalled)
+            &self.rtp
         };
-        latched.map_or(signalled == Some(src), |a| a == src)
+        l.latched == Some(src) || l.signalled == Some(src)
     }
 
     fn side_stats(&self, tag: &str, media: usize, local_port: Option<u16>) -> SideStats {
@@ -361,7 +546,9 @@ impl Party {
         SideStats {
             tag: tag.to_owned(),
             media,
-            source: self.latched,
+            source: self.rtp.latched,
+            foreign_packets: self.foreign_packets,
+            relatches: self.relatches,
             local_port,
             packets: s.packets,
             bytes: s.bytes,
@@ -532,7 +719,7 @@ impl Engine {
         self.pool.quarantined()
     }
 
-    /// Ended sessions since the last call.
+    /// Ended sessions and hijack attempts since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
@@ -867,7 +1054,8 @@ impl Engine {
     }
 
     /// A datagram arrived on local `port` (family `family`) from `src`: where it goes.
-    /// Does not allocate.
+    /// Does not allocate, but for the first hijack attempt on a party's media section
+    /// ([`Event::ForeignSource`]; bounded by the session's parties and sections).
     pub fn on_packet(
         &mut self,
         port: u16,
@@ -898,7 +1086,7 @@ impl Engine {
         let Some(media) = s.media.get_mut(m) else {
             return Forward::Drop(DropReason::UnknownPort);
         };
-        let (from, to, out_pair) = match u.facing {
+        let (from, to, out_pair, tag) = match u.facing {
             Facing::Key(b) => {
                 let Some(br) = s.branches.get_mut(usize::from(b)) else {
                     return Forward::Drop(DropReason::UnknownPort);
@@ -906,7 +1094,7 @@ impl Engine {
                 let Some(Some(to)) = br.parties.get(m) else {
                     return Forward::Drop(DropReason::NoDestination);
                 };
-                (&mut media.key, to as &Party, media.branch_facing)
+                (&mut media.key, to as &Party, media.branch_facing, &s.tag)
             }
             Facing::Branches => {
                 let matching = s
@@ -927,8 +1115,8 @@ impl Engine {
                         // Several forks, an unlatched one on the same host.
                         s.branches.iter().position(|br| {
                             br.parties.get(m).and_then(Option::as_ref).is_some_and(|p| {
-                                p.latched.is_none()
-                                    && p.signalled.is_some_and(|a| a.ip() == src.ip())
+                                p.rtp.latched.is_none()
+                                    && p.rtp.signalled.is_some_and(|a| a.ip() == src.ip())
                             })
                         })
                     });
@@ -940,10 +1128,35 @@ impl Engine {
                 let Some(Some(from)) = br.parties.get_mut(m) else {
                     return Forward::Drop(DropReason::NoDestination);
                 };
-                (from, &media.key, out)
+                (from, &media.key, out, &br.tag)
             }
         };
-        if !from.accept(src, rtcp, now, relatch) {
+        let verdict = from.accept(src, rtcp, now, relatch);
+        // A hijack attempt: a stranger kept out, or pushed out by the signalled source.
+        // The one allocation on this path, once per party and media section.
+        let foreign = match verdict {
+            Verdict::Foreign {
+                latched,
+                hijack: true,
+            } => Some((src, latched, false)),
+            Verdict::Relatched { old, hijack: true } => Some((old, Some(src), false)),
+            Verdict::TakenOver { .. } => Some((src, Some(src), true)),
+            _ => None,
+        };
+        if let Some((source, latched, holds_latch)) = foreign
+            && !from.reported
+        {
+            from.reported = true;
+            self.events.push(Event::ForeignSource {
+                call_id: s.call_id.to_string(),
+                tag: tag.to_string(),
+                media: m,
+                source,
+                latched,
+                holds_latch,
+            });
+        }
+        if let Verdict::Foreign { .. } = verdict {
             return Forward::Drop(DropReason::WrongSource);
         }
         match kind {

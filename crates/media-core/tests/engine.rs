@@ -420,7 +420,10 @@ fn idle_and_max_duration_end_sessions_with_an_event() {
     let ended: Vec<(String, EndReason)> =
         r.e.take_events()
             .into_iter()
-            .map(|Event::Ended { reason, info }| (info.call_id, reason))
+            .filter_map(|e| match e {
+                Event::Ended { reason, info } => Some((info.call_id, reason)),
+                Event::ForeignSource { .. } => None,
+            })
             .collect();
     assert_eq!(ended, vec![("idle".to_owned(), EndReason::Idle)]);
     // The busy one runs into the maximum duration.
@@ -432,7 +435,10 @@ fn idle_and_max_duration_end_sessions_with_an_event() {
     let ended: Vec<EndReason> =
         r.e.take_events()
             .into_iter()
-            .map(|Event::Ended { reason, .. }| reason)
+            .filter_map(|e| match e {
+                Event::Ended { reason, .. } => Some(reason),
+                Event::ForeignSource { .. } => None,
+            })
             .collect();
     assert_eq!(ended, vec![EndReason::MaxDuration]);
     assert_eq!(r.e.load().sessions, 0);
@@ -499,4 +505,476 @@ fn ipv6_parties_get_ipv6_ports() {
         r.e.on_packet(to_a.port, Family::V4, sa("192.0.2.1:4000"), &rtp(1), t),
         Forward::Drop(DropReason::UnknownPort)
     );
+}
+
+/// The hijack attempts reported so far: (tag, foreign source, source kept).
+fn foreign_events(e: &mut Engine) -> Vec<(String, SocketAddr, Option<SocketAddr>)> {
+    e.take_events()
+        .into_iter()
+        .filter_map(|ev| match ev {
+            Event::ForeignSource {
+                tag,
+                source,
+                latched,
+                media,
+                ..
+            } => {
+                assert_eq!(media, 0);
+                Some((tag, source, latched))
+            }
+            Event::Ended { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_foreign_sender_that_starts_first_is_displaced_by_the_signalled_parties() {
+    let t = Instant::now();
+    let ms = |n: u64| t + Duration::from_millis(n);
+    let mut r = Relay::new(cfg());
+    let to_callee = r.offer("h", "ft", spec("192.0.2.1", 4000), t);
+    let to_caller = r.answer("h", "tt", "ft", spec("192.0.2.2", 6000), t);
+    let stranger = "198.51.100.66:1234";
+    // The stranger finds both relay ports before either phone sends, and keeps sending:
+    // with nothing latched yet, it is taken for each party (latching cannot know better),
+    // so for now it hears itself.
+    assert_eq!(
+        r.send(to_caller.port, stranger, t),
+        sent(to_callee.port, "192.0.2.2:6000")
+    );
+    assert_eq!(
+        r.send(to_callee.port, stranger, t),
+        sent(to_caller.port, stranger)
+    );
+    // Then the phones speak from the addresses their SDP named, 20 ms apart, while the
+    // stranger goes on between their packets. Each phone's first packet already latches
+    // it; from the moment both have sent, each hears the other, never the stranger.
+    let mut foreign = 0;
+    for i in 1..=50u64 {
+        let now = ms(20 * i);
+        let callee = if i == 1 { stranger } else { "192.0.2.2:6000" };
+        assert_eq!(
+            r.send(to_caller.port, "192.0.2.1:4000", now),
+            sent(to_callee.port, callee),
+            "caller's packet {i}"
+        );
+        assert_eq!(
+            r.send(to_callee.port, "192.0.2.2:6000", now),
+            sent(to_caller.port, "192.0.2.1:4000"),
+            "callee's packet {i}"
+        );
+        for port in [to_caller.port, to_callee.port] {
+            assert_eq!(
+                r.send(port, stranger, now + Duration::from_millis(5)),
+                Forward::Drop(DropReason::WrongSource)
+            );
+        }
+        foreign += 1;
+    }
+    // One report per party, however long the stranger goes on.
+    let mut events = foreign_events(&mut r.e);
+    events.sort();
+    assert_eq!(
+        events,
+        vec![
+            ("ft".to_owned(), sa(stranger), Some(sa("192.0.2.1:4000"))),
+            ("tt".to_owned(), sa(stranger), Some(sa("192.0.2.2:6000"))),
+        ]
+    );
+    let info = r.e.delete("h", "ft", None, ms(2000)).expect("info");
+    for side in &info.sides {
+        // The stranger's first packet was taken for the party's; its 50 others were not.
+        assert_eq!(
+            (side.packets, side.foreign_packets, side.relatches),
+            (51, foreign, 1),
+            "{side:?}"
+        );
+    }
+    assert!(
+        foreign_events(&mut r.e).is_empty(),
+        "no more reports at the end"
+    );
+}
+
+#[test]
+fn a_natted_party_still_latches_and_relatches_after_silence() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg());
+    // The caller signals a private address its packets never come from.
+    let to_callee = r.offer("n", "ft", spec("10.0.0.1", 4000), t);
+    let to_caller = r.answer("n", "tt", "ft", spec("192.0.2.9", 5000), t);
+    assert_eq!(
+        r.send(to_caller.port, "203.0.113.7:61000", t),
+        sent(to_callee.port, "192.0.2.9:5000")
+    );
+    assert_eq!(
+        r.send(to_callee.port, "192.0.2.9:5000", t),
+        sent(to_caller.port, "203.0.113.7:61000")
+    );
+    // A stranger while the caller is active: dropped, reported once.
+    for i in 1..=3 {
+        assert_eq!(
+            r.send(
+                to_caller.port,
+                "198.51.100.66:1234",
+                t + Duration::from_millis(100 * i)
+            ),
+            Forward::Drop(DropReason::WrongSource)
+        );
+    }
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![(
+            "ft".to_owned(),
+            sa("198.51.100.66:1234"),
+            Some(sa("203.0.113.7:61000"))
+        )]
+    );
+    // The NAT rebinds: after the relatch time of silence the new mapping takes over.
+    let later = t + Duration::from_secs(3);
+    assert_eq!(
+        r.send(to_caller.port, "203.0.113.7:62000", later),
+        sent(to_callee.port, "192.0.2.9:5000")
+    );
+    assert_eq!(
+        r.send(to_callee.port, "192.0.2.9:5000", later),
+        sent(to_caller.port, "203.0.113.7:62000")
+    );
+    assert!(
+        foreign_events(&mut r.e).is_empty(),
+        "a rebinding is no hijack"
+    );
+    let info = r.e.query("n", "ft", None, later).expect("info");
+    let caller = &info.sides[0];
+    assert_eq!(caller.tag, "ft");
+    assert_eq!(
+        (caller.packets, caller.foreign_packets, caller.relatches),
+        (2, 3, 1)
+    );
+    assert_eq!(caller.source, Some(sa("203.0.113.7:62000")));
+
+    // What no rule can tell: a stranger first on a NAT'd party's port scores as well as
+    // the phone. It keeps the latch while it sends, but it is reported and the phone's
+    // dropped packets are counted; once it stops, the phone gets the port.
+    let to_callee = r.offer("n2", "ft", spec("10.0.0.1", 4000), t);
+    let to_caller = r.answer("n2", "tt", "ft", spec("192.0.2.9", 5000), t);
+    r.send(to_caller.port, "198.51.100.66:1234", t);
+    assert_eq!(
+        r.send(to_caller.port, "203.0.113.7:61000", t),
+        Forward::Drop(DropReason::WrongSource)
+    );
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![(
+            "ft".to_owned(),
+            sa("203.0.113.7:61000"),
+            Some(sa("198.51.100.66:1234"))
+        )]
+    );
+    assert_eq!(
+        r.send(
+            to_caller.port,
+            "203.0.113.7:61000",
+            t + Duration::from_secs(2)
+        ),
+        sent(to_callee.port, "192.0.2.9:5000")
+    );
+}
+
+#[test]
+fn a_stranger_cannot_displace_an_active_signalled_source() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg());
+    let to_callee = r.offer("s", "ft", spec("192.0.2.1", 4000), t);
+    let to_caller = r.answer("s", "tt", "ft", spec("192.0.2.2", 6000), t);
+    assert_eq!(
+        r.send(to_caller.port, "192.0.2.1:4000", t),
+        sent(to_callee.port, "192.0.2.2:6000")
+    );
+    // Neither another host nor another port of the caller's own host takes its place
+    // while it sends.
+    let mut now = t;
+    for _ in 0..10 {
+        now += Duration::from_millis(500);
+        assert_eq!(
+            r.send(to_caller.port, "192.0.2.1:4000", now),
+            sent(to_callee.port, "192.0.2.2:6000")
+        );
+        for stranger in ["198.51.100.66:1234", "192.0.2.1:4444"] {
+            assert_eq!(
+                r.send(to_caller.port, stranger, now + Duration::from_millis(1)),
+                Forward::Drop(DropReason::WrongSource)
+            );
+        }
+    }
+    assert_eq!(
+        r.send(to_callee.port, "192.0.2.2:6000", now),
+        sent(to_caller.port, "192.0.2.1:4000")
+    );
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![(
+            "ft".to_owned(),
+            sa("198.51.100.66:1234"),
+            Some(sa("192.0.2.1:4000"))
+        )]
+    );
+    // The caller falls silent for the relatch time: a stranger may take the port (the
+    // phone may have moved), but the caller's next packet wins it back at once.
+    now += Duration::from_secs(3);
+    assert_eq!(
+        r.send(to_caller.port, "198.51.100.66:1234", now),
+        sent(to_callee.port, "192.0.2.2:6000")
+    );
+    now += Duration::from_millis(20);
+    assert_eq!(
+        r.send(to_caller.port, "192.0.2.1:4000", now),
+        sent(to_callee.port, "192.0.2.2:6000")
+    );
+    assert_eq!(
+        r.send(to_callee.port, "192.0.2.2:6000", now),
+        sent(to_caller.port, "192.0.2.1:4000")
+    );
+    // A source on the signalled host (a NAT that kept the IP but not the port) also
+    // displaces a stranger from another host.
+    let to_callee = r.offer("s2", "ft", spec("192.0.2.1", 4000), t);
+    let to_caller = r.answer("s2", "tt", "ft", spec("192.0.2.2", 6000), t);
+    r.send(to_caller.port, "198.51.100.66:1234", t);
+    assert_eq!(
+        r.send(to_caller.port, "192.0.2.1:4444", t),
+        sent(to_callee.port, "192.0.2.2:6000")
+    );
+    assert_eq!(
+        r.send(to_caller.port, "198.51.100.66:1234", t),
+        Forward::Drop(DropReason::WrongSource)
+    );
+}
+
+#[test]
+fn strict_mode_drops_counts_and_reports_strangers() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg());
+    let mut a = spec("192.0.2.1", 4000);
+    a.strict = true;
+    let to_b = r.offer("c", "ft", a, t);
+    let to_a = r.answer("c", "tt", "ft", spec("192.0.2.2", 6000), t);
+    // Before and after the signalled address sent, nothing else gets through.
+    for src in ["203.0.113.7:4000", "192.0.2.1:4000", "203.0.113.7:4000"] {
+        let want = if src == "192.0.2.1:4000" {
+            sent(to_b.port, "192.0.2.2:6000")
+        } else {
+            Forward::Drop(DropReason::WrongSource)
+        };
+        assert_eq!(r.send(to_a.port, src, t), want, "{src}");
+    }
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![("ft".to_owned(), sa("203.0.113.7:4000"), None)]
+    );
+    let info = r.e.query("c", "ft", None, t).expect("info");
+    assert_eq!(
+        (info.sides[0].foreign_packets, info.sides[0].relatches),
+        (2, 0)
+    );
+}
+
+#[test]
+fn moving_media_latches_the_new_address_at_once_and_is_no_hijack() {
+    let t = Instant::now();
+    let ms = |n: u64| t + Duration::from_millis(n);
+    let mut r = Relay::new(cfg());
+    let to_b = r.offer("m", "ft", spec("192.0.2.1", 4000), t);
+    let to_a = r.answer("m", "tt", "ft", spec("192.0.2.2", 6000), t);
+    r.send(to_b.port, "192.0.2.2:6000", t);
+    // The callee re-INVITEs to another address; its old stream runs on a little.
+    r.update(
+        "m",
+        "tt",
+        Some("ft"),
+        &[spec("192.0.2.3", 7000)],
+        true,
+        ms(10),
+    )
+    .expect("reoffer");
+    assert_eq!(
+        r.send(to_a.port, "192.0.2.1:4000", ms(15)),
+        sent(to_b.port, "192.0.2.3:7000"),
+        "the callee is sent to where it moved"
+    );
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.2:6000", ms(20)),
+        sent(to_a.port, "192.0.2.1:4000")
+    );
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.3:7000", ms(40)),
+        sent(to_a.port, "192.0.2.1:4000"),
+        "the new stream does not wait for the old one to fall silent"
+    );
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.2:6000", ms(45)),
+        Forward::Drop(DropReason::WrongSource)
+    );
+    assert_eq!(
+        r.send(to_a.port, "192.0.2.1:4000", ms(60)),
+        sent(to_b.port, "192.0.2.3:7000")
+    );
+
+    // The same for a NAT'd caller whose private address changed: its new public source
+    // takes over from the old one at once.
+    r.update(
+        "m",
+        "ft",
+        Some("tt"),
+        &[spec("10.0.0.1", 4000)],
+        false,
+        ms(100),
+    )
+    .expect("answer");
+    r.send(to_a.port, "203.0.113.7:61000", ms(110));
+    r.update(
+        "m",
+        "ft",
+        Some("tt"),
+        &[spec("10.0.0.5", 4000)],
+        false,
+        ms(200),
+    )
+    .expect("answer");
+    r.send(to_a.port, "203.0.113.7:61000", ms(210));
+    assert_eq!(
+        r.send(to_a.port, "203.0.113.8:50000", ms(220)),
+        sent(to_b.port, "192.0.2.3:7000")
+    );
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.3:7000", ms(230)),
+        sent(to_a.port, "203.0.113.8:50000")
+    );
+    assert!(
+        foreign_events(&mut r.e).is_empty(),
+        "a party's own old stream is no stranger"
+    );
+}
+
+#[test]
+fn a_fork_gets_its_signalled_address_back_from_a_stranger() {
+    let t = Instant::now();
+    let mut r = Relay::new(cfg());
+    let to_forks = r.offer("f", "ft", spec("192.0.2.1", 4000), t);
+    let to_a_from_1 = r.answer("f", "fork1", "ft", spec("192.0.2.11", 5000), t);
+    r.answer("f", "fork2", "ft", spec("192.0.2.12", 5000), t);
+    // Another port of fork 1's host sends first: taken for fork 1 (a NAT'd fork would).
+    assert_eq!(
+        r.send(to_forks.port, "192.0.2.11:9999", t),
+        sent(to_a_from_1.port, "192.0.2.1:4000")
+    );
+    // Fork 1's signalled address still names it and wins its port back.
+    assert_eq!(
+        r.send(to_forks.port, "192.0.2.11:5000", t),
+        sent(to_a_from_1.port, "192.0.2.1:4000")
+    );
+    assert_eq!(
+        r.send(to_a_from_1.port, "192.0.2.1:4000", t),
+        sent(to_forks.port, "192.0.2.11:5000")
+    );
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![(
+            "fork1".to_owned(),
+            sa("192.0.2.11:9999"),
+            Some(sa("192.0.2.11:5000"))
+        )]
+    );
+}
+
+fn held(port: u16) -> MediaSpec {
+    MediaSpec {
+        addr: Some("0.0.0.0".parse().expect("ip")),
+        ..spec("0.0.0.0", port)
+    }
+}
+
+#[test]
+fn resuming_a_hold_on_another_address_is_a_move_not_a_hijack() {
+    let t = Instant::now();
+    let ms = |n: u64| t + Duration::from_millis(n);
+    let mut r = Relay::new(cfg());
+    let to_b = r.offer("hold", "ft", spec("192.0.2.1", 4000), t);
+    let _to_a = r.answer("hold", "tt", "ft", spec("192.0.2.2", 6000), t);
+    r.send(to_b.port, "192.0.2.2:6000", t);
+    // The callee holds (c=0.0.0.0), then resumes from another address at once.
+    r.update("hold", "tt", Some("ft"), &[held(6000)], true, ms(10))
+        .expect("hold");
+    r.update(
+        "hold",
+        "tt",
+        Some("ft"),
+        &[spec("192.0.2.3", 7000)],
+        true,
+        ms(20),
+    )
+    .expect("resume");
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.3:7000", ms(30)),
+        sent(_to_a.port, "192.0.2.1:4000"),
+        "the resumed stream is the callee's"
+    );
+    assert_eq!(
+        foreign_events(&mut r.e),
+        vec![],
+        "its own old stream is no stranger"
+    );
+}
+
+#[test]
+fn a_stranger_taking_a_silent_partys_port_is_reported() {
+    let t = Instant::now();
+    let ms = |n: u64| t + Duration::from_millis(n);
+    let mut r = Relay::new(cfg());
+    let to_b = r.offer("silent", "ft", spec("192.0.2.1", 4000), t);
+    let to_a = r.answer("silent", "tt", "ft", spec("192.0.2.2", 6000), t);
+    r.send(to_b.port, "192.0.2.2:6000", t);
+    r.send(to_a.port, "192.0.2.1:4000", t);
+    // The callee goes quiet (muted, no comfort noise) past relatch_after: a stranger's
+    // packets are taken, as a NAT rebinding would be, but reported.
+    let stranger = "198.51.100.66:1234";
+    assert_eq!(
+        r.send(to_b.port, stranger, ms(3000)),
+        sent(to_a.port, "192.0.2.1:4000")
+    );
+    let events: Vec<_> =
+        r.e.take_events()
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::ForeignSource {
+                    tag,
+                    source,
+                    holds_latch,
+                    ..
+                } => Some((tag, source, holds_latch)),
+                Event::Ended { .. } => None,
+            })
+            .collect();
+    assert_eq!(events, vec![("tt".to_owned(), sa(stranger), true)]);
+    // The callee speaks again: it takes its port back at once, the stranger is dropped.
+    assert_eq!(
+        r.send(to_b.port, "192.0.2.2:6000", ms(3100)),
+        sent(to_a.port, "192.0.2.1:4000")
+    );
+    assert_eq!(
+        r.send(to_b.port, stranger, ms(3120)),
+        Forward::Drop(DropReason::WrongSource)
+    );
+    // A NAT'd party's rebinding (both sources unlike its private SDP) is not reported.
+    let to_d = r.offer("nat", "fn", spec("10.0.0.1", 4000), t);
+    let _to_c = r.answer("nat", "tn", "fn", spec("192.0.2.9", 6000), t);
+    r.send(to_d.port, "192.0.2.9:6000", t);
+    let _ = r.e.take_events();
+    let to_c = _to_c;
+    r.send(to_c.port, "203.0.113.7:61000", t);
+    assert_eq!(
+        r.send(to_c.port, "203.0.113.7:62000", ms(3000)),
+        sent(to_d.port, "192.0.2.9:6000"),
+        "the rebound source is the party's"
+    );
+    assert_eq!(foreign_events(&mut r.e), vec![]);
 }

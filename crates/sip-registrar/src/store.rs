@@ -63,6 +63,39 @@ impl MemoryStore {
         }
     }
 
+    /// Up to `limit` AORs with live bindings, in AOR order, after `after` (exclusive),
+    /// with those bindings; and whether more follow. For admin listings: one pass over
+    /// the AORs under the lock (a selection, not a sort of them all), so a page costs
+    /// O(AORs + limit·log limit) however far into the listing it is.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> (Vec<(Aor, Vec<Binding>)>, bool) {
+        let limit = limit.max(1);
+        let map = self.lock();
+        let mut aors: Vec<&Aor> = map
+            .iter()
+            .filter(|(a, set)| {
+                after.is_none_or(|x| a.as_str() > x) && set.iter().any(|b| b.is_live(now))
+            })
+            .map(|(a, _)| a)
+            .collect();
+        let by_name = |a: &&Aor, b: &&Aor| a.as_str().cmp(b.as_str());
+        let more = aors.len() > limit;
+        if more {
+            aors.select_nth_unstable_by(limit, by_name);
+            aors.truncate(limit);
+        }
+        aors.sort_unstable_by(by_name);
+        let out = aors
+            .into_iter()
+            .map(|a| (a.clone(), live_bindings(&map[a], now)))
+            .collect();
+        (out, more)
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy

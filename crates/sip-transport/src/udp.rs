@@ -24,7 +24,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_address(true)?;
+    // No SO_REUSEADDR: on Linux it lets a second process bind the same UDP port and take
+    // part of the first one's traffic (the kernel delivers to the newest socket). A busy
+    // port must be an error at start, as it is for TCP.
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);

@@ -259,3 +259,38 @@ async fn overload_answers_503_with_retry_after() {
     assert_eq!(reply.call_id(), Ok("z9hG4bKo2@t"));
     assert_eq!(reply.retry_after(), Ok(Some(5)));
 }
+
+/// A second process (or instance) must not silently share a port: with SO_REUSEADDR on
+/// UDP, Linux lets both bind and delivers the first one's traffic to the newer socket.
+#[tokio::test]
+async fn a_busy_port_is_an_error_for_udp_and_tcp() {
+    let (first, _rx) = start(16, Duration::from_secs(60)).await;
+    for (udp, tcp) in [
+        (vec![first.udp_addrs()[0]], vec![]),
+        (vec![], vec![first.tcp_addrs()[0]]),
+    ] {
+        let (tx, _rx2) = mpsc::channel(16);
+        let cfg = TransportConfig {
+            udp,
+            tcp,
+            ..TransportConfig::default()
+        };
+        let err = Transports::bind(cfg, tx, TransportMetrics::default())
+            .await
+            .map(|_| ())
+            .expect_err("a port in use must not bind");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot listen on") && text.contains("in use"),
+            "{text}"
+        );
+    }
+    // The first instance still gets its traffic.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rx = _rx;
+    peer.send_to(options("z9hG4bKbusy").as_bytes(), first.udp_addrs()[0])
+        .await
+        .unwrap();
+    let (msg, _) = next_message(&mut rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKbusy@t"));
+}

@@ -3,8 +3,16 @@
 //! `/metrics` (OpenMetrics text from a `prometheus-client` registry), `/healthz` (the
 //! process is alive) and `/readyz` (it takes new work; false while draining), served
 //! the same way by the edge, the location service and the rest, so one Prometheus job
-//! and one probe spec fit them all; and [`ConfigError`], the one shape of "this
-//! configuration cannot run" every service reports at start.
+//! and one probe spec fit them all ([`Readiness`] joins the conditions of a process
+//! that plays several roles); [`ConfigError`], the one shape of "this configuration
+//! cannot run" every service reports at start; [`logging`], the checked log set-up; and
+//! [`LogLimit`], the rate limit on log lines a peer can trigger.
+
+pub mod listen;
+pub mod logging;
+mod ratelimit;
+
+pub use ratelimit::LogLimit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,15 +44,79 @@ impl ConfigError {
     }
 }
 
+/// What `/readyz` answers: ready when every named condition holds. A process that plays
+/// several roles (the all-in-one) joins theirs, so that a drain, or a dependency that does
+/// not answer, shows whichever role it concerns.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// (what is wrong when the flag is false, the flag).
+    checks: Vec<(&'static str, Arc<AtomicBool>)>,
+}
+
+impl Readiness {
+    /// One condition: `flag` true means ready; `problem` says what is wrong when it is
+    /// false (`"draining"`, `"no media relay answers"`).
+    #[must_use]
+    pub fn new(problem: &'static str, flag: Arc<AtomicBool>) -> Readiness {
+        Readiness {
+            checks: vec![(problem, flag)],
+        }
+    }
+
+    /// This and one more condition.
+    #[must_use]
+    pub fn and(mut self, problem: &'static str, flag: Arc<AtomicBool>) -> Readiness {
+        self.checks.push((problem, flag));
+        self
+    }
+
+    /// This and every condition of `other`.
+    #[must_use]
+    pub fn join(mut self, other: Readiness) -> Readiness {
+        self.checks.extend(other.checks);
+        self
+    }
+
+    /// The problems of the conditions that do not hold now (empty: ready).
+    #[must_use]
+    pub fn problems(&self) -> Vec<&'static str> {
+        let mut p: Vec<&'static str> = self
+            .checks
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::Relaxed))
+            .map(|(n, _)| *n)
+            .collect();
+        p.dedup();
+        p
+    }
+
+    /// Every condition holds.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.checks.iter().all(|(_, f)| f.load(Ordering::Relaxed))
+    }
+}
+
+impl From<Arc<AtomicBool>> for Readiness {
+    /// A service whose only condition is not draining.
+    fn from(flag: Arc<AtomicBool>) -> Readiness {
+        Readiness::new("draining", flag)
+    }
+}
+
 /// Bind `addr` and serve [`serve`] there in a task that logs if it ever stops: every
 /// service's metrics endpoint. Returns the bound address (for port 0) and the task.
 pub async fn spawn_endpoint(
     addr: std::net::SocketAddr,
     registry: Registry,
-    ready: Arc<AtomicBool>,
+    ready: impl Into<Readiness>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    // The one line that says where metrics and health are served, whichever role (or
+    // process embedding several) serves them.
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let ready = ready.into();
     let task = tokio::spawn(async move {
         if let Err(e) = serve(listener, registry, ready).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
@@ -102,18 +174,18 @@ pub fn grpc_code_name(c: tonic::Code) -> &'static str {
 #[derive(Clone)]
 struct HttpState {
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
-    ready: Arc<AtomicBool>,
+    ready: impl Into<Readiness>,
 ) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
-        ready,
+        ready: ready.into(),
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -143,9 +215,34 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+    let problems = s.ready.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join(", ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_what_is_wrong() {
+        let (a, b) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let r =
+            Readiness::from(a.clone()).join(Readiness::new("no media relay answers", b.clone()));
+        assert!(r.is_ready() && r.problems().is_empty());
+        b.store(false, Ordering::Relaxed);
+        assert_eq!(r.problems(), ["no media relay answers"]);
+        a.store(false, Ordering::Relaxed);
+        assert!(!r.is_ready());
+        assert_eq!(r.problems(), ["draining", "no media relay answers"]);
     }
 }

@@ -190,6 +190,7 @@ pub async fn serve(
         addr,
         source,
     })?;
+    tracing::info!(addr = %bound, "serving the dispatcher admin API (gRPC)");
     let svc = DispatcherAdminServer::new(Admin { commands });
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);

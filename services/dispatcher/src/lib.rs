@@ -322,6 +322,8 @@ pub async fn start_with(
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (pub_t, int_t) = (public.clone(), internal.clone());
     tasks.push(tokio::spawn(async move {
+        // Refusals are logged like the edge's: rate-limited, with a count of what was held.
+        let rejections = telemetry::LogLimit::operator_lines();
         let flush = |relay: &mut Relay| {
             while let Some(t) = relay.poll_transmit() {
                 match t.side {
@@ -330,7 +332,7 @@ pub async fn start_with(
                 }
             }
             while let Some(n) = relay.poll_notice() {
-                log_notice(n);
+                log_notice(n, &rejections);
             }
         };
         let handle = |relay: &mut Relay, side: Side, ev: Inbound| match ev {
@@ -393,8 +395,6 @@ pub async fn start_with(
         public_tcp = ?public.tcp_addrs(),
         internal_udp = ?internal.udp_addrs(),
         internal_tcp = ?internal.tcp_addrs(),
-        admin = ?admin_addr,
-        metrics = ?metrics_addr,
         discovery = source,
         "dispatcher started"
     );
@@ -453,8 +453,27 @@ fn command(relay: &mut Relay, cmd: Command) {
     }
 }
 
-fn log_notice(n: Notice) {
+fn log_notice(n: Notice, rejections: &telemetry::LogLimit) {
     match n {
+        Notice::Rejected(r) => {
+            if !tracing::enabled!(tracing::Level::INFO) {
+                return;
+            }
+            let Some(held) = rejections.allow(Instant::now()) else {
+                return;
+            };
+            tracing::info!(
+                call_id = %r.call_id,
+                method = %r.method,
+                code = r.status,
+                reason = sip_core::default_reason(r.status),
+                src = %r.source.addr,
+                transport = r.source.transport.as_str(),
+                user = %r.user,
+                suppressed = held + r.unreported,
+                "request rejected"
+            );
+        }
         Notice::State { pool, id, from, to } => {
             if to == dispatch_core::State::Down {
                 tracing::warn!(pool, id, ?from, ?to, "target down");

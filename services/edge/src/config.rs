@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the edge needs to run.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 #[derive(Default)]
 pub struct EdgeConfig {
@@ -34,10 +34,35 @@ pub struct EdgeConfig {
     pub outbound: OutboundConfig,
     /// Media anchoring through media relays.
     pub media: MediaConfig,
+    /// The all-in-one's control APIs (`sipcluster edge` ignores this section).
+    pub all_in_one: AllInOneConfig,
+}
+
+/// The control APIs the all-in-one serves for the `sipcluster users`, `registrations` and
+/// `dispatcher-admin` commands. On loopback by default, where those commands look
+/// without a flag; they are not authenticated, so keep them off other interfaces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllInOneConfig {
+    /// The in-process location service's gRPC API, or `"off"`.
+    #[serde(with = "telemetry::listen")]
+    pub location_listen: Option<SocketAddr>,
+    /// The in-process dispatcher's admin gRPC API, or `"off"`.
+    #[serde(with = "telemetry::listen")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Default for AllInOneConfig {
+    fn default() -> Self {
+        AllInOneConfig {
+            location_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
+        }
+    }
 }
 
 /// When a call's media goes through a relay.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Anchor {
     /// Every call with SDP.
@@ -51,7 +76,7 @@ pub enum Anchor {
 }
 
 /// What a call gets when no relay can take it.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRelayFailure {
     /// 503 with Retry-After: the caller tries again or elsewhere.
@@ -62,7 +87,7 @@ pub enum OnRelayFailure {
 }
 
 /// Media anchoring: the relays' gRPC endpoints and when to use them.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     /// Media relay control URLs (`http://media-relay-0.media-relay:50053`). Empty: no
@@ -94,7 +119,7 @@ impl Default for MediaConfig {
 }
 
 /// A per-domain anchoring policy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AnchorRule {
     /// The Request-URI host (case-insensitive).
@@ -120,7 +145,7 @@ impl MediaConfig {
 /// Outbound routing to destination sets held by the dispatcher: the dispatcher picks a
 /// member of the set (hash, weighted, round robin or priority) among those that answer
 /// its probes, and fails over on 503 or a transport error.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundConfig {
     /// The dispatcher's internal SIP URI (`sip:dispatcher-internal:5070`, a Kubernetes
@@ -132,7 +157,7 @@ pub struct OutboundConfig {
 }
 
 /// One rule: a Request-URI user prefix and/or domain, and the set to use.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundRule {
     /// The Request-URI's user part starts with this (e.g. `+1`, `00`).
@@ -163,7 +188,7 @@ impl OutboundConfig {
 }
 
 /// Where registrations and credentials live in cluster mode.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LocationConfig {
     /// gRPC endpoint of the location service (`http://location:50051`). Required by
@@ -193,7 +218,7 @@ impl Default for LocationConfig {
 }
 
 /// The process's threads.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 = one per CPU. One worker spends less CPU per message (no
@@ -207,7 +232,7 @@ pub struct RuntimeConfig {
 }
 
 /// Listening sockets and the proxy's identity.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipConfig {
     /// UDP listening addresses.
@@ -232,7 +257,7 @@ pub struct SipConfig {
 }
 
 /// Digest authentication.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Challenge REGISTER (401).
@@ -240,7 +265,9 @@ pub struct AuthConfig {
     /// Challenge initial requests from local users (407).
     pub invite: bool,
     /// Secret shared by every edge so any of them verifies any nonce; generated at start
-    /// when absent, which only suits a single edge.
+    /// when absent, which only suits a single edge. Never printed (`check-config` leaves
+    /// it out).
+    #[serde(skip_serializing)]
     pub nonce_secret: Option<String>,
     /// Nonce lifetime; older nonces get `stale=true`.
     pub nonce_lifetime_secs: u64,
@@ -248,14 +275,16 @@ pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     /// Challenge algorithms, one challenge each, in this order (`MD5`, `SHA-256`).
     ///
-    /// RFC 8760 prefers SHA-256 first, but many deployed phones and tools (SIPp, sipsak)
-    /// answer only the first challenge and know only MD5, so the default leads with MD5;
-    /// fleets that all speak SHA-256 should put it first.
+    /// The default is MD5 alone, as Kamailio's and OpenSIPS's are: the phones operators
+    /// have do not all survive a second challenge. libre (baresip 1.0.0, Debian 12)
+    /// fails the whole REGISTER with "Function not implemented" when one of the
+    /// challenges is SHA-256, and SIPp and sipsak answer only the first. Fleets whose
+    /// phones all speak RFC 8760 can offer `["SHA-256", "MD5"]`.
     pub algorithms: Vec<String>,
 }
 
 /// Registrar policy (RFC 3261 §10.3).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// Expiry when the REGISTER gives none.
@@ -269,7 +298,7 @@ pub struct RegistrarConfig {
 }
 
 /// Timers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimersConfig {
     /// T1, ms.
@@ -283,7 +312,7 @@ pub struct TimersConfig {
 }
 
 /// Caps and queues.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Bytes per message.
@@ -305,15 +334,16 @@ pub struct LimitsConfig {
 }
 
 /// Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// HTTP address for `/metrics`, `/healthz`, `/readyz`; `None` disables it.
+    /// HTTP address for `/metrics`, `/healthz`, `/readyz`; `"off"` disables it.
+    #[serde(with = "telemetry::listen")]
     pub listen: Option<SocketAddr>,
 }
 
 /// Logging.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `plain` or `json`.
@@ -343,7 +373,7 @@ impl Default for AuthConfig {
             nonce_secret: None,
             nonce_lifetime_secs: 300,
             users_file: None,
-            algorithms: vec!["MD5".into(), "SHA-256".into()],
+            algorithms: vec!["MD5".into()],
         }
     }
 }
@@ -571,7 +601,27 @@ impl EdgeConfig {
                 format!("{:?}: use plain or json", self.log.format),
             ));
         }
+        telemetry::logging::check_level(&self.log.level)?;
         Ok(())
+    }
+
+    /// The configuration as TOML that `--config` reads back to the same settings. The
+    /// nonce secret is left out (secrets are never printed): give it again by the
+    /// environment or a file of its own.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# sipcluster edge / all-in-one configuration, as check-config resolved it\n\
+             # (file + SIPCLUSTER_* environment + flags). Reusable with --config.\n",
+        );
+        if self.auth.nonce_secret.is_some() {
+            out.push_str(
+                "# auth.nonce_secret is set but not printed: pass it again (SIPCLUSTER_NONCE_SECRET).\n",
+            );
+        }
+        out.push('\n');
+        // Serializing plain data (strings, numbers, addresses) cannot fail.
+        out.push_str(&toml::to_string_pretty(self).unwrap_or_default());
+        out
     }
 
     /// The challenge algorithms, in order (validated names).
@@ -661,6 +711,46 @@ mod tests {
         assert_eq!(c.registrar.min_expires, 30);
         let e = EdgeConfig::from_toml("[sip]\nudpp = []\n").unwrap_err();
         assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn check_config_output_reads_back_to_the_same_settings() {
+        let mut c = EdgeConfig::from_toml(crate::SAMPLE_CONFIG).unwrap();
+        assert_eq!(c, EdgeConfig::default(), "the sample states the defaults");
+        c.sip.advertise = Some("192.0.2.10".parse().unwrap());
+        c.metrics.listen = None;
+        c.all_in_one.admin_listen = None;
+        c.auth.algorithms = vec!["SHA-256".into(), "MD5".into()];
+        c.outbound.dispatcher = Some("sip:d:5070".into());
+        c.outbound.rules.push(OutboundRule {
+            prefix: Some("+1".into()),
+            domain: None,
+            set: "carrier".into(),
+        });
+        c.media.rules.push(AnchorRule {
+            domain: "lan".into(),
+            anchor: Anchor::Never,
+        });
+        let text = c.to_toml();
+        assert!(text.contains("listen = \"off\""), "{text}");
+        assert_eq!(EdgeConfig::from_toml(&text).unwrap(), c, "{text}");
+        // The secret is never printed, only said to be set.
+        c.auth.nonce_secret = Some("a-secret-nobody-may-read-0123".into());
+        let text = c.to_toml();
+        assert!(!text.contains("a-secret-nobody"), "{text}");
+        assert!(
+            text.contains("nonce_secret is set but not printed"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_log_level_that_would_print_nothing_is_refused() {
+        let mut c = EdgeConfig::default();
+        c.log.level = "verbose".into();
+        assert_eq!(c.validate().unwrap_err().field, "log.level");
+        c.log.level = "edge=debug,info".into();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub struct Core {
     cancels: HashSet<ClientTxnId>,
     timer_c: BinaryHeap<Reverse<(Instant, ServerTxnId)>>,
     timer_c_len: Duration,
-    started: HashMap<ServerTxnId, (Instant, usize)>,
+    /// When each server transaction started, its method (metrics index) and where its
+    /// request came from (for the log line of its final response).
+    started: HashMap<ServerTxnId, (Instant, usize, Target)>,
     branch_seq: u64,
     /// Decisions that completed on their first poll, to act on in `drain`.
     ready: VecDeque<Decision>,
@@ -164,6 +166,9 @@ impl Core {
                     if let Err(e) = msg.validate_request() {
                         tracing::debug!(src = %source.addr, error = %e, "invalid request");
                         self.sh
+                            .audit
+                            .refused_early(&msg, source, e.status(), e.kind().as_str());
+                        self.sh
                             .metrics
                             .invalid_requests
                             .get_or_create(&ReasonLabel {
@@ -214,11 +219,17 @@ impl Core {
 
     /// Answer a shed request 503 + Retry-After through its server transaction, so that
     /// retransmissions get the same 503 instead of being served after all.
-    fn shed(&mut self, txn: ServerTxnId, msg: &SipMessage) -> bool {
+    fn shed(&mut self, txn: ServerTxnId, msg: &SipMessage, source: Target) -> bool {
         let Some(b) = ResponseBuilder::new(msg, 503) else {
             return false;
         };
         self.sh.metrics.transport.overload_rejections.inc();
+        self.sh.audit.refused_early(
+            msg,
+            source,
+            503,
+            "overload: queued past limits.max_queue_delay_ms",
+        );
         let retry = self.sh.cfg.limits.overload_retry_after.to_string();
         self.respond(
             txn,
@@ -255,15 +266,21 @@ impl Core {
 
     fn respond(&mut self, txn: ServerTxnId, code: u16, bytes: Bytes) {
         let now = Instant::now();
+        // Kept for the transaction's log line, only when that line is wanted.
+        let for_log = (code >= 200 && crate::audit::transactions_logged()).then(|| bytes.clone());
         match self.txn.respond(now, txn, code, bytes) {
             Ok(()) => {
                 self.count_response(code);
                 if code >= 200
-                    && let Some((t0, method)) = self.started.remove(&txn)
+                    && let Some((t0, method, source)) = self.started.remove(&txn)
                 {
+                    let elapsed = now.duration_since(t0);
                     self.sh
                         .metrics
-                        .observe_duration(method, now.duration_since(t0).as_secs_f64());
+                        .observe_duration(method, elapsed.as_secs_f64());
+                    if let Some(b) = for_log {
+                        self.sh.audit.transaction(b, source, elapsed);
+                    }
                 }
             }
             Err(e) => tracing::debug!(?txn, code, error = %e, "response not sent"),
@@ -279,8 +296,8 @@ impl Core {
             } => {
                 let method = method_index(msg.method().map_or("", |m| m.as_str()));
                 self.sh.metrics.count_request(method);
-                self.started.insert(txn, (Instant::now(), method));
-                if std::mem::take(&mut self.shed_next) && self.shed(txn, &msg) {
+                self.started.insert(txn, (Instant::now(), method, source));
+                if std::mem::take(&mut self.shed_next) && self.shed(txn, &msg, source) {
                     return;
                 }
                 match msg.method() {
@@ -331,8 +348,18 @@ impl Core {
 
     fn on_decision(&mut self, d: Decision) {
         match d {
-            Decision::Respond { txn, code, bytes } => {
-                self.pending.remove(&txn);
+            Decision::Respond {
+                txn,
+                code,
+                bytes,
+                logged,
+            } => {
+                if let Some((req, source)) = self.pending.remove(&txn)
+                    && !logged
+                    && !bytes.is_empty()
+                {
+                    self.sh.audit.rejected(&req, source, code, &bytes);
+                }
                 self.cancelled_pending.remove(&txn);
                 if !bytes.is_empty() {
                     self.respond(txn, code, bytes);
@@ -539,6 +566,12 @@ impl Core {
                     }
                     let built = ResponseBuilder::new(&ctx.original, code).map(|b| b.build());
                     if let Some(bytes) = built {
+                        // 487 is the caller's own CANCEL taking effect, not a refusal.
+                        if code != 487 {
+                            self.sh
+                                .audit
+                                .rejected(&ctx.original, ctx.source, code, &bytes);
+                        }
                         self.contexts.insert(stxn, ctx);
                         self.respond(stxn, code, bytes);
                         continue;
@@ -598,6 +631,7 @@ impl Core {
                 txn: stxn,
                 code,
                 bytes,
+                logged: false,
             });
         });
         true
@@ -716,12 +750,10 @@ impl Core {
         let bytes = ed.finish();
         let Ok(next) = SipMessage::parse(bytes.clone()).and_then(|m| {
             let v = m.top_via()?;
-            let host = v.received_ip().or(v.sent_by.host.ip());
-            let port = v.rport.flatten().or(v.sent_by.port).unwrap_or(5060);
             let transport = Transport::from_token(v.transport.as_str()).unwrap_or(Transport::Udp);
-            Ok(host.map(|ip| Target {
+            Ok(v.response_addr().map(|addr| Target {
                 transport,
-                addr: std::net::SocketAddr::new(ip, port),
+                addr,
                 flow: None,
             }))
         }) else {

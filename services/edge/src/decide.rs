@@ -43,6 +43,8 @@ pub struct Shared {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Media relays, when anchoring is configured.
     pub relays: Option<Arc<crate::media::Relays>>,
+    /// The rate limits of the operator's log lines.
+    pub audit: crate::audit::Audit,
 }
 
 /// One next hop for a forwarded copy of the request.
@@ -102,6 +104,9 @@ pub enum Decision {
         code: u16,
         /// The response.
         bytes: Bytes,
+        /// The refusal was logged already (a failed login has its own line), so the
+        /// core does not log it again as a refused request.
+        logged: bool,
     },
     /// Forward downstream.
     Forward {
@@ -134,6 +139,7 @@ fn respond_with(
             txn,
             code,
             bytes: Bytes::new(),
+            logged: false,
         };
     };
     for (n, v) in headers {
@@ -143,6 +149,22 @@ fn respond_with(
         txn,
         code,
         bytes: b.build(),
+        logged: false,
+    }
+}
+
+/// A 403 for a failed login, which [`crate::audit::Audit::auth_failed`] logged.
+fn refuse_login(txn: ServerTxnId, msg: &SipMessage) -> Decision {
+    match respond(txn, msg, 403) {
+        Decision::Respond {
+            txn, code, bytes, ..
+        } => Decision::Respond {
+            txn,
+            code,
+            bytes,
+            logged: true,
+        },
+        d => d,
     }
 }
 
@@ -379,18 +401,15 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         && !matches!(method, Method::Ack | Method::Cancel | Method::Options);
     if needs_auth {
         let realm = from_domain.clone().unwrap_or_default();
-        let from_user = msg
-            .from_header()
-            .ok()
-            .and_then(|f| sip_uri(&f))
-            .and_then(|u| u.user.map(str::to_owned));
+        let from_user = msg.from_user();
         if let Err(d) = authenticate(
             sh,
             txn,
             msg,
+            source,
             ChallengeKind::Proxy,
             &realm,
-            from_user.as_deref(),
+            from_user,
             now,
         )
         .await
@@ -649,10 +668,12 @@ pub(crate) fn is_private(ip: std::net::IpAddr) -> bool {
 
 /// Digest authentication (§22): `Ok(username)` when verified, else the response to send
 /// (challenge, 403, or 503 when the subscriber store is down).
+#[allow(clippy::too_many_arguments)] // each is one fact of the request being checked
 async fn authenticate(
     sh: &Shared,
     txn: ServerTxnId,
     msg: &SipMessage,
+    source: Target,
     kind: ChallengeKind,
     realm: &str,
     expected_user: Option<&str>,
@@ -681,11 +702,14 @@ async fn authenticate(
             .collect();
         respond_with(txn, msg, kind.status(), &headers)
     };
-    let fail = |reason: &'static str| {
+    // Counted by reason and logged (rate-limited) with who claimed what, from where.
+    let fail = |reason: &'static str, claimed: &str, code: u16| {
         sh.metrics
             .auth_failures
             .get_or_create(&ReasonLabel { reason })
-            .inc()
+            .inc();
+        sh.audit
+            .auth_failed(msg, source, claimed, realm, reason, code);
     };
     let Some(auth) = find_credentials(msg, kind, realm) else {
         return Err(challenge(false));
@@ -693,21 +717,21 @@ async fn authenticate(
     let digest = match DigestResponse::parse(&auth) {
         Ok(d) => d,
         Err(r) => {
-            fail(r.label());
+            fail(r.label(), "", kind.status());
             return Err(challenge(false));
         }
     };
     // A forged or foreign nonce is refused before any store lookup.
     if digest.check_nonce(&sh.nonces, realm, now) == NonceCheck::Invalid {
-        fail("bad_nonce");
+        fail("bad_nonce", digest.username(), kind.status());
         return Err(challenge(false));
     }
     let username = digest.username().to_owned();
     let creds = match sh.users.credentials(&username, realm).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            fail("unknown_user");
-            return Err(respond(txn, msg, 403));
+            fail("unknown_user", &username, 403);
+            return Err(refuse_login(txn, msg));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
     };
@@ -717,14 +741,14 @@ async fn authenticate(
         Outcome::Verified { .. } => {}
         Outcome::Stale => return Err(challenge(true)),
         Outcome::Failed(r) => {
-            fail(r.label());
+            fail(r.label(), &username, kind.status());
             return Err(challenge(false));
         }
     }
     // The authenticated user may only act as itself (register its own AOR, call as itself).
     if expected_user.is_some_and(|u| u != username) {
-        fail("identity_mismatch");
-        return Err(respond(txn, msg, 403));
+        fail("identity_mismatch", &username, 403);
+        return Err(refuse_login(txn, msg));
     }
     Ok(username)
 }
@@ -738,19 +762,16 @@ async fn register(
     domain: &str,
     now: u64,
 ) -> Decision {
-    let to_user = msg
-        .to_header()
-        .ok()
-        .and_then(|t| sip_uri(&t))
-        .and_then(|u| u.user.map(str::to_owned));
+    let to_user = msg.to_user();
     if sh.cfg.auth.register
         && let Err(d) = authenticate(
             sh,
             txn,
             msg,
+            source,
             ChallengeKind::Www,
             domain,
-            to_user.as_deref(),
+            to_user,
             now,
         )
         .await

@@ -12,6 +12,7 @@
 //!
 //! [`start`] runs an edge with in-memory stores and the demo users: the all-in-one.
 
+pub mod audit;
 pub mod config;
 pub mod core;
 pub mod decide;
@@ -75,8 +76,12 @@ pub struct EdgeHandle {
     pub metrics: Option<SocketAddr>,
     /// Instance id.
     pub instance: String,
-    /// Readiness (false while draining).
+    /// False while draining.
     pub ready: Arc<AtomicBool>,
+    /// Some media relay answers (when calls need one: relays configured and
+    /// `media.on_failure = "reject"`). Only a single-process deployment (the all-in-one)
+    /// makes it a readiness condition: see [`EdgeHandle::readiness`].
+    relays_available: Option<Arc<AtomicBool>>,
     metrics_set: metrics::EdgeMetrics,
     draining: Arc<AtomicBool>,
     drain: Duration,
@@ -92,6 +97,19 @@ impl EdgeHandle {
         let _ = self.join.await;
         for t in self.tasks {
             t.abort();
+        }
+    }
+
+    /// What the all-in-one's `/readyz` checks for its edge: not draining, and a media
+    /// relay answers when calls need one. An edge in a cluster serves only the first on
+    /// its own `/readyz`: every edge shares the relays, so a relay outage would make
+    /// them all unready at once and take REGISTERs and calls without media down with
+    /// them; it shows in `sipcluster_media_relays_up` and the log instead.
+    pub fn readiness(&self) -> telemetry::Readiness {
+        let r = telemetry::Readiness::from(self.ready.clone());
+        match &self.relays_available {
+            Some(a) => r.and("no media relay answers", a.clone()),
+            None => r,
         }
     }
 
@@ -128,7 +146,8 @@ impl EdgeHandle {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String, EdgeError> {
+/// `bytes` random bytes in hex: generated secrets and instance ids.
+pub fn random_hex(bytes: usize) -> Result<String, EdgeError> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| EdgeError::Random(e.to_string()))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
@@ -217,6 +236,21 @@ pub async fn start_with(
         })?;
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = tasks;
+    let relays = media::Relays::new(&cfg.media).map_err(|problem| {
+        EdgeError::Config(ConfigError {
+            field: "media.relays",
+            problem,
+        })
+    })?;
+    // With `on_failure = "pass"` calls go through without a relay: it is no condition.
+    let relays_available = relays
+        .as_ref()
+        .filter(|_| cfg.media.on_failure == config::OnRelayFailure::Reject)
+        .map(|r| r.available());
+    if let Some(r) = &relays {
+        tasks.push(r.spawn_monitor(metrics.media_relays_up.clone()));
+        tracing::info!(relays = ?r, anchor = ?cfg.media.anchor, "media anchoring on");
+    }
     let metrics_addr = match cfg.metrics.listen {
         Some(addr) => {
             let (bound, task) = telemetry::spawn_endpoint(addr, metrics.registry(), ready.clone())
@@ -232,7 +266,17 @@ pub async fn start_with(
         transports.udp_addrs().to_vec(),
         transports.tcp_addrs().to_vec(),
     );
-    tracing::info!(?udp, ?tcp, advertise = %local.advertise, domains = ?local.domains, metrics = ?metrics_addr, %instance, "edge started");
+    tracing::info!(
+        ?udp,
+        ?tcp,
+        advertise = %local.advertise,
+        domains = ?local.domains,
+        auth_register = cfg.auth.register,
+        auth_calls = cfg.auth.invite,
+        auth_algorithms = ?cfg.auth.algorithms,
+        %instance,
+        "edge started"
+    );
     // Registration gauge: the store is the truth, refreshed every few seconds.
     {
         let (store, gauge) = (store.clone(), metrics.registrations.clone());
@@ -248,16 +292,6 @@ pub async fn start_with(
     let draining = Arc::new(AtomicBool::new(false));
     let drain = Duration::from_secs(cfg.runtime.drain_secs);
     let metrics_set = metrics.clone();
-    let relays = media::Relays::new(&cfg.media).map_err(|problem| {
-        EdgeError::Config(ConfigError {
-            field: "media.relays",
-            problem,
-        })
-    })?;
-    if let Some(r) = &relays {
-        tasks.push(r.spawn_monitor());
-        tracing::info!(relays = ?r, anchor = ?cfg.media.anchor, "media anchoring on");
-    }
     let shared = Arc::new(decide::Shared {
         relays,
         draining: draining.clone(),
@@ -269,6 +303,7 @@ pub async fn start_with(
         metrics,
         instance: instance.clone(),
         transports: transports.clone(),
+        audit: audit::Audit::default(),
     });
     let (dtx, drx) = mpsc::unbounded_channel();
     let core = core::Core::new(shared, transports, dtx);
@@ -282,6 +317,7 @@ pub async fn start_with(
         metrics: metrics_addr,
         instance,
         ready,
+        relays_available,
         metrics_set,
         draining,
         drain,

@@ -286,6 +286,10 @@ pub struct Relays {
     relays: Vec<RelayEntry>,
     timeout: Duration,
     strict: bool,
+    /// After each poll: some relay answered and takes new sessions. False until the
+    /// first poll has answered (readiness: an edge whose calls would all get 503 is not
+    /// ready).
+    available: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Relays {
@@ -323,14 +327,21 @@ impl Relays {
             relays,
             timeout,
             strict: cfg.strict,
+            available: Arc::new(AtomicBool::new(false)),
         })))
     }
 
-    /// Poll every relay's load once a second, for ever.
-    pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Poll every relay's load once a second, for ever; `up` counts those that answer.
+    pub fn spawn_monitor(
+        self: &Arc<Self>,
+        up: prometheus_client::metrics::gauge::Gauge,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // What the log said last: none answering is worth a line from the first
+            // poll on, not only after one answered.
+            let mut said = None;
             loop {
                 tick.tick().await;
                 for r in &me.relays {
@@ -352,8 +363,32 @@ impl Relays {
                         }
                     }
                 }
+                let healthy = me
+                    .relays
+                    .iter()
+                    .filter(|r| r.healthy.load(Ordering::Relaxed))
+                    .count();
+                up.set(i64::try_from(healthy).unwrap_or(i64::MAX));
+                let any = !me.candidates().is_empty();
+                me.available.store(any, Ordering::Relaxed);
+                if said != Some(any) {
+                    if !any {
+                        tracing::warn!(
+                            relays = me.relays.len(),
+                            "no media relay answers or takes new sessions: calls that need one get 503"
+                        );
+                    } else if said.is_some() {
+                        tracing::info!("a media relay takes new sessions again");
+                    }
+                    said = Some(any);
+                }
             }
         })
+    }
+
+    /// True while some relay answered the last poll and takes new sessions.
+    pub fn available(&self) -> Arc<AtomicBool> {
+        self.available.clone()
     }
 
     fn request(

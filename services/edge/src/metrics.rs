@@ -16,12 +16,93 @@ use sip_transport::TransportMetrics;
 // which transactions (`server` or `client`).
 pub use telemetry::{KindLabel, MethodLabel, ReasonLabel};
 
-/// Labels: response class.
+/// Labels: a response's status code and class.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClassLabel {
+pub struct ResponseLabel {
     /// `1xx` ... `6xx`.
     pub class: &'static str,
+    /// The code (`404`) when it is one of [`CODES`], else the class (`4xx`): a peer
+    /// cannot grow the label set by inventing codes.
+    pub code: &'static str,
 }
+
+/// The status codes with their own label value: those of RFC 3261 and the extensions a
+/// proxy meets (RFC 3265, 3329, 4028, 4412, 5626, 6086, 8599...). Sorted: looked up by
+/// binary search.
+pub const CODES: [(u16, &str); 72] = [
+    (100, "100"),
+    (180, "180"),
+    (181, "181"),
+    (182, "182"),
+    (183, "183"),
+    (199, "199"),
+    (200, "200"),
+    (202, "202"),
+    (204, "204"),
+    (300, "300"),
+    (301, "301"),
+    (302, "302"),
+    (305, "305"),
+    (380, "380"),
+    (400, "400"),
+    (401, "401"),
+    (402, "402"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (406, "406"),
+    (407, "407"),
+    (408, "408"),
+    (410, "410"),
+    (412, "412"),
+    (413, "413"),
+    (414, "414"),
+    (415, "415"),
+    (416, "416"),
+    (417, "417"),
+    (420, "420"),
+    (421, "421"),
+    (422, "422"),
+    (423, "423"),
+    (424, "424"),
+    (428, "428"),
+    (429, "429"),
+    (430, "430"),
+    (433, "433"),
+    (436, "436"),
+    (437, "437"),
+    (438, "438"),
+    (439, "439"),
+    (440, "440"),
+    (469, "469"),
+    (470, "470"),
+    (480, "480"),
+    (481, "481"),
+    (482, "482"),
+    (483, "483"),
+    (484, "484"),
+    (485, "485"),
+    (486, "486"),
+    (487, "487"),
+    (488, "488"),
+    (489, "489"),
+    (491, "491"),
+    (493, "493"),
+    (494, "494"),
+    (500, "500"),
+    (501, "501"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+    (505, "505"),
+    (513, "513"),
+    (580, "580"),
+    (600, "600"),
+    (603, "603"),
+    (604, "604"),
+    (606, "606"),
+    (607, "607"),
+];
 
 /// The methods with their own label value; everything else is `other` so a peer cannot
 /// grow the label set. The index into this table is the hot-path handle.
@@ -56,6 +137,30 @@ pub fn method_label(m: &str) -> &'static str {
     METHODS[method_index(m)]
 }
 
+/// The slot of a code in the per-code handles: its index in [`CODES`], or after them one
+/// slot per class for the codes without their own label.
+fn code_slot(code: u16) -> usize {
+    match CODES.binary_search_by_key(&code, |(c, _)| *c) {
+        Ok(i) => i,
+        Err(_) => CODES.len() + class_index(code),
+    }
+}
+
+fn class_index(code: u16) -> usize {
+    match code / 100 {
+        c @ 1..=5 => usize::from(c) - 1,
+        _ => 5,
+    }
+}
+
+/// The label of a status code: itself when listed in [`CODES`], else its class.
+pub fn code_label(code: u16) -> &'static str {
+    match CODES.binary_search_by_key(&code, |(c, _)| *c) {
+        Ok(i) => CODES[i].1,
+        Err(_) => class_label(code),
+    }
+}
+
 /// Map a status code to its class label.
 pub fn class_label(code: u16) -> &'static str {
     match code / 100 {
@@ -74,8 +179,8 @@ pub struct EdgeMetrics {
     /// Requests received (new transactions and ACKs), by method.
     pub requests: Family<MethodLabel, Counter>,
     /// Final and provisional responses this edge sent upstream (generated or relayed),
-    /// by class.
-    pub responses: Family<ClassLabel, Counter>,
+    /// by code and class.
+    pub responses: Family<ResponseLabel, Counter>,
     /// Live transactions.
     pub transactions: Family<KindLabel, Gauge>,
     /// Live registrations (bindings) in the location store.
@@ -90,6 +195,8 @@ pub struct EdgeMetrics {
     pub media_anchored: Counter,
     /// Relay calls that failed (the call got 503 or passed untouched, by configuration).
     pub media_failures: Counter,
+    /// Media relays that answered the last poll.
+    pub media_relays_up: Gauge,
     /// Requests that parsed but failed validation (answered 4xx/5xx statelessly), by kind.
     pub invalid_requests: Family<ReasonLabel, Counter>,
     /// Responses from downstream dropped as unroutable (no Via left below ours).
@@ -103,13 +210,26 @@ pub struct EdgeMetrics {
 /// label set, which showed up at several percent of a REGISTER's CPU. Handles share
 /// their value with the family, so the exposition is unchanged; they are created on
 /// first use so unused methods do not add empty series.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Hot {
     requests: [OnceLock<Counter>; METHODS.len()],
     durations: [OnceLock<Histogram>; METHODS.len()],
-    responses: [OnceLock<Counter>; 6],
+    responses: [OnceLock<Counter>; CODES.len() + 6],
     txn_server: OnceLock<Gauge>,
     txn_client: OnceLock<Gauge>,
+}
+
+impl Default for Hot {
+    fn default() -> Self {
+        Hot {
+            requests: Default::default(),
+            durations: Default::default(),
+            // `Default` stops at 32-element arrays.
+            responses: std::array::from_fn(|_| OnceLock::new()),
+            txn_server: OnceLock::new(),
+            txn_client: OnceLock::new(),
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +251,7 @@ impl Default for EdgeMetrics {
             store_unavailable: Counter::default(),
             media_anchored: Counter::default(),
             media_failures: Counter::default(),
+            media_relays_up: Gauge::default(),
             bad_responses: Counter::default(),
             invalid_requests: Family::default(),
             transport: TransportMetrics::default(),
@@ -154,15 +275,17 @@ impl EdgeMetrics {
 
     /// Count a response sent upstream.
     pub fn count_response(&self, code: u16) {
-        let class = class_label(code);
-        // The same bucketing as `class_label` (anything outside 1xx-5xx is 6xx), so a slot
-        // is only ever bound to its own label.
-        let i = match code / 100 {
-            c @ 1..=5 => usize::from(c) - 1,
-            _ => 5,
-        };
-        self.hot.responses[i]
-            .get_or_init(|| self.responses.get_or_create(&ClassLabel { class }).clone())
+        // A slot is only ever bound to its own label: listed codes have one each, the
+        // others share their class's (the same bucketing as `code_label`).
+        self.hot.responses[code_slot(code)]
+            .get_or_init(|| {
+                self.responses
+                    .get_or_create(&ResponseLabel {
+                        class: class_label(code),
+                        code: code_label(code),
+                    })
+                    .clone()
+            })
             .inc();
     }
 
@@ -209,7 +332,7 @@ impl EdgeMetrics {
         );
         r.register(
             "sip_responses",
-            "SIP responses sent upstream, by class",
+            "SIP responses sent upstream, by code (listed codes; others by class) and class",
             self.responses.clone(),
         );
         r.register(
@@ -243,6 +366,11 @@ impl EdgeMetrics {
             self.media_failures.clone(),
         );
         r.register(
+            "media_relays_up",
+            "Media relays that answered the last load poll",
+            self.media_relays_up.clone(),
+        );
+        r.register(
             "sip_store_unavailable",
             "Requests answered 503 because a store was unavailable",
             self.store_unavailable.clone(),
@@ -264,3 +392,38 @@ impl EdgeMetrics {
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub use telemetry::serve;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_sorted_and_label_themselves() {
+        assert!(CODES.windows(2).all(|w| w[0].0 < w[1].0));
+        for (c, l) in CODES {
+            assert_eq!(l, c.to_string());
+            assert_eq!(code_label(c), l);
+        }
+        assert_eq!(code_label(499), "4xx");
+        assert_eq!(code_label(299), "2xx");
+        assert_eq!(code_label(999), "6xx");
+    }
+
+    #[test]
+    fn responses_are_counted_by_code() {
+        let m = EdgeMetrics::default();
+        for code in [200, 200, 404, 499, 401] {
+            m.count_response(code);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for line in [
+            "sipcluster_sip_responses_total{class=\"2xx\",code=\"200\"} 2",
+            "sipcluster_sip_responses_total{class=\"4xx\",code=\"404\"} 1",
+            "sipcluster_sip_responses_total{class=\"4xx\",code=\"4xx\"} 1",
+            "sipcluster_sip_responses_total{class=\"4xx\",code=\"401\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}

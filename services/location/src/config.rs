@@ -31,6 +31,12 @@ pub struct LocationConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Seconds granted to in-flight calls on SIGTERM.
     pub drain_secs: u64,
+    /// Serve only the administrative calls (users, registrations, counts: what
+    /// `sipcluster users` and `sipcluster registrations` use). The edges' calls
+    /// (Register, GetCredentials, dialog records) answer PERMISSION_DENIED, so the API
+    /// hands out no HA1 and takes no binding. The all-in-one serves its API this way (its
+    /// edge uses the store in process).
+    pub admin_only: bool,
 }
 
 /// Which store, and how to reach it.
@@ -76,6 +82,7 @@ impl Default for LocationConfig {
             stats_interval_secs: 15,
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9091))),
             drain_secs: 5,
+            admin_only: false,
         }
     }
 }

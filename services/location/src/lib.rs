@@ -257,7 +257,8 @@ async fn start_serving(
             }
         }));
     }
-    let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone());
+    let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone())
+        .admin_only(cfg.admin_only);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on each
     // accepted connection, or Nagle + delayed ACK adds ~40 ms to every reply that does not
@@ -289,7 +290,7 @@ async fn start_serving(
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
-    tracing::info!(%addr, metrics = ?metrics_addr, backend = ?backend, "location service started");
+    tracing::info!(%addr, backend = %backend.summary(), "location service started");
     Ok(LocationHandle {
         addr,
         metrics: metrics_addr,

@@ -29,12 +29,35 @@ pub fn unix_now() -> u64 {
 pub struct LocationService {
     backend: Arc<dyn Backend>,
     dialogs: DialogConfig,
+    /// Refuse the edges' calls (see `LocationConfig::admin_only`).
+    admin_only: bool,
 }
 
 impl LocationService {
     /// Serve `backend`.
     pub fn new(backend: Arc<dyn Backend>, dialogs: DialogConfig) -> LocationService {
-        LocationService { backend, dialogs }
+        LocationService {
+            backend,
+            dialogs,
+            admin_only: false,
+        }
+    }
+
+    /// Serve only the administrative calls.
+    #[must_use]
+    pub fn admin_only(mut self, on: bool) -> LocationService {
+        self.admin_only = on;
+        self
+    }
+
+    /// PERMISSION_DENIED for an edge's call on an admin-only API.
+    fn edges_only(&self, method: &str) -> Result<(), Status> {
+        if self.admin_only {
+            return Err(Status::permission_denied(format!(
+                "{method} is for edges; this API serves only administrative calls"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +182,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        self.edges_only("Register")?;
         observed(
             "Register",
             self.register_one(request.into_inner(), unix_now()),
@@ -170,6 +194,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RegisterBatchRequest>,
     ) -> Result<Response<pb::RegisterBatchReply>, Status> {
+        self.edges_only("RegisterBatch")?;
         // Each item gets most of the caller's deadline on its own, so that one slow item
         // (a hot AOR contended by other replicas) fails alone instead of holding up the
         // whole batch's reply until every caller in it has given up.
@@ -259,6 +284,37 @@ impl pb::location_server::Location for LocationService {
         .await
     }
 
+    async fn list_bindings(
+        &self,
+        request: Request<pb::ListBindingsRequest>,
+    ) -> Result<Response<pb::ListBindingsReply>, Status> {
+        observed("ListBindings", async {
+            let r = request.into_inner();
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            };
+            let now = unix_now();
+            let (page, next) = self
+                .backend
+                .list(&r.page_token, limit, now)
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::ListBindingsReply {
+                aors: page
+                    .into_iter()
+                    .map(|(aor, b)| pb::AorBindings {
+                        aor: aor.as_str().to_owned(),
+                        bindings: b.iter().map(convert::binding_to).collect(),
+                    })
+                    .collect(),
+                next_page_token: next,
+                now,
+            })
+        })
+        .await
+    }
+
     type WatchBindingsStream = EventStream;
 
     async fn watch_bindings(
@@ -324,6 +380,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::GetCredentialsRequest>,
     ) -> Result<Response<pb::GetCredentialsReply>, Status> {
+        self.edges_only("GetCredentials")?;
         observed("GetCredentials", async {
             let r = request.get_ref();
             need("username", &r.username)?;
@@ -404,6 +461,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::PutDialogRequest>,
     ) -> Result<Response<pb::PutDialogReply>, Status> {
+        self.edges_only("PutDialog")?;
         observed("PutDialog", async {
             let r = request.into_inner();
             let d = r
@@ -432,6 +490,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::EndDialogRequest>,
     ) -> Result<Response<pb::EndDialogReply>, Status> {
+        self.edges_only("EndDialog")?;
         observed("EndDialog", async {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
@@ -466,6 +525,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::GetDialogRequest>,
     ) -> Result<Response<pb::GetDialogReply>, Status> {
+        self.edges_only("GetDialog")?;
         observed("GetDialog", async {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;

@@ -39,7 +39,8 @@ pub struct MediaRelayConfig {
     pub max_duration_secs: u64,
     /// Sessions at most (over all workers).
     pub max_sessions: usize,
-    /// Milliseconds a latched source must be silent before another may replace it.
+    /// Milliseconds a latched source must be silent before any other may replace it (a
+    /// source matching the party's signalled address better replaces it at once).
     pub relatch_after_ms: u64,
     /// Forwarding threads; each owns a slice of the port range and its sessions.
     pub workers: usize,

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use media_core::{EndReason, Event, Family, Load, MediaError, MediaSpec, SessionInfo};
+use media_core::{EndReason, Event, Family, Load, MediaError, MediaSpec, SessionInfo, SideStats};
 use sipcluster_proto::media::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::config::MediaRelayConfig;
 use crate::forward::{self, Shard, ShardState};
-use crate::metrics::{CallLabel, Metrics, PortLabel, ReasonLabel};
+use crate::metrics::{CallLabel, Metrics, PortLabel, ReasonLabel, SideLabel};
 
 /// The relay: its workers' shards and what the control plane needs.
 #[derive(Debug)]
@@ -108,15 +108,58 @@ impl Relay {
         total
     }
 
-    /// Report ended sessions and close their sockets.
+    /// Report ended sessions and hijack attempts, and close the ended sessions' sockets.
     fn settle(&self, shard: &Shard, st: &mut ShardState) {
-        for Event::Ended { reason, info } in st.engine.take_events() {
-            self.ended(reason, &info);
+        self.settle_except(shard, st, None);
+    }
+
+    /// [`Relay::settle`], knowing that the call `unanswered` (deleted without the other
+    /// party's tag: the edge's CANCEL or failure path) was never answered: its silence
+    /// is no fault of the media.
+    fn settle_except(&self, shard: &Shard, st: &mut ShardState, unanswered: Option<&str>) {
+        for ev in st.engine.take_events() {
+            match ev {
+                Event::Ended { reason, info } => {
+                    let answered = unanswered != Some(info.call_id.as_str());
+                    self.ended(reason, &info, answered);
+                }
+                Event::ForeignSource {
+                    call_id,
+                    tag,
+                    media,
+                    source,
+                    latched,
+                    holds_latch,
+                } => {
+                    self.metrics.foreign_sources.inc();
+                    let latched = latched.map_or_else(|| "none".to_owned(), |a| a.to_string());
+                    if holds_latch {
+                        tracing::warn!(
+                            %call_id,
+                            %tag,
+                            media,
+                            %source,
+                            "foreign media source took a silent party's port (it gets the \
+                             other party's media until the party sends again)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            %call_id,
+                            %tag,
+                            media,
+                            %source,
+                            %latched,
+                            "foreign media source (dropped, or displaced by the party's \
+                             signalled address)"
+                        );
+                    }
+                }
+            }
         }
         shard.close_released(st);
     }
 
-    fn ended(&self, reason: EndReason, info: &SessionInfo) {
+    fn ended(&self, reason: EndReason, info: &SessionInfo, answered: bool) {
         self.metrics
             .sessions_ended
             .get_or_create(&ReasonLabel {
@@ -131,17 +174,60 @@ impl Relay {
                 self.metrics.jitter_ms.observe(side.jitter_ms);
             }
         }
-        let packets: u64 = info.sides.iter().map(|s| s.packets).sum();
-        let lost: u64 = info.sides.iter().map(|s| s.lost).sum();
-        tracing::info!(
-            call_id = %info.call_id,
-            from_tag = %info.from_tag,
-            reason = reason.as_str(),
-            duration_ms = info.age.as_millis() as u64,
-            packets,
-            lost,
-            "media session ended"
-        );
+        let sum = |f: fn(&SideStats) -> u64| info.sides.iter().map(f).sum::<u64>();
+        let packets = sum(|s| s.packets);
+        let lost = sum(|s| s.lost);
+        let foreign_packets = sum(|s| s.foreign_packets);
+        let relatches = sum(|s| s.relatches);
+        // Per direction, over every media section: the offerer is the party whose SDP
+        // created the session, the answerers every branch. A total and `lost=0` alone
+        // look fine for a call that carried audio one way only, or none: packets that
+        // never came, or that were dropped for their source, are not sequence loss.
+        let offerer_packets: u64 = info
+            .sides
+            .iter()
+            .filter(|s| s.tag == info.from_tag)
+            .map(|s| s.packets)
+            .sum();
+        let answerer_packets = packets - offerer_packets;
+        let silent = silent_side(info, offerer_packets, answerer_packets).filter(|_| answered);
+        if let Some(side) = silent {
+            self.metrics
+                .sessions_without_media
+                .get_or_create(&SideLabel { side })
+                .inc();
+        }
+        macro_rules! log_end {
+            ($level:ident, $msg:literal) => {
+                tracing::$level!(
+                    call_id = %info.call_id,
+                    from_tag = %info.from_tag,
+                    to_tags = %info.to_tags.join(","),
+                    reason = reason.as_str(),
+                    duration_ms = info.age.as_millis() as u64,
+                    packets,
+                    offerer_packets,
+                    answerer_packets,
+                    lost,
+                    foreign_packets,
+                    relatches,
+                    silent = silent.unwrap_or("none"),
+                    $msg
+                )
+            };
+        }
+        match silent {
+            Some("both") => log_end!(warn, "media session ended without media"),
+            Some(_) => log_end!(warn, "media session ended without media in one direction"),
+            // A stranger that held a NAT'd party's latch is indistinguishable from the
+            // party by its packets (they count as the party's); the phone's dropped ones
+            // are the trace it leaves, so a call with drops is not ended quietly.
+            None if foreign_packets > 0 => log_end!(
+                warn,
+                "media session ended with packets from foreign sources dropped"
+            ),
+            None => log_end!(info, "media session ended"),
+        }
     }
 
     /// End idle and over-long sessions, refresh the gauges and the packet rate.
@@ -313,7 +399,10 @@ impl Relay {
             let mut st = s.lock();
             match st.engine.delete(&r.call_id, &r.tag, other, now) {
                 Ok(info) => {
-                    self.settle(s, &mut st);
+                    // The edge names the other party only when it ends an established
+                    // call (BYE); a CANCEL or failure deletes by the caller's tag alone.
+                    let unanswered = other.is_none().then_some(r.call_id.as_str());
+                    self.settle_except(s, &mut st, unanswered);
                     return Ok(info);
                 }
                 Err(MediaError::NotFound) => continue,
@@ -347,6 +436,21 @@ impl Relay {
     }
 }
 
+/// Which side of an answered session sent nothing the relay took for its own:
+/// `offerer`, `answerer` (every branch together) or `both`. `None` when both sent, or when
+/// nobody answered (a failed or cancelled call has no media to miss).
+fn silent_side(info: &SessionInfo, offerer: u64, answerer: u64) -> Option<&'static str> {
+    if info.to_tags.is_empty() {
+        return None;
+    }
+    match (offerer, answerer) {
+        (0, 0) => Some("both"),
+        (0, _) => Some("offerer"),
+        (_, 0) => Some("answerer"),
+        _ => None,
+    }
+}
+
 fn to_pb(info: &SessionInfo) -> pb::SessionStats {
     pb::SessionStats {
         call_id: info.call_id.clone(),
@@ -372,6 +476,8 @@ fn to_pb(info: &SessionInfo) -> pb::SessionStats {
                 reported_lost: s.reported_lost,
                 reported_jitter_ms: s.reported_jitter_ms,
                 local_port: s.local_port.map_or(0, u32::from),
+                foreign_packets: s.foreign_packets,
+                relatches: s.relatches,
             })
             .collect(),
     }

@@ -185,13 +185,14 @@ pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelay
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
+    let shown =
+        |a: Option<std::net::IpAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
     tracing::info!(
         %control,
-        metrics = ?metrics_addr,
         ports = %format!("{}-{}", cfg.port_min, cfg.port_max),
         workers = cfg.workers,
-        advertise_v4 = ?cfg.advertised(false),
-        advertise_v6 = ?cfg.advertised(true),
+        advertise_v4 = %shown(cfg.advertised(false)),
+        advertise_v6 = %shown(cfg.advertised(true)),
         "media relay started"
     );
     Ok(MediaRelayHandle {

@@ -21,6 +21,14 @@ pub struct PortLabel {
     pub state: &'static str,
 }
 
+/// Labels: the side of a session that sent no media.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabel {
+    /// `offerer` (the party whose SDP created the session), `answerer` (every branch
+    /// together) or `both`.
+    pub side: &'static str,
+}
+
 /// Every metric of the relay.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -30,6 +38,12 @@ pub struct Metrics {
     pub sessions_started: Counter,
     /// Sessions ended, by reason (`deleted`, `idle`, `max_duration`).
     pub sessions_ended: Family<ReasonLabel, Counter>,
+    /// Answered sessions that ended with no media from one side, or both, by side.
+    pub sessions_without_media: Family<SideLabel, Counter>,
+    /// Hijack attempts: a source other than a party's sent to its relay port while its
+    /// latched source was active, or was displaced by its signalled address (at most one
+    /// per party and media section; the packets are in `dropped{reason="wrong_source"}`).
+    pub foreign_sources: Counter,
     /// Datagrams forwarded, by kind.
     pub packets: Family<KindLabel, Counter>,
     /// Bytes forwarded.
@@ -54,6 +68,8 @@ impl Default for Metrics {
             sessions: Gauge::default(),
             sessions_started: Counter::default(),
             sessions_ended: Family::default(),
+            sessions_without_media: Family::default(),
+            foreign_sources: Counter::default(),
             packets: Family::default(),
             bytes: Counter::default(),
             dropped: Family::default(),
@@ -80,6 +96,16 @@ impl Metrics {
             "sessions_ended",
             "Sessions ended, by reason",
             self.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_without_media",
+            "Answered sessions that ended with no media from one side (offerer, answerer) or both",
+            self.sessions_without_media.clone(),
+        );
+        r.register(
+            "foreign_sources",
+            "Foreign sources sending to a party's relay port (hijack attempts), once per party and media section",
+            self.foreign_sources.clone(),
         );
         r.register(
             "packets",

@@ -342,9 +342,64 @@ async fn conformance(b: Arc<dyn Backend>) {
     assert_eq!(b.get_dialog(&key).await.unwrap(), None, "TTL elapsed");
 }
 
+/// `list` pages through every AOR with live bindings exactly as stored, a bounded page
+/// at a time (what `sipcluster registrations list` shows).
+async fn listing(b: Arc<dyn Backend>) {
+    ready(&*b).await;
+    let now = location::server::unix_now();
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..25 {
+        let aor = format!("sip:lister{i:02}@list.example");
+        let contacts: Vec<String> = (0..1 + i % 3)
+            .map(|c| format!("sip:lister{i}@192.0.2.{}:{}", 1 + c, 5060 + i))
+            .collect();
+        let spec: Vec<(&str, Option<u32>, Option<u16>)> = contacts
+            .iter()
+            .map(|c| (c.as_str(), Some(600), None))
+            .collect();
+        b.register(req(&aor, &format!("l{i}"), 1, &spec), now)
+            .await
+            .unwrap()
+            .unwrap();
+        want.insert(aor, contacts.len());
+    }
+    let mut got = std::collections::BTreeMap::new();
+    let (mut token, mut pages) = (String::new(), 0);
+    loop {
+        let (page, next) = b.list(&token, 7, now).await.expect("list");
+        pages += 1;
+        assert!(pages < 100, "paging does not end");
+        for (aor, bindings) in page {
+            assert!(bindings.iter().all(|x| x.is_live(now)));
+            if aor.as_str().ends_with("@list.example") {
+                got.insert(aor.as_str().to_owned(), bindings.len());
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(got, want, "every AOR once, with all its bindings");
+    assert!(pages >= 2, "25 AORs in pages of about 7: {pages} pages");
+    // Lapsed bindings are not listed.
+    let later = now + 601;
+    let (page, _) = b.list("", 1000, later).await.expect("list");
+    assert!(
+        page.iter()
+            .all(|(a, _)| !a.as_str().ends_with("@list.example")),
+        "expired AORs listed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conformance() {
     conformance(Arc::new(MemoryBackend::new(
+        policy(),
+        sip_auth::MemoryStore::new(),
+    )))
+    .await;
+    listing(Arc::new(MemoryBackend::new(
         policy(),
         sip_auth::MemoryStore::new(),
     )))
@@ -356,6 +411,7 @@ async fn redis_backend_conformance() {
     let dir = workdir("conformance_redis");
     let r = Redis::standalone(&dir);
     conformance(redis_backend(&r, "conformance_redis", policy())).await;
+    listing(redis_backend(&r, "listing_redis", policy())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,6 +419,7 @@ async fn redis_cluster_backend_conformance() {
     let dir = workdir("conformance_cluster");
     let r = Redis::cluster(&dir);
     conformance(redis_backend(&r, "conformance_cluster", policy())).await;
+    listing(redis_backend(&r, "listing_cluster", policy())).await;
 }
 
 /// Two location services on one Redis, each with its own client (as two edges would

@@ -628,8 +628,23 @@ fn busy_and_cancelled_calls_free_their_relay_sessions() {
 fn a_call_gets_503_when_no_relay_answers() {
     let dir = workdir("media_relay_down");
     // A relay URL where nothing listens.
-    let dead = format!("http://{}", common::free_addr());
-    let sip = Server::start(&dir, &["--media-relay", &dead]);
+    let control = common::free_addr();
+    let dead = format!("http://{control}");
+    let sip = Server::start_unready(&dir, &["--media-relay", &dead]);
+    // Calls would all fail: the all-in-one says it is not ready, and why.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let readyz = loop {
+        let r = common::http_get(sip.metrics, "/readyz").expect("readyz answers");
+        if r.0 == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (readyz.0, readyz.1.trim()),
+        (503, "not ready: no media relay answers"),
+        "readiness with no relay"
+    );
     let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
         .calls(1)
         .timeout(10);
@@ -651,6 +666,21 @@ fn a_call_gets_503_when_no_relay_answers() {
         t0.elapsed()
     );
     assert!(sip.metric("sipcluster_media_relay_failures_total") >= 1.0);
+    assert_eq!(
+        common::http_get(sip.metrics, "/readyz").map(|r| r.0),
+        Some(503),
+        "still not ready"
+    );
+    // A relay comes up at that address: ready within a poll or two.
+    let _relay = Server::media_relay_at(&dir, "relay", control, "43800-43899", &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::http_get(sip.metrics, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready after the relay came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// uac_call.xml turned into a late offer: INVITEs without SDP, the answer in the ACK.
@@ -817,4 +847,238 @@ fn reinvite_through_the_edge_keeps_the_same_relay_session_and_ports() {
         assert!(Instant::now() < deadline, "BYE did not end the session");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The SSRCs of every datagram `sock` receives until it has been quiet for its read
+/// timeout.
+fn ssrcs_heard(sock: &UdpSocket) -> Vec<u32> {
+    let mut buf = [0u8; 2048];
+    let mut out = Vec::new();
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        if let Some(b) = buf[..n].get(8..12) {
+            out.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        }
+    }
+    out
+}
+
+fn count(heard: &[u32], ssrc: u32) -> usize {
+    heard.iter().filter(|s| **s == ssrc).count()
+}
+
+/// The relay's log lines (without colours) that contain every one of `parts`, waiting a
+/// little for the log to be written.
+fn log_lines(relay: &Server, parts: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let found: Vec<String> = relay
+            .log()
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect();
+        if !found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_foreign_sender_that_starts_first_cannot_take_the_call() {
+    let dir = workdir("media_relay_foreign_source");
+    let relay = Server::media_relay(&dir, "relay", "43600-43699", &[]);
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    let (alice, bob, stranger) = (phone(), phone(), phone());
+    for s in [&alice, &bob, &stranger] {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+    }
+    // Alice and Bob signal the addresses they send from. (On loopback the stranger shares
+    // their IP, so it scores as "same host", still below their exact addresses.)
+    let (to_bob, to_alice) = offer_answer(&rt, &mut c, "hijack", &alice, &bob);
+    let (alice_to, bob_to) = (ports(&to_alice), ports(&to_bob));
+    const ALICE: u32 = 0xaaaa;
+    const BOB: u32 = 0xbbbb;
+    const STRANGER: u32 = 0x5555;
+
+    // The stranger finds both relay ports before either phone says a word: with nothing
+    // latched it is taken for each of them (its first packet reaches Bob's signalled
+    // address, the others come back to itself). The old rule (first source wins) then
+    // dropped both phones' packets for the whole call.
+    for seq in 0..5 {
+        stranger
+            .send_to(&rtp(seq, STRANGER), alice_to)
+            .expect("stranger");
+        // Apart, so that the relay takes them in this order (two sockets read in one
+        // wake-up may come in either): the counts below depend on it.
+        std::thread::sleep(Duration::from_millis(5));
+        stranger
+            .send_to(&rtp(seq, STRANGER), bob_to)
+            .expect("stranger");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Bob speaks first: his port is his at once. His first packet still goes where
+    // Alice's port is latched, to the stranger, until Alice speaks and takes hers back.
+    bob.send_to(&rtp(0, BOB), bob_to).expect("bob");
+    std::thread::sleep(Duration::from_millis(20));
+    alice.send_to(&rtp(0, ALICE), alice_to).expect("alice");
+    // Then both talk while the stranger keeps sending to both ports.
+    for seq in 1..=50 {
+        alice.send_to(&rtp(seq, ALICE), alice_to).expect("alice");
+        bob.send_to(&rtp(seq, BOB), bob_to).expect("bob");
+        stranger
+            .send_to(&rtp(100 + seq, STRANGER), alice_to)
+            .expect("stranger");
+        stranger
+            .send_to(&rtp(100 + seq, STRANGER), bob_to)
+            .expect("stranger");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (heard_alice, heard_bob, heard_stranger) = (
+        ssrcs_heard(&alice),
+        ssrcs_heard(&bob),
+        ssrcs_heard(&stranger),
+    );
+    assert_eq!(
+        (count(&heard_alice, BOB), count(&heard_alice, STRANGER)),
+        (50, 0),
+        "alice hears all of bob after her first packet, never the stranger"
+    );
+    assert_eq!(
+        (count(&heard_bob, ALICE), count(&heard_bob, STRANGER)),
+        (51, 1),
+        "bob hears all of alice; the stranger only before anyone spoke"
+    );
+    assert_eq!(
+        (
+            count(&heard_stranger, ALICE),
+            count(&heard_stranger, BOB),
+            count(&heard_stranger, STRANGER)
+        ),
+        (0, 1, 9),
+        "the stranger hears nothing once both phones spoke"
+    );
+
+    let ended = rt
+        .block_on(c.delete(session_ref("hijack", "a", "b")))
+        .expect("delete")
+        .into_inner();
+    for (tag, packets) in [("a", 5 + 51), ("b", 5 + 51)] {
+        let s = side(&ended, tag);
+        // The stranger's 5 packets before anyone spoke count as the party's: latching
+        // cannot tell them apart then.
+        assert_eq!(
+            (s.packets, s.foreign_packets, s.relatches),
+            (packets, 50, 1),
+            "{s:?}"
+        );
+    }
+    assert_eq!(
+        side(&ended, "a").source,
+        alice.local_addr().expect("a").to_string()
+    );
+    assert_eq!(
+        side(&ended, "b").source,
+        bob.local_addr().expect("b").to_string()
+    );
+    let stranger_at = format!("source={}", stranger.local_addr().expect("s"));
+    for tag in ["tag=a ", "tag=b "] {
+        let warned = log_lines(&relay, &["WARN", "foreign media source", "hijack", tag]);
+        assert!(
+            warned.len() == 1 && warned[0].contains(&stranger_at),
+            "one warning per party: {warned:?}\n{}",
+            relay.log()
+        );
+    }
+    let end = log_lines(
+        &relay,
+        &[
+            "WARN",
+            "media session ended with packets from foreign sources dropped",
+            "call_id=hijack",
+        ],
+    );
+    assert!(
+        end.len() == 1
+            && end[0].contains("offerer_packets=56 ")
+            && end[0].contains("answerer_packets=56 ")
+            && end[0].contains("foreign_packets=100 "),
+        "{end:?}"
+    );
+    assert_eq!(relay.metric("sipcluster_media_foreign_sources_total"), 2.0);
+    assert!(
+        relay.metric("sipcluster_media_dropped_total{reason=\"wrong_source\"}") >= 100.0,
+        "{}",
+        relay.scrape()
+    );
+
+    // One-way audio: Bob never sends. The end is a warning naming the silent side, and
+    // the statistics show 0 packets from him.
+    let (carol, dave) = (phone(), phone());
+    let (_, to_carol) = offer_answer(&rt, &mut c, "one-way", &carol, &dave);
+    for seq in 0..20 {
+        carol
+            .send_to(&rtp(seq, ALICE), ports(&to_carol))
+            .expect("carol");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(count(&ssrcs_heard(&dave), ALICE), 20);
+    let ended = rt
+        .block_on(c.delete(session_ref("one-way", "a", "b")))
+        .expect("delete")
+        .into_inner();
+    assert_eq!(side(&ended, "a").packets, 20);
+    assert_eq!(
+        (side(&ended, "b").packets, side(&ended, "b").source.as_str()),
+        (0, "")
+    );
+    let warned = log_lines(
+        &relay,
+        &[
+            "WARN",
+            "media session ended without media in one direction",
+            "call_id=one-way",
+        ],
+    );
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("silent=\"answerer\"")
+            && warned[0].contains("offerer_packets=20 ")
+            && warned[0].contains("answerer_packets=0 "),
+        "{warned:?}\n{}",
+        relay.log()
+    );
+    assert_eq!(
+        relay.metric("sipcluster_media_sessions_without_media_total{side=\"answerer\"}"),
+        1.0
+    );
+    assert!(
+        log_lines(&relay, &["without media", "call_id=hijack"]).is_empty(),
+        "the hijacked call carried audio both ways in the end"
+    );
+
+    // A call with early media that is cancelled: the edge deletes it by the caller's tag
+    // alone. Nobody answered, so a silent callee is no media fault.
+    let (erin, frank) = (phone(), phone());
+    let (_, to_erin) = offer_answer(&rt, &mut c, "cancelled", &erin, &frank);
+    for seq in 0..5 {
+        erin.send_to(&rtp(seq, ALICE), ports(&to_erin))
+            .expect("erin");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    rt.block_on(c.delete(session_ref("cancelled", "a", "")))
+        .expect("delete");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        log_lines(&relay, &["without media", "call_id=cancelled"]).is_empty(),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        relay.metric("sipcluster_media_sessions_without_media_total{side=\"answerer\"}"),
+        1.0,
+        "only the one-way call counts"
+    );
 }

@@ -466,7 +466,7 @@ fn overload_is_shed_with_503_and_retry_after() {
     let rejected = v("sipcluster_sip_overload_rejections_total")
         + v("sipcluster_dispatcher_sip_overload_rejections_total{side=\"public\"}");
     let probes = v("sipcluster_sip_requests_total{method=\"OPTIONS\"}");
-    let ok_sent = v("sipcluster_sip_responses_total{class=\"2xx\"}");
+    let ok_sent = v("sipcluster_sip_responses_total{class=\"2xx\",code=\"200\"}");
     assert_eq!(received, N as f64, "server received");
     assert_eq!(sent, N as f64, "one response per request");
     // A probe may be between its request and its 200 at the scrape.

@@ -316,6 +316,23 @@ impl SipMessage {
         single_addr(self, HeaderName::To, "To")
     }
 
+    /// The user part of the From URI (the caller), when it is a SIP URI with one, as
+    /// written (not unescaped).
+    pub fn from_user(&self) -> Option<&str> {
+        match self.from_header().ok()?.parsed_uri().ok()? {
+            crate::Uri::Sip(u) => u.user,
+            _ => None,
+        }
+    }
+
+    /// The user part of the To URI (a REGISTER's address-of-record), as written.
+    pub fn to_user(&self) -> Option<&str> {
+        match self.to_header().ok()?.parsed_uri().ok()? {
+            crate::Uri::Sip(u) => u.user,
+            _ => None,
+        }
+    }
+
     /// The From tag, without parsing more than needed.
     pub fn from_tag(&self) -> Result<Option<&str>, Error> {
         Ok(self.from_header()?.tag())

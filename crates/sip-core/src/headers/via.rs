@@ -253,6 +253,22 @@ impl<'a> Via<'a> {
         self.received.and_then(parse_received)
     }
 
+    /// Where this hop's request was seen from, so where its responses go (RFC 3261
+    /// §18.2.2, RFC 3581 §4): `received` (else the sent-by IP) and `rport` (else the
+    /// sent-by port, else 5061 for TLS and 5060 otherwise). `None` when the sent-by is a
+    /// name and no `received` was recorded.
+    pub fn response_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip = self.received_ip().or_else(|| self.sent_by.host.ip())?;
+        let port = match self.rport {
+            Some(Some(p)) => p,
+            _ => self.sent_by.port.unwrap_or(match self.transport {
+                Transport::Tls => 5061,
+                _ => 5060,
+            }),
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
     /// True when the branch carries the RFC 3261 magic cookie, i.e. it identifies the
     /// transaction on its own (§17.2.3). A bare `z9hG4bK` does not count.
     pub fn is_rfc3261_branch(&self) -> bool {

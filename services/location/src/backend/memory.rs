@@ -16,7 +16,8 @@ use sip_registrar::{
 use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, merge_dialog, removal_event,
+    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, event, merge_dialog,
+    removal_event,
 };
 
 /// Everything in this process's memory.
@@ -108,6 +109,21 @@ impl Backend for MemoryBackend {
             self.publish(removal_event(aor, &left, removed, now));
         }
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn list(&self, page_token: &str, limit: usize, now: u64) -> Result<Page, BackendError> {
+        // The token is the last AOR of the previous page: AOR order is stable.
+        let after = (!page_token.is_empty()).then_some(page_token);
+        let (page, more) = self.bindings.page(after, limit, now);
+        let next = match (more, page.last()) {
+            (true, Some((aor, _))) => aor.as_str().to_owned(),
+            _ => String::new(),
+        };
+        Ok((page, next))
+    }
+
+    fn summary(&self) -> String {
+        format!("memory ({} users)", lock(&self.users).len())
     }
 
     async fn credentials(

@@ -60,6 +60,10 @@ pub struct DialogEnd {
     pub status: u32,
 }
 
+/// A page of [`Backend::list`]: AORs with their live bindings, and the next page's token
+/// (empty after the last page).
+pub type Page = (Vec<(Aor, Vec<Binding>)>, String);
+
 /// Counts for metrics and admin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -95,6 +99,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Remove one contact (§19.1.4 comparison) or all; returns how many live ones went.
     async fn remove(&self, aor: &Aor, contact: Option<&str>, now: u64)
     -> Result<u32, BackendError>;
+
+    /// A page of the AORs that have live bindings, about `limit` of them, after the
+    /// position `page_token` names (empty: the start). The second value is the token of
+    /// the next page, empty after the last. Bounded work per call: for admin tools.
+    async fn list(&self, page_token: &str, limit: usize, now: u64) -> Result<Page, BackendError>;
+
+    /// What the start line says about the backend: its kind and where it is, never a
+    /// credential.
+    fn summary(&self) -> String;
 
     /// Digest credentials of a user.
     async fn credentials(

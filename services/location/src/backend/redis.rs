@@ -35,7 +35,9 @@ use sip_registrar::{
 };
 use tokio::sync::broadcast;
 
-use super::{Backend, BackendError, Counts, DialogEnd, DialogKey, Events, event, removal_event};
+use super::{
+    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, event, removal_event,
+};
 
 /// Compare-and-set of an AOR's binding set, with the change event published in the same
 /// atomic step (subscribers never see an event for a write that did not happen).
@@ -156,7 +158,15 @@ pub struct RedisBackend {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("urls", &self.opts.urls)
+            .field(
+                "urls",
+                &self
+                    .opts
+                    .urls
+                    .iter()
+                    .map(|u| redacted(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("cluster", &self.opts.cluster)
             .field("prefix", &self.opts.prefix)
             .finish_non_exhaustive()
@@ -438,29 +448,12 @@ impl RedisBackend {
                 .map_err(rerr)?;
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&loc_pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(rerr)?;
-                if !keys.is_empty() {
-                    let mut p = redis::pipe();
-                    for k in &keys {
-                        p.cmd("HGET").arg(k).arg("d");
-                    }
-                    let sets: Vec<Option<Vec<u8>>> = p.query_async(&mut c).await.map_err(rerr)?;
-                    for (k, d) in keys.iter().zip(sets) {
-                        let Some(d) = d else { continue };
-                        let live =
-                            decode_set(k, &d)?.iter().filter(|b| b.is_live(now)).count() as u64;
-                        if live > 0 {
-                            counts.aors += 1;
-                            counts.bindings += live;
-                        }
+                let (next, sets) = scan_sets(&mut c, cursor, &loc_pattern, 1000).await?;
+                for (k, d) in &sets {
+                    let live = decode_set(k, d)?.iter().filter(|b| b.is_live(now)).count() as u64;
+                    if live > 0 {
+                        counts.aors += 1;
+                        counts.bindings += live;
                     }
                 }
                 cursor = next;
@@ -486,6 +479,126 @@ impl RedisBackend {
             }
         }
         Ok(counts)
+    }
+}
+
+impl RedisBackend {
+    /// One page of [`Backend::list`]: SCAN over the location keys of each node in turn
+    /// (every master of a cluster, sorted so that a token means the same on the next
+    /// call), with the binding sets read in one pipeline per SCAN step. The token is
+    /// `node-index:cursor`.
+    async fn scan_page(&self, token: &str, limit: usize, now: u64) -> Result<Page, BackendError> {
+        let mut nodes: Vec<String> = if self.opts.cluster {
+            self.masters().await?
+        } else {
+            vec![self.opts.urls[0].clone()]
+        };
+        nodes.sort();
+        let (mut node, mut cursor) = match token.split_once(':') {
+            None if token.is_empty() => (0usize, 0u64),
+            Some((n, c)) => match (n.parse(), c.parse()) {
+                (Ok(n), Ok(c)) => (n, c),
+                _ => return Err(BackendError::Redis(format!("bad page token {token:?}"))),
+            },
+            None => return Err(BackendError::Redis(format!("bad page token {token:?}"))),
+        };
+        let pattern = format!("{}:loc:*", self.opts.prefix);
+        let key_prefix = format!("{}:loc:{{", self.opts.prefix);
+        let mut out = Vec::new();
+        let mut steps = 0;
+        while node < nodes.len() && out.len() < limit {
+            let client = redis::Client::open(nodes[node].as_str()).map_err(rerr)?;
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(rerr)?;
+            loop {
+                steps += 1;
+                let (next, sets) =
+                    scan_sets(&mut c, cursor, &pattern, limit.clamp(10, 1000)).await?;
+                for (k, d) in &sets {
+                    let Some(name) = k
+                        .strip_prefix(&key_prefix)
+                        .and_then(|r| r.strip_suffix('}'))
+                    else {
+                        continue;
+                    };
+                    let live = live_bindings(&decode_set(k, d)?, now);
+                    if let (false, Ok(aor)) = (live.is_empty(), Aor::parse(name)) {
+                        out.push((aor, live));
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    node += 1;
+                    break;
+                }
+                if out.len() >= limit || steps >= MAX_SCAN_STEPS {
+                    break;
+                }
+            }
+            if steps >= MAX_SCAN_STEPS {
+                break;
+            }
+        }
+        let next = if node < nodes.len() {
+            format!("{node}:{cursor}")
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+}
+
+/// SCAN steps one `list` call takes at most: a keyspace of mostly lapsed or foreign keys
+/// yields a short (even empty) page and a token, never a call that runs past the
+/// client's deadline.
+const MAX_SCAN_STEPS: usize = 64;
+
+/// One SCAN step over `pattern` from `cursor`, with the binding sets of the keys found
+/// read in one pipeline: the next cursor and (key, stored set) of the keys that still
+/// hold one.
+async fn scan_sets(
+    c: &mut redis::aio::MultiplexedConnection,
+    cursor: u64,
+    pattern: &str,
+    count: usize,
+) -> Result<(u64, Vec<(String, Vec<u8>)>), BackendError> {
+    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(c)
+        .await
+        .map_err(rerr)?;
+    if keys.is_empty() {
+        return Ok((next, Vec::new()));
+    }
+    let mut p = redis::pipe();
+    for k in &keys {
+        p.cmd("HGET").arg(k).arg("d");
+    }
+    let sets: Vec<Option<Vec<u8>>> = p.query_async(c).await.map_err(rerr)?;
+    Ok((
+        next,
+        keys.into_iter()
+            .zip(sets)
+            .filter_map(|(k, d)| d.map(|d| (k, d)))
+            .collect(),
+    ))
+}
+
+/// A Redis URL without its password (`redis://user:secret@host` → `redis://user:***@host`).
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -706,6 +819,24 @@ impl Backend for RedisBackend {
         })
     }
 
+    async fn list(&self, page_token: &str, limit: usize, now: u64) -> Result<Page, BackendError> {
+        self.scan_page(page_token, limit, now).await
+    }
+
+    fn summary(&self) -> String {
+        let urls: Vec<String> = self.opts.urls.iter().map(|u| redacted(u)).collect();
+        format!(
+            "{} {} (prefix {:?})",
+            if self.opts.cluster {
+                "redis-cluster"
+            } else {
+                "redis"
+            },
+            urls.join(","),
+            self.opts.prefix
+        )
+    }
+
     async fn remove(
         &self,
         aor: &Aor,
@@ -910,6 +1041,19 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
             ["redis://127.0.0.1:30001", "redis://127.0.0.1:30002"]
         );
         assert!(masters_of("garbage").is_empty());
+    }
+
+    #[test]
+    fn passwords_never_reach_the_start_line() {
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted("rediss://app:s3cret@redis.example:6380"),
+            "rediss://app:***@redis.example:6380"
+        );
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct Server {
     /// SIP address (edges, all-in-one) or gRPC address (location service).
     pub sip: SocketAddr,
     pub metrics: SocketAddr,
+    /// The all-in-one's location API and dispatcher admin API (on free ports: their
+    /// defaults, 50051 and 50052, would collide between tests running at once).
+    pub location_api: Option<SocketAddr>,
+    pub admin_api: Option<SocketAddr>,
     pub dir: PathBuf,
     pub name: String,
 }
@@ -104,10 +108,36 @@ pub const NONCE_SECRET: &str = "e2e-test-nonce-secret-0123456789";
 impl Server {
     /// Start an all-in-one on free loopback ports with the demo users; `extra` adds flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_named(dir, "sipcluster", extra)
+    }
+
+    /// [`Server::start`] with its own log name (several all-in-ones in one test).
+    pub fn start_named(dir: &Path, name: &str, extra: &[&str]) -> Server {
+        Server::all_in_one(dir, name, extra, "/readyz")
+    }
+
+    /// An all-in-one that is expected not to become ready (a dependency is missing):
+    /// started once `/healthz` answers.
+    pub fn start_unready(dir: &Path, extra: &[&str]) -> Server {
+        Server::all_in_one(dir, "sipcluster", extra, "/healthz")
+    }
+
+    fn all_in_one(dir: &Path, name: &str, extra: &[&str], wait: &str) -> Server {
         let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
-        let mut args = vec!["--listen".to_owned(), sip.to_string()];
+        let (loc, admin) = (free_addr(), free_addr());
+        let mut args = vec![
+            "--listen".to_owned(),
+            sip.to_string(),
+            "--location-listen".to_owned(),
+            loc.to_string(),
+            "--admin".to_owned(),
+            admin.to_string(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(dir, "sipcluster", "all-in-one", sip, free_addr(), &args)
+        let mut s = Server::launch_until(dir, name, "all-in-one", sip, free_addr(), &args, wait);
+        s.location_api = Some(loc);
+        s.admin_api = Some(admin);
+        s
     }
 
     /// Start an edge in cluster mode against the location service at `location`.
@@ -213,7 +243,17 @@ impl Server {
     /// Start a media relay on loopback with media ports `ports` (MIN-MAX); its gRPC
     /// control address is `sip`.
     pub fn media_relay(dir: &Path, name: &str, ports: &str, extra: &[&str]) -> Server {
-        let control = free_addr();
+        Server::media_relay_at(dir, name, free_addr(), ports, extra)
+    }
+
+    /// [`Server::media_relay`] with a given control address.
+    pub fn media_relay_at(
+        dir: &Path,
+        name: &str,
+        control: SocketAddr,
+        ports: &str,
+        extra: &[&str],
+    ) -> Server {
         let mut args = vec![
             "--control".to_owned(),
             control.to_string(),
@@ -239,10 +279,25 @@ impl Server {
         metrics: SocketAddr,
         args: &[String],
     ) -> Server {
+        Server::launch_until(dir, name, sub, sip, metrics, args, "/readyz")
+    }
+
+    /// Start and wait until `wait` (`/readyz` or `/healthz`) answers 200.
+    fn launch_until(
+        dir: &Path,
+        name: &str,
+        sub: &str,
+        sip: SocketAddr,
+        metrics: SocketAddr,
+        args: &[String],
+        wait: &str,
+    ) -> Server {
         let log = fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipcluster"));
-        cmd.arg(sub)
-            .args(["--metrics", &metrics.to_string(), "--log-level", "info"]);
+        cmd.arg(sub).args(["--metrics", &metrics.to_string()]);
+        if !args.iter().any(|a| a == "--log-level") {
+            cmd.args(["--log-level", "info"]);
+        }
         match sub {
             "location" | "media-relay" => {}
             "dispatcher" => {
@@ -263,6 +318,8 @@ impl Server {
             child,
             sip,
             metrics,
+            location_api: None,
+            admin_api: None,
             dir: dir.to_owned(),
             name: name.to_owned(),
         };
@@ -271,12 +328,12 @@ impl Server {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("{name} exited at start ({st}); log:\n{}", s.log());
             }
-            if http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+            if http_get(metrics, wait).is_some_and(|(code, _)| code == 200) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{name} not ready in 20 s; log:\n{}",
+                "{name}: {wait} not 200 in 20 s; log:\n{}",
                 s.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -318,6 +375,18 @@ impl Server {
         self.child.id()
     }
 
+    /// Has the process ended?
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Stop with SIGTERM (the graceful path) and wait, bounded.
     pub fn terminate(mut self) -> ExitStatus {
         let _ = Command::new("kill")
@@ -341,6 +410,42 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a `sipcluster` command printed and how it ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `sipcluster ARGS` to completion (killed after 30 s), stdin closed.
+pub fn run_cli(args: &[&str]) -> CliOutput {
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with extra environment variables.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sipcluster");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("sipcluster output");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

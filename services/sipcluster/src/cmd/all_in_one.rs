@@ -1,0 +1,211 @@
+//! `sipcluster all-in-one`: every role in one process with embedded defaults. A
+//! dispatcher holds the public sockets and relays to an edge on an internal loopback
+//! socket (the path of a cluster); registrations and users live in the location
+//! service's in-memory backend, used in process and served on loopback for the admin
+//! commands, as is the dispatcher's admin API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use edge::EdgeConfig;
+use location::LocationConfig;
+
+use crate::cmd::edge::EdgeArgs;
+use crate::process::{init_logging, listen_flag, runtime, shutdown_signal};
+
+/// The edge's flags and the all-in-one's own.
+#[derive(Args, Clone)]
+pub struct AllInOneArgs {
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    /// Serve the in-process location service's gRPC API here (`sipcluster users`,
+    /// `sipcluster registrations`), or `off`. Default 127.0.0.1:50051.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_LISTEN")]
+    pub location_listen: Option<String>,
+    /// Serve the dispatcher's admin gRPC API here (`sipcluster dispatcher-admin`), or
+    /// `off`. Default 127.0.0.1:50052.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
+    pub admin: Option<String>,
+}
+
+/// The edge configuration with the all-in-one's flags applied, not yet validated.
+pub fn resolve(a: &AllInOneArgs) -> Result<EdgeConfig> {
+    let mut cfg = crate::cmd::edge::resolve(&a.edge)?;
+    if let Some(l) = &a.location_listen {
+        cfg.all_in_one.location_listen = listen_flag("location-listen", l)?;
+    }
+    if let Some(l) = &a.admin {
+        cfg.all_in_one.admin_listen = listen_flag("admin", l)?;
+    }
+    Ok(cfg)
+}
+
+/// The all-in-one's configuration: resolved, checked for what only a cluster edge can
+/// use, validated.
+pub fn build_config(a: &AllInOneArgs) -> Result<EdgeConfig> {
+    let cfg = resolve(a)?;
+    if let Some(e) = &cfg.location.endpoint {
+        bail!(
+            "the all-in-one keeps registrations and users in process, so it does not use a \
+             location service ({e}, from --location, SIPCLUSTER_LOCATION or location.endpoint). \
+             Run `sipcluster edge --location {e}` for an edge in a cluster; the all-in-one \
+             serves its own location API on --location-listen (now {})",
+            shown(cfg.all_in_one.location_listen)
+        );
+    }
+    // Unauthenticated control APIs stay on this machine (authentication comes with the
+    // security work): whoever reaches them can add users and remove registrations.
+    for (flag, addr) in [
+        ("location-listen", cfg.all_in_one.location_listen),
+        ("admin", cfg.all_in_one.admin_listen),
+    ] {
+        if let Some(a) = addr
+            && !a.ip().is_loopback()
+        {
+            bail!(
+                "--{flag} {a}: the all-in-one's control APIs are not authenticated yet, so \
+                 they listen on loopback only (127.0.0.1 or ::1); reach them from elsewhere \
+                 through an SSH tunnel, or give `off`"
+            );
+        }
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Run until SIGTERM, then drain.
+pub fn run(a: &AllInOneArgs) -> Result<()> {
+    let cfg = build_config(a)?;
+    init_logging(&cfg.log.level, &cfg.log.format)?;
+    runtime(cfg.runtime.workers)?.block_on(serve(cfg))
+}
+
+async fn serve(cfg: EdgeConfig) -> Result<()> {
+    let users = edge::load_users(&cfg)?.into_inner();
+    let r = &cfg.registrar;
+    let policy = sip_registrar::Policy {
+        default_expires: r.default_expires,
+        min_expires: r.min_expires,
+        max_expires: r.max_expires,
+        max_contacts: r.max_contacts,
+    };
+    let backend: Arc<dyn location::Backend> = Arc::new(location::MemoryBackend::new(policy, users));
+    let loc = match cfg.all_in_one.location_listen {
+        Some(listen) => {
+            // Admin calls only: the edge uses the store in process, so nothing needs the
+            // API to hand out HA1s or take bindings.
+            let lcfg = LocationConfig {
+                listen,
+                registrar: policy,
+                metrics_listen: None,
+                admin_only: true,
+                ..LocationConfig::default()
+            };
+            Some(
+                location::start_with(lcfg, backend.clone())
+                    .await
+                    .context("the all-in-one's location API (--location-listen)")?,
+            )
+        }
+        None => None,
+    };
+    let store = Arc::new(location::InProcess(backend));
+
+    // The same path as a cluster: the dispatcher takes the public sockets and relays to
+    // an edge on an internal loopback socket. They share the flow-token secret.
+    let secret = match &cfg.auth.nonce_secret {
+        Some(s) => s.clone(),
+        None => edge::random_hex(24)?,
+    };
+    let mut ecfg = cfg.clone();
+    ecfg.sip.udp = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    ecfg.sip.tcp = Vec::new();
+    ecfg.sip.advertise = Some(IpAddr::from([127, 0, 0, 1]));
+    ecfg.sip.record_route = false;
+    // Requests for the public address are for this edge (REGISTER sip:<public>, ...).
+    let public = edge::local::Local::new(cfg.sip.advertise, &cfg.sip.udp, &cfg.sip.tcp, &[]);
+    let ports: Vec<u16> = cfg
+        .sip
+        .udp
+        .iter()
+        .chain(&cfg.sip.tcp)
+        .map(|a| a.port())
+        .collect();
+    ecfg.sip.aliases = public
+        .addresses
+        .iter()
+        .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p)))
+        .collect();
+    ecfg.auth.nonce_secret = Some(secret.clone());
+    // One /metrics for every role, served below.
+    ecfg.metrics.listen = None;
+    let edge = edge::start_with(ecfg, store.clone(), store).await?;
+    let dcfg = dispatcher::DispatcherConfig {
+        public: dispatcher::config::SideConfig {
+            udp: cfg.sip.udp.clone(),
+            tcp: cfg.sip.tcp.clone(),
+            advertise: cfg.sip.advertise,
+        },
+        internal: dispatcher::config::SideConfig {
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            tcp: Vec::new(),
+            advertise: Some(IpAddr::from([127, 0, 0, 1])),
+        },
+        secret: Some(secret),
+        discovery: dispatcher::config::DiscoveryConfig {
+            kind: "static".into(),
+            edges: edge.udp.clone(),
+            ..Default::default()
+        },
+        tcp_idle_timeout_secs: cfg.limits.tcp_idle_timeout_secs,
+        retry_after_secs: cfg.limits.overload_retry_after,
+        admin_listen: cfg.all_in_one.admin_listen,
+        metrics_listen: None,
+        drain_secs: cfg.runtime.drain_secs,
+        ..Default::default()
+    };
+    let disp = dispatcher::start(dcfg).await?;
+    // Ready when every role is: the dispatcher not draining, the edge not draining, a
+    // media relay answering when calls need one.
+    let readiness =
+        telemetry::Readiness::new("draining", disp.ready.clone()).join(edge.readiness());
+    let metrics_task = match cfg.metrics.listen {
+        Some(addr) => {
+            let mut registry = edge.registry();
+            disp.register_metrics(&mut registry);
+            let (_, task) = telemetry::spawn_endpoint(addr, registry, readiness)
+                .await
+                .with_context(|| format!("metrics listener {addr}"))?;
+            Some(task)
+        }
+        None => None,
+    };
+    tracing::info!(
+        sip_udp = ?disp.public_udp,
+        sip_tcp = ?disp.public_tcp,
+        domains = ?cfg.sip.domains,
+        auth_algorithms = ?cfg.auth.algorithms,
+        location_api = %shown(loc.as_ref().map(|l| l.addr)),
+        admin_api = %shown(disp.admin),
+        media_relays = ?cfg.media.relays,
+        "all-in-one started"
+    );
+    shutdown_signal().await;
+    tracing::info!(secs = cfg.runtime.drain_secs, "stopping: draining");
+    disp.drain_and_stop().await;
+    edge.stop().await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(l) = loc {
+        l.stop().await;
+    }
+    Ok(())
+}
+
+/// An optional listening address as the operator writes it: `ip:port` or `off`.
+fn shown(a: Option<SocketAddr>) -> String {
+    a.map_or_else(|| "off".to_owned(), |a| a.to_string())
+}

@@ -1,0 +1,91 @@
+//! `sipcluster location`: the location service (registrations, users, dialog records)
+//! over memory, Redis or Redis Cluster, served over gRPC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use location::LocationConfig;
+
+use crate::process::{init_logging, listen_flag, read_config, runtime, shutdown_signal};
+
+/// The location service's flags.
+#[derive(Args, Clone)]
+pub struct LocationArgs {
+    /// TOML configuration file (see deploy/location.toml).
+    #[arg(long, env = "SIPCLUSTER_LOCATION_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listening address.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Backend: memory, redis or redis-cluster.
+    #[arg(long, env = "SIPCLUSTER_LOCATION_BACKEND")]
+    pub backend: Option<String>,
+    /// Redis URLs (comma-separated; the seed nodes for a cluster).
+    #[arg(long, env = "SIPCLUSTER_REDIS", value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// Key prefix in Redis.
+    #[arg(long, env = "SIPCLUSTER_REDIS_PREFIX")]
+    pub prefix: Option<String>,
+    /// Metrics/health HTTP address, or `off`.
+    #[arg(long, env = "SIPCLUSTER_METRICS")]
+    pub metrics: Option<String>,
+    /// Users file (TOML) provisioned at start.
+    #[arg(long, env = "SIPCLUSTER_USERS")]
+    pub users: Option<PathBuf>,
+    /// Log format: plain or json.
+    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+    /// Log filter.
+    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Worker threads (0 = one per CPU).
+    #[arg(long, env = "SIPCLUSTER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// The file's settings, then the environment's and the flags', validated.
+pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
+    let mut cfg = read_config(a.config.as_deref(), LocationConfig::from_toml)?;
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(b) = &a.backend {
+        cfg.backend.kind = b.clone();
+    }
+    if !a.redis.is_empty() {
+        cfg.backend.urls = a.redis.clone();
+        if a.backend.is_none() && cfg.backend.kind == "memory" {
+            cfg.backend.kind = if a.redis.len() > 1 {
+                "redis-cluster".into()
+            } else {
+                "redis".into()
+            };
+        }
+    }
+    if let Some(p) = &a.prefix {
+        cfg.backend.prefix = p.clone();
+    }
+    if let Some(m) = &a.metrics {
+        cfg.metrics_listen = listen_flag("metrics", m)?;
+    }
+    if a.users.is_some() {
+        cfg.users_file = a.users.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Run until SIGTERM.
+pub fn run(a: &LocationArgs) -> Result<()> {
+    let cfg = build_location_config(a)?;
+    init_logging(&a.log_level, &a.log_format)?;
+    runtime(a.workers)?.block_on(async {
+        let handle = location::start(cfg).await?;
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        handle.stop().await;
+        Ok(())
+    })
+}

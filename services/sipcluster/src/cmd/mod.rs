@@ -1,0 +1,38 @@
+//! One file per subcommand: its flags, how they become the service's configuration, and
+//! how it runs.
+
+pub mod all_in_one;
+pub mod check_config;
+pub mod dispatcher;
+pub mod dispatcher_admin;
+pub mod edge;
+pub mod location;
+pub mod media_relay;
+pub mod registrations;
+pub mod users;
+
+/// The `--location` of the commands that talk to the location API.
+#[derive(clap::Args, Clone)]
+pub struct LocationApi {
+    /// The location service (the all-in-one serves it on this address by default).
+    #[arg(
+        long = "location",
+        env = "SIPCLUSTER_LOCATION",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub url: String,
+}
+
+/// A client of the location API for the admin commands: short deadlines, a couple of
+/// retries, no credentials cache (they read what is stored now).
+pub fn location_api(url: &str) -> anyhow::Result<location_client::LocationClient> {
+    Ok(location_client::LocationClient::new(
+        location_client::ClientConfig {
+            endpoint: url.to_owned(),
+            timeout: std::time::Duration::from_secs(5),
+            connect_timeout: std::time::Duration::from_secs(3),
+            retries: 2,
+            credentials_ttl: std::time::Duration::ZERO,
+        },
+    )?)
+}
