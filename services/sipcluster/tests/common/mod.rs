@@ -134,7 +134,7 @@ impl Server {
             admin.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = Server::launch_until(dir, name, "all-in-one", sip, free_addr(), &args, wait);
+        let mut s = Server::launch(dir, name, "all-in-one", sip, free_addr(), &args, wait);
         s.location_api = Some(loc);
         s.admin_api = Some(admin);
         s
@@ -150,7 +150,7 @@ impl Server {
             format!("http://{location}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(dir, name, "edge", sip, free_addr(), &args)
+        Server::launch(dir, name, "edge", sip, free_addr(), &args, "/readyz")
     }
 
     /// Start an edge behind a dispatcher (no Record-Route of its own) on a given port.
@@ -169,7 +169,7 @@ impl Server {
             "--no-record-route".to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(dir, name, "edge", sip, free_addr(), &args)
+        Server::launch(dir, name, "edge", sip, free_addr(), &args, "/readyz")
     }
 
     /// Start a dispatcher on free loopback ports in front of static `edges`, probing
@@ -215,7 +215,7 @@ impl Server {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         (
-            Server::launch(dir, name, "dispatcher", sip, free_addr(), &args),
+            Server::launch(dir, name, "dispatcher", sip, free_addr(), &args, "/readyz"),
             admin,
         )
     }
@@ -237,7 +237,7 @@ impl Server {
             users.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(dir, name, "location", grpc, metrics, &args)
+        Server::launch(dir, name, "location", grpc, metrics, &args, "/readyz")
     }
 
     /// Start a media relay on loopback with media ports `ports` (MIN-MAX); its gRPC
@@ -263,7 +263,15 @@ impl Server {
             ports.to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(dir, name, "media-relay", control, free_addr(), &args)
+        Server::launch(
+            dir,
+            name,
+            "media-relay",
+            control,
+            free_addr(),
+            &args,
+            "/readyz",
+        )
     }
 
     /// Start a location service on free ports.
@@ -271,19 +279,8 @@ impl Server {
         Server::location_at(dir, name, free_addr(), free_addr(), extra)
     }
 
-    fn launch(
-        dir: &Path,
-        name: &str,
-        sub: &str,
-        sip: SocketAddr,
-        metrics: SocketAddr,
-        args: &[String],
-    ) -> Server {
-        Server::launch_until(dir, name, sub, sip, metrics, args, "/readyz")
-    }
-
     /// Start and wait until `wait` (`/readyz` or `/healthz`) answers 200.
-    fn launch_until(
+    fn launch(
         dir: &Path,
         name: &str,
         sub: &str,
