@@ -22,6 +22,27 @@ pub fn listen_flag(flag: &str, value: &str) -> Result<Option<SocketAddr>> {
     telemetry::listen::parse(value).map_err(|e| anyhow::anyhow!("--{flag} {e}"))
 }
 
+/// The log flags of the services configured by flags alone (location, dispatcher, media
+/// relay); the edge and the all-in-one read theirs into their configuration file's
+/// `[log]` section instead.
+#[derive(clap::Args, Clone)]
+pub struct LogArgs {
+    /// Log format: plain or json.
+    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+    /// Log filter: a level (error, warn, info, debug, trace) or target=level pairs.
+    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl LogArgs {
+    /// Install the subscriber these flags describe (refused when they would print
+    /// nothing).
+    pub fn init(&self) -> Result<()> {
+        init_logging(&self.log_level, &self.log_format)
+    }
+}
+
 /// Install the log subscriber; a level or format that would print nothing (a typo) is
 /// refused here, before anything binds.
 pub fn init_logging(level: &str, format: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::process::{init_logging, listen_flag, read_config, runtime, shutdown_signal};
+use crate::process::{listen_flag, read_config, runtime, shutdown_signal};
 
 /// The dispatcher's flags.
 #[derive(Args, Clone)]
@@ -63,12 +63,8 @@ pub struct DispatcherArgs {
     /// Seconds of drain on SIGTERM.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
-    /// Log format: plain or json.
-    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
-    pub log_format: String,
-    /// Log filter.
-    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: crate::process::LogArgs,
     /// Worker threads (0 = one per CPU).
     #[arg(long, env = "SIPCLUSTER_WORKERS")]
     pub workers: Option<usize>,
@@ -139,7 +135,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
 /// Run until SIGTERM, then drain.
 pub fn run(a: &DispatcherArgs) -> Result<()> {
     let cfg = build_dispatcher_config(a)?;
-    init_logging(&a.log_level, &a.log_format)?;
+    a.log.init()?;
     runtime(cfg.workers)?.block_on(async {
         let handle = dispatcher::start(cfg).await?;
         shutdown_signal().await;

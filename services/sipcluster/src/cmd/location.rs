@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use location::LocationConfig;
 
-use crate::process::{init_logging, listen_flag, read_config, runtime, shutdown_signal};
+use crate::process::{listen_flag, read_config, runtime, shutdown_signal};
 
 /// The location service's flags.
 #[derive(Args, Clone)]
@@ -34,12 +34,8 @@ pub struct LocationArgs {
     /// Users file (TOML) provisioned at start.
     #[arg(long, env = "SIPCLUSTER_USERS")]
     pub users: Option<PathBuf>,
-    /// Log format: plain or json.
-    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
-    pub log_format: String,
-    /// Log filter.
-    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: crate::process::LogArgs,
     /// Worker threads (0 = one per CPU).
     #[arg(long, env = "SIPCLUSTER_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -80,7 +76,7 @@ pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
 /// Run until SIGTERM.
 pub fn run(a: &LocationArgs) -> Result<()> {
     let cfg = build_location_config(a)?;
-    init_logging(&a.log_level, &a.log_format)?;
+    a.log.init()?;
     runtime(a.workers)?.block_on(async {
         let handle = location::start(cfg).await?;
         shutdown_signal().await;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::process::{init_logging, listen_flag, read_config, runtime, shutdown_signal};
+use crate::process::{listen_flag, read_config, runtime, shutdown_signal};
 
 /// The media relay's flags.
 #[derive(Args, Clone)]
@@ -58,12 +58,8 @@ pub struct MediaRelayArgs {
     /// Metrics/health HTTP address, or `off`.
     #[arg(long, env = "SIPCLUSTER_METRICS")]
     pub metrics: Option<String>,
-    /// Log format: plain or json.
-    #[arg(long, env = "SIPCLUSTER_LOG_FORMAT", default_value = "plain")]
-    pub log_format: String,
-    /// Log filter.
-    #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: crate::process::LogArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -133,7 +129,7 @@ pub fn build_media_relay_config(a: &MediaRelayArgs) -> Result<media_relay::Media
 /// Run until SIGTERM, then drain.
 pub fn run(a: &MediaRelayArgs) -> Result<()> {
     let cfg = build_media_relay_config(a)?;
-    init_logging(&a.log_level, &a.log_format)?;
+    a.log.init()?;
     // The control plane is light; the forwarding threads are the relay's own.
     runtime(1)?.block_on(async {
         let handle = media_relay::start(cfg).await?;
