@@ -58,6 +58,7 @@ mod challenge;
 mod credentials;
 mod error;
 pub mod nonce;
+mod replay;
 mod store;
 mod verify;
 
@@ -66,6 +67,7 @@ pub use challenge::{Challenge, ChallengeKind, challenge_values};
 pub use credentials::Credentials;
 pub use error::Error;
 pub use nonce::{NonceCheck, NonceKey};
+pub use replay::{MemoryNonceUses, NonceUses};
 pub use store::{FileStore, MemoryStore, StoreError, SubscriberStore};
 pub use verify::{
     ClientAuthorization, DigestResponse, FailReason, Outcome, QopAuth, digest_response,

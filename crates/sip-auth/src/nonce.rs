@@ -10,16 +10,12 @@
 //!
 //! # Replay
 //!
-//! Nothing is remembered about a nonce once issued, so a captured request (or its
-//! `Authorization` header) can be replayed until the nonce's lifetime ends: the `nc`
-//! counter of RFC 7616 §3.4 is not tracked. Tracking it would need shared per-nonce state
-//! on every request across all edges (a Redis round trip before each REGISTER/INVITE is
-//! answered) and would turn a location-service outage into an authentication outage. The
-//! trade is taken because the lifetime bounds the window (minutes), the response binds the
-//! method and Request-URI so a replay can only repeat the very same request, SIP over
-//! TLS (where capturing a request needs a broken transport) is the deployment we expect,
-//! and a replayed REGISTER repeats a Call-ID/CSeq pair the registrar already refuses as out
-//! of order (RFC 3261 §10.3 step 7).
+//! The nonce itself is stateless; replay is stopped by remembering which `(nonce, nc)`
+//! pairs were accepted ([`crate::NonceUses`]), for the nonce's lifetime, in a set every
+//! edge shares (the location service, Redis behind it). A captured `Authorization` sent
+//! again, from anywhere, with a new Call-ID or Contact, repeats a pair already seen and is
+//! re-challenged with `stale=true`. The digest does not cover the Call-ID, CSeq or Contact,
+//! so the registrar's Call-ID/CSeq ordering alone does not stop such a replay.
 
 use crate::error::Error;
 use base64::Engine as _;

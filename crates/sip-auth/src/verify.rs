@@ -214,6 +214,12 @@ impl<'a> DigestResponse<'a> {
         &self.uri
     }
 
+    /// The nonce count (`nc`, 8 hex digits as sent) with `qop=auth`; `None` for an
+    /// RFC 2069 answer without qop, which can only be used once per nonce.
+    pub fn nc(&self) -> Option<&str> {
+        self.qop.as_ref().map(|q| q.nc.as_ref())
+    }
+
     /// Check only the nonce, for `realm`: cheap, so the edge can refuse forged nonces
     /// before looking the user up. [`verify`](Self::verify) checks it again.
     pub fn check_nonce(&self, key: &NonceKey, realm: &str, now_unix: u64) -> NonceCheck {
