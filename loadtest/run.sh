@@ -131,7 +131,7 @@ start_sipcluster() {
   SRV_METRICS=$(free_port)
   "$BIN" all-in-one --listen "127.0.0.1:$SRV_PORT" --metrics "127.0.0.1:$SRV_METRICS" \
     --users "$WORK/users.toml" --nonce-secret load-test-nonce-secret-0123456789 \
-    --location-listen off --admin off --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
+    --location-listen off --admin off --log-level warn --source-rate 0 "$@" >"$WORK/$name.log" 2>&1 &
   SRV_PID=$!
   PIDS+=("$SRV_PID")
   for _ in $(seq 100); do
@@ -407,7 +407,7 @@ if want cluster; then
   EDGE_METRICS=$(free_port)
   "$BIN" edge --listen "127.0.0.1:$EDGE_PORT" --metrics "127.0.0.1:$EDGE_METRICS" \
     --location "http://127.0.0.1:$LOC_PORT" --nonce-secret load-test-nonce-secret-0123456789 \
-    --log-level warn "${wargs[@]}" >"$WORK/edge.log" 2>&1 &
+    --log-level warn --source-rate 0 "${wargs[@]}" >"$WORK/edge.log" 2>&1 &
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
   waitfor "the edge" "$EDGE_PID" "$WORK/edge.log" http_ok "$EDGE_METRICS" /readyz
@@ -483,7 +483,8 @@ if want dispatcher; then
   DEDGE_METRICS=$(free_port)
   start_bg dedge "$DEDGE_METRICS" "$BIN" edge --listen "127.0.0.1:$DEDGE_PORT" \
     --metrics "127.0.0.1:$DEDGE_METRICS" --location "http://127.0.0.1:$DLOC_PORT" \
-    --nonce-secret load-test-nonce-secret-0123456789 --no-auth --no-record-route --log-level warn
+    --nonce-secret load-test-nonce-secret-0123456789 --no-auth --no-record-route --log-level warn \
+    --source-rate 0
   DEDGE_PID=$BG_PID
   DISP_PORT=$(free_port)
   DISP_METRICS=$(free_port)

@@ -27,6 +27,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
+pub mod security;
 pub mod token;
 
 pub use hashing::{Rendezvous, key_hash};
@@ -37,4 +38,5 @@ pub use relay::{
     FlowTable, Listen, Notice, Rejected, Relay, RelayConfig, Side, TargetInfo, Transmit,
     is_dispatcher_via,
 };
+pub use security::{Cidr, UserAgentDeny};
 pub use token::{FlowToken, TokenKey};

@@ -45,6 +45,12 @@ const RELAY_BRANCH: &str = "z9hG4bK-scd";
 const PROBE_BRANCH: &str = "z9hG4bK-scp";
 /// The Via parameter carrying the client connection a request came over.
 const FLOW_PARAM: &str = "scflow";
+/// The Via parameter carrying the client's address, signed ([`TokenKey::sign_source`]).
+const SOURCE_PARAM: &str = "scsrc";
+/// The URI parameter of our Record-Route URIs carrying the dialog token
+/// ([`TokenKey::dialog_token`]), and the Via parameter that hands it to the edge when the
+/// dispatcher popped that Route.
+pub const DIALOG_PARAM: &str = "dlg";
 /// The Route user-part prefix naming a destination set.
 pub const SET_PREFIX: &str = "set-";
 
@@ -111,6 +117,8 @@ pub struct RelayConfig {
     pub max_failover_entries: usize,
     /// `Retry-After` of the 503 sent when no edge can take a request.
     pub retry_after: u32,
+    /// Scanners whose requests are dropped without an answer.
+    pub deny_user_agents: crate::security::UserAgentDeny,
 }
 
 /// Liveness of the client connections (the public transports).
@@ -326,6 +334,55 @@ fn via_target(v: &Via<'_>, flow: Option<FlowId>) -> Option<Target> {
 /// client's own Via, the one below, for where a request really came from.
 pub fn is_dispatcher_via(v: &Via<'_>) -> bool {
     v.branch.is_some_and(|b| b.starts_with(RELAY_BRANCH))
+}
+
+/// What an edge may believe of a request a dispatcher relayed: the client's address as
+/// the dispatcher saw it, and the dialog token of the Record-Route the dispatcher popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed<'m> {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The `dlg` token of the dispatcher's own Route the request came through.
+    pub dialog: Option<&'m str>,
+}
+
+/// Read and verify the top Via as a dispatcher's. `None` when it is not one, or when its
+/// signature fails (a look-alike written by whoever reached the edge directly): then
+/// nothing in it is believed and the packet's source stands.
+pub fn relayed_by_dispatcher<'m>(key: &TokenKey, top: &Via<'m>) -> Option<Relayed<'m>> {
+    let branch = top.branch.filter(|b| b.starts_with(RELAY_BRANCH))?;
+    let param = |name: &str| {
+        top.params
+            .get(name)
+            .flatten()
+            .and_then(|v| std::str::from_utf8(v.raw()).ok())
+    };
+    let client = key.verify_source(branch, param(SOURCE_PARAM)?)?;
+    Some(Relayed {
+        client,
+        dialog: param(DIALOG_PARAM),
+    })
+}
+
+/// The `dlg` parameter of a Route/Record-Route URI.
+pub fn dialog_param<'a>(uri: &sip_core::SipUri<'a>) -> Option<&'a str> {
+    uri.params.get(DIALOG_PARAM).flatten()
+}
+
+/// `<sip:...;lr>` with `;dlg=token` added inside the URI (before its `?headers` or the
+/// closing bracket).
+pub fn with_dialog_param(name_addr: &[u8], token: &str) -> Vec<u8> {
+    let param = format!(";{DIALOG_PARAM}={token}");
+    let end = name_addr
+        .iter()
+        .position(|&b| b == b'?')
+        .or_else(|| name_addr.iter().rposition(|&b| b == b'>'))
+        .unwrap_or(name_addr.len());
+    let mut out = Vec::with_capacity(name_addr.len() + param.len());
+    out.extend_from_slice(&name_addr[..end]);
+    out.extend_from_slice(param.as_bytes());
+    out.extend_from_slice(&name_addr[end..]);
+    out
 }
 
 fn creates_dialog(m: Method<'_>) -> bool {
@@ -691,6 +748,10 @@ impl Relay {
     }
 
     fn public_request(&mut self, msg: &SipMessage, source: Target, now: Instant) {
+        if self.cfg.deny_user_agents.denies_message(msg) {
+            self.metrics.drop("scanner");
+            return;
+        }
         let Some((method, top, call_id)) = self.precheck(Side::Public, msg, source) else {
             return;
         };
@@ -705,13 +766,17 @@ impl Relay {
             self.reply(Side::Public, msg, source, status, &[]);
             return;
         }
-        let pop = match msg.routes().next() {
-            Some(Ok(r)) => matches!(r.parsed_uri(), Ok(Uri::Sip(u)) if self.is_me(&u)),
+        // Our own Route is popped; its dialog token goes on to the edge in our Via.
+        let (pop, dialog) = match msg.routes().next() {
+            Some(Ok(r)) => match r.parsed_uri() {
+                Ok(Uri::Sip(u)) if self.is_me(&u) => (true, dialog_param(&u)),
+                _ => (false, None),
+            },
             Some(Err(_)) => {
                 self.reply(Side::Public, msg, source, 400, &[]);
                 return;
             }
-            None => false,
+            None => (false, None),
         };
         let h = Self::branch_hash(msg, &top);
         let in_dialog = msg.to_tag().ok().flatten().is_some();
@@ -766,11 +831,24 @@ impl Relay {
         if let Some(f) = source.flow {
             let _ = write!(via, ";{FLOW_PARAM}={:x}", f.0);
         }
+        let signed = self
+            .key
+            .sign_source(&format!("{RELAY_BRANCH}{h:016x}"), source.addr);
+        let _ = write!(via, ";{SOURCE_PARAM}={signed}");
+        if let Some(d) = dialog.filter(|_| in_dialog) {
+            let _ = write!(via, ";{DIALOG_PARAM}={d}");
+        }
         let client_via = msg.top_via_seen_from(source.addr);
         let nat = top.sent_by.host.ip() != Some(source.addr.ip())
             || top.sent_by.port.unwrap_or(5060) != source.addr.port();
-        let stamp = (method == Method::Register || (!in_dialog && creates_dialog(method)))
-            .then(|| self.client_uri(source, nat));
+        let stamp = if method == Method::Register {
+            Some(self.client_uri(source, nat, None))
+        } else if !in_dialog && creates_dialog(method) {
+            let token = self.dialog_token(msg, call_id);
+            Some(self.client_uri(source, nat, token.as_deref()))
+        } else {
+            None
+        };
         let mut ed = Editor::new(msg);
         if pop && ed.remove_top_route().is_err() {
             self.metrics.drop("bad_route");
@@ -867,8 +945,16 @@ impl Relay {
             .set(self.failover.len() as i64);
     }
 
-    /// The Path / Record-Route URI naming the client at `source` on this dispatcher.
-    fn client_uri(&self, source: Target, nat: bool) -> String {
+    /// The dialog token of a dialog-creating request (`None` without a From tag, which
+    /// RFC 3261 makes mandatory: such a dialog gets no in-dialog requests through us).
+    fn dialog_token(&self, msg: &SipMessage, call_id: &str) -> Option<String> {
+        let tag = msg.from_tag().ok().flatten()?;
+        Some(self.key.dialog_token(call_id, tag))
+    }
+
+    /// The Path / Record-Route URI naming the client at `source` on this dispatcher;
+    /// a Record-Route carries the dialog's token.
+    fn client_uri(&self, source: Target, nat: bool, dialog: Option<&str>) -> String {
         let edge_tcp = self.cfg.edge_transport != Transport::Udp;
         let token = FlowToken {
             instance: self.cfg.instance,
@@ -883,10 +969,17 @@ impl Relay {
         }
         .encode(&self.key);
         let p = &self.cfg.public;
+        let dlg = dialog
+            .map(|d| format!(";{DIALOG_PARAM}={d}"))
+            .unwrap_or_default();
         match source.transport {
-            Transport::Udp => format!("<sip:{token}@{}:{};lr>", p.host(), p.port(Transport::Udp)),
+            Transport::Udp => format!(
+                "<sip:{token}@{}:{}{dlg};lr>",
+                p.host(),
+                p.port(Transport::Udp)
+            ),
             t => format!(
-                "<sip:{token}@{}:{};transport={};lr>",
+                "<sip:{token}@{}:{};transport={}{dlg};lr>",
                 p.host(),
                 p.port(t),
                 t.as_str().to_ascii_lowercase()
@@ -1003,8 +1096,13 @@ impl Relay {
                     flow: None,
                 },
             };
-            // The same URI serves as this side's Record-Route: it names this client.
-            (target, stamp.then(|| first.raw.to_vec()), None)
+            // The same URI serves as this side's Record-Route: it names this client; the
+            // dialog token is added.
+            let rr = stamp.then(|| match self.dialog_token(msg, call_id) {
+                Some(t) => with_dialog_param(first.raw, &t),
+                None => first.raw.to_vec(),
+            });
+            (target, rr, None)
         } else if let Some(set) = user.strip_prefix(SET_PREFIX) {
             let Some(idx) = self.pools.iter().skip(1).position(|p| p.name == set) else {
                 self.reply(Side::Internal, msg, source, 404, &[]);
@@ -1026,7 +1124,11 @@ impl Relay {
             // In-dialog requests toward the set member go to its Contact (the
             // Request-URI), not to the member tried first: a failover may have moved the
             // dialog to another member.
-            let rr = stamp.then(|| self.client_uri(target, false).into_bytes());
+            let rr = stamp.then(|| {
+                let token = self.dialog_token(msg, call_id);
+                self.client_uri(target, false, token.as_deref())
+                    .into_bytes()
+            });
             (target, rr, Some((idx, key, id)))
         } else {
             // Not ours to route: edges only send here with a token or a set.

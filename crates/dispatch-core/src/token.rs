@@ -49,11 +49,93 @@ impl TokenKey {
     }
 
     fn mac(&self, body: &[u8]) -> [u8; 32] {
+        // The flow token's MAC as issued since v1 (unchanged, so tokens survive a rollout).
         let mut m = self.0.clone();
         m.update(DOMAIN);
         m.update(body);
         m.finalize().into_bytes().into()
     }
+
+    /// HMAC over a domain-separation label and `parts`, each part length-prefixed so
+    /// that no two different lists hash alike.
+    fn mac_parts(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(domain);
+        for p in parts {
+            m.update(&(p.len() as u32).to_be_bytes());
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    /// The dialog token of a dialog-creating request: a MAC over its Call-ID and the
+    /// caller's From tag. It rides in our Record-Route URIs (`;dlg=`), so an in-dialog
+    /// request that loose-routes through us carries it back; any edge or dispatcher
+    /// holding the cluster secret verifies it ([`TokenKey::dialog_ok`]), with no state.
+    /// A request that never went through our Record-Route cannot show one for its
+    /// Call-ID, which is what closes the "fake in-dialog request" relay.
+    pub fn dialog_token(&self, call_id: &str, from_tag: &str) -> String {
+        let mac = self.mac_parts(DIALOG_DOMAIN, &[call_id.as_bytes(), from_tag.as_bytes()]);
+        hex(&mac[..MAC_LEN])
+    }
+
+    /// Does `token` belong to the dialog of this in-dialog request? Its From tag or its
+    /// To tag is the caller's (requests flow both ways in a dialog).
+    pub fn dialog_ok(&self, token: &str, call_id: &str, tags: [Option<&str>; 2]) -> bool {
+        let Some(got) = unhex(token).filter(|g| g.len() == MAC_LEN) else {
+            return false;
+        };
+        tags.into_iter().flatten().any(|tag| {
+            let want = self.mac_parts(DIALOG_DOMAIN, &[call_id.as_bytes(), tag.as_bytes()]);
+            ct_eq(&want[..MAC_LEN], &got)
+        })
+    }
+
+    /// The client's address, signed, for the dispatcher's own Via of a request it
+    /// relays to an edge (`;scsrc=`): a MAC over the Via's branch and the address the
+    /// dispatcher saw the request come from. With it an edge knows the client address
+    /// (the source of trust decisions, bans and rate limits) is the dispatcher's word,
+    /// not one written by a sender that reached the edge directly with a look-alike Via.
+    pub fn sign_source(&self, branch: &str, client: SocketAddr) -> String {
+        let mut addr = Vec::with_capacity(19);
+        put_addr(&mut addr, client);
+        let mac = self.mac_parts(VIA_DOMAIN, &[branch.as_bytes(), &addr]);
+        let mut s = hex(&addr);
+        s.push_str(&hex(&mac[..VIA_MAC_LEN]));
+        s
+    }
+
+    /// The address in a [`TokenKey::sign_source`] value when its MAC holds for `branch`.
+    pub fn verify_source(&self, branch: &str, signed: &str) -> Option<SocketAddr> {
+        let raw = unhex(signed)?;
+        let split = raw.len().checked_sub(VIA_MAC_LEN)?;
+        let (addr, mac) = raw.split_at(split);
+        let want = self.mac_parts(VIA_DOMAIN, &[branch.as_bytes(), addr]);
+        if !ct_eq(&want[..VIA_MAC_LEN], mac) {
+            return None;
+        }
+        let mut rest = addr;
+        let a = get_addr(&mut rest)?;
+        rest.is_empty().then_some(a)
+    }
+}
+
+const DIALOG_DOMAIN: &[u8] = b"sipcluster dialog token v1\0";
+const VIA_DOMAIN: &[u8] = b"sipcluster dispatcher via v1\0";
+const VIA_MAC_LEN: usize = 8;
+
+/// Constant time: a timing oracle on a MAC would let it be forged byte by byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b {
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// Who a token names.
@@ -158,12 +240,7 @@ impl FlowToken {
         let split = raw.len().checked_sub(MAC_LEN)?;
         let (body, mac) = raw.split_at(split);
         let want = key.mac(body);
-        // Constant time: a timing oracle on the MAC would let tokens be forged byte by byte.
-        let diff = want[..MAC_LEN]
-            .iter()
-            .zip(mac)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        if !ct_eq(&want[..MAC_LEN], mac) {
             return None;
         }
         Self::parse_body(body)
@@ -214,6 +291,41 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dialog_tokens_bind_the_call_id_and_the_callers_tag() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        let t = key.dialog_token("call-1@host", "caller-tag");
+        assert_eq!(t.len(), 2 * MAC_LEN);
+        // Either direction of the dialog: the caller's tag is From or To.
+        assert!(key.dialog_ok(&t, "call-1@host", [Some("caller-tag"), Some("x")]));
+        assert!(key.dialog_ok(&t, "call-1@host", [Some("callee"), Some("caller-tag")]));
+        assert!(!key.dialog_ok(&t, "call-2@host", [Some("caller-tag"), None]));
+        assert!(!key.dialog_ok(&t, "call-1@host", [Some("other"), None]));
+        assert!(!key.dialog_ok("00", "call-1@host", [Some("caller-tag"), None]));
+        let other = TokenKey::new(b"another-secret-entirely");
+        assert!(!other.dialog_ok(&t, "call-1@host", [Some("caller-tag"), None]));
+        // Length prefixes: moving a byte between Call-ID and tag changes the token.
+        assert_ne!(key.dialog_token("ab", "c"), key.dialog_token("a", "bc"));
+    }
+
+    #[test]
+    fn signed_sources_bind_branch_and_client() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        let a: SocketAddr = "198.51.100.7:5060".parse().expect("addr");
+        let v6: SocketAddr = "[2001:db8::1]:5062".parse().expect("addr");
+        let s = key.sign_source("z9hG4bK-scd1", a);
+        assert_eq!(key.verify_source("z9hG4bK-scd1", &s), Some(a));
+        assert_eq!(key.verify_source("z9hG4bK-scd2", &s), None);
+        let s6 = key.sign_source("z9hG4bK-scd1", v6);
+        assert_eq!(key.verify_source("z9hG4bK-scd1", &s6), Some(v6));
+        // Another address under the same MAC is refused.
+        let forged = format!("{}{}", &key.sign_source("b", v6)[..38], &s[14..]);
+        assert_eq!(key.verify_source("z9hG4bK-scd1", &forged), None);
+        assert_eq!(key.verify_source("z9hG4bK-scd1", "zz"), None);
+        let other = TokenKey::new(b"another-secret-entirely");
+        assert_eq!(other.verify_source("z9hG4bK-scd1", &s), None);
+    }
 
     fn tok(flow: Option<u64>, client: &str) -> FlowToken {
         FlowToken {

@@ -53,6 +53,9 @@ fn relay() -> Relay {
         failover_window: Duration::from_secs(32),
         max_failover_entries: 1000,
         retry_after: 5,
+        deny_user_agents: dispatch_core::UserAgentDeny::new(
+            dispatch_core::security::DEFAULT_DENIED_USER_AGENTS,
+        ),
     };
     Relay::new(cfg, TokenKey::new(SECRET), Metrics::default())
 }
@@ -192,10 +195,27 @@ fn client_request_reaches_an_edge_with_our_via_token_and_nat_fix() {
     // A Record-Route naming this client on this dispatcher, at the public address.
     let rr = fwd.header(sip_core::HeaderName::RecordRoute).expect("RR");
     let rr = std::str::from_utf8(rr).unwrap();
+    // With the dialog's token, which any edge checks on in-dialog requests.
+    let key = TokenKey::new(SECRET);
+    let dlg = rr
+        .split(";dlg=")
+        .nth(1)
+        .and_then(|r| r.strip_suffix(";lr>"))
+        .expect("dialog token");
+    let call_id = fwd.call_id().unwrap();
+    assert!(key.dialog_ok(dlg, call_id, [fwd.from_tag().unwrap(), None]));
     assert!(
-        rr.starts_with("<sip:scd-") && rr.ends_with("@198.51.100.7:5060;lr>"),
+        rr.starts_with("<sip:scd-") && rr.contains("@198.51.100.7:5060;dlg="),
         "{rr}"
     );
+    // Our Via signs the client's address for the edge.
+    let relayed = dispatch_core::relay::relayed_by_dispatcher(&key, &fwd.top_via().unwrap())
+        .expect("a verified dispatcher Via");
+    assert_eq!(relayed.client, "203.0.113.5:40000".parse().unwrap());
+    assert_eq!(relayed.dialog, None);
+    // Nothing is believed from a look-alike signed with another secret.
+    let other = TokenKey::new(b"not-the-cluster-secret!!");
+    assert!(dispatch_core::relay::relayed_by_dispatcher(&other, &fwd.top_via().unwrap()).is_none());
     let user = &rr[5..rr.find('@').unwrap()];
     let tok = FlowToken::decode(&TokenKey::new(SECRET), user).expect("signed");
     assert_eq!(tok.client, "203.0.113.5:40000".parse().unwrap());
@@ -370,7 +390,9 @@ Content-Length: 0\r\n\r\n";
         .to_owned();
     assert!(path.contains(";transport=tcp;lr>"), "{path}");
     assert!(
-        fwd.top_via().unwrap().raw.ends_with(b";scflow=4d"),
+        std::str::from_utf8(fwd.top_via().unwrap().raw)
+            .unwrap()
+            .contains(";scflow=4d;"),
         "connection id in our Via"
     );
     // The 200 goes back over the connection.
@@ -405,7 +427,11 @@ CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     assert_eq!(
         sent.header(sip_core::HeaderName::RecordRoute)
             .map(|v| v.to_vec()),
-        Some(path.clone().into_bytes())
+        // The Path URI as this side's Record-Route, with the dialog's token.
+        Some(dispatch_core::relay::with_dialog_param(
+            path.as_bytes(),
+            &TokenKey::new(SECRET).dialog_token("call-9", "a1")
+        ))
     );
     assert!(
         sent.top_via()

@@ -170,8 +170,18 @@ mod tests {
     #[test]
     fn both_in_order() {
         let key = NonceKey::new([7u8; 32], Duration::from_secs(60)).unwrap();
-        let nonce = key.issue("example.com", 1000);
         let [first, second] = challenge_values(&key, "example.com", 1000, false, None);
+        // One nonce for both challenges (each challenge gets its own, unique).
+        let nonce = first
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            key.verify(&nonce, "example.com", 1000),
+            crate::NonceCheck::Valid
+        );
         assert_eq!(
             first,
             format!(

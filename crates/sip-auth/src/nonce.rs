@@ -2,11 +2,17 @@
 //!
 //! ```text
 //! nonce = base64url-nopad( timestamp (8 bytes, big-endian Unix seconds)
-//!                          || HMAC-SHA256(secret, timestamp || realm)[..16] )
+//!                          || serial (8 bytes)
+//!                          || HMAC-SHA256(secret, 0xff || timestamp || serial || realm)[..16] )
 //! ```
 //!
-//! The nonce is 32 characters of `[A-Za-z0-9_-]`, so it needs no escaping inside a quoted
-//! string and survives every SIP stack unchanged.
+//! The nonce is 43 characters of `[A-Za-z0-9_-]`, so it needs no escaping inside a quoted
+//! string and survives every SIP stack unchanged. The serial (a per-process counter from a
+//! random start) makes every challenge's nonce unique: replay protection remembers
+//! `(nonce, nc)` pairs, and two clients challenged in the same second must not share one.
+//! The first format (32 characters, no serial, MAC over `timestamp || realm`) still
+//! verifies, so nonces issued before an upgrade stay good for their lifetime; the `0xff`
+//! prefix keeps the two MAC inputs apart (a timestamp's first byte is 0 for millennia).
 //!
 //! # Replay
 //!
@@ -31,9 +37,13 @@ type HmacSha256 = Hmac<Sha256>;
 const TS_LEN: usize = 8;
 /// 128 bits of MAC: forging one takes 2^128 guesses, and keeps the nonce short.
 const MAC_LEN: usize = 16;
-const RAW_LEN: usize = TS_LEN + MAC_LEN;
-/// base64 of 24 bytes is exactly 32 characters without padding.
-const ENCODED_LEN: usize = RAW_LEN / 3 * 4;
+const SERIAL_LEN: usize = 8;
+/// The first format, without serial: 24 bytes, exactly 32 characters without padding.
+const RAW_LEN_V1: usize = TS_LEN + MAC_LEN;
+const ENCODED_LEN_V1: usize = RAW_LEN_V1 / 3 * 4;
+const RAW_LEN: usize = TS_LEN + SERIAL_LEN + MAC_LEN;
+/// base64 of 32 bytes without padding: 43 characters.
+const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
 
 /// The result of checking a nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,8 @@ pub struct NonceKey {
     mac: HmacSha256,
     lifetime_secs: u64,
     max_skew_secs: u64,
+    /// The next serial (shared by clones: one sequence per process and secret).
+    serial: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NonceKey {
@@ -77,10 +89,18 @@ impl NonceKey {
             return Err(weak);
         }
         let mac = HmacSha256::new_from_slice(secret).map_err(|_| weak)?;
+        // A random start, so that two edges' serials do not run in step.
+        let start = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
         Ok(NonceKey {
             mac,
             lifetime_secs: lifetime.as_secs(),
             max_skew_secs: Self::DEFAULT_MAX_SKEW_SECS,
+            serial: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start)),
         })
     }
 
@@ -95,34 +115,46 @@ impl NonceKey {
         Duration::from_secs(self.lifetime_secs)
     }
 
-    /// A nonce for `realm`, issued at `now_unix` (Unix seconds). Nonces issued in the same
-    /// second for the same realm are identical, which is harmless: uniqueness per request
-    /// comes from the client's `cnonce`.
+    /// A nonce for `realm`, issued at `now_unix` (Unix seconds); each one is unique.
     pub fn issue(&self, realm: &str, now_unix: u64) -> String {
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
         let ts = now_unix.to_be_bytes();
-        let tag = self.tag(&ts, realm);
+        let tag = self.tag_v2(&ts, &serial, realm);
         let mut raw = [0u8; RAW_LEN];
-        let (ts_out, mac_out) = raw.split_at_mut(TS_LEN);
-        ts_out.copy_from_slice(&ts);
-        mac_out.copy_from_slice(&tag);
+        raw[..TS_LEN].copy_from_slice(&ts);
+        raw[TS_LEN..TS_LEN + SERIAL_LEN].copy_from_slice(&serial);
+        raw[TS_LEN + SERIAL_LEN..].copy_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(raw)
     }
 
     /// Check a nonce presented for `realm` at `now_unix`.
     pub fn verify(&self, nonce: &str, realm: &str, now_unix: u64) -> NonceCheck {
         // Length first: bounds the work on hostile input and rejects every other format.
-        if nonce.len() != ENCODED_LEN {
-            return NonceCheck::Invalid;
-        }
+        let want = match nonce.len() {
+            ENCODED_LEN => RAW_LEN,
+            ENCODED_LEN_V1 => RAW_LEN_V1,
+            _ => return NonceCheck::Invalid,
+        };
         let mut raw = [0u8; RAW_LEN];
         match URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) {
-            Ok(RAW_LEN) => {}
+            Ok(n) if n == want => {}
             _ => return NonceCheck::Invalid,
         }
-        let Some((ts, mac)) = raw.split_first_chunk::<TS_LEN>() else {
+        let Some((ts, rest)) = raw[..want].split_first_chunk::<TS_LEN>() else {
             return NonceCheck::Invalid;
         };
-        if !bool::from(self.tag(ts, realm).as_slice().ct_eq(mac)) {
+        let good = if want == RAW_LEN {
+            let Some((serial, mac)) = rest.split_first_chunk::<SERIAL_LEN>() else {
+                return NonceCheck::Invalid;
+            };
+            self.tag_v2(ts, serial, realm).as_slice().ct_eq(mac)
+        } else {
+            self.tag(ts, realm).as_slice().ct_eq(rest)
+        };
+        if !bool::from(good) {
             return NonceCheck::Invalid;
         }
         let issued = u64::from_be_bytes(*ts);
@@ -161,6 +193,21 @@ impl NonceKey {
         bool::from(self.sign(domain, data).as_slice().ct_eq(signature))
     }
 
+    fn tag_v2(&self, ts: &[u8; TS_LEN], serial: &[u8; SERIAL_LEN], realm: &str) -> [u8; MAC_LEN] {
+        let mut m = self.mac.clone();
+        m.update(&[0xff]);
+        m.update(ts);
+        m.update(serial);
+        m.update(realm.as_bytes());
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        if let Some(prefix) = full.first_chunk::<MAC_LEN>() {
+            out = *prefix;
+        }
+        out
+    }
+
+    /// The first format's MAC (nonces issued before the serial).
     fn tag(&self, ts: &[u8; TS_LEN], realm: &str) -> [u8; MAC_LEN] {
         let mut m = self.mac.clone();
         // The timestamp has a fixed width, so `ts || realm` is unambiguous without a separator.
@@ -198,19 +245,28 @@ mod tests {
 
     #[test]
     fn format() {
-        let n = key().issue("example.com", NOW);
-        assert_eq!(n.len(), 32);
+        let k = key();
+        let n = k.issue("example.com", NOW);
+        assert_eq!(n.len(), 43);
         assert!(
             n.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        let mut raw = [0u8; 24];
-        assert_eq!(URL_SAFE_NO_PAD.decode_slice(&n, &mut raw).unwrap(), 24);
+        let mut raw = [0u8; 32];
+        assert_eq!(URL_SAFE_NO_PAD.decode_slice(&n, &mut raw).unwrap(), 32);
         assert_eq!(raw[..8], NOW.to_be_bytes());
-        // Deterministic for the same inputs, different for another realm or second.
-        assert_eq!(n, key().issue("example.com", NOW));
-        assert_ne!(n, key().issue("example.org", NOW));
-        assert_ne!(n, key().issue("example.com", NOW + 1));
+        // Unique, even for the same realm in the same second (replay protection
+        // remembers nonces, so two clients must never share one).
+        assert_ne!(n, k.issue("example.com", NOW));
+        assert_eq!(k.verify(&n, "example.com", NOW), NonceCheck::Valid);
+        // The first format (no serial) still verifies.
+        let mut v1 = [0u8; 24];
+        v1[..8].copy_from_slice(&NOW.to_be_bytes());
+        v1[8..].copy_from_slice(&k.tag(&NOW.to_be_bytes(), "example.com"));
+        let v1 = URL_SAFE_NO_PAD.encode(v1);
+        assert_eq!(v1.len(), 32);
+        assert_eq!(k.verify(&v1, "example.com", NOW), NonceCheck::Valid);
+        assert_eq!(k.verify(&v1, "example.org", NOW), NonceCheck::Invalid);
     }
 
     #[test]

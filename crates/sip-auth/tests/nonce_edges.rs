@@ -14,7 +14,9 @@ fn edge(secret: &str) -> NonceKey {
 fn two_edges_same_secret() {
     let (a, b) = (edge(SECRET), edge(SECRET));
     let n = a.issue("example.com", NOW);
-    assert_eq!(n, b.issue("example.com", NOW));
+    // Unique per challenge, on one edge and across edges.
+    assert_ne!(n, b.issue("example.com", NOW));
+    assert_ne!(n, a.issue("example.com", NOW));
     assert_eq!(b.verify(&n, "example.com", NOW + 1), NonceCheck::Valid);
     assert_eq!(b.verify(&n, "example.com", NOW + 120), NonceCheck::Valid);
     assert_eq!(b.verify(&n, "example.com", NOW + 121), NonceCheck::Stale);
@@ -72,11 +74,18 @@ fn timestamp_cannot_be_moved_without_the_secret() {
     let a = edge(SECRET);
     let n = a.issue("example.com", NOW);
     let mut raw = URL_SAFE_NO_PAD.decode(&n).unwrap();
-    assert_eq!(raw.len(), 24);
+    assert_eq!(raw.len(), 32);
     raw[..8].copy_from_slice(&(NOW + 1000).to_be_bytes());
     let forged = URL_SAFE_NO_PAD.encode(&raw);
     assert_eq!(
         a.verify(&forged, "example.com", NOW + 1000),
+        NonceCheck::Invalid
+    );
+    // Nor can the serial be changed (to mint a fresh nonce for replay tracking).
+    let mut raw = URL_SAFE_NO_PAD.decode(&n).unwrap();
+    raw[15] ^= 1;
+    assert_eq!(
+        a.verify(&URL_SAFE_NO_PAD.encode(&raw), "example.com", NOW),
         NonceCheck::Invalid
     );
 }

@@ -35,6 +35,10 @@ pub struct DispatcherConfig {
     pub max_failover_entries: usize,
     /// `Retry-After` of the 503 when no edge can take a request.
     pub retry_after_secs: u32,
+    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped
+    /// without an answer and counted (`sipcluster_dispatcher_dropped_total{reason="scanner"}`).
+    /// Default: the SIPVicious family (`friendly-scanner`, `sipvicious`, ...); `[]` drops none.
+    pub deny_user_agents: Vec<String>,
     /// A client TCP connection with no traffic for this long is closed, s. Clients keep
     /// theirs open with CRLF keepalives (RFC 5626) and re-REGISTERs.
     pub tcp_idle_timeout_secs: u64,
@@ -163,6 +167,10 @@ impl Default for DispatcherConfig {
             failover_window_secs: 32,
             max_failover_entries: 200_000,
             retry_after_secs: 5,
+            deny_user_agents: dispatch_core::security::DEFAULT_DENIED_USER_AGENTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             tcp_idle_timeout_secs: 600,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9092))),

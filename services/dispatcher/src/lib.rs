@@ -267,6 +267,7 @@ pub async fn start_with(
         failover_window: Duration::from_secs(cfg.failover_window_secs),
         max_failover_entries: cfg.max_failover_entries,
         retry_after: cfg.retry_after_secs,
+        deny_user_agents: dispatch_core::UserAgentDeny::new(&cfg.deny_user_agents),
     };
     let metrics = Metrics::default();
     let mut relay = Relay::new(

@@ -31,6 +31,7 @@ use telemetry::LogLimit;
 pub struct Audit {
     auth: LogLimit,
     rejected: LogLimit,
+    dropped: LogLimit,
 }
 
 impl Default for Audit {
@@ -38,6 +39,7 @@ impl Default for Audit {
         Audit {
             auth: LogLimit::operator_lines(),
             rejected: LogLimit::operator_lines(),
+            dropped: LogLimit::operator_lines(),
         }
     }
 }
@@ -122,6 +124,43 @@ impl Audit {
             reason,
             suppressed,
             "authentication failed"
+        );
+    }
+
+    /// A ban or lock for failed logins has started (`warn`: an attack, or a phone with a
+    /// wrong password, that the operator should know of).
+    pub fn lockout(&self, l: &crate::guard::Lockout) {
+        match l {
+            crate::guard::Lockout::Source(ip, d) => tracing::warn!(
+                src = %ip,
+                secs = d.as_secs(),
+                "source banned after repeated failed logins: its requests are dropped"
+            ),
+            crate::guard::Lockout::User(user, d) => tracing::warn!(
+                user = %user,
+                secs = d.as_secs(),
+                "user locked after repeated failed logins: its logins are refused"
+            ),
+        }
+    }
+
+    /// A request dropped without an answer (`reason`: scanner, banned, rate_limited),
+    /// from `src` (the verified client address), rate-limited.
+    pub fn dropped(&self, req: &SipMessage, src: SocketAddr, reason: &'static str) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let Some(suppressed) = self.dropped.allow(Instant::now()) else {
+            return;
+        };
+        tracing::info!(
+            call_id = req.call_id().unwrap_or_default(),
+            method = %method_of(req),
+            %src,
+            user = user_of(req),
+            reason,
+            suppressed,
+            "request dropped"
         );
     }
 

@@ -36,6 +36,74 @@ pub struct EdgeConfig {
     pub media: MediaConfig,
     /// The all-in-one's control APIs (`sipcluster edge` ignores this section).
     pub all_in_one: AllInOneConfig,
+    /// Who is trusted, what is refused: trusted peers, identity headers, scanners,
+    /// per-source rate limit, failed-login bans.
+    pub security: SecurityConfig,
+}
+
+/// Trust and refusal (see "Security" in ARCHITECTURE.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Peers trusted by address (`10.0.0.0/8`, `203.0.113.9`): trunks, PBXs, gateways.
+    /// Their requests need no digest, may preload Routes and reach any destination, and
+    /// keep their P-Asserted-Identity (RFC 3325). Behind a dispatcher the address is the
+    /// client's as the dispatcher saw it (its signed Via), never the dispatcher's.
+    /// Default: none.
+    pub trusted_peers: Vec<String>,
+    /// Put a `P-Asserted-Identity` naming the authenticated user on requests this edge
+    /// forwards for it (RFC 3325 §9.1), so trusted gateways downstream see who called.
+    pub assert_identity: bool,
+    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped
+    /// without an answer and counted. Default: the SIPVicious family; `[]` drops none.
+    pub deny_user_agents: Vec<String>,
+    /// New requests per second per source address, past which its requests are
+    /// dropped (a token bucket of `source_burst`); 0 = no limit. Trusted peers are exempt.
+    pub source_rate: u32,
+    /// The bucket's size: how many requests a source may send at once.
+    pub source_burst: u32,
+    /// Failed logins from one source within `auth_failure_window_secs` that ban it for
+    /// `source_ban_secs` (its requests are then dropped); 0 = never.
+    pub auth_failures_per_source: u32,
+    /// Failed logins for one user (from anywhere) within the window that lock it for
+    /// `user_lock_secs` (its logins are refused unchecked); 0 = never.
+    pub auth_failures_per_user: u32,
+    /// The window failed logins are counted in, s.
+    pub auth_failure_window_secs: u64,
+    /// How long a source stays banned, s.
+    pub source_ban_secs: u64,
+    /// How long a user stays locked, s.
+    pub user_lock_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            trusted_peers: Vec::new(),
+            assert_identity: false,
+            deny_user_agents: dispatch_core::security::DEFAULT_DENIED_USER_AGENTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            source_rate: 500,
+            source_burst: 1000,
+            auth_failures_per_source: 20,
+            auth_failures_per_user: 50,
+            auth_failure_window_secs: 60,
+            source_ban_secs: 300,
+            user_lock_secs: 120,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The trusted blocks (validated at start, so a bad one here is skipped).
+    pub fn trusted(&self) -> Vec<dispatch_core::Cidr> {
+        self.trusted_peers
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
 }
 
 /// The control APIs the all-in-one serves for the `sipcluster users`, `registrations` and
@@ -546,6 +614,20 @@ impl EdgeConfig {
             return Err(bad(
                 "auth.algorithms",
                 format!("{:?}: use MD5 and/or SHA-256", self.auth.algorithms),
+            ));
+        }
+        for c in &self.security.trusted_peers {
+            if let Err(e) = c.parse::<dispatch_core::Cidr>() {
+                return Err(bad("security.trusted_peers", e.to_string()));
+            }
+        }
+        if self.security.auth_failure_window_secs == 0
+            && (self.security.auth_failures_per_source > 0
+                || self.security.auth_failures_per_user > 0)
+        {
+            return Err(bad(
+                "security.auth_failure_window_secs",
+                "must be positive while failed logins are limited",
             ));
         }
         if self.auth.nonce_lifetime_secs == 0 {

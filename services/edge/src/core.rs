@@ -183,11 +183,18 @@ impl Core {
                         }
                         return;
                     }
+                    if self.dropped(&msg, source, now) {
+                        return;
+                    }
+                    let msg = with_received(msg, source);
+                    if crate::decide::options_for_me(&self.sh, &msg) {
+                        self.options_stateless(&msg, source);
+                        return;
+                    }
                     // A new transaction for a stale request is answered 503 when its
                     // event comes out of the layer (just below, in `drain`); a
                     // retransmission of a live one raises no event and is absorbed.
                     self.shed_next = self.stale(&msg, received_at, now);
-                    let msg = with_received(msg, source);
                     if let Err(e) = self.txn.handle_request(now, msg, source) {
                         tracing::debug!(error = %e, "request not taken by the transaction layer");
                     }
@@ -205,6 +212,43 @@ impl Core {
         self.drain();
         // A retransmission absorbed by its transaction raised no event to consume the flag.
         self.shed_next = false;
+    }
+
+    /// Requests dropped before they cost a transaction: scanners, banned sources, a
+    /// source over its rate. Nothing is answered (an answer would tell a scanner a SIP
+    /// server is here, and cost what the limit saves).
+    fn dropped(&self, msg: &SipMessage, source: Target, now: Instant) -> bool {
+        let o = crate::origin::origin(&self.sh, msg, source);
+        let reason = if self.sh.deny.denies_message(msg) {
+            "scanner"
+        } else if o.trusted {
+            return false;
+        } else {
+            match self.sh.guard.admit(o.addr.ip(), now) {
+                crate::guard::Admit::Yes => return false,
+                crate::guard::Admit::Banned => "banned",
+                crate::guard::Admit::RateLimited => "rate_limited",
+            }
+        };
+        self.sh
+            .metrics
+            .dropped_requests
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.sh.audit.dropped(msg, o.addr, reason);
+        true
+    }
+
+    /// Answer an OPTIONS for the proxy itself without a transaction (RFC 3261 §8.2.6
+    /// lets a UAS answer statelessly): a flood of keepalives then costs no memory. A
+    /// retransmission is answered again the same way.
+    fn options_stateless(&mut self, msg: &SipMessage, source: Target) {
+        if let Some((code, bytes)) = crate::decide::options_response(&self.sh, msg) {
+            self.sh.metrics.count_request(method_index("OPTIONS"));
+            self.sh.metrics.options_stateless.inc();
+            self.count_response(code);
+            self.transports.send(source, bytes, TxnRef::Stateless);
+        }
     }
 
     /// A new dialog-creating or out-of-dialog request that sat in the queue past
@@ -332,9 +376,13 @@ impl Core {
                     }
                 }
             }
-            Event::Request { txn: None, msg, .. } => {
+            Event::Request {
+                txn: None,
+                msg,
+                source,
+            } => {
                 self.sh.metrics.count_request(method_index("ACK"));
-                self.forward_ack(msg);
+                self.forward_ack(msg, source);
             }
             Event::Response { txn, msg } => self.on_branch_response(txn, msg),
             Event::StrayResponse { msg, .. } => self.forward_stray_response(msg),
@@ -718,7 +766,7 @@ impl Core {
     }
 
     /// The ACK for a 2xx is end to end: route it statelessly (§16.11-style).
-    fn forward_ack(&mut self, ack: SipMessage) {
+    fn forward_ack(&mut self, ack: SipMessage, source: Target) {
         let sh = self.sh.clone();
         let transports = self.transports.clone();
         tokio::spawn(async move {
@@ -733,7 +781,7 @@ impl Core {
             {
                 ack = rewritten;
             }
-            if let Some((target, bytes)) = stateless_request(&sh, &ack).await {
+            if let Some((target, bytes)) = stateless_request(&sh, &ack, source).await {
                 transports.send(target, bytes, TxnRef::Stateless);
             }
         });
@@ -775,8 +823,25 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
     let out_t = hop.target.transport;
     let in_t = ctx.source.transport;
     let our_via = sh.local.via(out_t, branch);
-    let rr_out = sh.local.route_uri(out_t);
-    let rr_in = sh.local.route_uri(in_t);
+    // Our Record-Route carries the dialog's token, so in-dialog requests that come back
+    // through it prove the dialog was set up through us (any edge checks it).
+    let dialog = plan
+        .record_route
+        .then(|| {
+            let call_id = original.call_id().ok()?;
+            let tag = original.from_tag().ok().flatten()?;
+            Some(sh.tokens.dialog_token(call_id, tag))
+        })
+        .flatten();
+    let rr = |t| {
+        let uri = sh.local.route_uri(t);
+        match &dialog {
+            Some(d) => dispatch_core::relay::with_dialog_param(uri.as_bytes(), d),
+            None => uri.into_bytes(),
+        }
+    };
+    let rr_out = rr(out_t);
+    let rr_in = rr(in_t);
     let mut ed = Editor::new(original);
     for _ in 0..plan.pop_routes {
         ed.remove_top_route().ok()?;
@@ -825,11 +890,19 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
         ed.set_body(body.as_ref());
     }
     if plan.record_route {
-        ed.add_record_route(rr_out.as_bytes());
+        ed.add_record_route(rr_out.as_slice());
         if in_t != out_t {
             // Double Record-Route when the transport changes: each side gets a URI it can use.
-            ed.add_record_route(rr_in.as_bytes());
+            ed.add_record_route(rr_in.as_slice());
         }
+    }
+    if plan.identity.strip {
+        ed.remove_header_named("P-Asserted-Identity");
+        ed.remove_header_named("Remote-Party-ID");
+        ed.remove_header_named("P-Preferred-Identity");
+    }
+    if let Some(pai) = &plan.identity.assert {
+        ed.add_header("P-Asserted-Identity", pai.as_bytes());
     }
     ed.prepend_via(our_via.as_bytes());
     Some(ed.finish())
@@ -864,7 +937,11 @@ pub fn nat_via(msg: &SipMessage, source: Target) -> Option<String> {
 
 /// Route a request statelessly (the ACK for a 2xx): pop our Routes, send to the next
 /// Route or the Request-URI, with our Via.
-async fn stateless_request(sh: &Shared, msg: &SipMessage) -> Option<(Target, Bytes)> {
+async fn stateless_request(
+    sh: &Shared,
+    msg: &SipMessage,
+    source: Target,
+) -> Option<(Target, Bytes)> {
     let routes: Vec<_> = msg.routes().flatten().collect();
     let mine = |a: &sip_core::NameAddr<'_>| {
         a.parsed_uri()
@@ -884,6 +961,11 @@ async fn stateless_request(sh: &Shared, msg: &SipMessage) -> Option<(Target, Byt
         // Without one this is the ACK of a response we generated ourselves whose branch did
         // not match (a pre-3261 or sloppy client): absorb it rather than send a stray ACK
         // to the user's phones.
+        return None;
+    }
+    // Like any in-dialog request, the ACK leaves only for a dialog set up through us.
+    let o = crate::origin::origin(sh, msg, source);
+    if !o.trusted && !crate::decide::dialog_token_ok(sh, msg, &routes[..pop], &o) {
         return None;
     }
     let target = resolve(&sip).await?;

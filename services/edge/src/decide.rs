@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sip_auth::{
-    Challenge, ChallengeKind, DigestResponse, NonceCheck, NonceKey, Outcome, SubscriberStore,
-    find_credentials,
+    Challenge, ChallengeKind, DigestResponse, NonceCheck, NonceKey, NonceUses, Outcome,
+    SubscriberStore, find_credentials,
 };
 use sip_core::{Method, NameAddr, ResponseBuilder, SipMessage, SipUri, Uri};
 use sip_registrar::{Aor, Binding, LocationStore, RegisterRequest, Source, StoreError};
@@ -20,6 +20,7 @@ use crate::config::EdgeConfig;
 use crate::flow_token;
 use crate::local::Local;
 use crate::metrics::{EdgeMetrics, ReasonLabel};
+use crate::origin::{Origin, origin};
 
 /// What the decision tasks share.
 pub struct Shared {
@@ -45,6 +46,16 @@ pub struct Shared {
     pub relays: Option<Arc<crate::media::Relays>>,
     /// The rate limits of the operator's log lines.
     pub audit: crate::audit::Audit,
+    /// The cluster secret as the dispatchers use it: dialog tokens, signed Vias.
+    pub tokens: dispatch_core::TokenKey,
+    /// `security.trusted_peers`, parsed.
+    pub trusted: Vec<dispatch_core::Cidr>,
+    /// `security.deny_user_agents`.
+    pub deny: dispatch_core::UserAgentDeny,
+    /// Per-source rate limit, failed-login bans and locks.
+    pub guard: crate::guard::Guard,
+    /// The `(nonce, nc)` pairs already used (replay protection), shared by the edges.
+    pub nonce_uses: Arc<dyn NonceUses>,
 }
 
 /// One next hop for a forwarded copy of the request.
@@ -73,6 +84,19 @@ pub struct Plan {
     pub body: Option<Bytes>,
     /// The media relay holding the call's session (its index), when anchored.
     pub anchor: Option<usize>,
+    /// What to do with the identity headers (RFC 3325).
+    pub identity: IdentityHeaders,
+}
+
+/// RFC 3325 §5: P-Asserted-Identity (and its relatives Remote-Party-ID and
+/// P-Preferred-Identity) are believed only from trusted peers; from anyone else they are
+/// removed, and an authenticated user may get one naming it.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityHeaders {
+    /// Remove P-Asserted-Identity, Remote-Party-ID and P-Preferred-Identity.
+    pub strip: bool,
+    /// Add this P-Asserted-Identity value (`<sip:user@realm>`).
+    pub assert: Option<String>,
 }
 
 impl Plan {
@@ -84,6 +108,7 @@ impl Plan {
             record_route,
             body: None,
             anchor: None,
+            identity: IdentityHeaders::default(),
             groups: vec![vec![Hop {
                 request_uri: None,
                 routes: vec![],
@@ -284,6 +309,70 @@ fn sip_uri<'a>(a: &NameAddr<'a>) -> Option<SipUri<'a>> {
 
 /// Decide what to do with a new request (already validated).
 pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Target) -> Decision {
+    let mut sender = Sender {
+        origin: origin(sh, msg, source),
+        user: None,
+    };
+    match decide_for(sh, txn, msg, source, &mut sender).await {
+        Decision::Forward { txn, mut plan } => {
+            plan.identity = IdentityHeaders {
+                strip: !sender.origin.trusted,
+                assert: sender
+                    .user
+                    .filter(|_| sh.cfg.security.assert_identity && !sender.origin.trusted),
+            };
+            Decision::Forward { txn, plan }
+        }
+        d => d,
+    }
+}
+
+/// What is known of who sent the request being decided.
+struct Sender<'m> {
+    origin: Origin<'m>,
+    /// `<sip:user@realm>` once a digest verified.
+    user: Option<String>,
+}
+
+/// Is this in-dialog request one whose dialog was set up through our Record-Route? It
+/// shows the dialog token of that Record-Route: in a Route we popped (or, from a strict
+/// router, the Request-URI), or in the Via of the dispatcher that popped it.
+pub(crate) fn dialog_token_ok(
+    sh: &Shared,
+    msg: &SipMessage,
+    own_routes: &[NameAddr<'_>],
+    o: &Origin<'_>,
+) -> bool {
+    let Ok(call_id) = msg.call_id() else {
+        return false;
+    };
+    let tags = [msg.from_tag().ok().flatten(), msg.to_tag().ok().flatten()];
+    let ruri = match msg.request_uri() {
+        Ok(Uri::Sip(u)) if sh.local.is_me(&u) => dispatch_core::relay::dialog_param(&u),
+        _ => None,
+    };
+    own_routes
+        .iter()
+        .filter_map(sip_uri)
+        .filter_map(|u| dispatch_core::relay::dialog_param(&u))
+        .chain(o.dialog)
+        .chain(ruri)
+        .any(|t| sh.tokens.dialog_ok(t, call_id, tags))
+}
+
+/// Can this edge send there? TLS and WebSocket come later: never downgrade a `sips:` or
+/// `transport=tls` target to plain UDP/TCP (RFC 3261 §26.2.2, RFC 5630).
+fn sendable(t: &Target) -> bool {
+    matches!(t.transport, Transport::Udp | Transport::Tcp)
+}
+
+async fn decide_for(
+    sh: &Shared,
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    source: Target,
+    sender: &mut Sender<'_>,
+) -> Decision {
     let Some(method) = msg.method() else {
         return respond(txn, msg, 500);
     };
@@ -305,6 +394,10 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
     if is_loop(&sh.local, msg) {
         return respond(txn, msg, 482);
     }
+    // No TLS yet: a sips: request can only be refused, never carried in the clear.
+    if method != Method::Register && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.secure) {
+        return respond(txn, msg, 416);
+    }
 
     // Route processing (§16.4).
     let routes: Vec<NameAddr<'_>> = msg.routes().flatten().collect();
@@ -318,18 +411,55 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
     let remaining = routes.len() - pop - usize::from(strict_fix);
     let initial = msg.to_tag().ok().flatten().is_none();
     let record_route = initial && creates_dialog(method) && sh.cfg.sip.record_route;
+    let trusted = sender.origin.trusted;
+    // In a dialog: did it come through our Record-Route (or from a trusted peer)?
+    let in_our_dialog =
+        !initial && (trusted || dialog_token_ok(sh, msg, &routes[..pop], &sender.origin));
+    let from_domain = msg
+        .from_header()
+        .ok()
+        .and_then(|f| sip_uri(&f))
+        .and_then(|u| sh.local.local_domain(&u).map(str::to_owned));
+    // Requests our users' digest covers (ACK and CANCEL cannot be challenged; OPTIONS
+    // is answered or relayed without).
+    let challengeable = !matches!(method, Method::Ack | Method::Cancel | Method::Options);
 
     if remaining > 0 {
         // Loose routing: the next Route decides the next hop; the Request-URI stays.
         let Some(next) = sip_uri(&routes[pop]) else {
             return respond(txn, msg, 400);
         };
+        if initial && !trusted {
+            // A Route preloaded by the sender: honoured only for one of our users who
+            // proves it (else anyone could relay through us to any address).
+            let Some(realm) = from_domain.as_deref().filter(|_| challengeable) else {
+                return respond(txn, msg, 403);
+            };
+            match authenticate(
+                sh,
+                txn,
+                msg,
+                source,
+                sender,
+                ChallengeKind::Proxy,
+                realm,
+                msg.from_user(),
+                now,
+            )
+            .await
+            {
+                Ok(user) => sender.user = Some(format!("<sip:{user}@{realm}>")),
+                Err(d) => return d,
+            }
+        } else if !initial && !in_our_dialog {
+            return refuse_in_dialog(txn, msg);
+        }
         return match resolve(&next).await {
-            Some(target) => Decision::Forward {
+            Some(target) if sendable(&target) => Decision::Forward {
                 txn,
                 plan: Plan::one_hop(pop, strict_fix, record_route, target),
             },
-            None => respond(txn, msg, 503),
+            _ => respond(txn, msg, 503),
         };
     }
 
@@ -373,6 +503,9 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         // tel: and the like: this edge has no number routing.
         return respond(txn, msg, 404);
     };
+    if target_uri.secure {
+        return respond(txn, msg, 416);
+    }
     let domain = sh.local.local_domain(&target_uri).map(str::to_owned);
     let plan = |groups| Plan {
         pop_routes: pop,
@@ -381,32 +514,27 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         groups,
         body: None,
         anchor: None,
+        identity: IdentityHeaders::default(),
     };
 
     if method == Method::Register {
         return match domain {
-            Some(d) => register(sh, txn, msg, source, &d, now).await,
+            Some(d) => register(sh, txn, msg, source, sender, &d, now).await,
             None => respond(txn, msg, 403),
         };
     }
 
-    let from_domain = msg
-        .from_header()
-        .ok()
-        .and_then(|f| sip_uri(&f))
-        .and_then(|u| sh.local.local_domain(&u).map(str::to_owned));
-    let needs_auth = sh.cfg.auth.invite
-        && initial
-        && from_domain.is_some()
-        && !matches!(method, Method::Ack | Method::Cancel | Method::Options);
+    let needs_auth =
+        sh.cfg.auth.invite && initial && from_domain.is_some() && challengeable && !trusted;
     if needs_auth {
         let realm = from_domain.clone().unwrap_or_default();
         let from_user = msg.from_user();
-        if let Err(d) = authenticate(
+        match authenticate(
             sh,
             txn,
             msg,
             source,
+            sender,
             ChallengeKind::Proxy,
             &realm,
             from_user,
@@ -414,20 +542,27 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         )
         .await
         {
-            return d;
+            Ok(user) => sender.user = Some(format!("<sip:{user}@{realm}>")),
+            Err(d) => return d,
         }
     }
+    // May this request leave the cluster? Only for a user who proved who it is, or a
+    // trusted peer: a From header naming a local user proves nothing.
+    let may_leave = trusted || sender.user.is_some();
 
     // Outbound rules: a local user's call to a number or domain served by a destination
     // set goes to the dispatcher, which picks the gateway.
     if initial
         && from_domain.is_some()
-        && !matches!(method, Method::Ack | Method::Cancel | Method::Options)
+        && challengeable
         && let Some(set) = sh
             .cfg
             .outbound
             .set_for(target_uri.user, &target_uri.host.to_string())
     {
+        if !may_leave {
+            return respond(txn, msg, 403);
+        }
         let route = sh.cfg.outbound.dispatcher.as_deref().and_then(|d| {
             let Ok(Uri::Sip(u)) = Uri::parse(d.as_bytes()) else {
                 return None;
@@ -461,6 +596,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
                     }]],
                     body: None,
                     anchor: None,
+                    identity: IdentityHeaders::default(),
                 },
             },
             None => respond(txn, msg, 503),
@@ -468,12 +604,17 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
     }
 
     if !initial && domain.is_none() {
-        // In-dialog request without (more) Route: the Request-URI is the remote target.
+        // In-dialog request without (more) Route: the Request-URI is the remote target,
+        // anywhere: only for a dialog that was set up through us.
+        if !in_our_dialog {
+            return refuse_in_dialog(txn, msg);
+        }
         return match resolve(&target_uri).await {
-            Some(target) => Decision::Forward {
+            Some(target) if sendable(&target) => Decision::Forward {
                 txn,
                 plan: Plan::one_hop(pop, strict_fix, record_route, target),
             },
+            Some(_) => respond(txn, msg, 503),
             None => respond(txn, msg, 404),
         };
     }
@@ -483,18 +624,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             // Addressed to the proxy itself.
             // The proxy as a UAS (§8.2.1): it answers OPTIONS (and REGISTER, above) only.
             match method {
-                Method::Options if sh.draining.load(std::sync::atomic::Ordering::Relaxed) => {
-                    respond_with(txn, msg, 503, &[("Retry-After", "5".into())])
-                }
-                Method::Options => respond_with(
-                    txn,
-                    msg,
-                    200,
-                    &[
-                        ("Allow", ALLOW.into()),
-                        ("Accept", "application/sdp".into()),
-                    ],
-                ),
+                Method::Options => options_reply(sh, txn, msg),
                 Method::Other(_) => respond(txn, msg, 501),
                 _ => respond_with(txn, msg, 405, &[("Allow", "OPTIONS, REGISTER".into())]),
             }
@@ -503,23 +633,28 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             // The AOR in the canonical domain (a request to the edge's address counts as
             // the default domain).
             let raw_user = target_uri.user.unwrap_or_default();
+            // Unknown and unregistered users get the same answer (480), so a caller
+            // cannot tell which users exist.
             let Ok(aor) = Aor::parse(&format!("sip:{raw_user}@{d}")) else {
-                return respond(txn, msg, 404);
+                return respond(txn, msg, 480);
             };
             let user = sip_core::unescape_percent(raw_user.as_bytes()).into_owned();
             let user = String::from_utf8_lossy(&user).into_owned();
             match sh.users.credentials(&user, &d).await {
                 Ok(Some(_)) => {}
-                Ok(None) => return respond(txn, msg, 404),
+                Ok(None) => return respond(txn, msg, 480),
                 Err(_) => return unavailable(sh, txn, msg),
             }
             let bindings = match sh.store.lookup(&aor, now).await {
                 Ok(b) => b,
                 Err(_) => return unavailable(sh, txn, msg),
             };
-            let groups = hops_from_bindings(sh, &bindings).await;
+            let (groups, unsendable) = hops_from_bindings(sh, &bindings).await;
             if groups.is_empty() {
-                return respond(txn, msg, 480);
+                // Registered only at addresses we cannot reach yet (TLS): say so at
+                // once, rather than letting the caller wait out a timeout.
+                let code = if unsendable > 0 { 503 } else { 480 };
+                return respond(txn, msg, code);
             }
             Decision::Forward {
                 txn,
@@ -528,36 +663,93 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         }
         (Some(_), None) => respond(txn, msg, 404),
         (None, _) => {
-            // A foreign domain: only for our own (authenticated) users; no open relay.
-            if from_domain.is_none() {
+            // A foreign domain: only for a user who authenticated, or a trusted peer.
+            if !may_leave {
                 return respond(txn, msg, 403);
             }
             match resolve(&target_uri).await {
-                Some(target) => Decision::Forward {
+                Some(target) if sendable(&target) => Decision::Forward {
                     txn,
                     plan: Plan::one_hop(pop, strict_fix, record_route, target),
                 },
+                Some(_) => respond(txn, msg, 503),
                 None => respond(txn, msg, 404),
             }
         }
     }
 }
 
+/// An in-dialog request for a dialog that did not go through our Record-Route (or whose
+/// token is forged): "not here", as Kamailio's default configuration answers.
+fn refuse_in_dialog(txn: ServerTxnId, msg: &SipMessage) -> Decision {
+    respond(txn, msg, 404)
+}
+
+/// The answer to an OPTIONS for the proxy itself (a keepalive, a health check). Also
+/// sent statelessly by the core ([`options_for_me`]), without a transaction.
+pub(crate) fn options_response(sh: &Shared, msg: &SipMessage) -> Option<(u16, Bytes)> {
+    if sh.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let b = ResponseBuilder::new(msg, 503)?.header("Retry-After", b"5".to_vec());
+        return Some((503, b.build()));
+    }
+    let b = ResponseBuilder::new(msg, 200)?
+        .header("Allow", ALLOW.as_bytes().to_vec())
+        .header("Accept", b"application/sdp".to_vec());
+    Some((200, b.build()))
+}
+
+fn options_reply(sh: &Shared, txn: ServerTxnId, msg: &SipMessage) -> Decision {
+    match options_response(sh, msg) {
+        Some((code, bytes)) => Decision::Respond {
+            txn,
+            code,
+            bytes,
+            logged: false,
+        },
+        None => respond(txn, msg, 500),
+    }
+}
+
+/// An OPTIONS for the proxy itself, outside any dialog and with no Route: what the core
+/// answers statelessly, as Kamailio's `sl` does, so keepalives hold no 32 s transaction.
+pub fn options_for_me(sh: &Shared, msg: &SipMessage) -> bool {
+    msg.method() == Some(Method::Options)
+        && msg.to_tag().ok().flatten().is_none()
+        && msg.routes().next().is_none()
+        && matches!(msg.request_uri(), Ok(Uri::Sip(u))
+            if u.user.is_none() && !u.secure && sh.local.is_me(&u) && sh.local.local_domain(&u).is_some())
+}
+
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
 
-/// Bindings to q-ordered groups of hops (§16.6: sequential by q, parallel within a q).
-async fn hops_from_bindings(sh: &Shared, bindings: &[Binding]) -> Vec<Vec<Hop>> {
+/// Bindings to q-ordered groups of hops (§16.6: sequential by q, parallel within a q),
+/// and how many bindings were left out because only TLS or WebSocket reaches them.
+async fn hops_from_bindings(sh: &Shared, bindings: &[Binding]) -> (Vec<Vec<Hop>>, usize) {
     let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
+    let mut unsendable = 0;
     for b in bindings {
         let Some(hop) = hop_for(sh, b).await else {
             continue;
         };
+        // A contact asking for TLS (or WebSocket) is not reached in the clear, not even
+        // through the NAT binding its REGISTER came from.
+        let contact_transport = match Uri::parse(b.contact.as_bytes()) {
+            Ok(Uri::Sip(u)) if u.secure => Some(Transport::Tls),
+            Ok(Uri::Sip(u)) => u.transport().and_then(Transport::from_token),
+            _ => None,
+        };
+        if !sendable(&hop.target)
+            || contact_transport.is_some_and(|t| !matches!(t, Transport::Udp | Transport::Tcp))
+        {
+            unsendable += 1;
+            continue;
+        }
         match groups.last_mut() {
             Some((q, g)) if *q == b.q => g.push(hop),
             _ => groups.push((b.q, vec![hop])),
         }
     }
-    groups.into_iter().map(|(_, g)| g).collect()
+    (groups.into_iter().map(|(_, g)| g).collect(), unsendable)
 }
 
 /// How to reach one binding: through its Path, over its own connection, to the NAT
@@ -674,6 +866,7 @@ async fn authenticate(
     txn: ServerTxnId,
     msg: &SipMessage,
     source: Target,
+    sender: &Sender<'_>,
     kind: ChallengeKind,
     realm: &str,
     expected_user: Option<&str>,
@@ -702,7 +895,9 @@ async fn authenticate(
             .collect();
         respond_with(txn, msg, kind.status(), &headers)
     };
-    // Counted by reason and logged (rate-limited) with who claimed what, from where.
+    // Counted by reason and logged (rate-limited) with who claimed what, from where;
+    // counted towards the source's ban and the user's lock.
+    let clock = std::time::Instant::now();
     let fail = |reason: &'static str, claimed: &str, code: u16| {
         sh.metrics
             .auth_failures
@@ -710,6 +905,25 @@ async fn authenticate(
             .inc();
         sh.audit
             .auth_failed(msg, source, claimed, realm, reason, code);
+        if !sender.origin.trusted {
+            let who = if claimed.is_empty() {
+                String::new()
+            } else {
+                format!("{claimed}@{realm}")
+            };
+            for l in sh.guard.auth_failed(sender.origin.addr.ip(), &who, clock) {
+                sh.metrics
+                    .lockouts
+                    .get_or_create(&ReasonLabel {
+                        reason: match l {
+                            crate::guard::Lockout::Source(..) => "source",
+                            crate::guard::Lockout::User(..) => "user",
+                        },
+                    })
+                    .inc();
+                sh.audit.lockout(&l);
+            }
+        }
     };
     let Some(auth) = find_credentials(msg, kind, realm) else {
         return Err(challenge(false));
@@ -727,11 +941,17 @@ async fn authenticate(
         return Err(challenge(false));
     }
     let username = digest.username().to_owned();
+    // A locked user's guesses are not even checked: the answer is the same challenge.
+    if sh.guard.user_locked(&format!("{username}@{realm}"), clock) {
+        fail("locked", &username, kind.status());
+        return Err(challenge(false));
+    }
     let creds = match sh.users.credentials(&username, realm).await {
         Ok(Some(c)) => c,
+        // The same challenge as for a wrong password: which users exist stays unknown.
         Ok(None) => {
-            fail("unknown_user", &username, 403);
-            return Err(refuse_login(txn, msg));
+            fail("unknown_user", &username, kind.status());
+            return Err(challenge(false));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
     };
@@ -745,11 +965,30 @@ async fn authenticate(
             return Err(challenge(false));
         }
     }
+    // Each (nonce, nc) is good once, on every edge: a captured Authorization sent again
+    // (from anywhere, with any Call-ID or Contact) gets a fresh challenge.
+    match sh
+        .nonce_uses
+        .first_use(
+            digest.nonce(),
+            digest.nc().unwrap_or(""),
+            sh.nonces.lifetime(),
+        )
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            fail("replay", &username, kind.status());
+            return Err(challenge(true));
+        }
+        Err(_) => return Err(unavailable(sh, txn, msg)),
+    }
     // The authenticated user may only act as itself (register its own AOR, call as itself).
     if expected_user.is_some_and(|u| u != username) {
         fail("identity_mismatch", &username, 403);
         return Err(refuse_login(txn, msg));
     }
+    sh.guard.auth_succeeded(&format!("{username}@{realm}"));
     Ok(username)
 }
 
@@ -759,6 +998,7 @@ async fn register(
     txn: ServerTxnId,
     msg: &SipMessage,
     source: Target,
+    sender: &Sender<'_>,
     domain: &str,
     now: u64,
 ) -> Decision {
@@ -769,6 +1009,7 @@ async fn register(
             txn,
             msg,
             source,
+            sender,
             ChallengeKind::Www,
             domain,
             to_user,

@@ -18,16 +18,18 @@ pub mod core;
 pub mod decide;
 pub mod flow_token;
 pub mod forking;
+pub mod guard;
 pub mod local;
 pub mod media;
 pub mod metrics;
+pub mod origin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sip_auth::{FileStore, NonceKey, SubscriberStore};
+use sip_auth::{FileStore, MemoryNonceUses, NonceKey, NonceUses, SubscriberStore};
 use sip_registrar::{LocationStore, MemoryStore, Policy};
 use sip_transport::{TransportConfig, TransportError, Transports};
 use tokio::sync::{mpsc, oneshot};
@@ -171,7 +173,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
         max_expires: r.max_expires,
         max_contacts: r.max_contacts,
     }));
-    start_with(cfg, users, store).await
+    start_with(cfg, users, store, Arc::new(MemoryNonceUses::default())).await
 }
 
 /// Start an edge in cluster mode: registrations and credentials through the location
@@ -192,14 +194,24 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             })
         })?,
     );
-    start_with(cfg, client.clone(), client).await
+    // Replay tracking: each edge remembers the pairs it accepted (wired to the location
+    // service's shared set below once that serves it).
+    start_with(
+        cfg,
+        client.clone(),
+        client,
+        Arc::new(MemoryNonceUses::default()),
+    )
+    .await
 }
 
-/// Start an edge over the given stores.
+/// Start an edge over the given stores: credentials, registrations, and the used
+/// `(nonce, nc)` pairs (shared by every edge of a cluster, for replay protection).
 pub async fn start_with(
     cfg: EdgeConfig,
     users: Arc<dyn SubscriberStore>,
     store: Arc<dyn LocationStore>,
+    nonce_uses: Arc<dyn NonceUses>,
 ) -> Result<EdgeHandle, EdgeError> {
     cfg.validate()?;
     let metrics = metrics::EdgeMetrics::default();
@@ -227,6 +239,7 @@ pub async fn start_with(
         Some(s) => s.clone(),
         None => random_hex(32)?,
     };
+    let tokens = dispatch_core::TokenKey::new(secret.as_bytes());
     let nonces =
         NonceKey::new(secret, Duration::from_secs(cfg.auth.nonce_lifetime_secs)).map_err(|e| {
             EdgeError::Config(ConfigError {
@@ -292,6 +305,7 @@ pub async fn start_with(
     let draining = Arc::new(AtomicBool::new(false));
     let drain = Duration::from_secs(cfg.runtime.drain_secs);
     let metrics_set = metrics.clone();
+    let cfg_security = cfg.security.clone();
     let shared = Arc::new(decide::Shared {
         relays,
         draining: draining.clone(),
@@ -304,6 +318,11 @@ pub async fn start_with(
         instance: instance.clone(),
         transports: transports.clone(),
         audit: audit::Audit::default(),
+        tokens,
+        trusted: cfg_security.trusted(),
+        deny: dispatch_core::UserAgentDeny::new(&cfg_security.deny_user_agents),
+        guard: guard::Guard::new(&cfg_security),
+        nonce_uses,
     });
     let (dtx, drx) = mpsc::unbounded_channel();
     let core = core::Core::new(shared, transports, dtx);

@@ -201,6 +201,12 @@ pub struct EdgeMetrics {
     pub invalid_requests: Family<ReasonLabel, Counter>,
     /// Responses from downstream dropped as unroutable (no Via left below ours).
     pub bad_responses: Counter,
+    /// Requests dropped without an answer: `scanner`, `banned`, `rate_limited`.
+    pub dropped_requests: Family<ReasonLabel, Counter>,
+    /// Bans started for failed logins: `source` (an address), `user` (an account).
+    pub lockouts: Family<ReasonLabel, Counter>,
+    /// OPTIONS for the proxy itself answered without a transaction.
+    pub options_stateless: Counter,
     /// Transport metrics (registered with the rest).
     pub transport: TransportMetrics,
     hot: Arc<Hot>,
@@ -254,6 +260,9 @@ impl Default for EdgeMetrics {
             media_relays_up: Gauge::default(),
             bad_responses: Counter::default(),
             invalid_requests: Family::default(),
+            dropped_requests: Family::default(),
+            lockouts: Family::default(),
+            options_stateless: Counter::default(),
             transport: TransportMetrics::default(),
             hot: Arc::default(),
         }
@@ -384,6 +393,21 @@ impl EdgeMetrics {
             "sip_bad_responses",
             "Responses from downstream dropped because no Via was left to route them",
             self.bad_responses.clone(),
+        );
+        r.register(
+            "sip_dropped_requests",
+            "Requests dropped without an answer (scanner, banned source, over its rate), by reason",
+            self.dropped_requests.clone(),
+        );
+        r.register(
+            "sip_lockouts",
+            "Bans started for failed logins, by what was banned (source, user)",
+            self.lockouts.clone(),
+        );
+        r.register(
+            "sip_options_stateless",
+            "OPTIONS for the proxy itself answered statelessly (keepalives, health checks)",
+            self.options_stateless.clone(),
         );
         self.transport.register(r);
         root

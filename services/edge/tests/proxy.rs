@@ -20,6 +20,18 @@ struct Edge {
     store: std::sync::Arc<MemoryStore>,
 }
 
+/// The cluster secret: tests forge what only a holder of it could (dialog tokens).
+const SECRET: &str = "proxy-test-secret-0123456789";
+
+/// The `;dlg=` parameter our Record-Route gives the dialog `call_id` whose caller's tag
+/// is `tag`.
+fn dlg(call_id: &str, tag: &str) -> String {
+    format!(
+        ";dlg={}",
+        dispatch_core::TokenKey::new(SECRET.as_bytes()).dialog_token(call_id, tag)
+    )
+}
+
 async fn start_edge() -> Edge {
     start_edge_with_tcp(false).await
 }
@@ -33,6 +45,7 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
         vec![]
     };
     cfg.sip.domains = vec!["sipcluster.local".into()];
+    cfg.auth.nonce_secret = Some(SECRET.into());
     cfg.auth.register = false;
     cfg.auth.invite = false;
     cfg.metrics.listen = None;
@@ -42,9 +55,14 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
     cfg.timers.t4_ms = 500;
     let store = std::sync::Arc::new(MemoryStore::new(Policy::default()));
     let users = std::sync::Arc::new(edge::load_users(&cfg).expect("demo users"));
-    let handle = edge::start_with(cfg, users, store.clone())
-        .await
-        .expect("edge starts");
+    let handle = edge::start_with(
+        cfg,
+        users,
+        store.clone(),
+        std::sync::Arc::new(sip_auth::MemoryNonceUses::default()),
+    )
+    .await
+    .expect("edge starts");
     let addr = handle.udp[0];
     Edge {
         handle,
@@ -283,7 +301,18 @@ async fn parallel_fork_2xx_cancels_the_rest_and_the_dialog_follows_record_route(
     );
     assert_eq!(ia.headers("via").len(), 2);
     assert_eq!(ia.header("max-forwards"), "69");
-    assert_eq!(ia.header("record-route"), format!("<sip:{};lr>", edge.addr));
+    // Our Record-Route, with the dialog's token (Call-ID and the caller's tag).
+    let call_id = ia.header("call-id").to_owned();
+    let from_tag = ia
+        .header("from")
+        .split("tag=")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        ia.header("record-route"),
+        format!("<sip:{};lr{}>", edge.addr, dlg(&call_id, &from_tag))
+    );
 
     a.reply(&ia, 180, "ta").await;
     assert!(caller.response(180).await.header("to").contains("tag=ta"));
@@ -434,10 +463,11 @@ async fn strict_routing_both_ways() {
     // 1. The previous hop strict-routed to us: the Request-URI is our (Record-Route) URI and
     //    the real target is the last Route value (§16.4).
     let msg = format!(
-        "BYE sip:{e};lr SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKsr1\r\nMax-Forwards: 70\r\n\
+        "BYE sip:{e};lr{d} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKsr1\r\nMax-Forwards: 70\r\n\
          Route: <sip:bob@{n}>\r\nFrom: <sip:zoe@elsewhere.test>;tag=1\r\nTo: <sip:bob@sipcluster.local>;tag=2\r\n\
          Call-ID: sr1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
         e = edge.addr,
+        d = dlg("sr1", "2"),
         n = next.addr()
     );
     caller.send(&msg).await;
@@ -451,9 +481,10 @@ async fn strict_routing_both_ways() {
     //    original Request-URI moves to the end of the Route set (§16.6 step 6).
     let msg = format!(
         "BYE sip:bob@192.0.2.55:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKsr2\r\nMax-Forwards: 70\r\n\
-         Route: <sip:{e};lr>, <sip:{n}>\r\nFrom: <sip:zoe@elsewhere.test>;tag=1\r\n\
+         Route: <sip:{e};lr{d}>, <sip:{n}>\r\nFrom: <sip:zoe@elsewhere.test>;tag=1\r\n\
          To: <sip:bob@sipcluster.local>;tag=2\r\nCall-ID: sr2\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n",
         e = edge.addr,
+        d = dlg("sr2", "1"),
         n = next.addr()
     );
     caller.send(&msg).await;

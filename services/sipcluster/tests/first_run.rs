@@ -227,8 +227,9 @@ fn auth_failures_and_refusals_are_logged_without_secrets_and_counted_by_code() {
         .assert_ok(1, "REGISTER alice");
 
     let raw = RawSip::new(srv.sip);
-    // Refusals: an unknown user (404), a known one not registered (480), a malformed
-    // request (400), and a flood of relay attempts for a foreign domain (403).
+    // Refusals: an unknown user and a known one not registered (480 both: which users
+    // exist stays unknown), a malformed request (400), and a flood of relay attempts for
+    // a foreign domain (403).
     let r = raw
         .request(
             invite(
@@ -240,7 +241,7 @@ fn auth_failures_and_refusals_are_logged_without_secrets_and_counted_by_code() {
             .as_bytes(),
         )
         .expect("answer");
-    assert_eq!(status(&r), 404, "{r}");
+    assert_eq!(status(&r), 480, "{r}");
     let r = raw
         .request(
             invite(
@@ -317,14 +318,12 @@ fn auth_failures_and_refusals_are_logged_without_secrets_and_counted_by_code() {
 
     let rejected = log_lines(&srv, "request rejected");
     let code = |c: u64| rejected.iter().filter(|v| field(v, "code") == c).count();
-    assert!(
-        code(404) >= 1 && code(480) >= 1 && code(400) >= 1,
-        "{rejected:?}"
-    );
+    assert!(code(480) >= 2 && code(400) >= 1, "{rejected:?}");
     let nobody = rejected
         .iter()
-        .find(|v| field(v, "code") == 404)
-        .expect("404 line");
+        .find(|v| field(v, "call_id") == "unknown@t")
+        .expect("the unknown user's line");
+    assert_eq!(field(nobody, "code"), 480);
     assert_eq!(field(nobody, "method"), "INVITE");
     assert_eq!(field(nobody, "call_id"), "unknown@t");
     assert_eq!(field(nobody, "user"), "x");
@@ -379,10 +378,9 @@ fn auth_failures_and_refusals_are_logged_without_secrets_and_counted_by_code() {
     let m = srv.scrape();
     let v = |s: &str| common::metric_value(&m, s);
     assert!(
-        v("sipcluster_sip_responses_total{class=\"4xx\",code=\"404\"}") >= 1.0,
+        v("sipcluster_sip_responses_total{class=\"4xx\",code=\"480\"}") >= 2.0,
         "{m}"
     );
-    assert!(v("sipcluster_sip_responses_total{class=\"4xx\",code=\"480\"}") >= 1.0);
     assert!(v("sipcluster_sip_responses_total{class=\"4xx\",code=\"403\"}") >= FLOOD as f64);
     assert!(v("sipcluster_sip_responses_total{class=\"4xx\",code=\"401\"}") >= 2.0);
     assert!(v("sipcluster_sip_auth_failures_total{reason=\"wrong_response\"}") >= 1.0);

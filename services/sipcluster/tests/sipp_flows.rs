@@ -146,8 +146,8 @@ fn busy_486_passed_back_tcp() {
     );
 }
 
-/// Calls that the proxy itself must fail: carol exists but is not registered (480), nobody
-/// does not exist (404).
+/// Calls that the proxy itself must fail: carol exists but is not registered, nobody does
+/// not exist: 480 both, so a caller cannot tell which users exist.
 fn failing_calls(proto: Proto, test: &str) {
     let dir = workdir(test);
     let srv = Server::start(&dir, &[]);
@@ -156,7 +156,7 @@ fn failing_calls(proto: Proto, test: &str) {
         .run(&dir)
         .assert_ok(1, "call to an unregistered user");
     caller("unknown", "uac_fail.xml", proto, &srv, "nobody")
-        .expect_code(&dir, 404)
+        .expect_code(&dir, 480)
         .run(&dir)
         .assert_ok(1, "call to an unknown user");
     // A registered contact that refuses the connection (or an ICMP-silent one on TCP) is
@@ -172,12 +172,12 @@ fn failing_calls(proto: Proto, test: &str) {
 }
 
 #[test]
-fn unregistered_480_and_unknown_404_udp() {
+fn unregistered_and_unknown_alike_480_udp() {
     failing_calls(Proto::Udp, "failing_udp");
 }
 
 #[test]
-fn unregistered_480_and_unknown_404_tcp() {
+fn unregistered_and_unknown_alike_480_tcp() {
     failing_calls(Proto::Tcp, "failing_tcp");
 }
 

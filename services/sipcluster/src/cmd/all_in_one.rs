@@ -141,7 +141,13 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     ecfg.auth.nonce_secret = Some(secret.clone());
     // One /metrics for every role, served below.
     ecfg.metrics.listen = None;
-    let edge = edge::start_with(ecfg, store.clone(), store).await?;
+    let edge = edge::start_with(
+        ecfg,
+        store.clone(),
+        store,
+        Arc::new(sip_auth::MemoryNonceUses::default()),
+    )
+    .await?;
     let dcfg = dispatcher::DispatcherConfig {
         public: dispatcher::config::SideConfig {
             udp: cfg.sip.udp.clone(),

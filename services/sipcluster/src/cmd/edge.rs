@@ -75,6 +75,14 @@ pub struct EdgeArgs {
     /// Location service endpoint (cluster mode), e.g. http://location:50051.
     #[arg(long, env = "SIPCLUSTER_LOCATION")]
     pub location: Option<String>,
+    /// Peers trusted by address (comma-separated blocks, e.g. 10.0.0.0/8,203.0.113.9):
+    /// trunks and PBXs that need no digest and keep their P-Asserted-Identity.
+    #[arg(long, env = "SIPCLUSTER_TRUSTED_PEERS", value_delimiter = ',')]
+    pub trusted_peers: Vec<String>,
+    /// New requests per second per source address before its requests are dropped (0 =
+    /// no limit).
+    #[arg(long, env = "SIPCLUSTER_SOURCE_RATE")]
+    pub source_rate: Option<u32>,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -147,6 +155,13 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
     }
     if a.location.is_some() {
         cfg.location.endpoint = a.location.clone();
+    }
+    if !a.trusted_peers.is_empty() {
+        cfg.security.trusted_peers = a.trusted_peers.clone();
+    }
+    if let Some(r) = a.source_rate {
+        cfg.security.source_rate = r;
+        cfg.security.source_burst = cfg.security.source_burst.max(r.saturating_mul(2));
     }
     Ok(cfg)
 }
