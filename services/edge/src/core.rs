@@ -188,7 +188,7 @@ impl Core {
                     }
                     let msg = with_received(msg, source);
                     if crate::decide::options_for_me(&self.sh, &msg) {
-                        self.options_stateless(&msg, source);
+                        self.options_stateless(&msg, source, received_at);
                         return;
                     }
                     // A new transaction for a stale request is answered 503 when its
@@ -242,11 +242,15 @@ impl Core {
     /// Answer an OPTIONS for the proxy itself without a transaction (RFC 3261 §8.2.6
     /// lets a UAS answer statelessly): a flood of keepalives then costs no memory. A
     /// retransmission is answered again the same way.
-    fn options_stateless(&mut self, msg: &SipMessage, source: Target) {
+    fn options_stateless(&mut self, msg: &SipMessage, source: Target, received_at: Instant) {
         if let Some((code, bytes)) = crate::decide::options_response(&self.sh, msg) {
-            self.sh.metrics.count_request(method_index("OPTIONS"));
+            let method = method_index("OPTIONS");
+            self.sh.metrics.count_request(method);
             self.sh.metrics.options_stateless.inc();
             self.count_response(code);
+            self.sh
+                .metrics
+                .observe_duration(method, received_at.elapsed().as_secs_f64());
             self.transports.send(source, bytes, TxnRef::Stateless);
         }
     }

@@ -391,7 +391,14 @@ fn overload_is_shed_with_503_and_retry_after() {
     .expect("config");
     let mut srv = Server::start(
         &dir,
-        &["--no-auth", "--config", cfg.to_str().expect("path")],
+        // One source sends all: its rate limit is off so the queue's shedding is seen.
+        &[
+            "--no-auth",
+            "--source-rate",
+            "0",
+            "--config",
+            cfg.to_str().expect("path"),
+        ],
     );
     let raw = RawSip::new(srv.sip);
     let local = raw.local();
