@@ -348,6 +348,21 @@ impl LocationStore for InProcess {
 }
 
 #[async_trait]
+impl sip_auth::NonceUses for InProcess {
+    async fn first_use(
+        &self,
+        nonce: &str,
+        nc: &str,
+        ttl: Duration,
+    ) -> Result<bool, sip_auth::Error> {
+        self.0
+            .use_nonce(nonce, nc, location_client::convert::ttl_secs(ttl))
+            .await
+            .map_err(|e| sip_auth::Error::Unavailable(e.to_string()))
+    }
+}
+
+#[async_trait]
 impl sip_auth::SubscriberStore for InProcess {
     async fn credentials(
         &self,

@@ -75,6 +75,14 @@ fn backend_status(e: BackendError) -> Status {
     }
 }
 
+/// The longest nonce UseNonce takes (ours are 40-odd base64 characters).
+const MAX_NONCE_LEN: usize = 256;
+/// The longest nonce count (RFC 7616: eight hex digits).
+const MAX_NC_LEN: usize = 16;
+/// The longest a use is remembered, s: far beyond any nonce lifetime, so a wrong ttl
+/// cannot pin keys for ever.
+const MAX_NONCE_TTL_SECS: u32 = 86_400;
+
 fn invalid(e: convert::ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -453,6 +461,33 @@ impl pb::location_server::Location for LocationService {
                 .await
                 .map_err(backend_status)?;
             Ok(pb::ListUsersReply { usernames })
+        })
+        .await
+    }
+
+    async fn use_nonce(
+        &self,
+        request: Request<pb::UseNonceRequest>,
+    ) -> Result<Response<pb::UseNonceReply>, Status> {
+        self.edges_only("UseNonce")?;
+        observed("UseNonce", async {
+            let r = request.get_ref();
+            need("nonce", &r.nonce)?;
+            // Bounded key sizes: the edge sends what it verified, but this is an API.
+            if r.nonce.len() > MAX_NONCE_LEN || r.nc.len() > MAX_NC_LEN {
+                return Err(Status::invalid_argument(format!(
+                    "nonce at most {MAX_NONCE_LEN} bytes, nc at most {MAX_NC_LEN}"
+                )));
+            }
+            if r.ttl_secs == 0 {
+                return Err(Status::invalid_argument("ttl_secs is 0"));
+            }
+            let first_use = self
+                .backend
+                .use_nonce(&r.nonce, &r.nc, r.ttl_secs.min(MAX_NONCE_TTL_SECS))
+                .await
+                .map_err(backend_status)?;
+            Ok(pb::UseNonceReply { first_use })
         })
         .await
     }

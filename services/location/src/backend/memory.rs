@@ -26,6 +26,7 @@ pub struct MemoryBackend {
     bindings: MemoryStore,
     users: Mutex<sip_auth::MemoryStore>,
     dialogs: Mutex<HashMap<DialogKey, (pb::Dialog, Instant)>>,
+    nonces: sip_auth::MemoryNonceUses,
     events: Events,
 }
 
@@ -41,6 +42,7 @@ impl MemoryBackend {
             bindings: MemoryStore::new(policy),
             users: Mutex::new(users),
             dialogs: Mutex::new(HashMap::default()),
+            nonces: sip_auth::MemoryNonceUses::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -208,6 +210,15 @@ impl Backend for MemoryBackend {
             .get(key)
             .filter(|(_, t)| *t > now)
             .map(|(d, _)| d.clone()))
+    }
+
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {
+        Ok(self.nonces.first_use_at(
+            nonce,
+            nc,
+            Duration::from_secs(u64::from(ttl_secs)),
+            Instant::now(),
+        ))
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {

@@ -145,6 +145,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A dialog record.
     async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError>;
 
+    /// Record one use of a digest nonce with nonce count `nc`, remembered `ttl_secs`:
+    /// true the first time the pair is used, false for a replay (see
+    /// [`sip_auth::NonceUses`]). Atomic across every replica sharing the store.
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError>;
+
     /// Counts (may be computed by a scan: call it from metrics, not per request).
     async fn counts(&self, now: u64) -> Result<Counts, BackendError>;
 

@@ -9,6 +9,7 @@
 //! | `P:user:{USER@REALM}` | hash | `md5`, `sha256`: HA1 hex |
 //! | `P:users:{REALM}` | set | usernames (for listing) |
 //! | `P:dlg:{CALL-ID}:FROM-TAG` | hash | the dialog record's fields |
+//! | `P:nc:{NONCE}:NC` | string | a digest nonce used with that nonce count (expires with the nonce) |
 //!
 //! A REGISTER is an optimistic transaction: read `v` and `d`, run the registrar rules in
 //! Rust, then a Lua script writes the new set only if `v` is unchanged (compare-and-set
@@ -314,6 +315,10 @@ impl RedisBackend {
 
     fn users_key(&self, realm: &str) -> String {
         format!("{}:users:{{{realm}}}", self.opts.prefix)
+    }
+
+    fn nonce_key(&self, nonce: &str, nc: &str) -> String {
+        format!("{}:nc:{{{nonce}}}:{nc}", self.opts.prefix)
     }
 
     fn dialog_key(&self, call_id: &str, from_tag: &str) -> String {
@@ -990,6 +995,22 @@ impl Backend for RedisBackend {
             .await
             .map_err(rerr)?;
         Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
+    }
+
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {
+        // One command on one key: atomic on a standalone Redis and on a cluster alike, so
+        // two edges seeing the same (nonce, nc) at once get one true between them.
+        let mut conn = self.conn()?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.nonce_key(nonce, nc))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(set.is_some())
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {
