@@ -50,10 +50,13 @@ fn redis_backend(r: &Redis, test: &str, policy: Policy) -> Arc<dyn Backend> {
     )
 }
 
-/// Wait until the backend answers (the cluster connection is made in the background).
+/// Wait until the backend answers (the cluster connection is made in the background),
+/// then provision it as the service does at start (the marker: without it, "not found"
+/// answers are refused as a possible data loss).
 async fn ready(b: &dyn Backend) {
     for _ in 0..100 {
         if b.ping().await.is_ok() {
+            b.write_marker().await.expect("provisioning marker");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -963,4 +966,92 @@ async fn use_nonce_over_grpc_and_in_process() {
         client(gone).first_use("n3", "00000001", ttl).await,
         Err(sip_auth::Error::Unavailable(_))
     ));
+}
+
+/// After a loss (FLUSHALL of a standalone Redis, or of one master of a cluster), "no such
+/// user" and "no binding" are never answered: what is still there is served, what is
+/// gone is `DataLoss` (UNAVAILABLE, the edge's 503). Provisioning again (the marker)
+/// makes "not found" an answer again.
+async fn loss_is_never_not_found(b: Arc<dyn Backend>, flush: impl Fn()) {
+    ready(&*b).await;
+    let now = location::server::unix_now();
+    let creds = sip_auth::Credentials::from_password("u", "loss.example", "pw");
+    let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        b.put_user(u, "loss.example", &creds).await.unwrap();
+        b.register(
+            req(
+                &format!("sip:{u}@loss.example"),
+                "c",
+                1,
+                &[("sip:x@192.0.2.1", Some(600), None)],
+            ),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let nobody = Aor::parse("sip:nobody@loss.example").unwrap();
+    assert!(
+        b.credentials("nobody", "loss.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(b.lookup(&nobody, now).await.unwrap().is_empty());
+    assert!(b.marker_present().await.unwrap());
+
+    flush();
+    assert!(!b.marker_present().await.unwrap(), "the loss is seen");
+    let (mut kept, mut lost) = (0, 0);
+    for u in &users {
+        match b.credentials(u, "loss.example").await {
+            Ok(Some(_)) => kept += 1,
+            Err(location::BackendError::DataLoss) => lost += 1,
+            other => panic!("{u}: {other:?}"),
+        }
+        let aor = Aor::parse(&format!("sip:{u}@loss.example")).unwrap();
+        match b.lookup(&aor, now).await {
+            Ok(v) if !v.is_empty() => {}
+            Err(location::BackendError::DataLoss) => {}
+            other => panic!("{u}: {other:?}"),
+        }
+    }
+    assert!(lost > 0, "kept {kept}, lost {lost}");
+    assert!(matches!(
+        b.credentials("nobody", "loss.example").await,
+        Err(location::BackendError::DataLoss)
+    ));
+    location::integrity::provision(&*b, None).await.unwrap();
+    assert!(b.marker_present().await.unwrap());
+    assert!(
+        b.credentials("nobody", "loss.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_is_data_loss_not_not_found() {
+    let dir = workdir("loss_redis");
+    let r = Redis::own_standalone(&dir);
+    let port = r.port();
+    loss_is_never_not_found(redis_backend(&r, "loss_redis", policy()), || {
+        assert_eq!(cli(port, &["FLUSHALL"]).trim(), "OK");
+    })
+    .await;
+}
+
+/// One master of three comes back empty: its share is lost, the others' kept and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_cluster_master_flushed_is_data_loss_not_not_found() {
+    let dir = workdir("loss_cluster");
+    let r = Redis::own_cluster(&dir);
+    let port = r.procs[1].port;
+    loss_is_never_not_found(redis_backend(&r, "loss_cluster", policy()), || {
+        assert_eq!(cli(port, &["FLUSHALL"]).trim(), "OK");
+    })
+    .await;
 }

@@ -238,6 +238,15 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    // Memory goes with the process: it cannot lose data and live on.
+    async fn write_marker(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn marker_present(&self) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
     async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
         self.events.subscribe()
     }

@@ -38,6 +38,11 @@ pub enum BackendError {
     /// Too many concurrent writers on one AOR: every optimistic attempt lost.
     #[error("too much contention on {0}")]
     Contention(String),
+    /// The store lost its data since it was provisioned (its provisioning marker is
+    /// gone: Redis restarted empty, was flushed, or a cluster master came back empty).
+    /// An answer of "not found" could be a loss of ours, not the truth, so none is given.
+    #[error("the store lost its data (provisioning marker missing); not answering from it")]
+    DataLoss,
 }
 
 /// A dialog record's identity.
@@ -155,6 +160,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Is the store reachable? (readiness)
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Record that the store is complete as of now (written after provisioning): the
+    /// provisioning marker, which a store that loses its data loses with it.
+    async fn write_marker(&self) -> Result<(), BackendError>;
+
+    /// Is the provisioning marker whole? `false`: the store lost data since
+    /// [`write_marker`](Self::write_marker) (Redis Cluster: on at least one master).
+    async fn marker_present(&self) -> Result<bool, BackendError>;
 
     /// The stream of binding changes, from when this returns. An event with an empty
     /// `aor` ([`resync_marker`]) means changes may have been missed (the source was
