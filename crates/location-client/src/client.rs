@@ -408,6 +408,30 @@ impl LocationClient {
         Ok(reply.usernames)
     }
 
+    /// Record one use of a digest nonce with count `nc` (see the `UseNonce` RPC): true
+    /// the first time. Not retried: a use that reached the service may have been
+    /// recorded, and its replay would answer false, refusing a genuine request as a
+    /// replay. A failure is the edge's 503, and the phone's retry has a fresh count.
+    pub async fn use_nonce(
+        &self,
+        nonce: &str,
+        nc: &str,
+        ttl: Duration,
+    ) -> Result<bool, ClientError> {
+        let msg = pb::UseNonceRequest {
+            nonce: nonce.to_owned(),
+            nc: nc.to_owned(),
+            ttl_secs: convert::ttl_secs(ttl),
+        };
+        let reply = self
+            .with_retries_up_to(0, "UseNonce", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.use_nonce(r).await }
+            })
+            .await?;
+        Ok(reply.first_use)
+    }
+
     /// The raw gRPC client (dialog records, watch streams).
     pub fn grpc(&self) -> Grpc<Channel> {
         self.grpc.clone()
@@ -473,6 +497,23 @@ impl LocationStore for LocationClient {
             aors: usize::try_from(s.aors).unwrap_or(usize::MAX),
             bindings: usize::try_from(s.bindings).unwrap_or(usize::MAX),
         })
+    }
+}
+
+#[async_trait]
+impl sip_auth::NonceUses for LocationClient {
+    /// Any failure (unreachable, deadline, UNAVAILABLE, or a refusal such as an
+    /// admin-only API) means the shared set cannot answer: `Unavailable`, which the edge
+    /// answers with 503 + Retry-After.
+    async fn first_use(
+        &self,
+        nonce: &str,
+        nc: &str,
+        ttl: Duration,
+    ) -> Result<bool, sip_auth::Error> {
+        self.use_nonce(nonce, nc, ttl)
+            .await
+            .map_err(|e| sip_auth::Error::Unavailable(e.to_string()))
     }
 }
 

@@ -41,6 +41,15 @@ fn q_from(q: u32) -> Result<u16, ConvertError> {
         .ok_or_else(|| bad("q", format!("{q} is not in 0..=1000")))
 }
 
+/// A nonce's remembering time as `UseNonceRequest.ttl_secs`: whole seconds rounded up (a
+/// use must not be forgotten before its nonce goes stale), at least 1.
+pub fn ttl_secs(ttl: std::time::Duration) -> u32 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
 /// Parse an AOR received over the wire; it must already be canonical.
 pub fn aor_from(text: &str) -> Result<Aor, ConvertError> {
     let aor = Aor::parse(text).map_err(|e| bad("aor", e))?;
@@ -351,6 +360,15 @@ mod tests {
         }
         let back = refused_from(&refused_to(&RegisterError::InvalidContact("x")));
         assert_eq!(back.status(), 400);
+    }
+
+    #[test]
+    fn nonce_ttls_round_up_to_whole_seconds() {
+        use std::time::Duration;
+        assert_eq!(ttl_secs(Duration::from_secs(300)), 300);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(u64::MAX)), u32::MAX);
     }
 
     #[test]

@@ -19,7 +19,15 @@
 //!   [`Inbound::SendFailed`] so the transaction layer can act (§8.1.3.1).
 //! * TCP connections close after an idle timeout; CRLFCRLF pings are answered with a CRLF
 //!   pong (RFC 5626 §4.4.1).
+//! * TCP is bounded against clients that hold connections (slowloris): a message must be
+//!   complete within `tcp_message_timeout` of its first byte (the idle timeout restarts
+//!   on every byte, so alone it lets one byte every few seconds hold a connection
+//!   forever), our writes must be taken within the same time, and inbound connections are
+//!   capped per instance, per source and by the process's descriptor limit (see
+//!   [`DescriptorBudget`]); one beyond a cap is closed at once and counted. Failed
+//!   accepts back off (`telemetry::AcceptBackoff`).
 
+mod limits;
 mod metrics;
 mod tcp;
 mod udp;
@@ -38,6 +46,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use limits::DescriptorBudget;
 pub use metrics::TransportMetrics;
 
 /// Transport settings.
@@ -51,6 +60,15 @@ pub struct TransportConfig {
     pub limits: Limits,
     /// A TCP connection with no inbound bytes for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A message must arrive complete (head and body) within this time of its first
+    /// byte, and each message we send must be taken by the peer within it; otherwise the
+    /// connection is closed.
+    pub tcp_message_timeout: Duration,
+    /// Inbound TCP connections held at once; one more is closed at once. Lowered to what
+    /// the process's `RLIMIT_NOFILE` leaves ([`DescriptorBudget`]).
+    pub tcp_max_connections: usize,
+    /// Inbound TCP connections held at once from one source address (IPv6: one /64).
+    pub tcp_max_connections_per_source: usize,
     /// Outbound TCP connection attempts give up after this long.
     pub tcp_connect_timeout: Duration,
     /// Seconds announced in `Retry-After` of the 503 sent when the core is saturated.
@@ -64,6 +82,9 @@ impl Default for TransportConfig {
             tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
             limits: Limits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
+            tcp_message_timeout: Duration::from_secs(10),
+            tcp_max_connections: 10_000,
+            tcp_max_connections_per_source: 64,
             tcp_connect_timeout: Duration::from_secs(5),
             overload_retry_after: 5,
         }
@@ -114,6 +135,14 @@ pub enum TransportError {
     },
 }
 
+/// Log lines a peer can trigger on TCP, each kind rate-limited on its own.
+pub(crate) struct TcpLogLimits {
+    /// A connection refused at a cap.
+    pub refused: telemetry::LogLimit,
+    /// A connection closed on a deadline.
+    pub timeout: telemetry::LogLimit,
+}
+
 pub(crate) struct FlowEntry {
     pub tx: mpsc::Sender<Bytes>,
     pub transport: Transport,
@@ -136,6 +165,8 @@ pub(crate) struct Inner {
     pub events: mpsc::Sender<Inbound>,
     pub next_flow: AtomicU64,
     pub metrics: TransportMetrics,
+    pub conn_limits: Arc<limits::ConnLimits>,
+    pub log_limits: TcpLogLimits,
 }
 
 /// Handle on the running transports (cheap to clone).
@@ -193,7 +224,40 @@ impl Transports {
             })?);
             listeners.push(l);
         }
+        let conn_limits = Arc::new(limits::ConnLimits::new(
+            config.tcp_max_connections,
+            config.tcp_max_connections_per_source,
+        ));
+        if !listeners.is_empty() {
+            let budget = DescriptorBudget::of_process();
+            metrics
+                .tcp_max_connections
+                .set(i64::try_from(conn_limits.max).unwrap_or(i64::MAX));
+            // The one line that says what the caps are, and why when lower than asked.
+            if conn_limits.max < config.tcp_max_connections {
+                tracing::warn!(
+                    configured = config.tcp_max_connections,
+                    max_connections = conn_limits.max,
+                    rlimit_nofile = budget.soft_limit,
+                    reserve = budget.reserve,
+                    "tcp_max_connections lowered to fit the descriptor limit (RLIMIT_NOFILE less a reserve for everything else); raise the limit (ulimit -n, LimitNOFILE) for more"
+                );
+            }
+            tracing::info!(
+                listeners = ?tcp_local,
+                max_connections = conn_limits.max,
+                max_per_source = conn_limits.max_per_source,
+                message_timeout_ms = config.tcp_message_timeout.as_millis() as u64,
+                rlimit_nofile = budget.soft_limit,
+                "tcp connection limits"
+            );
+        }
         let inner = Arc::new(Inner {
+            conn_limits,
+            log_limits: TcpLogLimits {
+                refused: telemetry::LogLimit::new(1, 5),
+                timeout: telemetry::LogLimit::new(1, 5),
+            },
             config,
             udp,
             flows: Mutex::new(Flows::default()),
@@ -265,6 +329,17 @@ impl Transports {
     /// Number of open TCP connections.
     pub fn connection_count(&self) -> usize {
         self.inner.flows.lock().map(|f| f.by_id.len()).unwrap_or(0)
+    }
+
+    /// Inbound TCP connections counted against the caps now (their descriptors included
+    /// until both halves are closed).
+    pub fn inbound_connections(&self) -> usize {
+        self.inner.conn_limits.open()
+    }
+
+    /// The inbound TCP connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        self.inner.conn_limits.max
     }
 }
 

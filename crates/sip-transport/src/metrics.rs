@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use telemetry::ReasonLabel;
 
 /// Labels: transport name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,18 @@ pub struct TransportMetrics {
     pub keepalives: Counter,
     /// Open TCP connections.
     pub connections: Gauge,
+    /// New inbound TCP connections closed at once, by the cap they hit
+    /// (`connection_limit`, `source_limit`, `descriptor_limit`).
+    pub tcp_refused: Family<ReasonLabel, Counter>,
+    /// TCP connections we closed on a deadline, by which (`message_timeout`: a message
+    /// not complete in time after its first byte; `write_timeout`: the peer did not take
+    /// our bytes in time; `idle_timeout`).
+    pub tcp_timeouts: Family<ReasonLabel, Counter>,
+    /// `accept` failures on the TCP listeners (out of descriptors, mostly).
+    pub accept_errors: Counter,
+    /// The inbound TCP connection cap in force (configured, or lower to fit the
+    /// process's descriptor limit).
+    pub tcp_max_connections: Gauge,
     /// UDP handles into `received`/`sent`.
     pub udp: PerTransport,
     /// TCP handles into `received`/`sent`.
@@ -73,6 +86,10 @@ impl Default for TransportMetrics {
             send_failures: Counter::default(),
             keepalives: Counter::default(),
             connections: Gauge::default(),
+            tcp_refused: Family::default(),
+            tcp_timeouts: Family::default(),
+            accept_errors: Counter::default(),
+            tcp_max_connections: Gauge::default(),
             udp,
             tcp,
         }
@@ -86,6 +103,20 @@ impl TransportMetrics {
             .get_or_create(&ErrorLabel {
                 kind: e.kind().as_str(),
             })
+            .inc();
+    }
+
+    /// Count a connection refused at a cap.
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.tcp_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Count a connection closed on a deadline.
+    pub(crate) fn timed_out(&self, reason: &'static str) {
+        self.tcp_timeouts
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
@@ -125,6 +156,26 @@ impl TransportMetrics {
             "sip_transport_connections",
             "Open TCP connections",
             self.connections.clone(),
+        );
+        registry.register(
+            "sip_transport_tcp_refused",
+            "New inbound TCP connections closed at once, by the cap they hit (connection_limit, source_limit, descriptor_limit)",
+            self.tcp_refused.clone(),
+        );
+        registry.register(
+            "sip_transport_tcp_timeouts",
+            "TCP connections closed on a deadline (message_timeout: a message incomplete too long after its first byte; write_timeout; idle_timeout)",
+            self.tcp_timeouts.clone(),
+        );
+        registry.register(
+            "sip_transport_accept_errors",
+            "Failed accepts on the TCP listeners (out of file descriptors, mostly); each backs off",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "sip_transport_tcp_max_connections",
+            "The inbound TCP connection cap in force (configured, or lowered to fit RLIMIT_NOFILE)",
+            self.tcp_max_connections.clone(),
         );
     }
 }

@@ -12,7 +12,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
+use crate::limits::Slot;
 use crate::{FlowEntry, Inbound, Inner, deliver, next_flow, report_failure};
 
 /// Messages queued per connection before a send to it counts as failed.
@@ -31,26 +33,50 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 pub(crate) async fn acceptor(inner: Arc<Inner>, listener: TcpListener) {
+    let mut backoff = telemetry::AcceptBackoff::new("sip tcp");
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                backoff.succeeded();
+                let slot = match inner.conn_limits.acquire(remote.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        // Closed at once (dropped): holding it would spend the descriptor
+                        // the cap is there to keep.
+                        inner.metrics.refused(refusal.label());
+                        if let Some(held_back) = inner.log_limits.refused.allow(Instant::now()) {
+                            tracing::warn!(
+                                %remote,
+                                reason = refusal.label(),
+                                max_connections = inner.conn_limits.max,
+                                max_per_source = inner.conn_limits.max_per_source,
+                                held_back,
+                                "tcp connection refused: connection cap reached"
+                            );
+                        }
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
-                start_connection(&inner, stream, remote);
+                start_connection(&inner, stream, remote, Some(slot));
             }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "tcp accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // EMFILE and friends: back off, with one line now and then, instead of a
+                // retry and a WARN every few milliseconds.
+                inner.metrics.accept_errors.inc();
+                backoff.failed(&e).await;
             }
         }
     }
 }
 
-/// Register a connection as a flow and start its reader and writer.
+/// Register a connection as a flow and start its reader and writer. `slot` is its place
+/// in the inbound caps (none for connections we open): held until both halves end.
 fn start_connection(
     inner: &Arc<Inner>,
     stream: TcpStream,
     remote: SocketAddr,
+    slot: Option<Slot>,
 ) -> (FlowId, mpsc::Sender<Bytes>) {
     let flow = next_flow(inner);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
@@ -66,9 +92,24 @@ fn start_connection(
         flows.by_remote.insert((Transport::Tcp, remote), flow);
     }
     inner.metrics.connections.inc();
+    let slot = slot.map(Arc::new);
     let (reader, writer) = stream.into_split();
-    tokio::spawn(write_loop(inner.clone(), flow, writer, rx));
-    tokio::spawn(read_loop(inner.clone(), flow, remote, reader, tx.clone()));
+    let read_task = tokio::spawn(read_loop(
+        inner.clone(),
+        flow,
+        remote,
+        reader,
+        tx.clone(),
+        slot.clone(),
+    ));
+    tokio::spawn(write_loop(
+        inner.clone(),
+        flow,
+        writer,
+        rx,
+        read_task.abort_handle(),
+        slot,
+    ));
     (flow, tx)
 }
 
@@ -89,21 +130,55 @@ fn close_flow(inner: &Arc<Inner>, flow: FlowId) {
     }
 }
 
+/// A connection closed on a deadline: counted, and logged within the rate limit.
+fn timed_out(inner: &Inner, flow: FlowId, remote: SocketAddr, reason: &'static str) {
+    inner.metrics.timed_out(reason);
+    if let Some(held_back) = inner.log_limits.timeout.allow(Instant::now()) {
+        tracing::info!(
+            ?flow,
+            %remote,
+            reason,
+            timeout_ms = inner.config.tcp_message_timeout.as_millis() as u64,
+            held_back,
+            "tcp connection closed: peer too slow"
+        );
+    }
+}
+
 async fn write_loop(
     inner: Arc<Inner>,
     flow: FlowId,
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
+    reader: AbortHandle,
+    _slot: Option<Arc<Slot>>,
 ) {
+    let remote = writer.peer_addr().ok();
     while let Some(b) = rx.recv().await {
-        if let Err(e) = writer.write_all(&b).await {
-            tracing::debug!(?flow, error = %e, "tcp write failed");
-            break;
+        // A peer that stops reading would otherwise hold this task, its queue and the
+        // descriptor for ever.
+        match tokio::time::timeout(inner.config.tcp_message_timeout, writer.write_all(&b)).await {
+            Ok(Ok(())) => {
+                inner.metrics.tcp.sent.inc();
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(?flow, error = %e, "tcp write failed");
+                break;
+            }
+            Err(_) => {
+                if let Some(remote) = remote {
+                    timed_out(&inner, flow, remote, "write_timeout");
+                }
+                break;
+            }
         }
-        inner.metrics.tcp.sent.inc();
     }
-    let _ = writer.shutdown().await;
+    // Bounded too: a shutdown that cannot flush must not hold the descriptor.
+    let _ = tokio::time::timeout(inner.config.tcp_message_timeout, writer.shutdown()).await;
     close_flow(&inner, flow);
+    // The connection is over for the reader as well (a no-op when it ended first): a
+    // half that nobody writes to must not wait for its idle timeout.
+    reader.abort();
 }
 
 async fn read_loop(
@@ -112,6 +187,7 @@ async fn read_loop(
     remote: SocketAddr,
     mut reader: tokio::net::tcp::OwnedReadHalf,
     tx: mpsc::Sender<Bytes>,
+    _slot: Option<Arc<Slot>>,
 ) {
     let source = Target {
         transport: Transport::Tcp,
@@ -120,18 +196,32 @@ async fn read_loop(
     };
     let mut decoder = StreamDecoder::new(inner.config.limits);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // When the message whose first bytes are in `buf` must be complete. The idle timeout
+    // alone restarts on every byte: one byte every few seconds would hold the connection
+    // for ever.
+    let mut message_deadline: Option<tokio::time::Instant> = None;
     'conn: loop {
-        let read =
-            tokio::time::timeout(inner.config.tcp_idle_timeout, reader.read_buf(&mut buf)).await;
+        let idle_deadline = tokio::time::Instant::now() + inner.config.tcp_idle_timeout;
+        let (deadline, reason) = match message_deadline {
+            Some(d) if d < idle_deadline => (d, "message_timeout"),
+            _ => (idle_deadline, "idle_timeout"),
+        };
+        let read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Err(_) => {
+            Err(_) if reason == "idle_timeout" => {
+                inner.metrics.timed_out(reason);
                 tracing::debug!(?flow, %remote, "tcp idle timeout");
+                break;
+            }
+            Err(_) => {
+                timed_out(&inner, flow, remote, reason);
                 break;
             }
             Ok(Ok(_)) => {}
         }
         let received_at = Instant::now();
+        let mut completed = false;
         loop {
             match decoder.decode(&mut buf) {
                 Ok(None) => break,
@@ -144,6 +234,7 @@ async fn read_loop(
                     inner.metrics.keepalives.inc();
                 }
                 Ok(Some(Frame::Message(msg))) => {
+                    completed = true;
                     inner.metrics.tcp.received.inc();
                     if let Some(reply) = deliver(&inner, msg, source, received_at).await {
                         let _ = tx.try_send(reply);
@@ -160,6 +251,15 @@ async fn read_loop(
                 }
             }
         }
+        // What is left is the start of the next message: its clock started with this
+        // read, unless it had started earlier and nothing completed since.
+        message_deadline = if buf.is_empty() {
+            None
+        } else if completed || message_deadline.is_none() {
+            Some(tokio::time::Instant::from_std(received_at) + inner.config.tcp_message_timeout)
+        } else {
+            message_deadline
+        };
     }
     // Dropping our sender lets the writer drain what is queued, then close.
     drop(tx);
@@ -221,7 +321,7 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let (_, tx) = start_connection(&inner, stream, target.addr);
+                let (_, tx) = start_connection(&inner, stream, target.addr, None);
                 for (b, origin) in queued {
                     if tx.send(b).await.is_err() {
                         report_failure(&inner, origin, target);

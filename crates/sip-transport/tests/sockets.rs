@@ -294,3 +294,210 @@ async fn a_busy_port_is_an_error_for_udp_and_tcp() {
     let (msg, _) = next_message(&mut rx).await;
     assert_eq!(msg.call_id(), Ok("z9hG4bKbusy@t"));
 }
+
+async fn start_with(
+    cfg: TransportConfig,
+) -> (Transports, mpsc::Receiver<Inbound>, TransportMetrics) {
+    let (tx, rx) = mpsc::channel(64);
+    let m = TransportMetrics::default();
+    let cfg = TransportConfig {
+        udp: vec![],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..cfg
+    };
+    let (t, _tasks) = Transports::bind(cfg, tx, m.clone()).await.unwrap();
+    (t, rx, m)
+}
+
+fn reason(
+    family: &prometheus_client::metrics::family::Family<
+        telemetry::ReasonLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    reason: &'static str,
+) -> u64 {
+    family
+        .get_or_create(&telemetry::ReasonLabel { reason })
+        .get()
+}
+
+/// How long until the server closes `c` (EOF or reset), at most `within`.
+async fn closed_within(c: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match timeout(within.saturating_sub(t.elapsed()), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn send_options(c: &mut TcpStream, branch: &str) -> bool {
+    let msg = options(branch).replace("UDP", "TCP");
+    c.write_all(msg.as_bytes()).await.is_ok()
+}
+
+/// A connection from `ip` (a loopback address other than 127.0.0.1 is a second source).
+async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Slowloris: one header byte every 50 ms keeps the idle timer (60 s) from ever firing,
+/// but the message is not complete within its deadline (500 ms) of its first byte, so
+/// the connection is closed, counted, and nothing reaches the core.
+#[tokio::test]
+async fn tcp_message_incomplete_at_its_deadline_closes_the_connection() {
+    let (t, mut rx, m) = start_with(TransportConfig {
+        tcp_idle_timeout: Duration::from_secs(60),
+        tcp_message_timeout: Duration::from_millis(500),
+        ..TransportConfig::default()
+    })
+    .await;
+    // First a whole message sent slowly but in time, then keep-alives: neither counts.
+    let mut c = TcpStream::connect(t.tcp_addrs()[0]).await.unwrap();
+    let msg = options("z9hG4bKs0").replace("UDP", "TCP");
+    let (a, b) = msg.split_at(msg.len() / 2);
+    c.write_all(a.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write_all(b.as_bytes()).await.unwrap();
+    let (m0, _) = next_message(&mut rx).await;
+    assert_eq!(m0.call_id(), Ok("z9hG4bKs0@t"));
+    for _ in 0..4 {
+        c.write_all(b"\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut pongs = [0u8; 8];
+    timeout(WAIT, c.read_exact(&mut pongs))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reason(&m.tcp_timeouts, "message_timeout"), 0);
+
+    // Now the slow one: bounded by the message's length (~13 s at 50 ms a byte).
+    let slow = options("z9hG4bKs1").replace("UDP", "TCP").into_bytes();
+    let start = std::time::Instant::now();
+    let mut closed = None;
+    for b in &slow {
+        if c.write_all(&[*b]).await.is_err() {
+            closed = Some(start.elapsed());
+            break;
+        }
+        if closed_within(&mut c, Duration::from_millis(50))
+            .await
+            .is_some()
+        {
+            closed = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("the slow connection was never closed");
+    assert!(
+        closed >= Duration::from_millis(450) && closed < Duration::from_millis(2500),
+        "closed {closed:?} after the first byte; deadline 500 ms"
+    );
+    assert_eq!(reason(&m.tcp_timeouts, "message_timeout"), 1);
+    loop {
+        match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Inbound::FlowClosed { .. } => break,
+            Inbound::Message { msg, .. } => panic!("delivered: {:?}", msg.call_id()),
+            _ => {}
+        }
+    }
+}
+
+/// The caps: 2 per source, 4 in all. The third connection from one address is closed at
+/// once while another address is still served; at 4 a third address is closed at once;
+/// a closed connection gives its slot back.
+#[tokio::test]
+async fn tcp_connection_caps_per_source_and_in_all() {
+    let (t, mut rx, m) = start_with(TransportConfig {
+        tcp_max_connections: 4,
+        tcp_max_connections_per_source: 2,
+        ..TransportConfig::default()
+    })
+    .await;
+    let addr = t.tcp_addrs()[0];
+    assert_eq!(t.max_connections(), 4);
+    assert_eq!(m.tcp_max_connections.get(), 4);
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let mut c = connect_from("127.0.0.1", addr).await;
+        assert!(send_options(&mut c, &format!("z9hG4bKcap{n}")).await);
+        assert_eq!(
+            next_message(&mut rx).await.0.call_id(),
+            Ok(format!("z9hG4bKcap{n}@t").as_str())
+        );
+        held.push(c);
+    }
+    let mut third = connect_from("127.0.0.1", addr).await;
+    let took = closed_within(&mut third, WAIT).await.expect("closed");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    assert_eq!(reason(&m.tcp_refused, "source_limit"), 1);
+
+    // Another source is served meanwhile.
+    for n in 2..4 {
+        let mut c = connect_from("127.0.0.2", addr).await;
+        assert!(send_options(&mut c, &format!("z9hG4bKcap{n}")).await);
+        assert_eq!(
+            next_message(&mut rx).await.0.call_id(),
+            Ok(format!("z9hG4bKcap{n}@t").as_str())
+        );
+        held.push(c);
+    }
+    assert_eq!(t.inbound_connections(), 4);
+    let mut fifth = connect_from("127.0.0.3", addr).await;
+    assert!(closed_within(&mut fifth, WAIT).await.is_some());
+    assert_eq!(reason(&m.tcp_refused, "connection_limit"), 1);
+
+    // One goes away: its slot comes back once the server has seen it close.
+    drop(held.remove(0));
+    let deadline = std::time::Instant::now() + WAIT;
+    while t.inbound_connections() != 3 {
+        assert!(std::time::Instant::now() < deadline, "slot not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = connect_from("127.0.0.3", addr).await;
+    assert!(send_options(&mut c, "z9hG4bKcap9").await);
+    assert_eq!(next_message(&mut rx).await.0.call_id(), Ok("z9hG4bKcap9@t"));
+}
+
+/// A peer that never reads: our writes stall once its window and our buffers are full,
+/// and the connection is closed at the deadline instead of holding its queue and
+/// descriptor for ever.
+#[tokio::test]
+async fn tcp_peer_that_does_not_read_is_closed_at_the_write_deadline() {
+    let (t, mut rx, m) = start_with(TransportConfig {
+        tcp_message_timeout: Duration::from_millis(500),
+        ..TransportConfig::default()
+    })
+    .await;
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    let mut c = s.connect(t.tcp_addrs()[0]).await.unwrap();
+    c.write_all(options("z9hG4bKw1").replace("UDP", "TCP").as_bytes())
+        .await
+        .unwrap();
+    let (_, source) = next_message(&mut rx).await;
+    // 1000 × 60 KB, far beyond any socket buffer, within the 1024-message write queue.
+    let big = Bytes::from(vec![b'x'; 60_000]);
+    for _ in 0..1000 {
+        t.send(source, big.clone(), TxnRef::Stateless);
+    }
+    loop {
+        if let Inbound::FlowClosed { flow } = timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            assert_eq!(Some(flow), source.flow);
+            break;
+        }
+    }
+    assert_eq!(reason(&m.tcp_timeouts, "write_timeout"), 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while t.inbound_connections() != 0 {
+        assert!(std::time::Instant::now() < deadline, "slot not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+}

@@ -6,16 +6,25 @@
 //! and one probe spec fit them all ([`Readiness`] joins the conditions of a process
 //! that plays several roles); [`ConfigError`], the one shape of "this configuration
 //! cannot run" every service reports at start; [`logging`], the checked log set-up; and
-//! [`LogLimit`], the rate limit on log lines a peer can trigger.
+//! [`LogLimit`], the rate limit on log lines a peer can trigger; [`AcceptBackoff`], what
+//! every listener does when `accept` fails.
+//!
+//! The HTTP endpoint has a budget of its own ([`HttpLimits`]): a few connections at once,
+//! each closed after a short deadline whatever it sends. Probes and scrapes are short, and
+//! this keeps `/healthz` answering while the SIP listeners are full or under a slow-client
+//! attack, and keeps a slow client of this port from holding descriptors.
 
+mod accept;
 pub mod listen;
 pub mod logging;
 mod ratelimit;
 
+pub use accept::AcceptBackoff;
 pub use ratelimit::LogLimit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -177,11 +186,44 @@ struct HttpState {
     ready: Readiness,
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+/// The HTTP endpoint's own budget, apart from every other listener of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once; a connection beyond them is closed at once (a probe
+    /// fails fast and is retried, instead of waiting behind slow clients).
+    pub max_connections: usize,
+    /// A connection's whole life: request read, answered and closed within this, or cut.
+    /// One request per connection (no keep-alive), so the deadline bounds the request.
+    pub connection_deadline: Duration,
+}
+
+impl Default for HttpLimits {
+    /// 32 connections, 5 s each: a scrape of every metric takes milliseconds, and
+    /// Kubernetes probes time out after 1 s by default.
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 32,
+            connection_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped,
+/// within [`HttpLimits::default`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     ready: impl Into<Readiness>,
+) -> std::io::Result<()> {
+    serve_with_limits(listener, registry, ready, HttpLimits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    ready: impl Into<Readiness>,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
@@ -192,7 +234,46 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, app).await
+    // Our own accept loop rather than `axum::serve`: that one has no connection cap and
+    // no deadline, so a few hundred clients sending one header byte at a time would hold
+    // the endpoint (and descriptors) for as long as they liked.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut backoff = AcceptBackoff::new("metrics http");
+    let refused = LogLimit::new(1, 5);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if let Some(held_back) = refused.allow(std::time::Instant::now()) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    held_back,
+                    "metrics endpoint: too many connections; closing a new one"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let deadline = limits.connection_deadline;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // Past the deadline the connection is dropped, which closes it.
+            let _ = tokio::time::timeout(deadline, conn).await;
+        });
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

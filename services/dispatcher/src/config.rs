@@ -42,6 +42,15 @@ pub struct DispatcherConfig {
     /// A client TCP connection with no traffic for this long is closed, s. Clients keep
     /// theirs open with CRLF keepalives (RFC 5626) and re-REGISTERs.
     pub tcp_idle_timeout_secs: u64,
+    /// A TCP message must be complete within this many seconds of its first byte, and
+    /// the peer must take each of ours within it; else the connection closes (slow
+    /// clients cannot hold connections by trickling bytes).
+    pub tcp_message_timeout_secs: u64,
+    /// Inbound TCP connections held at once per side (public, internal); more are
+    /// closed at once. Lowered at start to fit RLIMIT_NOFILE less a reserve (logged).
+    pub tcp_max_connections: usize,
+    /// Inbound TCP connections held at once from one source address (IPv6: one /64).
+    pub tcp_max_connections_per_source: usize,
     /// gRPC admin API; none disables.
     pub admin_listen: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`; none disables.
@@ -172,6 +181,9 @@ impl Default for DispatcherConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             tcp_idle_timeout_secs: 600,
+            tcp_message_timeout_secs: 10,
+            tcp_max_connections: 10_000,
+            tcp_max_connections_per_source: 64,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9092))),
             drain_secs: 30,
@@ -341,6 +353,23 @@ impl DispatcherConfig {
         if self.tcp_idle_timeout_secs == 0 {
             return Err(bad("tcp_idle_timeout_secs", "must be positive"));
         }
+        if self.tcp_message_timeout_secs == 0
+            || self.tcp_message_timeout_secs > self.tcp_idle_timeout_secs
+        {
+            return Err(bad(
+                "tcp_message_timeout_secs",
+                "positive and not above tcp_idle_timeout_secs",
+            ));
+        }
+        if self.tcp_max_connections == 0
+            || self.tcp_max_connections_per_source == 0
+            || self.tcp_max_connections_per_source > self.tcp_max_connections
+        {
+            return Err(bad(
+                "tcp_max_connections",
+                "need 0 < tcp_max_connections_per_source <= tcp_max_connections",
+            ));
+        }
         Ok(())
     }
 
@@ -417,6 +446,14 @@ mod tests {
             ),
             ("health", Box::new(|c| c.health.timeout_ms = 5000)),
             ("health", Box::new(|c| c.health.fall = 0)),
+            (
+                "tcp_message_timeout_secs",
+                Box::new(|c| c.tcp_message_timeout_secs = 601),
+            ),
+            (
+                "tcp_max_connections",
+                Box::new(|c| c.tcp_max_connections_per_source = 0),
+            ),
             (
                 "discovery.kind",
                 Box::new(|c| c.discovery.kind = "consul".into()),

@@ -240,6 +240,9 @@ pub async fn start_with(
         tcp: side.tcp.clone(),
         limits: sip_core::Limits::default(),
         tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
+        tcp_message_timeout: Duration::from_secs(cfg.tcp_message_timeout_secs),
+        tcp_max_connections: cfg.tcp_max_connections,
+        tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
         tcp_connect_timeout: Duration::from_secs(5),
         overload_retry_after: cfg.retry_after_secs,
     };

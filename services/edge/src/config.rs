@@ -391,6 +391,16 @@ pub struct LimitsConfig {
     pub max_line_len: usize,
     /// Idle TCP connections close after this many seconds.
     pub tcp_idle_timeout_secs: u64,
+    /// A TCP message must be complete (head and body) within this many seconds of its
+    /// first byte, and the peer must take each of ours within it; else the connection
+    /// closes. The idle timeout restarts on every byte, so without this a client sending
+    /// a byte every few seconds (slowloris) holds its connection for ever.
+    pub tcp_message_timeout_secs: u64,
+    /// Inbound TCP connections held at once; more are closed at once. Lowered at start
+    /// to what RLIMIT_NOFILE leaves after a reserve for everything else (logged).
+    pub tcp_max_connections: usize,
+    /// Inbound TCP connections held at once from one source address (IPv6: one /64).
+    pub tcp_max_connections_per_source: usize,
     /// Messages queued for the proxy core before new requests get 503.
     pub core_queue: usize,
     /// Retry-After of that 503, s.
@@ -475,6 +485,9 @@ impl Default for LimitsConfig {
             max_headers: 256,
             max_line_len: 8192,
             tcp_idle_timeout_secs: 600,
+            tcp_message_timeout_secs: 10,
+            tcp_max_connections: 10_000,
+            tcp_max_connections_per_source: 64,
             core_queue: 16_384,
             overload_retry_after: 5,
             max_queue_delay_ms: 200,
@@ -677,6 +690,21 @@ impl EdgeConfig {
                 "core_queue, tcp_idle_timeout_secs and max_queue_delay_ms must be positive",
             ));
         }
+        if l.tcp_message_timeout_secs == 0 || l.tcp_message_timeout_secs > l.tcp_idle_timeout_secs {
+            return Err(bad(
+                "limits.tcp_message_timeout_secs",
+                "positive and not above tcp_idle_timeout_secs",
+            ));
+        }
+        if l.tcp_max_connections == 0
+            || l.tcp_max_connections_per_source == 0
+            || l.tcp_max_connections_per_source > l.tcp_max_connections
+        {
+            return Err(bad(
+                "limits.tcp_max_connections",
+                "need 0 < tcp_max_connections_per_source <= tcp_max_connections",
+            ));
+        }
         if self.log.format != "plain" && self.log.format != "json" {
             return Err(bad(
                 "log.format",
@@ -736,6 +764,26 @@ impl EdgeConfig {
             retries: l.retries,
             credentials_ttl: Duration::from_secs(l.credentials_cache_secs),
         })
+    }
+
+    /// The SIP transports' settings for these listening addresses.
+    pub fn transport_config(
+        &self,
+        udp: Vec<SocketAddr>,
+        tcp: Vec<SocketAddr>,
+    ) -> sip_transport::TransportConfig {
+        let l = &self.limits;
+        sip_transport::TransportConfig {
+            udp,
+            tcp,
+            limits: self.parser_limits(),
+            tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
+            tcp_message_timeout: Duration::from_secs(l.tcp_message_timeout_secs),
+            tcp_max_connections: l.tcp_max_connections,
+            tcp_max_connections_per_source: l.tcp_max_connections_per_source,
+            tcp_connect_timeout: Duration::from_secs(5),
+            overload_retry_after: l.overload_retry_after,
+        }
     }
 
     /// Parser limits.
@@ -855,6 +903,18 @@ mod tests {
         let mut c = EdgeConfig::default();
         c.auth.algorithms = vec!["SHA-512".into()];
         assert_eq!(c.validate().unwrap_err().field, "auth.algorithms");
+        let mut c = EdgeConfig::default();
+        c.limits.tcp_message_timeout_secs = 0;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "limits.tcp_message_timeout_secs"
+        );
+        let mut c = EdgeConfig::default();
+        c.limits.tcp_max_connections_per_source = 20_000;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "limits.tcp_max_connections"
+        );
         let mut c = EdgeConfig::default();
         c.log.format = "xml".into();
         assert_eq!(

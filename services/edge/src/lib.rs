@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use sip_auth::{FileStore, MemoryNonceUses, NonceKey, NonceUses, SubscriberStore};
 use sip_registrar::{LocationStore, MemoryStore, Policy};
-use sip_transport::{TransportConfig, TransportError, Transports};
+use sip_transport::{TransportError, Transports};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -216,14 +216,7 @@ pub async fn start_with(
     cfg.validate()?;
     let metrics = metrics::EdgeMetrics::default();
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
-    let tcfg = TransportConfig {
-        udp: cfg.sip.udp.clone(),
-        tcp: cfg.sip.tcp.clone(),
-        limits: cfg.parser_limits(),
-        tcp_idle_timeout: Duration::from_secs(cfg.limits.tcp_idle_timeout_secs),
-        tcp_connect_timeout: Duration::from_secs(5),
-        overload_retry_after: cfg.limits.overload_retry_after,
-    };
+    let tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
     let local = local::Local::new(
         cfg.sip.advertise,

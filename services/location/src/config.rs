@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sip_registrar::Policy;
 
 use crate::backend::RedisOptions;
+pub use crate::integrity::OnDataLoss;
 
 /// Everything the location service needs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,6 +59,11 @@ pub struct BackendConfig {
     /// Publish binding changes through Redis, so WatchBindings on any replica sees every
     /// change.
     pub publish_events: bool,
+    /// When the store lost its data (its provisioning marker is gone: Redis restarted
+    /// empty or was flushed): `unready` (default) answers UNAVAILABLE and is not ready
+    /// until the marker is back (a restore, or a location replica restarted);
+    /// `reprovision` provisions `users_file` again and serves. See [`OnDataLoss`].
+    pub on_data_loss: OnDataLoss,
 }
 
 /// Dialog record lifetimes.
@@ -97,6 +103,7 @@ impl Default for BackendConfig {
             response_timeout_ms: 250,
             connect_timeout_ms: 500,
             publish_events: true,
+            on_data_loss: OnDataLoss::Unready,
         }
     }
 }
@@ -161,6 +168,12 @@ impl LocationConfig {
         }
         if b.response_timeout_ms == 0 || b.connect_timeout_ms == 0 {
             return Err(bad("backend.*_timeout_ms", "must be positive"));
+        }
+        if b.on_data_loss == OnDataLoss::Reprovision && self.users_file.is_none() {
+            return Err(bad(
+                "backend.on_data_loss",
+                "\"reprovision\" provisions users_file again: give one (or use \"unready\")",
+            ));
         }
         let r = &self.registrar;
         if r.min_expires == 0 || r.min_expires > r.max_expires {
@@ -245,5 +258,23 @@ mod tests {
             "registrar.min_expires"
         );
         assert_eq!(err("typo = 1\n").unwrap_err().field, "config");
+        assert_eq!(
+            err("[backend]\non_data_loss = \"reprovision\"\n")
+                .unwrap_err()
+                .field,
+            "backend.on_data_loss"
+        );
+        assert_eq!(
+            err("[backend]\non_data_loss = \"ignore\"\n")
+                .unwrap_err()
+                .field,
+            "config"
+        );
+        let c = LocationConfig::from_toml(
+            "users_file = \"u.toml\"\n[backend]\non_data_loss = \"reprovision\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.backend.on_data_loss, OnDataLoss::Reprovision);
     }
 }

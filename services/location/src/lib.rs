@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod integrity;
 pub mod metrics;
 pub mod server;
 
@@ -59,74 +60,32 @@ pub enum LocationError {
     },
 }
 
-/// Build the backend the configuration names, seeded with its users file: `seeded`
-/// becomes true once every user of the file is in the store (at once for memory; in the
-/// background for Redis, which may not be up yet). Users that already exist are left as
-/// they are: the file bootstraps a deployment, `sipcluster users` manages it after that,
-/// and a restarted replica must not undo a password change.
-pub async fn backend_from(
+/// A users file, parsed (HA1s only).
+pub type Users = Arc<sip_auth::MemoryStore>;
+
+/// Build the backend the configuration names, and read its users file (provisioned
+/// when the service starts, and again after a data loss with `on_data_loss =
+/// "reprovision"`).
+pub fn backend_from(
     cfg: &LocationConfig,
-    seeded: Arc<AtomicBool>,
-) -> Result<Arc<dyn Backend>, LocationError> {
+) -> Result<(Arc<dyn Backend>, Option<Users>), LocationError> {
     cfg.validate()?;
     let users = match &cfg.users_file {
-        Some(p) => Some(
+        Some(p) => Some(Arc::new(
             sip_auth::FileStore::from_path(p)
                 .map_err(LocationError::Users)?
                 .into_inner(),
-        ),
+        )),
         None => None,
     };
     let backend: Arc<dyn Backend> = match cfg.backend.kind.as_str() {
         "memory" => Arc::new(MemoryBackend::new(
             cfg.registrar,
-            users.clone().unwrap_or_default(),
+            users.as_deref().cloned().unwrap_or_default(),
         )),
         _ => Arc::new(RedisBackend::new(cfg.redis_options(), cfg.registrar)?),
     };
-    let Some(users) = users.filter(|_| cfg.backend.kind != "memory") else {
-        seeded.store(true, Ordering::Relaxed);
-        return Ok(backend);
-    };
-    {
-        // Redis may not be up yet: keep trying in the background; the service is not
-        // blocked on it (calls fail with UNAVAILABLE until Redis answers).
-        let b = backend.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let mut added = 0;
-                let mut failed = None;
-                for (user, realm, creds) in users.iter() {
-                    let r = match b.credentials(user, realm).await {
-                        Ok(Some(_)) => Ok(false),
-                        Ok(None) => b.put_user(user, realm, creds).await.map(|_| true),
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok(new) => added += usize::from(new),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match failed {
-                    None => {
-                        tracing::info!(users = users.len(), added, "users file provisioned");
-                        seeded.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    Some(e) => {
-                        tracing::warn!(error = %e, "seeding users from the users file failed; retrying")
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        });
-    }
-    Ok(backend)
+    Ok((backend, users))
 }
 
 /// A running location service.
@@ -138,19 +97,22 @@ pub struct LocationHandle {
     pub metrics: Option<SocketAddr>,
     /// The backend (shared with in-process users such as the all-in-one's edge).
     pub backend: Arc<dyn Backend>,
-    /// Readiness: the backend answers and the service is not draining.
+    /// Readiness: the backend answers, is provisioned and whole, and the service is not
+    /// draining.
     pub ready: Arc<AtomicBool>,
+    /// Whether the store is known whole (see [`integrity`]).
+    pub data: Arc<integrity::DataGuard>,
     shutdown: oneshot::Sender<()>,
     join: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     drain: Duration,
-    draining: Arc<AtomicBool>,
+    not_draining: Arc<AtomicBool>,
 }
 
 impl LocationHandle {
     /// Stop taking calls, let in-flight ones finish (up to the drain time), and stop.
     pub async fn stop(self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.not_draining.store(false, Ordering::Relaxed);
         self.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(self.drain, self.join).await;
@@ -162,23 +124,23 @@ impl LocationHandle {
 
 /// Start the service described by `cfg`.
 pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError> {
-    let seeded = Arc::new(AtomicBool::new(false));
-    let backend = backend_from(&cfg, seeded.clone()).await?;
-    start_serving(cfg, backend, seeded).await
+    let (backend, users) = backend_from(&cfg)?;
+    start_serving(cfg, backend, users).await
 }
 
-/// Serve an existing backend (already provisioned).
+/// Serve an existing backend (its users already in; the provisioning marker is written
+/// at start all the same).
 pub async fn start_with(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
 ) -> Result<LocationHandle, LocationError> {
-    start_serving(cfg, backend, Arc::new(AtomicBool::new(true))).await
+    start_serving(cfg, backend, None).await
 }
 
 async fn start_serving(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
-    seeded: Arc<AtomicBool>,
+    users: Option<Users>,
 ) -> Result<LocationHandle, LocationError> {
     cfg.validate()?;
     let bind_err = |what, addr| move |source| LocationError::Bind { what, addr, source };
@@ -189,11 +151,28 @@ async fn start_serving(
         .local_addr()
         .map_err(bind_err("gRPC", cfg.listen))?;
     let ready = Arc::new(AtomicBool::new(false));
+    let guard = Arc::new(integrity::DataGuard::default());
+    let flags = Flags {
+        not_draining: Arc::new(AtomicBool::new(true)),
+        up: Arc::new(AtomicBool::new(false)),
+        provisioned: Arc::new(AtomicBool::new(false)),
+    };
+    // What /readyz names when not ready.
+    let readiness = telemetry::Readiness::new("draining", flags.not_draining.clone())
+        .and("backend unreachable", flags.up.clone())
+        .and(
+            "not provisioned yet (users file, provisioning marker)",
+            flags.provisioned.clone(),
+        )
+        .and(
+            "the store lost its data (provisioning marker missing); see backend.on_data_loss",
+            guard.intact_flag(),
+        );
     let m = metrics::Metrics::global();
     let mut tasks = Vec::new();
     let metrics_addr = match cfg.metrics_listen {
         Some(maddr) => {
-            let (bound, task) = telemetry::spawn_endpoint(maddr, m.registry(), ready.clone())
+            let (bound, task) = telemetry::spawn_endpoint(maddr, m.registry(), readiness)
                 .await
                 .map_err(bind_err("metrics", maddr))?;
             tasks.push(task);
@@ -202,42 +181,43 @@ async fn start_serving(
         None => None,
     };
     let (health, health_svc) = tonic_health::server::health_reporter();
-    // Readiness and gRPC health follow the backend: an instance whose Redis is gone
-    // should leave the Service's endpoints, not keep taking calls it must fail. Not ready
-    // either before the users file is in, nor once draining.
-    let draining = Arc::new(AtomicBool::new(false));
+    // Provisioning: the users file and the marker. Redis may not be up yet: keep trying
+    // in the background; calls fail with UNAVAILABLE until Redis answers, and a "not
+    // found" before the marker is written is UNAVAILABLE too (the file may not be in).
     {
-        let (b, ready, health) = (backend.clone(), ready.clone(), health.clone());
-        let (draining, seeded) = (draining.clone(), seeded.clone());
+        let (b, users, done) = (backend.clone(), users.clone(), flags.provisioned.clone());
         tasks.push(tokio::spawn(async move {
-            let mut was_up = None;
+            let mut delay = Duration::from_millis(200);
             loop {
-                let up = tokio::time::timeout(Duration::from_secs(1), b.ping())
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                metrics::Metrics::global().backend_up.set(i64::from(up));
-                ready.store(
-                    up && seeded.load(Ordering::Relaxed) && !draining.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-                if was_up != Some(up) {
-                    if up {
-                        tracing::info!("backend reachable; serving");
-                        health
-                            .set_serving::<LocationServer<server::LocationService>>()
-                            .await;
-                    } else {
-                        tracing::warn!("backend unreachable; not serving");
-                        health
-                            .set_not_serving::<LocationServer<server::LocationService>>()
-                            .await;
+                match integrity::provision(&*b, users.as_deref()).await {
+                    Ok(added) => {
+                        if let Some(u) = &users {
+                            tracing::info!(users = u.len(), added, "users file provisioned");
+                        }
+                        done.store(true, Ordering::Relaxed);
+                        return;
                     }
-                    was_up = Some(up);
+                    Err(e) => {
+                        tracing::warn!(error = %e, "provisioning (users file, marker) failed; retrying")
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }));
     }
+    // Readiness and gRPC health follow the backend: an instance whose Redis is gone, or
+    // lost its data, should leave the Service's endpoints, not keep taking calls it must
+    // fail.
+    tasks.push(tokio::spawn(monitor(Monitor {
+        backend: backend.clone(),
+        guard: guard.clone(),
+        flags: flags.clone(),
+        ready: ready.clone(),
+        on_data_loss: cfg.backend.on_data_loss,
+        users,
+        health: health.clone(),
+    })));
     {
         let b = backend.clone();
         let every = Duration::from_secs(cfg.stats_interval_secs);
@@ -258,7 +238,8 @@ async fn start_serving(
         }));
     }
     let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone())
-        .admin_only(cfg.admin_only);
+        .admin_only(cfg.admin_only)
+        .data_guard(guard.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on each
     // accepted connection, or Nagle + delayed ACK adds ~40 ms to every reply that does not
@@ -290,18 +271,147 @@ async fn start_serving(
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
-    tracing::info!(%addr, backend = %backend.summary(), "location service started");
+    tracing::info!(
+        %addr,
+        backend = %backend.summary(),
+        on_data_loss = cfg.backend.on_data_loss.as_str(),
+        "location service started"
+    );
     Ok(LocationHandle {
         addr,
         metrics: metrics_addr,
         backend,
         ready,
+        data: guard,
         shutdown: stop_tx,
         join,
         tasks,
         drain: Duration::from_secs(cfg.drain_secs),
-        draining,
+        not_draining: flags.not_draining,
     })
+}
+
+/// The readiness conditions the monitor and the drain set.
+#[derive(Debug, Clone)]
+struct Flags {
+    not_draining: Arc<AtomicBool>,
+    /// The backend answers pings.
+    up: Arc<AtomicBool>,
+    /// The users file and the marker are in.
+    provisioned: Arc<AtomicBool>,
+}
+
+struct Monitor {
+    backend: Arc<dyn Backend>,
+    guard: Arc<integrity::DataGuard>,
+    flags: Flags,
+    ready: Arc<AtomicBool>,
+    on_data_loss: config::OnDataLoss,
+    users: Option<Users>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Every half second (or at once when a call met a data loss): ping the backend, check
+/// the provisioning marker while it answers (so also right after a reconnect), act on a
+/// loss per `on_data_loss`, and publish readiness and gRPC health.
+async fn monitor(s: Monitor) {
+    let m = metrics::Metrics::global();
+    let mut was_serving = None;
+    let mut was_up = None;
+    loop {
+        let b = &*s.backend;
+        let up = tokio::time::timeout(Duration::from_secs(1), b.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        m.backend_up.set(i64::from(up));
+        s.flags.up.store(up, Ordering::Relaxed);
+        if was_up != Some(up) {
+            if up {
+                tracing::info!("backend reachable");
+            } else {
+                tracing::warn!("backend unreachable; not serving");
+            }
+            was_up = Some(up);
+        }
+        // Before provisioning is done the marker is not there yet, and that is no loss.
+        if up && s.flags.provisioned.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_secs(1), b.marker_present()).await {
+                Ok(Ok(true)) => on_marker_present(&s),
+                Ok(Ok(false)) => on_loss(&s).await,
+                // Unreachable or slow: the ping says so; nothing is known about the data.
+                _ => {}
+            }
+        }
+        let serving = up && !s.guard.is_lost();
+        s.ready.store(
+            serving
+                && s.flags.provisioned.load(Ordering::Relaxed)
+                && s.flags.not_draining.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if was_serving != Some(serving) {
+            if serving {
+                s.health
+                    .set_serving::<LocationServer<server::LocationService>>()
+                    .await;
+            } else {
+                s.health
+                    .set_not_serving::<LocationServer<server::LocationService>>()
+                    .await;
+            }
+            was_serving = Some(serving);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = s.guard.suspected() => {}
+        }
+    }
+}
+
+/// The marker is there: serve again if a loss was known (restored from a backup, or
+/// provisioned by another replica).
+fn on_marker_present(s: &Monitor) {
+    if s.guard.set_intact() {
+        metrics::Metrics::global().data_intact.set(1);
+        tracing::info!("provisioning marker back; serving again");
+    }
+}
+
+/// The marker is gone: stop answering from the store, say so once, and reprovision
+/// when configured to.
+async fn on_loss(s: &Monitor) {
+    let m = metrics::Metrics::global();
+    if s.guard.set_lost() {
+        m.data_intact.set(0);
+        m.data_losses.inc();
+        match s.on_data_loss {
+            config::OnDataLoss::Unready => tracing::error!(
+                "the store lost its data (provisioning marker missing: Redis restarted empty \
+                 or was flushed); answering UNAVAILABLE (edges: 503) and not ready until the \
+                 marker is back: restore Redis from a backup, or restart a location replica \
+                 (it provisions users_file and writes the marker)"
+            ),
+            config::OnDataLoss::Reprovision => tracing::error!(
+                "the store lost its data (provisioning marker missing: Redis restarted empty \
+                 or was flushed); answering UNAVAILABLE (edges: 503) while users_file is \
+                 provisioned again"
+            ),
+        }
+    }
+    if s.on_data_loss == config::OnDataLoss::Reprovision {
+        match integrity::provision(&*s.backend, s.users.as_deref()).await {
+            Ok(added) => {
+                s.guard.set_intact();
+                m.data_intact.set(1);
+                tracing::warn!(
+                    added,
+                    "reprovisioned from the users file after a data loss; serving again \
+                     (registrations return as phones re-register)"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "reprovisioning failed; retrying"),
+        }
+    }
 }
 
 /// A backend used in process, as the edge's stores (the all-in-one: no gRPC hop).
@@ -344,6 +454,21 @@ impl LocationStore for InProcess {
             aors: usize::try_from(c.aors).unwrap_or(usize::MAX),
             bindings: usize::try_from(c.bindings).unwrap_or(usize::MAX),
         })
+    }
+}
+
+#[async_trait]
+impl sip_auth::NonceUses for InProcess {
+    async fn first_use(
+        &self,
+        nonce: &str,
+        nc: &str,
+        ttl: Duration,
+    ) -> Result<bool, sip_auth::Error> {
+        self.0
+            .use_nonce(nonce, nc, location_client::convert::ttl_secs(ttl))
+            .await
+            .map_err(|e| sip_auth::Error::Unavailable(e.to_string()))
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub users: Gauge,
     /// Open WatchBindings streams.
     pub watchers: Gauge,
+    /// 1 while the store is known whole (its provisioning marker is there).
+    pub data_intact: Gauge,
+    /// Losses of the store's data noticed (the provisioning marker gone).
+    pub data_losses: Counter,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -69,6 +73,12 @@ impl Metrics {
             bindings: Gauge::default(),
             users: Gauge::default(),
             watchers: Gauge::default(),
+            data_intact: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            data_losses: Counter::default(),
         })
     }
 
@@ -113,6 +123,16 @@ impl Metrics {
             "watchers",
             "Open WatchBindings streams",
             self.watchers.clone(),
+        );
+        r.register(
+            "data_intact",
+            "1 while the store is known whole (provisioning marker present); 0 after a loss until reprovisioned",
+            self.data_intact.clone(),
+        );
+        r.register(
+            "data_losses",
+            "Losses of the store's data noticed (provisioning marker gone: Redis restarted empty or flushed)",
+            self.data_losses.clone(),
         );
         root
     }

@@ -15,6 +15,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::backend::{Backend, BackendError, DialogEnd, DialogKey};
 use crate::config::DialogConfig;
+use crate::integrity::DataGuard;
 use crate::metrics::{CallLabel, MethodLabel, Metrics, ResultLabel};
 
 /// Unix seconds on this service's clock: the one clock of every binding's expiry.
@@ -31,6 +32,8 @@ pub struct LocationService {
     dialogs: DialogConfig,
     /// Refuse the edges' calls (see `LocationConfig::admin_only`).
     admin_only: bool,
+    /// UNAVAILABLE for data calls while the store is known to have lost its data.
+    guard: Arc<DataGuard>,
 }
 
 impl LocationService {
@@ -40,7 +43,24 @@ impl LocationService {
             backend,
             dialogs,
             admin_only: false,
+            guard: Arc::new(DataGuard::default()),
         }
+    }
+
+    /// Answer data calls UNAVAILABLE while `guard` knows of a data loss, and tell it
+    /// when a call meets one.
+    #[must_use]
+    pub fn data_guard(mut self, guard: Arc<DataGuard>) -> LocationService {
+        self.guard = guard;
+        self
+    }
+
+    /// The status for a backend failure; a data loss also wakes the guard's monitor.
+    fn failed(&self, e: BackendError) -> Status {
+        if matches!(e, BackendError::DataLoss) {
+            self.guard.suspect();
+        }
+        backend_status(e)
     }
 
     /// Serve only the administrative calls.
@@ -50,14 +70,16 @@ impl LocationService {
         self
     }
 
-    /// PERMISSION_DENIED for an edge's call on an admin-only API.
+    /// PERMISSION_DENIED for an edge's call on an admin-only API; UNAVAILABLE while the
+    /// store is known to have lost its data (every edge call reads or writes data whose
+    /// absence would be taken for the truth).
     fn edges_only(&self, method: &str) -> Result<(), Status> {
         if self.admin_only {
             return Err(Status::permission_denied(format!(
                 "{method} is for edges; this API serves only administrative calls"
             )));
         }
-        Ok(())
+        self.guard.check(method)
     }
 }
 
@@ -72,8 +94,18 @@ fn backend_status(e: BackendError) -> Status {
             tracing::warn!(error = %e, "backend unavailable");
             Status::unavailable(e.to_string())
         }
+        // Logged once by the data guard, not per call.
+        BackendError::DataLoss => Status::unavailable(e.to_string()),
     }
 }
+
+/// The longest nonce UseNonce takes (ours are 40-odd base64 characters).
+const MAX_NONCE_LEN: usize = 256;
+/// The longest nonce count (RFC 7616: eight hex digits).
+const MAX_NC_LEN: usize = 16;
+/// The longest a use is remembered, s: far beyond any nonce lifetime, so a wrong ttl
+/// cannot pin keys for ever.
+const MAX_NONCE_TTL_SECS: u32 = 86_400;
 
 fn invalid(e: convert::ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
@@ -123,7 +155,7 @@ impl LocationService {
         let req = convert::request_from(msg).map_err(invalid)?;
         let applied = self.backend.register(req, now).await.map_err(|e| {
             count("unavailable");
-            backend_status(e)
+            self.failed(e)
         })?;
         match applied {
             Ok(o) => {
@@ -250,6 +282,9 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupReply>, Status> {
+        // Not edge-only (`sipcluster registrations show` uses it), but an edge's INVITE
+        // does: "no binding" must not come from a store that lost its data.
+        self.guard.check("Lookup")?;
         observed("Lookup", async {
             let aor = convert::aor_from(&request.get_ref().aor).map_err(invalid)?;
             let now = unix_now();
@@ -257,7 +292,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .lookup(&aor, now)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::LookupReply {
                 bindings: b.iter().map(convert::binding_to).collect(),
                 now,
@@ -278,7 +313,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .remove(&aor, contact, unix_now())
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::RemoveBindingsReply { removed })
         })
         .await
@@ -299,7 +334,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .list(&r.page_token, limit, now)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::ListBindingsReply {
                 aors: page
                     .into_iter()
@@ -389,7 +424,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .credentials(&r.username, &r.realm)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::GetCredentialsReply {
                 credentials: c.as_ref().map(convert::credentials_to),
             })
@@ -414,7 +449,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .put_user(&r.username, &r.realm, &creds)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             tracing::info!(username = %r.username, realm = %r.realm, replaced, "user provisioned");
             Ok(pb::PutUserReply { replaced })
         })
@@ -433,7 +468,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .remove_user(&r.username, &r.realm)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             tracing::info!(username = %r.username, realm = %r.realm, removed, "user removed");
             Ok(pb::RemoveUserReply { removed })
         })
@@ -451,8 +486,35 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .list_users(realm)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::ListUsersReply { usernames })
+        })
+        .await
+    }
+
+    async fn use_nonce(
+        &self,
+        request: Request<pb::UseNonceRequest>,
+    ) -> Result<Response<pb::UseNonceReply>, Status> {
+        self.edges_only("UseNonce")?;
+        observed("UseNonce", async {
+            let r = request.get_ref();
+            need("nonce", &r.nonce)?;
+            // Bounded key sizes: the edge sends what it verified, but this is an API.
+            if r.nonce.len() > MAX_NONCE_LEN || r.nc.len() > MAX_NC_LEN {
+                return Err(Status::invalid_argument(format!(
+                    "nonce at most {MAX_NONCE_LEN} bytes, nc at most {MAX_NC_LEN}"
+                )));
+            }
+            if r.ttl_secs == 0 {
+                return Err(Status::invalid_argument("ttl_secs is 0"));
+            }
+            let first_use = self
+                .backend
+                .use_nonce(&r.nonce, &r.nc, r.ttl_secs.min(MAX_NONCE_TTL_SECS))
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::UseNonceReply { first_use })
         })
         .await
     }
@@ -478,7 +540,7 @@ impl pb::location_server::Location for LocationService {
                 .backend
                 .put_dialog(&d, ttl)
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::PutDialogReply {
                 dialog: Some(dialog),
             })
@@ -515,7 +577,7 @@ impl pb::location_server::Location for LocationService {
                     ttl,
                 )
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::EndDialogReply { dialog })
         })
         .await
@@ -537,7 +599,7 @@ impl pb::location_server::Location for LocationService {
                     from_tag: r.from_tag,
                 })
                 .await
-                .map_err(backend_status)?;
+                .map_err(|e| self.failed(e))?;
             Ok(pb::GetDialogReply { dialog })
         })
         .await

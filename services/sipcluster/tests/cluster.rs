@@ -218,7 +218,13 @@ fn redis_down_503_then_recovers() {
     let dir = workdir("redis_down");
     let mut redis = Redis::own_standalone(&dir);
     let port = redis.port();
-    let loc = location_for(&dir, &redis, "redis_down");
+    // Redis comes back empty (it keeps nothing): reprovisioning is what lets the service
+    // resume on its own (with the default, `unready`, it would wait for an operator; see
+    // data_loss.rs).
+    let mut args = redis.location_args(&prefix("redis_down"));
+    args.extend(["--on-data-loss".to_owned(), "reprovision".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let loc = Server::location(&dir, "location", &args);
     let edge = Server::edge(&dir, "edge", loc.sip, &["--no-auth"]);
     let raw = RawSip::new(edge.sip);
     let mut cseq = 0;

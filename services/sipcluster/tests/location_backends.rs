@@ -50,10 +50,13 @@ fn redis_backend(r: &Redis, test: &str, policy: Policy) -> Arc<dyn Backend> {
     )
 }
 
-/// Wait until the backend answers (the cluster connection is made in the background).
+/// Wait until the backend answers (the cluster connection is made in the background),
+/// then provision it as the service does at start (the marker: without it, "not found"
+/// answers are refused as a possible data loss).
 async fn ready(b: &dyn Backend) {
     for _ in 0..100 {
         if b.ping().await.is_ok() {
+            b.write_marker().await.expect("provisioning marker");
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -392,6 +395,52 @@ async fn listing(b: Arc<dyn Backend>) {
     );
 }
 
+/// Digest replay tracking (`UseNonce`): a (nonce, nc) pair is accepted once, by any
+/// replica (`a` and `b` share the store: two Redis backends on one Redis, or one memory
+/// backend twice), concurrently too; another nc or nonce is new; a use is forgotten
+/// after its ttl.
+async fn nonce_uses(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
+    ready(&*a).await;
+    ready(&*b).await;
+    let n = format!("nonce-{}", std::process::id());
+    assert!(a.use_nonce(&n, "00000001", 300).await.unwrap(), "first use");
+    assert!(!a.use_nonce(&n, "00000001", 300).await.unwrap(), "replay");
+    assert!(
+        !b.use_nonce(&n, "00000001", 300).await.unwrap(),
+        "replay elsewhere"
+    );
+    assert!(
+        b.use_nonce(&n, "00000002", 300).await.unwrap(),
+        "next count"
+    );
+    assert!(
+        a.use_nonce(&format!("{n}-x"), "00000001", 300)
+            .await
+            .unwrap(),
+        "other nonce"
+    );
+    // No qop: the nonce alone, once.
+    assert!(a.use_nonce(&n, "", 300).await.unwrap());
+    assert!(!b.use_nonce(&n, "", 300).await.unwrap());
+    // Twenty edges presenting the same answer at once: exactly one wins.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let x = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let n = n.clone();
+        racers.spawn(async move { x.use_nonce(&n, "00000003", 300).await.unwrap() });
+    }
+    let wins = racers.join_all().await.into_iter().filter(|w| *w).count();
+    assert_eq!(wins, 1, "concurrent uses of one pair");
+    // Remembered for the ttl only.
+    assert!(a.use_nonce(&n, "00000004", 1).await.unwrap());
+    assert!(!a.use_nonce(&n, "00000004", 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        a.use_nonce(&n, "00000004", 1).await.unwrap(),
+        "forgotten after its ttl"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conformance() {
     conformance(Arc::new(MemoryBackend::new(
@@ -404,6 +453,8 @@ async fn memory_backend_conformance() {
         sip_auth::MemoryStore::new(),
     )))
     .await;
+    let m: Arc<dyn Backend> = Arc::new(MemoryBackend::new(policy(), sip_auth::MemoryStore::new()));
+    nonce_uses(m.clone(), m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,6 +463,11 @@ async fn redis_backend_conformance() {
     let r = Redis::standalone(&dir);
     conformance(redis_backend(&r, "conformance_redis", policy())).await;
     listing(redis_backend(&r, "listing_redis", policy())).await;
+    nonce_uses(
+        redis_backend(&r, "nonces_redis", policy()),
+        redis_backend(&r, "nonces_redis", policy()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +476,11 @@ async fn redis_cluster_backend_conformance() {
     let r = Redis::cluster(&dir);
     conformance(redis_backend(&r, "conformance_cluster", policy())).await;
     listing(redis_backend(&r, "listing_cluster", policy())).await;
+    nonce_uses(
+        redis_backend(&r, "nonces_cluster", policy()),
+        redis_backend(&r, "nonces_cluster", policy()),
+    )
+    .await;
 }
 
 /// Two location services on one Redis, each with its own client (as two edges would
@@ -828,4 +889,169 @@ async fn watch_dialogs_and_bad_input_over_grpc() {
     for s in services {
         s.stop().await;
     }
+}
+
+/// `sip_auth::NonceUses` as the edges get it: over gRPC (`LocationClient`) and in
+/// process (`InProcess`, the all-in-one), sharing one set. An API that cannot answer
+/// (unreachable, or admin-only) is `Unavailable` (the edge's 503), never a verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_nonce_over_grpc_and_in_process() {
+    use sip_auth::NonceUses;
+    let ttl = Duration::from_secs(300);
+    let backend: Arc<dyn Backend> =
+        Arc::new(MemoryBackend::new(policy(), sip_auth::MemoryStore::new()));
+    let serve = |admin_only: bool| {
+        let backend = backend.clone();
+        async move {
+            let cfg = LocationConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                metrics_listen: None,
+                admin_only,
+                ..LocationConfig::default()
+            };
+            location::start_with(cfg, backend).await.expect("service")
+        }
+    };
+    let client = |addr: std::net::SocketAddr| {
+        LocationClient::new(ClientConfig {
+            endpoint: format!("http://{addr}"),
+            ..ClientConfig::default()
+        })
+        .unwrap()
+    };
+    let svc = serve(false).await;
+    let c = client(svc.addr);
+    assert!(c.first_use("n1", "00000001", ttl).await.unwrap());
+    assert!(!c.first_use("n1", "00000001", ttl).await.unwrap(), "replay");
+    let in_process = location::InProcess(backend.clone());
+    assert!(
+        !in_process.first_use("n1", "00000001", ttl).await.unwrap(),
+        "one set behind both"
+    );
+    assert!(in_process.first_use("n1", "00000002", ttl).await.unwrap());
+    assert!(!c.first_use("n1", "00000002", ttl).await.unwrap());
+    let bad = c
+        .grpc()
+        .use_nonce(pb::UseNonceRequest {
+            nonce: String::new(),
+            nc: "00000001".into(),
+            ttl_secs: 300,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // The all-in-one's admin-only API refuses it like the edges' other calls.
+    let admin = serve(true).await;
+    let a = client(admin.addr);
+    let denied = a
+        .grpc()
+        .use_nonce(pb::UseNonceRequest {
+            nonce: "n2".into(),
+            nc: "00000001".into(),
+            ttl_secs: 300,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(matches!(
+        a.first_use("n2", "00000001", ttl).await,
+        Err(sip_auth::Error::Unavailable(_))
+    ));
+    // Nobody listening: unavailable, not a verdict.
+    let gone = svc.addr;
+    svc.stop().await;
+    admin.stop().await;
+    assert!(matches!(
+        client(gone).first_use("n3", "00000001", ttl).await,
+        Err(sip_auth::Error::Unavailable(_))
+    ));
+}
+
+/// After a loss (FLUSHALL of a standalone Redis, or of one master of a cluster), "no such
+/// user" and "no binding" are never answered: what is still there is served, what is
+/// gone is `DataLoss` (UNAVAILABLE, the edge's 503). Provisioning again (the marker)
+/// makes "not found" an answer again.
+async fn loss_is_never_not_found(b: Arc<dyn Backend>, flush: impl Fn()) {
+    ready(&*b).await;
+    let now = location::server::unix_now();
+    let creds = sip_auth::Credentials::from_password("u", "loss.example", "pw");
+    let users: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        b.put_user(u, "loss.example", &creds).await.unwrap();
+        b.register(
+            req(
+                &format!("sip:{u}@loss.example"),
+                "c",
+                1,
+                &[("sip:x@192.0.2.1", Some(600), None)],
+            ),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let nobody = Aor::parse("sip:nobody@loss.example").unwrap();
+    assert!(
+        b.credentials("nobody", "loss.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(b.lookup(&nobody, now).await.unwrap().is_empty());
+    assert!(b.marker_present().await.unwrap());
+
+    flush();
+    assert!(!b.marker_present().await.unwrap(), "the loss is seen");
+    let (mut kept, mut lost) = (0, 0);
+    for u in &users {
+        match b.credentials(u, "loss.example").await {
+            Ok(Some(_)) => kept += 1,
+            Err(location::BackendError::DataLoss) => lost += 1,
+            other => panic!("{u}: {other:?}"),
+        }
+        let aor = Aor::parse(&format!("sip:{u}@loss.example")).unwrap();
+        match b.lookup(&aor, now).await {
+            Ok(v) if !v.is_empty() => {}
+            Err(location::BackendError::DataLoss) => {}
+            other => panic!("{u}: {other:?}"),
+        }
+    }
+    assert!(lost > 0, "kept {kept}, lost {lost}");
+    assert!(matches!(
+        b.credentials("nobody", "loss.example").await,
+        Err(location::BackendError::DataLoss)
+    ));
+    location::integrity::provision(&*b, None).await.unwrap();
+    assert!(b.marker_present().await.unwrap());
+    assert!(
+        b.credentials("nobody", "loss.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_is_data_loss_not_not_found() {
+    let dir = workdir("loss_redis");
+    let r = Redis::own_standalone(&dir);
+    let port = r.port();
+    loss_is_never_not_found(redis_backend(&r, "loss_redis", policy()), || {
+        assert_eq!(cli(port, &["FLUSHALL"]).trim(), "OK");
+    })
+    .await;
+}
+
+/// One master of three comes back empty: its share is lost, the others' kept and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_cluster_master_flushed_is_data_loss_not_not_found() {
+    let dir = workdir("loss_cluster");
+    let r = Redis::own_cluster(&dir);
+    let port = r.procs[1].port;
+    loss_is_never_not_found(redis_backend(&r, "loss_cluster", policy()), || {
+        assert_eq!(cli(port, &["FLUSHALL"]).trim(), "OK");
+    })
+    .await;
 }

@@ -26,6 +26,7 @@ pub struct MemoryBackend {
     bindings: MemoryStore,
     users: Mutex<sip_auth::MemoryStore>,
     dialogs: Mutex<HashMap<DialogKey, (pb::Dialog, Instant)>>,
+    nonces: sip_auth::MemoryNonceUses,
     events: Events,
 }
 
@@ -41,6 +42,7 @@ impl MemoryBackend {
             bindings: MemoryStore::new(policy),
             users: Mutex::new(users),
             dialogs: Mutex::new(HashMap::default()),
+            nonces: sip_auth::MemoryNonceUses::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -210,6 +212,15 @@ impl Backend for MemoryBackend {
             .map(|(d, _)| d.clone()))
     }
 
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {
+        Ok(self.nonces.first_use_at(
+            nonce,
+            nc,
+            Duration::from_secs(u64::from(ttl_secs)),
+            Instant::now(),
+        ))
+    }
+
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {
         let s = self
             .bindings
@@ -225,6 +236,15 @@ impl Backend for MemoryBackend {
 
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    // Memory goes with the process: it cannot lose data and live on.
+    async fn write_marker(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn marker_present(&self) -> Result<bool, BackendError> {
+        Ok(true)
     }
 
     async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {

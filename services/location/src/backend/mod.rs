@@ -38,6 +38,11 @@ pub enum BackendError {
     /// Too many concurrent writers on one AOR: every optimistic attempt lost.
     #[error("too much contention on {0}")]
     Contention(String),
+    /// The store lost its data since it was provisioned (its provisioning marker is
+    /// gone: Redis restarted empty, was flushed, or a cluster master came back empty).
+    /// An answer of "not found" could be a loss of ours, not the truth, so none is given.
+    #[error("the store lost its data (provisioning marker missing); not answering from it")]
+    DataLoss,
 }
 
 /// A dialog record's identity.
@@ -145,11 +150,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A dialog record.
     async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError>;
 
+    /// Record one use of a digest nonce with nonce count `nc`, remembered `ttl_secs`:
+    /// true the first time the pair is used, false for a replay (see
+    /// [`sip_auth::NonceUses`]). Atomic across every replica sharing the store.
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError>;
+
     /// Counts (may be computed by a scan: call it from metrics, not per request).
     async fn counts(&self, now: u64) -> Result<Counts, BackendError>;
 
     /// Is the store reachable? (readiness)
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Record that the store is complete as of now (written after provisioning): the
+    /// provisioning marker, which a store that loses its data loses with it.
+    async fn write_marker(&self) -> Result<(), BackendError>;
+
+    /// Is the provisioning marker whole? `false`: the store lost data since
+    /// [`write_marker`](Self::write_marker) (Redis Cluster: on at least one master).
+    async fn marker_present(&self) -> Result<bool, BackendError>;
 
     /// The stream of binding changes, from when this returns. An event with an empty
     /// `aor` ([`resync_marker`]) means changes may have been missed (the source was

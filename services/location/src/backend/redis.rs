@@ -9,6 +9,16 @@
 //! | `P:user:{USER@REALM}` | hash | `md5`, `sha256`: HA1 hex |
 //! | `P:users:{REALM}` | set | usernames (for listing) |
 //! | `P:dlg:{CALL-ID}:FROM-TAG` | hash | the dialog record's fields |
+//! | `P:nc:{NONCE}:NC` | string | a digest nonce used with that nonce count (expires with the nonce) |
+//! | `P:provisioned:{mN}` | string | the provisioning marker (Unix time it was written): one key standalone, 64 spread over the slots in a cluster |
+//!
+//! The marker tells a complete store from one that lost its data (a restart without
+//! persistence, a FLUSHALL, a cluster master back empty): it is written after the users
+//! file is in and never removed, so its absence means loss. A cluster has 64 of them, one
+//! per block of 256 slots, so every master holding at least 256 contiguous slots holds
+//! one and the loss of any such master shows. Whenever a read would answer "no such
+//! user" or "no binding", the marker is checked first: a loss is [`BackendError::DataLoss`]
+//! (UNAVAILABLE, the edge's 503), never a 403 or 404 the phones would take as final.
 //!
 //! A REGISTER is an optimistic transaction: read `v` and `d`, run the registrar rules in
 //! Rust, then a Lua script writes the new set only if `v` is unchanged (compare-and-set
@@ -78,6 +88,51 @@ const CAS_ATTEMPTS: usize = 64;
 
 /// Per-AOR write queues in one process (striped: AORs sharing a stripe just queue).
 const STRIPES: usize = 256;
+
+/// Marker keys in a cluster: one per block of 16384 / 64 = 256 slots.
+const CLUSTER_MARKERS: u16 = 64;
+
+/// CRC16-XMODEM, Redis Cluster's key hash (`slot = crc16(tag) % 16384`).
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The marker keys: `P:provisioned:{m0}` alone for a standalone Redis; in a cluster, 64
+/// keys whose hash tags are chosen so that key `i` lands in slots `256 i .. 256 (i + 1)`.
+fn marker_keys(prefix: &str, cluster: bool) -> Vec<String> {
+    if !cluster {
+        return vec![format!("{prefix}:provisioned:{{m0}}")];
+    }
+    let mut tags: Vec<Option<String>> = vec![None; usize::from(CLUSTER_MARKERS)];
+    let mut left = tags.len();
+    // Each candidate fills a random block; a few hundred candidates fill all 64.
+    for n in 0u32.. {
+        let tag = format!("m{n}");
+        let block = usize::from(crc16(tag.as_bytes()) % 16384 / (16384 / CLUSTER_MARKERS));
+        if tags[block].is_none() {
+            tags[block] = Some(tag);
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    tags.into_iter()
+        .flatten()
+        .map(|t| format!("{prefix}:provisioned:{{{t}}}"))
+        .collect()
+}
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -153,6 +208,8 @@ pub struct RedisBackend {
     subscribed: std::sync::atomic::AtomicBool,
     /// True while the change channel is subscribed.
     subscription: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The provisioning marker's keys.
+    markers: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -255,7 +312,9 @@ impl RedisBackend {
         }
         let channel = format!("{}:loc:events", opts.prefix);
         let events = broadcast::channel(1024).0;
+        let markers = marker_keys(&opts.prefix, opts.cluster);
         Ok(RedisBackend {
+            markers,
             opts,
             policy,
             pool,
@@ -314,6 +373,30 @@ impl RedisBackend {
 
     fn users_key(&self, realm: &str) -> String {
         format!("{}:users:{{{realm}}}", self.opts.prefix)
+    }
+
+    /// Called before answering "not found": is that the truth, or did the store lose
+    /// its data? [`BackendError::DataLoss`] when the marker is not whole.
+    async fn not_found_is_true(&self, conn: &mut Conn) -> Result<(), BackendError> {
+        if self.markers_whole(conn).await? {
+            Ok(())
+        } else {
+            Err(BackendError::DataLoss)
+        }
+    }
+
+    async fn markers_whole(&self, conn: &mut Conn) -> Result<bool, BackendError> {
+        // One EXISTS; the cluster client splits it per master and sums the counts.
+        let n: usize = redis::cmd("EXISTS")
+            .arg(&self.markers)
+            .query_async(conn)
+            .await
+            .map_err(rerr)?;
+        Ok(n == self.markers.len())
+    }
+
+    fn nonce_key(&self, nonce: &str, nc: &str) -> String {
+        format!("{}:nc:{{{nonce}}}:{nc}", self.opts.prefix)
     }
 
     fn dialog_key(&self, call_id: &str, from_tag: &str) -> String {
@@ -813,10 +896,13 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(rerr)?;
-        Ok(match d {
-            Some(bytes) => live_bindings(&decode_set(&key, &bytes)?, now),
-            None => Vec::new(),
-        })
+        match d {
+            Some(bytes) => Ok(live_bindings(&decode_set(&key, &bytes)?, now)),
+            None => {
+                self.not_found_is_true(&mut conn).await?;
+                Ok(Vec::new())
+            }
+        }
     }
 
     async fn list(&self, page_token: &str, limit: usize, now: u64) -> Result<Page, BackendError> {
@@ -895,6 +981,7 @@ impl Backend for RedisBackend {
             .await
             .map_err(rerr)?;
         if md5.is_none() && sha.is_none() {
+            self.not_found_is_true(&mut conn).await?;
             return Ok(None);
         }
         Credentials::from_ha1_hex(md5.as_deref(), sha.as_deref())
@@ -992,6 +1079,22 @@ impl Backend for RedisBackend {
         Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
     }
 
+    async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {
+        // One command on one key: atomic on a standalone Redis and on a cluster alike, so
+        // two edges seeing the same (nonce, nc) at once get one true between them.
+        let mut conn = self.conn()?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.nonce_key(nonce, nc))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(set.is_some())
+    }
+
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {
         self.scan_counts(now).await
     }
@@ -1003,6 +1106,25 @@ impl Backend for RedisBackend {
             .await
             .map_err(rerr)?;
         Ok(())
+    }
+
+    async fn write_marker(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn()?;
+        let now = crate::server::unix_now();
+        for key in &self.markers {
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg(now)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+        }
+        Ok(())
+    }
+
+    async fn marker_present(&self) -> Result<bool, BackendError> {
+        let mut conn = self.conn()?;
+        self.markers_whole(&mut conn).await
     }
 
     async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
@@ -1054,6 +1176,31 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
             redacted("rediss://app:s3cret@redis.example:6380"),
             "rediss://app:***@redis.example:6380"
         );
+    }
+
+    #[test]
+    fn crc16_is_redis_clusters_key_hash() {
+        // Values from `CLUSTER KEYSLOT` (and the Redis Cluster specification's example:
+        // CRC16 of "123456789" is 0x31C3).
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(crc16(b"foo") % 16384, 12182);
+        assert_eq!(crc16(b"somekey") % 16384, 11058);
+    }
+
+    #[test]
+    fn cluster_markers_cover_every_block_of_256_slots() {
+        let keys = marker_keys("sc", true);
+        assert_eq!(keys.len(), 64);
+        let mut blocks: Vec<u16> = keys
+            .iter()
+            .map(|k| {
+                let tag = &k[k.find('{').unwrap() + 1..k.find('}').unwrap()];
+                crc16(tag.as_bytes()) % 16384 / 256
+            })
+            .collect();
+        blocks.sort_unstable();
+        assert_eq!(blocks, (0..64).collect::<Vec<u16>>());
+        assert_eq!(marker_keys("sc", false), ["sc:provisioned:{m0}"]);
     }
 
     #[test]

@@ -166,6 +166,9 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             ..Default::default()
         },
         tcp_idle_timeout_secs: cfg.limits.tcp_idle_timeout_secs,
+        tcp_message_timeout_secs: cfg.limits.tcp_message_timeout_secs,
+        tcp_max_connections: cfg.limits.tcp_max_connections,
+        tcp_max_connections_per_source: cfg.limits.tcp_max_connections_per_source,
         retry_after_secs: cfg.limits.overload_retry_after,
         admin_listen: cfg.all_in_one.admin_listen,
         metrics_listen: None,

@@ -34,6 +34,10 @@ pub struct LocationArgs {
     /// Users file (TOML) provisioned at start.
     #[arg(long, env = "SIPCLUSTER_USERS")]
     pub users: Option<PathBuf>,
+    /// When Redis lost its data: unready (answer UNAVAILABLE until the marker is back)
+    /// or reprovision (provision the users file again).
+    #[arg(long, env = "SIPCLUSTER_LOCATION_ON_DATA_LOSS")]
+    pub on_data_loss: Option<String>,
     #[command(flatten)]
     pub log: crate::process::LogArgs,
     /// Worker threads (0 = one per CPU).
@@ -68,6 +72,13 @@ pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
     }
     if a.users.is_some() {
         cfg.users_file = a.users.clone();
+    }
+    if let Some(o) = &a.on_data_loss {
+        cfg.backend.on_data_loss = match o.as_str() {
+            "unready" => location::config::OnDataLoss::Unready,
+            "reprovision" => location::config::OnDataLoss::Reprovision,
+            other => anyhow::bail!("--on-data-loss {other:?}: expected unready or reprovision"),
+        };
     }
     cfg.validate()?;
     Ok(cfg)
