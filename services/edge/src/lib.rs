@@ -194,15 +194,9 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             })
         })?,
     );
-    // Replay tracking: each edge remembers the pairs it accepted (wired to the location
-    // service's shared set below once that serves it).
-    start_with(
-        cfg,
-        client.clone(),
-        client,
-        Arc::new(MemoryNonceUses::default()),
-    )
-    .await
+    // Replay tracking in the location service's shared set: a digest accepted by one
+    // edge is refused when replayed to any other.
+    start_with(cfg, client.clone(), client.clone(), client).await
 }
 
 /// Start an edge over the given stores: credentials, registrations, and the used

@@ -658,7 +658,13 @@ fn keepalive_floods_hold_no_transactions_and_a_flooding_source_is_shed() {
     // dispatcher's health probes are answered statelessly too).
     assert!(stateless + shed >= 2950.0, "{stateless} + {shed}");
     // Keepalives hold no server transaction (was one for 32 s each).
-    assert!(aio.metric("sipcluster_sip_transactions{kind=\"server\"}") < 10.0);
+    let m = aio.scrape();
+    assert!(
+        m.contains("sipcluster_sip_transactions_active{kind=\"server\"}"),
+        "{m}"
+    );
+    let held = common::metric_value(&m, "sipcluster_sip_transactions_active{kind=\"server\"}");
+    assert!(held < 10.0, "{held} server transactions held");
 }
 
 #[test]
@@ -744,4 +750,61 @@ fn scanners_get_no_answer() {
         );
         assert_eq!(target.metric(metric), 1.0, "{name}");
     }
+}
+
+#[test]
+fn a_digest_replayed_to_another_edge_of_the_cluster_is_refused() {
+    let dir = workdir("security_replay_cluster");
+    let loc = Server::location(&dir, "location", &[]);
+    let a = Server::edge(&dir, "edge-a", loc.sip, &[]);
+    let b = Server::edge(&dir, "edge-b", loc.sip, &[]);
+    let ruri = format!("sip:{DOMAIN}");
+    let aor = format!("<sip:alice@{DOMAIN}>");
+    let alice = Ua::on("127.0.0.1", a.sip);
+    let first = alice
+        .ask(&request(
+            &alice,
+            "REGISTER",
+            &ruri,
+            &aor,
+            &aor,
+            "xreplay-1",
+            "",
+        ))
+        .expect("challenge");
+    let creds = answer(&first, "alice", "alice-secret", "REGISTER", &ruri, 1);
+    let ok = alice
+        .ask(&request(
+            &alice,
+            "REGISTER",
+            &ruri,
+            &aor,
+            &aor,
+            "xreplay-1",
+            &creds,
+        ))
+        .expect("200");
+    assert_eq!(status(&ok), 200, "{ok}");
+    // Edge b verifies the nonce (same secret) but the pair was used on edge a.
+    let attacker = Ua::on("127.0.0.5", b.sip);
+    let replay = attacker
+        .ask(&request(
+            &attacker,
+            "REGISTER",
+            &ruri,
+            &aor,
+            &aor,
+            "xreplay-2",
+            &creds,
+        ))
+        .expect("an answer");
+    assert_eq!(status(&replay), 401, "{replay}");
+    assert!(
+        header(&replay, "WWW-Authenticate").contains("stale=true"),
+        "{replay}"
+    );
+    assert_eq!(
+        b.metric("sipcluster_sip_auth_failures_total{reason=\"replay\"}"),
+        1.0
+    );
 }

@@ -141,13 +141,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     ecfg.auth.nonce_secret = Some(secret.clone());
     // One /metrics for every role, served below.
     ecfg.metrics.listen = None;
-    let edge = edge::start_with(
-        ecfg,
-        store.clone(),
-        store,
-        Arc::new(sip_auth::MemoryNonceUses::default()),
-    )
-    .await?;
+    // The in-process location store also holds the used nonces.
+    let edge = edge::start_with(ecfg, store.clone(), store.clone(), store).await?;
     let dcfg = dispatcher::DispatcherConfig {
         public: dispatcher::config::SideConfig {
             udp: cfg.sip.udp.clone(),
