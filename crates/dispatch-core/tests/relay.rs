@@ -1,6 +1,7 @@
 //! The stateless relay driven with bytes and times, no sockets: what a client's request
 //! looks like at the edge, how responses find their way back, flow tokens, failover,
 //! probes and drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

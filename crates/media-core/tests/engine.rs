@@ -1,5 +1,6 @@
 //! The session table without sockets: offers and answers, latching, forks, timeouts,
 //! quarantine.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};

@@ -1,4 +1,5 @@
 //! Parsing of well-formed bodies: every grammar feature the relay relies on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,6 +1,7 @@
 //! Property test: random valid bodies parse to exactly what was generated, a
 //! no-edit rewrite is the identity, and random edits change exactly the
 //! edited fields.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,4 +1,5 @@
 //! Nonces issued on one edge and verified on another.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use sip_auth::{NonceCheck, NonceKey};
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Arbitrary credentials through sip-core's parser and the verifier: no panic, and never
 //! accepted unless genuinely correct.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use proptest::prelude::*;
 use sip_auth::{

@@ -1,5 +1,6 @@
 //! Whole SIP exchanges through sip-core: challenge, answer, parse, verify, and every way a
 //! tampered answer must fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use sip_auth::{
     Algorithm, Challenge, ChallengeKind, ClientAuthorization, Credentials, DigestResponse,

@@ -1,4 +1,5 @@
 //! Subscriber stores: file loading, validation, lookups, and secrets kept out of `Debug`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use async_trait::async_trait;
 use sip_auth::{

@@ -10,6 +10,7 @@
 //! * `rsip`: rsip 0.4 parse plus the same typed reads (compare with `txn_key`).
 //! * `rsip_parse`: rsip 0.4 parse alone (compare with `parse_index`).
 //! * `validate`, `forward`: full request validation; proxy forwarding edits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::hint::black_box;
 

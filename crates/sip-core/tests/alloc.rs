@@ -2,6 +2,7 @@
 //!
 //! The parse + index and transaction-key paths must not allocate at all; rsip 0.4 is
 //! counted on the same input to show the counter works and to record the baseline.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

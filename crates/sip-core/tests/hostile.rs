@@ -7,6 +7,7 @@
 //! than as a flaky threshold. One header field is at most 64 KiB (`Limits::max_line_len`
 //! is capped there), which bounds the damage per field; the repetitions are what make a
 //! per-field quadratic path visible.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use bytes::{Bytes, BytesMut};
 use sip_core::{

@@ -6,6 +6,7 @@
 //!   case, white space around the colon, folded lines, several values per line).
 //! * Forwarding edits change only what they edit: every other header line comes out
 //!   byte-identical and in order, and the result parses and validates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use proptest::prelude::*;
 use sip_core::{Editor, HeaderName, Method, SipMessage};

@@ -4,6 +4,7 @@
 //! valid ones parse and validate with the right typed values; invalid requests are
 //! answered with the right status (and the answer itself is a valid response); invalid
 //! responses are dropped. The corpus is in `tests/torture/` (see SOURCES.md there).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -1,5 +1,6 @@
 //! Random sequences of REGISTERs against `apply_register` (and `MemoryStore`), checked
 //! against a reference model written independently of the URI parser, plus invariants.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

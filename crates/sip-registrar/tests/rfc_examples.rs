@@ -1,6 +1,7 @@
 //! The registration scenarios of RFC 3261 §10.2 (and the messages of §24.1 and §20.10),
 //! RFC 3327 (Path) and RFC 5626 (outbound), end to end: message text → sip-core →
 //! `RegisterRequest` → `MemoryStore` → the 200 OK's Contact list.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Each rule of `apply_register`, driven by REGISTER messages parsed by sip-core.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

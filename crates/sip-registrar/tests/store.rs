@@ -1,5 +1,6 @@
 //! `MemoryStore` through the `LocationStore` trait object, including concurrent REGISTERs
 //! for one AOR.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! * When `accept` fails (EMFILE: every descriptor taken by something else), the
 //!   acceptor backs off (10 ms doubling to 1 s) with one log line, not a retry and a WARN
 //!   every few milliseconds, and serves the waiting client once descriptors are free.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,5 @@
 //! The drivers over real loopback sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::SocketAddr;
 use std::time::Duration;

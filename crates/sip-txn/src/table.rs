@@ -101,6 +101,10 @@ impl<T: Keyed> Table<T> {
                 i
             }
             None => {
+                // Invariant: a slot index fits in u32. Each slot is a live transaction of
+                // at least ~100 bytes; 2^32 of them would be 400 GiB, far beyond any
+                // host this runs on, so the conversion cannot fail in practice.
+                #[allow(clippy::expect_used)]
                 let i = u32::try_from(self.slots.len()).expect("fewer than 2^32 transactions");
                 self.slots.push(Slot {
                     generation: 0,

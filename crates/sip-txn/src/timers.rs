@@ -34,13 +34,14 @@ impl<E> Timers<E> {
         let at = base + delay;
         self.seq += 1;
         let item = (at, self.seq, entry);
-        let q = match self.queues.iter().position(|(d, _)| *d == delay) {
-            Some(i) => &mut self.queues[i].1,
+        let i = match self.queues.iter().position(|(d, _)| *d == delay) {
+            Some(i) => i,
             None => {
                 self.queues.push((delay, VecDeque::new()));
-                &mut self.queues.last_mut().expect("just pushed").1
+                self.queues.len() - 1
             }
         };
+        let q = &mut self.queues[i].1;
         // Re-arms computed from an earlier deadline (Timer G/E/A doubling from the time
         // they were due, not from when they were handled) can land just before the tail.
         if q.back().is_none_or(|b| b.0 <= at) {

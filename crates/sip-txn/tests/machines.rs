@@ -1,5 +1,6 @@
 //! The four transaction state machines driven with a virtual clock: every timer, every
 //! retransmission rule and every matching rule of RFC 3261 §17 (with RFC 6026), no sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

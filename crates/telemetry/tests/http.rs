@@ -1,6 +1,7 @@
 //! The metrics/health endpoint's own budget, over real loopback connections: a client
 //! that sends its request one byte at a time is cut at the deadline, connections beyond
 //! the cap are closed at once, and the endpoint answers again as soon as slots free up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //!
 //! The phones here are deliberately tiny UAs built from raw text so the test sees exactly
 //! the bytes the proxy produced.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::SocketAddr;
 use std::time::Duration;

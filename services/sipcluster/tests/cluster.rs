@@ -7,6 +7,7 @@
 //! * the location service killed, then Redis killed: REGISTER and INVITE get 503 with
 //!   Retry-After within the deadline; service resumes by itself when they return;
 //! * `sipcluster users` provisions through the location service, storing only HA1s.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

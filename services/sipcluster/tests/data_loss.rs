@@ -8,6 +8,7 @@
 //!   operator restarts a location replica; then REGISTER and calls work again.
 //! * `on_data_loss = "reprovision"`: the users file is provisioned again at once and a
 //!   user the edge had never seen registers within a few seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -9,6 +9,7 @@
 //! * a TCP client registered through the dispatcher stays reachable while every edge is
 //!   restarted in turn (its connection is the dispatcher's, not an edge's);
 //! * the admin CLI lists targets, drains and re-weights.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

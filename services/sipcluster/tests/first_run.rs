@@ -10,6 +10,7 @@
 //!   and say what they did;
 //! * `check-config` prints TOML that reads back; a log level that would print nothing,
 //!   and `--location` on the all-in-one, are refused with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! status (no kubelet runs, so the test plays its part), deletes them, and checks that the
 //! dispatcher's target set follows within 2 s. The Pod IPs are loopback addresses where
 //! real edges listen, so the targets also come up through real OPTIONS probes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

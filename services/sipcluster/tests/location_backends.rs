@@ -8,6 +8,7 @@
 //!   read-modify-write loses bindings, which shows the test can catch the race;
 //! * Redis Cluster slot migration mid-use: ASK during MIGRATING, MOVED after, both
 //!   followed by the client without an error reaching the caller.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

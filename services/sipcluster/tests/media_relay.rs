@@ -1,5 +1,6 @@
 //! `sipcluster media-relay` as a process: sessions over its real gRPC API, RTP and RTCP
 //! over real loopback sockets, statistics, the idle timeout, drain and SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The all-in-one's `/metrics` (edge and dispatcher) scraped by a real Prometheus server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! in-dialog requests, identity headers believed from anyone, replayed digests, brute
 //! force and user enumeration, keepalive floods holding transactions, `sips:` carried in
 //! the clear, scanners answered.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

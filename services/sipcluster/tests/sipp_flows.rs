@@ -2,6 +2,7 @@
 //! REGISTER, calls answered, cancelled, busy, to unregistered and unknown users, refresh and
 //! unregister, each over UDP and over TCP. Every case asserts SIPp's exit code and its
 //! successful/failed call counts on both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

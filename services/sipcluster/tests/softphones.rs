@@ -13,6 +13,7 @@
 //! with files for its sound card (`soundcard use files`: a WAV as the microphone, the
 //! received audio recorded to a WAV). It only runs its event loop on a terminal, so it
 //! is driven through a pseudo-terminal made by `script`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

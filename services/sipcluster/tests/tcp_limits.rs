@@ -8,6 +8,7 @@
 //! * under a low `RLIMIT_NOFILE` (256) the default cap (10,000) is lowered to leave a
 //!   reserve, so with every connection slot taken the process still has descriptors for
 //!   `/healthz` and UDP SIP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! the right error (or are dropped where the RFC says so), the proxy keeps answering
 //! OPTIONS (checked with sipsak, a real SIP peer), loops and exhausted Max-Forwards are
 //! refused, and a bounded flood of garbage datagrams does not stop a digest REGISTER.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 
