@@ -15,8 +15,9 @@
 //!
 //! The source is the phone's, not the previous hop's: behind a dispatcher every request
 //! comes from the dispatcher's internal socket, and a brute-forcer could not be told
-//! from anyone else. The dispatcher records where it saw the client in the client's Via
-//! (`received`/`rport`, below its own), so that one is read.
+//! from anyone else. The dispatcher signs where it saw the client into its own Via, so
+//! that address is read once the signature verifies (`edge::origin`); a look-alike Via
+//! from someone who reached the edge directly is not believed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,14 +33,18 @@ pub struct Audit {
     auth: LogLimit,
     rejected: LogLimit,
     dropped: LogLimit,
+    /// The cluster secret, to verify a dispatcher's Via before believing its address.
+    tokens: dispatch_core::TokenKey,
 }
 
-impl Default for Audit {
-    fn default() -> Self {
+impl Audit {
+    /// Lines whose source behind a dispatcher is verified with `tokens`.
+    pub fn new(tokens: dispatch_core::TokenKey) -> Audit {
         Audit {
             auth: LogLimit::operator_lines(),
             rejected: LogLimit::operator_lines(),
             dropped: LogLimit::operator_lines(),
+            tokens,
         }
     }
 }
@@ -63,15 +68,18 @@ fn user_of(msg: &SipMessage) -> &str {
     user.unwrap_or_default()
 }
 
-/// Where the request came from: the client's address and transport as the dispatcher
-/// recorded them when a dispatcher relayed it, else the packet's source.
-fn origin(msg: &SipMessage, source: Target) -> (SocketAddr, String) {
+/// Where the request came from: the client's address (signed by the dispatcher that
+/// relayed it) and transport (of the client's Via), else the packet's source.
+fn origin(
+    tokens: &dispatch_core::TokenKey,
+    msg: &SipMessage,
+    source: Target,
+) -> (SocketAddr, String) {
     let mut vias = msg.via().flatten();
     if let (Some(top), Some(client)) = (vias.next(), vias.next())
-        && dispatch_core::is_dispatcher_via(&top)
-        && let Some(addr) = client.response_addr()
+        && let Some(r) = dispatch_core::relay::relayed_by_dispatcher(tokens, &top)
     {
-        return (addr, client.transport.as_str().to_ascii_uppercase());
+        return (r.client, client.transport.as_str().to_ascii_uppercase());
     }
     (source.addr, source.transport.as_str().to_owned())
 }
@@ -111,7 +119,7 @@ impl Audit {
         let Some(suppressed) = self.auth.allow(Instant::now()) else {
             return;
         };
-        let (src, transport) = origin(msg, source);
+        let (src, transport) = origin(&self.tokens, msg, source);
         tracing::info!(
             call_id = msg.call_id().unwrap_or_default(),
             method = %method_of(msg),
@@ -188,7 +196,7 @@ impl Audit {
         let Some(suppressed) = self.rejected.allow(Instant::now()) else {
             return;
         };
-        let (src, transport) = origin(req, source);
+        let (src, transport) = origin(&self.tokens, req, source);
         tracing::info!(
             call_id = req.call_id().unwrap_or_default(),
             method = %method_of(req),
@@ -209,7 +217,7 @@ impl Audit {
         let Ok(msg) = SipMessage::parse(resp) else {
             return;
         };
-        let (src, transport) = origin(&msg, source);
+        let (src, transport) = origin(&self.tokens, &msg, source);
         tracing::debug!(
             call_id = msg.call_id().unwrap_or_default(),
             method = %method_of(&msg),
@@ -238,22 +246,31 @@ mod tests {
             addr: a.parse().expect("address"),
             flow: None,
         };
-        let relayed = msg(
-            "INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-scd0123;scflow=1f\nVia: SIP/2.0/TCP 10.0.0.7:5060;rport=51000;received=203.0.113.9;branch=z9hG4bK1\nFrom: <sip:carol@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: c\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
+        let key = dispatch_core::TokenKey::new(b"audit-test-secret-0123456789");
+        let phone: SocketAddr = "203.0.113.9:51000".parse().expect("address");
+        let branch = "z9hG4bK-scd0123456789abcdef";
+        let signed = key.sign_source(branch, phone);
+        let relayed = msg(&format!(
+            "INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch={branch};scflow=1f;scsrc={signed}\nVia: SIP/2.0/TCP 10.0.0.7:5060;rport=51000;received=203.0.113.9;branch=z9hG4bK1\nFrom: <sip:carol@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: c\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
+        ));
+        assert_eq!(
+            origin(&key, &relayed, udp("127.0.0.1:40000")),
+            (phone, "TCP".to_owned())
+        );
+        // A look-alike dispatcher Via without a valid signature: the packet's source.
+        let forged = msg(
+            "INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-scd0123;scsrc=047f00000113c40011223344556677\nVia: SIP/2.0/UDP 10.0.0.7;received=203.0.113.9;branch=z9hG4bK1\nFrom: <sip:carol@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: c\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
         );
         assert_eq!(
-            origin(&relayed, udp("127.0.0.1:40000")),
-            (
-                "203.0.113.9:51000".parse().expect("address"),
-                "TCP".to_owned()
-            )
+            origin(&key, &forged, udp("192.0.2.66:5060")).0,
+            "192.0.2.66:5060".parse::<SocketAddr>().expect("address")
         );
         // Anyone else's Via on top is just the previous hop: its packet source counts.
         let proxied = msg(
             "INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKother\nVia: SIP/2.0/UDP 10.0.0.7;received=203.0.113.9;branch=z9hG4bK1\nFrom: <sip:carol@example.com>;tag=1\nTo: <sip:bob@example.com>\nCall-ID: c\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
         );
         assert_eq!(
-            origin(&proxied, udp("198.51.100.1:5060")),
+            origin(&key, &proxied, udp("198.51.100.1:5060")),
             (
                 "198.51.100.1:5060".parse().expect("address"),
                 "UDP".to_owned()

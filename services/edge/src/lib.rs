@@ -304,7 +304,7 @@ pub async fn start_with(
         metrics,
         instance: instance.clone(),
         transports: transports.clone(),
-        audit: audit::Audit::default(),
+        audit: audit::Audit::new(tokens.clone()),
         tokens,
         trusted: cfg_security.trusted(),
         deny: dispatch_core::UserAgentDeny::new(&cfg_security.deny_user_agents),
