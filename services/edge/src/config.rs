@@ -39,8 +39,9 @@ pub struct EdgeConfig {
 }
 
 /// The control APIs the all-in-one serves for the `sipcluster users`, `registrations` and
-/// `dispatcher-admin` commands. On loopback by default, where those commands look
-/// without a flag; they are not authenticated, so keep them off other interfaces.
+/// `dispatcher-admin` commands. On loopback, where those commands look without a flag;
+/// they take the admin token (generated at start unless a file is given) and carry it
+/// without TLS, so they stay off other interfaces.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AllInOneConfig {
@@ -50,6 +51,11 @@ pub struct AllInOneConfig {
     /// The in-process dispatcher's admin gRPC API, or `"off"`.
     #[serde(with = "telemetry::listen")]
     pub admin_listen: Option<SocketAddr>,
+    /// File holding the admin token those APIs accept (`--admin-token-file`,
+    /// `SIPCLUSTER_ADMIN_TOKEN_FILE`). Unset: a random token is generated at each start
+    /// and written (mode 0600) to `$XDG_STATE_HOME/sipcluster/admin-token`, else
+    /// `$HOME/.local/state/sipcluster/admin-token`, where the commands read it.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for AllInOneConfig {
@@ -57,6 +63,7 @@ impl Default for AllInOneConfig {
         AllInOneConfig {
             location_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
+            admin_token_file: None,
         }
     }
 }
@@ -203,6 +210,10 @@ pub struct LocationConfig {
     pub retries: u32,
     /// How long fetched credentials are reused, s (0 disables the cache).
     pub credentials_cache_secs: u64,
+    /// File holding the edge token presented to the location service (a Secret mount;
+    /// `SIPCLUSTER_EDGE_TOKEN_FILE`, `--edge-token-file`). Required with an endpoint:
+    /// the location API refuses anonymous calls.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for LocationConfig {
@@ -213,6 +224,7 @@ impl Default for LocationConfig {
             connect_timeout_ms: 500,
             retries: 1,
             credentials_cache_secs: 5,
+            token_file: None,
         }
     }
 }
@@ -433,6 +445,17 @@ impl Default for LogConfig {
 
 pub use telemetry::ConfigError;
 
+/// The token in the file of setting `field`, if one is set; a missing, empty or short
+/// file is a configuration error naming the setting.
+pub fn read_token(
+    field: &'static str,
+    path: Option<&std::path::Path>,
+) -> Result<Option<grpc_auth::Token>, ConfigError> {
+    path.map(grpc_auth::Token::from_file)
+        .transpose()
+        .map_err(|e| bad(field, e.to_string()))
+}
+
 fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::new(field, problem)
 }
@@ -522,6 +545,14 @@ impl EdgeConfig {
                 return Err(bad(
                     "auth.nonce_secret",
                     "required with a location service: every edge must verify the nonces and flow tokens of the others",
+                ));
+            }
+            if self.location.token_file.is_none() {
+                return Err(bad(
+                    "location.token_file",
+                    "required with a location service: the file of the edge token its API \
+                     accepts (SIPCLUSTER_EDGE_TOKEN_FILE, --edge-token-file); it refuses \
+                     anonymous calls",
                 ));
             }
         }
@@ -644,16 +675,21 @@ impl EdgeConfig {
         }
     }
 
-    /// The location client's settings (cluster mode), when an endpoint is configured.
-    pub fn location_client(&self) -> Option<location_client::ClientConfig> {
+    /// The location client's settings (cluster mode), when an endpoint is configured,
+    /// with the edge token read from its file.
+    pub fn location_client(&self) -> Result<Option<location_client::ClientConfig>, ConfigError> {
         let l = &self.location;
-        Some(location_client::ClientConfig {
-            endpoint: l.endpoint.clone()?,
+        let Some(endpoint) = l.endpoint.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(location_client::ClientConfig {
+            endpoint,
             timeout: Duration::from_millis(l.timeout_ms),
             connect_timeout: Duration::from_millis(l.connect_timeout_ms),
             retries: l.retries,
             credentials_ttl: Duration::from_secs(l.credentials_cache_secs),
-        })
+            token: read_token("location.token_file", l.token_file.as_deref())?,
+        }))
     }
 
     /// Parser limits.
@@ -755,6 +791,16 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_setting() {
+        let mut c = EdgeConfig::default();
+        c.location.endpoint = Some("http://location:50051".into());
+        c.auth.nonce_secret = Some("0123456789abcdef0123".into());
+        assert_eq!(c.validate().unwrap_err().field, "location.token_file");
+        c.location.token_file = Some("/nonexistent/edge-token".into());
+        c.validate().unwrap();
+        assert_eq!(
+            c.location_client().unwrap_err().field,
+            "location.token_file"
+        );
         let mut c = EdgeConfig::default();
         c.registrar.min_expires = 9000;
         assert_eq!(c.validate().unwrap_err().field, "registrar");

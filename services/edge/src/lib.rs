@@ -178,7 +178,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
 /// service named by `location.endpoint`.
 pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
     cfg.validate()?;
-    let Some(client_cfg) = cfg.location_client() else {
+    let Some(client_cfg) = cfg.location_client()? else {
         return Err(EdgeError::Config(ConfigError {
             field: "location.endpoint",
             problem: "required in cluster mode".into(),

@@ -5,8 +5,9 @@
 //! through one edge is reachable through every other, and no edge holds state that dies
 //! with it.
 //!
-//! Data flow: edge ([`location_client::LocationClient`]) → tonic → [`server`] (converts
-//! and validates, counts, times) → a [`backend::Backend`]: Redis (standalone or Cluster;
+//! Data flow: edge ([`location_client::LocationClient`]) → tonic → the bearer-token check
+//! (`grpc_auth`, [`server::POLICY`]: edge token for the edges' calls, admin token for the
+//! operators') → [`server`] (converts and validates, counts, times) → a [`backend::Backend`]: Redis (standalone or Cluster;
 //! optimistic compare-and-set per AOR around the shared registrar rules), or memory.
 //! Binding changes are published (Redis pub/sub, or in process) to WatchBindings streams.
 //!
@@ -47,6 +48,9 @@ pub enum LocationError {
     /// The users file is unusable.
     #[error("users file: {0}")]
     Users(sip_auth::Error),
+    /// The API's tokens are missing or unusable.
+    #[error("location API: {0}")]
+    Auth(#[from] grpc_auth::AuthError),
     /// A listening socket could not be bound.
     #[error("{what} {addr}: {source}")]
     Bind {
@@ -160,27 +164,48 @@ impl LocationHandle {
     }
 }
 
-/// Start the service described by `cfg`.
+/// Start the service described by `cfg`, accepting the tokens of its `[api]` files
+/// (refused without any: the API is never anonymous). Refusals are counted in this
+/// service's metrics.
 pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError> {
+    cfg.validate()?;
+    // Before anything binds or connects: a missing or empty token file is the first thing
+    // an operator should hear about.
+    let tokens = cfg.api.load()?;
     let seeded = Arc::new(AtomicBool::new(false));
     let backend = backend_from(&cfg, seeded.clone()).await?;
-    start_serving(cfg, backend, seeded).await
+    let auth = metrics::Metrics::global().auth.clone();
+    start_serving(cfg, backend, seeded, tokens, auth).await
 }
 
-/// Serve an existing backend (already provisioned).
+/// Serve an existing backend (already provisioned), accepting `tokens` (the all-in-one
+/// passes the one it generated; `cfg.api` is not read) and counting refusals in
+/// `auth_metrics`.
 pub async fn start_with(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
+    tokens: grpc_auth::Tokens,
+    auth_metrics: grpc_auth::AuthMetrics,
 ) -> Result<LocationHandle, LocationError> {
-    start_serving(cfg, backend, Arc::new(AtomicBool::new(true))).await
+    start_serving(
+        cfg,
+        backend,
+        Arc::new(AtomicBool::new(true)),
+        tokens,
+        auth_metrics,
+    )
+    .await
 }
 
 async fn start_serving(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
     seeded: Arc<AtomicBool>,
+    tokens: grpc_auth::Tokens,
+    auth_metrics: grpc_auth::AuthMetrics,
 ) -> Result<LocationHandle, LocationError> {
     cfg.validate()?;
+    let roles = tokens.roles();
     let bind_err = |what, addr| move |source| LocationError::Bind { what, addr, source };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -272,6 +297,11 @@ async fn start_serving(
         },
     );
     let router = tonic::transport::Server::builder()
+        .layer(grpc_auth::AuthLayer::new(
+            &server::POLICY,
+            tokens,
+            auth_metrics,
+        ))
         .tcp_nodelay(true)
         // Batched calls carry tens of kilobytes: the 64 KiB HTTP/2 default window would
         // stall them on WINDOW_UPDATE round trips.
@@ -290,7 +320,8 @@ async fn start_serving(
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
-    tracing::info!(%addr, backend = %backend.summary(), "location service started");
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    tracing::info!(%addr, backend = %backend.summary(), token_roles = ?roles, "location service started");
     Ok(LocationHandle {
         addr,
         metrics: metrics_addr,

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub users: Gauge,
     /// Open WatchBindings streams.
     pub watchers: Gauge,
+    /// Calls refused by token authentication.
+    pub auth: grpc_auth::AuthMetrics,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -69,6 +71,7 @@ impl Metrics {
             bindings: Gauge::default(),
             users: Gauge::default(),
             watchers: Gauge::default(),
+            auth: grpc_auth::AuthMetrics::default(),
         })
     }
 
@@ -114,6 +117,8 @@ impl Metrics {
             "Open WatchBindings streams",
             self.watchers.clone(),
         );
+        self.auth
+            .register(root.sub_registry_with_prefix("sipcluster"));
         root
     }
 }

@@ -13,6 +13,7 @@
 
 mod cmd;
 mod process;
+mod tokens;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

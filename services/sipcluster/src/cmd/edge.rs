@@ -75,6 +75,10 @@ pub struct EdgeArgs {
     /// Location service endpoint (cluster mode), e.g. http://location:50051.
     #[arg(long, env = "SIPCLUSTER_LOCATION")]
     pub location: Option<String>,
+    // The token this edge presents to the location service and the media relays (sets
+    // location.token_file and media.token_file).
+    #[command(flatten)]
+    pub edge_token: crate::tokens::EdgeTokenArg,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -148,6 +152,7 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
     if a.location.is_some() {
         cfg.location.endpoint = a.location.clone();
     }
+    a.edge_token.apply(&mut cfg.location.token_file);
     Ok(cfg)
 }
 
