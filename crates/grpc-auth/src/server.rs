@@ -58,6 +58,31 @@ impl Policy {
             .find(|(p, _)| *p == path)
             .map(|(_, a)| *a)
     }
+    /// The methods declared in `proto` (a `.proto` file's text) that the table does not
+    /// list, as paths: for each service's tests, so that an RPC added without a decision
+    /// about who may call it fails a test rather than every call in production.
+    #[must_use]
+    pub fn unlisted(&self, proto: &str) -> Vec<String> {
+        let (mut package, mut service, mut missing) = ("", "", Vec::new());
+        for line in proto.lines().map(str::trim) {
+            let word = |prefix: &str, stop: &[char]| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.split(stop).next())
+                    .map(str::trim)
+            };
+            if let Some(p) = word("package ", &[';']) {
+                package = p;
+            } else if let Some(s) = word("service ", &['{', ' ']) {
+                service = s;
+            } else if let Some(m) = word("rpc ", &['(', ' ']) {
+                let path = format!("/{package}.{service}/{m}");
+                if self.access(&path).is_none() {
+                    missing.push(path);
+                }
+            }
+        }
+        missing
+    }
 }
 
 /// Why a call was refused: the `reason` label of `sipcluster_grpc_auth_rejected_total`.
@@ -306,6 +331,12 @@ mod tests {
             h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn rpcs_of_a_proto_missing_from_the_table_are_named() {
+        let proto = "syntax = \"proto3\";\npackage t.v1;\nservice T {\n  // EdgeCall\n  rpc EdgeCall(A) returns (B);\n  rpc New (A) returns (stream B);\n}\n";
+        assert_eq!(POLICY.unlisted(proto), ["/t.v1.T/New"]);
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct MediaConfig {
     pub timeout_ms: u64,
     /// Relays accept media only from the signalled addresses (no latching).
     pub strict: bool,
+    /// File holding the edge token presented to the relays (a Secret mount;
+    /// `SIPCLUSTER_EDGE_TOKEN_FILE`, `--edge-token-file`). Required with relays: their
+    /// control API refuses anonymous calls.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for MediaConfig {
@@ -121,6 +125,7 @@ impl Default for MediaConfig {
             on_failure: OnRelayFailure::Reject,
             timeout_ms: 1000,
             strict: false,
+            token_file: None,
         }
     }
 }
@@ -479,6 +484,14 @@ impl EdgeConfig {
         if self.media.timeout_ms == 0 {
             return Err(bad("media.timeout_ms", "must be positive"));
         }
+        if !self.media.relays.is_empty() && self.media.token_file.is_none() {
+            return Err(bad(
+                "media.token_file",
+                "required with media relays: the file of the edge token their control API \
+                 accepts (SIPCLUSTER_EDGE_TOKEN_FILE, --edge-token-file); it refuses \
+                 anonymous calls",
+            ));
+        }
         let o = &self.outbound;
         if !o.rules.is_empty() {
             match o.dispatcher.as_deref() {
@@ -714,7 +727,7 @@ mod tests {
     #[test]
     fn media_policy_per_domain() {
         let c = EdgeConfig::from_toml(
-            "[media]\nrelays = [\"http://r:50053\"]\nanchor = \"nat\"\n\
+            "[media]\nrelays = [\"http://r:50053\"]\nanchor = \"nat\"\ntoken_file = \"/t\"\n\
              [[media.rules]]\ndomain = \"LAN.example.com\"\nanchor = \"never\"\n\
              [[media.rules]]\ndomain = \"pstn.example.com\"\nanchor = \"always\"\n",
         )
@@ -727,6 +740,8 @@ mod tests {
         assert_eq!(MediaConfig::default().policy_for("x"), Anchor::Never);
         let bad = EdgeConfig::from_toml("[media]\nrelays = [\"r:50053\"]\n").unwrap();
         assert_eq!(bad.validate().unwrap_err().field, "media.relays");
+        let no_token = EdgeConfig::from_toml("[media]\nrelays = [\"http://r:50053\"]\n").unwrap();
+        assert_eq!(no_token.validate().unwrap_err().field, "media.token_file");
         // The sample configuration parses to the defaults of this section.
         let sample = EdgeConfig::from_toml(crate::SAMPLE_CONFIG).unwrap();
         assert_eq!(sample.media, MediaConfig::default());

@@ -236,12 +236,7 @@ pub async fn start_with(
         })?;
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = tasks;
-    let relays = media::Relays::new(&cfg.media).map_err(|problem| {
-        EdgeError::Config(ConfigError {
-            field: "media.relays",
-            problem,
-        })
-    })?;
+    let relays = media::Relays::new(&cfg.media)?;
     // With `on_failure = "pass"` calls go through without a relay: it is no condition.
     let relays_available = relays
         .as_ref()

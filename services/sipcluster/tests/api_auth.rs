@@ -5,6 +5,9 @@
 //!   change nothing; an admin token cannot read credentials, an edge token cannot
 //!   provision users (PERMISSION_DENIED); each refusal is counted
 //!   (`sipcluster_grpc_auth_rejected_total{reason}`) and logged without the token;
+//! * the media relay's control: anonymous and wrong-token calls get UNAUTHENTICATED, and
+//!   twenty anonymous Offers open no session and hold no port; the admin token may look
+//!   and drain but not open sessions;
 //! * a server with no token, or an unusable token file, does not start;
 //! * the operator commands present the admin token from `--token-file` or the
 //!   environment, and say clearly when they have none.
@@ -28,6 +31,13 @@ fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
         Err(ClientError::Call(s)) => s.code(),
         other => panic!("expected a refused call, got {other:?}"),
     }
+}
+
+/// What each role's refusals count on a server's `/metrics`.
+fn rejected(srv: &Server, reason: &str) -> f64 {
+    srv.metric(&format!(
+        "sipcluster_grpc_auth_rejected_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 fn credentials() -> sip_auth::Credentials {
@@ -130,11 +140,7 @@ fn location_api_refuses_anonymous_and_wrong_tokens_and_keeps_credentials_to_edge
     );
 
     // Each refusal is counted by reason, and logged without any token.
-    let m = |reason: &str| {
-        loc.metric(&format!(
-            "sipcluster_grpc_auth_rejected_total{{reason=\"{reason}\"}}"
-        ))
-    };
+    let m = |reason: &str| rejected(&loc, reason);
     assert_eq!(m("missing_token"), 6.0);
     assert_eq!(m("unknown_token"), 6.0);
     assert_eq!(m("wrong_role"), 5.0);
@@ -148,6 +154,78 @@ fn location_api_refuses_anonymous_and_wrong_tokens_and_keeps_credentials_to_edge
     for secret in [WRONG_TOKEN, EDGE_TOKEN, ADMIN_TOKEN] {
         assert!(!log.contains(secret), "a token in the log:\n{log}");
     }
+}
+
+#[test]
+fn media_relay_control_refuses_anonymous_calls_and_they_hold_no_port() {
+    use sipcluster_proto::media::v1 as pb;
+    let dir = workdir("auth_media");
+    let relay = Server::media_relay(&dir, "relay", "44100-44199", &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let offer = common::new_session_offer;
+    rt.block_on(async {
+        // The probe's attack: Offer after Offer until every port is held. Refused, and
+        // not one port pair is taken.
+        let mut anon = common::media_client(relay.sip, None).await;
+        for i in 0..20 {
+            let r = anon.offer(offer(&format!("anon-{i}"))).await;
+            assert_eq!(
+                r.expect_err("anonymous Offer").code(),
+                Code::Unauthenticated
+            );
+        }
+        let r = anon.load(pb::LoadRequest {}).await;
+        assert_eq!(r.expect_err("anonymous Load").code(), Code::Unauthenticated);
+        let mut wrong = common::media_client(relay.sip, Some(WRONG_TOKEN)).await;
+        let r = wrong.offer(offer("wrong")).await;
+        assert_eq!(
+            r.expect_err("wrong-token Offer").code(),
+            Code::Unauthenticated
+        );
+        let r = wrong.list_sessions(pb::ListSessionsRequest {}).await;
+        assert_eq!(
+            r.expect_err("wrong-token list").code(),
+            Code::Unauthenticated
+        );
+
+        // An operator looks (and could drain) but opens no session.
+        let mut admin = common::media_client(relay.sip, Some(ADMIN_TOKEN)).await;
+        let r = admin.offer(offer("admin")).await;
+        assert_eq!(r.expect_err("admin Offer").code(), Code::PermissionDenied);
+        let load = admin.load(pb::LoadRequest {}).await.expect("admin Load");
+        let load = load.into_inner();
+        assert_eq!((load.sessions, load.pairs_in_use), (0, 0), "{load:?}");
+        assert!(
+            admin
+                .list_sessions(pb::ListSessionsRequest {})
+                .await
+                .expect("admin ListSessions")
+                .into_inner()
+                .sessions
+                .is_empty()
+        );
+
+        // The edge token opens sessions: the refusals above were the token, not the
+        // request.
+        let mut edge = common::media_client(relay.sip, Some(EDGE_TOKEN)).await;
+        edge.offer(offer("edge")).await.expect("edge Offer");
+        let load = admin.load(pb::LoadRequest {}).await.expect("admin Load");
+        let load = load.into_inner();
+        assert_eq!((load.sessions, load.pairs_in_use), (1, 1), "{load:?}");
+    });
+    assert_eq!(relay.metric("sipcluster_media_sessions_started_total"), 1.0);
+    assert_eq!(rejected(&relay, "missing_token"), 21.0);
+    assert_eq!(rejected(&relay, "unknown_token"), 2.0);
+    assert_eq!(rejected(&relay, "wrong_role"), 1.0);
+    let log = relay.log();
+    assert!(
+        log.contains("/sipcluster.media.v1.MediaRelay/Offer"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(WRONG_TOKEN) && !log.contains(ADMIN_TOKEN),
+        "{log}"
+    );
 }
 
 #[test]
@@ -182,6 +260,19 @@ fn a_server_without_a_usable_token_does_not_start() {
     args.extend(["--admin-token-file", "/nonexistent/admin-token"]);
     let o = run_cli(&args);
     assert!(o.stderr.contains("/nonexistent/admin-token"), "{o:?}");
+    let relay = run_cli(&[
+        "media-relay",
+        "--control",
+        "127.0.0.1:0",
+        "--metrics",
+        "off",
+    ]);
+    assert_ne!(relay.code, Some(0), "{relay:?}");
+    assert!(
+        relay.stderr.contains("no API token configured"),
+        "{}",
+        relay.stderr
+    );
     // The edge, likewise, does not start without its token for the location service.
     let o = run_cli(&[
         "edge",
@@ -193,6 +284,15 @@ fn a_server_without_a_usable_token_does_not_start() {
         "off",
     ]);
     assert!(o.stderr.contains("location.token_file"), "{o:?}");
+    // Nor with media relays and no token for them.
+    let o = run_cli(&[
+        "all-in-one",
+        "--media-relay",
+        "http://127.0.0.1:1",
+        "--metrics",
+        "off",
+    ]);
+    assert!(o.stderr.contains("media.token_file"), "{o:?}");
 }
 
 #[test]

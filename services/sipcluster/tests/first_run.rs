@@ -147,25 +147,12 @@ fn every_service_is_not_ready_for_its_whole_drain() {
 
     // A media relay with a session open: it drains until the deadline.
     let mut relay = Server::media_relay(&dir, "relay", "43900-43949", &["--drain-secs", "2"]);
-    let control = format!("http://{}", relay.sip);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        use sipcluster_proto::media::v1 as pb;
-        let mut c = pb::media_relay_client::MediaRelayClient::connect(control)
+        let mut c = common::media_client(relay.sip, Some(common::EDGE_TOKEN)).await;
+        c.offer(common::new_session_offer("drain-call"))
             .await
-            .expect("relay control");
-        c.offer(pb::UpdateRequest {
-            call_id: "drain-call".into(),
-            sender_tag: "a".into(),
-            media: vec![pb::Media {
-                address: "127.0.0.1".into(),
-                port: 40000,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("offer");
+            .expect("offer");
     });
     let (readyz, _) = drain_readyz(&mut relay, None);
     assert!(readyz.len() >= 5, "media relay: {readyz:?}");

@@ -13,6 +13,7 @@ pub fn run(a: &AllInOneArgs) -> Result<()> {
     cfg.validate()?;
     edge::load_users(&cfg)?;
     cfg.location_client()?;
+    edge::config::read_token("media.token_file", cfg.media.token_file.as_deref())?;
     if let Some(f) = &cfg.all_in_one.admin_token_file {
         grpc_auth::Token::from_file(f).context("all_in_one.admin_token_file")?;
     }

@@ -153,6 +153,7 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
         cfg.location.endpoint = a.location.clone();
     }
     a.edge_token.apply(&mut cfg.location.token_file);
+    a.edge_token.apply(&mut cfg.media.token_file);
     Ok(cfg)
 }
 

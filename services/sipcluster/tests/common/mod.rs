@@ -154,6 +154,37 @@ pub fn location_client(endpoint: &str, token: Option<&str>) -> location_client::
     .expect("location client")
 }
 
+/// A media relay control client presenting `token` (none: an anonymous caller).
+pub async fn media_client(
+    control: SocketAddr,
+    token: Option<&str>,
+) -> sipcluster_proto::media::v1::media_relay_client::MediaRelayClient<grpc_auth::AuthChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("control API");
+    let token = token.map(|t| grpc_auth::Token::new(t).expect("token"));
+    sipcluster_proto::media::v1::media_relay_client::MediaRelayClient::new(
+        grpc_auth::Bearer::new(token.as_ref()).channel(channel),
+    )
+}
+
+/// An Offer that opens a new session (one stream from 127.0.0.1:40000) for `call_id`.
+pub fn new_session_offer(call_id: &str) -> sipcluster_proto::media::v1::UpdateRequest {
+    use sipcluster_proto::media::v1 as pb;
+    pb::UpdateRequest {
+        call_id: call_id.to_owned(),
+        sender_tag: "a".into(),
+        media: vec![pb::Media {
+            address: "127.0.0.1".into(),
+            port: 40000,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// The per-user state directory the test's processes see (`XDG_STATE_HOME`), so an
 /// all-in-one that generates its admin token writes it there, never into the real home.
 pub fn state_home(dir: &Path) -> PathBuf {
@@ -381,11 +412,11 @@ impl Server {
             }
         };
         match sub {
-            "location" => {
+            "location" | "media-relay" => {
                 token_flag("--edge-token-file", &tokens.edge);
                 token_flag("--admin-token-file", &tokens.admin);
             }
-            "media-relay" | "dispatcher" => {}
+            "dispatcher" => {}
             // The all-in-one's admin token is its own flag (above); edges present the
             // edge token.
             _ => token_flag("--edge-token-file", &tokens.edge),
