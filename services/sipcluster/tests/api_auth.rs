@@ -8,6 +8,10 @@
 //! * the media relay's control: anonymous and wrong-token calls get UNAUTHENTICATED, and
 //!   twenty anonymous Offers open no session and hold no port; the admin token may look
 //!   and drain but not open sessions;
+//! * the dispatcher's admin API: anonymous, wrong-token and edge-token calls get
+//!   UNAUTHENTICATED and steer nothing; the admin token works;
+//! * the all-in-one generates its admin token into a file only its user can read, the
+//!   commands use it with no flag, and its APIs refuse any other caller;
 //! * a server with no token, or an unusable token file, does not start;
 //! * the operator commands present the admin token from `--token-file` or the
 //!   environment, and say clearly when they have none.
@@ -229,6 +233,143 @@ fn media_relay_control_refuses_anonymous_calls_and_they_hold_no_port() {
 }
 
 #[test]
+fn dispatcher_admin_api_refuses_anonymous_and_wrong_tokens() {
+    use sipcluster_proto::dispatcher::v1 as pb;
+    use sipcluster_proto::dispatcher::v1::dispatcher_admin_client::DispatcherAdminClient;
+    let dir = workdir("auth_dispatcher");
+    let edge = common::free_addr();
+    let (disp, admin) = Server::dispatcher(&dir, "dispatcher", &[edge], &[]);
+    let url = format!("http://{admin}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = |token: Option<&str>| {
+        let channel = rt
+            .block_on(
+                tonic::transport::Endpoint::from_shared(url.clone())
+                    .expect("endpoint")
+                    .connect(),
+            )
+            .expect("admin API");
+        let token = token.map(|t| grpc_auth::Token::new(t).expect("token"));
+        DispatcherAdminClient::new(grpc_auth::Bearer::new(token.as_ref()).channel(channel))
+    };
+    let drain = || pb::DrainRequest {
+        pool: String::new(),
+        id: edge.to_string(),
+    };
+    // Anonymous callers, unknown tokens, and the edges' token (no role here) steer nothing.
+    for token in [None, Some(WRONG_TOKEN), Some(EDGE_TOKEN)] {
+        let mut c = client(token);
+        let r = rt.block_on(c.drain(drain()));
+        assert_eq!(
+            r.expect_err("drain").code(),
+            Code::Unauthenticated,
+            "{token:?}"
+        );
+        let r = rt.block_on(c.list_targets(pb::ListTargetsRequest::default()));
+        assert_eq!(
+            r.expect_err("list").code(),
+            Code::Unauthenticated,
+            "{token:?}"
+        );
+    }
+    let mut c = client(Some(ADMIN_TOKEN));
+    let targets = rt
+        .block_on(c.list_targets(pb::ListTargetsRequest::default()))
+        .expect("admin lists targets")
+        .into_inner()
+        .targets;
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert!(!targets[0].draining, "an anonymous drain took effect");
+    assert_eq!(rejected(&disp, "missing_token"), 2.0);
+    assert_eq!(rejected(&disp, "unknown_token"), 4.0);
+
+    // The command: the admin token works, the edge token is not one, and without any the
+    // command says what to give.
+    let tokens = &disp.tokens;
+    let targets = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["dispatcher-admin", "--admin", &url];
+        args.extend(extra);
+        args.push("targets");
+        run_cli_env(&args, env)
+    };
+    let ok = targets(&["--token-file", &tokens.admin_str()], &[]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(ok.stdout.contains(&edge.to_string()), "{ok:?}");
+    let refused = targets(&["--token-file", &tokens.edge_str()], &[]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(refused.stderr.contains("unknown token"), "{refused:?}");
+    let state = dir.join("empty-state").display().to_string();
+    let none = targets(&[], &[("XDG_STATE_HOME", &state)]);
+    assert_ne!(none.code, Some(0), "{none:?}");
+    assert!(none.stderr.contains("no admin token"), "{none:?}");
+}
+
+#[test]
+fn the_all_in_one_generates_a_private_admin_token_and_refuses_other_callers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workdir("auth_all_in_one");
+    let srv = Server::start_generating_admin_token(&dir, &[]);
+    let file = common::state_home(&dir).join("sipcluster/admin-token");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
+    assert_eq!(mode(file.parent().expect("dir")), 0o700);
+    let token = std::fs::read_to_string(&file).expect("token");
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    assert!(!srv.log().contains(token), "the token in the log");
+    assert!(
+        srv.log().contains(&file.display().to_string()),
+        "where it is"
+    );
+
+    let loc = format!("http://{}", srv.location_api.expect("location API"));
+    let admin = format!("http://{}", srv.admin_api.expect("admin API"));
+    let state = common::state_home(&dir).display().to_string();
+    let own = [("XDG_STATE_HOME", state.as_str())];
+    let users = run_cli_env(
+        &["users", "--location", &loc, "list", "--realm", DOMAIN],
+        &own,
+    );
+    assert_eq!(users.code, Some(0), "{users:?}");
+    let targets = run_cli_env(&["dispatcher-admin", "--admin", &admin, "targets"], &own);
+    assert_eq!(targets.code, Some(0), "{targets:?}");
+    // Another token (here the harness's admin token, which this instance never saw) is
+    // refused by both APIs.
+    let other = srv.tokens.admin_str();
+    let users = run_cli(&[
+        "users",
+        "--location",
+        &loc,
+        "--token-file",
+        &other,
+        "list",
+        "--realm",
+        DOMAIN,
+    ]);
+    assert!(users.stderr.contains("unknown token"), "{users:?}");
+    let targets = run_cli(&[
+        "dispatcher-admin",
+        "--admin",
+        &admin,
+        "--token-file",
+        &other,
+        "targets",
+    ]);
+    assert!(targets.stderr.contains("unknown token"), "{targets:?}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _in_runtime = rt.enter();
+    let anonymous = common::location_client(&loc, None);
+    assert_eq!(
+        code(rt.block_on(anonymous.list_users(DOMAIN))),
+        Code::Unauthenticated
+    );
+    // One counter for both APIs on the all-in-one's /metrics.
+    assert_eq!(rejected(&srv, "unknown_token"), 2.0);
+    assert_eq!(rejected(&srv, "missing_token"), 1.0);
+}
+
+#[test]
 fn a_server_without_a_usable_token_does_not_start() {
     let dir = workdir("auth_no_token");
     let short = dir.join("short-token");
@@ -260,19 +401,33 @@ fn a_server_without_a_usable_token_does_not_start() {
     args.extend(["--admin-token-file", "/nonexistent/admin-token"]);
     let o = run_cli(&args);
     assert!(o.stderr.contains("/nonexistent/admin-token"), "{o:?}");
-    let relay = run_cli(&[
-        "media-relay",
-        "--control",
-        "127.0.0.1:0",
-        "--metrics",
-        "off",
-    ]);
-    assert_ne!(relay.code, Some(0), "{relay:?}");
-    assert!(
-        relay.stderr.contains("no API token configured"),
-        "{}",
-        relay.stderr
-    );
+    // The media relay and a dispatcher serving its admin API, likewise.
+    for (args, says) in [
+        (
+            &["media-relay", "--control", "127.0.0.1:0"][..],
+            &["no API token configured"][..],
+        ),
+        (
+            &[
+                "dispatcher",
+                "--secret",
+                "0123456789abcdef0123",
+                "--listen",
+                "127.0.0.1:0",
+                "--internal",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+            &["api.admin_token_file", "--admin off"],
+        ),
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--metrics", "off"]);
+        let o = run_cli(&a);
+        assert_ne!(o.code, Some(0), "{o:?}");
+        assert!(says.iter().all(|s| o.stderr.contains(s)), "{}", o.stderr);
+    }
     // The edge, likewise, does not start without its token for the location service.
     let o = run_cli(&[
         "edge",

@@ -80,6 +80,8 @@ fn until(disp: &Server, admin: SocketAddr, what: &str, want: impl Fn(&str) -> bo
                 "dispatcher-admin",
                 "--admin",
                 &format!("http://{admin}"),
+                "--token-file",
+                &disp.tokens.admin_str(),
                 "targets",
             ])
             .output()

@@ -200,7 +200,16 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         drain_secs: cfg.runtime.drain_secs,
         ..Default::default()
     };
-    let disp = dispatcher::start(dcfg).await?;
+    let discovery = dispatcher::discovery_from(&dcfg)?;
+    // The admin API takes the admin token too; its refusals are counted in the shared
+    // counter, which the dispatcher registers with its metrics below.
+    let admin_api_tokens = match (&dcfg.admin_listen, &admin) {
+        (Some(_), Some((token, _))) => Some(grpc_auth::Tokens::admin(token.clone())),
+        _ => None,
+    };
+    let disp =
+        dispatcher::start_authenticated(dcfg, discovery, admin_api_tokens, auth_metrics.clone())
+            .await?;
     // Ready when every role is: the dispatcher not draining, the edge not draining, a
     // media relay answering when calls need one.
     let readiness =
@@ -208,8 +217,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => {
             let mut registry = edge.registry();
+            // The dispatcher's include the shared `grpc_auth_rejected` of both APIs.
             disp.register_metrics(&mut registry);
-            auth_metrics.register(&mut registry);
             let (_, task) = telemetry::spawn_endpoint(addr, registry, readiness)
                 .await
                 .with_context(|| format!("metrics listener {addr}"))?;

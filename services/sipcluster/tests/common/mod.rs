@@ -416,7 +416,7 @@ impl Server {
                 token_flag("--edge-token-file", &tokens.edge);
                 token_flag("--admin-token-file", &tokens.admin);
             }
-            "dispatcher" => {}
+            "dispatcher" => token_flag("--admin-token-file", &tokens.admin),
             // The all-in-one's admin token is its own flag (above); edges present the
             // edge token.
             _ => token_flag("--edge-token-file", &tokens.edge),
