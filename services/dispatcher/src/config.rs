@@ -177,7 +177,9 @@ impl Default for DispatcherConfig {
             tcp_idle_timeout_secs: 600,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             api: ApiConfig::default(),
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9092))),
+            // Loopback unless configured, as every control and metrics listener: a pod
+            // config (deploy/dispatcher.toml) opens them deliberately.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             drain_secs: 30,
             workers: 1,
         }
@@ -408,10 +410,12 @@ mod tests {
             cfg.admin_listen,
             Some("0.0.0.0:50052".parse().expect("addr"))
         );
-        assert!(
-            DispatcherConfig::default()
-                .admin_listen
-                .is_some_and(|a| a.ip().is_loopback())
+        let d = DispatcherConfig::default();
+        assert!(d.admin_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert!(d.metrics_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("0.0.0.0:9092".parse().expect("addr"))
         );
         assert_eq!(cfg.sets.len(), 1);
         assert_eq!(cfg.relay_sets()[0].1, Algorithm::Priority);

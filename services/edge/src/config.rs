@@ -434,7 +434,9 @@ impl Default for LimitsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            // Loopback unless configured: metrics and health say what runs and how much;
+            // a pod or a Prometheus on another host is given an address deliberately.
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         }
     }
 }

@@ -60,7 +60,9 @@ impl Default for MediaRelayConfig {
             instance: "media-relay".into(),
             control_listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
             api: grpc_auth::TokenFiles::default(),
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9093))),
+            // Loopback unless configured, as every control and metrics listener: a pod
+            // config (deploy/media-relay.toml) opens them deliberately.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9093))),
             bind_v4: Some(IpAddr::from([127, 0, 0, 1])),
             bind_v6: None,
             advertise_v4: None,
@@ -202,6 +204,7 @@ mod tests {
         assert!(c.api.edge_token_file.is_some() && c.api.admin_token_file.is_some());
         let d = MediaRelayConfig::default();
         assert!(d.control_listen.ip().is_loopback());
+        assert!(d.metrics_listen.is_some_and(|m| m.ip().is_loopback()));
         assert_eq!(
             MediaRelayConfig {
                 control_listen: d.control_listen,
