@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -212,8 +213,12 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             .await?;
     // Ready when every role is: the dispatcher not draining, the edge not draining, a
     // media relay answering when calls need one.
-    let readiness =
-        telemetry::Readiness::new("draining", disp.ready.clone()).join(edge.readiness());
+    // And, on the first start, once the generated admin token is in its file: whoever
+    // waits for /readyz (a script, the tests) may run the commands at once.
+    let token_written = Arc::new(AtomicBool::new(!matches!(&admin, Some((_, Some(_))))));
+    let readiness = telemetry::Readiness::new("draining", disp.ready.clone())
+        .join(edge.readiness())
+        .and("admin token not written yet", token_written.clone());
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => {
             let mut registry = edge.registry();
@@ -230,6 +235,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     // not replace the token of the one already running.
     if let Some((token, Some(path))) = &admin {
         crate::tokens::write_private(path, token)?;
+        token_written.store(true, Ordering::Relaxed);
         tracing::info!(
             file = %path.display(),
             "admin token generated for this run (sipcluster users, registrations and \
