@@ -28,7 +28,8 @@ pub struct EdgeTokenArg {
 #[derive(clap::Args, Clone, Debug)]
 pub struct AdminTokenArg {
     /// File holding the admin token (the operators' commands: users, registrations,
-    /// dispatcher-admin) this API accepts.
+    /// dispatcher-admin) this API accepts. The all-in-one without it generates one at each
+    /// start and writes it where those commands look by default.
     #[arg(long, env = "SIPCLUSTER_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 }
@@ -57,7 +58,11 @@ pub struct CliToken {
     /// File holding the admin token. Default: the file a running all-in-one writes
     /// (`$XDG_STATE_HOME/sipcluster/admin-token`, else
     /// `$HOME/.local/state/sipcluster/admin-token`).
-    #[arg(long = "token-file", env = "SIPCLUSTER_ADMIN_TOKEN_FILE")]
+    #[arg(
+        long = "token-file",
+        env = "SIPCLUSTER_ADMIN_TOKEN_FILE",
+        global = true
+    )]
     pub file: Option<PathBuf>,
 }
 

@@ -12,7 +12,9 @@ pub fn run(a: &AllInOneArgs) -> Result<()> {
     let cfg = resolve(a)?;
     cfg.validate()?;
     edge::load_users(&cfg)?;
-    cfg.location_client()?;
+    // Every token file set is read, used or not yet: a bad one should show now, not
+    // when an endpoint or a relay is added.
+    edge::config::read_token("location.token_file", cfg.location.token_file.as_deref())?;
     edge::config::read_token("media.token_file", cfg.media.token_file.as_deref())?;
     if let Some(f) = &cfg.all_in_one.admin_token_file {
         grpc_auth::Token::from_file(f).context("all_in_one.admin_token_file")?;
