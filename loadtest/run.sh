@@ -82,6 +82,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Every gRPC API takes bearer tokens: one edge and one admin token for every process of
+# this run, through the environment every subcommand (and rtp-load) reads.
+for role in edge admin; do
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/$role-token"
+done
+export SIPCLUSTER_EDGE_TOKEN_FILE=$WORK/edge-token SIPCLUSTER_ADMIN_TOKEN_FILE=$WORK/admin-token
+
 port_free() { ! ss -Hlnu "sport = :$1" | grep -q . && ! ss -Hlnt "sport = :$1" | grep -q .; }
 free_port() {
   local p

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the README's all-in-one commands exactly as printed, as a new user on a fresh clone
 # would, and check that each gives a working cluster: ready, answering OPTIONS, and the
-# operator commands working against it with no extra flag. Each command must still appear
+# operator commands working against it with no extra flag (their gRPC APIs take the admin
+# token the all-in-one generated and wrote to ${XDG_STATE_HOME:-~/.local/state}/sipcluster/
+# admin-token, where the commands read it). Each command must still appear
 # verbatim in README.md, so the README and this check cannot drift apart.
 #
 # Called by ./scripts/test.sh (needs sipsak, which it installs). Uses the default ports

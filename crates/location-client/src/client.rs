@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use grpc_auth::{AuthChannel, Bearer, Token};
 use sip_registrar::{
     Aor, Binding, LocationStore, RegisterOutcome, RegisterRequest, StoreError, StoreStats,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
 
 use crate::convert;
@@ -31,6 +32,10 @@ pub struct ClientConfig {
     /// How long fetched credentials are reused; zero disables the cache. A password
     /// change therefore takes effect on every edge within this time.
     pub credentials_ttl: Duration,
+    /// The bearer token sent with every call: the edge token for an edge, the admin
+    /// token for the operator's commands. `None` sends none, and the service refuses
+    /// every call (UNAUTHENTICATED).
+    pub token: Option<Token>,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +46,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_millis(500),
             retries: 1,
             credentials_ttl: Duration::from_secs(5),
+            token: None,
         }
     }
 }
@@ -86,7 +92,7 @@ const MAX_BATCH: usize = 128;
 /// than one call.
 const IN_FLIGHT: usize = 2;
 
-fn spawn_batcher(grpc: Grpc<Channel>, timeout: Duration) -> mpsc::UnboundedSender<Queued> {
+fn spawn_batcher(grpc: Grpc<AuthChannel>, timeout: Duration) -> mpsc::UnboundedSender<Queued> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     tokio::spawn(async move {
@@ -150,7 +156,7 @@ fn spawn_batcher(grpc: Grpc<Channel>, timeout: Duration) -> mpsc::UnboundedSende
 /// shared by every task of the edge. Cheap to clone.
 #[derive(Debug)]
 pub struct LocationClient {
-    grpc: Grpc<Channel>,
+    grpc: Grpc<AuthChannel>,
     cfg: ClientConfig,
     cache: Mutex<CacheMap>,
     /// Started on first use (inside the runtime).
@@ -174,7 +180,7 @@ impl LocationClient {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = Bearer::new(cfg.token.as_ref()).channel(endpoint.connect_lazy());
         Ok(LocationClient {
             grpc: Grpc::new(channel),
             cfg,
@@ -199,7 +205,7 @@ impl LocationClient {
     /// (reads, and writes that set a value rather than apply a change).
     async fn with_retries<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, Status>
     where
-        F: FnMut(Grpc<Channel>) -> Fut,
+        F: FnMut(Grpc<AuthChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.with_retries_up_to(self.cfg.retries, what, call).await
@@ -213,7 +219,7 @@ impl LocationClient {
         mut call: F,
     ) -> Result<T, Status>
     where
-        F: FnMut(Grpc<Channel>) -> Fut,
+        F: FnMut(Grpc<AuthChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut attempt = 0;
@@ -433,7 +439,7 @@ impl LocationClient {
     }
 
     /// The raw gRPC client (dialog records, watch streams).
-    pub fn grpc(&self) -> Grpc<Channel> {
+    pub fn grpc(&self) -> Grpc<AuthChannel> {
         self.grpc.clone()
     }
 

@@ -11,7 +11,9 @@
 //!   UNAVAILABLE, REGISTER never (its replay would be refused as out of order); a failure
 //!   becomes `StoreError::Unavailable`, which the edge answers with 503 + Retry-After
 //!   rather than a wrong 404/480. REGISTERs are coalesced into `RegisterBatch` calls
-//!   while earlier ones are in flight.
+//!   while earlier ones are in flight. Every call carries the caller's bearer token
+//!   ([`ClientConfig::token`]: the edge token for edges, the admin token for the
+//!   operator's commands).
 
 mod client;
 pub mod convert;

@@ -25,6 +25,10 @@ struct Args {
     /// The relay's gRPC control address.
     #[arg(long, default_value = "http://127.0.0.1:50053")]
     control: String,
+    /// File holding the edge token the relay accepts (its control API refuses anonymous
+    /// calls).
+    #[arg(long, env = "SIPCLUSTER_EDGE_TOKEN_FILE")]
+    token_file: std::path::PathBuf,
     /// Concurrent streams (two per session, one each way).
     #[arg(long, default_value_t = 200)]
     streams: usize,
@@ -172,9 +176,11 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = rt
-        .block_on(MediaRelayClient::connect(a.control.clone()))
+    let token = grpc_auth::Token::from_file(&a.token_file).context("--token-file")?;
+    let channel = rt
+        .block_on(tonic::transport::Endpoint::from_shared(a.control.clone())?.connect())
         .with_context(|| format!("connecting to {}", a.control))?;
+    let mut client = MediaRelayClient::new(grpc_auth::Bearer::new(Some(&token)).channel(channel));
     let sessions = a.streams / 2;
     let mut streams = Vec::with_capacity(a.streams);
     let mut senders = Senders::new();
@@ -390,7 +396,7 @@ struct Received {
 /// Delete the first `n` sessions of this run.
 fn delete_sessions(
     rt: &tokio::runtime::Runtime,
-    client: &mut MediaRelayClient<tonic::transport::Channel>,
+    client: &mut MediaRelayClient<grpc_auth::AuthChannel>,
     run: u32,
     n: usize,
 ) {

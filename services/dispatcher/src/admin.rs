@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use dispatch_core::{State, TargetInfo};
+use grpc_auth::{ADMIN, AuthLayer, Policy};
 use sipcluster_proto::dispatcher::v1 as pb;
 use sipcluster_proto::dispatcher::v1::dispatcher_admin_server::{
     DispatcherAdmin, DispatcherAdminServer,
@@ -14,6 +15,22 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use crate::{Command, DispatcherError, transport_name};
+
+/// Who may call each method: operators (the admin token) only. Every method steers or
+/// shows the traffic of the whole cluster; edges never call this API.
+pub static POLICY: Policy = Policy {
+    api: "dispatcher admin",
+    methods: &[
+        (
+            "/sipcluster.dispatcher.v1.DispatcherAdmin/ListTargets",
+            ADMIN,
+        ),
+        ("/sipcluster.dispatcher.v1.DispatcherAdmin/SetWeight", ADMIN),
+        ("/sipcluster.dispatcher.v1.DispatcherAdmin/Drain", ADMIN),
+        ("/sipcluster.dispatcher.v1.DispatcherAdmin/Undrain", ADMIN),
+        ("/sipcluster.dispatcher.v1.DispatcherAdmin/ListSets", ADMIN),
+    ],
+};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -173,10 +190,11 @@ impl DispatcherAdmin for Admin {
     }
 }
 
-/// Serve the admin API on `addr`.
+/// Serve the admin API on `addr`, behind `auth` (built on [`POLICY`]).
 pub async fn serve(
     addr: SocketAddr,
     commands: mpsc::Sender<Command>,
+    auth: AuthLayer,
 ) -> Result<(SocketAddr, JoinHandle<()>), DispatcherError> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -195,6 +213,7 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
         if let Err(e) = tonic::transport::Server::builder()
+            .layer(auth)
             .add_service(svc)
             .serve_with_incoming(incoming)
             .await
@@ -203,4 +222,16 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_proto_is_for_operators() {
+        let proto = include_str!("../../../proto/sipcluster/dispatcher/v1/admin.proto");
+        assert_eq!(POLICY.unlisted(proto), Vec::<String>::new());
+        assert!(POLICY.methods.iter().all(|(_, a)| *a == ADMIN));
+    }
 }

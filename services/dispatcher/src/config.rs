@@ -53,6 +53,8 @@ pub struct DispatcherConfig {
     pub tcp_max_connections_per_source: usize,
     /// gRPC admin API; none disables.
     pub admin_listen: Option<SocketAddr>,
+    /// The admin API's token (`[api]`): required while the API is served.
+    pub api: ApiConfig,
     /// `/metrics`, `/healthz`, `/readyz`; none disables.
     pub metrics_listen: Option<SocketAddr>,
     /// On SIGTERM: seconds of not-ready (load balancers move away) during which relaying
@@ -62,6 +64,15 @@ pub struct DispatcherConfig {
     /// second worker mostly adds cross-thread wake-ups (~40 % more CPU per call measured at
     /// 2,000 calls/s); run more dispatcher instances to use more cores.
     pub workers: usize,
+}
+
+/// The admin API's token: where the operators' (admin) token is mounted. The API has no
+/// call for edges, so it takes no edge token.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// File holding the admin token (`SIPCLUSTER_ADMIN_TOKEN_FILE`, `--admin-token-file`).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Listening addresses of one side.
@@ -185,7 +196,10 @@ impl Default for DispatcherConfig {
             tcp_max_connections: 10_000,
             tcp_max_connections_per_source: 64,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9092))),
+            api: ApiConfig::default(),
+            // Loopback unless configured, as every control and metrics listener: a pod
+            // config (deploy/dispatcher.toml) opens them deliberately.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             drain_secs: 30,
             workers: 1,
         }
@@ -428,6 +442,18 @@ mod tests {
         let text = include_str!("../../../deploy/dispatcher.toml");
         let cfg = DispatcherConfig::from_toml(text).expect("parses");
         cfg.validate().expect("valid");
+        assert!(cfg.api.admin_token_file.is_some());
+        assert_eq!(
+            cfg.admin_listen,
+            Some("0.0.0.0:50052".parse().expect("addr"))
+        );
+        let d = DispatcherConfig::default();
+        assert!(d.admin_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert!(d.metrics_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("0.0.0.0:9092".parse().expect("addr"))
+        );
         assert_eq!(cfg.sets.len(), 1);
         assert_eq!(cfg.relay_sets()[0].1, Algorithm::Priority);
     }

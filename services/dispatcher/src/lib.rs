@@ -57,6 +57,9 @@ pub enum DispatcherError {
     /// No randomness for the instance id.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The admin API's token is missing or unusable.
+    #[error("admin API: {0}")]
+    Auth(#[from] grpc_auth::AuthError),
 }
 
 /// What the admin API asks the relay task.
@@ -112,18 +115,20 @@ pub struct DispatcherHandle {
     drain: Duration,
 }
 
-/// Every dispatcher metric: the relay's and both transports'.
+/// Every dispatcher metric: the relay's, both transports' and the admin API's refusals.
 #[derive(Clone)]
 struct MetricSet {
     relay: Metrics,
     public: TransportMetrics,
     internal: TransportMetrics,
+    auth: grpc_auth::AuthMetrics,
 }
 
 impl MetricSet {
     /// `dispatcher_*` under the caller's prefix; the transports' series carry `side`.
     fn register(&self, root: &mut Registry) {
         self.relay.register(root);
+        self.auth.register(root);
         let d = root.sub_registry_with_prefix("dispatcher");
         self.public
             .register(d.sub_registry_with_label(("side".into(), "public".into())));
@@ -134,7 +139,7 @@ impl MetricSet {
 
 impl DispatcherHandle {
     /// Add every dispatcher metric to `registry` (a process serving several roles on
-    /// one `/metrics`).
+    /// one `/metrics`), the admin API's `grpc_auth_rejected` included.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.metric_set.register(registry);
     }
@@ -223,12 +228,56 @@ impl FlowTable for PublicFlows<'_> {
     }
 }
 
-/// Start with an explicit discovery source.
+fn no_admin_token() -> DispatcherError {
+    DispatcherError::Config(ConfigError::new(
+        "api.admin_token_file",
+        "required while the admin API is served (admin_listen): it refuses anonymous \
+         calls. Give the admin token's file (SIPCLUSTER_ADMIN_TOKEN_FILE, \
+         --admin-token-file), or turn the API off (--admin off)",
+    ))
+}
+
+/// The admin API's accepted tokens, from `cfg.api` (`None` when the API is off); a
+/// served API without a token is refused: it is never anonymous.
+pub fn admin_tokens(cfg: &DispatcherConfig) -> Result<Option<grpc_auth::Tokens>, DispatcherError> {
+    if cfg.admin_listen.is_none() {
+        return Ok(None);
+    }
+    let Some(file) = &cfg.api.admin_token_file else {
+        return Err(no_admin_token());
+    };
+    Ok(Some(grpc_auth::Tokens::admin(grpc_auth::Token::from_file(
+        file,
+    )?)))
+}
+
+/// Start with an explicit discovery source, the admin API's token read from `cfg.api`.
 pub async fn start_with(
     cfg: DispatcherConfig,
     discovery: Box<dyn Discovery>,
 ) -> Result<DispatcherHandle, DispatcherError> {
     cfg.validate()?;
+    let tokens = admin_tokens(&cfg)?;
+    start_authenticated(cfg, discovery, tokens, grpc_auth::AuthMetrics::default()).await
+}
+
+/// Start with the admin API's accepted tokens given (a process that made them itself,
+/// the all-in-one; `None` is refused while the API is served) and the counter of its
+/// refusals, which [`DispatcherHandle::register_metrics`] registers.
+pub async fn start_authenticated(
+    cfg: DispatcherConfig,
+    discovery: Box<dyn Discovery>,
+    admin_tokens: Option<grpc_auth::Tokens>,
+    auth_metrics: grpc_auth::AuthMetrics,
+) -> Result<DispatcherHandle, DispatcherError> {
+    cfg.validate()?;
+    // Before anything binds: a served admin API without its token is a start error.
+    let admin_auth = match (cfg.admin_listen, admin_tokens) {
+        (Some(_), None) => return Err(no_admin_token()),
+        (_, tokens) => {
+            tokens.map(|t| grpc_auth::AuthLayer::new(&admin::POLICY, t, auth_metrics.clone()))
+        }
+    };
     let edge_transport = cfg.edge_transport()?;
     let secret = cfg.secret.clone().unwrap_or_default();
     let mut rnd = [0u8; 4];
@@ -284,6 +333,7 @@ pub async fn start_with(
         relay: metrics.clone(),
         public: pub_m.clone(),
         internal: int_m.clone(),
+        auth: auth_metrics,
     };
     let mut registry = Registry::with_prefix("sipcluster");
     metric_set.register(&mut registry);
@@ -305,13 +355,13 @@ pub async fn start_with(
     };
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(64);
-    let admin_addr = match cfg.admin_listen {
-        Some(addr) => {
-            let (bound, task) = admin::serve(addr, cmd_tx.clone()).await?;
+    let admin_addr = match (cfg.admin_listen, admin_auth) {
+        (Some(addr), Some(auth)) => {
+            let (bound, task) = admin::serve(addr, cmd_tx.clone(), auth).await?;
             tasks.push(task);
             Some(bound)
         }
-        None => None,
+        _ => None,
     };
 
     let (edges_tx, mut edges_rx) = watch::channel::<Vec<TargetSpec>>(Vec::new());

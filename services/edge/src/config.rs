@@ -107,8 +107,9 @@ impl SecurityConfig {
 }
 
 /// The control APIs the all-in-one serves for the `sipcluster users`, `registrations` and
-/// `dispatcher-admin` commands. On loopback by default, where those commands look
-/// without a flag; they are not authenticated, so keep them off other interfaces.
+/// `dispatcher-admin` commands. On loopback, where those commands look without a flag;
+/// they take the admin token (generated at start unless a file is given) and carry it
+/// without TLS, so they stay off other interfaces.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AllInOneConfig {
@@ -118,6 +119,11 @@ pub struct AllInOneConfig {
     /// The in-process dispatcher's admin gRPC API, or `"off"`.
     #[serde(with = "telemetry::listen")]
     pub admin_listen: Option<SocketAddr>,
+    /// File holding the admin token those APIs accept (`--admin-token-file`,
+    /// `SIPCLUSTER_ADMIN_TOKEN_FILE`). Unset: a random token is generated at each start
+    /// and written (mode 0600) to `$XDG_STATE_HOME/sipcluster/admin-token`, else
+    /// `$HOME/.local/state/sipcluster/admin-token`, where the commands read it.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for AllInOneConfig {
@@ -125,6 +131,7 @@ impl Default for AllInOneConfig {
         AllInOneConfig {
             location_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
+            admin_token_file: None,
         }
     }
 }
@@ -171,6 +178,10 @@ pub struct MediaConfig {
     pub timeout_ms: u64,
     /// Relays accept media only from the signalled addresses (no latching).
     pub strict: bool,
+    /// File holding the edge token presented to the relays (a Secret mount;
+    /// `SIPCLUSTER_EDGE_TOKEN_FILE`, `--edge-token-file`). Required with relays: their
+    /// control API refuses anonymous calls.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for MediaConfig {
@@ -182,6 +193,7 @@ impl Default for MediaConfig {
             on_failure: OnRelayFailure::Reject,
             timeout_ms: 1000,
             strict: false,
+            token_file: None,
         }
     }
 }
@@ -271,6 +283,10 @@ pub struct LocationConfig {
     pub retries: u32,
     /// How long fetched credentials are reused, s (0 disables the cache).
     pub credentials_cache_secs: u64,
+    /// File holding the edge token presented to the location service (a Secret mount;
+    /// `SIPCLUSTER_EDGE_TOKEN_FILE`, `--edge-token-file`). Required with an endpoint:
+    /// the location API refuses anonymous calls.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for LocationConfig {
@@ -281,6 +297,7 @@ impl Default for LocationConfig {
             connect_timeout_ms: 500,
             retries: 1,
             credentials_cache_secs: 5,
+            token_file: None,
         }
     }
 }
@@ -498,7 +515,9 @@ impl Default for LimitsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            // Loopback unless configured: metrics and health say what runs and how much;
+            // a pod or a Prometheus on another host is given an address deliberately.
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         }
     }
 }
@@ -513,6 +532,17 @@ impl Default for LogConfig {
 }
 
 pub use telemetry::ConfigError;
+
+/// The token in the file of setting `field`, if one is set; a missing, empty or short
+/// file is a configuration error naming the setting.
+pub fn read_token(
+    field: &'static str,
+    path: Option<&std::path::Path>,
+) -> Result<Option<grpc_auth::Token>, ConfigError> {
+    path.map(grpc_auth::Token::from_file)
+        .transpose()
+        .map_err(|e| bad(field, e.to_string()))
+}
 
 fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::new(field, problem)
@@ -536,6 +566,14 @@ impl EdgeConfig {
         }
         if self.media.timeout_ms == 0 {
             return Err(bad("media.timeout_ms", "must be positive"));
+        }
+        if !self.media.relays.is_empty() && self.media.token_file.is_none() {
+            return Err(bad(
+                "media.token_file",
+                "required with media relays: the file of the edge token their control API \
+                 accepts (SIPCLUSTER_EDGE_TOKEN_FILE, --edge-token-file); it refuses \
+                 anonymous calls",
+            ));
         }
         let o = &self.outbound;
         if !o.rules.is_empty() {
@@ -603,6 +641,14 @@ impl EdgeConfig {
                 return Err(bad(
                     "auth.nonce_secret",
                     "required with a location service: every edge must verify the nonces and flow tokens of the others",
+                ));
+            }
+            if self.location.token_file.is_none() {
+                return Err(bad(
+                    "location.token_file",
+                    "required with a location service: the file of the edge token its API \
+                     accepts (SIPCLUSTER_EDGE_TOKEN_FILE, --edge-token-file); it refuses \
+                     anonymous calls",
                 ));
             }
         }
@@ -754,16 +800,21 @@ impl EdgeConfig {
         }
     }
 
-    /// The location client's settings (cluster mode), when an endpoint is configured.
-    pub fn location_client(&self) -> Option<location_client::ClientConfig> {
+    /// The location client's settings (cluster mode), when an endpoint is configured,
+    /// with the edge token read from its file.
+    pub fn location_client(&self) -> Result<Option<location_client::ClientConfig>, ConfigError> {
         let l = &self.location;
-        Some(location_client::ClientConfig {
-            endpoint: l.endpoint.clone()?,
+        let Some(endpoint) = l.endpoint.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(location_client::ClientConfig {
+            endpoint,
             timeout: Duration::from_millis(l.timeout_ms),
             connect_timeout: Duration::from_millis(l.connect_timeout_ms),
             retries: l.retries,
             credentials_ttl: Duration::from_secs(l.credentials_cache_secs),
-        })
+            token: read_token("location.token_file", l.token_file.as_deref())?,
+        }))
     }
 
     /// The SIP transports' settings for these listening addresses.
@@ -808,7 +859,7 @@ mod tests {
     #[test]
     fn media_policy_per_domain() {
         let c = EdgeConfig::from_toml(
-            "[media]\nrelays = [\"http://r:50053\"]\nanchor = \"nat\"\n\
+            "[media]\nrelays = [\"http://r:50053\"]\nanchor = \"nat\"\ntoken_file = \"/t\"\n\
              [[media.rules]]\ndomain = \"LAN.example.com\"\nanchor = \"never\"\n\
              [[media.rules]]\ndomain = \"pstn.example.com\"\nanchor = \"always\"\n",
         )
@@ -821,6 +872,8 @@ mod tests {
         assert_eq!(MediaConfig::default().policy_for("x"), Anchor::Never);
         let bad = EdgeConfig::from_toml("[media]\nrelays = [\"r:50053\"]\n").unwrap();
         assert_eq!(bad.validate().unwrap_err().field, "media.relays");
+        let no_token = EdgeConfig::from_toml("[media]\nrelays = [\"http://r:50053\"]\n").unwrap();
+        assert_eq!(no_token.validate().unwrap_err().field, "media.token_file");
         // The sample configuration parses to the defaults of this section.
         let sample = EdgeConfig::from_toml(crate::SAMPLE_CONFIG).unwrap();
         assert_eq!(sample.media, MediaConfig::default());
@@ -885,6 +938,16 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_setting() {
+        let mut c = EdgeConfig::default();
+        c.location.endpoint = Some("http://location:50051".into());
+        c.auth.nonce_secret = Some("0123456789abcdef0123".into());
+        assert_eq!(c.validate().unwrap_err().field, "location.token_file");
+        c.location.token_file = Some("/nonexistent/edge-token".into());
+        c.validate().unwrap();
+        assert_eq!(
+            c.location_client().unwrap_err().field,
+            "location.token_file"
+        );
         let mut c = EdgeConfig::default();
         c.registrar.min_expires = 9000;
         assert_eq!(c.validate().unwrap_err().field, "registrar");

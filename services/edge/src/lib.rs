@@ -180,7 +180,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
 /// service named by `location.endpoint`.
 pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
     cfg.validate()?;
-    let Some(client_cfg) = cfg.location_client() else {
+    let Some(client_cfg) = cfg.location_client()? else {
         return Err(EdgeError::Config(ConfigError {
             field: "location.endpoint",
             problem: "required in cluster mode".into(),
@@ -236,12 +236,7 @@ pub async fn start_with(
         })?;
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = tasks;
-    let relays = media::Relays::new(&cfg.media).map_err(|problem| {
-        EdgeError::Config(ConfigError {
-            field: "media.relays",
-            problem,
-        })
-    })?;
+    let relays = media::Relays::new(&cfg.media)?;
     // With `on_failure = "pass"` calls go through without a relay: it is no condition.
     let relays_available = relays
         .as_ref()

@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use grpc_auth::{AuthChannel, Bearer};
 use sdp_core::Sdp;
 use sip_core::{HeaderName, SipMessage};
 use sipcluster_proto::media::v1 as pb;
 use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-use crate::config::MediaConfig;
+use crate::config::{ConfigError, MediaConfig};
 
 /// Static payload types' RTP clocks (RFC 3551); dynamic ones come from `a=rtpmap`.
 fn static_clock(pt: u8) -> Option<u32> {
@@ -275,7 +276,7 @@ pub enum MediaFailure {
 
 struct RelayEntry {
     url: String,
-    client: MediaRelayClient<Channel>,
+    client: MediaRelayClient<AuthChannel>,
     healthy: AtomicBool,
     draining: AtomicBool,
     sessions: AtomicU32,
@@ -300,22 +301,26 @@ impl std::fmt::Debug for Relays {
 }
 
 impl Relays {
-    /// Clients for `cfg.relays` (connected lazily); `None` when there are none.
-    pub fn new(cfg: &MediaConfig) -> Result<Option<Arc<Relays>>, String> {
+    /// Clients for `cfg.relays` (connected lazily), presenting the edge token of
+    /// `cfg.token_file`; `None` when there are no relays.
+    pub fn new(cfg: &MediaConfig) -> Result<Option<Arc<Relays>>, ConfigError> {
         if cfg.relays.is_empty() {
             return Ok(None);
         }
+        let bearer = Bearer::new(
+            crate::config::read_token("media.token_file", cfg.token_file.as_deref())?.as_ref(),
+        );
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let mut relays = Vec::new();
         for url in &cfg.relays {
             let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("media relay {url}: {e}"))?
+                .map_err(|e| ConfigError::new("media.relays", format!("{url}: {e}")))?
                 .connect_timeout(timeout)
                 .timeout(timeout)
                 .tcp_nodelay(true);
             relays.push(RelayEntry {
                 url: url.clone(),
-                client: MediaRelayClient::new(endpoint.connect_lazy()),
+                client: MediaRelayClient::new(bearer.clone().channel(endpoint.connect_lazy())),
                 // Healthy until the first poll says otherwise: a new edge can take calls
                 // at once.
                 healthy: AtomicBool::new(true),

@@ -38,6 +38,9 @@ pub struct LocationConfig {
     /// hands out no HA1 and takes no binding. The all-in-one serves its API this way (its
     /// edge uses the store in process).
     pub admin_only: bool,
+    /// The bearer tokens the API accepts (`[api]`): the edges' and the operators'. At
+    /// least one is required; see `server::POLICY` for what each role may call.
+    pub api: grpc_auth::TokenFiles,
 }
 
 /// Which store, and how to reach it.
@@ -80,15 +83,18 @@ pub struct DialogConfig {
 impl Default for LocationConfig {
     fn default() -> LocationConfig {
         LocationConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            // Loopback unless configured: the API serves credentials, so reaching it from
+            // other hosts is a deliberate setting (deploy/location.toml, with tokens).
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             backend: BackendConfig::default(),
             registrar: Policy::default(),
             dialogs: DialogConfig::default(),
             users_file: None,
             stats_interval_secs: 15,
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9091))),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             drain_secs: 5,
             admin_only: false,
+            api: grpc_auth::TokenFiles::default(),
         }
     }
 }
@@ -220,11 +226,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sample_file_is_the_defaults() {
+    fn the_pod_file_is_the_defaults_but_its_addresses_and_tokens() {
         let sample = include_str!("../../../deploy/location.toml");
         let c = LocationConfig::from_toml(sample).unwrap();
         c.validate().unwrap();
-        assert_eq!(c, LocationConfig::default());
+        assert_eq!(c.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9091".parse().unwrap()));
+        assert!(c.api.edge_token_file.is_some() && c.api.admin_token_file.is_some());
+        let d = LocationConfig::default();
+        assert!(d.listen.ip().is_loopback() && d.metrics_listen.unwrap().ip().is_loopback());
+        assert_eq!(
+            LocationConfig {
+                listen: d.listen,
+                metrics_listen: d.metrics_listen,
+                api: d.api.clone(),
+                ..c
+            },
+            d
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! through one edge is reachable through every other, and no edge holds state that dies
 //! with it.
 //!
-//! Data flow: edge ([`location_client::LocationClient`]) → tonic → [`server`] (converts
-//! and validates, counts, times) → a [`backend::Backend`]: Redis (standalone or Cluster;
+//! Data flow: edge ([`location_client::LocationClient`]) → tonic → the bearer-token check
+//! (`grpc_auth`, [`server::POLICY`]: edge token for the edges' calls, admin token for the
+//! operators') → [`server`] (converts and validates, counts, times) → a [`backend::Backend`]: Redis (standalone or Cluster;
 //! optimistic compare-and-set per AOR around the shared registrar rules), or memory.
 //! Binding changes are published (Redis pub/sub, or in process) to WatchBindings streams.
 //!
@@ -48,6 +49,9 @@ pub enum LocationError {
     /// The users file is unusable.
     #[error("users file: {0}")]
     Users(sip_auth::Error),
+    /// The API's tokens are missing or unusable.
+    #[error("location API: {0}")]
+    Auth(#[from] grpc_auth::AuthError),
     /// A listening socket could not be bound.
     #[error("{what} {addr}: {source}")]
     Bind {
@@ -122,27 +126,40 @@ impl LocationHandle {
     }
 }
 
-/// Start the service described by `cfg`.
+/// Start the service described by `cfg`, accepting the tokens of its `[api]` files
+/// (refused without any: the API is never anonymous). Refusals are counted in this
+/// service's metrics.
 pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError> {
+    cfg.validate()?;
+    // Before anything binds or connects: a missing or empty token file is the first thing
+    // an operator should hear about.
+    let tokens = cfg.api.load()?;
     let (backend, users) = backend_from(&cfg)?;
-    start_serving(cfg, backend, users).await
+    let auth = metrics::Metrics::global().auth.clone();
+    start_serving(cfg, backend, users, tokens, auth).await
 }
 
 /// Serve an existing backend (its users already in; the provisioning marker is written
-/// at start all the same).
+/// at start all the same), accepting `tokens` (the all-in-one passes the one it
+/// generated; `cfg.api` is not read) and counting refusals in `auth_metrics`.
 pub async fn start_with(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
+    tokens: grpc_auth::Tokens,
+    auth_metrics: grpc_auth::AuthMetrics,
 ) -> Result<LocationHandle, LocationError> {
-    start_serving(cfg, backend, None).await
+    start_serving(cfg, backend, None, tokens, auth_metrics).await
 }
 
 async fn start_serving(
     cfg: LocationConfig,
     backend: Arc<dyn Backend>,
     users: Option<Users>,
+    tokens: grpc_auth::Tokens,
+    auth_metrics: grpc_auth::AuthMetrics,
 ) -> Result<LocationHandle, LocationError> {
     cfg.validate()?;
+    let roles = tokens.roles();
     let bind_err = |what, addr| move |source| LocationError::Bind { what, addr, source };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -253,6 +270,11 @@ async fn start_serving(
         },
     );
     let router = tonic::transport::Server::builder()
+        .layer(grpc_auth::AuthLayer::new(
+            &server::POLICY,
+            tokens,
+            auth_metrics,
+        ))
         .tcp_nodelay(true)
         // Batched calls carry tens of kilobytes: the 64 KiB HTTP/2 default window would
         // stall them on WINDOW_UPDATE round trips.
@@ -271,10 +293,12 @@ async fn start_serving(
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     tracing::info!(
         %addr,
         backend = %backend.summary(),
         on_data_loss = cfg.backend.on_data_loss.as_str(),
+        token_roles = ?roles,
         "location service started"
     );
     Ok(LocationHandle {

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub data_intact: Gauge,
     /// Losses of the store's data noticed (the provisioning marker gone).
     pub data_losses: Counter,
+    /// Calls refused by token authentication.
+    pub auth: grpc_auth::AuthMetrics,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -79,6 +81,7 @@ impl Metrics {
                 g
             },
             data_losses: Counter::default(),
+            auth: grpc_auth::AuthMetrics::default(),
         })
     }
 
@@ -134,6 +137,8 @@ impl Metrics {
             "Losses of the store's data noticed (provisioning marker gone: Redis restarted empty or flushed)",
             self.data_losses.clone(),
         );
+        self.auth
+            .register(root.sub_registry_with_prefix("sipcluster"));
         root
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Rule refusals travel in the reply (the edge needs the exact status and Min-Expires);
 //! backend failures become UNAVAILABLE (the edge answers 503 + Retry-After); malformed
-//! messages become INVALID_ARGUMENT. Every call is counted and timed.
+//! messages become INVALID_ARGUMENT. Every call is counted and timed. Who may call what
+//! is [`POLICY`], checked before a call reaches this code.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use grpc_auth::{ADMIN, Access, EDGE, EDGE_OR_ADMIN, HEALTH_CHECK, HEALTH_WATCH, Policy};
 use location_client::{convert, pb};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
@@ -17,6 +19,43 @@ use crate::backend::{Backend, BackendError, DialogEnd, DialogKey};
 use crate::config::DialogConfig;
 use crate::integrity::DataGuard;
 use crate::metrics::{CallLabel, MethodLabel, Metrics, ResultLabel};
+
+/// Who may call each method (`grpc_auth` checks the caller's bearer token against it).
+/// Edges (the service identity) make the calls of SIP processing; operators (the admin
+/// token: `sipcluster users`, `sipcluster registrations`) provision users and inspect and
+/// remove registrations. Credentials (HA1s) go to edges only, and an admin token cannot
+/// write bindings or dialog records. `UseNonce` is listed ahead of the RPC (edge only):
+/// a method missing from the table would be refused to every caller.
+pub static POLICY: Policy = Policy {
+    api: "location",
+    methods: &[
+        ("/sipcluster.location.v1.Location/Register", EDGE),
+        ("/sipcluster.location.v1.Location/RegisterBatch", EDGE),
+        // `sipcluster registrations show` reads one AOR with Lookup: no more than
+        // ListBindings already shows an operator.
+        ("/sipcluster.location.v1.Location/Lookup", EDGE_OR_ADMIN),
+        (
+            "/sipcluster.location.v1.Location/RemoveBindings",
+            EDGE_OR_ADMIN,
+        ),
+        ("/sipcluster.location.v1.Location/ListBindings", ADMIN),
+        (
+            "/sipcluster.location.v1.Location/WatchBindings",
+            EDGE_OR_ADMIN,
+        ),
+        ("/sipcluster.location.v1.Location/Stats", EDGE_OR_ADMIN),
+        ("/sipcluster.location.v1.Location/GetCredentials", EDGE),
+        ("/sipcluster.location.v1.Location/UseNonce", EDGE),
+        ("/sipcluster.location.v1.Location/PutUser", ADMIN),
+        ("/sipcluster.location.v1.Location/RemoveUser", ADMIN),
+        ("/sipcluster.location.v1.Location/ListUsers", ADMIN),
+        ("/sipcluster.location.v1.Location/PutDialog", EDGE),
+        ("/sipcluster.location.v1.Location/EndDialog", EDGE),
+        ("/sipcluster.location.v1.Location/GetDialog", EDGE),
+        (HEALTH_CHECK, Access::Public),
+        (HEALTH_WATCH, EDGE_OR_ADMIN),
+    ],
+};
 
 /// Unix seconds on this service's clock: the one clock of every binding's expiry.
 pub fn unix_now() -> u64 {
@@ -603,5 +642,47 @@ impl pb::location_server::Location for LocationService {
             Ok(pb::GetDialogReply { dialog })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grpc_auth::Role;
+
+    fn roles(method: &str) -> Vec<Role> {
+        match POLICY.access(&format!("/sipcluster.location.v1.Location/{method}")) {
+            Some(Access::Roles(r)) => r.to_vec(),
+            other => panic!("{method}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_rpc_of_the_proto_has_its_roles() {
+        let proto = include_str!("../../../proto/sipcluster/location/v1/location.proto");
+        assert_eq!(POLICY.unlisted(proto), Vec::<String>::new());
+        assert!(proto.contains("rpc GetCredentials("), "the proto was read");
+    }
+
+    #[test]
+    fn credentials_and_writes_of_sip_state_are_for_edges_and_users_for_operators() {
+        use Role::{Admin, Edge};
+        for m in [
+            "GetCredentials",
+            "UseNonce",
+            "Register",
+            "RegisterBatch",
+            "PutDialog",
+            "EndDialog",
+            "GetDialog",
+        ] {
+            assert_eq!(roles(m), [Edge], "{m}");
+        }
+        for m in ["PutUser", "RemoveUser", "ListUsers", "ListBindings"] {
+            assert_eq!(roles(m), [Admin], "{m}");
+        }
+        for m in ["Lookup", "RemoveBindings", "Stats", "WatchBindings"] {
+            assert_eq!(roles(m), [Edge, Admin], "{m}");
+        }
     }
 }

@@ -16,6 +16,9 @@ pub struct MediaRelayConfig {
     pub instance: String,
     /// gRPC control address.
     pub control_listen: SocketAddr,
+    /// The bearer tokens the control API accepts (`[api]`): the edges' (every call) and
+    /// the operators' (looking and draining). At least one is required.
+    pub api: grpc_auth::TokenFiles,
     /// `/metrics`, `/healthz`, `/readyz`; `None` to disable.
     pub metrics_listen: Option<SocketAddr>,
     /// Address the IPv4 media sockets bind (`0.0.0.0` for all); `None`: no IPv4.
@@ -56,7 +59,10 @@ impl Default for MediaRelayConfig {
         MediaRelayConfig {
             instance: "media-relay".into(),
             control_listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9093))),
+            api: grpc_auth::TokenFiles::default(),
+            // Loopback unless configured, as every control and metrics listener: a pod
+            // config (deploy/media-relay.toml) opens them deliberately.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9093))),
             bind_v4: Some(IpAddr::from([127, 0, 0, 1])),
             bind_v6: None,
             advertise_v4: None,
@@ -187,10 +193,27 @@ mod tests {
     }
 
     #[test]
-    fn the_deploy_example_is_the_defaults() {
+    fn the_pod_file_is_the_defaults_but_its_addresses_and_tokens() {
         let text = include_str!("../../../deploy/media-relay.toml");
         let c = MediaRelayConfig::from_toml(text).expect("deploy/media-relay.toml");
-        assert_eq!(c, MediaRelayConfig::default());
+        assert_eq!(c.control_listen, "0.0.0.0:50053".parse().expect("addr"));
+        assert_eq!(
+            c.metrics_listen,
+            Some("0.0.0.0:9093".parse().expect("addr"))
+        );
+        assert!(c.api.edge_token_file.is_some() && c.api.admin_token_file.is_some());
+        let d = MediaRelayConfig::default();
+        assert!(d.control_listen.ip().is_loopback());
+        assert!(d.metrics_listen.is_some_and(|m| m.ip().is_loopback()));
+        assert_eq!(
+            MediaRelayConfig {
+                control_listen: d.control_listen,
+                metrics_listen: d.metrics_listen,
+                api: d.api.clone(),
+                ..c
+            },
+            d
+        );
     }
 
     #[test]

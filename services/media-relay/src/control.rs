@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use grpc_auth::{Access, EDGE, EDGE_OR_ADMIN, HEALTH_CHECK, HEALTH_WATCH, Policy};
 use media_core::{EndReason, Event, Family, Load, MediaError, MediaSpec, SessionInfo, SideStats};
 use sipcluster_proto::media::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -483,6 +484,28 @@ fn to_pb(info: &SessionInfo) -> pb::SessionStats {
     }
 }
 
+/// Who may call each method (`grpc_auth` checks the caller's bearer token against it):
+/// the edges (edge token) drive sessions; operators (admin token) may look at sessions
+/// and load and drain a relay, never create, change or end a session (each one holds
+/// relay ports).
+pub static POLICY: Policy = Policy {
+    api: "media relay control",
+    methods: &[
+        ("/sipcluster.media.v1.MediaRelay/Offer", EDGE),
+        ("/sipcluster.media.v1.MediaRelay/Answer", EDGE),
+        ("/sipcluster.media.v1.MediaRelay/Delete", EDGE),
+        ("/sipcluster.media.v1.MediaRelay/Query", EDGE_OR_ADMIN),
+        (
+            "/sipcluster.media.v1.MediaRelay/ListSessions",
+            EDGE_OR_ADMIN,
+        ),
+        ("/sipcluster.media.v1.MediaRelay/Drain", EDGE_OR_ADMIN),
+        ("/sipcluster.media.v1.MediaRelay/Load", EDGE_OR_ADMIN),
+        (HEALTH_CHECK, Access::Public),
+        (HEALTH_WATCH, EDGE_OR_ADMIN),
+    ],
+};
+
 /// The tonic service.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -578,5 +601,20 @@ impl pb::media_relay_server::MediaRelay for Service {
         _req: Request<pb::LoadRequest>,
     ) -> Result<Response<pb::LoadReport>, Status> {
         Ok(Response::new(self.relay.load_report()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_proto_has_its_roles_and_only_edges_hold_ports() {
+        let proto = include_str!("../../../proto/sipcluster/media/v1/relay.proto");
+        assert_eq!(POLICY.unlisted(proto), Vec::<String>::new());
+        for m in ["Offer", "Answer", "Delete"] {
+            let path = format!("/sipcluster.media.v1.MediaRelay/{m}");
+            assert_eq!(POLICY.access(&path), Some(EDGE), "{m}");
+        }
     }
 }

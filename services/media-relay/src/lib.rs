@@ -4,7 +4,8 @@
 //! gRPC (`proto/sipcluster/media/v1/relay.proto`): an offer's or answer's media go in,
 //! the relay's address and ports for the rewritten SDP come out; BYE deletes.
 //!
-//! Data flow: edge → tonic → [`control`] (validates, picks the worker that holds the
+//! Data flow: edge → tonic → the bearer-token check (`grpc_auth`, [`control::POLICY`]:
+//! the edge token for everything, the admin token to look and drain) → [`control`] (validates, picks the worker that holds the
 //! session or the least-loaded one for a new call) → that worker's
 //! [`media_core::Engine`], which allocates port pairs and has [`forward`] bind them.
 //! Packets: socket → the worker's `mio` loop ([`forward`]) → `Engine::on_packet` (latch,
@@ -51,6 +52,9 @@ pub enum MediaRelayError {
     /// A forwarding thread could not be set up.
     #[error("forwarding worker: {0}")]
     Worker(std::io::Error),
+    /// The control API's tokens are missing or unusable.
+    #[error("control API: {0}")]
+    Auth(#[from] grpc_auth::AuthError),
 }
 
 /// A running relay.
@@ -112,10 +116,13 @@ impl MediaRelayHandle {
     }
 }
 
-/// Start the relay: bind the control and metrics listeners, spawn the forwarding
+/// Start the relay: read the control API's tokens (refused without any: the API is
+/// never anonymous), bind the control and metrics listeners, spawn the forwarding
 /// workers, and serve.
 pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelayError> {
     cfg.validate()?;
+    let tokens = cfg.api.load()?;
+    let roles: Vec<&str> = tokens.roles().iter().map(|r| r.as_str()).collect();
     let metrics = Metrics::default();
     let (relay, workers) =
         control::Relay::new(cfg.clone(), metrics.clone()).map_err(MediaRelayError::Worker)?;
@@ -170,6 +177,11 @@ pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelay
         .set_serving::<MediaRelayServer<control::Service>>()
         .await;
     let router = tonic::transport::Server::builder()
+        .layer(grpc_auth::AuthLayer::new(
+            &control::POLICY,
+            tokens,
+            metrics.auth.clone(),
+        ))
         .tcp_nodelay(true)
         .add_service(health_svc)
         .add_service(MediaRelayServer::new(control::Service::new(relay.clone())));
@@ -193,6 +205,7 @@ pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelay
         workers = cfg.workers,
         advertise_v4 = %shown(cfg.advertised(false)),
         advertise_v6 = %shown(cfg.advertised(true)),
+        token_roles = ?roles,
         "media relay started"
     );
     Ok(MediaRelayHandle {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub jitter_ms: Histogram,
     /// 1 while draining.
     pub draining: Gauge,
+    /// Control calls refused by token authentication.
+    pub auth: grpc_auth::AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -78,14 +80,18 @@ impl Default for Metrics {
             loss: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             jitter_ms: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0]),
             draining: Gauge::default(),
+            auth: grpc_auth::AuthMetrics::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Register every metric under `sipcluster_media_`.
-    pub fn register(&self, r: &mut Registry) {
-        let r = r.sub_registry_with_prefix("sipcluster_media");
+    /// Register every metric under `sipcluster_media_` (and the authentication
+    /// refusals as `sipcluster_grpc_auth_rejected`, the name every API uses).
+    pub fn register(&self, root: &mut Registry) {
+        self.auth
+            .register(root.sub_registry_with_prefix("sipcluster"));
+        let r = root.sub_registry_with_prefix("sipcluster_media");
         r.register("sessions", "Sessions now", self.sessions.clone());
         r.register(
             "sessions_started",

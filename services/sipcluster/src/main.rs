@@ -3,8 +3,9 @@
 //! * `all-in-one` runs every role in one process with embedded defaults;
 //! * `edge`, `location`, `dispatcher`, `media-relay` run one service each (cluster mode);
 //! * `users`, `registrations` and `dispatcher-admin` are the operator's commands against
-//!   the location API and the dispatcher's admin API (both served on loopback by the
-//!   all-in-one, where these commands look without a flag);
+//!   the location API and the dispatcher's admin API, presenting the admin token (both
+//!   served on loopback by the all-in-one, where these commands look without a flag, with
+//!   the token it writes to a per-user file: [`tokens`]);
 //! * `check-config` prints the resolved edge / all-in-one configuration as reusable TOML.
 //!
 //! Settings come from a TOML file (`--config`), then `SIPCLUSTER_*` environment
@@ -13,6 +14,7 @@
 
 mod cmd;
 mod process;
+mod tokens;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

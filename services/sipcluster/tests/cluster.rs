@@ -271,6 +271,7 @@ fn users_cli_provisions_through_the_location_service() {
     let users = |args: &[&str], stdin: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
             .args(["users", "--location", &format!("http://{}", loc.sip)])
+            .args(["--token-file", &loc.tokens.admin_str()])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -113,6 +113,8 @@ impl Cluster {
                 "dispatcher-admin",
                 "--admin",
                 &format!("http://{}", self.admin),
+                "--token-file",
+                &self.disp.tokens.admin_str(),
             ])
             .args(args)
             .output()
@@ -241,6 +243,8 @@ fn calls_spread_over_every_edge_through_the_dispatcher() {
             "dispatcher-admin",
             "--admin",
             &format!("http://{}", c.admin),
+            "--token-file",
+            &c.disp.tokens.admin_str(),
             "drain",
             "nope",
         ])
@@ -474,6 +478,8 @@ fn outbound_calls_go_to_a_destination_set_with_priority_failover() {
             "dispatcher-admin",
             "--admin",
             &format!("http://{admin}"),
+            "--token-file",
+            &disp.tokens.admin_str(),
             "sets",
         ])
         .output()

@@ -17,7 +17,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{RawSip, Server, Sipp, run_cli, status, workdir};
+use common::{RawSip, Server, Sipp, run_cli, run_cli_env, status, workdir};
 
 const DOMAIN: &str = "sipcluster.local";
 
@@ -148,25 +148,12 @@ fn every_service_is_not_ready_for_its_whole_drain() {
 
     // A media relay with a session open: it drains until the deadline.
     let mut relay = Server::media_relay(&dir, "relay", "43900-43949", &["--drain-secs", "2"]);
-    let control = format!("http://{}", relay.sip);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        use sipcluster_proto::media::v1 as pb;
-        let mut c = pb::media_relay_client::MediaRelayClient::connect(control)
+        let mut c = common::media_client(relay.sip, Some(common::EDGE_TOKEN)).await;
+        c.offer(common::new_session_offer("drain-call"))
             .await
-            .expect("relay control");
-        c.offer(pb::UpdateRequest {
-            call_id: "drain-call".into(),
-            sender_tag: "a".into(),
-            media: vec![pb::Media {
-                address: "127.0.0.1".into(),
-                port: 40000,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("offer");
+            .expect("offer");
     });
     let (readyz, _) = drain_readyz(&mut relay, None);
     assert!(readyz.len() >= 5, "media relay: {readyz:?}");
@@ -427,7 +414,9 @@ fn challenges_follow_auth_algorithms() {
 #[test]
 fn operator_commands_work_against_the_all_in_one() {
     let dir = workdir("operator_commands");
-    let srv = Server::start(&dir, &[]);
+    // As a new user runs it: no token flag; the commands find the token it generated.
+    let srv = Server::start_generating_admin_token(&dir, &[]);
+    let state = common::state_home(&dir).display().to_string();
     for (user, port) in [("alice", 6101), ("bob", 6102)] {
         Sipp::new(
             &format!("register-{user}"),
@@ -442,8 +431,9 @@ fn operator_commands_work_against_the_all_in_one() {
     }
     let loc = format!("http://{}", srv.location_api.expect("location API"));
     let admin = format!("http://{}", srv.admin_api.expect("admin API"));
+    let cli = |args: &[&str]| run_cli_env(args, &[("XDG_STATE_HOME", &state)]);
     let ok = |args: &[&str]| {
-        let o = run_cli(args);
+        let o = cli(args);
         assert_eq!(o.code, Some(0), "{args:?}: {o:?}");
         o.stdout
     };
@@ -476,7 +466,7 @@ fn operator_commands_work_against_the_all_in_one() {
         "sip:alice@sipcluster.local",
     ]);
     assert!(removed.contains("removed 1 binding(s)"), "{removed}");
-    let gone = run_cli(&[
+    let gone = cli(&[
         "registrations",
         "--location",
         &loc,
@@ -486,26 +476,31 @@ fn operator_commands_work_against_the_all_in_one() {
     assert_eq!(gone.code, Some(1), "{gone:?}");
     assert!(gone.stderr.contains("not registered"), "{}", gone.stderr);
     assert!(ok(&["registrations", "--location", &loc, "list"]).contains("1 AORs, 1 contacts"));
-    let bad = run_cli(&["registrations", "--location", &loc, "show", "alice"]);
+    let bad = cli(&["registrations", "--location", &loc, "show", "alice"]);
     assert!(bad.stderr.contains("user@domain"), "{bad:?}");
 
     let users = ok(&["users", "--location", &loc, "list", "--realm", DOMAIN]);
     assert!(users.contains("alice") && users.contains("bob"), "{users}");
-    // The API is administrative only: it hands out no HA1 and takes no binding.
+    // The API takes only the admin token it generated, and hands out no HA1 for it.
+    let token_file = common::state_home(&dir).join("sipcluster/admin-token");
+    let token = std::fs::read_to_string(&token_file).expect("the generated admin token");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _in_runtime = rt.enter();
-    let client = location_client::LocationClient::new(location_client::ClientConfig {
-        endpoint: loc.clone(),
-        timeout: Duration::from_secs(3),
-        connect_timeout: Duration::from_secs(3),
-        retries: 0,
-        credentials_ttl: Duration::ZERO,
-    })
-    .expect("client");
+    let client = |token: Option<&str>| common::location_client(&loc, token);
+    let code = |e: location_client::ClientError| match e {
+        location_client::ClientError::Call(s) => s.code(),
+        other => panic!("{other}"),
+    };
     let denied = rt
-        .block_on(client.fetch_credentials("alice", DOMAIN))
+        .block_on(client(Some(&token)).fetch_credentials("alice", DOMAIN))
         .expect_err("HA1s over the all-in-one's API");
-    assert!(denied.to_string().contains("administrative"), "{denied}");
+    assert_eq!(code(denied), tonic::Code::PermissionDenied);
+    for anonymous in [None, Some(common::ADMIN_TOKEN)] {
+        let refused = rt
+            .block_on(client(anonymous).list_users(DOMAIN))
+            .expect_err("users without the generated token");
+        assert_eq!(code(refused), tonic::Code::Unauthenticated, "{anonymous:?}");
+    }
 
     let targets = ok(&["dispatcher-admin", "--admin", &admin, "targets"]);
     let edge = targets
@@ -528,7 +523,7 @@ fn operator_commands_work_against_the_all_in_one() {
     );
     let undrained = ok(&["dispatcher-admin", "--admin", &admin, "undrain", &edge]);
     assert!(undrained.contains("takes new dialogs again"), "{undrained}");
-    let missing = run_cli(&[
+    let missing = cli(&[
         "dispatcher-admin",
         "--admin",
         &admin,
@@ -600,6 +595,8 @@ fn check_config_prints_toml_that_reads_back_and_bad_settings_are_refused() {
             "http://127.0.0.1:1",
             "--nonce-secret",
             "0123456789abcdef0123",
+            "--edge-token-file",
+            "/nonexistent/edge-token",
             "--metrics",
             &metrics,
         ],

@@ -81,6 +81,8 @@ fn until(disp: &Server, admin: SocketAddr, what: &str, want: impl Fn(&str) -> bo
                 "dispatcher-admin",
                 "--admin",
                 &format!("http://{admin}"),
+                "--token-file",
+                &disp.tokens.admin_str(),
                 "targets",
             ])
             .output()

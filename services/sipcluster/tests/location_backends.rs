@@ -17,12 +17,23 @@ use std::time::Duration;
 
 use common::redis::{Redis, cli, prefix};
 use common::workdir;
+use grpc_auth::{AuthMetrics, Token, Tokens};
 use location::backend::{Backend, DialogEnd, DialogKey, RedisBackend, RedisOptions};
 use location::{LocationConfig, MemoryBackend};
 use location_client::{ClientConfig, LocationClient, pb};
 use sip_registrar::{
     Aor, ContactSpec, Policy, RegisterError, RegisterRequest, RequestContact, apply_register,
 };
+
+/// The edges' token of the services started in process here (the API takes no
+/// anonymous call).
+fn edge_token() -> Token {
+    Token::new(common::EDGE_TOKEN).expect("token")
+}
+
+fn edge_tokens() -> Tokens {
+    Tokens::new(Some(edge_token()), None).expect("tokens")
+}
 
 fn policy() -> Policy {
     Policy {
@@ -503,13 +514,19 @@ async fn concurrent_registers_from_two_edges_leave_exactly_the_rfc_bindings() {
             registrar: wide,
             ..LocationConfig::default()
         };
-        let svc = location::start_with(cfg, redis_backend(&r, "concurrency", wide))
-            .await
-            .expect("location service");
+        let svc = location::start_with(
+            cfg,
+            redis_backend(&r, "concurrency", wide),
+            edge_tokens(),
+            AuthMetrics::default(),
+        )
+        .await
+        .expect("location service");
         clients.push(Arc::new(
             LocationClient::new(ClientConfig {
                 endpoint: format!("http://{}", svc.addr),
                 timeout: Duration::from_secs(10),
+                token: Some(edge_token()),
                 ..ClientConfig::default()
             })
             .unwrap(),
@@ -780,15 +797,21 @@ async fn watch_dialogs_and_bad_input_over_grpc() {
             ..LocationConfig::default()
         };
         services.push(
-            location::start_with(cfg, redis_backend(&r, "grpc_surface", Policy::default()))
-                .await
-                .expect("location service"),
+            location::start_with(
+                cfg,
+                redis_backend(&r, "grpc_surface", Policy::default()),
+                edge_tokens(),
+                AuthMetrics::default(),
+            )
+            .await
+            .expect("location service"),
         );
     }
     ready(&*services[0].backend).await;
     let client = |i: usize| {
         LocationClient::new(ClientConfig {
             endpoint: format!("http://{}", services[i].addr),
+            token: Some(edge_token()),
             ..ClientConfig::default()
         })
         .unwrap()
@@ -910,12 +933,15 @@ async fn use_nonce_over_grpc_and_in_process() {
                 admin_only,
                 ..LocationConfig::default()
             };
-            location::start_with(cfg, backend).await.expect("service")
+            location::start_with(cfg, backend, edge_tokens(), AuthMetrics::default())
+                .await
+                .expect("service")
         }
     };
     let client = |addr: std::net::SocketAddr| {
         LocationClient::new(ClientConfig {
             endpoint: format!("http://{addr}"),
+            token: Some(edge_token()),
             ..ClientConfig::default()
         })
         .unwrap()

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::{Server, workdir};
 use sipcluster_proto::media::v1 as pb;
 use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
-use tonic::transport::Channel;
+
+/// The control API's client as the edges have it (the edge token on every call).
+type Control = MediaRelayClient<grpc_auth::AuthChannel>;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -19,10 +21,8 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-async fn client(relay: &Server) -> MediaRelayClient<Channel> {
-    MediaRelayClient::connect(format!("http://{}", relay.sip))
-        .await
-        .expect("control API")
+async fn client(relay: &Server) -> Control {
+    common::media_client(relay.sip, Some(common::EDGE_TOKEN)).await
 }
 
 fn phone() -> UdpSocket {
@@ -97,7 +97,7 @@ fn session_ref(call_id: &str, tag: &str, other: &str) -> pb::SessionRef {
 /// for Alice.
 fn offer_answer(
     rt: &tokio::runtime::Runtime,
-    c: &mut MediaRelayClient<Channel>,
+    c: &mut Control,
     call: &str,
     alice: &UdpSocket,
     bob: &UdpSocket,
@@ -589,7 +589,7 @@ fn busy_and_cancelled_calls_free_their_relay_sessions() {
     let (relay, sip) = relay_and_proxy(&dir, "42600-42699", &[]);
     let rt = rt();
     let mut c = rt.block_on(client(&relay));
-    let sessions = |c: &mut MediaRelayClient<Channel>| {
+    let sessions = |c: &mut Control| {
         rt.block_on(c.list_sessions(pb::ListSessionsRequest {}))
             .expect("list")
             .into_inner()

@@ -306,6 +306,8 @@ fn call(test: &str, transport: &str, relay: bool, slot: u16) {
         "registrations",
         "--location",
         &format!("http://{}", srv.location_api.expect("location API")),
+        "--token-file",
+        &srv.tokens.admin_str(),
         "list",
     ]);
     assert!(

@@ -2,18 +2,24 @@
 //! dispatcher holds the public sockets and relays to an edge on an internal loopback
 //! socket (the path of a cluster); registrations and users live in the location
 //! service's in-memory backend, used in process and served on loopback for the admin
-//! commands, as is the dispatcher's admin API.
+//! commands, as is the dispatcher's admin API. Those APIs take the admin token: the one
+//! in `--admin-token-file`, or one generated at start and left in a per-user file
+//! (`crate::tokens::default_admin_token_path`) where the commands find it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use edge::EdgeConfig;
+use grpc_auth::Token;
 use location::LocationConfig;
 
 use crate::cmd::edge::EdgeArgs;
 use crate::process::{init_logging, listen_flag, runtime, shutdown_signal};
+use crate::tokens::default_admin_token_path;
 
 /// The edge's flags and the all-in-one's own.
 #[derive(Args, Clone)]
@@ -28,6 +34,9 @@ pub struct AllInOneArgs {
     /// `off`. Default 127.0.0.1:50052.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
     pub admin: Option<String>,
+    // The admin token's file; without it one is generated at each start.
+    #[command(flatten)]
+    pub admin_token: crate::tokens::AdminTokenArg,
 }
 
 /// The edge configuration with the all-in-one's flags applied, not yet validated.
@@ -39,6 +48,7 @@ pub fn resolve(a: &AllInOneArgs) -> Result<EdgeConfig> {
     if let Some(l) = &a.admin {
         cfg.all_in_one.admin_listen = listen_flag("admin", l)?;
     }
+    a.admin_token.apply(&mut cfg.all_in_one.admin_token_file);
     Ok(cfg)
 }
 
@@ -55,8 +65,8 @@ pub fn build_config(a: &AllInOneArgs) -> Result<EdgeConfig> {
             shown(cfg.all_in_one.location_listen)
         );
     }
-    // Unauthenticated control APIs stay on this machine (authentication comes with the
-    // security work): whoever reaches them can add users and remove registrations.
+    // The control APIs stay on this machine: their admin token would cross the network
+    // in clear (no TLS), and whoever holds it can add users and remove registrations.
     for (flag, addr) in [
         ("location-listen", cfg.all_in_one.location_listen),
         ("admin", cfg.all_in_one.admin_listen),
@@ -65,9 +75,9 @@ pub fn build_config(a: &AllInOneArgs) -> Result<EdgeConfig> {
             && !a.ip().is_loopback()
         {
             bail!(
-                "--{flag} {a}: the all-in-one's control APIs are not authenticated yet, so \
-                 they listen on loopback only (127.0.0.1 or ::1); reach them from elsewhere \
-                 through an SSH tunnel, or give `off`"
+                "--{flag} {a}: the all-in-one's control APIs carry their admin token without \
+                 TLS, so they listen on loopback only (127.0.0.1 or ::1); reach them from \
+                 elsewhere through an SSH tunnel, or give `off`"
             );
         }
     }
@@ -82,7 +92,27 @@ pub fn run(a: &AllInOneArgs) -> Result<()> {
     runtime(cfg.runtime.workers)?.block_on(serve(cfg))
 }
 
+/// The admin token of the control APIs, and where to leave it for the commands when it
+/// was generated here (`None` when it came from a file, or no API is served).
+fn admin_token(cfg: &EdgeConfig) -> Result<Option<(Token, Option<PathBuf>)>> {
+    let a = &cfg.all_in_one;
+    if a.location_listen.is_none() && a.admin_listen.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(match &a.admin_token_file {
+        Some(f) => (
+            Token::from_file(f).context("the admin token (--admin-token-file)")?,
+            None,
+        ),
+        // Where it goes is settled before anything binds: no HOME is an error at start.
+        None => (Token::generate()?, Some(default_admin_token_path()?)),
+    }))
+}
+
 async fn serve(cfg: EdgeConfig) -> Result<()> {
+    let admin = admin_token(&cfg)?;
+    // One rejection counter for both APIs, on the one /metrics.
+    let auth_metrics = grpc_auth::AuthMetrics::default();
     let users = edge::load_users(&cfg)?.into_inner();
     let r = &cfg.registrar;
     let policy = sip_registrar::Policy {
@@ -92,8 +122,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         max_contacts: r.max_contacts,
     };
     let backend: Arc<dyn location::Backend> = Arc::new(location::MemoryBackend::new(policy, users));
-    let loc = match cfg.all_in_one.location_listen {
-        Some(listen) => {
+    let loc = match (cfg.all_in_one.location_listen, &admin) {
+        (Some(listen), Some((token, _))) => {
             // Admin calls only: the edge uses the store in process, so nothing needs the
             // API to hand out HA1s or take bindings.
             let lcfg = LocationConfig {
@@ -104,12 +134,17 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
                 ..LocationConfig::default()
             };
             Some(
-                location::start_with(lcfg, backend.clone())
-                    .await
-                    .context("the all-in-one's location API (--location-listen)")?,
+                location::start_with(
+                    lcfg,
+                    backend.clone(),
+                    grpc_auth::Tokens::admin(token.clone()),
+                    auth_metrics.clone(),
+                )
+                .await
+                .context("the all-in-one's location API (--location-listen)")?,
             )
         }
-        None => None,
+        _ => None,
     };
     let store = Arc::new(location::InProcess(backend));
 
@@ -170,14 +205,28 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         drain_secs: cfg.runtime.drain_secs,
         ..Default::default()
     };
-    let disp = dispatcher::start(dcfg).await?;
+    let discovery = dispatcher::discovery_from(&dcfg)?;
+    // The admin API takes the admin token too; its refusals are counted in the shared
+    // counter, which the dispatcher registers with its metrics below.
+    let admin_api_tokens = match (&dcfg.admin_listen, &admin) {
+        (Some(_), Some((token, _))) => Some(grpc_auth::Tokens::admin(token.clone())),
+        _ => None,
+    };
+    let disp =
+        dispatcher::start_authenticated(dcfg, discovery, admin_api_tokens, auth_metrics.clone())
+            .await?;
     // Ready when every role is: the dispatcher not draining, the edge not draining, a
     // media relay answering when calls need one.
-    let readiness =
-        telemetry::Readiness::new("draining", disp.ready.clone()).join(edge.readiness());
+    // And, on the first start, once the generated admin token is in its file: whoever
+    // waits for /readyz (a script, the tests) may run the commands at once.
+    let token_written = Arc::new(AtomicBool::new(!matches!(&admin, Some((_, Some(_))))));
+    let readiness = telemetry::Readiness::new("draining", disp.ready.clone())
+        .join(edge.readiness())
+        .and("admin token not written yet", token_written.clone());
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => {
             let mut registry = edge.registry();
+            // The dispatcher's include the shared `grpc_auth_rejected` of both APIs.
             disp.register_metrics(&mut registry);
             let (_, task) = telemetry::spawn_endpoint(addr, registry, readiness)
                 .await
@@ -186,6 +235,17 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         }
         None => None,
     };
+    // Only once every socket is bound: an instance that fails at start (a busy port) must
+    // not replace the token of the one already running.
+    if let Some((token, Some(path))) = &admin {
+        crate::tokens::write_private(path, token)?;
+        token_written.store(true, Ordering::Relaxed);
+        tracing::info!(
+            file = %path.display(),
+            "admin token generated for this run (sipcluster users, registrations and \
+             dispatcher-admin read it there)"
+        );
+    }
     tracing::info!(
         sip_udp = ?disp.public_udp,
         sip_tcp = ?disp.public_tcp,

@@ -48,9 +48,11 @@ pub struct DispatcherArgs {
     /// The cluster secret (the edges' nonce secret).
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// Admin gRPC address, or `off`.
+    /// Admin gRPC address, or `off` (default 127.0.0.1:50052).
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
     pub admin: Option<String>,
+    #[command(flatten)]
+    pub admin_token: crate::tokens::AdminTokenArg,
     /// Metrics/health HTTP address, or `off`.
     #[arg(long, env = "SIPCLUSTER_METRICS")]
     pub metrics: Option<String>,
@@ -113,6 +115,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
     if let Some(m) = &a.admin {
         cfg.admin_listen = listen_flag("admin", m)?;
     }
+    a.admin_token.apply(&mut cfg.api.admin_token_file);
     if let Some(m) = &a.metrics {
         cfg.metrics_listen = listen_flag("metrics", m)?;
     }

@@ -14,6 +14,8 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:50052"
     )]
     pub admin: String,
+    #[command(flatten)]
+    pub token: crate::tokens::CliToken,
     #[command(subcommand)]
     pub action: AdminAction,
 }
@@ -65,7 +67,10 @@ fn refused(s: tonic::Status) -> anyhow::Error {
 /// Run one admin action and print its result.
 pub async fn run(a: AdminArgs) -> Result<()> {
     use sipcluster_proto::dispatcher::v1 as pb;
-    let mut client = pb::dispatcher_admin_client::DispatcherAdminClient::connect(a.admin.clone())
+    let token = a.token.load()?;
+    let channel = tonic::transport::Endpoint::from_shared(a.admin.clone())
+        .with_context(|| format!("--admin {}", a.admin))?
+        .connect()
         .await
         .with_context(|| {
             format!(
@@ -73,6 +78,9 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 a.admin
             )
         })?;
+    let mut client = pb::dispatcher_admin_client::DispatcherAdminClient::new(
+        grpc_auth::Bearer::new(Some(&token)).channel(channel),
+    );
     let health = |h: i32| match pb::Health::try_from(h) {
         Ok(pb::Health::Up) => "up",
         Ok(pb::Health::Down) => "down",

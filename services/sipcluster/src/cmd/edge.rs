@@ -83,6 +83,10 @@ pub struct EdgeArgs {
     /// no limit).
     #[arg(long, env = "SIPCLUSTER_SOURCE_RATE")]
     pub source_rate: Option<u32>,
+    // The token this edge presents to the location service and the media relays (sets
+    // location.token_file and media.token_file).
+    #[command(flatten)]
+    pub edge_token: crate::tokens::EdgeTokenArg,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -163,6 +167,8 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
         cfg.security.source_rate = r;
         cfg.security.source_burst = cfg.security.source_burst.max(r.saturating_mul(2));
     }
+    a.edge_token.apply(&mut cfg.location.token_file);
+    a.edge_token.apply(&mut cfg.media.token_file);
     Ok(cfg)
 }
 

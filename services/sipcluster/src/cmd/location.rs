@@ -16,9 +16,13 @@ pub struct LocationArgs {
     /// TOML configuration file (see deploy/location.toml).
     #[arg(long, env = "SIPCLUSTER_LOCATION_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC listening address.
+    /// gRPC listening address (default 127.0.0.1:50051; a pod gives 0.0.0.0:50051).
     #[arg(long, env = "SIPCLUSTER_LOCATION_LISTEN")]
     pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub edge_token: crate::tokens::EdgeTokenArg,
+    #[command(flatten)]
+    pub admin_token: crate::tokens::AdminTokenArg,
     /// Backend: memory, redis or redis-cluster.
     #[arg(long, env = "SIPCLUSTER_LOCATION_BACKEND")]
     pub backend: Option<String>,
@@ -80,6 +84,8 @@ pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
             other => anyhow::bail!("--on-data-loss {other:?}: expected unready or reprovision"),
         };
     }
+    a.edge_token.apply(&mut cfg.api.edge_token_file);
+    a.admin_token.apply(&mut cfg.api.admin_token_file);
     cfg.validate()?;
     Ok(cfg)
 }

@@ -18,9 +18,13 @@ pub struct MediaRelayArgs {
     /// This relay's name (the pod name).
     #[arg(long, env = "SIPCLUSTER_MEDIA_INSTANCE")]
     pub instance: Option<String>,
-    /// gRPC control address.
+    /// gRPC control address (default 127.0.0.1:50053; a pod gives 0.0.0.0:50053).
     #[arg(long, env = "SIPCLUSTER_MEDIA_CONTROL")]
     pub control: Option<SocketAddr>,
+    #[command(flatten)]
+    pub edge_token: crate::tokens::EdgeTokenArg,
+    #[command(flatten)]
+    pub admin_token: crate::tokens::AdminTokenArg,
     /// Address the IPv4 media sockets bind, or `off`.
     #[arg(long, env = "SIPCLUSTER_MEDIA_BIND_V4")]
     bind_v4: Option<String>,
@@ -122,6 +126,8 @@ pub fn build_media_relay_config(a: &MediaRelayArgs) -> Result<media_relay::Media
     if let Some(m) = &a.metrics {
         cfg.metrics_listen = listen_flag("metrics", m)?;
     }
+    a.edge_token.apply(&mut cfg.api.edge_token_file);
+    a.admin_token.apply(&mut cfg.api.admin_token_file);
     cfg.validate()?;
     Ok(cfg)
 }

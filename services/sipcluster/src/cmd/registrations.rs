@@ -6,8 +6,6 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use sip_registrar::{Aor, Binding};
 
-use super::location_api;
-
 /// The registrations command's flags.
 #[derive(Args, Clone)]
 pub struct RegistrationsArgs {
@@ -96,7 +94,7 @@ fn show(b: &Binding, now: u64) {
 
 /// Run one action and print its result.
 pub async fn run(a: RegistrationsArgs) -> Result<()> {
-    let client = location_api(&a.location.url)?;
+    let client = a.location.client()?;
     match a.action {
         RegistrationsAction::List => {
             let (mut token, mut aors, mut contacts) = (String::new(), 0usize, 0usize);

@@ -61,7 +61,7 @@ fn read_password() -> Result<String> {
 
 /// Run one provisioning action.
 pub async fn run(a: UsersArgs) -> Result<()> {
-    let client = super::location_api(&a.location.url)?;
+    let client = a.location.client()?;
     match a.action {
         UsersAction::Add {
             username,

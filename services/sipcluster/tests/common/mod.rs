@@ -100,10 +100,96 @@ pub struct Server {
     pub admin_api: Option<SocketAddr>,
     pub dir: PathBuf,
     pub name: String,
+    /// The token files every process of the test was given (see [`token_files`]).
+    pub tokens: TokenFiles,
 }
 
 /// The nonce secret every test process shares (edges must verify each other's nonces).
 pub const NONCE_SECRET: &str = "e2e-test-nonce-secret-0123456789";
+
+/// The edge token of every test process (edges present it, servers accept it).
+pub const EDGE_TOKEN: &str = "e2e-edge-token-0123456789abcdef";
+/// The admin token of every test process (the operator's commands present it).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// Where a test's token files are.
+#[derive(Clone, Debug)]
+pub struct TokenFiles {
+    pub edge: PathBuf,
+    pub admin: PathBuf,
+}
+
+impl TokenFiles {
+    pub fn admin_str(&self) -> String {
+        self.admin.display().to_string()
+    }
+    pub fn edge_str(&self) -> String {
+        self.edge.display().to_string()
+    }
+}
+
+/// The token files of the test in `dir` (written on first use): what the harness gives
+/// every process it starts, as a Kubernetes Secret mount would.
+pub fn token_files(dir: &Path) -> TokenFiles {
+    let t = TokenFiles {
+        edge: dir.join("edge-token"),
+        admin: dir.join("admin-token"),
+    };
+    fs::write(&t.edge, format!("{EDGE_TOKEN}\n")).expect("edge token file");
+    fs::write(&t.admin, format!("{ADMIN_TOKEN}\n")).expect("admin token file");
+    t
+}
+
+/// A location API client for the tests' direct calls: short deadlines, no retries, no
+/// credentials cache, presenting `token` (none: an anonymous caller).
+pub fn location_client(endpoint: &str, token: Option<&str>) -> location_client::LocationClient {
+    location_client::LocationClient::new(location_client::ClientConfig {
+        endpoint: endpoint.to_owned(),
+        timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(3),
+        retries: 0,
+        credentials_ttl: Duration::ZERO,
+        token: token.map(|t| grpc_auth::Token::new(t).expect("token")),
+    })
+    .expect("location client")
+}
+
+/// A media relay control client presenting `token` (none: an anonymous caller).
+pub async fn media_client(
+    control: SocketAddr,
+    token: Option<&str>,
+) -> sipcluster_proto::media::v1::media_relay_client::MediaRelayClient<grpc_auth::AuthChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("control API");
+    let token = token.map(|t| grpc_auth::Token::new(t).expect("token"));
+    sipcluster_proto::media::v1::media_relay_client::MediaRelayClient::new(
+        grpc_auth::Bearer::new(token.as_ref()).channel(channel),
+    )
+}
+
+/// An Offer that opens a new session (one stream from 127.0.0.1:40000) for `call_id`.
+pub fn new_session_offer(call_id: &str) -> sipcluster_proto::media::v1::UpdateRequest {
+    use sipcluster_proto::media::v1 as pb;
+    pb::UpdateRequest {
+        call_id: call_id.to_owned(),
+        sender_tag: "a".into(),
+        media: vec![pb::Media {
+            address: "127.0.0.1".into(),
+            port: 40000,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The per-user state directory the test's processes see (`XDG_STATE_HOME`), so an
+/// all-in-one that generates its admin token writes it there, never into the real home.
+pub fn state_home(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
 
 impl Server {
     /// Start an all-in-one on free loopback ports with the demo users; `extra` adds flags.
@@ -122,7 +208,23 @@ impl Server {
         Server::all_in_one(dir, "sipcluster", extra, "/healthz")
     }
 
+    /// An all-in-one given no admin token file (it generates one and leaves it under
+    /// [`state_home`]), as a new user runs it.
+    pub fn start_generating_admin_token(dir: &Path, extra: &[&str]) -> Server {
+        Server::all_in_one_tokens(dir, "sipcluster", extra, "/readyz", false)
+    }
+
     fn all_in_one(dir: &Path, name: &str, extra: &[&str], wait: &str) -> Server {
+        Server::all_in_one_tokens(dir, name, extra, wait, true)
+    }
+
+    fn all_in_one_tokens(
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+        wait: &str,
+        admin_token_file: bool,
+    ) -> Server {
         let sip = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
         let (loc, admin) = (free_addr(), free_addr());
         let mut args = vec![
@@ -133,6 +235,10 @@ impl Server {
             "--admin".to_owned(),
             admin.to_string(),
         ];
+        if admin_token_file {
+            args.push("--admin-token-file".to_owned());
+            args.push(token_files(dir).admin_str());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server::launch(dir, name, "all-in-one", sip, free_addr(), &args, wait);
         s.location_api = Some(loc);
@@ -292,8 +398,28 @@ impl Server {
         let log = fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipcluster"));
         cmd.arg(sub).args(["--metrics", &metrics.to_string()]);
+        cmd.env("XDG_STATE_HOME", state_home(dir));
         if !args.iter().any(|a| a == "--log-level") {
             cmd.args(["--log-level", "info"]);
+        }
+        // Every process gets the test's tokens as a pod gets its Secret mounts, unless
+        // the test gives its own.
+        let tokens = token_files(dir);
+        let given = |flag: &str| args.iter().any(|a| a == flag);
+        let mut token_flag = |flag: &str, file: &Path| {
+            if !given(flag) {
+                cmd.args([flag, &file.display().to_string()]);
+            }
+        };
+        match sub {
+            "location" | "media-relay" => {
+                token_flag("--edge-token-file", &tokens.edge);
+                token_flag("--admin-token-file", &tokens.admin);
+            }
+            "dispatcher" => token_flag("--admin-token-file", &tokens.admin),
+            // The all-in-one's admin token is its own flag (above); edges present the
+            // edge token.
+            _ => token_flag("--edge-token-file", &tokens.edge),
         }
         match sub {
             "location" | "media-relay" => {}
@@ -319,6 +445,7 @@ impl Server {
             admin_api: None,
             dir: dir.to_owned(),
             name: name.to_owned(),
+            tokens,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -423,9 +550,15 @@ pub fn run_cli(args: &[&str]) -> CliOutput {
     run_cli_env(args, &[])
 }
 
-/// [`run_cli`] with extra environment variables.
+/// [`run_cli`] with extra environment variables. The per-user state directory is a
+/// scratch one (an all-in-one started this way must not write into the real home), unless
+/// `env` names one.
 pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let state = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("sipcluster-e2e")
+        .join("cli-state");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
+        .env("XDG_STATE_HOME", state)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
