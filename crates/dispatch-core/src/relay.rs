@@ -364,6 +364,29 @@ pub fn relayed_by_dispatcher<'m>(key: &TokenKey, top: &Via<'m>) -> Option<Relaye
     })
 }
 
+/// A dispatcher's Via without the parameters meant for the edge only (`scsrc`, `dlg`),
+/// for the copy an edge forwards: a callee that saw a signed client address could
+/// otherwise put that Via on its own request to an edge. `None` when there is nothing to
+/// remove.
+pub fn without_edge_params(via_raw: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(via_raw).ok()?;
+    let mut parts = text.split(';');
+    let head = parts.next()?;
+    let mut removed = false;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(head);
+    for p in parts {
+        let name = p.split('=').next().unwrap_or_default().trim();
+        if name.eq_ignore_ascii_case(SOURCE_PARAM) || name.eq_ignore_ascii_case(DIALOG_PARAM) {
+            removed = true;
+        } else {
+            out.push(';');
+            out.push_str(p);
+        }
+    }
+    removed.then(|| out.into_bytes())
+}
+
 /// The `dlg` parameter of a Route/Record-Route URI.
 pub fn dialog_param<'a>(uri: &sip_core::SipUri<'a>) -> Option<&'a str> {
     uri.params.get(DIALOG_PARAM).flatten()
@@ -835,7 +858,10 @@ impl Relay {
             .key
             .sign_source(&format!("{RELAY_BRANCH}{h:016x}"), source.addr);
         let _ = write!(via, ";{SOURCE_PARAM}={signed}");
-        if let Some(d) = dialog.filter(|_| in_dialog) {
+        // Only something shaped like a token is handed on (the edge verifies it).
+        if let Some(d) = dialog
+            .filter(|d| in_dialog && d.len() <= 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             let _ = write!(via, ";{DIALOG_PARAM}={d}");
         }
         let client_via = msg.top_via_seen_from(source.addr);
@@ -1033,6 +1059,13 @@ impl Relay {
         flows: &impl FlowTable,
         now: Instant,
     ) {
+        // The internal side relays for edges only: a request from anyone else (the port
+        // reached from outside) could name a destination set or a flow token and be
+        // carried to a trunk or a client without any edge having checked it.
+        if !self.is_edge_ip(source.addr.ip()) {
+            self.metrics.drop("not_an_edge");
+            return;
+        }
         let Some((method, _top, call_id)) = self.precheck(Side::Internal, msg, source) else {
             return;
         };
@@ -1074,7 +1107,9 @@ impl Relay {
                 // The connection is gone (or was on a dispatcher that restarted). A client
                 // not behind a NAT listens at its Contact: open a new connection there
                 // (RFC 3261 §18.1.1); behind a NAT nothing else reaches it (RFC 5626 §5.3).
-                Some(_) => match ruri_addr(msg).filter(|_| !tok.nat) {
+                // The Request-URI only picks the port on the client's own host: a token
+                // never carries a request to an address other than the client's.
+                Some(_) => match ruri_addr(msg).filter(|a| !tok.nat && a.ip() == tok.client.ip()) {
                     Some(addr) => Target {
                         transport: Transport::Tcp,
                         addr,
@@ -1091,7 +1126,9 @@ impl Relay {
                     addr: if tok.nat {
                         tok.client
                     } else {
-                        ruri_addr(msg).unwrap_or(tok.client)
+                        ruri_addr(msg)
+                            .filter(|a| a.ip() == tok.client.ip())
+                            .unwrap_or(tok.client)
                     },
                     flow: None,
                 },

@@ -75,20 +75,47 @@ impl TokenKey {
     /// A request that never went through our Record-Route cannot show one for its
     /// Call-ID, which is what closes the "fake in-dialog request" relay.
     pub fn dialog_token(&self, call_id: &str, from_tag: &str) -> String {
-        let mac = self.mac_parts(DIALOG_DOMAIN, &[call_id.as_bytes(), from_tag.as_bytes()]);
+        self.dialog_token_for(call_id, from_tag, false)
+    }
+
+    /// A dialog token that also says the dialog was set up by a sender who proved who it
+    /// is (digest) or is trusted: only an edge knows that, so only an edge's own
+    /// Record-Route carries one. In-dialog requests of such a dialog may go anywhere; those
+    /// of any other dialog only to its parties (see the edge's in-dialog rules).
+    pub fn dialog_token_for(&self, call_id: &str, from_tag: &str, authorized: bool) -> String {
+        let domain = if authorized {
+            DIALOG_AUTH_DOMAIN
+        } else {
+            DIALOG_DOMAIN
+        };
+        let mac = self.mac_parts(domain, &[call_id.as_bytes(), from_tag.as_bytes()]);
         hex(&mac[..MAC_LEN])
     }
 
     /// Does `token` belong to the dialog of this in-dialog request? Its From tag or its
     /// To tag is the caller's (requests flow both ways in a dialog).
     pub fn dialog_ok(&self, token: &str, call_id: &str, tags: [Option<&str>; 2]) -> bool {
-        let Some(got) = unhex(token).filter(|g| g.len() == MAC_LEN) else {
-            return false;
-        };
-        tags.into_iter().flatten().any(|tag| {
-            let want = self.mac_parts(DIALOG_DOMAIN, &[call_id.as_bytes(), tag.as_bytes()]);
-            ct_eq(&want[..MAC_LEN], &got)
-        })
+        self.dialog_check(token, call_id, tags).is_some()
+    }
+
+    /// [`TokenKey::dialog_ok`], saying also whether the token is an authorized dialog's
+    /// ([`TokenKey::dialog_token_for`]): `Some(authorized)` when it verifies.
+    pub fn dialog_check(
+        &self,
+        token: &str,
+        call_id: &str,
+        tags: [Option<&str>; 2],
+    ) -> Option<bool> {
+        let got = unhex(token).filter(|g| g.len() == MAC_LEN)?;
+        [(DIALOG_AUTH_DOMAIN, true), (DIALOG_DOMAIN, false)]
+            .into_iter()
+            .find(|(domain, _)| {
+                tags.into_iter().flatten().any(|tag| {
+                    let want = self.mac_parts(domain, &[call_id.as_bytes(), tag.as_bytes()]);
+                    ct_eq(&want[..MAC_LEN], &got)
+                })
+            })
+            .map(|(_, authorized)| authorized)
     }
 
     /// The client's address, signed, for the dispatcher's own Via of a request it
@@ -121,6 +148,7 @@ impl TokenKey {
 }
 
 const DIALOG_DOMAIN: &[u8] = b"sipcluster dialog token v1\0";
+const DIALOG_AUTH_DOMAIN: &[u8] = b"sipcluster authorized dialog token v1\0";
 const VIA_DOMAIN: &[u8] = b"sipcluster dispatcher via v1\0";
 const VIA_MAC_LEN: usize = 8;
 
@@ -305,6 +333,21 @@ mod tests {
         assert!(!key.dialog_ok("00", "call-1@host", [Some("caller-tag"), None]));
         let other = TokenKey::new(b"another-secret-entirely");
         assert!(!other.dialog_ok(&t, "call-1@host", [Some("caller-tag"), None]));
+        // An authorized dialog's token says so; the other kind does not pass for one.
+        let a = key.dialog_token_for("call-1@host", "caller-tag", true);
+        assert_ne!(a, t);
+        assert_eq!(
+            key.dialog_check(&a, "call-1@host", [Some("caller-tag"), None]),
+            Some(true)
+        );
+        assert_eq!(
+            key.dialog_check(&t, "call-1@host", [Some("caller-tag"), None]),
+            Some(false)
+        );
+        assert_eq!(
+            key.dialog_check(&a, "call-2@host", [Some("caller-tag"), None]),
+            None
+        );
         // Length prefixes: moving a byte between Call-ID and tag changes the token.
         assert_ne!(key.dialog_token("ab", "c"), key.dialog_token("a", "bc"));
     }

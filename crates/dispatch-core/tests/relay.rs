@@ -791,3 +791,54 @@ fn a_200_past_a_dead_edge_still_reaches_the_caller() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].target.addr, other);
 }
+
+#[test]
+fn the_internal_side_takes_requests_from_edges_only() {
+    let mut r = relay();
+    let now = Instant::now();
+    with_edges(&mut r, 1, now);
+    r.set_sets(
+        vec![(
+            "trunk".into(),
+            dispatch_core::Algorithm::Priority,
+            vec![TargetSpec {
+                id: "gw".into(),
+                addr: "198.51.100.50:5060".parse().unwrap(),
+                transport: Transport::Udp,
+                weight: 1,
+                priority: 0,
+            }],
+        )],
+        now,
+    );
+    let _ = all(&mut r);
+    let invite = |via: &str| {
+        format!(
+            "INVITE sip:+15551234567@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKint1\r\n\
+             Route: <sip:set-trunk@10.0.0.9:5070;lr>\r\nMax-Forwards: 69\r\nFrom: <sip:a@example.com>;tag=a1\r\n\
+             To: <sip:+15551234567@example.com>\r\nCall-ID: int-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // From an address that is no edge (the internal port reached from outside): dropped.
+    let outsider = udp("203.0.113.66:5060");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite("203.0.113.66:5060"))).unwrap(),
+        outsider,
+        &Flows(vec![]),
+        now,
+    );
+    assert!(all(&mut r).is_empty(), "nothing relayed for a non-edge");
+    // From the edge: handled (the member has not answered a probe yet, so the edge is
+    // told 503: the point is that it is answered, not dropped).
+    let from_edge = udp(&edge(1).addr.to_string());
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite(&edge(1).addr.to_string()))).unwrap(),
+        from_edge,
+        &Flows(vec![]),
+        now,
+    );
+    let out = all(&mut r);
+    assert!(out.iter().any(|t| t.target == from_edge), "{out:?}");
+}

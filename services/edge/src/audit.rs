@@ -75,11 +75,14 @@ fn origin(
     msg: &SipMessage,
     source: Target,
 ) -> (SocketAddr, String) {
-    let mut vias = msg.via().flatten();
-    if let (Some(top), Some(client)) = (vias.next(), vias.next())
-        && let Some(r) = dispatch_core::relay::relayed_by_dispatcher(tokens, &top)
-    {
-        return (r.client, client.transport.as_str().to_ascii_uppercase());
+    if let Some(r) = crate::origin::relayed(tokens, msg, source) {
+        let transport = msg
+            .via()
+            .flatten()
+            .nth(1)
+            .map(|v| v.transport.as_str().to_ascii_uppercase())
+            .unwrap_or_default();
+        return (r.client, transport);
     }
     (source.addr, source.transport.as_str().to_owned())
 }

@@ -163,6 +163,11 @@ impl Core {
                 received_at,
             } => {
                 if msg.is_request() {
+                    // Scanners, banned sources and a source over its rate get nothing, not
+                    // even a 400 for a malformed request.
+                    if self.dropped(&msg, source, now) {
+                        return;
+                    }
                     if let Err(e) = msg.validate_request() {
                         tracing::debug!(src = %source.addr, error = %e, "invalid request");
                         self.sh
@@ -181,9 +186,6 @@ impl Core {
                             self.count_response(e.status());
                             self.transports.send(source, r, TxnRef::Stateless);
                         }
-                        return;
-                    }
-                    if self.dropped(&msg, source, now) {
                         return;
                     }
                     let msg = with_received(msg, source);
@@ -774,6 +776,12 @@ impl Core {
         let sh = self.sh.clone();
         let transports = self.transports.clone();
         tokio::spawn(async move {
+            // Like any in-dialog request, the ACK leaves only within a dialog set up
+            // through us, and only toward its parties: checked before anything is done
+            // for it (the media relay is not asked about a stranger's SDP).
+            let Some(trusted) = ack_allowed(&sh, &ack, source).await else {
+                return;
+            };
             // The answer of a late offer rides on the ACK.
             let mut ack = ack;
             if let Some(relays) = &sh.relays
@@ -785,7 +793,7 @@ impl Core {
             {
                 ack = rewritten;
             }
-            if let Some((target, bytes)) = stateless_request(&sh, &ack, source).await {
+            if let Some((target, bytes)) = stateless_request(&sh, &ack, trusted).await {
                 transports.send(target, bytes, TxnRef::Stateless);
             }
         });
@@ -820,6 +828,14 @@ impl Core {
     }
 }
 
+/// The identity headers believed only from trusted peers (RFC 3325 §5; Remote-Party-ID
+/// and P-Preferred-Identity are its relatives).
+const IDENTITY_HEADERS: [&str; 3] = [
+    "P-Asserted-Identity",
+    "Remote-Party-ID",
+    "P-Preferred-Identity",
+];
+
 /// The forwarded copy of `ctx.original` for `hop` (RFC 3261 §16.6 steps 1–8).
 fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option<Bytes> {
     let original = &ctx.original;
@@ -834,7 +850,10 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
         .then(|| {
             let call_id = original.call_id().ok()?;
             let tag = original.from_tag().ok().flatten()?;
-            Some(sh.tokens.dialog_token(call_id, tag))
+            Some(
+                sh.tokens
+                    .dialog_token_for(call_id, tag, plan.identity.proven),
+            )
         })
         .flatten();
     let rr = |t| {
@@ -846,7 +865,17 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
     };
     let rr_out = rr(out_t);
     let rr_in = rr(in_t);
+    // The dispatcher's signed client address and dialog token are for this edge only.
+    let relayed_via = original
+        .top_via()
+        .ok()
+        .filter(dispatch_core::is_dispatcher_via)
+        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
     let mut ed = Editor::new(original);
+    if let Some(v) = &relayed_via {
+        ed.remove_top_via().ok()?;
+        ed.prepend_via(v.as_slice());
+    }
     for _ in 0..plan.pop_routes {
         ed.remove_top_route().ok()?;
     }
@@ -901,9 +930,9 @@ fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option
         }
     }
     if plan.identity.strip {
-        ed.remove_header_named("P-Asserted-Identity");
-        ed.remove_header_named("Remote-Party-ID");
-        ed.remove_header_named("P-Preferred-Identity");
+        for h in IDENTITY_HEADERS {
+            ed.remove_header_named(h);
+        }
     }
     if let Some(pai) = &plan.identity.assert {
         ed.add_header("P-Asserted-Identity", pai.as_bytes());
@@ -941,10 +970,32 @@ pub fn nat_via(msg: &SipMessage, source: Target) -> Option<String> {
 
 /// Route a request statelessly (the ACK for a 2xx): pop our Routes, send to the next
 /// Route or the Request-URI, with our Via.
+/// May this ACK go on? `Some(trusted sender)` when it may.
+async fn ack_allowed(sh: &Shared, ack: &SipMessage, source: Target) -> Option<bool> {
+    let routes: Vec<_> = ack.routes().flatten().collect();
+    let pop = routes
+        .iter()
+        .take_while(|r| {
+            r.parsed_uri()
+                .ok()
+                .and_then(|u| u.as_sip().map(|s| sh.local.is_me(s)))
+                .unwrap_or(false)
+        })
+        .count();
+    let next = routes.get(pop).and_then(|r| match r.parsed_uri() {
+        Ok(sip_core::Uri::Sip(u)) => Some(u),
+        _ => None,
+    });
+    let o = crate::origin::origin(sh, ack, source);
+    let verdict =
+        crate::decide::in_dialog_verdict(sh, ack, &routes[..pop], &o, next.as_ref()).await;
+    (verdict == crate::decide::InDialog::Allowed).then_some(o.trusted)
+}
+
 async fn stateless_request(
     sh: &Shared,
     msg: &SipMessage,
-    source: Target,
+    trusted: bool,
 ) -> Option<(Target, Bytes)> {
     let routes: Vec<_> = msg.routes().flatten().collect();
     let mine = |a: &sip_core::NameAddr<'_>| {
@@ -967,17 +1018,26 @@ async fn stateless_request(
         // to the user's phones.
         return None;
     }
-    // Like any in-dialog request, the ACK leaves only for a dialog set up through us.
-    let o = crate::origin::origin(sh, msg, source);
-    if !o.trusted && !crate::decide::dialog_token_ok(sh, msg, &routes[..pop], &o) {
-        return None;
-    }
     let target = resolve(&sip).await?;
     let branch = format!("{}.ack", branch_prefix(loop_hash(msg)));
     let via = sh.local.via(target.transport, &branch);
+    let relayed_via = msg
+        .top_via()
+        .ok()
+        .filter(dispatch_core::is_dispatcher_via)
+        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
     let mut ed = Editor::new(msg);
+    if let Some(v) = &relayed_via {
+        ed.remove_top_via().ok()?;
+        ed.prepend_via(v.as_slice());
+    }
     for _ in 0..pop {
         ed.remove_top_route().ok()?;
+    }
+    if !trusted {
+        for h in IDENTITY_HEADERS {
+            ed.remove_header_named(h);
+        }
     }
     ed.decrement_max_forwards().ok()?;
     ed.prepend_via(via.as_bytes());

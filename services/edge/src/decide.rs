@@ -97,6 +97,9 @@ pub struct IdentityHeaders {
     pub strip: bool,
     /// Add this P-Asserted-Identity value (`<sip:user@realm>`).
     pub assert: Option<String>,
+    /// The sender authenticated or is trusted: our Record-Route's dialog token says so,
+    /// and the dialog's in-dialog requests may then go anywhere.
+    pub proven: bool,
 }
 
 impl Plan {
@@ -317,6 +320,7 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
         Decision::Forward { txn, mut plan } => {
             plan.identity = IdentityHeaders {
                 strip: !sender.origin.trusted,
+                proven: sender.origin.trusted || sender.user.is_some(),
                 assert: sender
                     .user
                     .filter(|_| sh.cfg.security.assert_identity && !sender.origin.trusted),
@@ -334,18 +338,17 @@ struct Sender<'m> {
     user: Option<String>,
 }
 
-/// Is this in-dialog request one whose dialog was set up through our Record-Route? It
-/// shows the dialog token of that Record-Route: in a Route we popped (or, from a strict
-/// router, the Request-URI), or in the Via of the dispatcher that popped it.
-pub(crate) fn dialog_token_ok(
+/// Was this in-dialog request's dialog set up through our Record-Route? It shows the
+/// dialog token of that Record-Route: in a Route we popped (or, from a strict router, the
+/// Request-URI), or in the Via of the dispatcher that popped it. `Some(authorized)` when a
+/// token verifies (`true`: the dialog was set up by an authenticated or trusted sender).
+pub(crate) fn dialog_token_check(
     sh: &Shared,
     msg: &SipMessage,
     own_routes: &[NameAddr<'_>],
     o: &Origin<'_>,
-) -> bool {
-    let Ok(call_id) = msg.call_id() else {
-        return false;
-    };
+) -> Option<bool> {
+    let call_id = msg.call_id().ok()?;
     let tags = [msg.from_tag().ok().flatten(), msg.to_tag().ok().flatten()];
     let ruri = match msg.request_uri() {
         Ok(Uri::Sip(u)) if sh.local.is_me(&u) => dispatch_core::relay::dialog_param(&u),
@@ -357,7 +360,90 @@ pub(crate) fn dialog_token_ok(
         .filter_map(|u| dispatch_core::relay::dialog_param(&u))
         .chain(o.dialog)
         .chain(ruri)
-        .any(|t| sh.tokens.dialog_ok(t, call_id, tags))
+        .filter_map(|t| sh.tokens.dialog_check(t, call_id, tags))
+        .max()
+}
+
+/// What an in-dialog request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InDialog {
+    /// Go on.
+    Allowed,
+    /// Only for a sender who proves who it is (a digest for a local From).
+    Challenge,
+    /// Not our dialog: 404 (an ACK is dropped).
+    Refused,
+}
+
+/// The rules for an in-dialog request whose next hop is `next_route` (the first Route
+/// left after ours) or, without one, its Request-URI:
+/// * a trusted peer, or a dialog an authenticated or trusted sender set up (its token
+///   says so), may go anywhere;
+/// * without our dialog token it is refused (it never went through our Record-Route);
+/// * otherwise (a dialog an unauthenticated caller set up, or a dispatcher's token, which
+///   cannot know) it may go to the dialog's parties only: through a dispatcher's signed
+///   flow token (the dispatcher delivers only to the address the token names), or to the
+///   Request-URI when that is a registered contact of the local user the To names (the
+///   caller reaching the callee). Anything else, the sender must authenticate: this is
+///   what stops a caller from reusing its own dialog to reach any address.
+pub(crate) async fn in_dialog_verdict(
+    sh: &Shared,
+    msg: &SipMessage,
+    own_routes: &[NameAddr<'_>],
+    o: &Origin<'_>,
+    next_route: Option<&SipUri<'_>>,
+) -> InDialog {
+    if o.trusted {
+        return InDialog::Allowed;
+    }
+    match dialog_token_check(sh, msg, own_routes, o) {
+        None => return InDialog::Refused,
+        Some(true) => return InDialog::Allowed,
+        Some(false) => {}
+    }
+    if let Some(next) = next_route {
+        let party = next
+            .user
+            .filter(|u| u.starts_with(dispatch_core::token::PREFIX))
+            .and_then(|u| dispatch_core::FlowToken::decode(&sh.tokens, u))
+            .is_some();
+        return if party {
+            InDialog::Allowed
+        } else {
+            InDialog::Challenge
+        };
+    }
+    if ruri_is_a_contact_of_to(sh, msg).await {
+        InDialog::Allowed
+    } else {
+        InDialog::Challenge
+    }
+}
+
+/// Is the Request-URI a registered contact of the local user the To header names?
+async fn ruri_is_a_contact_of_to(sh: &Shared, msg: &SipMessage) -> bool {
+    let (Ok(Uri::Sip(ruri)), Some(to)) = (
+        msg.request_uri(),
+        msg.to_header().ok().as_ref().and_then(sip_uri),
+    ) else {
+        return false;
+    };
+    let (Some(domain), Some(user)) = (sh.local.local_domain(&to), to.user) else {
+        return false;
+    };
+    let Ok(aor) = Aor::parse(&format!("sip:{user}@{domain}")) else {
+        return false;
+    };
+    let Ok(bindings) = sh.store.lookup(&aor, unix_now()).await else {
+        return false;
+    };
+    let port = |u: &SipUri<'_>| u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+    bindings
+        .iter()
+        .any(|b| match Uri::parse(b.contact.as_bytes()) {
+            Ok(Uri::Sip(c)) => c.host.same_as(&ruri.host) && port(&c) == port(&ruri),
+            _ => false,
+        })
 }
 
 /// Can this edge send there? TLS and WebSocket come later: never downgrade a `sips:` or
@@ -412,9 +498,6 @@ async fn decide_for(
     let initial = msg.to_tag().ok().flatten().is_none();
     let record_route = initial && creates_dialog(method) && sh.cfg.sip.record_route;
     let trusted = sender.origin.trusted;
-    // In a dialog: did it come through our Record-Route (or from a trusted peer)?
-    let in_our_dialog =
-        !initial && (trusted || dialog_token_ok(sh, msg, &routes[..pop], &sender.origin));
     let from_domain = msg
         .from_header()
         .ok()
@@ -451,8 +534,28 @@ async fn decide_for(
                 Ok(user) => sender.user = Some(format!("<sip:{user}@{realm}>")),
                 Err(d) => return d,
             }
-        } else if !initial && !in_our_dialog {
-            return refuse_in_dialog(txn, msg);
+        } else if !initial {
+            match in_dialog_verdict(sh, msg, &routes[..pop], &sender.origin, Some(&next)).await {
+                InDialog::Allowed => {}
+                InDialog::Refused => return refuse_in_dialog(txn, msg),
+                InDialog::Challenge => {
+                    if let Err(d) = prove(
+                        sh,
+                        txn,
+                        msg,
+                        source,
+                        sender,
+                        from_domain.as_deref(),
+                        challengeable,
+                        now,
+                        404,
+                    )
+                    .await
+                    {
+                        return d;
+                    }
+                }
+            }
         }
         return match resolve(&next).await {
             Some(target) if sendable(&target) => Decision::Forward {
@@ -560,8 +663,21 @@ async fn decide_for(
             .outbound
             .set_for(target_uri.user, &target_uri.host.to_string())
     {
-        if !may_leave {
-            return respond(txn, msg, 403);
+        if !may_leave
+            && let Err(d) = prove(
+                sh,
+                txn,
+                msg,
+                source,
+                sender,
+                from_domain.as_deref(),
+                challengeable,
+                now,
+                403,
+            )
+            .await
+        {
+            return d;
         }
         let route = sh.cfg.outbound.dispatcher.as_deref().and_then(|d| {
             let Ok(Uri::Sip(u)) = Uri::parse(d.as_bytes()) else {
@@ -603,12 +719,34 @@ async fn decide_for(
         };
     }
 
-    if !initial && domain.is_none() {
-        // In-dialog request without (more) Route: the Request-URI is the remote target,
-        // anywhere: only for a dialog that was set up through us.
-        if !in_our_dialog {
-            return refuse_in_dialog(txn, msg);
+    if !initial {
+        // In-dialog request without (more) Route: the Request-URI is the remote target.
+        match in_dialog_verdict(sh, msg, &routes[..pop], &sender.origin, None).await {
+            InDialog::Allowed => {}
+            InDialog::Refused => return refuse_in_dialog(txn, msg),
+            // A Request-URI in our domain is looked up below like any request for a
+            // local user; anywhere else only for a sender who proves who it is.
+            InDialog::Challenge if domain.is_some() => {}
+            InDialog::Challenge => {
+                if let Err(d) = prove(
+                    sh,
+                    txn,
+                    msg,
+                    source,
+                    sender,
+                    from_domain.as_deref(),
+                    challengeable,
+                    now,
+                    404,
+                )
+                .await
+                {
+                    return d;
+                }
+            }
         }
+    }
+    if !initial && domain.is_none() {
         return match resolve(&target_uri).await {
             Some(target) if sendable(&target) => Decision::Forward {
                 txn,
@@ -663,9 +801,23 @@ async fn decide_for(
         }
         (Some(_), None) => respond(txn, msg, 404),
         (None, _) => {
-            // A foreign domain: only for a user who authenticated, or a trusted peer.
-            if !may_leave {
-                return respond(txn, msg, 403);
+            // A foreign domain: only for a user who authenticated (with auth.invite off,
+            // challenged now), or a trusted peer.
+            if !may_leave
+                && let Err(d) = prove(
+                    sh,
+                    txn,
+                    msg,
+                    source,
+                    sender,
+                    from_domain.as_deref(),
+                    challengeable,
+                    now,
+                    403,
+                )
+                .await
+            {
+                return d;
             }
             match resolve(&target_uri).await {
                 Some(target) if sendable(&target) => Decision::Forward {
@@ -677,6 +829,43 @@ async fn decide_for(
             }
         }
     }
+}
+
+/// A request that may only leave for a sender who proves who it is: a local From is
+/// challenged (phones answer a 407 to a BYE or re-INVITE as to an INVITE); anyone else
+/// gets `refusal` (404 in a dialog, 403 otherwise).
+#[allow(clippy::too_many_arguments)] // each is one fact of the request being checked
+async fn prove(
+    sh: &Shared,
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    source: Target,
+    sender: &mut Sender<'_>,
+    from_domain: Option<&str>,
+    challengeable: bool,
+    now: u64,
+    refusal: u16,
+) -> Result<(), Decision> {
+    if sender.user.is_some() {
+        return Ok(());
+    }
+    let Some(realm) = from_domain.filter(|_| challengeable) else {
+        return Err(respond(txn, msg, refusal));
+    };
+    let user = authenticate(
+        sh,
+        txn,
+        msg,
+        source,
+        sender,
+        ChallengeKind::Proxy,
+        realm,
+        msg.from_user(),
+        now,
+    )
+    .await?;
+    sender.user = Some(format!("<sip:{user}@{realm}>"));
+    Ok(())
 }
 
 /// An in-dialog request for a dialog that did not go through our Record-Route (or whose
@@ -898,18 +1087,23 @@ async fn authenticate(
     // Counted by reason and logged (rate-limited) with who claimed what, from where;
     // counted towards the source's ban and the user's lock.
     let clock = std::time::Instant::now();
-    let fail = |reason: &'static str, claimed: &str, code: u16| {
+    // Only a guess that could have succeeded counts towards a ban: a wrong password for a
+    // known user (source and user), a login for an unknown one (source: enumeration).
+    // Not a stale or replayed nonce, a malformed header or a locked user: those cost an
+    // attacker nothing to send in someone else's name, and phones behind one NAT that
+    // merely repeat a nonce must not get their office banned.
+    let fail = |reason: &'static str, claimed: &str, code: u16, counts: Counts| {
         sh.metrics
             .auth_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
         sh.audit
             .auth_failed(msg, source, claimed, realm, reason, code);
-        if !sender.origin.trusted {
-            let who = if claimed.is_empty() {
-                String::new()
-            } else {
+        if !sender.origin.trusted && counts != Counts::Nothing {
+            let who = if counts == Counts::SourceAndUser {
                 format!("{claimed}@{realm}")
+            } else {
+                String::new()
             };
             for l in sh.guard.auth_failed(sender.origin.addr.ip(), &who, clock) {
                 sh.metrics
@@ -931,26 +1125,31 @@ async fn authenticate(
     let digest = match DigestResponse::parse(&auth) {
         Ok(d) => d,
         Err(r) => {
-            fail(r.label(), "", kind.status());
+            fail(r.label(), "", kind.status(), Counts::Nothing);
             return Err(challenge(false));
         }
     };
     // A forged or foreign nonce is refused before any store lookup.
     if digest.check_nonce(&sh.nonces, realm, now) == NonceCheck::Invalid {
-        fail("bad_nonce", digest.username(), kind.status());
+        fail(
+            "bad_nonce",
+            digest.username(),
+            kind.status(),
+            Counts::Nothing,
+        );
         return Err(challenge(false));
     }
     let username = digest.username().to_owned();
     // A locked user's guesses are not even checked: the answer is the same challenge.
     if sh.guard.user_locked(&format!("{username}@{realm}"), clock) {
-        fail("locked", &username, kind.status());
+        fail("locked", &username, kind.status(), Counts::Nothing);
         return Err(challenge(false));
     }
     let creds = match sh.users.credentials(&username, realm).await {
         Ok(Some(c)) => c,
         // The same challenge as for a wrong password: which users exist stays unknown.
         Ok(None) => {
-            fail("unknown_user", &username, kind.status());
+            fail("unknown_user", &username, kind.status(), Counts::Source);
             return Err(challenge(false));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
@@ -961,7 +1160,7 @@ async fn authenticate(
         Outcome::Verified { .. } => {}
         Outcome::Stale => return Err(challenge(true)),
         Outcome::Failed(r) => {
-            fail(r.label(), &username, kind.status());
+            fail(r.label(), &username, kind.status(), Counts::SourceAndUser);
             return Err(challenge(false));
         }
     }
@@ -978,18 +1177,26 @@ async fn authenticate(
     {
         Ok(true) => {}
         Ok(false) => {
-            fail("replay", &username, kind.status());
+            fail("replay", &username, kind.status(), Counts::Nothing);
             return Err(challenge(true));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
     }
     // The authenticated user may only act as itself (register its own AOR, call as itself).
     if expected_user.is_some_and(|u| u != username) {
-        fail("identity_mismatch", &username, 403);
+        fail("identity_mismatch", &username, 403, Counts::Source);
         return Err(refuse_login(txn, msg));
     }
     sh.guard.auth_succeeded(&format!("{username}@{realm}"));
     Ok(username)
+}
+
+/// What a failed login counts towards (see `authenticate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    Nothing,
+    Source,
+    SourceAndUser,
 }
 
 /// The registrar (§10.3): authenticate, apply through the store, answer with the bindings.

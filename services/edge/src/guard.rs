@@ -94,6 +94,7 @@ impl Guard {
 
     /// A new request from `ip` (not a trusted peer) at `now`.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Admit {
+        let ip = source_key(ip);
         let mut st = self.state();
         if let Some(f) = st.sources.get(&ip)
             && f.until.is_some_and(|u| now < u)
@@ -140,6 +141,7 @@ impl Guard {
     /// A failed login by `user` (`user@realm`, as claimed) from `ip`. Returns the bans
     /// that start now.
     pub fn auth_failed(&self, ip: IpAddr, user: &str, now: Instant) -> Vec<Lockout> {
+        let ip = source_key(ip);
         let mut st = self.state();
         let mut out = Vec::new();
         if self.per_source > 0 {
@@ -188,6 +190,18 @@ impl Guard {
             st.sources.values().filter(|f| live(f)).count(),
             st.users.values().filter(|f| live(f)).count(),
         )
+    }
+}
+
+/// The key a source is limited and banned by: its address, or for IPv6 its /64 (one
+/// host gets a whole /64, so single addresses would give it endless fresh sources).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -311,6 +325,20 @@ mod tests {
         g.auth_failed(ip("203.0.113.50"), "carol@d", t0);
         g.auth_succeeded("carol@d");
         assert!(!g.state().users.contains_key("carol@d"));
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_per_64() {
+        let g = Guard::new(&cfg());
+        let t0 = Instant::now();
+        let admitted = (0..100u16)
+            .filter(|i| {
+                let a: IpAddr = format!("2001:db8:1:2::{i:x}").parse().expect("ip");
+                g.admit(a, t0) == Admit::Yes
+            })
+            .count();
+        assert_eq!(admitted, 20, "one bucket for the /64");
+        assert_eq!(g.admit(ip("2001:db8:1:3::1"), t0), Admit::Yes);
     }
 
     #[test]

@@ -29,13 +29,28 @@ pub struct Origin<'m> {
     pub trusted: bool,
 }
 
-/// Read the sender of `msg`, received from `source`.
-pub fn origin<'m>(sh: &Shared, msg: &'m SipMessage, source: Target) -> Origin<'m> {
-    let relayed = msg
+/// The dispatcher's word on a request, when its top Via is a dispatcher's, its signature
+/// verifies, and the packet came from that Via's own address (a Via copied from a request
+/// seen elsewhere and sent from another host is not believed; the edges strip these
+/// parameters from what they forward besides).
+pub fn relayed<'m>(
+    tokens: &dispatch_core::TokenKey,
+    msg: &'m SipMessage,
+    source: Target,
+) -> Option<dispatch_core::relay::Relayed<'m>> {
+    let top = msg
         .top_via()
         .ok()
-        .filter(dispatch_core::is_dispatcher_via)
-        .and_then(|top| dispatch_core::relay::relayed_by_dispatcher(&sh.tokens, &top));
+        .filter(dispatch_core::is_dispatcher_via)?;
+    if top.sent_by.host.ip() != Some(source.addr.ip()) {
+        return None;
+    }
+    dispatch_core::relay::relayed_by_dispatcher(tokens, &top)
+}
+
+/// Read the sender of `msg`, received from `source`.
+pub fn origin<'m>(sh: &Shared, msg: &'m SipMessage, source: Target) -> Origin<'m> {
+    let relayed = relayed(&sh.tokens, msg, source);
     let (addr, dialog) = match relayed {
         Some(r) => (r.client, r.dialog),
         None => (source.addr, None),

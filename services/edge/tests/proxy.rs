@@ -33,6 +33,15 @@ fn dlg(call_id: &str, tag: &str) -> String {
     )
 }
 
+/// The same for a dialog an authenticated or trusted sender set up (its in-dialog
+/// requests may go anywhere).
+fn dlg_proven(call_id: &str, tag: &str) -> String {
+    format!(
+        ";dlg={}",
+        dispatch_core::TokenKey::new(SECRET.as_bytes()).dialog_token_for(call_id, tag, true)
+    )
+}
+
 async fn start_edge() -> Edge {
     start_edge_with_tcp(false).await
 }
@@ -468,7 +477,7 @@ async fn strict_routing_both_ways() {
          Route: <sip:bob@{n}>\r\nFrom: <sip:zoe@elsewhere.test>;tag=1\r\nTo: <sip:bob@sipcluster.local>;tag=2\r\n\
          Call-ID: sr1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
         e = edge.addr,
-        d = dlg("sr1", "2"),
+        d = dlg_proven("sr1", "2"),
         n = next.addr()
     );
     caller.send(&msg).await;
@@ -485,7 +494,7 @@ async fn strict_routing_both_ways() {
          Route: <sip:{e};lr{d}>, <sip:{n}>\r\nFrom: <sip:zoe@elsewhere.test>;tag=1\r\n\
          To: <sip:bob@sipcluster.local>;tag=2\r\nCall-ID: sr2\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n",
         e = edge.addr,
-        d = dlg("sr2", "1"),
+        d = dlg_proven("sr2", "1"),
         n = next.addr()
     );
     caller.send(&msg).await;

@@ -809,3 +809,102 @@ fn a_digest_replayed_to_another_edge_of_the_cluster_is_refused() {
         1.0
     );
 }
+
+/// The headers `name` of `msg`, in order.
+fn headers(msg: &str, name: &str) -> Vec<String> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_callers_own_dialog_is_no_relay_pass() {
+    let dir = workdir("security_dialog_pass");
+    let (aio, _loc, edge) = targets(&dir, &[]);
+    for (name, target) in [("all-in-one", aio.sip), ("edge", edge.sip)] {
+        let gw = Ua::on("127.0.0.2", "127.0.0.1:9".parse().expect("addr"));
+        let g = gw.addr();
+        let bob = Ua::on("127.0.0.1", target);
+        let reg = register(&bob, "bob", "bob-secret", None, &format!("{name}-pass-reg"));
+        assert_eq!(status(&reg), 200, "{reg}");
+        // mallory, from a foreign domain (no digest needed to call a local user), with
+        // the gateway as her Contact, calls bob; bob answers.
+        let mallory = Ua::on("127.0.0.13", target);
+        let call_id = format!("{name}-pass");
+        let m = mallory.addr();
+        mallory.send(&format!(
+            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {m};rport;branch=z9hG4bK-{call_id}-1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:mallory@evil.example>;tag=m1\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:mallory@{g}>\r\nContent-Length: 0\r\n\r\n"
+        ));
+        let inv = bob
+            .next_request(Duration::from_secs(3))
+            .expect("bob is called");
+        // The dispatcher's signed client address is for the edge only: bob never sees it
+        // (he could put it on his own request to an edge and pass for mallory's address).
+        assert!(!inv.contains("scsrc="), "{inv}");
+        let mut ok = String::from("SIP/2.0 200 OK\r\n");
+        for v in headers(&inv, "Via") {
+            ok += &format!("Via: {v}\r\n");
+        }
+        for v in headers(&inv, "Record-Route") {
+            ok += &format!("Record-Route: {v}\r\n");
+        }
+        ok += &format!(
+            "From: {}\r\nTo: {};tag=b1\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@{}>\r\nContent-Length: 0\r\n\r\n",
+            header(&inv, "From"),
+            header(&inv, "To"),
+            bob.addr()
+        );
+        bob.sock.send_to(ok.as_bytes(), target).expect("send 200");
+        // mallory's route set: the Record-Routes bob returned, in reverse.
+        let mut buf = vec![0u8; 65536];
+        let mut rr = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && rr.is_empty() {
+            if let Ok(n) = mallory.sock.recv(&mut buf) {
+                let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if r.starts_with("SIP/2.0 200") && r.contains(&call_id) {
+                    rr = headers(&r, "Record-Route");
+                }
+            }
+        }
+        assert!(
+            !rr.is_empty(),
+            "{name}: mallory got the 200 with our Record-Route"
+        );
+        let route: Vec<String> = rr.iter().rev().cloned().collect();
+        // Now she reuses her dialog to reach the gateway: a re-INVITE with the dialog's
+        // tags and our Route (with its valid token), addressed to the gateway.
+        for (i, ruri) in [format!("sip:+15551234567@{g}"), format!("sip:mallory@{g}")]
+            .iter()
+            .enumerate()
+        {
+            let r = mallory
+                .ask(&format!(
+                    "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {m};rport;branch=z9hG4bK-{call_id}-re{i}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:mallory@evil.example>;tag=m1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\n\
+                     Call-ID: {call_id}\r\nCSeq: {} INVITE\r\nRoute: {}\r\nContact: <sip:mallory@{g}>\r\n\
+                     Content-Length: 0\r\n\r\n",
+                    10 + i,
+                    route.join(", ")
+                ))
+                .unwrap_or_default();
+            // Through the dispatcher the only party her token reaches is herself;
+            // straight at an edge she must authenticate, and cannot.
+            assert!(!r.starts_with("SIP/2.0 2"), "{name}: {r}");
+        }
+        assert_eq!(
+            gw.next_request(Duration::from_secs(1)),
+            None,
+            "{name}: the gateway was reached through a caller's own dialog"
+        );
+    }
+}
