@@ -45,6 +45,8 @@ const RELAY_BRANCH: &str = "z9hG4bK-scd";
 const PROBE_BRANCH: &str = "z9hG4bK-scp";
 /// The Via parameter carrying the client connection a request came over.
 const FLOW_PARAM: &str = "scflow";
+/// The transport of that connection, when the client's Via names another one.
+const FLOW_TRANSPORT_PARAM: &str = "scflowt";
 /// The Via parameter carrying the client's address, signed ([`TokenKey::sign_source`]).
 const SOURCE_PARAM: &str = "scsrc";
 /// The URI parameter of our Record-Route URIs carrying the dialog token
@@ -311,23 +313,43 @@ fn sip_transport(v: &Via<'_>) -> Option<Transport> {
     Transport::from_token(v.transport.as_str())
 }
 
-/// The client connection our own Via names (`;scflow=`), if any.
-fn flow_of(ours: &Via<'_>) -> Option<FlowId> {
-    ours.params
-        .get(FLOW_PARAM)
+/// The client connection our own Via names (`;scflow=<id>`), if any, with its transport
+/// when that differs from what the client's Via says (`;scflowt=TCP`).
+fn flow_of(ours: &Via<'_>) -> Option<(FlowId, Option<Transport>)> {
+    let raw = ours.params.get(FLOW_PARAM).flatten()?.raw();
+    let id = u64::from_str_radix(std::str::from_utf8(raw).ok()?, 16).ok()?;
+    let transport = ours
+        .params
+        .get(FLOW_TRANSPORT_PARAM)
         .flatten()
-        .and_then(|v| u64::from_str_radix(&String::from_utf8_lossy(v.raw()), 16).ok())
-        .map(FlowId)
+        .and_then(|t| Transport::from_token(std::str::from_utf8(t.raw()).ok()?));
+    Some((FlowId(id), transport))
 }
 
-/// Where a response goes for this Via (§18.2.2, RFC 3581 §4).
-fn via_target(v: &Via<'_>, flow: Option<FlowId>) -> Option<Target> {
-    let transport = sip_transport(v)?;
-    Some(Target {
-        transport,
-        addr: v.response_addr()?,
-        flow: flow.filter(|_| transport != Transport::Udp),
-    })
+/// Where a response goes for this Via (§18.2.2, RFC 3581 §4). A request that came in on
+/// a connection is answered on that connection, whatever transport its Via names
+/// (§18.2.2: "the server transport uses the same connection"; Kamailio and OpenSIPS do
+/// the same), so a client whose Via says UDP but that spoke TCP still hears back.
+fn via_target(v: &Via<'_>, flow: Option<(FlowId, Option<Transport>)>) -> Option<Target> {
+    let addr = v.response_addr()?;
+    let target = match flow {
+        Some((id, Some(transport))) => Target {
+            transport,
+            addr,
+            flow: Some(id),
+        },
+        Some((id, None)) if sip_transport(v)? != Transport::Udp => Target {
+            transport: sip_transport(v)?,
+            addr,
+            flow: Some(id),
+        },
+        _ => Target {
+            transport: sip_transport(v)?,
+            addr,
+            flow: None,
+        },
+    };
+    Some(target)
 }
 
 /// Is this a dispatcher's Via (its relay branch)? An edge behind a dispatcher reads the
@@ -853,6 +875,11 @@ impl Relay {
         );
         if let Some(f) = source.flow {
             let _ = write!(via, ";{FLOW_PARAM}={:x}", f.0);
+            if sip_transport(&top) != Some(source.transport) {
+                // The client's Via names another transport than the connection it spoke
+                // on: its answers still go back on that connection.
+                let _ = write!(via, ";{FLOW_TRANSPORT_PARAM}={}", source.transport.as_str());
+            }
         }
         let signed = self
             .key

@@ -842,3 +842,41 @@ fn the_internal_side_takes_requests_from_edges_only() {
     let out = all(&mut r);
     assert!(out.iter().any(|t| t.target == from_edge), "{out:?}");
 }
+
+/// RFC 3261 §18.2.2: a request that came in on a connection is answered on that
+/// connection. A client whose Via says UDP (the RFC 4475 messages do) but that spoke TCP
+/// must hear back on its TCP connection, not by UDP to its Via's port.
+#[test]
+fn a_request_on_a_connection_is_answered_on_it_whatever_its_via_says() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 1, now);
+    let client = Target {
+        transport: Transport::Tcp,
+        addr: "203.0.113.9:50000".parse().unwrap(),
+        flow: Some(FlowId(0x4e)),
+    };
+    let opts = "OPTIONS sip:carol@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.168.1.30:5060;branch=z9hG4bKudpvia1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:dave@example.com>;tag=d1\r\nTo: <sip:carol@example.com>\r\n\
+Call-ID: via-says-udp\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let out = client_sends(&mut r, opts, client, now);
+    let fwd = parse(&out[0].bytes);
+    answer(&mut r, Side::Internal, &fwd, 404, out[0].target, now);
+    let back = all(&mut r);
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].side, Side::Public);
+    assert_eq!(
+        back[0].target, client,
+        "on the connection the request came in on"
+    );
+
+    // A UDP client is still answered by UDP at its received/rport.
+    let client = udp("203.0.113.10:40000");
+    let opts = opts.replace("z9hG4bKudpvia1", "z9hG4bKudpvia2");
+    let out = client_sends(&mut r, &opts, client, now);
+    let fwd = parse(&out[0].bytes);
+    answer(&mut r, Side::Internal, &fwd, 404, out[0].target, now);
+    let back = all(&mut r);
+    assert_eq!(back[0].target, client);
+}
