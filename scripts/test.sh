@@ -246,7 +246,7 @@ elapsed $t
 
 t=$SECONDS
 step "cargo test (unit, integration, property, torture, hostile-input, doc tests; SIPp, sipsak, baresip, linphone, Redis and Prometheus end to end)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 elapsed $t
 
 t=$SECONDS

@@ -420,7 +420,8 @@ pub(crate) async fn in_dialog_verdict(
     }
 }
 
-/// Is the Request-URI a registered contact of the local user the To header names?
+/// Is the Request-URI a registered contact of the local user the To header names, or the
+/// address that user registered from?
 async fn ruri_is_a_contact_of_to(sh: &Shared, msg: &SipMessage) -> bool {
     let (Ok(Uri::Sip(ruri)), Some(to)) = (
         msg.request_uri(),
@@ -438,12 +439,20 @@ async fn ruri_is_a_contact_of_to(sh: &Shared, msg: &SipMessage) -> bool {
         return false;
     };
     let port = |u: &SipUri<'_>| u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
-    bindings
-        .iter()
-        .any(|b| match Uri::parse(b.contact.as_bytes()) {
+    // The callee's own address counts as well as its registered Contact: a client behind
+    // a NAT, or reached over its connection, answers with a Contact at the address it is
+    // really seen from (what the registrar recorded as its source).
+    let ruri_addr = ruri
+        .host
+        .ip()
+        .map(|ip| std::net::SocketAddr::new(ip, port(&ruri)));
+    bindings.iter().any(|b| {
+        let registered = match Uri::parse(b.contact.as_bytes()) {
             Ok(Uri::Sip(c)) => c.host.same_as(&ruri.host) && port(&c) == port(&ruri),
             _ => false,
-        })
+        };
+        registered || (ruri_addr.is_some() && b.source.as_ref().map(|s| s.remote) == ruri_addr)
+    })
 }
 
 /// Can this edge send there? TLS and WebSocket come later: never downgrade a `sips:` or
