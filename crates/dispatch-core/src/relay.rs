@@ -313,43 +313,46 @@ fn sip_transport(v: &Via<'_>) -> Option<Transport> {
     Transport::from_token(v.transport.as_str())
 }
 
-/// The client connection our own Via names (`;scflow=<id>`), if any, with its transport
-/// when that differs from what the client's Via says (`;scflowt=TCP`).
-fn flow_of(ours: &Via<'_>) -> Option<(FlowId, Option<Transport>)> {
-    let raw = ours.params.get(FLOW_PARAM).flatten()?.raw();
-    let id = u64::from_str_radix(std::str::from_utf8(raw).ok()?, 16).ok()?;
+/// How the client's request came in, from our own Via: its connection (`;scflow=<id>`),
+/// if any, and the transport it spoke when that differs from what its Via names
+/// (`;scflowt=UDP`).
+#[derive(Clone, Copy)]
+struct Arrival {
+    flow: Option<FlowId>,
+    transport: Option<Transport>,
+}
+
+fn arrival_of(ours: &Via<'_>) -> Arrival {
+    let flow = ours
+        .params
+        .get(FLOW_PARAM)
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v.raw()).ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .map(FlowId);
     let transport = ours
         .params
         .get(FLOW_TRANSPORT_PARAM)
         .flatten()
         .and_then(|t| Transport::from_token(std::str::from_utf8(t.raw()).ok()?));
-    Some((FlowId(id), transport))
+    Arrival { flow, transport }
 }
 
-/// Where a response goes for this Via (§18.2.2, RFC 3581 §4). A request that came in on
-/// a connection is answered on that connection, whatever transport its Via names
-/// (§18.2.2: "the server transport uses the same connection"; Kamailio and OpenSIPS do
-/// the same), so a client whose Via says UDP but that spoke TCP still hears back.
-fn via_target(v: &Via<'_>, flow: Option<(FlowId, Option<Transport>)>) -> Option<Target> {
-    let addr = v.response_addr()?;
-    let target = match flow {
-        Some((id, Some(transport))) => Target {
-            transport,
-            addr,
-            flow: Some(id),
-        },
-        Some((id, None)) if sip_transport(v)? != Transport::Udp => Target {
-            transport: sip_transport(v)?,
-            addr,
-            flow: Some(id),
-        },
-        _ => Target {
-            transport: sip_transport(v)?,
-            addr,
-            flow: None,
-        },
+/// Where a response goes for this Via (§18.2.2, RFC 3581 §4): back the way the request
+/// came. A request that came in on a connection is answered on that connection, and one
+/// that came by datagram by datagram, whatever transport its Via names (§18.2.2: "the
+/// server transport uses the same connection"; Kamailio and OpenSIPS do the same), so a
+/// client whose Via says UDP but that spoke TCP still hears back, and the other way round.
+fn via_target(v: &Via<'_>, arrival: Arrival) -> Option<Target> {
+    let transport = match arrival.transport {
+        Some(t) => t,
+        None => sip_transport(v)?,
     };
-    Some(target)
+    Some(Target {
+        transport,
+        addr: v.response_addr()?,
+        flow: arrival.flow.filter(|_| transport != Transport::Udp),
+    })
 }
 
 /// Is this a dispatcher's Via (its relay branch)? An edge behind a dispatcher reads the
@@ -875,11 +878,12 @@ impl Relay {
         );
         if let Some(f) = source.flow {
             let _ = write!(via, ";{FLOW_PARAM}={:x}", f.0);
-            if sip_transport(&top) != Some(source.transport) {
-                // The client's Via names another transport than the connection it spoke
-                // on: its answers still go back on that connection.
-                let _ = write!(via, ";{FLOW_TRANSPORT_PARAM}={}", source.transport.as_str());
-            }
+        }
+        if sip_transport(&top) != Some(source.transport) {
+            // The client's Via names another transport than the one it spoke on: its
+            // answers still go back the way the request came (on its connection, or by
+            // datagram to where it came from), as Kamailio and OpenSIPS answer.
+            let _ = write!(via, ";{FLOW_TRANSPORT_PARAM}={}", source.transport.as_str());
         }
         let signed = self
             .key
@@ -911,10 +915,11 @@ impl Relay {
             self.metrics.drop("bad_via");
             return;
         }
-        ed.prepend_via(via.as_bytes());
+        // The client's Via (with received/rport) replaces its own; ours goes on top.
         if let Some(v) = &client_via {
             ed.prepend_via(v.as_bytes());
         }
+        ed.prepend_via(via.as_bytes());
         if ed.decrement_max_forwards().is_err() {
             self.reply(Side::Public, msg, source, 483, &[]);
             return;
@@ -1273,7 +1278,7 @@ impl Relay {
             self.metrics.drop("foreign_via");
             return;
         };
-        let flow = flow_of(&top);
+        let arrival = arrival_of(&top);
         let out_side = match side {
             Side::Internal => Side::Public,
             Side::Public => Side::Internal,
@@ -1291,7 +1296,7 @@ impl Relay {
                 return;
             }
         };
-        let Some(target) = via_target(&next, flow) else {
+        let Some(target) = via_target(&next, arrival) else {
             self.metrics.drop("bad_next_via");
             return;
         };
@@ -1338,8 +1343,8 @@ impl Relay {
             self.metrics.drop("next_via_dead_edge");
             return;
         };
-        let flow = flow_of(ours);
-        let Some(target) = via_target(client, flow) else {
+        let arrival = arrival_of(ours);
+        let Some(target) = via_target(client, arrival) else {
             self.metrics.drop("bad_next_via");
             return;
         };

@@ -138,12 +138,26 @@ impl<'m, 'e> Editor<'m, 'e> {
         });
     }
 
-    /// Add a Via on top (§16.6 step 8).
+    /// Add a Via on top (§16.6 step 8). A later call goes above an earlier one, as
+    /// "prepend" says: an element that re-adds the Via it received (edited) and then its
+    /// own gets its own on top.
     pub fn prepend_via(&mut self, value: impl Into<Cow<'e, [u8]>>) -> &mut Self {
         let pos = self
             .first_pos(HeaderName::Via)
             .unwrap_or(self.msg.head.start_line_end);
-        self.insert(pos, "Via", value);
+        let before = self
+            .inserts
+            .iter()
+            .position(|i| i.pos == pos && i.name == "Via")
+            .unwrap_or(self.inserts.len());
+        self.inserts.insert(
+            before,
+            Insert {
+                pos,
+                name: "Via".into(),
+                value: value.into(),
+            },
+        );
         self
     }
 
@@ -540,6 +554,29 @@ mod tests {
         );
         let re = parse(&out);
         assert!(re.validate_request().is_ok());
+    }
+
+    #[test]
+    fn a_later_prepended_via_goes_on_top() {
+        // An edge replaces the Via it received with an edited copy, then adds its own:
+        // its own must be the topmost, or responses come back to the wrong hop.
+        let m = parse(INV);
+        let mut ed = Editor::new(&m);
+        ed.remove_top_via().unwrap();
+        ed.prepend_via(&b"SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds;edited"[..]);
+        ed.prepend_via(&b"SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew"[..]);
+        let out = parse(&ed.finish());
+        let vias: Vec<String> = out
+            .via()
+            .map(|v| String::from_utf8_lossy(v.unwrap().raw).into_owned())
+            .collect();
+        assert_eq!(
+            vias,
+            [
+                "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew",
+                "SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds;edited"
+            ]
+        );
     }
 
     #[test]
