@@ -581,6 +581,13 @@ impl Relay {
         }
     }
 
+    /// Is some edge up (answering its probes)? Until then every new request gets 503.
+    pub fn has_edge_up(&self) -> bool {
+        self.pools[0]
+            .members()
+            .any(|m| m.health.state() == State::Up)
+    }
+
     /// Every target of every pool.
     pub fn targets(&self) -> Vec<TargetInfo> {
         self.pools
@@ -767,9 +774,22 @@ impl Relay {
         source: Target,
     ) -> Option<(Method<'m>, Via<'m>, &'m str)> {
         let method = msg.method()?;
-        let Ok(top) = msg.top_via() else {
-            self.metrics.drop("bad_via");
-            return None;
+        let top = match msg.top_via() {
+            Ok(top) => top,
+            Err(e) => {
+                // A Via that cannot be read still gets its 400 (RFC 4475 §3.1.2.1), where
+                // the request came from; only an ACK (or no Via at all) gets nothing.
+                match sip_core::error_reply(Some(msg), msg.as_bytes(), &e) {
+                    Some(bytes) => {
+                        let status = e.status();
+                        self.metrics.reply(status);
+                        self.send(side, source, bytes, TxnRef::Stateless);
+                        self.note_rejected(msg, source, status);
+                    }
+                    None => self.metrics.drop("bad_via"),
+                }
+                return None;
+            }
         };
         let (Ok(call_id), Ok(_)) = (msg.call_id(), msg.cseq()) else {
             self.reply(side, msg, source, 400, &[]);

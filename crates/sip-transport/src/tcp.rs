@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sip_core::{Frame, KeepAlive, StreamDecoder, error_reply};
@@ -200,6 +200,9 @@ async fn read_loop(
     // alone restarts on every byte: one byte every few seconds would hold the connection
     // for ever.
     let mut message_deadline: Option<tokio::time::Instant> = None;
+    // When the last whole message was handed on, and whether the stream broke.
+    let mut last_delivered: Option<tokio::time::Instant> = None;
+    let mut broken = false;
     'conn: loop {
         let idle_deadline = tokio::time::Instant::now() + inner.config.tcp_idle_timeout;
         let (deadline, reason) = match message_deadline {
@@ -235,6 +238,7 @@ async fn read_loop(
                 }
                 Ok(Some(Frame::Message(msg))) => {
                     completed = true;
+                    last_delivered = Some(tokio::time::Instant::now());
                     inner.metrics.tcp.received.inc();
                     if let Some(reply) = deliver(&inner, msg, source, received_at).await {
                         let _ = tx.try_send(reply);
@@ -247,6 +251,7 @@ async fn read_loop(
                     if let Some(reply) = error_reply(None, &buf, &e) {
                         let _ = tx.send(reply).await;
                     }
+                    broken = true;
                     break 'conn;
                 }
             }
@@ -261,10 +266,21 @@ async fn read_loop(
             message_deadline
         };
     }
+    if broken && let Some(t) = last_delivered {
+        // The requests that came before the broken bytes are still being answered (by an
+        // edge, through the dispatcher): the connection is not read any more, but stays
+        // for their answers a little while (RFC 4475 §3.1.1.8: trailing octets do not
+        // cost the message before them its answer).
+        tokio::time::sleep_until(t + ANSWER_LINGER).await;
+    }
     // Dropping our sender lets the writer drain what is queued, then close.
     drop(tx);
     close_flow(&inner, flow);
 }
+
+/// How long a connection whose stream broke stays open for the answers to the messages
+/// that came whole before the break.
+const ANSWER_LINGER: Duration = Duration::from_secs(2);
 
 pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: TxnRef) {
     let Ok(mut flows) = inner.flows.lock() else {

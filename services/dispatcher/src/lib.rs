@@ -107,6 +107,10 @@ pub struct DispatcherHandle {
     pub metrics: Option<SocketAddr>,
     /// Readiness.
     pub ready: Arc<AtomicBool>,
+    /// Some edge is up. Not part of a standalone dispatcher's readiness (while every edge
+    /// is down, clients should still hear its 503s rather than nothing); the all-in-one,
+    /// whose one edge is its own, is not ready before that edge has joined.
+    pub edge_up: Arc<AtomicBool>,
     metric_set: MetricSet,
     commands: mpsc::Sender<Command>,
     draining: watch::Sender<bool>,
@@ -375,6 +379,8 @@ pub async fn start_authenticated(
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (pub_t, int_t) = (public.clone(), internal.clone());
+    let edge_up = Arc::new(AtomicBool::new(false));
+    let edge_up_w = edge_up.clone();
     tasks.push(tokio::spawn(async move {
         // Refusals are logged like the edge's: rate-limited, with a count of what was held.
         let rejections = telemetry::LogLimit::operator_lines();
@@ -385,8 +391,13 @@ pub async fn start_authenticated(
                     Side::Internal => int_t.send(t.target, t.bytes, t.origin),
                 }
             }
+            let mut changed = false;
             while let Some(n) = relay.poll_notice() {
+                changed |= !matches!(n, Notice::Rejected(_));
                 log_notice(n, &rejections);
+            }
+            if changed {
+                edge_up_w.store(relay.has_edge_up(), Ordering::Relaxed);
             }
         };
         let handle = |relay: &mut Relay, side: Side, ev: Inbound| match ev {
@@ -460,6 +471,7 @@ pub async fn start_authenticated(
         admin: admin_addr,
         metrics: metrics_addr,
         ready,
+        edge_up,
         metric_set,
         commands: cmd_tx,
         draining: drain_tx,

@@ -215,12 +215,14 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     let disp =
         dispatcher::start_authenticated(dcfg, discovery, admin_api_tokens, auth_metrics.clone())
             .await?;
-    // Ready when every role is: the dispatcher not draining, the edge not draining, a
-    // media relay answering when calls need one.
+    // Ready when every role is: the dispatcher not draining and its edge joined (answering
+    // its probe: before, every request would get 503), the edge not draining, a media
+    // relay answering when calls need one.
     // And, on the first start, once the generated admin token is in its file: whoever
     // waits for /readyz (a script, the tests) may run the commands at once.
     let token_written = Arc::new(AtomicBool::new(!matches!(&admin, Some((_, Some(_))))));
     let readiness = telemetry::Readiness::new("draining", disp.ready.clone())
+        .and("edge not joined the dispatcher yet", disp.edge_up.clone())
         .join(edge.readiness())
         .and("admin token not written yet", token_written.clone());
     let metrics_task = match cfg.metrics.listen {
