@@ -194,25 +194,21 @@ impl NonceKey {
     }
 
     fn tag_v2(&self, ts: &[u8; TS_LEN], serial: &[u8; SERIAL_LEN], realm: &str) -> [u8; MAC_LEN] {
-        let mut m = self.mac.clone();
-        m.update(&[0xff]);
-        m.update(ts);
-        m.update(serial);
-        m.update(realm.as_bytes());
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; MAC_LEN];
-        if let Some(prefix) = full.first_chunk::<MAC_LEN>() {
-            out = *prefix;
-        }
-        out
+        self.mac_of(&[&[0xff], ts, serial, realm.as_bytes()])
     }
 
     /// The first format's MAC (nonces issued before the serial).
     fn tag(&self, ts: &[u8; TS_LEN], realm: &str) -> [u8; MAC_LEN] {
-        let mut m = self.mac.clone();
         // The timestamp has a fixed width, so `ts || realm` is unambiguous without a separator.
-        m.update(ts);
-        m.update(realm.as_bytes());
+        self.mac_of(&[ts, realm.as_bytes()])
+    }
+
+    /// The MAC of the concatenated `parts`, cut to [`MAC_LEN`].
+    fn mac_of(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+        let mut m = self.mac.clone();
+        for p in parts {
+            m.update(p);
+        }
         let full = m.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
         if let Some(prefix) = full.first_chunk::<MAC_LEN>() {

@@ -544,26 +544,15 @@ async fn decide_for(
                 Err(d) => return d,
             }
         } else if !initial {
-            match in_dialog_verdict(sh, msg, &routes[..pop], &sender.origin, Some(&next)).await {
-                InDialog::Allowed => {}
-                InDialog::Refused => return refuse_in_dialog(txn, msg),
-                InDialog::Challenge => {
-                    if let Err(d) = prove(
-                        sh,
-                        txn,
-                        msg,
-                        source,
-                        sender,
-                        from_domain.as_deref(),
-                        challengeable,
-                        now,
-                        404,
-                    )
-                    .await
-                    {
-                        return d;
-                    }
-                }
+            let gate = InDialogGate {
+                own_routes: &routes[..pop],
+                next: Some(&next),
+                local_target: false,
+                from_domain: from_domain.as_deref(),
+                challengeable,
+            };
+            if let Err(d) = admit_in_dialog(sh, txn, msg, source, sender, gate, now).await {
+                return d;
             }
         }
         return match resolve(&next).await {
@@ -730,29 +719,15 @@ async fn decide_for(
 
     if !initial {
         // In-dialog request without (more) Route: the Request-URI is the remote target.
-        match in_dialog_verdict(sh, msg, &routes[..pop], &sender.origin, None).await {
-            InDialog::Allowed => {}
-            InDialog::Refused => return refuse_in_dialog(txn, msg),
-            // A Request-URI in our domain is looked up below like any request for a
-            // local user; anywhere else only for a sender who proves who it is.
-            InDialog::Challenge if domain.is_some() => {}
-            InDialog::Challenge => {
-                if let Err(d) = prove(
-                    sh,
-                    txn,
-                    msg,
-                    source,
-                    sender,
-                    from_domain.as_deref(),
-                    challengeable,
-                    now,
-                    404,
-                )
-                .await
-                {
-                    return d;
-                }
-            }
+        let gate = InDialogGate {
+            own_routes: &routes[..pop],
+            next: None,
+            local_target: domain.is_some(),
+            from_domain: from_domain.as_deref(),
+            challengeable,
+        };
+        if let Err(d) = admit_in_dialog(sh, txn, msg, source, sender, gate, now).await {
+            return d;
         }
     }
     if !initial && domain.is_none() {
@@ -836,6 +811,54 @@ async fn decide_for(
                 Some(_) => respond(txn, msg, 503),
                 None => respond(txn, msg, 404),
             }
+        }
+    }
+}
+
+/// What an in-dialog request's admission looks at besides the request itself.
+struct InDialogGate<'a, 'm> {
+    /// Our own Routes, popped.
+    own_routes: &'a [NameAddr<'m>],
+    /// The next Route, if any.
+    next: Option<&'a SipUri<'m>>,
+    /// The Request-URI is in our domain: it is looked up like any request for a local
+    /// user, so a challenge is not needed to go on.
+    local_target: bool,
+    /// The From's domain when it is ours (a local user can be challenged).
+    from_domain: Option<&'a str>,
+    /// Whether this method can be challenged at all.
+    challengeable: bool,
+}
+
+/// An in-dialog request goes on per [`in_dialog_verdict`]: allowed, refused (404), or
+/// only for a sender who proves who it is ([`prove`]).
+async fn admit_in_dialog(
+    sh: &Shared,
+    txn: ServerTxnId,
+    msg: &SipMessage,
+    source: Target,
+    sender: &mut Sender<'_>,
+    gate: InDialogGate<'_, '_>,
+    now: u64,
+) -> Result<(), Decision> {
+    match in_dialog_verdict(sh, msg, gate.own_routes, &sender.origin, gate.next).await {
+        InDialog::Allowed => Ok(()),
+        InDialog::Refused => Err(refuse_in_dialog(txn, msg)),
+        InDialog::Challenge if gate.local_target => Ok(()),
+        InDialog::Challenge => {
+            let (from_domain, challengeable) = (gate.from_domain, gate.challengeable);
+            prove(
+                sh,
+                txn,
+                msg,
+                source,
+                sender,
+                from_domain,
+                challengeable,
+                now,
+                404,
+            )
+            .await
         }
     }
 }

@@ -84,16 +84,7 @@ impl Ua {
 
 /// The first value of header `name` (case-insensitive), or "".
 fn header(msg: &str, name: &str) -> String {
-    msg.split("\r\n")
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default()
+    headers(msg, name).into_iter().next().unwrap_or_default()
 }
 
 fn has_header(msg: &str, name: &str) -> bool {
