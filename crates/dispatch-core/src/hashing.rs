@@ -8,12 +8,7 @@
 /// A stable 64-bit hash of `bytes` (FNV-1a, finalised with splitmix64 so that nearby
 /// inputs spread over the whole range). Stable across builds and platforms.
 pub fn key_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    mix(sip_core::fnv::fnv1a(bytes))
 }
 
 /// The splitmix64 finaliser: spreads any 64-bit value over the whole range.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::HashMap;
+use sip_core::fnv::Fnv1a;
 use sip_core::{Editor, HeaderName, Method, ResponseBuilder, SipMessage, Uri, Via};
 use sip_txn::{ClientTxnId, FlowId, Target, Transport, TxnRef};
 use smallvec::SmallVec;
@@ -300,15 +301,6 @@ impl std::fmt::Debug for Relay {
 /// The pool name of the edges.
 pub const EDGE_POOL: &str = "edge";
 
-fn fnv(h: &mut u64, b: &[u8]) {
-    for &x in b {
-        *h ^= u64::from(x);
-        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    *h ^= 0xff;
-    *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-}
-
 fn sip_transport(v: &Via<'_>) -> Option<Transport> {
     Transport::from_token(v.transport.as_str())
 }
@@ -338,21 +330,13 @@ fn arrival_of(ours: &Via<'_>) -> Arrival {
     Arrival { flow, transport }
 }
 
-/// Where a response goes for this Via (§18.2.2, RFC 3581 §4): back the way the request
-/// came. A request that came in on a connection is answered on that connection, and one
-/// that came by datagram by datagram, whatever transport its Via names (§18.2.2: "the
-/// server transport uses the same connection"; Kamailio and OpenSIPS do the same), so a
-/// client whose Via says UDP but that spoke TCP still hears back, and the other way round.
+/// Where a response goes for this Via: back the way the request came. A request that came
+/// in on a connection is answered on that connection, and one that came by datagram by
+/// datagram, whatever transport its Via names (§18.2.2: "the server transport uses the
+/// same connection"; Kamailio and OpenSIPS do the same), so a client whose Via says UDP
+/// but that spoke TCP still hears back, and the other way round.
 fn via_target(v: &Via<'_>, arrival: Arrival) -> Option<Target> {
-    let transport = match arrival.transport {
-        Some(t) => t,
-        None => sip_transport(v)?,
-    };
-    Some(Target {
-        transport,
-        addr: v.response_addr()?,
-        flow: arrival.flow.filter(|_| transport != Transport::Udp),
-    })
+    Target::for_response(v, arrival.transport, arrival.flow)
 }
 
 /// Is this a dispatcher's Via (its relay branch)? An edge behind a dispatcher reads the
@@ -431,13 +415,6 @@ pub fn with_dialog_param(name_addr: &[u8], token: &str) -> Vec<u8> {
     out.extend_from_slice(param.as_bytes());
     out.extend_from_slice(&name_addr[end..]);
     out
-}
-
-fn creates_dialog(m: Method<'_>) -> bool {
-    matches!(
-        m,
-        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-    )
 }
 
 impl Relay {
@@ -653,7 +630,7 @@ impl Relay {
         let Some(ip) = uri.host.ip() else {
             return false;
         };
-        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+        let port = uri.port_or_default();
         self.cfg.public.is_me(ip, port) || self.cfg.internal.is_me(ip, port)
     }
 
@@ -744,26 +721,22 @@ impl Relay {
     /// The branch of our Via for a request: a function of the sender's transaction, so a
     /// retransmission, its CANCEL and the ACK of a failure all get the same one (§16.11).
     fn branch_hash(msg: &SipMessage, top: &Via<'_>) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        fnv(&mut h, top.sent_by.host.to_string().as_bytes());
-        fnv(&mut h, &top.sent_by.port.unwrap_or(0).to_le_bytes());
+        let mut h = Fnv1a::new();
+        h.field(top.sent_by.host.to_string().as_bytes());
+        h.field(&top.sent_by.port.unwrap_or(0).to_le_bytes());
         match top.branch.filter(|_| top.is_rfc3261_branch()) {
-            Some(b) => fnv(&mut h, b.as_bytes()),
+            Some(b) => {
+                h.field(b.as_bytes());
+            }
             None => {
-                fnv(&mut h, msg.request_uri_raw().unwrap_or_default());
-                fnv(
-                    &mut h,
-                    msg.from_tag().ok().flatten().unwrap_or_default().as_bytes(),
-                );
-                fnv(&mut h, msg.call_id().unwrap_or_default().as_bytes());
-                fnv(
-                    &mut h,
-                    &msg.cseq().map(|c| c.seq.to_le_bytes()).unwrap_or_default(),
-                );
-                fnv(&mut h, top.raw);
+                h.field(msg.request_uri_raw().unwrap_or_default());
+                h.field(msg.from_tag().ok().flatten().unwrap_or_default().as_bytes());
+                h.field(msg.call_id().unwrap_or_default().as_bytes());
+                h.field(&msg.cseq().map(|c| c.seq.to_le_bytes()).unwrap_or_default());
+                h.field(top.raw);
             }
         }
-        crate::hashing::mix(h)
+        crate::hashing::mix(h.finish())
     }
 
     /// Checks every relayed request needs; answers 400/483 itself. `None`: handled.
@@ -920,7 +893,7 @@ impl Relay {
             || top.sent_by.port.unwrap_or(5060) != source.addr.port();
         let stamp = if method == Method::Register {
             Some(self.client_uri(source, nat, None))
-        } else if !in_dialog && creates_dialog(method) {
+        } else if !in_dialog && method.creates_dialog() {
             let token = self.dialog_token(msg, call_id);
             Some(self.client_uri(source, nat, token.as_deref()))
         } else {
@@ -1142,7 +1115,7 @@ impl Relay {
         };
         let user = uri.user.unwrap_or("");
         let in_dialog = msg.to_tag().ok().flatten().is_some();
-        let stamp = !in_dialog && creates_dialog(method);
+        let stamp = !in_dialog && method.creates_dialog();
         let (target, rr, pool) = if user.starts_with(PREFIX) {
             let Some(tok) = FlowToken::decode(&self.key, user) else {
                 self.reply(Side::Internal, msg, source, 403, &[]);
@@ -1603,10 +1576,7 @@ fn ruri_addr(msg: &SipMessage) -> Option<SocketAddr> {
         return None;
     };
     let ip = u.host.ip()?;
-    Some(SocketAddr::new(
-        ip,
-        u.port.unwrap_or(if u.secure { 5061 } else { 5060 }),
-    ))
+    Some(SocketAddr::new(ip, u.port_or_default()))
 }
 
 /// An OPTIONS probe for a target.

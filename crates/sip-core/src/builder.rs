@@ -223,7 +223,7 @@ impl<'a> ReplyContext<'a> {
     /// (RFC 3261 §8.2.7 lets a stateless UAS derive it), different requests almost never do.
     pub fn stateless_tag(&self) -> [u8; 16] {
         // FNV-1a over the fields that identify the request.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut fnv = crate::fnv::Fnv1a::new();
         for part in [
             self.vias.first().copied(),
             self.call_id,
@@ -233,12 +233,9 @@ impl<'a> ReplyContext<'a> {
         .into_iter()
         .flatten()
         {
-            for &b in part {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            h ^= 0xff;
+            fnv.field(part);
         }
+        let h = fnv.finish();
         let mut out = [0u8; 16];
         for (i, o) in out.iter_mut().enumerate() {
             *o = b"0123456789abcdef"[((h >> (60 - 4 * i)) & 0xf) as usize];

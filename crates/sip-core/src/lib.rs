@@ -42,6 +42,7 @@ mod builder;
 mod chars;
 mod edit;
 mod error;
+pub mod fnv;
 mod framing;
 mod header_name;
 pub mod headers;

@@ -51,6 +51,16 @@ impl<'a> Method<'a> {
         }
     }
 
+    /// Can this method create a dialog (RFC 3261 §12 INVITE, RFC 6665 SUBSCRIBE and
+    /// NOTIFY, RFC 3515 REFER)? Such requests get a Record-Route from a proxy that
+    /// wants to stay on the path.
+    pub fn creates_dialog(&self) -> bool {
+        matches!(
+            self,
+            Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+        )
+    }
+
     /// The well-known methods, without validating other tokens.
     #[inline]
     pub(crate) fn known(b: &[u8]) -> Option<Method<'static>> {

@@ -235,6 +235,11 @@ impl<'a> SipUri<'a> {
     pub fn user_unescaped(&self) -> Option<Cow<'a, [u8]>> {
         self.user.map(|u| unescape_percent(u.as_bytes()))
     }
+    /// The port, or the default of the scheme when none is written (RFC 3263 §4.2: 5061
+    /// for `sips:`, 5060 otherwise).
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(if self.secure { 5061 } else { 5060 })
+    }
     /// `transport` parameter.
     pub fn transport(&self) -> Option<&'a str> {
         self.params.get("transport").flatten()

@@ -62,3 +62,11 @@ pub use rules::{
 };
 pub use store::{LocationStore, MemoryStore, StoreStats, contact_matches};
 pub use uri_match::uris_equivalent;
+
+/// Unix seconds: the clock of every binding's expiry, and of nonces. Before 1970 (a
+/// clock not set yet) reads as 0.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -67,6 +67,29 @@ pub struct Target {
     pub flow: Option<FlowId>,
 }
 
+impl Target {
+    /// Where a response goes for this Via (RFC 3261 §18.2.2, RFC 3581 §4): `received`
+    /// (else the sent-by) and `rport` (else the sent-by port, else the transport's
+    /// default), over `arrived_on` when the request came by another transport than its
+    /// Via names (answers go back the way the request came), on connection `flow` when
+    /// it came on one. `None` when the Via names no transport we know or no address.
+    pub fn for_response(
+        via: &sip_core::Via<'_>,
+        arrived_on: Option<Transport>,
+        flow: Option<FlowId>,
+    ) -> Option<Target> {
+        let transport = match arrived_on {
+            Some(t) => t,
+            None => Transport::from_token(via.transport.as_str())?,
+        };
+        Some(Target {
+            transport,
+            addr: via.response_addr()?,
+            flow: flow.filter(|_| transport != Transport::Udp),
+        })
+    }
+}
+
 /// Timer values (RFC 3261 §17, Table 4; RFC 6026 for L and M).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerConfig {

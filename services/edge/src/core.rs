@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sip_core::{Editor, Method, RequestBuilder, ResponseBuilder, SipMessage, error_reply};
 use sip_transport::{Inbound, Transports};
-use sip_txn::{ClientTxnId, Event, ServerTxnId, Target, TransactionLayer, Transport, TxnRef};
+use sip_txn::{ClientTxnId, Event, ServerTxnId, Target, TransactionLayer, TxnRef};
 use tokio::sync::mpsc;
 
 use crate::decide::{Decision, Hop, Plan, Shared, branch_prefix, decide, loop_hash, resolve};
@@ -808,15 +808,9 @@ impl Core {
         let mut ed = Editor::new(&resp);
         let _ = ed.remove_top_via();
         let bytes = ed.finish();
-        let Ok(next) = SipMessage::parse(bytes.clone()).and_then(|m| {
-            let v = m.top_via()?;
-            let transport = Transport::from_token(v.transport.as_str()).unwrap_or(Transport::Udp);
-            Ok(v.response_addr().map(|addr| Target {
-                transport,
-                addr,
-                flow: None,
-            }))
-        }) else {
+        let Ok(next) = SipMessage::parse(bytes.clone())
+            .and_then(|m| Ok(Target::for_response(&m.top_via()?, None, None)))
+        else {
             return;
         };
         if let Some(target) = next {
@@ -1059,7 +1053,7 @@ mod tests {
 
     fn from(addr: &str) -> Target {
         Target {
-            transport: Transport::Udp,
+            transport: sip_txn::Transport::Udp,
             addr: addr.parse().expect("address"),
             flow: None,
         }

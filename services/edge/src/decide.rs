@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sip_auth::{
@@ -145,12 +144,7 @@ pub enum Decision {
     },
 }
 
-/// Unix seconds, the clock of registrations and nonces.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use sip_registrar::unix_now;
 
 pub(crate) fn respond(txn: ServerTxnId, msg: &SipMessage, code: u16) -> Decision {
     respond_with(txn, msg, code, &[])
@@ -206,27 +200,14 @@ pub(crate) fn retry_later(txn: ServerTxnId, msg: &SipMessage) -> Decision {
     respond_with(txn, msg, 503, &[("Retry-After", "5".into())])
 }
 
-/// Methods that create dialogs and so get a Record-Route.
-fn creates_dialog(m: Method<'_>) -> bool {
-    matches!(
-        m,
-        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-    )
-}
-
 /// A hash of the request as it identifies a forwarding attempt (§16.6 step 8, §16.3 step
 /// 4): equal for a request that loops back unchanged, different once it was retargeted.
 /// The top Via is left out: in a loop it is always the last hop's, so including it (as
 /// the RFC's list suggests) would never detect anything.
 pub fn loop_hash(msg: &SipMessage) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = sip_core::fnv::Fnv1a::new();
     let mut feed = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h.field(b);
     };
     feed(msg.request_uri_raw().unwrap_or_default());
     feed(msg.from_tag().ok().flatten().unwrap_or_default().as_bytes());
@@ -236,7 +217,7 @@ pub fn loop_hash(msg: &SipMessage) -> u64 {
     for r in msg.headers_of(sip_core::HeaderName::ProxyRequire) {
         feed(r.value);
     }
-    h
+    h.finish()
 }
 
 /// The branch prefix this edge uses for a request with `hash`.
@@ -285,7 +266,7 @@ pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
         None if uri.secure => Transport::Tls,
         None => Transport::Udp,
     };
-    let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+    let port = uri.port_or_default();
     let addr = match uri.host.ip() {
         Some(ip) => SocketAddr::new(ip, port),
         None => {
@@ -438,17 +419,18 @@ async fn ruri_is_a_contact_of_to(sh: &Shared, msg: &SipMessage) -> bool {
     let Ok(bindings) = sh.store.lookup(&aor, unix_now()).await else {
         return false;
     };
-    let port = |u: &SipUri<'_>| u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
     // The callee's own address counts as well as its registered Contact: a client behind
     // a NAT, or reached over its connection, answers with a Contact at the address it is
     // really seen from (what the registrar recorded as its source).
     let ruri_addr = ruri
         .host
         .ip()
-        .map(|ip| std::net::SocketAddr::new(ip, port(&ruri)));
+        .map(|ip| std::net::SocketAddr::new(ip, ruri.port_or_default()));
     bindings.iter().any(|b| {
         let registered = match Uri::parse(b.contact.as_bytes()) {
-            Ok(Uri::Sip(c)) => c.host.same_as(&ruri.host) && port(&c) == port(&ruri),
+            Ok(Uri::Sip(c)) => {
+                c.host.same_as(&ruri.host) && c.port_or_default() == ruri.port_or_default()
+            }
             _ => false,
         };
         registered || (ruri_addr.is_some() && b.source.as_ref().map(|s| s.remote) == ruri_addr)
@@ -505,7 +487,7 @@ async fn decide_for(
         pop < routes.len() && matches!(&ruri, Some(Uri::Sip(u)) if sh.local.is_me(u) && u.lr());
     let remaining = routes.len() - pop - usize::from(strict_fix);
     let initial = msg.to_tag().ok().flatten().is_none();
-    let record_route = initial && creates_dialog(method) && sh.cfg.sip.record_route;
+    let record_route = initial && method.creates_dialog() && sh.cfg.sip.record_route;
     let trusted = sender.origin.trusted;
     let from_domain = msg
         .from_header()

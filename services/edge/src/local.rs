@@ -103,7 +103,7 @@ impl Local {
 
     /// Is this URI this edge (host and port)? Used on Route values and for strict routing.
     pub fn is_me(&self, uri: &SipUri<'_>) -> bool {
-        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+        let port = uri.port_or_default();
         // A dispatcher's flow token at an alias address is the dispatcher's to act on.
         let dispatcher_token = uri
             .user

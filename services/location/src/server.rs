@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use grpc_auth::{ADMIN, Access, EDGE, EDGE_OR_ADMIN, HEALTH_CHECK, HEALTH_WATCH, Policy};
 use location_client::{convert, pb};
@@ -57,12 +57,7 @@ pub static POLICY: Policy = Policy {
     ],
 };
 
-/// Unix seconds on this service's clock: the one clock of every binding's expiry.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use sip_registrar::unix_now;
 
 /// The service.
 #[derive(Debug, Clone)]

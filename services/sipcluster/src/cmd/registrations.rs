@@ -132,9 +132,7 @@ pub async fn run(a: RegistrationsArgs) -> Result<()> {
             if bindings.is_empty() {
                 bail!("{}: not registered", aor.as_str());
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = sip_registrar::unix_now();
             println!("{} ({} contacts)", aor.as_str(), bindings.len());
             for b in &bindings {
                 show(b, now);
