@@ -19,4 +19,4 @@ mod client;
 pub mod convert;
 
 pub use client::{ClientConfig, ClientError, LocationClient};
-pub use sipcluster_proto::location::v1 as pb;
+pub use proto::location::v1 as pb;

@@ -1,4 +1,4 @@
-//! # sipcluster-proto: the wire contracts between sipcluster services
+//! # proto: the wire contracts between sipcluster services
 //!
 //! Every message and service of `proto/` is compiled here once (prost messages, tonic
 //! clients and servers), so that services share one definition and no crate runs its own

@@ -21,7 +21,7 @@
 //! [`MAX_LINES`] lines or [`MAX_MEDIA`] media sections.
 //!
 //! ```
-//! use sdp_core::Sdp;
+//! use sdp::Sdp;
 //!
 //! let body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\n\
 //!              t=0 0\r\nm=audio 49170 RTP/AVP 0\r\n";
@@ -36,7 +36,7 @@
 //!     b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP6 2001:db8::1\r\n\
 //!       t=0 0\r\nm=audio 30000 RTP/AVP 0\r\n"
 //! );
-//! # Ok::<(), sdp_core::SdpError>(())
+//! # Ok::<(), sdp::SdpError>(())
 //! ```
 #![cfg_attr(
     not(test),

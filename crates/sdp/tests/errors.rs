@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sdp_core::{MAX_LINES, MAX_MEDIA, Sdp, SdpError};
+use sdp::{MAX_LINES, MAX_MEDIA, Sdp, SdpError};
 
 const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n";
 

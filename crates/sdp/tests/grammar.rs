@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sdp_core::{Address, Direction, LineEnding, Sdp};
+use sdp::{Address, Direction, LineEnding, Sdp};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
-use sdp_core::{Address, Connection, Direction, LineEnding, Sdp};
+use sdp::{Address, Connection, Direction, LineEnding, Sdp};
 
 // ---------------------------------------------------------------- model --
 
@@ -477,7 +477,7 @@ fn expected_attributes(items: &[Item]) -> Vec<(String, Option<Vec<u8>>)> {
         .collect()
 }
 
-fn got_attributes(iter: sdp_core::Attributes<'_, '_>) -> Vec<(String, Option<Vec<u8>>)> {
+fn got_attributes(iter: sdp::Attributes<'_, '_>) -> Vec<(String, Option<Vec<u8>>)> {
     iter.map(|a| (a.name().to_owned(), a.value().map(<[u8]>::to_vec)))
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use sdp_core::{Address, Sdp};
+use sdp::{Address, Sdp};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use sipcluster_proto::media::v1 as pb;
-use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
+use proto::media::v1 as pb;
+use proto::media::v1::media_relay_client::MediaRelayClient;
 
 #[derive(Parser, Debug)]
 #[command(about = "G.711 streams through a sipcluster media relay")]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use dispatch_core::{State, TargetInfo};
 use grpc_auth::{ADMIN, AuthLayer, Policy};
-use sipcluster_proto::dispatcher::v1 as pb;
-use sipcluster_proto::dispatcher::v1::dispatcher_admin_server::{
+use proto::dispatcher::v1 as pb;
+use proto::dispatcher::v1::dispatcher_admin_server::{
     DispatcherAdmin, DispatcherAdminServer,
 };
 use tokio::sync::{mpsc, oneshot};

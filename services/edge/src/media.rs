@@ -7,7 +7,7 @@
 //! by the `Load` reports polled every second.
 //!
 //! The SDP side is plain functions over bytes ([`media_of`], [`rewrite`]): the relay's
-//! address and ports go into `c=`, `m=` and `a=rtcp` with `sdp-core`'s line-level
+//! address and ports go into `c=`, `m=` and `a=rtcp` with `sdp`'s line-level
 //! rewriter, every other byte stays as it was.
 
 use std::net::IpAddr;
@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use grpc_auth::{AuthChannel, Bearer};
-use sdp_core::Sdp;
+use sdp::Sdp;
 use sip_core::{HeaderName, SipMessage};
-use sipcluster_proto::media::v1 as pb;
-use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
+use proto::media::v1 as pb;
+use proto::media::v1::media_relay_client::MediaRelayClient;
 use tonic::transport::Endpoint;
 
 use crate::config::{ConfigError, MediaConfig};

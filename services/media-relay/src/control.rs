@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use grpc_auth::{Access, EDGE, EDGE_OR_ADMIN, HEALTH_CHECK, HEALTH_WATCH, Policy};
 use media_core::{EndReason, Event, Family, Load, MediaError, MediaSpec, SessionInfo, SideStats};
-use sipcluster_proto::media::v1 as pb;
+use proto::media::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::config::MediaRelayConfig;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use sipcluster_proto::media::v1::media_relay_server::MediaRelayServer;
+use proto::media::v1::media_relay_server::MediaRelayServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -163,7 +163,7 @@ fn location_api_refuses_anonymous_and_wrong_tokens_and_keeps_credentials_to_edge
 
 #[test]
 fn media_relay_control_refuses_anonymous_calls_and_they_hold_no_port() {
-    use sipcluster_proto::media::v1 as pb;
+    use proto::media::v1 as pb;
     let dir = workdir("auth_media");
     let relay = Server::media_relay(&dir, "relay", "44100-44199", &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -235,8 +235,8 @@ fn media_relay_control_refuses_anonymous_calls_and_they_hold_no_port() {
 
 #[test]
 fn dispatcher_admin_api_refuses_anonymous_and_wrong_tokens() {
-    use sipcluster_proto::dispatcher::v1 as pb;
-    use sipcluster_proto::dispatcher::v1::dispatcher_admin_client::DispatcherAdminClient;
+    use proto::dispatcher::v1 as pb;
+    use proto::dispatcher::v1::dispatcher_admin_client::DispatcherAdminClient;
     let dir = workdir("auth_dispatcher");
     let edge = common::free_addr();
     let (disp, admin) = Server::dispatcher(&dir, "dispatcher", &[edge], &[]);

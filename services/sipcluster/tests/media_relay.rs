@@ -8,8 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Server, workdir};
-use sipcluster_proto::media::v1 as pb;
-use sipcluster_proto::media::v1::media_relay_client::MediaRelayClient;
+use proto::media::v1 as pb;
+use proto::media::v1::media_relay_client::MediaRelayClient;
 
 /// The control API's client as the edges have it (the edge token on every call).
 type Control = MediaRelayClient<grpc_auth::AuthChannel>;

@@ -187,7 +187,7 @@ pub fn unparsed(data: &[u8], err: &Error) {
 
 /// SDP: parse, then rewrite; a no-op rewrite is the identity and an edited body parses.
 pub fn sdp(body: &[u8]) {
-    let Ok(s) = sdp_core::Sdp::parse(body) else {
+    let Ok(s) = sdp::Sdp::parse(body) else {
         return;
     };
     for i in 0..s.media().len() {
@@ -210,5 +210,5 @@ pub fn sdp(body: &[u8]) {
         let _ = rw.set_rtcp(i, 40_001, None);
     }
     let out = rw.finish();
-    sdp_core::Sdp::parse(&out).unwrap_or_else(|e| panic!("rewritten SDP does not parse: {e}"));
+    sdp::Sdp::parse(&out).unwrap_or_else(|e| panic!("rewritten SDP does not parse: {e}"));
 }

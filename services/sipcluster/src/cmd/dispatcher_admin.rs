@@ -66,7 +66,7 @@ fn refused(s: tonic::Status) -> anyhow::Error {
 
 /// Run one admin action and print its result.
 pub async fn run(a: AdminArgs) -> Result<()> {
-    use sipcluster_proto::dispatcher::v1 as pb;
+    use proto::dispatcher::v1 as pb;
     let token = a.token.load()?;
     let channel = tonic::transport::Endpoint::from_shared(a.admin.clone())
         .with_context(|| format!("--admin {}", a.admin))?

@@ -158,21 +158,21 @@ pub fn location_client(endpoint: &str, token: Option<&str>) -> location_client::
 pub async fn media_client(
     control: SocketAddr,
     token: Option<&str>,
-) -> sipcluster_proto::media::v1::media_relay_client::MediaRelayClient<grpc_auth::AuthChannel> {
+) -> proto::media::v1::media_relay_client::MediaRelayClient<grpc_auth::AuthChannel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
         .expect("endpoint")
         .connect()
         .await
         .expect("control API");
     let token = token.map(|t| grpc_auth::Token::new(t).expect("token"));
-    sipcluster_proto::media::v1::media_relay_client::MediaRelayClient::new(
+    proto::media::v1::media_relay_client::MediaRelayClient::new(
         grpc_auth::Bearer::new(token.as_ref()).channel(channel),
     )
 }
 
 /// An Offer that opens a new session (one stream from 127.0.0.1:40000) for `call_id`.
-pub fn new_session_offer(call_id: &str) -> sipcluster_proto::media::v1::UpdateRequest {
-    use sipcluster_proto::media::v1 as pb;
+pub fn new_session_offer(call_id: &str) -> proto::media::v1::UpdateRequest {
+    use proto::media::v1 as pb;
     pb::UpdateRequest {
         call_id: call_id.to_owned(),
         sender_tag: "a".into(),
