@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use dispatch_core::{State, TargetInfo};
 use grpc_auth::{ADMIN, AuthLayer, Policy};
 use proto::dispatcher::v1 as pb;
-use proto::dispatcher::v1::dispatcher_admin_server::{
-    DispatcherAdmin, DispatcherAdminServer,
-};
+use proto::dispatcher::v1::dispatcher_admin_server::{DispatcherAdmin, DispatcherAdminServer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use grpc_auth::{AuthChannel, Bearer};
-use sdp::Sdp;
-use sip_core::{HeaderName, SipMessage};
 use proto::media::v1 as pb;
 use proto::media::v1::media_relay_client::MediaRelayClient;
+use sdp::Sdp;
+use sip_core::{HeaderName, SipMessage};
 use tonic::transport::Endpoint;
 
 use crate::config::{ConfigError, MediaConfig};

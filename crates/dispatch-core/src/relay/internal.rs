@@ -1,0 +1,197 @@
+//! Requests from edges (the internal side): to a client named by a flow token, or to a
+//! member of a destination set.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sip_core::{Editor, Method, SipMessage, Uri};
+use sip_txn::{ClientTxnId, FlowId, Target, Transport, TxnRef};
+
+use super::targets::PoolId;
+use super::{FlowTable, RELAY_BRANCH, Relay, SET_PREFIX, Side, with_dialog_param};
+use crate::pool::dialog_key;
+use crate::token::{FlowToken, PREFIX};
+
+impl Relay {
+    pub(super) fn internal_request(
+        &mut self,
+        msg: &SipMessage,
+        source: Target,
+        flows: &impl FlowTable,
+        now: Instant,
+    ) {
+        // The internal side relays for edges only: a request from anyone else (the port
+        // reached from outside) could name a destination set or a flow token and be
+        // carried to a trunk or a client without any edge having checked it.
+        if !self.is_edge_ip(source.addr.ip()) {
+            self.metrics.drop("not_an_edge");
+            return;
+        }
+        let Some((method, _top, call_id)) = self.precheck(Side::Internal, msg, source) else {
+            return;
+        };
+        if self.for_me(msg, method) {
+            self.reply(Side::Internal, msg, source, 200, &[]);
+            return;
+        }
+        let first = match msg.routes().next() {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                self.reply(Side::Internal, msg, source, 400, &[]);
+                return;
+            }
+            None => {
+                self.reply(Side::Internal, msg, source, 404, &[]);
+                return;
+            }
+        };
+        let Ok(Uri::Sip(uri)) = first.parsed_uri() else {
+            self.reply(Side::Internal, msg, source, 404, &[]);
+            return;
+        };
+        let user = uri.user.unwrap_or("");
+        let in_dialog = msg.to_tag().ok().flatten().is_some();
+        let stamp = !in_dialog && method.creates_dialog();
+        let (target, rr, pool) = if user.starts_with(PREFIX) {
+            let Some(tok) = FlowToken::decode(&self.key, user) else {
+                self.reply(Side::Internal, msg, source, 403, &[]);
+                return;
+            };
+            let target = match tok.flow {
+                Some(flow) if tok.instance == self.cfg.instance && flows.alive(FlowId(flow)) => {
+                    Target {
+                        transport: Transport::Tcp,
+                        addr: tok.client,
+                        flow: Some(FlowId(flow)),
+                    }
+                }
+                // The connection is gone (or was on a dispatcher that restarted). A client
+                // not behind a NAT listens at its Contact: open a new connection there
+                // (RFC 3261 §18.1.1); behind a NAT nothing else reaches it (RFC 5626 §5.3).
+                // The Request-URI only picks the port on the client's own host: a token
+                // never carries a request to an address other than the client's.
+                Some(_) => match ruri_addr(msg).filter(|a| !tok.nat && a.ip() == tok.client.ip()) {
+                    Some(addr) => Target {
+                        transport: Transport::Tcp,
+                        addr,
+                        flow: None,
+                    },
+                    None => {
+                        self.reply(Side::Internal, msg, source, 430, &[]);
+                        return;
+                    }
+                },
+                // Not behind a NAT: the Request-URI (the Contact) is where it listens.
+                None => Target {
+                    transport: Transport::Udp,
+                    addr: if tok.nat {
+                        tok.client
+                    } else {
+                        ruri_addr(msg)
+                            .filter(|a| a.ip() == tok.client.ip())
+                            .unwrap_or(tok.client)
+                    },
+                    flow: None,
+                },
+            };
+            // The same URI serves as this side's Record-Route: it names this client; the
+            // dialog token is added.
+            let rr = stamp.then(|| match self.dialog_token(msg, call_id) {
+                Some(t) => with_dialog_param(first.raw, &t),
+                None => first.raw.to_vec(),
+            });
+            (target, rr, None)
+        } else if let Some(set) = user.strip_prefix(SET_PREFIX) {
+            let Some(idx) = self.sets.iter().position(|p| p.name == set) else {
+                self.reply(Side::Internal, msg, source, 404, &[]);
+                return;
+            };
+            let key = dialog_key(call_id);
+            let Some(m) = self.sets[idx].pick(key, |m| m.usable()) else {
+                self.unavailable(Side::Internal, msg, source);
+                return;
+            };
+            let target = Target {
+                transport: m.spec.transport,
+                addr: m.spec.addr,
+                flow: None,
+            };
+            m.metrics.requests.inc();
+            let id = m.spec.id.clone();
+            // In-dialog requests toward the set member go to its Contact (the
+            // Request-URI), not to the member tried first: a failover may have moved the
+            // dialog to another member.
+            let rr = stamp.then(|| {
+                let token = self.dialog_token(msg, call_id);
+                self.client_uri(target, false, token.as_deref())
+                    .into_bytes()
+            });
+            (target, rr, Some((PoolId::Set(idx), key, id)))
+        } else {
+            // Not ours to route: edges only send here with a token or a set.
+            self.reply(Side::Internal, msg, source, 404, &[]);
+            return;
+        };
+
+        let h = {
+            let top = msg.top_via().ok();
+            top.map(|t| Self::branch_hash(msg, &t)).unwrap_or(0)
+        };
+        let p = &self.cfg.public;
+        let via = format!(
+            "SIP/2.0/{} {}:{};branch={RELAY_BRANCH}{h:016x}",
+            target.transport.as_str(),
+            p.host(),
+            p.port(target.transport)
+        );
+        let mut ed = Editor::new(msg);
+        if ed.remove_top_route().is_err() {
+            self.metrics.drop("bad_route");
+            return;
+        }
+        ed.prepend_via(via.as_bytes());
+        if ed.decrement_max_forwards().is_err() {
+            self.reply(Side::Internal, msg, source, 483, &[]);
+            return;
+        }
+        if let Some(rr) = &rr {
+            ed.add_record_route(rr.as_slice());
+        }
+        let bytes = ed.finish();
+        self.relayed[2].inc();
+        if let Some((idx, key, id)) = pool
+            && matches!(method, Method::Invite)
+            && !self.failover.contains_key(&h)
+        {
+            self.remember(
+                h,
+                bytes.clone(),
+                idx,
+                Side::Public,
+                key,
+                &id,
+                target.addr,
+                method,
+                now,
+            );
+        }
+        if target.transport != Transport::Udp
+            && target.flow.is_none()
+            && method != Method::Ack
+            && self.connecting.len() < self.cfg.max_failover_entries
+        {
+            self.connecting.insert(h, (msg.bytes().clone(), source));
+            self.expiry.push_back((now + self.cfg.failover_window, h));
+        }
+        self.send(Side::Public, target, bytes, TxnRef::Client(ClientTxnId(h)));
+    }
+}
+
+/// The Request-URI's address when it is a SIP URI with an IP literal host.
+fn ruri_addr(msg: &SipMessage) -> Option<SocketAddr> {
+    let Ok(Uri::Sip(u)) = msg.request_uri() else {
+        return None;
+    };
+    let ip = u.host.ip()?;
+    Some(SocketAddr::new(ip, u.port_or_default()))
+}
