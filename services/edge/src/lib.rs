@@ -115,10 +115,10 @@ impl EdgeHandle {
         }
     }
 
-    /// A registry with every edge metric (for a process that serves several roles on one
+    /// Register every edge metric (for a process that serves several roles on one
     /// `/metrics`).
-    pub fn registry(&self) -> prometheus_client::registry::Registry {
-        self.metrics_set.registry()
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics_set.register(registry);
     }
 
     /// SIGTERM: not ready and 503 to OPTIONS (dispatchers stop sending new dialogs at
@@ -248,7 +248,9 @@ pub async fn start_with(
     }
     let metrics_addr = match cfg.metrics.listen {
         Some(addr) => {
-            let (bound, task) = telemetry::spawn_endpoint(addr, metrics.registry(), ready.clone())
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let (bound, task) = telemetry::spawn_endpoint(addr, registry, ready.clone())
                 .await
                 .map_err(|source| EdgeError::Metrics { addr, source })?;
             tasks.push(task);

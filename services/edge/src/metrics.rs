@@ -330,10 +330,9 @@ impl EdgeMetrics {
             .set(client as i64);
     }
 
-    /// A registry holding every metric, prefixed `sipcluster_`.
-    pub fn registry(&self) -> Registry {
-        let mut root = Registry::with_prefix("sipcluster");
-        let r = &mut root;
+    /// Register every metric into `root`, prefixed `sipcluster_`.
+    pub fn register(&self, root: &mut Registry) {
+        let r = root.sub_registry_with_prefix("sipcluster");
         r.register(
             "sip_requests",
             "SIP requests received, by method",
@@ -410,7 +409,6 @@ impl EdgeMetrics {
             self.options_stateless.clone(),
         );
         self.transport.register(r);
-        root
     }
 }
 
@@ -439,8 +437,10 @@ mod tests {
         for code in [200, 200, 404, 499, 401] {
             m.count_response(code);
         }
+        let mut registry = Registry::default();
+        m.register(&mut registry);
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
             "sipcluster_sip_responses_total{class=\"2xx\",code=\"200\"} 2",
             "sipcluster_sip_responses_total{class=\"4xx\",code=\"404\"} 1",

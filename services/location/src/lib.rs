@@ -135,7 +135,7 @@ pub async fn start(cfg: LocationConfig) -> Result<LocationHandle, LocationError>
     // an operator should hear about.
     let tokens = cfg.api.load()?;
     let (backend, users) = backend_from(&cfg)?;
-    let auth = metrics::Metrics::global().auth.clone();
+    let auth = grpc_auth::AuthMetrics::default();
     start_serving(cfg, backend, users, tokens, auth).await
 }
 
@@ -185,11 +185,15 @@ async fn start_serving(
             "the store lost its data (provisioning marker missing); see backend.on_data_loss",
             guard.intact_flag(),
         );
-    let m = metrics::Metrics::global();
+    let m = metrics::Metrics::default();
     let mut tasks = Vec::new();
     let metrics_addr = match cfg.metrics_listen {
         Some(maddr) => {
-            let (bound, task) = telemetry::spawn_endpoint(maddr, m.registry(), readiness)
+            let mut registry = prometheus_client::registry::Registry::default();
+            m.register(&mut registry);
+            backend.register_metrics(&mut registry);
+            auth_metrics.register(registry.sub_registry_with_prefix("sipcluster"));
+            let (bound, task) = telemetry::spawn_endpoint(maddr, registry, readiness)
                 .await
                 .map_err(bind_err("metrics", maddr))?;
             tasks.push(task);
@@ -231,18 +235,18 @@ async fn start_serving(
         guard: guard.clone(),
         flags: flags.clone(),
         ready: ready.clone(),
+        metrics: m.clone(),
         on_data_loss: cfg.backend.on_data_loss,
         users,
         health: health.clone(),
     })));
     {
-        let b = backend.clone();
+        let (b, m) = (backend.clone(), m.clone());
         let every = Duration::from_secs(cfg.stats_interval_secs);
         tasks.push(tokio::spawn(async move {
             loop {
                 match b.counts(server::unix_now()).await {
                     Ok(c) => {
-                        let m = metrics::Metrics::global();
                         let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
                         m.aors.set(g(c.aors));
                         m.bindings.set(g(c.bindings));
@@ -254,7 +258,7 @@ async fn start_serving(
             }
         }));
     }
-    let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone())
+    let svc = server::LocationService::new(backend.clone(), cfg.dialogs.clone(), m.clone())
         .admin_only(cfg.admin_only)
         .data_guard(guard.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -330,6 +334,7 @@ struct Monitor {
     guard: Arc<integrity::DataGuard>,
     flags: Flags,
     ready: Arc<AtomicBool>,
+    metrics: metrics::Metrics,
     on_data_loss: config::OnDataLoss,
     users: Option<Users>,
     health: tonic_health::server::HealthReporter,
@@ -339,7 +344,7 @@ struct Monitor {
 /// the provisioning marker while it answers (so also right after a reconnect), act on a
 /// loss per `on_data_loss`, and publish readiness and gRPC health.
 async fn monitor(s: Monitor) {
-    let m = metrics::Metrics::global();
+    let m = &s.metrics;
     let mut was_serving = None;
     let mut was_up = None;
     loop {
@@ -396,7 +401,7 @@ async fn monitor(s: Monitor) {
 /// provisioned by another replica).
 fn on_marker_present(s: &Monitor) {
     if s.guard.set_intact() {
-        metrics::Metrics::global().data_intact.set(1);
+        s.metrics.data_intact.set(1);
         tracing::info!("provisioning marker back; serving again");
     }
 }
@@ -404,7 +409,7 @@ fn on_marker_present(s: &Monitor) {
 /// The marker is gone: stop answering from the store, say so once, and reprovision
 /// when configured to.
 async fn on_loss(s: &Monitor) {
-    let m = metrics::Metrics::global();
+    let m = &s.metrics;
     if s.guard.set_lost() {
         m.data_intact.set(0);
         m.data_losses.inc();

@@ -1,9 +1,6 @@
-//! The location service's Prometheus metrics.
-//!
-//! One process-wide set (the backend reports CAS conflicts from deep inside a call
-//! without threading a handle through), registered into each service's registry.
-
-use std::sync::OnceLock;
+//! The location service's Prometheus metrics: one set per service, owned by it and
+//! registered into the registry its `/metrics` serves. The backend registers its own
+//! (the Redis backend's compare-and-set conflicts) through [`crate::Backend::register_metrics`].
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,8 +30,6 @@ pub struct Metrics {
     pub registers: Family<ResultLabel, Counter>,
     /// REGISTER outcomes refused by the rules, by status.
     pub refused: Family<CallLabel, Counter>,
-    /// Optimistic writes that lost to a concurrent writer and were retried.
-    pub cas_conflicts: Counter,
     /// 1 while the backend answers pings.
     pub backend_up: Gauge,
     /// AORs with live bindings (from the periodic count).
@@ -49,8 +44,6 @@ pub struct Metrics {
     pub data_intact: Gauge,
     /// Losses of the store's data noticed (the provisioning marker gone).
     pub data_losses: Counter,
-    /// Calls refused by token authentication.
-    pub auth: grpc_auth::AuthMetrics,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -60,16 +53,13 @@ fn buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
-impl Metrics {
-    /// The process-wide metrics.
-    pub fn global() -> &'static Metrics {
-        static M: OnceLock<Metrics> = OnceLock::new();
-        M.get_or_init(|| Metrics {
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             refused: Family::default(),
             registers: Family::default(),
-            cas_conflicts: Counter::default(),
             backend_up: Gauge::default(),
             aors: Gauge::default(),
             bindings: Gauge::default(),
@@ -81,14 +71,17 @@ impl Metrics {
                 g
             },
             data_losses: Counter::default(),
-            auth: grpc_auth::AuthMetrics::default(),
-        })
+        }
     }
+}
 
-    /// A registry exposing them.
-    pub fn registry(&self) -> Registry {
-        let mut root = Registry::default();
-        let r = root.sub_registry_with_prefix("sipcluster_location");
+impl Metrics {
+    /// The prefix of every location metric.
+    pub const PREFIX: &'static str = "sipcluster_location";
+
+    /// Register every metric into `root`, prefixed [`Self::PREFIX`].
+    pub fn register(&self, root: &mut Registry) {
+        let r = root.sub_registry_with_prefix(Self::PREFIX);
         r.register(
             "grpc_calls",
             "gRPC calls by method and status code",
@@ -108,11 +101,6 @@ impl Metrics {
             "register_refused",
             "REGISTERs refused by the registrar rules, by status code",
             self.refused.clone(),
-        );
-        r.register(
-            "cas_conflicts",
-            "Optimistic binding-set writes that lost to a concurrent writer and were retried",
-            self.cas_conflicts.clone(),
         );
         r.register(
             "backend_up",
@@ -137,13 +125,5 @@ impl Metrics {
             "Losses of the store's data noticed (provisioning marker gone: Redis restarted empty or flushed)",
             self.data_losses.clone(),
         );
-        self.auth
-            .register(root.sub_registry_with_prefix("sipcluster"));
-        root
     }
-}
-
-/// Count one lost compare-and-set.
-pub fn cas_conflict() {
-    Metrics::global().cas_conflicts.inc();
 }

@@ -68,16 +68,22 @@ pub struct LocationService {
     admin_only: bool,
     /// UNAVAILABLE for data calls while the store is known to have lost its data.
     guard: Arc<DataGuard>,
+    metrics: Metrics,
 }
 
 impl LocationService {
-    /// Serve `backend`.
-    pub fn new(backend: Arc<dyn Backend>, dialogs: DialogConfig) -> LocationService {
+    /// Serve `backend`, counting into `metrics`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        dialogs: DialogConfig,
+        metrics: Metrics,
+    ) -> LocationService {
         LocationService {
             backend,
             dialogs,
             admin_only: false,
             guard: Arc::new(DataGuard::default()),
+            metrics,
         }
     }
 
@@ -147,12 +153,12 @@ fn invalid(e: convert::ConvertError) -> Status {
 
 /// Count and time one call.
 async fn observed<T>(
+    m: &Metrics,
     method: &'static str,
     f: impl Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
     let start = Instant::now();
     let r = f.await;
-    let m = Metrics::global();
     m.duration
         .get_or_create(&MethodLabel { method })
         .observe(start.elapsed().as_secs_f64());
@@ -184,7 +190,7 @@ impl LocationService {
         msg: pb::RegisterRequest,
         now: u64,
     ) -> Result<pb::RegisterReply, Status> {
-        let m = Metrics::global();
+        let m = &self.metrics;
         let count = |result| m.registers.get_or_create(&ResultLabel { result }).inc();
         let req = convert::request_from(msg).map_err(invalid)?;
         let applied = self.backend.register(req, now).await.map_err(|e| {
@@ -198,8 +204,7 @@ impl LocationService {
             }
             Err(rule) => {
                 count("refused");
-                Metrics::global()
-                    .refused
+                m.refused
                     .get_or_create(&CallLabel {
                         method: "Register",
                         code: match rule.status() {
@@ -250,6 +255,7 @@ impl pb::location_server::Location for LocationService {
     ) -> Result<Response<pb::RegisterReply>, Status> {
         self.edges_only("Register")?;
         observed(
+            &self.metrics,
             "Register",
             self.register_one(request.into_inner(), unix_now()),
         )
@@ -265,7 +271,7 @@ impl pb::location_server::Location for LocationService {
         // (a hot AOR contended by other replicas) fails alone instead of holding up the
         // whole batch's reply until every caller in it has given up.
         let item_budget = grpc_timeout(request.metadata()).map(|t| t.mul_f64(0.9));
-        observed("RegisterBatch", async {
+        observed(&self.metrics, "RegisterBatch", async {
             let now = unix_now();
             // Concurrently: the Redis connection pipelines the items' commands, and items
             // of one AOR still apply in order (the per-AOR queue is first come, first served).
@@ -319,7 +325,7 @@ impl pb::location_server::Location for LocationService {
         // Not edge-only (`sipcluster registrations show` uses it), but an edge's INVITE
         // does: "no binding" must not come from a store that lost its data.
         self.guard.check("Lookup")?;
-        observed("Lookup", async {
+        observed(&self.metrics, "Lookup", async {
             let aor = convert::aor_from(&request.get_ref().aor).map_err(invalid)?;
             let now = unix_now();
             let b = self
@@ -339,7 +345,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RemoveBindingsRequest>,
     ) -> Result<Response<pb::RemoveBindingsReply>, Status> {
-        observed("RemoveBindings", async {
+        observed(&self.metrics, "RemoveBindings", async {
             let r = request.into_inner();
             let aor = convert::aor_from(&r.aor).map_err(invalid)?;
             let contact = (!r.contact.is_empty()).then_some(r.contact.as_str());
@@ -357,7 +363,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::ListBindingsRequest>,
     ) -> Result<Response<pb::ListBindingsReply>, Status> {
-        observed("ListBindings", async {
+        observed(&self.metrics, "ListBindings", async {
             let r = request.into_inner();
             let limit = match r.limit {
                 0 => 100,
@@ -392,7 +398,7 @@ impl pb::location_server::Location for LocationService {
     ) -> Result<Response<Self::WatchBindingsStream>, Status> {
         let filter = request.into_inner().aor;
         let mut rx = self.backend.events().await;
-        let watchers = Metrics::global().watchers.clone();
+        let watchers = self.metrics.watchers.clone();
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             watchers.inc();
@@ -433,8 +439,8 @@ impl pb::location_server::Location for LocationService {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsReply>, Status> {
         // Served from the periodic count: a scan per call would let any client load Redis.
-        observed("Stats", async {
-            let m = Metrics::global();
+        observed(&self.metrics, "Stats", async {
+            let m = &self.metrics;
             let g = |x: i64| u64::try_from(x).unwrap_or(0);
             Ok(pb::StatsReply {
                 aors: g(m.aors.get()),
@@ -450,7 +456,7 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::GetCredentialsRequest>,
     ) -> Result<Response<pb::GetCredentialsReply>, Status> {
         self.edges_only("GetCredentials")?;
-        observed("GetCredentials", async {
+        observed(&self.metrics, "GetCredentials", async {
             let r = request.get_ref();
             need("username", &r.username)?;
             need("realm", &r.realm)?;
@@ -470,7 +476,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::PutUserRequest>,
     ) -> Result<Response<pb::PutUserReply>, Status> {
-        observed("PutUser", async {
+        observed(&self.metrics, "PutUser", async {
             let r = request.into_inner();
             need("username", &r.username)?;
             need("realm", &r.realm)?;
@@ -494,7 +500,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::RemoveUserRequest>,
     ) -> Result<Response<pb::RemoveUserReply>, Status> {
-        observed("RemoveUser", async {
+        observed(&self.metrics, "RemoveUser", async {
             let r = request.into_inner();
             need("username", &r.username)?;
             need("realm", &r.realm)?;
@@ -513,7 +519,7 @@ impl pb::location_server::Location for LocationService {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersReply>, Status> {
-        observed("ListUsers", async {
+        observed(&self.metrics, "ListUsers", async {
             let realm = &request.get_ref().realm;
             need("realm", realm)?;
             let usernames = self
@@ -531,7 +537,7 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::UseNonceRequest>,
     ) -> Result<Response<pb::UseNonceReply>, Status> {
         self.edges_only("UseNonce")?;
-        observed("UseNonce", async {
+        observed(&self.metrics, "UseNonce", async {
             let r = request.get_ref();
             need("nonce", &r.nonce)?;
             // Bounded key sizes: the edge sends what it verified, but this is an API.
@@ -558,7 +564,7 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::PutDialogRequest>,
     ) -> Result<Response<pb::PutDialogReply>, Status> {
         self.edges_only("PutDialog")?;
-        observed("PutDialog", async {
+        observed(&self.metrics, "PutDialog", async {
             let r = request.into_inner();
             let d = r
                 .dialog
@@ -587,7 +593,7 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::EndDialogRequest>,
     ) -> Result<Response<pb::EndDialogReply>, Status> {
         self.edges_only("EndDialog")?;
-        observed("EndDialog", async {
+        observed(&self.metrics, "EndDialog", async {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
             need("from_tag", &r.from_tag)?;
@@ -622,7 +628,7 @@ impl pb::location_server::Location for LocationService {
         request: Request<pb::GetDialogRequest>,
     ) -> Result<Response<pb::GetDialogReply>, Status> {
         self.edges_only("GetDialog")?;
-        observed("GetDialog", async {
+        observed(&self.metrics, "GetDialog", async {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
             need("from_tag", &r.from_tag)?;

@@ -114,6 +114,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// credential.
     fn summary(&self) -> String;
 
+    /// Register the backend's own metrics (named like the service's) into `registry`.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// Digest credentials of a user.
     async fn credentials(
         &self,

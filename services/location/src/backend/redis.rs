@@ -210,6 +210,8 @@ pub struct RedisBackend {
     subscription: Arc<tokio::sync::watch::Sender<bool>>,
     /// The provisioning marker's keys.
     markers: Vec<String>,
+    /// Optimistic writes that lost to a concurrent writer and were retried.
+    cas_conflicts: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -260,6 +262,11 @@ fn random_version() -> String {
 }
 
 impl RedisBackend {
+    /// Compare-and-set writes lost to a concurrent writer so far (also a metric).
+    pub fn cas_conflicts(&self) -> u64 {
+        self.cas_conflicts.get()
+    }
+
     /// Build the backend. Connections are made lazily and re-made with backoff, so the
     /// service starts (not ready) while Redis is down and recovers when it returns.
     pub fn new(opts: RedisOptions, policy: Policy) -> Result<RedisBackend, BackendError> {
@@ -315,6 +322,7 @@ impl RedisBackend {
         let markers = marker_keys(&opts.prefix, opts.cluster);
         Ok(RedisBackend {
             markers,
+            cas_conflicts: Default::default(),
             opts,
             policy,
             pool,
@@ -867,7 +875,7 @@ impl Backend for RedisBackend {
             match written {
                 Ok(true) => return Ok(Ok(outcome)),
                 Ok(false) => {
-                    crate::metrics::cas_conflict();
+                    self.cas_conflicts.inc();
                     pending = Some((new_version, outcome));
                     Self::backoff(attempt).await;
                 }
@@ -907,6 +915,16 @@ impl Backend for RedisBackend {
 
     async fn list(&self, page_token: &str, limit: usize, now: u64) -> Result<Page, BackendError> {
         self.scan_page(page_token, limit, now).await
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry
+            .sub_registry_with_prefix(crate::metrics::Metrics::PREFIX)
+            .register(
+                "cas_conflicts",
+                "Optimistic binding-set writes that lost to a concurrent writer and were retried",
+                self.cas_conflicts.clone(),
+            );
     }
 
     fn summary(&self) -> String {
@@ -960,7 +978,7 @@ impl Backend for RedisBackend {
             {
                 return Ok(n);
             }
-            crate::metrics::cas_conflict();
+            self.cas_conflicts.inc();
             Self::backoff(attempt).await;
         }
         Err(BackendError::Contention(aor.to_string()))

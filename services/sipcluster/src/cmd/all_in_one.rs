@@ -227,7 +227,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         .and("admin token not written yet", token_written.clone());
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => {
-            let mut registry = edge.registry();
+            let mut registry = prometheus_client::registry::Registry::default();
+            edge.register_metrics(&mut registry);
             // The dispatcher's include the shared `grpc_auth_rejected` of both APIs.
             disp.register_metrics(&mut registry);
             let (_, task) = telemetry::spawn_endpoint(addr, registry, readiness)
