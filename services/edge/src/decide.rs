@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dispatch_core::token::edge as flow_token;
 use sip_auth::{
     Challenge, ChallengeKind, DigestResponse, NonceCheck, NonceKey, NonceUses, Outcome,
     SubscriberStore, find_credentials,
@@ -16,7 +17,6 @@ use sip_registrar::{Aor, Binding, LocationStore, RegisterRequest, Source, StoreE
 use sip_txn::{FlowId, ServerTxnId, Target, Transport};
 
 use crate::config::EdgeConfig;
-use crate::flow_token;
 use crate::local::Local;
 use crate::metrics::{EdgeMetrics, ReasonLabel};
 use crate::origin::{Origin, origin};

@@ -16,7 +16,6 @@ pub mod audit;
 pub mod config;
 pub mod core;
 pub mod decide;
-pub mod flow_token;
 pub mod forking;
 pub mod guard;
 pub mod local;

@@ -1,4 +1,4 @@
-//! Flow tokens: how one edge names a client connection it holds so that another edge can
+//! Edge flow tokens (`scf-`): how one edge names a client connection it holds so that another edge can
 //! route a request through it (RFC 5626 §5.2 style, signed so that nobody outside the
 //! cluster can make an edge write into someone else's connection).
 //!

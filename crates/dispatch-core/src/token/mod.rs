@@ -15,6 +15,11 @@
 //!
 //! Edges read the internal address without the secret being needed for that; the
 //! dispatcher verifies the MAC before it uses anything else.
+//!
+//! The edges' own flow tokens (`scf-`, naming a connection an edge holds itself, signed
+//! with the digest nonce secret) are in [`edge`]: every flow token of the cluster is here.
+
+pub mod edge;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
