@@ -242,8 +242,53 @@ fn is_loop(local: &Local, msg: &SipMessage) -> bool {
 }
 
 /// Where to send a request for `uri` (RFC 3263 without NAPTR/SRV: the transport from
-/// the URI, A/AAAA lookup of a name).
+/// the URI, A/AAAA lookup of a name). `None` when there is nowhere: see [`resolve_or`]
+/// to tell a name that does not exist from a resolver that did not answer.
 pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
+    resolve_or(uri).await.ok()
+}
+
+/// Why a URI led nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No such host, or a URI we cannot send to (an unknown transport).
+    NoSuchHost,
+    /// The resolver did not answer within [`DNS_TIMEOUT`]: our outage, not the caller's
+    /// mistake (503 + Retry-After, never 404).
+    Timeout,
+}
+
+/// The longest a request waits on a name lookup: every request gets its answer within
+/// 2 s even when the resolver is gone (glibc alone would wait 5 s per server and try).
+pub const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// A name lookup, cut at [`DNS_TIMEOUT`].
+async fn bounded_lookup<A: Iterator<Item = SocketAddr>>(
+    name: &str,
+    lookup: impl std::future::Future<Output = std::io::Result<A>>,
+) -> Result<SocketAddr, Unresolved> {
+    // A dead resolver would otherwise log once per request: a line a second is plenty.
+    static LOG: std::sync::LazyLock<telemetry::LogLimit> =
+        std::sync::LazyLock::new(|| telemetry::LogLimit::new(1, 5));
+    match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or(Unresolved::NoSuchHost),
+        Ok(Err(_)) => Err(Unresolved::NoSuchHost),
+        Err(_) => {
+            if let Some(held_back) = LOG.allow(std::time::Instant::now()) {
+                tracing::warn!(
+                    host = %name,
+                    held_back,
+                    timeout_ms = DNS_TIMEOUT.as_millis() as u64,
+                    "DNS lookup timed out; answering 503 + Retry-After"
+                );
+            }
+            Err(Unresolved::Timeout)
+        }
+    }
+}
+
+/// [`resolve`], saying why it led nowhere.
+pub async fn resolve_or(uri: &SipUri<'_>) -> Result<Target, Unresolved> {
     // A dispatcher's Path / Record-Route: its public address is for clients; edges
     // send to the internal address of the dispatcher instance the token names.
     if let Some(tok) = uri
@@ -251,7 +296,7 @@ pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
         .filter(|u| u.starts_with(dispatch_core::token::PREFIX))
         .and_then(dispatch_core::FlowToken::peek)
     {
-        return Some(Target {
+        return Ok(Target {
             transport: if tok.internal_tcp {
                 Transport::Tcp
             } else {
@@ -262,7 +307,7 @@ pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
         });
     }
     let transport = match uri.transport() {
-        Some(t) => Transport::from_token(t)?,
+        Some(t) => Transport::from_token(t).ok_or(Unresolved::NoSuchHost)?,
         None if uri.secure => Transport::Tls,
         None => Transport::Udp,
     };
@@ -271,13 +316,10 @@ pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
         Some(ip) => SocketAddr::new(ip, port),
         None => {
             let name = uri.host.to_string();
-            tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .ok()?
-                .next()?
+            bounded_lookup(&name, tokio::net::lookup_host((name.as_str(), port))).await?
         }
     };
-    Some(Target {
+    Ok(Target {
         transport,
         addr,
         flow: None,
@@ -713,13 +755,14 @@ async fn decide_for(
         }
     }
     if !initial && domain.is_none() {
-        return match resolve(&target_uri).await {
-            Some(target) if sendable(&target) => Decision::Forward {
+        return match resolve_or(&target_uri).await {
+            Ok(target) if sendable(&target) => Decision::Forward {
                 txn,
                 plan: Plan::one_hop(pop, strict_fix, record_route, target),
             },
-            Some(_) => respond(txn, msg, 503),
-            None => respond(txn, msg, 404),
+            Ok(_) => respond(txn, msg, 503),
+            Err(Unresolved::Timeout) => retry_later(txn, msg),
+            Err(Unresolved::NoSuchHost) => respond(txn, msg, 404),
         };
     }
 
@@ -785,13 +828,14 @@ async fn decide_for(
             {
                 return d;
             }
-            match resolve(&target_uri).await {
-                Some(target) if sendable(&target) => Decision::Forward {
+            match resolve_or(&target_uri).await {
+                Ok(target) if sendable(&target) => Decision::Forward {
                     txn,
                     plan: Plan::one_hop(pop, strict_fix, record_route, target),
                 },
-                Some(_) => respond(txn, msg, 503),
-                None => respond(txn, msg, 404),
+                Ok(_) => respond(txn, msg, 503),
+                Err(Unresolved::Timeout) => retry_later(txn, msg),
+                Err(Unresolved::NoSuchHost) => respond(txn, msg, 404),
             }
         }
     }
@@ -1298,6 +1342,37 @@ fn min_expires(m: Option<u32>) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Addrs = std::vec::IntoIter<SocketAddr>;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolver_that_never_answers_is_our_outage_within_the_timeout() {
+        let start = tokio::time::Instant::now();
+        let never = std::future::pending::<std::io::Result<Addrs>>();
+        assert_eq!(
+            bounded_lookup("gw.example.com", never).await,
+            Err(Unresolved::Timeout)
+        );
+        assert_eq!(start.elapsed(), DNS_TIMEOUT, "on the virtual clock");
+        assert!(DNS_TIMEOUT < std::time::Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_that_does_not_exist_is_no_such_host_and_an_answer_is_used() {
+        let nx = async { Err::<Addrs, _>(std::io::Error::other("NXDOMAIN")) };
+        assert_eq!(
+            bounded_lookup("nx.example.com", nx).await,
+            Err(Unresolved::NoSuchHost)
+        );
+        let empty = async { Ok::<Addrs, std::io::Error>(Vec::new().into_iter()) };
+        assert_eq!(
+            bounded_lookup("empty.example.com", empty).await,
+            Err(Unresolved::NoSuchHost)
+        );
+        let addr: SocketAddr = "192.0.2.7:5060".parse().expect("address");
+        let found = async move { Ok::<Addrs, std::io::Error>(vec![addr].into_iter()) };
+        assert_eq!(bounded_lookup("gw.example.com", found).await, Ok(addr));
+    }
 
     fn register(via: &str, contact: &str) -> SipMessage {
         let text = format!(
