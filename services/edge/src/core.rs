@@ -20,9 +20,12 @@ use sip_transport::{Inbound, Transports};
 use sip_txn::{ClientTxnId, Event, ServerTxnId, Target, TransactionLayer, TxnRef};
 use tokio::sync::mpsc;
 
-use crate::decide::{Decision, Hop, Plan, Shared, branch_prefix, decide, loop_hash, resolve};
+use crate::decide::decide;
+use crate::decision::{Decision, Hop, Plan};
 use crate::forking::{BranchId, Outcome, ResponseContext};
 use crate::metrics::{ReasonLabel, method_index};
+use crate::route::{branch_prefix, loop_hash, resolve};
+use crate::shared::Shared;
 
 struct BranchInfo {
     txn: Option<ClientTxnId>,
@@ -189,7 +192,7 @@ impl Core {
                         return;
                     }
                     let msg = with_received(msg, source);
-                    if crate::decide::options_for_me(&self.sh, &msg) {
+                    if crate::for_me::options_for_me(&self.sh, &msg) {
                         self.options_stateless(&msg, source, received_at);
                         return;
                     }
@@ -245,7 +248,7 @@ impl Core {
     /// lets a UAS answer statelessly): a flood of keepalives then costs no memory. A
     /// retransmission is answered again the same way.
     fn options_stateless(&mut self, msg: &SipMessage, source: Target, received_at: Instant) {
-        if let Some((code, bytes)) = crate::decide::options_response(&self.sh, msg) {
+        if let Some((code, bytes)) = crate::for_me::options_response(&self.sh, msg) {
             let method = method_index("OPTIONS");
             self.sh.metrics.count_request(method);
             self.sh.metrics.options_stateless.inc();
@@ -363,7 +366,7 @@ impl Core {
                         let sh = self.sh.clone();
                         let mut fut = Box::pin(async move {
                             let d = decide(&sh, txn, &msg, source).await;
-                            crate::media::anchor_request(&sh, &msg, source, d).await
+                            crate::anchor::anchor_request(&sh, &msg, source, d).await
                         });
                         // Most decisions never wait (in-memory stores, no DNS): poll once
                         // here and act at once, saving a task, a channel hop and a thread
@@ -982,8 +985,8 @@ async fn ack_allowed(sh: &Shared, ack: &SipMessage, source: Target) -> Option<bo
     });
     let o = crate::origin::origin(sh, ack, source);
     let verdict =
-        crate::decide::in_dialog_verdict(sh, ack, &routes[..pop], &o, next.as_ref()).await;
-    (verdict == crate::decide::InDialog::Allowed).then_some(o.trusted)
+        crate::in_dialog::in_dialog_verdict(sh, ack, &routes[..pop], &o, next.as_ref()).await;
+    (verdict == crate::in_dialog::InDialog::Allowed).then_some(o.trusted)
 }
 
 async fn stateless_request(

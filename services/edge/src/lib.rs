@@ -12,16 +12,26 @@
 //!
 //! [`start`] runs an edge with in-memory stores and the demo users: the all-in-one.
 
+pub mod anchor;
 pub mod audit;
+pub mod authenticate;
 pub mod config;
 pub mod core;
 pub mod decide;
+pub mod decision;
+pub mod for_me;
 pub mod forking;
 pub mod guard;
+pub mod in_dialog;
 pub mod local;
+pub mod locate;
 pub mod media;
 pub mod metrics;
+pub mod nat;
 pub mod origin;
+pub mod register;
+pub mod route;
+pub mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -278,7 +288,7 @@ pub async fn start_with(
         let (store, gauge) = (store.clone(), metrics.registrations.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                if let Ok(s) = store.stats(decide::unix_now()).await {
+                if let Ok(s) = store.stats(sip_registrar::unix_now()).await {
                     gauge.set(i64::try_from(s.bindings).unwrap_or(i64::MAX));
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -289,7 +299,7 @@ pub async fn start_with(
     let drain = Duration::from_secs(cfg.runtime.drain_secs);
     let metrics_set = metrics.clone();
     let cfg_security = cfg.security.clone();
-    let shared = Arc::new(decide::Shared {
+    let shared = Arc::new(shared::Shared {
         relays,
         draining: draining.clone(),
         cfg,

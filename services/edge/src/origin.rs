@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use sip_core::SipMessage;
 use sip_txn::Target;
 
-use crate::decide::Shared;
+use crate::shared::Shared;
 
 /// The verified sender of a request.
 #[derive(Debug, Clone, Copy)]
@@ -61,4 +61,11 @@ pub fn origin<'m>(sh: &Shared, msg: &'m SipMessage, source: Target) -> Origin<'m
         dialog,
         trusted: dispatch_core::security::any_contains(&sh.trusted, addr.ip()),
     }
+}
+
+/// What is known of who sent the request being decided.
+pub(crate) struct Sender<'m> {
+    pub(crate) origin: Origin<'m>,
+    /// `<sip:user@realm>` once a digest verified.
+    pub(crate) user: Option<String>,
 }

@@ -561,7 +561,7 @@ async fn path_and_nat_are_followed() {
         .store
         .lookup(
             &sip_registrar::Aor::parse("sip:carol@sipcluster.local").expect("aor"),
-            edge::decide::unix_now(),
+            sip_registrar::unix_now(),
         )
         .await;
     assert_eq!(

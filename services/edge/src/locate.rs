@@ -1,0 +1,106 @@
+//! Locate: the next hops for a user's bindings (q-order groups, each forked in
+//! parallel), through the connection or the Path each binding was registered with.
+
+use sip_core::{NameAddr, Uri};
+use sip_registrar::Binding;
+use sip_txn::{FlowId, Target, Transport};
+
+use crate::decision::Hop;
+use crate::nat::contact_reachable;
+use crate::route::{resolve, sendable, sip_uri};
+use crate::shared::Shared;
+
+/// Bindings to q-ordered groups of hops (§16.6: sequential by q, parallel within a q),
+/// and how many bindings were left out because only TLS or WebSocket reaches them.
+pub(crate) async fn hops_from_bindings(
+    sh: &Shared,
+    bindings: &[Binding],
+) -> (Vec<Vec<Hop>>, usize) {
+    let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
+    let mut unsendable = 0;
+    for b in bindings {
+        let Some(hop) = hop_for(sh, b).await else {
+            continue;
+        };
+        // A contact asking for TLS (or WebSocket) is not reached in the clear, not even
+        // through the NAT binding its REGISTER came from.
+        let contact_transport = match Uri::parse(b.contact.as_bytes()) {
+            Ok(Uri::Sip(u)) if u.secure => Some(Transport::Tls),
+            Ok(Uri::Sip(u)) => u.transport().and_then(Transport::from_token),
+            _ => None,
+        };
+        if !sendable(&hop.target)
+            || contact_transport.is_some_and(|t| !matches!(t, Transport::Udp | Transport::Tcp))
+        {
+            unsendable += 1;
+            continue;
+        }
+        match groups.last_mut() {
+            Some((q, g)) if *q == b.q => g.push(hop),
+            _ => groups.push((b.q, vec![hop])),
+        }
+    }
+    (groups.into_iter().map(|(_, g)| g).collect(), unsendable)
+}
+
+/// How to reach one binding: through its Path, over its own connection, to the NAT
+/// source it registered from, or to the contact itself.
+pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
+    let contact = Uri::parse(b.contact.as_bytes()).ok()?;
+    let c = *contact.as_sip()?;
+    let foreign_flow = b.source.as_ref().and_then(|s| {
+        let connection = Transport::from_token(&s.transport).is_some_and(|t| t != Transport::Udp);
+        let elsewhere = s.edge_id.as_deref() != Some(sh.instance.as_str());
+        (connection && elsewhere)
+            .then_some(s.edge_uri.as_deref())
+            .flatten()
+    });
+    let target = if let Some(first) = b.path.first() {
+        let na = NameAddr::parse(first.as_bytes(), "Path").ok()?;
+        resolve(&sip_uri(&na)?).await?
+    } else if let Some(edge_uri) = foreign_flow {
+        // The UA is connected to another edge: only that edge's connection reaches it
+        // (a NAT or firewall admits nothing else), so the request goes there with the
+        // flow token as its top Route.
+        let Ok(Uri::Sip(u)) = Uri::parse(edge_uri.as_bytes()) else {
+            return None;
+        };
+        let target = resolve(&u).await?;
+        let mut routes = vec![format!("<{edge_uri}>")];
+        routes.extend(b.path.iter().cloned());
+        return Some(Hop {
+            request_uri: Some(b.contact.clone()),
+            routes,
+            target,
+        });
+    } else if let Some(src) = b.source.as_ref() {
+        // The REGISTER recorded its source (NAT, or a connection): reach the UA through
+        // its connection while that is open; over UDP through the NAT binding it came from.
+        let transport = Transport::from_token(&src.transport)?;
+        let flow = src
+            .flow_token
+            .as_deref()
+            .filter(|_| src.edge_id.as_deref() == Some(sh.instance.as_str()))
+            .and_then(|t| t.parse().ok())
+            .map(FlowId)
+            .filter(|f| sh.transports.flow_alive(*f));
+        if flow.is_some() || transport == Transport::Udp || !contact_reachable(&c, src.remote) {
+            Target {
+                transport,
+                addr: src.remote,
+                flow,
+            }
+        } else {
+            // The connection is gone but the contact is a listening address we can reach
+            // (a TCP client that is not behind a NAT): open a new connection to it.
+            resolve(&c).await?
+        }
+    } else {
+        resolve(&c).await?
+    };
+    Some(Hop {
+        request_uri: Some(b.contact.clone()),
+        routes: b.path.clone(),
+        target,
+    })
+}
