@@ -112,6 +112,7 @@ pub struct DispatcherHandle {
     /// whose one edge is its own, is not ready before that edge has joined.
     pub edge_up: Arc<AtomicBool>,
     metric_set: MetricSet,
+    internal: Transports,
     commands: mpsc::Sender<Command>,
     draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -129,8 +130,10 @@ struct MetricSet {
 }
 
 impl MetricSet {
-    /// `dispatcher_*` under the caller's prefix; the transports' series carry `side`.
+    /// `sipcluster_*` (the relay's, the admin API's refusals) and `sipcluster_dispatcher_*`
+    /// (the transports', with `side`) into the process's root registry.
     fn register(&self, root: &mut Registry) {
+        let root = root.sub_registry_with_prefix("sipcluster");
         self.relay.register(root);
         self.auth.register(root);
         let d = root.sub_registry_with_prefix("dispatcher");
@@ -142,6 +145,12 @@ impl MetricSet {
 }
 
 impl DispatcherHandle {
+    /// The edge-facing transports (for an in-process link to an edge in the same
+    /// process: see `sip_transport::link_in_process`).
+    pub fn internal_transports(&self) -> &Transports {
+        &self.internal
+    }
+
     /// Add every dispatcher metric to `registry` (a process serving several roles on
     /// one `/metrics`), the admin API's `grpc_auth_rejected` included.
     pub fn register_metrics(&self, registry: &mut Registry) {
@@ -339,7 +348,7 @@ pub async fn start_authenticated(
         internal: int_m.clone(),
         auth: auth_metrics,
     };
-    let mut registry = Registry::with_prefix("sipcluster");
+    let mut registry = Registry::default();
     metric_set.register(&mut registry);
 
     let ready = Arc::new(AtomicBool::new(true));
@@ -473,6 +482,7 @@ pub async fn start_authenticated(
         ready,
         edge_up,
         metric_set,
+        internal,
         commands: cmd_tx,
         draining: drain_tx,
         shutdown: shutdown_tx,
