@@ -26,8 +26,11 @@
 //!   capped per instance, per source and by the process's descriptor limit (see
 //!   [`DescriptorBudget`]); one beyond a cap is closed at once and counted. Failed
 //!   accepts back off (`telemetry::AcceptBackoff`).
+//! * Two transports of one process may be linked ([`link_in_process`]): UDP between them
+//!   then goes through each other's inbound queue, not a loopback socket.
 
 mod limits;
+mod link;
 mod metrics;
 mod tcp;
 mod udp;
@@ -47,6 +50,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use limits::DescriptorBudget;
+pub use link::{LinkError, link_in_process};
 pub use metrics::TransportMetrics;
 
 /// Transport settings.
@@ -167,6 +171,8 @@ pub(crate) struct Inner {
     pub metrics: TransportMetrics,
     pub conn_limits: Arc<limits::ConnLimits>,
     pub log_limits: TcpLogLimits,
+    /// In-process peers (see [`link_in_process`]), set once at start.
+    pub links: std::sync::OnceLock<Vec<link::Link>>,
 }
 
 /// Handle on the running transports (cheap to clone).
@@ -264,6 +270,7 @@ impl Transports {
             events,
             next_flow: AtomicU64::new(1),
             metrics,
+            links: std::sync::OnceLock::new(),
         });
         let mut tasks = Vec::new();
         for (_, s) in &inner.udp {
@@ -296,7 +303,10 @@ impl Transports {
     /// [`Inbound::SendFailed`] with `origin`.
     pub fn send(&self, target: Target, bytes: Bytes, origin: TxnRef) {
         match target.transport {
-            Transport::Udp => udp::send(&self.inner, target, bytes, origin),
+            Transport::Udp => match link::link_for(&self.inner, target.addr) {
+                Some(l) => link::send(&self.inner, l, bytes, origin),
+                None => udp::send(&self.inner, target, bytes, origin),
+            },
             Transport::Tcp => tcp::send(&self.inner, target, bytes, origin),
             // TLS and WebSocket arrive with the security issue; until then a target that
             // needs them fails like an unreachable one.

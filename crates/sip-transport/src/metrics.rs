@@ -65,6 +65,8 @@ pub struct TransportMetrics {
     pub udp: PerTransport,
     /// TCP handles into `received`/`sent`.
     pub tcp: PerTransport,
+    /// In-process link handles into `received`/`sent` (label `in_process`).
+    pub in_process: PerTransport,
 }
 
 impl Default for TransportMetrics {
@@ -77,7 +79,7 @@ impl Default for TransportMetrics {
                 .clone(),
             sent: sent.get_or_create(&TransportLabel { transport }).clone(),
         };
-        let (udp, tcp) = (per("udp"), per("tcp"));
+        let (udp, tcp, in_process) = (per("udp"), per("tcp"), per("in_process"));
         TransportMetrics {
             received,
             sent,
@@ -92,6 +94,7 @@ impl Default for TransportMetrics {
             tcp_max_connections: Gauge::default(),
             udp,
             tcp,
+            in_process,
         }
     }
 }

@@ -502,3 +502,108 @@ async fn tcp_peer_that_does_not_read_is_closed_at_the_write_deadline() {
     }
     drop(c);
 }
+
+async fn start_udp(queue: usize) -> (Transports, mpsc::Receiver<Inbound>, TransportMetrics) {
+    let (tx, rx) = mpsc::channel(queue);
+    let m = TransportMetrics::default();
+    let cfg = TransportConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec![],
+        ..TransportConfig::default()
+    };
+    let (t, _tasks) = Transports::bind(cfg, tx, m.clone()).await.unwrap();
+    (t, rx, m)
+}
+
+fn udp_to(t: &Transports) -> Target {
+    Target {
+        transport: Transport::Udp,
+        addr: t.udp_addrs()[0],
+        flow: None,
+    }
+}
+
+/// Linked transports hand datagrams over in process: the receiver sees the message
+/// from the sender's UDP address, as a datagram would have it, and no socket carries it.
+#[tokio::test]
+async fn linked_transports_deliver_in_process_as_from_the_senders_socket() {
+    let (a, mut a_rx, am) = start_udp(64).await;
+    let (b, mut b_rx, bm) = start_udp(64).await;
+    sip_transport::link_in_process(&a, &b).unwrap();
+    assert!(
+        sip_transport::link_in_process(&a, &b).is_err(),
+        "a link is set once"
+    );
+
+    a.send(
+        udp_to(&b),
+        Bytes::from(options("z9hG4bKlink1")),
+        TxnRef::Stateless,
+    );
+    let (msg, source) = next_message(&mut b_rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKlink1@t"));
+    assert_eq!(source, udp_to(&a), "seen as from A's UDP socket");
+
+    // And back: B's answer reaches A the same way.
+    let reply = sip_core::ResponseBuilder::new(&msg, 200).unwrap().build();
+    b.send(udp_to(&a), reply, TxnRef::Stateless);
+    let (resp, source) = next_message(&mut a_rx).await;
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(source, udp_to(&b));
+
+    assert_eq!(am.in_process.sent.get(), 1);
+    assert_eq!(bm.in_process.received.get(), 1);
+    assert_eq!(
+        am.udp.sent.get() + bm.udp.received.get(),
+        0,
+        "no socket used"
+    );
+
+    // Anyone else is still reached by socket.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to_other = Target {
+        transport: Transport::Udp,
+        addr: other.local_addr().unwrap(),
+        flow: None,
+    };
+    a.send(
+        to_other,
+        Bytes::from(options("z9hG4bKsock")),
+        TxnRef::Stateless,
+    );
+    let mut buf = [0u8; 2048];
+    let (n, _) = timeout(WAIT, other.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .contains("z9hG4bKsock@t")
+    );
+    assert_eq!(am.udp.sent.get(), 1);
+}
+
+/// A receiver whose queue is full answers a new request 503 + Retry-After at once, over
+/// the link as over a socket; bytes that do not parse get their 400 back.
+#[tokio::test]
+async fn a_full_linked_receiver_answers_503_and_garbage_gets_400() {
+    let (a, mut a_rx, _) = start_udp(64).await;
+    let (b, mut b_rx, bm) = start_udp(1).await;
+    sip_transport::link_in_process(&a, &b).unwrap();
+    for branch in ["z9hG4bKfill", "z9hG4bKover"] {
+        a.send(udp_to(&b), Bytes::from(options(branch)), TxnRef::Stateless);
+    }
+    let (resp, source) = next_message(&mut a_rx).await;
+    assert_eq!(resp.status(), Some(503));
+    assert!(resp.header(sip_core::HeaderName::RetryAfter).is_some());
+    assert_eq!(source, udp_to(&b));
+    assert_eq!(bm.overload_rejections.get(), 1);
+    let (first, _) = next_message(&mut b_rx).await;
+    assert_eq!(first.call_id(), Ok("z9hG4bKfill@t"));
+
+    let bad = options("z9hG4bKbad").replace("Max-Forwards: 70", "Max-Forwards 70");
+    a.send(udp_to(&b), Bytes::from(bad), TxnRef::Stateless);
+    let (resp, _) = next_message(&mut a_rx).await;
+    assert_eq!(resp.status(), Some(400));
+}

@@ -124,6 +124,10 @@ pub struct AllInOneConfig {
     /// and written (mode 0600) to `$XDG_STATE_HOME/sipcluster/admin-token`, else
     /// `$HOME/.local/state/sipcluster/admin-token`, where the commands read it.
     pub admin_token_file: Option<PathBuf>,
+    /// The dispatcher hands requests to the edge in process (true, the default), or over
+    /// loopback UDP as two processes would (false: the internal hop is then visible to
+    /// tcpdump and sngrep on `lo`, at about twice the datagrams).
+    pub in_process_hop: bool,
 }
 
 impl Default for AllInOneConfig {
@@ -132,6 +136,7 @@ impl Default for AllInOneConfig {
             location_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             admin_token_file: None,
+            in_process_hop: true,
         }
     }
 }

@@ -94,6 +94,7 @@ pub struct EdgeHandle {
     /// makes it a readiness condition: see [`EdgeHandle::readiness`].
     relays_available: Option<Arc<AtomicBool>>,
     metrics_set: metrics::EdgeMetrics,
+    transports: Transports,
     draining: Arc<AtomicBool>,
     drain: Duration,
     shutdown: oneshot::Sender<()>,
@@ -102,6 +103,12 @@ pub struct EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// The SIP transports (for an in-process link to a dispatcher in the same process:
+    /// see `sip_transport::link_in_process`).
+    pub fn transports(&self) -> &Transports {
+        &self.transports
+    }
+
     /// Stop the edge and wait for the core to finish.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
@@ -318,6 +325,7 @@ pub async fn start_with(
         nonce_uses,
     });
     let (dtx, drx) = mpsc::unbounded_channel();
+    let handle_transports = transports.clone();
     let core = core::Core::new(shared, transports, dtx);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let join = tokio::spawn(core.run(rx, drx, async move {
@@ -331,6 +339,7 @@ pub async fn start_with(
         ready,
         relays_available,
         metrics_set,
+        transports: handle_transports,
         draining,
         drain,
         shutdown: stop_tx,

@@ -34,6 +34,10 @@ pub struct AllInOneArgs {
     /// `off`. Default 127.0.0.1:50052.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
     pub admin: Option<String>,
+    /// Hand requests from the dispatcher to the edge in process (`true`, the default) or
+    /// over loopback UDP (`false`: the internal hop shows in tcpdump/sngrep on `lo`).
+    #[arg(long, env = "SIPCLUSTER_IN_PROCESS_HOP")]
+    pub in_process_hop: Option<bool>,
     // The admin token's file; without it one is generated at each start.
     #[command(flatten)]
     pub admin_token: crate::tokens::AdminTokenArg,
@@ -49,6 +53,9 @@ pub fn resolve(a: &AllInOneArgs) -> Result<EdgeConfig> {
         cfg.all_in_one.admin_listen = listen_flag("admin", l)?;
     }
     a.admin_token.apply(&mut cfg.all_in_one.admin_token_file);
+    if let Some(on) = a.in_process_hop {
+        cfg.all_in_one.in_process_hop = on;
+    }
     Ok(cfg)
 }
 
@@ -215,6 +222,13 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     let disp =
         dispatcher::start_authenticated(dcfg, discovery, admin_api_tokens, auth_metrics.clone())
             .await?;
+    // The dispatcher -> edge hop stays in the process: the same relay and proxy code,
+    // with datagrams handed over through each other's queue instead of loopback UDP.
+    // (Probes and anything sent before this line went by socket; they still work.)
+    if cfg.all_in_one.in_process_hop {
+        sip_transport::link_in_process(disp.internal_transports(), edge.transports())
+            .context("linking the dispatcher and the edge in process")?;
+    }
     // Ready when every role is: the dispatcher not draining and its edge joined (answering
     // its probe: before, every request would get 503), the edge not draining, a media
     // relay answering when calls need one.
