@@ -518,6 +518,54 @@ fn overload_is_shed_with_503_and_retry_after() {
     sipsak_ping(&srv);
 }
 
+/// `in_process_hop = true`: the all-in-one's dispatcher hands requests to its edge through
+/// the edge's queue, not loopback UDP; requests are served the same, and the transport
+/// counters say which way they went.
+#[test]
+fn the_in_process_hop_serves_the_same_and_is_counted() {
+    let dir = workdir("in-process-hop");
+    let mut srv = Server::start(&dir, &["--no-auth", "--in-process-hop", "true"]);
+    let c = RawSip::new(srv.sip);
+    let l = c.local();
+    let r = assert_status(
+        c.request(options(srv.sip, l, "hop1", 70).as_bytes()),
+        200,
+        "OPTIONS answered by the edge behind the dispatcher",
+    );
+    assert!(r.contains("Allow: "), "{r}");
+    let reg = request(
+        "REGISTER",
+        "sip:sipcluster.local",
+        l,
+        "hop2",
+        &format!("Contact: <sip:hop@{l}>\r\nExpires: 60\r\n"),
+    )
+    .replace(
+        "From: <sip:probe@example.org>",
+        "From: <sip:hop@sipcluster.local>",
+    )
+    .replace(
+        "To: <sip:sipcluster.local>",
+        "To: <sip:hop@sipcluster.local>",
+    );
+    let r = assert_status(c.request(reg.as_bytes()), 200, "REGISTER");
+    assert!(r.contains(&format!("<sip:hop@{l}>")), "binding echoed: {r}");
+    let m = srv.scrape();
+    let v = |sample: &str| common::metric_value(&m, sample);
+    let handed = v(
+        "sipcluster_dispatcher_sip_transport_messages_sent_total{side=\"internal\",transport=\"in_process\"}",
+    );
+    let taken = v("sipcluster_sip_transport_messages_received_total{transport=\"in_process\"}");
+    assert!(
+        handed >= 2.0,
+        "OPTIONS and REGISTER handed over in process: {handed}\n{m}"
+    );
+    assert!(taken >= 2.0, "and taken by the edge: {taken}");
+    let answered = v("sipcluster_sip_transport_messages_sent_total{transport=\"in_process\"}");
+    assert!(answered >= 2.0, "answers back in process: {answered}");
+    srv.assert_alive();
+}
+
 /// `--workers N` sets the runtime's worker threads (and the edge serves with one).
 #[test]
 fn worker_threads_follow_the_configuration() {

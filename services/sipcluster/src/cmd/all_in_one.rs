@@ -34,8 +34,9 @@ pub struct AllInOneArgs {
     /// `off`. Default 127.0.0.1:50052.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
     pub admin: Option<String>,
-    /// Hand requests from the dispatcher to the edge in process (`true`, the default) or
-    /// over loopback UDP (`false`: the internal hop shows in tcpdump/sngrep on `lo`).
+    /// Hand requests from the dispatcher to the edge in process (`true`: less CPU) or
+    /// over loopback UDP (`false`, the default: the internal hop shows in tcpdump/sngrep
+    /// on `lo`, and bursts queue in the kernel).
     #[arg(long, env = "SIPCLUSTER_IN_PROCESS_HOP")]
     pub in_process_hop: Option<bool>,
     // The admin token's file; without it one is generated at each start.
