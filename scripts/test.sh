@@ -215,7 +215,7 @@ kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_client" --bind-address 127
 STARTED_PIDS+=($!)
 for i in $(seq 1 600); do
   [ "$(curl -sk -m 1 -H "Authorization: Bearer $kube_token" "https://127.0.0.1:$api_port/readyz" 2>/dev/null)" = ok ] && break
-  [ "$i" = 600 ] && { tail -30 "$KDIR/apiserver.log" "$KDIR/etcd.log"; echo "kube-apiserver not ready in 60 s" >&2; exit 1; }
+  [ "$i" = 600 ] && { tail -n 30 "$KDIR/apiserver.log" "$KDIR/etcd.log"; echo "kube-apiserver not ready in 60 s" >&2; exit 1; }
   sleep 0.1
 done
 cat >"$KDIR/kubeconfig" <<KUBECONFIG
