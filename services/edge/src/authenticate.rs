@@ -164,3 +164,35 @@ pub(crate) async fn authenticate(
     sh.guard.auth_succeeded(&format!("{username}@{realm}"));
     Ok(username)
 }
+
+/// With `auth.invite`, a local user's new request is challenged (proxy digest) before
+/// anything else is decided for it; a trusted peer is not.
+pub(crate) async fn authenticate_caller(
+    sh: &Shared,
+    r: &crate::route::Routing<'_>,
+    sender: &mut Sender<'_>,
+) -> Result<(), Decision> {
+    let needs_auth = sh.cfg.auth.invite
+        && r.initial
+        && r.from_domain.is_some()
+        && r.challengeable
+        && !sender.origin.trusted;
+    if !needs_auth {
+        return Ok(());
+    }
+    let realm = r.from_domain.clone().unwrap_or_default();
+    let user = authenticate(
+        sh,
+        r.txn,
+        r.msg,
+        r.source,
+        sender,
+        ChallengeKind::Proxy,
+        &realm,
+        r.msg.from_user(),
+        r.now,
+    )
+    .await?;
+    sender.user = Some(format!("<sip:{user}@{realm}>"));
+    Ok(())
+}

@@ -44,3 +44,18 @@ pub fn options_for_me(sh: &Shared, msg: &SipMessage) -> bool {
 }
 
 pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
+
+/// A request addressed to the proxy itself (§8.2.1 as a UAS): it answers OPTIONS (and
+/// REGISTER, in its own stage) only.
+pub(crate) fn answer(sh: &Shared, r: &crate::route::Routing<'_>) -> Decision {
+    match r.method {
+        Method::Options => options_reply(sh, r.txn, r.msg),
+        Method::Other(_) => r.respond(501),
+        _ => crate::decision::respond_with(
+            r.txn,
+            r.msg,
+            405,
+            &[("Allow", "OPTIONS, REGISTER".into())],
+        ),
+    }
+}

@@ -220,3 +220,22 @@ pub(crate) async fn prove(
 pub(crate) fn refuse_in_dialog(txn: ServerTxnId, msg: &SipMessage) -> Decision {
     respond(txn, msg, 404)
 }
+
+/// An in-dialog request with no Route left after ours: the Request-URI is the remote
+/// target; admit it as [`admit_in_dialog`] says (`local_target`: that target is in one of
+/// our domains).
+pub(crate) async fn admit_to_target(
+    sh: &Shared,
+    r: &crate::route::Routing<'_>,
+    sender: &mut Sender<'_>,
+    local_target: bool,
+) -> Result<(), Decision> {
+    let gate = InDialogGate {
+        own_routes: r.own_routes(),
+        next: None,
+        local_target,
+        from_domain: r.from_domain.as_deref(),
+        challengeable: r.challengeable,
+    };
+    admit_in_dialog(sh, r.txn, r.msg, r.source, sender, gate, r.now).await
+}

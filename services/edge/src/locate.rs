@@ -5,7 +5,7 @@ use sip_core::{NameAddr, Uri};
 use sip_registrar::Binding;
 use sip_txn::{FlowId, Target, Transport};
 
-use crate::decision::Hop;
+use crate::decision::{Decision, Hop};
 use crate::nat::contact_reachable;
 use crate::route::{resolve, sendable, sip_uri};
 use crate::shared::Shared;
@@ -103,4 +103,39 @@ pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
         routes: b.path.clone(),
         target,
     })
+}
+
+/// A request for a local user (`raw_user` in `domain`): to every binding, as q-order
+/// groups. Unknown and unregistered users get the same answer (480), so a caller cannot
+/// tell which users exist; a store that does not answer gives 503 + Retry-After.
+pub(crate) async fn to_local_user(
+    sh: &Shared,
+    r: &crate::route::Routing<'_>,
+    domain: &str,
+    raw_user: &str,
+) -> Decision {
+    let Ok(aor) = sip_registrar::Aor::parse(&format!("sip:{raw_user}@{domain}")) else {
+        return r.respond(480);
+    };
+    let user = sip_core::unescape_percent(raw_user.as_bytes()).into_owned();
+    let user = String::from_utf8_lossy(&user).into_owned();
+    match sh.users.credentials(&user, domain).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return r.respond(480),
+        Err(_) => return crate::decision::unavailable(sh, r.txn, r.msg),
+    }
+    let bindings = match sh.store.lookup(&aor, r.now).await {
+        Ok(b) => b,
+        Err(_) => return crate::decision::unavailable(sh, r.txn, r.msg),
+    };
+    let (groups, unsendable) = hops_from_bindings(sh, &bindings).await;
+    if groups.is_empty() {
+        // Registered only at addresses we cannot reach yet (TLS): say so at once, rather
+        // than letting the caller wait out a timeout.
+        return r.respond(if unsendable > 0 { 503 } else { 480 });
+    }
+    Decision::Forward {
+        txn: r.txn,
+        plan: r.plan(groups),
+    }
 }

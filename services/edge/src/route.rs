@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 
-use sip_core::{NameAddr, SipMessage, SipUri, Uri};
-use sip_txn::{Target, Transport};
+use dispatch_core::token::edge as flow_token;
+use sip_core::{Method, NameAddr, SipMessage, SipUri, Uri};
+use sip_registrar::unix_now;
+use sip_txn::{ServerTxnId, Target, Transport};
 
+use crate::decision::{Decision, Hop, IdentityHeaders, Plan, respond, respond_with, retry_later};
 use crate::local::Local;
+use crate::shared::Shared;
 
 /// A hash of the request as it identifies a forwarding attempt (§16.6 step 8, §16.3 step
 /// 4): equal for a request that loops back unchanged, different once it was retargeted.
@@ -145,6 +149,190 @@ pub(crate) fn sip_uri<'a>(a: &NameAddr<'a>) -> Option<SipUri<'a>> {
 /// `transport=tls` target to plain UDP/TCP (RFC 3261 §26.2.2, RFC 5630).
 pub(crate) fn sendable(t: &Target) -> bool {
     matches!(t.transport, Transport::Udp | Transport::Tcp)
+}
+
+/// What the route stage learnt of a request (§16.3, §16.4), read once for the stages
+/// after it.
+pub(crate) struct Routing<'m> {
+    pub(crate) txn: ServerTxnId,
+    pub(crate) msg: &'m SipMessage,
+    pub(crate) source: Target,
+    pub(crate) method: Method<'m>,
+    /// Unix seconds: the clock of bindings and nonces.
+    pub(crate) now: u64,
+    /// The Route values; the first `pop` name this edge and are removed (§16.4).
+    pub(crate) routes: Vec<NameAddr<'m>>,
+    pub(crate) pop: usize,
+    /// The previous hop strict-routed to us: Request-URI := last Route value.
+    pub(crate) strict_fix: bool,
+    /// Route values left after ours (and after the strict-route fix).
+    pub(crate) remaining: usize,
+    /// No To tag: a request outside any dialog.
+    pub(crate) initial: bool,
+    pub(crate) record_route: bool,
+    /// The From domain, when it is one of ours (a local user's request).
+    pub(crate) from_domain: Option<String>,
+    /// A request our users' digest covers (ACK and CANCEL cannot be challenged; OPTIONS
+    /// is answered or relayed without).
+    pub(crate) challengeable: bool,
+}
+
+impl<'m> Routing<'m> {
+    /// The §16.3 checks: 483, 420, 482 (and 416 while there is no TLS), or `None` when
+    /// the request passes them.
+    pub(crate) fn refused(
+        sh: &Shared,
+        txn: ServerTxnId,
+        msg: &SipMessage,
+        method: Method<'_>,
+    ) -> Option<Decision> {
+        if msg.max_forwards() == Ok(Some(0)) {
+            // §16.3 step 3: at zero only an OPTIONS for the proxy itself may be answered.
+            let for_me = method == Method::Options
+                && msg.routes().flatten().next().is_none()
+                && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.user.is_none() && sh.local.is_me(&u));
+            if !for_me {
+                return Some(respond(txn, msg, 483));
+            }
+        }
+        let unsupported: Vec<String> = msg.proxy_require().flatten().map(str::to_owned).collect();
+        if !unsupported.is_empty() {
+            return Some(respond_with(
+                txn,
+                msg,
+                420,
+                &[("Unsupported", unsupported.join(", "))],
+            ));
+        }
+        if is_loop(&sh.local, msg) {
+            return Some(respond(txn, msg, 482));
+        }
+        // No TLS yet: a sips: request can only be refused, never carried in the clear.
+        if method != Method::Register && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.secure) {
+            return Some(respond(txn, msg, 416));
+        }
+        None
+    }
+
+    /// The Route facts of a request that passed [`Self::refused`].
+    pub(crate) fn read(
+        sh: &Shared,
+        txn: ServerTxnId,
+        msg: &'m SipMessage,
+        source: Target,
+        method: Method<'m>,
+    ) -> Routing<'m> {
+        let routes: Vec<NameAddr<'m>> = msg.routes().flatten().collect();
+        let pop = routes
+            .iter()
+            .take_while(|r| sip_uri(r).is_some_and(|u| sh.local.is_me(&u)))
+            .count();
+        let strict_fix = pop < routes.len()
+            && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if sh.local.is_me(&u) && u.lr());
+        let remaining = routes.len() - pop - usize::from(strict_fix);
+        let initial = msg.to_tag().ok().flatten().is_none();
+        let from_domain = msg
+            .from_header()
+            .ok()
+            .and_then(|f| sip_uri(&f))
+            .and_then(|u| sh.local.local_domain(&u).map(str::to_owned));
+        Routing {
+            txn,
+            msg,
+            source,
+            method,
+            now: unix_now(),
+            record_route: initial && method.creates_dialog() && sh.cfg.sip.record_route,
+            routes,
+            pop,
+            strict_fix,
+            remaining,
+            initial,
+            from_domain,
+            challengeable: !matches!(method, Method::Ack | Method::Cancel | Method::Options),
+        }
+    }
+
+    /// Answer `code`.
+    pub(crate) fn respond(&self, code: u16) -> Decision {
+        respond(self.txn, self.msg, code)
+    }
+
+    /// Forward to one next hop, the Request-URI unchanged.
+    pub(crate) fn one_hop(&self, target: Target) -> Decision {
+        Decision::Forward {
+            txn: self.txn,
+            plan: Plan::one_hop(self.pop, self.strict_fix, self.record_route, target),
+        }
+    }
+
+    /// Forward by `groups` of hops (q-order groups, each forked in parallel).
+    pub(crate) fn plan(&self, groups: Vec<Vec<Hop>>) -> Plan {
+        Plan {
+            pop_routes: self.pop,
+            strict_fix: self.strict_fix,
+            record_route: self.record_route,
+            groups,
+            body: None,
+            anchor: None,
+            identity: IdentityHeaders::default(),
+        }
+    }
+
+    /// Our Route values.
+    pub(crate) fn own_routes(&self) -> &[NameAddr<'m>] {
+        &self.routes[..self.pop]
+    }
+
+    /// The target: the Request-URI or, after a strict route, the last Route value. `None`
+    /// for tel: and the like (this edge has no number routing).
+    pub(crate) fn target_uri(&self) -> Option<SipUri<'m>> {
+        if self.strict_fix {
+            self.routes.last().and_then(sip_uri)
+        } else {
+            match self.msg.request_uri() {
+                Ok(Uri::Sip(u)) => Some(u),
+                _ => None,
+            }
+        }
+    }
+
+    /// A Route naming one of this edge's client connections (put there by another edge
+    /// that looked up a binding registered here): deliver down that connection. Our
+    /// flow-token form not signed with the cluster's secret (forged, or from before a
+    /// secret rotation) is refused, never taken for an ordinary Route.
+    pub(crate) fn to_own_flow(&self, sh: &Shared) -> Option<Decision> {
+        let mine = || self.own_routes().iter().filter_map(sip_uri);
+        if let Some(token) =
+            mine().find_map(|u| u.user.and_then(|t| flow_token::decode(&sh.nonces, t)))
+        {
+            return Some(match token {
+                (instance, flow) if instance == sh.instance => {
+                    match sh.transports.flow_target(flow) {
+                        Some(target) => self.one_hop(target),
+                        // RFC 5626 §5.3: the flow is gone.
+                        None => self.respond(430),
+                    }
+                }
+                // Signed by the cluster but for an earlier incarnation of this edge.
+                _ => self.respond(430),
+            });
+        }
+        mine()
+            .any(|u| u.user.is_some_and(|t| t.starts_with(flow_token::PREFIX)))
+            .then(|| self.respond(403))
+    }
+
+    /// Forward to `uri` resolved: 404 when no such host, 503 + Retry-After when the
+    /// resolver does not answer, 503 when we cannot send there.
+    pub(crate) async fn to_uri(&self, uri: &SipUri<'_>) -> Decision {
+        match resolve_or(uri).await {
+            Ok(target) if sendable(&target) => self.one_hop(target),
+            Ok(_) => self.respond(503),
+            Err(Unresolved::Timeout) => retry_later(self.txn, self.msg),
+            Err(Unresolved::NoSuchHost) => self.respond(404),
+        }
+    }
 }
 
 #[cfg(test)]
