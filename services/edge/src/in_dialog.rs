@@ -239,3 +239,26 @@ pub(crate) async fn admit_to_target(
     };
     admit_in_dialog(sh, r.txn, r.msg, r.source, sender, gate, r.now).await
 }
+
+/// [`prove`] for the request `r` describes, with `refusal` for a sender who cannot be
+/// challenged.
+pub(crate) async fn prove_for(
+    sh: &Shared,
+    r: &crate::route::Routing<'_>,
+    sender: &mut Sender<'_>,
+    refusal: u16,
+) -> Result<(), Decision> {
+    let (txn, msg, source, domain) = (r.txn, r.msg, r.source, r.from_domain.as_deref());
+    prove(
+        sh,
+        txn,
+        msg,
+        source,
+        sender,
+        domain,
+        r.challengeable,
+        r.now,
+        refusal,
+    )
+    .await
+}

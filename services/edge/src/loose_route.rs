@@ -4,7 +4,7 @@
 //! any address); an in-dialog one only through our own Record-Route.
 
 use crate::decision::Decision;
-use crate::in_dialog::{InDialogGate, admit_in_dialog, prove};
+use crate::in_dialog::{InDialogGate, admit_in_dialog, prove_for};
 use crate::origin::Sender;
 use crate::route::{Routing, resolve, sendable, sip_uri};
 use crate::shared::Shared;
@@ -20,20 +20,7 @@ pub(crate) async fn to_next_route(
     };
     let from_domain = r.from_domain.as_deref();
     if r.initial && !sender.origin.trusted {
-        let (txn, msg, source) = (r.txn, r.msg, r.source);
-        if let Err(d) = prove(
-            sh,
-            txn,
-            msg,
-            source,
-            sender,
-            from_domain,
-            r.challengeable,
-            r.now,
-            403,
-        )
-        .await
-        {
+        if let Err(d) = prove_for(sh, r, sender, 403).await {
             return d;
         }
     } else if !r.initial {

@@ -6,7 +6,7 @@
 use sip_core::{SipUri, Uri};
 
 use crate::decision::{Decision, Hop, Plan};
-use crate::in_dialog::prove;
+use crate::in_dialog::prove_for;
 use crate::origin::Sender;
 use crate::route::{Routing, resolve};
 use crate::shared::Shared;
@@ -21,19 +21,7 @@ async fn proved(sh: &Shared, r: &Routing<'_>, sender: &mut Sender<'_>) -> Result
     if may_leave(sender) {
         return Ok(());
     }
-    let (txn, msg, source, domain) = (r.txn, r.msg, r.source, r.from_domain.as_deref());
-    prove(
-        sh,
-        txn,
-        msg,
-        source,
-        sender,
-        domain,
-        r.challengeable,
-        r.now,
-        403,
-    )
-    .await
+    prove_for(sh, r, sender, 403).await
 }
 
 /// A local user's new request for a target a destination set serves: to the dispatcher
