@@ -23,7 +23,7 @@ use sip_txn::{ServerTxnId, Target};
 use crate::authenticate::authenticate_caller;
 use crate::decision::{Decision, IdentityHeaders, respond};
 use crate::for_me::answer;
-use crate::in_dialog::admit_to_target;
+use crate::in_dialog::admit_in_dialog;
 use crate::locate::to_local_user;
 use crate::loose_route::to_next_route;
 use crate::origin::{Sender, origin};
@@ -100,7 +100,7 @@ async fn decide_for(
     }
     // in dialog: only through our Record-Route, or to a party of the dialog.
     if !r.initial {
-        if let Err(d) = admit_to_target(sh, &r, sender, domain.is_some()).await {
+        if let Err(d) = admit_in_dialog(sh, &r, sender, None, domain.is_some()).await {
             return d;
         }
         if domain.is_none() {

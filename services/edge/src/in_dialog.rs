@@ -4,12 +4,12 @@
 use sip_auth::ChallengeKind;
 use sip_core::{NameAddr, SipMessage, SipUri, Uri};
 use sip_registrar::{Aor, unix_now};
-use sip_txn::{ServerTxnId, Target};
+use sip_txn::ServerTxnId;
 
 use crate::authenticate::authenticate;
 use crate::decision::{Decision, respond};
 use crate::origin::{Origin, Sender};
-use crate::route::sip_uri;
+use crate::route::{Routing, sip_uri};
 use crate::shared::Shared;
 
 /// Was this in-dialog request's dialog set up through our Record-Route? It shows the
@@ -130,85 +130,52 @@ pub(crate) async fn ruri_is_a_contact_of_to(sh: &Shared, msg: &SipMessage) -> bo
     })
 }
 
-/// What an in-dialog request's admission looks at besides the request itself.
-pub(crate) struct InDialogGate<'a, 'm> {
-    /// Our own Routes, popped.
-    pub(crate) own_routes: &'a [NameAddr<'m>],
-    /// The next Route, if any.
-    pub(crate) next: Option<&'a SipUri<'m>>,
-    /// The Request-URI is in our domain: it is looked up like any request for a local
-    /// user, so a challenge is not needed to go on.
-    pub(crate) local_target: bool,
-    /// The From's domain when it is ours (a local user can be challenged).
-    pub(crate) from_domain: Option<&'a str>,
-    /// Whether this method can be challenged at all.
-    pub(crate) challengeable: bool,
-}
-
 /// An in-dialog request goes on per [`in_dialog_verdict`]: allowed, refused (404), or
-/// only for a sender who proves who it is ([`prove`]).
+/// only for a sender who proves who it is ([`prove`]). `next`: the Route after ours, if
+/// any; `local_target`: the Request-URI is in one of our domains (it is looked up like
+/// any request for a local user, so a challenge is not needed to go on).
 pub(crate) async fn admit_in_dialog(
     sh: &Shared,
-    txn: ServerTxnId,
-    msg: &SipMessage,
-    source: Target,
+    r: &Routing<'_>,
     sender: &mut Sender<'_>,
-    gate: InDialogGate<'_, '_>,
-    now: u64,
+    next: Option<&SipUri<'_>>,
+    local_target: bool,
 ) -> Result<(), Decision> {
-    match in_dialog_verdict(sh, msg, gate.own_routes, &sender.origin, gate.next).await {
+    match in_dialog_verdict(sh, r.msg, r.own_routes(), &sender.origin, next).await {
         InDialog::Allowed => Ok(()),
-        InDialog::Refused => Err(refuse_in_dialog(txn, msg)),
-        InDialog::Challenge if gate.local_target => Ok(()),
-        InDialog::Challenge => {
-            let (from_domain, challengeable) = (gate.from_domain, gate.challengeable);
-            prove(
-                sh,
-                txn,
-                msg,
-                source,
-                sender,
-                from_domain,
-                challengeable,
-                now,
-                404,
-            )
-            .await
-        }
+        InDialog::Refused => Err(refuse_in_dialog(r.txn, r.msg)),
+        InDialog::Challenge if local_target => Ok(()),
+        InDialog::Challenge => prove(sh, r, sender, 404).await,
     }
 }
 
 /// A request that may only leave for a sender who proves who it is: a local From is
 /// challenged (phones answer a 407 to a BYE or re-INVITE as to an INVITE); anyone else
 /// gets `refusal` (404 in a dialog, 403 otherwise).
-#[allow(clippy::too_many_arguments)] // each is one fact of the request being checked
 pub(crate) async fn prove(
     sh: &Shared,
-    txn: ServerTxnId,
-    msg: &SipMessage,
-    source: Target,
+    r: &Routing<'_>,
     sender: &mut Sender<'_>,
-    from_domain: Option<&str>,
-    challengeable: bool,
-    now: u64,
     refusal: u16,
 ) -> Result<(), Decision> {
     if sender.user.is_some() {
         return Ok(());
     }
-    let Some(realm) = from_domain.filter(|_| challengeable) else {
-        return Err(respond(txn, msg, refusal));
+    let Some(realm) = r.from_domain.as_deref().filter(|_| r.challengeable) else {
+        return Err(r.respond(refusal));
     };
+    let (txn, msg, source) = (r.txn, r.msg, r.source);
+    let kind = ChallengeKind::Proxy;
     let user = authenticate(
         sh,
         txn,
         msg,
         source,
         sender,
-        ChallengeKind::Proxy,
+        kind,
         realm,
         msg.from_user(),
-        now,
+        r.now,
     )
     .await?;
     sender.user = Some(format!("<sip:{user}@{realm}>"));
@@ -219,46 +186,4 @@ pub(crate) async fn prove(
 /// token is forged): "not here", as Kamailio's default configuration answers.
 pub(crate) fn refuse_in_dialog(txn: ServerTxnId, msg: &SipMessage) -> Decision {
     respond(txn, msg, 404)
-}
-
-/// An in-dialog request with no Route left after ours: the Request-URI is the remote
-/// target; admit it as [`admit_in_dialog`] says (`local_target`: that target is in one of
-/// our domains).
-pub(crate) async fn admit_to_target(
-    sh: &Shared,
-    r: &crate::route::Routing<'_>,
-    sender: &mut Sender<'_>,
-    local_target: bool,
-) -> Result<(), Decision> {
-    let gate = InDialogGate {
-        own_routes: r.own_routes(),
-        next: None,
-        local_target,
-        from_domain: r.from_domain.as_deref(),
-        challengeable: r.challengeable,
-    };
-    admit_in_dialog(sh, r.txn, r.msg, r.source, sender, gate, r.now).await
-}
-
-/// [`prove`] for the request `r` describes, with `refusal` for a sender who cannot be
-/// challenged.
-pub(crate) async fn prove_for(
-    sh: &Shared,
-    r: &crate::route::Routing<'_>,
-    sender: &mut Sender<'_>,
-    refusal: u16,
-) -> Result<(), Decision> {
-    let (txn, msg, source, domain) = (r.txn, r.msg, r.source, r.from_domain.as_deref());
-    prove(
-        sh,
-        txn,
-        msg,
-        source,
-        sender,
-        domain,
-        r.challengeable,
-        r.now,
-        refusal,
-    )
-    .await
 }

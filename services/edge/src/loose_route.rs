@@ -4,7 +4,7 @@
 //! any address); an in-dialog one only through our own Record-Route.
 
 use crate::decision::Decision;
-use crate::in_dialog::{InDialogGate, admit_in_dialog, prove_for};
+use crate::in_dialog::{admit_in_dialog, prove};
 use crate::origin::Sender;
 use crate::route::{Routing, resolve, sendable, sip_uri};
 use crate::shared::Shared;
@@ -18,22 +18,15 @@ pub(crate) async fn to_next_route(
     let Some(next) = r.routes.get(r.pop).and_then(sip_uri) else {
         return r.respond(400);
     };
-    let from_domain = r.from_domain.as_deref();
-    if r.initial && !sender.origin.trusted {
-        if let Err(d) = prove_for(sh, r, sender, 403).await {
-            return d;
-        }
-    } else if !r.initial {
-        let gate = InDialogGate {
-            own_routes: r.own_routes(),
-            next: Some(&next),
-            local_target: false,
-            from_domain,
-            challengeable: r.challengeable,
-        };
-        if let Err(d) = admit_in_dialog(sh, r.txn, r.msg, r.source, sender, gate, r.now).await {
-            return d;
-        }
+    let admitted = if !r.initial {
+        admit_in_dialog(sh, r, sender, Some(&next), false).await
+    } else if !sender.origin.trusted {
+        prove(sh, r, sender, 403).await
+    } else {
+        Ok(())
+    };
+    if let Err(d) = admitted {
+        return d;
     }
     match resolve(&next).await {
         Some(target) if sendable(&target) => r.one_hop(target),

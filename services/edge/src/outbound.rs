@@ -6,7 +6,7 @@
 use sip_core::{SipUri, Uri};
 
 use crate::decision::{Decision, Hop, Plan};
-use crate::in_dialog::prove_for;
+use crate::in_dialog::prove;
 use crate::origin::Sender;
 use crate::route::{Routing, resolve};
 use crate::shared::Shared;
@@ -21,7 +21,7 @@ async fn proved(sh: &Shared, r: &Routing<'_>, sender: &mut Sender<'_>) -> Result
     if may_leave(sender) {
         return Ok(());
     }
-    prove_for(sh, r, sender, 403).await
+    prove(sh, r, sender, 403).await
 }
 
 /// A local user's new request for a target a destination set serves: to the dispatcher
