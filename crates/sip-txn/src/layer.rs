@@ -415,6 +415,28 @@ impl TransactionLayer {
         Ok(ClientTxnId(id))
     }
 
+    /// A CANCEL was sent for this INVITE client transaction: if no final response comes
+    /// within 64·T1 it ends with [`Event::Timeout`] (RFC 3261 §9.1: "the client SHOULD
+    /// consider the transaction cancelled and destroy it"). Without this a callee that
+    /// never answers the CANCEL would hold the transaction, and the caller's, for ever:
+    /// a provisional response stopped Timer B.
+    pub fn cancelled(&mut self, now: Instant, txn: ClientTxnId) {
+        let t1x64 = self.cfg.t1x64();
+        let Some(t) = self.clients.get_mut(txn.0) else {
+            return;
+        };
+        if !t.invite || !matches!(t.state, ClientState::Calling | ClientState::Proceeding) {
+            return;
+        }
+        let at = now + t1x64;
+        // An earlier deadline (Timer B, still running while Calling) stands.
+        if t.timeout.is_some_and(|d| d <= at) {
+            return;
+        }
+        t.timeout = Some(at);
+        self.arm(TxnKey::Client(txn.0), Slot::Timeout, now, t1x64);
+    }
+
     /// Send bytes outside any transaction (the ACK for a 2xx, stateless replies).
     pub fn send_stateless(&mut self, target: Target, bytes: Bytes) {
         self.transmits.push_back(Transmit {

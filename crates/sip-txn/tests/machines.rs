@@ -213,6 +213,42 @@ fn client_invite_provisional_stops_a_and_b() {
 }
 
 #[test]
+fn a_cancelled_invite_without_a_final_response_ends_64_t1_after_the_cancel() {
+    let mut l = TransactionLayer::new(TimerConfig::default());
+    let mut now = Instant::now();
+    let req = request("INVITE", "z9hG4bKi3");
+    let txn = l.request(now, req.clone(), udp(5060)).unwrap();
+    drain_tx(&mut l);
+    let (_, ringing) = response_to(&req, 180);
+    l.handle_response(now, ringing, udp(5060)).unwrap();
+    drain_events(&mut l);
+    advance(&mut l, &mut now, Duration::from_secs(100));
+    // RFC 3261 §9.1: the CANCEL went out; no final response follows.
+    l.cancelled(now, txn);
+    advance(&mut l, &mut now, Duration::from_millis(31_900));
+    assert_eq!(l.client_state(txn), Some(ClientState::Proceeding));
+    assert!(drain_events(&mut l).is_empty());
+    advance(&mut l, &mut now, Duration::from_millis(200));
+    assert_eq!(l.client_state(txn), None, "destroyed");
+    assert!(matches!(
+        drain_events(&mut l).as_slice(),
+        [Event::Timeout { txn: t }] if *t == txn
+    ));
+
+    // Before any provisional response Timer B (already running) is what ends it.
+    let req = request("INVITE", "z9hG4bKi4");
+    let started = now;
+    let txn = l.request(now, req, udp(5060)).unwrap();
+    advance(&mut l, &mut now, Duration::from_secs(10));
+    l.cancelled(now, txn);
+    advance(&mut l, &mut now, Duration::from_millis(21_900));
+    assert!(l.client_state(txn).is_some());
+    advance(&mut l, &mut now, Duration::from_millis(200));
+    assert_eq!(l.client_state(txn), None);
+    assert_eq!(now - started, Duration::from_millis(32_100));
+}
+
+#[test]
 fn client_invite_non_2xx_is_acked_hop_by_hop() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let mut now = Instant::now();

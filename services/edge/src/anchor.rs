@@ -40,13 +40,8 @@ pub async fn anchor_request(
     let to_tag = msg.to_tag().ok().flatten();
     match msg.method() {
         Some(sip_core::Method::Bye) => {
-            let (r, c, f, t) = (
-                relays.clone(),
-                call_id.to_owned(),
-                from_tag.to_owned(),
-                to_tag.unwrap_or_default().to_owned(),
-            );
-            tokio::spawn(async move { r.delete(&c, &f, &t).await });
+            // The core asks every relay to end the session as it forwards the BYE.
+            plan.end_media = true;
             return forward(plan);
         }
         Some(sip_core::Method::Invite | sip_core::Method::Update) => {}

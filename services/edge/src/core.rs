@@ -1,31 +1,106 @@
-//! The proxy core: one task that owns the transaction layer and every response context.
+//! The proxy core, sans-IO: it owns the transaction layer and every response context,
+//! and does no I/O and no waiting of its own.
 //!
-//! Transports parse and queue messages; the core validates them, feeds the transaction
-//! layer, hands new requests to decision tasks (which may wait on stores), and turns their
-//! decisions and the transaction events into forwarded requests and responses. Owning all
-//! protocol state in one task means no locks on the hot path and one ordering of events.
+//! Inputs: messages from the transports ([`Core::handle_inbound`]), the passing of time
+//! ([`Core::handle_timeout`], due at [`Core::poll_timeout`]) and the answers to what it
+//! asked for ([`Core::handle_answer`]). Outputs, taken with [`Core::poll_action`]: datagrams
+//! and stream writes to send, and [`Ask`]s — decide a new request (the stages, which may
+//! wait on the stores), anchor a response's SDP, route an ACK, end a media session. The
+//! driver ([`crate::driver`]) executes them; a test executes them by hand on a virtual
+//! clock (`tests/core.rs`). Owning all protocol state in one place means no locks on the
+//! hot path and one ordering of events.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use foldhash::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sip_core::{Editor, Method, RequestBuilder, ResponseBuilder, SipMessage, error_reply};
-use sip_transport::{Inbound, Transports};
+use sip_transport::Inbound;
 use sip_txn::{ClientTxnId, Event, ServerTxnId, Target, TransactionLayer, TxnRef};
-use tokio::sync::mpsc;
 
-use crate::decide::decide;
 use crate::decision::{Decision, Hop, Plan};
 use crate::forking::{BranchId, Outcome, ResponseContext};
+use crate::forward::build_forward;
 use crate::metrics::{ReasonLabel, method_index};
-use crate::route::{branch_prefix, loop_hash, resolve};
+use crate::nat::with_received;
+use crate::route::{branch_prefix, loop_hash};
 use crate::shared::Shared;
+
+/// What the core wants done.
+#[derive(Debug)]
+pub enum Action {
+    /// Send bytes (a request or response; `origin` says whose, for a send failure).
+    Send {
+        /// Where.
+        target: Target,
+        /// What.
+        bytes: Bytes,
+        /// The transaction they belong to.
+        origin: TxnRef,
+    },
+    /// Find something out or have something done; most come back as an [`Answer`].
+    Ask(Box<Ask>),
+}
+
+/// Work the core hands out because it may wait (stores, DNS, a media relay).
+#[derive(Debug)]
+pub enum Ask {
+    /// Run the request stages ([`crate::decide`]) and the anchoring of the request
+    /// ([`crate::anchor`]) for a new server transaction: answered by
+    /// [`Answer::Decided`].
+    Decide {
+        /// The transaction.
+        txn: ServerTxnId,
+        /// The request.
+        msg: SipMessage,
+        /// Where it came from.
+        source: Target,
+    },
+    /// An 18x/2xx with SDP for an anchored call: the relay's answer goes into its SDP.
+    /// Answered by [`Answer::Decided`] with [`Decision::Respond`] carrying the rewritten
+    /// response (or `fallback`, the response as it was, when the relay cannot say).
+    AnchorResponse {
+        /// The server transaction it answers.
+        txn: ServerTxnId,
+        /// Its status code.
+        code: u16,
+        /// The response (our Via already removed).
+        resp: SipMessage,
+        /// The relay holding the call's session.
+        relay: usize,
+        /// The response carries the offer (the request had no SDP: a late offer).
+        offer: bool,
+    },
+    /// Route an ACK for a 2xx ([`crate::ack`]): answered by [`Answer::Ack`].
+    RouteAck {
+        /// The ACK.
+        ack: SipMessage,
+        /// Where it came from.
+        source: Target,
+    },
+    /// End a call's media session (no answer).
+    EndMedia {
+        /// Call-ID.
+        call_id: String,
+        /// From tag.
+        from_tag: String,
+        /// To tag, or empty for every session of the From tag.
+        to_tag: String,
+    },
+}
+
+/// What came back for an [`Ask`].
+#[derive(Debug)]
+pub enum Answer {
+    /// A decision for a request, or an anchored response to send.
+    Decided(Decision),
+    /// An ACK's next hop and bytes.
+    Ack(Target, Bytes),
+}
 
 struct BranchInfo {
     txn: Option<ClientTxnId>,
@@ -50,8 +125,10 @@ struct ProxyCtx {
 pub struct Core {
     sh: Arc<Shared>,
     txn: TransactionLayer,
-    transports: Transports,
-    decisions: mpsc::UnboundedSender<Decision>,
+    /// What the driver is to do, in order.
+    actions: VecDeque<Action>,
+    /// The time of the input being handled.
+    now: Instant,
     /// Requests handed to a decision task, by server transaction.
     pending: HashMap<ServerTxnId, (SipMessage, Target)>,
     /// Requests cancelled while their decision was still being made.
@@ -66,28 +143,22 @@ pub struct Core {
     /// request came from (for the log line of its final response).
     started: HashMap<ServerTxnId, (Instant, usize, Target)>,
     branch_seq: u64,
-    /// Decisions that completed on their first poll, to act on in `drain`.
-    ready: VecDeque<Decision>,
     max_queue_delay: Duration,
     /// The request being handed to the transaction layer is to be shed (see `stale`).
     shed_next: bool,
 }
 
 impl Core {
-    /// A core over `transports`; decisions come back on `decisions`.
-    pub fn new(
-        sh: Arc<Shared>,
-        transports: Transports,
-        decisions: mpsc::UnboundedSender<Decision>,
-    ) -> Core {
+    /// A core starting at `now`.
+    pub fn new(sh: Arc<Shared>, now: Instant) -> Core {
         let txn = TransactionLayer::new(sh.cfg.timer_config());
         let timer_c_len = Duration::from_secs(sh.cfg.timers.timer_c_secs);
         let sh_delay = sh.cfg.limits.max_queue_delay_ms;
         Core {
             sh,
             txn,
-            transports,
-            decisions,
+            actions: VecDeque::new(),
+            now,
             pending: HashMap::default(),
             cancelled_pending: HashSet::default(),
             contexts: HashMap::default(),
@@ -97,68 +168,74 @@ impl Core {
             timer_c_len,
             started: HashMap::default(),
             branch_seq: 0,
-            ready: VecDeque::new(),
             max_queue_delay: Duration::from_millis(sh_delay),
             shed_next: false,
         }
     }
 
-    /// Run until `inbound` closes or `shutdown` resolves.
-    pub async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut decisions: mpsc::UnboundedReceiver<Decision>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        loop {
-            let deadline = [
-                self.txn.poll_timeout(),
-                self.timer_c.peek().map(|Reverse((at, _))| *at),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                d = decisions.recv() => match d {
-                    Some(d) => self.on_decision(d),
-                    None => break,
-                },
-                m = inbound.recv() => match m {
-                    Some(m) => {
-                        self.on_inbound(m);
-                        // Take whatever else is queued before paying for timers and metrics.
-                        for _ in 0..64 {
-                            match inbound.try_recv() {
-                                Ok(m) => self.on_inbound(m),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => break,
-                },
-                _ = sleep => {}
-            }
-            let now = Instant::now();
-            self.txn.handle_timeout(now);
-            self.fire_timer_c(now);
-            self.drain();
-            self.sh
-                .metrics
-                .set_transactions(self.txn.server_count(), self.txn.client_count());
-        }
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 
-    fn on_inbound(&mut self, m: Inbound) {
-        let now = Instant::now();
+    /// When [`Core::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.txn.poll_timeout(),
+            self.timer_c.peek().map(|Reverse((at, _))| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Time passed: transaction timers, Timer C.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.txn.handle_timeout(now);
+        self.fire_timer_c(now);
+        self.drain();
+    }
+
+    /// The answer to an [`Ask`].
+    pub fn handle_answer(&mut self, now: Instant, a: Answer) {
+        self.now = now;
+        match a {
+            Answer::Decided(d) => self.on_decision(d),
+            Answer::Ack(target, bytes) => self.send(target, bytes, TxnRef::Stateless),
+        }
+        // Whatever the decision made the transaction layer send goes out now, also when
+        // it ended early (a request cancelled while it was being decided).
+        self.drain();
+    }
+
+    /// Server and client transactions held (for the gauges).
+    #[must_use]
+    pub fn transactions(&self) -> (usize, usize) {
+        (self.txn.server_count(), self.txn.client_count())
+    }
+
+    /// Server transactions waiting for their decision (tests: nothing is left behind).
+    #[must_use]
+    pub fn pending_decisions(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn send(&mut self, target: Target, bytes: Bytes, origin: TxnRef) {
+        self.actions.push_back(Action::Send {
+            target,
+            bytes,
+            origin,
+        });
+    }
+
+    fn ask(&mut self, a: Ask) {
+        self.actions.push_back(Action::Ask(Box::new(a)));
+    }
+
+    /// A message from the transports.
+    pub fn handle_inbound(&mut self, now: Instant, m: Inbound) {
+        self.now = now;
         match m {
             Inbound::Message {
                 msg,
@@ -187,7 +264,7 @@ impl Core {
                             && let Some(r) = error_reply(Some(&msg), msg.as_bytes(), &e)
                         {
                             self.count_response(e.status());
-                            self.transports.send(source, r, TxnRef::Stateless);
+                            self.send(source, r, TxnRef::Stateless);
                         }
                         return;
                     }
@@ -255,8 +332,8 @@ impl Core {
             self.count_response(code);
             self.sh
                 .metrics
-                .observe_duration(method, received_at.elapsed().as_secs_f64());
-            self.transports.send(source, bytes, TxnRef::Stateless);
+                .observe_duration(method, self.since(received_at));
+            self.send(source, bytes, TxnRef::Stateless);
         }
     }
 
@@ -301,11 +378,7 @@ impl Core {
             }
             while let Some(t) = self.txn.poll_transmit() {
                 progressed = true;
-                self.transports.send(t.target, t.bytes, t.origin);
-            }
-            while let Some(d) = self.ready.pop_front() {
-                progressed = true;
-                self.on_decision(d);
+                self.send(t.target, t.bytes, t.origin);
             }
             if !progressed {
                 break;
@@ -317,8 +390,13 @@ impl Core {
         self.sh.metrics.count_response(code);
     }
 
+    /// Seconds from `t0` to now (for the duration histograms).
+    fn since(&self, t0: Instant) -> f64 {
+        self.now.saturating_duration_since(t0).as_secs_f64()
+    }
+
     fn respond(&mut self, txn: ServerTxnId, code: u16, bytes: Bytes) {
-        let now = Instant::now();
+        let now = self.now;
         // Kept for the transaction's log line, only when that line is wanted.
         let for_log = (code >= 200 && crate::audit::transactions_logged()).then(|| bytes.clone());
         match self.txn.respond(now, txn, code, bytes) {
@@ -349,7 +427,7 @@ impl Core {
             } => {
                 let method = method_index(msg.method().map_or("", |m| m.as_str()));
                 self.sh.metrics.count_request(method);
-                self.started.insert(txn, (Instant::now(), method, source));
+                self.started.insert(txn, (self.now, method, source));
                 if std::mem::take(&mut self.shed_next) && self.shed(txn, &msg, source) {
                     return;
                 }
@@ -363,25 +441,7 @@ impl Core {
                             }
                         }
                         self.pending.insert(txn, (msg.clone(), source));
-                        let sh = self.sh.clone();
-                        let mut fut = Box::pin(async move {
-                            let d = decide(&sh, txn, &msg, source).await;
-                            crate::anchor::anchor_request(&sh, &msg, source, d).await
-                        });
-                        // Most decisions never wait (in-memory stores, no DNS): poll once
-                        // here and act at once, saving a task, a channel hop and a thread
-                        // wake-up per request. Only one that really waits becomes a task;
-                        // its first poll there registers the real waker.
-                        let mut cx = Context::from_waker(Waker::noop());
-                        match fut.as_mut().poll(&mut cx) {
-                            Poll::Ready(d) => self.ready.push_back(d),
-                            Poll::Pending => {
-                                let tx = self.decisions.clone();
-                                tokio::spawn(async move {
-                                    let _ = tx.send(fut.await);
-                                });
-                            }
-                        }
+                        self.ask(Ask::Decide { txn, msg, source });
                     }
                 }
             }
@@ -435,7 +495,6 @@ impl Core {
                 self.start_forwarding(txn, original, source, plan);
             }
         }
-        self.drain();
     }
 
     fn start_forwarding(
@@ -452,6 +511,9 @@ impl Core {
             }
             return;
         };
+        if plan.end_media {
+            self.end_media(&original, true);
+        }
         let invite = original.method() == Some(Method::Invite);
         let mut ctx = ProxyCtx {
             loop_prefix: branch_prefix(loop_hash(&original)),
@@ -464,7 +526,7 @@ impl Core {
             timer_c: None,
         };
         if invite {
-            let at = Instant::now() + self.timer_c_len;
+            let at = self.now + self.timer_c_len;
             ctx.timer_c = Some(at);
             self.timer_c.push(Reverse((at, txn)));
         }
@@ -482,8 +544,15 @@ impl Core {
         let registered = hop.request_uri.is_some();
         self.branch_seq += 1;
         let branch = format!("{}.{:x}", ctx.loop_prefix, self.branch_seq);
-        let built = build_forward(&self.sh, ctx, &hop, &branch)
-            .and_then(|bytes| SipMessage::parse(bytes).ok());
+        let built = build_forward(
+            &self.sh,
+            &ctx.original,
+            ctx.source,
+            &ctx.plan,
+            &hop,
+            &branch,
+        )
+        .and_then(|bytes| SipMessage::parse(bytes).ok());
         let Some(req) = built else {
             ctx.branches.push(BranchInfo {
                 txn: None,
@@ -493,7 +562,7 @@ impl Core {
             });
             return ctx.rc.on_branch_failure(b, 500);
         };
-        match self.txn.request(Instant::now(), req.clone(), hop.target) {
+        match self.txn.request(self.now, req.clone(), hop.target) {
             Ok(ctxn) => {
                 self.branch_of.insert(ctxn, (stxn, b));
                 ctx.branches.push(BranchInfo {
@@ -550,7 +619,7 @@ impl Core {
         };
         if (101..200).contains(&code) && ctx.timer_c.is_some() {
             // §16.6 step 11: Timer C restarts on every provisional response but 100.
-            let at = Instant::now() + self.timer_c_len;
+            let at = self.now + self.timer_c_len;
             ctx.timer_c = Some(at);
             self.timer_c.push(Reverse((at, stxn)));
         }
@@ -650,9 +719,9 @@ impl Core {
         }
     }
 
-    /// An 18x/2xx with SDP for an anchored INVITE or UPDATE: ask the relay (off the core)
-    /// and send the rewritten response when it answers. False when there is nothing to
-    /// anchor (send it now).
+    /// An 18x/2xx with SDP for an anchored INVITE or UPDATE: ask the relay, and send the
+    /// rewritten response when it answers. False when there is nothing to anchor (send it
+    /// now).
     fn anchor_response(
         &mut self,
         stxn: ServerTxnId,
@@ -660,7 +729,7 @@ impl Core {
         code: u16,
         bytes: &Bytes,
     ) -> bool {
-        let (Some(relays), Some(hint)) = (self.sh.relays.clone(), ctx.plan.anchor) else {
+        let Some(relay) = ctx.plan.anchor else {
             return false;
         };
         if !matches!(ctx.original.method(), Some(Method::Invite | Method::Update)) {
@@ -672,24 +741,17 @@ impl Core {
         if !crate::media::has_sdp(&resp) {
             return false;
         }
-        let (Ok(Some(from)), Ok(Some(to))) = (resp.from_tag(), resp.to_tag()) else {
+        if !matches!((resp.from_tag(), resp.to_tag()), (Ok(Some(_)), Ok(Some(_)))) {
             return false;
-        };
+        }
         // The request had no SDP: this response carries the offer (late offer).
         let offer = !crate::media::has_sdp(&ctx.original);
-        let (from, to) = (from.to_owned(), to.to_owned());
-        let tx = self.decisions.clone();
-        let fallback = bytes.clone();
-        tokio::spawn(async move {
-            let bytes = crate::media::anchor_sdp(&relays, Some(hint), &resp, &to, &from, offer)
-                .await
-                .unwrap_or(fallback);
-            let _ = tx.send(Decision::Respond {
-                txn: stxn,
-                code,
-                bytes,
-                logged: false,
-            });
+        self.ask(Ask::AnchorResponse {
+            txn: stxn,
+            code,
+            resp,
+            relay,
+            offer,
         });
         true
     }
@@ -700,26 +762,29 @@ impl Core {
             && ctx.original.method() == Some(Method::Invite)
             && ctx.original.to_tag().ok().flatten().is_none()
         {
-            self.media_delete(&ctx.original, false);
+            self.end_media(&ctx.original, false);
         }
     }
 
     /// End the relay session of `msg`'s call (by its From tag; with `both`, also its To
-    /// tag) without waiting.
-    fn media_delete(&self, msg: &SipMessage, both: bool) {
-        let Some(relays) = self.sh.relays.clone() else {
+    /// tag) without waiting. Only when media is anchored here at all.
+    fn end_media(&mut self, msg: &SipMessage, both: bool) {
+        if self.sh.relays.is_none() {
             return;
-        };
+        }
         let (Ok(call_id), Ok(Some(from))) = (msg.call_id(), msg.from_tag()) else {
             return;
         };
-        let to = if both {
+        let to_tag = if both {
             msg.to_tag().ok().flatten().unwrap_or_default().to_owned()
         } else {
             String::new()
         };
-        let (c, f) = (call_id.to_owned(), from.to_owned());
-        tokio::spawn(async move { relays.delete(&c, &f, &to).await });
+        self.ask(Ask::EndMedia {
+            call_id: call_id.to_owned(),
+            from_tag: from.to_owned(),
+            to_tag,
+        });
     }
 
     fn send_cancel(&mut self, ctx: &ProxyCtx, b: BranchId) {
@@ -732,8 +797,11 @@ impl Core {
         let Ok(cancel) = SipMessage::parse(bytes) else {
             return;
         };
-        if let Ok(t) = self.txn.request(Instant::now(), cancel, branch.target) {
+        if let Ok(t) = self.txn.request(self.now, cancel, branch.target) {
             self.cancels.insert(t);
+        }
+        if let Some(invite) = branch.txn {
+            self.txn.cancelled(self.now, invite);
         }
     }
 
@@ -745,7 +813,7 @@ impl Core {
             self.respond(txn, code, b.build());
         }
         let Some(inv) = target else { return };
-        self.media_delete(cancel, false);
+        self.end_media(cancel, false);
         if self.pending.contains_key(&inv) {
             self.cancelled_pending.insert(inv);
             return;
@@ -774,32 +842,10 @@ impl Core {
         }
     }
 
-    /// The ACK for a 2xx is end to end: route it statelessly (§16.11-style).
+    /// The ACK for a 2xx is end to end: routed statelessly, once the stages say it may
+    /// go on ([`crate::ack`]).
     fn forward_ack(&mut self, ack: SipMessage, source: Target) {
-        let sh = self.sh.clone();
-        let transports = self.transports.clone();
-        tokio::spawn(async move {
-            // Like any in-dialog request, the ACK leaves only within a dialog set up
-            // through us, and only toward its parties: checked before anything is done
-            // for it (the media relay is not asked about a stranger's SDP).
-            let Some(trusted) = ack_allowed(&sh, &ack, source).await else {
-                return;
-            };
-            // The answer of a late offer rides on the ACK.
-            let mut ack = ack;
-            if let Some(relays) = &sh.relays
-                && crate::media::has_sdp(&ack)
-                && let (Ok(Some(from)), Ok(Some(to))) = (ack.from_tag(), ack.to_tag())
-                && let Some(bytes) =
-                    crate::media::anchor_sdp(relays, None, &ack, from, to, false).await
-                && let Ok(rewritten) = SipMessage::parse(bytes)
-            {
-                ack = rewritten;
-            }
-            if let Some((target, bytes)) = stateless_request(&sh, &ack, trusted).await {
-                transports.send(target, bytes, TxnRef::Stateless);
-            }
-        });
+        self.ask(Ask::RouteAck { ack, source });
     }
 
     /// A response without a client transaction: remove our Via, send to the next one.
@@ -820,302 +866,7 @@ impl Core {
             if let Some(code) = resp.status() {
                 self.count_response(code);
             }
-            self.transports.send(target, bytes, TxnRef::Stateless);
+            self.send(target, bytes, TxnRef::Stateless);
         }
-    }
-}
-
-/// The identity headers believed only from trusted peers (RFC 3325 §5; Remote-Party-ID
-/// and P-Preferred-Identity are its relatives).
-const IDENTITY_HEADERS: [&str; 3] = [
-    "P-Asserted-Identity",
-    "Remote-Party-ID",
-    "P-Preferred-Identity",
-];
-
-/// The forwarded copy of `ctx.original` for `hop` (RFC 3261 §16.6 steps 1–8).
-fn build_forward(sh: &Shared, ctx: &ProxyCtx, hop: &Hop, branch: &str) -> Option<Bytes> {
-    let original = &ctx.original;
-    let plan = &ctx.plan;
-    let out_t = hop.target.transport;
-    let in_t = ctx.source.transport;
-    let our_via = sh.local.via(out_t, branch);
-    // Our Record-Route carries the dialog's token, so in-dialog requests that come back
-    // through it prove the dialog was set up through us (any edge checks it).
-    let dialog = plan
-        .record_route
-        .then(|| {
-            let call_id = original.call_id().ok()?;
-            let tag = original.from_tag().ok().flatten()?;
-            Some(
-                sh.tokens
-                    .dialog_token_for(call_id, tag, plan.identity.proven),
-            )
-        })
-        .flatten();
-    let rr = |t| {
-        let uri = sh.local.route_uri(t);
-        match &dialog {
-            Some(d) => dispatch_core::relay::with_dialog_param(uri.as_bytes(), d),
-            None => uri.into_bytes(),
-        }
-    };
-    let rr_out = rr(out_t);
-    let rr_in = rr(in_t);
-    // The dispatcher's signed client address and dialog token are for this edge only.
-    let relayed_via = original
-        .top_via()
-        .ok()
-        .filter(dispatch_core::is_dispatcher_via)
-        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
-    let mut ed = Editor::new(original);
-    if let Some(v) = &relayed_via {
-        ed.remove_top_via().ok()?;
-        ed.prepend_via(v.as_slice());
-    }
-    for _ in 0..plan.pop_routes {
-        ed.remove_top_route().ok()?;
-    }
-    if plan.strict_fix {
-        let last = ed.remove_last_route().ok()?;
-        ed.set_request_uri(strip_angles(last).to_vec()).ok()?;
-    }
-    if let Some(ruri) = &hop.request_uri {
-        ed.set_request_uri(ruri.as_bytes()).ok()?;
-    }
-    for r in &hop.routes {
-        ed.prepend_route(r.as_bytes());
-    }
-    // §16.6 step 6: a next hop that does not loose-route gets the Route as Request-URI.
-    // The Route set left after popping ours and, after a strict route, its last value.
-    let left = original
-        .routes()
-        .flatten()
-        .count()
-        .saturating_sub(plan.pop_routes + usize::from(plan.strict_fix));
-    let remaining = original
-        .routes()
-        .flatten()
-        .nth(plan.pop_routes)
-        .filter(|_| left > 0);
-    if hop.routes.is_empty()
-        && hop.request_uri.is_none()
-        && let Some(next) = remaining
-        && next
-            .parsed_uri()
-            .ok()
-            .and_then(|u| u.as_sip().map(|s| !s.lr()))
-            .unwrap_or(false)
-    {
-        let old_ruri = format!(
-            "<{}>",
-            String::from_utf8_lossy(original.request_uri_raw().unwrap_or_default())
-        );
-        ed.set_request_uri(next.uri).ok()?;
-        ed.remove_top_route().ok()?;
-        ed.add_header("Route", old_ruri.into_bytes());
-    }
-    ed.decrement_max_forwards().ok()?;
-    if let Some(body) = &plan.body {
-        ed.set_body(body.as_ref());
-    }
-    if plan.record_route {
-        ed.add_record_route(rr_out.as_slice());
-        if in_t != out_t {
-            // Double Record-Route when the transport changes: each side gets a URI it can use.
-            ed.add_record_route(rr_in.as_slice());
-        }
-    }
-    if plan.identity.strip {
-        for h in IDENTITY_HEADERS {
-            ed.remove_header_named(h);
-        }
-    }
-    if let Some(pai) = &plan.identity.assert {
-        ed.add_header("P-Asserted-Identity", pai.as_bytes());
-    }
-    ed.prepend_via(our_via.as_bytes());
-    Some(ed.finish())
-}
-
-fn strip_angles(v: &[u8]) -> &[u8] {
-    (sip_core::NameAddr::parse(v, "Route")
-        .map(|a| a.uri)
-        .unwrap_or(v)) as _
-}
-
-/// §18.2.1 and RFC 3581 §4: the server transport records the source in the top Via of
-/// every request it receives, so that every response, generated here or relayed back from
-/// downstream, tells the client where it was seen from and routes back through its NAT.
-fn with_received(msg: SipMessage, source: Target) -> SipMessage {
-    let Some(via) = nat_via(&msg, source) else {
-        return msg;
-    };
-    let mut ed = Editor::new(&msg);
-    if ed.remove_top_via().is_err() {
-        return msg;
-    }
-    ed.prepend_via(via.as_bytes());
-    SipMessage::parse(ed.finish()).unwrap_or(msg)
-}
-
-/// The client's top Via with `received` and `rport` recording where the request really
-/// came from; see [`SipMessage::top_via_seen_from`].
-pub fn nat_via(msg: &SipMessage, source: Target) -> Option<String> {
-    msg.top_via_seen_from(source.addr)
-}
-
-/// Route a request statelessly (the ACK for a 2xx): pop our Routes, send to the next
-/// Route or the Request-URI, with our Via.
-/// May this ACK go on? `Some(trusted sender)` when it may.
-async fn ack_allowed(sh: &Shared, ack: &SipMessage, source: Target) -> Option<bool> {
-    let routes: Vec<_> = ack.routes().flatten().collect();
-    let pop = routes
-        .iter()
-        .take_while(|r| {
-            r.parsed_uri()
-                .ok()
-                .and_then(|u| u.as_sip().map(|s| sh.local.is_me(s)))
-                .unwrap_or(false)
-        })
-        .count();
-    let next = routes.get(pop).and_then(|r| match r.parsed_uri() {
-        Ok(sip_core::Uri::Sip(u)) => Some(u),
-        _ => None,
-    });
-    let o = crate::origin::origin(sh, ack, source);
-    let verdict =
-        crate::in_dialog::in_dialog_verdict(sh, ack, &routes[..pop], &o, next.as_ref()).await;
-    (verdict == crate::in_dialog::InDialog::Allowed).then_some(o.trusted)
-}
-
-async fn stateless_request(
-    sh: &Shared,
-    msg: &SipMessage,
-    trusted: bool,
-) -> Option<(Target, Bytes)> {
-    let routes: Vec<_> = msg.routes().flatten().collect();
-    let mine = |a: &sip_core::NameAddr<'_>| {
-        a.parsed_uri()
-            .ok()
-            .and_then(|u| u.as_sip().map(|s| sh.local.is_me(s)))
-            .unwrap_or(false)
-    };
-    let pop = routes.iter().take_while(|r| mine(r)).count();
-    let next_uri = match routes.get(pop) {
-        Some(r) => r.parsed_uri().ok()?,
-        None => msg.request_uri().ok()?,
-    };
-    let sip = *next_uri.as_sip()?;
-    if routes.get(pop).is_none() && (sh.local.is_me(&sip) || sh.local.local_domain(&sip).is_some())
-    {
-        // Every dialog we proxy is record-routed, so a genuine 2xx ACK carries our Route.
-        // Without one this is the ACK of a response we generated ourselves whose branch did
-        // not match (a pre-3261 or sloppy client): absorb it rather than send a stray ACK
-        // to the user's phones.
-        return None;
-    }
-    let target = resolve(&sip).await?;
-    let branch = format!("{}.ack", branch_prefix(loop_hash(msg)));
-    let via = sh.local.via(target.transport, &branch);
-    let relayed_via = msg
-        .top_via()
-        .ok()
-        .filter(dispatch_core::is_dispatcher_via)
-        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
-    let mut ed = Editor::new(msg);
-    if let Some(v) = &relayed_via {
-        ed.remove_top_via().ok()?;
-        ed.prepend_via(v.as_slice());
-    }
-    for _ in 0..pop {
-        ed.remove_top_route().ok()?;
-    }
-    if !trusted {
-        for h in IDENTITY_HEADERS {
-            ed.remove_header_named(h);
-        }
-    }
-    ed.decrement_max_forwards().ok()?;
-    ed.prepend_via(via.as_bytes());
-    Some((target, ed.finish()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(via: &str) -> SipMessage {
-        let text = format!(
-            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKlower\r\n\
-             From: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
-             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        );
-        SipMessage::parse(text.into_bytes()).expect("parses")
-    }
-
-    fn from(addr: &str) -> Target {
-        Target {
-            transport: sip_txn::Transport::Udp,
-            addr: addr.parse().expect("address"),
-            flow: None,
-        }
-    }
-
-    #[test]
-    fn received_and_rport_only_when_needed() {
-        // Sent-by matches the source and no rport asked: the Via stays untouched.
-        assert_eq!(
-            nat_via(
-                &msg("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1"),
-                from("10.0.0.1:5060")
-            ),
-            None
-        );
-        // rport asked: filled in even when everything matches (RFC 3581 §4).
-        assert_eq!(
-            nat_via(
-                &msg("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bK1"),
-                from("10.0.0.1:5060")
-            )
-            .as_deref(),
-            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport=5060")
-        );
-        // Behind a NAT: received and rport, other parameters kept in order.
-        assert_eq!(
-            nat_via(
-                &msg("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;x=\"q\""),
-                from("203.0.113.5:40000")
-            )
-            .as_deref(),
-            Some("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;x=\"q\";received=203.0.113.5;rport=40000")
-        );
-    }
-
-    #[test]
-    fn with_received_rewrites_only_the_top_via_and_is_idempotent() {
-        let m = with_received(
-            msg("SIP/2.0/UDP 10.0.0.1;rport;branch=z9hG4bK1"),
-            from("203.0.113.5:40000"),
-        );
-        let vias: Vec<String> = m
-            .via()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(v.raw).into_owned())
-            .collect();
-        assert_eq!(
-            vias,
-            [
-                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=203.0.113.5;rport=40000",
-                "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKlower"
-            ]
-        );
-        // Already recorded: nothing more to do (a spiral through this edge or a retransmission).
-        assert_eq!(nat_via(&m, from("203.0.113.5:40000")), None);
-        assert_eq!(
-            m.top_via().expect("via").branch,
-            Some("z9hG4bK1"),
-            "matching still works"
-        );
     }
 }

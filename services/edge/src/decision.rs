@@ -32,6 +32,8 @@ pub struct Plan {
     pub body: Option<Bytes>,
     /// The media relay holding the call's session (its index), when anchored.
     pub anchor: Option<usize>,
+    /// End the call's media sessions when forwarding (a BYE).
+    pub end_media: bool,
     /// What to do with the identity headers (RFC 3325).
     pub identity: IdentityHeaders,
 }
@@ -64,6 +66,7 @@ impl Plan {
             record_route,
             body: None,
             anchor: None,
+            end_media: false,
             identity: IdentityHeaders::default(),
             groups: vec![vec![Hop {
                 request_uri: None,

@@ -12,6 +12,7 @@
 //!
 //! [`start`] runs an edge with in-memory stores and the demo users: the all-in-one.
 
+pub mod ack;
 pub mod anchor;
 pub mod audit;
 pub mod authenticate;
@@ -19,8 +20,10 @@ pub mod config;
 pub mod core;
 pub mod decide;
 pub mod decision;
+pub mod driver;
 pub mod for_me;
 pub mod forking;
+pub mod forward;
 pub mod guard;
 pub mod in_dialog;
 pub mod local;
@@ -40,7 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sip_auth::{FileStore, MemoryNonceUses, NonceKey, NonceUses, SubscriberStore};
+use sip_auth::{FileStore, MemoryNonceUses, NonceUses, SubscriberStore};
 use sip_registrar::{LocationStore, MemoryStore, Policy};
 use sip_transport::{TransportError, Transports};
 use tokio::sync::{mpsc, oneshot};
@@ -230,37 +233,34 @@ pub async fn start_with(
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
     let tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
-    let local = local::Local::new(
-        cfg.sip.advertise,
-        transports.udp_addrs(),
-        transports.tcp_addrs(),
-        &cfg.sip.domains,
-    );
-    let local = local::Local {
-        aliases: cfg.sip.aliases.clone(),
-        ..local
-    };
     let secret = match &cfg.auth.nonce_secret {
         Some(s) => s.clone(),
         None => random_hex(32)?,
     };
-    let tokens = dispatch_core::TokenKey::new(secret.as_bytes());
-    let nonces =
-        NonceKey::new(secret, Duration::from_secs(cfg.auth.nonce_lifetime_secs)).map_err(|e| {
-            EdgeError::Config(ConfigError {
-                field: "auth.nonce_secret",
-                problem: e.to_string(),
-            })
-        })?;
+    let instance = random_hex(6)?;
+    let shared = Arc::new(shared::Shared::new(
+        cfg,
+        shared::Stores {
+            users,
+            store,
+            nonce_uses,
+        },
+        Arc::new(transports.clone()),
+        (transports.udp_addrs(), transports.tcp_addrs()),
+        metrics.clone(),
+        secret,
+        instance.clone(),
+    )?);
+    let (cfg, local) = (&shared.cfg, &shared.local);
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = tasks;
-    let relays = media::Relays::new(&cfg.media)?;
     // With `on_failure = "pass"` calls go through without a relay: it is no condition.
-    let relays_available = relays
+    let relays_available = shared
+        .relays
         .as_ref()
         .filter(|_| cfg.media.on_failure == config::OnRelayFailure::Reject)
         .map(|r| r.available());
-    if let Some(r) = &relays {
+    if let Some(r) = &shared.relays {
         tasks.push(r.spawn_monitor(metrics.media_relays_up.clone()));
         tracing::info!(relays = ?r, anchor = ?cfg.media.anchor, "media anchoring on");
     }
@@ -276,7 +276,6 @@ pub async fn start_with(
         }
         None => None,
     };
-    let instance = random_hex(6)?;
     let (udp, tcp) = (
         transports.udp_addrs().to_vec(),
         transports.tcp_addrs().to_vec(),
@@ -294,7 +293,7 @@ pub async fn start_with(
     );
     // Registration gauge: the store is the truth, refreshed every few seconds.
     {
-        let (store, gauge) = (store.clone(), metrics.registrations.clone());
+        let (store, gauge) = (shared.store.clone(), metrics.registrations.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 if let Ok(s) = store.stats(sip_registrar::unix_now()).await {
@@ -304,35 +303,19 @@ pub async fn start_with(
             }
         }));
     }
-    let draining = Arc::new(AtomicBool::new(false));
-    let drain = Duration::from_secs(cfg.runtime.drain_secs);
-    let metrics_set = metrics.clone();
-    let cfg_security = cfg.security.clone();
-    let shared = Arc::new(shared::Shared {
-        relays,
-        draining: draining.clone(),
-        cfg,
-        local,
-        store,
-        users,
-        nonces,
-        metrics,
-        instance: instance.clone(),
-        transports: transports.clone(),
-        audit: audit::Audit::new(tokens.clone()),
-        tokens,
-        trusted: cfg_security.trusted(),
-        deny: dispatch_core::UserAgentDeny::new(&cfg_security.deny_user_agents),
-        guard: guard::Guard::new(&cfg_security),
-        nonce_uses,
-    });
-    let (dtx, drx) = mpsc::unbounded_channel();
-    let handle_transports = transports.clone();
-    let core = core::Core::new(shared, transports, dtx);
+    let draining = shared.draining.clone();
+    let drain = Duration::from_secs(shared.cfg.runtime.drain_secs);
+    let core = core::Core::new(shared.clone(), std::time::Instant::now());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(core.run(rx, drx, async move {
-        let _ = stop_rx.await;
-    }));
+    let join = tokio::spawn(driver::run(
+        core,
+        shared,
+        transports.clone(),
+        rx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     Ok(EdgeHandle {
         udp,
         tcp,
@@ -340,8 +323,8 @@ pub async fn start_with(
         instance,
         ready,
         relays_available,
-        metrics_set,
-        transports: handle_transports,
+        metrics_set: metrics,
+        transports,
         draining,
         drain,
         shutdown: stop_tx,

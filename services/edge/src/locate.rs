@@ -83,7 +83,7 @@ pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
             .filter(|_| src.edge_id.as_deref() == Some(sh.instance.as_str()))
             .and_then(|t| t.parse().ok())
             .map(FlowId)
-            .filter(|f| sh.transports.flow_alive(*f));
+            .filter(|f| sh.flows.alive(*f));
         if flow.is_some() || transport == Transport::Udp || !contact_reachable(&c, src.remote) {
             Target {
                 transport,

@@ -1,7 +1,7 @@
 //! NAT: is a sender behind one (its Via or Contact names another address than the packet
 //! came from), is an address private, can a contact be reached directly.
 
-use sip_core::{SipMessage, SipUri, Uri};
+use sip_core::{Editor, SipMessage, SipUri, Uri};
 use sip_txn::Target;
 
 /// Can a new connection reach this contact? Not when it names a private address other
@@ -125,5 +125,105 @@ mod tests {
         assert!(contact_reachable(&uri("sip:a@203.0.113.9:5060"), remote));
         assert!(contact_reachable(&uri("sip:a@198.51.100.1"), remote));
         assert!(contact_reachable(&uri("sip:a@phone.example.com"), remote));
+    }
+}
+
+/// §18.2.1 and RFC 3581 §4: the server transport records the source in the top Via of
+/// every request it receives, so that every response, generated here or relayed back from
+/// downstream, tells the client where it was seen from and routes back through its NAT.
+pub(crate) fn with_received(msg: SipMessage, source: Target) -> SipMessage {
+    let Some(via) = nat_via(&msg, source) else {
+        return msg;
+    };
+    let mut ed = Editor::new(&msg);
+    if ed.remove_top_via().is_err() {
+        return msg;
+    }
+    ed.prepend_via(via.as_bytes());
+    SipMessage::parse(ed.finish()).unwrap_or(msg)
+}
+
+/// The client's top Via with `received` and `rport` recording where the request really
+/// came from; see [`SipMessage::top_via_seen_from`].
+pub fn nat_via(msg: &SipMessage, source: Target) -> Option<String> {
+    msg.top_via_seen_from(source.addr)
+}
+
+#[cfg(test)]
+mod via_tests {
+    use super::*;
+
+    fn msg(via: &str) -> SipMessage {
+        let text = format!(
+            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKlower\r\n\
+             From: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        SipMessage::parse(text.into_bytes()).expect("parses")
+    }
+
+    fn from(addr: &str) -> Target {
+        Target {
+            transport: sip_txn::Transport::Udp,
+            addr: addr.parse().expect("address"),
+            flow: None,
+        }
+    }
+
+    #[test]
+    fn received_and_rport_only_when_needed() {
+        // Sent-by matches the source and no rport asked: the Via stays untouched.
+        assert_eq!(
+            nat_via(
+                &msg("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1"),
+                from("10.0.0.1:5060")
+            ),
+            None
+        );
+        // rport asked: filled in even when everything matches (RFC 3581 §4).
+        assert_eq!(
+            nat_via(
+                &msg("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bK1"),
+                from("10.0.0.1:5060")
+            )
+            .as_deref(),
+            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport=5060")
+        );
+        // Behind a NAT: received and rport, other parameters kept in order.
+        assert_eq!(
+            nat_via(
+                &msg("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;x=\"q\""),
+                from("203.0.113.5:40000")
+            )
+            .as_deref(),
+            Some("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;x=\"q\";received=203.0.113.5;rport=40000")
+        );
+    }
+
+    #[test]
+    fn with_received_rewrites_only_the_top_via_and_is_idempotent() {
+        let m = with_received(
+            msg("SIP/2.0/UDP 10.0.0.1;rport;branch=z9hG4bK1"),
+            from("203.0.113.5:40000"),
+        );
+        let vias: Vec<String> = m
+            .via()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(v.raw).into_owned())
+            .collect();
+        assert_eq!(
+            vias,
+            [
+                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=203.0.113.5;rport=40000",
+                "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKlower"
+            ]
+        );
+        // Already recorded: nothing more to do (a spiral through this edge or a retransmission).
+        assert_eq!(nat_via(&m, from("203.0.113.5:40000")), None);
+        assert_eq!(
+            m.top_via().expect("via").branch,
+            Some("z9hG4bK1"),
+            "matching still works"
+        );
     }
 }

@@ -275,6 +275,7 @@ impl<'m> Routing<'m> {
             groups,
             body: None,
             anchor: None,
+            end_media: false,
             identity: IdentityHeaders::default(),
         }
     }
@@ -308,7 +309,7 @@ impl<'m> Routing<'m> {
         {
             return Some(match token {
                 (instance, flow) if instance == sh.instance => {
-                    match sh.transports.flow_target(flow) {
+                    match sh.flows.target(flow) {
                         Some(target) => self.one_hop(target),
                         // RFC 5626 §5.3: the flow is gone.
                         None => self.respond(430),

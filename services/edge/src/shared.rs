@@ -1,12 +1,17 @@
 //! What every stage of the request path shares: configuration, identity, the stores,
 //! the defences and the metrics of this edge.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use sip_auth::{NonceKey, NonceUses, SubscriberStore};
 use sip_registrar::LocationStore;
 
-use crate::config::EdgeConfig;
+use sip_txn::{FlowId, Target};
+
+use crate::config::{ConfigError, EdgeConfig};
 use crate::local::Local;
 use crate::metrics::EdgeMetrics;
 
@@ -26,8 +31,8 @@ pub struct Shared {
     pub metrics: EdgeMetrics,
     /// This edge's instance id (recorded with bindings for flow affinity).
     pub instance: String,
-    /// The transports (to ask whether a registered connection is still open).
-    pub transports: sip_transport::Transports,
+    /// The open connections (is a registered flow still there, where does it go).
+    pub flows: Arc<dyn Flows>,
     /// Draining: OPTIONS to the edge say 503, so dispatchers send no new dialogs.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Media relays, when anchoring is configured.
@@ -44,4 +49,75 @@ pub struct Shared {
     pub guard: crate::guard::Guard,
     /// The `(nonce, nc)` pairs already used (replay protection), shared by the edges.
     pub nonce_uses: Arc<dyn NonceUses>,
+}
+
+/// The stores an edge works over: in memory in the all-in-one, the location service's
+/// in a cluster.
+pub struct Stores {
+    /// Subscriber credentials.
+    pub users: Arc<dyn SubscriberStore>,
+    /// Registrations.
+    pub store: Arc<dyn LocationStore>,
+    /// The `(nonce, nc)` pairs already used.
+    pub nonce_uses: Arc<dyn NonceUses>,
+}
+
+impl Shared {
+    /// What the stages share, from the (validated) configuration, the stores, the open
+    /// connections and the bound addresses. `secret` signs nonces, dialog tokens and
+    /// flow tokens; `instance` names this edge.
+    pub fn new(
+        cfg: EdgeConfig,
+        stores: Stores,
+        flows: Arc<dyn Flows>,
+        bound: (&[SocketAddr], &[SocketAddr]),
+        metrics: EdgeMetrics,
+        secret: String,
+        instance: String,
+    ) -> Result<Shared, ConfigError> {
+        let local = Local {
+            aliases: cfg.sip.aliases.clone(),
+            ..Local::new(cfg.sip.advertise, bound.0, bound.1, &cfg.sip.domains)
+        };
+        let tokens = dispatch_core::TokenKey::new(secret.as_bytes());
+        let nonces = NonceKey::new(secret, Duration::from_secs(cfg.auth.nonce_lifetime_secs))
+            .map_err(|e| ConfigError::new("auth.nonce_secret", e.to_string()))?;
+        let relays = crate::media::Relays::new(&cfg.media)?;
+        Ok(Shared {
+            relays,
+            draining: Arc::new(AtomicBool::new(false)),
+            local,
+            store: stores.store,
+            users: stores.users,
+            nonces,
+            metrics,
+            instance,
+            flows,
+            audit: crate::audit::Audit::new(tokens.clone()),
+            tokens,
+            trusted: cfg.security.trusted(),
+            deny: dispatch_core::UserAgentDeny::new(&cfg.security.deny_user_agents),
+            guard: crate::guard::Guard::new(&cfg.security),
+            nonce_uses: stores.nonce_uses,
+            cfg,
+        })
+    }
+}
+
+/// The connections the transports hold, as the stages see them: the only thing they ask
+/// the transports (the core itself never touches a socket).
+pub trait Flows: Send + Sync {
+    /// Is this connection still open?
+    fn alive(&self, flow: FlowId) -> bool;
+    /// Where a request on this connection goes, while it is open.
+    fn target(&self, flow: FlowId) -> Option<Target>;
+}
+
+impl Flows for sip_transport::Transports {
+    fn alive(&self, flow: FlowId) -> bool {
+        self.flow_alive(flow)
+    }
+    fn target(&self, flow: FlowId) -> Option<Target> {
+        self.flow_target(flow)
+    }
 }
