@@ -24,7 +24,16 @@
 # LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
-# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher media", default all).
+# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher media", default all),
+# LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak).
+#
+# The overload section uses loadtest/sip-flood instead of SIPp: SIPp needs about a core
+# for 20,000 REGISTER/s here, so on the same two cores it cannot offer twice what the server
+# sustains. sip-flood offers a fixed rate of new REGISTER transactions from one socket,
+# retransmits them on Timer E like phones do, and counts 200s, 503s and silence. For each
+# internal hop (loopback UDP, in process) it finds the peak goodput over
+# LOAD_FLOOD_RATES, then offers twice the peak with the standing-queue admission rule on
+# (limits.queue_target_ms = 20, the default) and off (0), in the same run.
 #
 # The dispatcher section runs calls (no auth) through `sipcluster edge` alone and through
 # `sipcluster dispatcher` in front of the same edge, step by step in the same run, and
@@ -52,7 +61,9 @@ CALL_RATES=${LOAD_CALL_RATES:-"500 1000 2000 3000 4000"}
 CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"4000 8000 12000 14000 16000"}
 DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"500 1000 1500 2000 2500 3000"}
 MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"500 1000 1500 2000 2100 2400 2800"}
+FLOOD_RATES=${LOAD_FLOOD_RATES:-"10000 15000 20000 25000 30000"}
 if [ "$QUICK" = 1 ]; then
+  FLOOD_RATES=${LOAD_FLOOD_RATES:-"1000"}
   STEP=${LOAD_STEP_SECONDS:-3}
   USERS=${LOAD_USERS:-500}
   REG_RATES=${LOAD_REG_RATES:-"500 1000"}
@@ -127,8 +138,9 @@ done
 printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "$DOMAIN" >>"$WORK/users.toml"
 
 echo "building the release binary"
-cargo build --release --locked -p sipcluster -p rtp-load >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load
+cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood
 BIN=$ROOT/target/release/sipcluster
+FLOOD=$ROOT/target/release/sip-flood
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
 start_sipcluster() {
@@ -292,18 +304,65 @@ if want auth; then
   stop_pid "$SRV_PID"
 fi
 
-# Overload: twice the best sustained REGISTER rate (or the top step when none held).
-OVER=${LOAD_OVERLOAD_RATE:-$((${REG_MAX:-0} > 0 ? REG_MAX * 2 : ${REG_RATES##* } * 2))}
+# Overload (sip-flood; see the header): per internal hop, the peak goodput over
+# FLOOD_RATES, then twice the peak with the admission rule on and off.
+# flood NAME RATE: offer RATE REGISTER/s to the running server; FL_* hold the result.
+flood() {
+  local name=$1 rate=$2 out
+  out=$("$FLOOD" --target "127.0.0.1:$SRV_PORT" --rate "$rate" --secs "$STEP" --drain-secs 5 \
+    --users "$USERS" --domain "$DOMAIN")
+  echo "$out" >"$WORK/$name.flood"
+  kv() { sed -n "s/.*[ ^]$1=\([^ ]*\).*/\1/p; s/^$1=\([^ ]*\).*/\1/p" <<<"$out" | head -1; }
+  FL_GOODPUT=$(kv goodput | tr -d '/s')
+  FL_OK=$(kv ok)
+  FL_503=$(kv unavailable_503)
+  FL_NONE=$(kv unanswered)
+  FL_OTHER=$(kv other)
+  FL_RETX=$(kv retransmissions)
+  FL_P50=$(kv p50_ms)
+  FL_P99=$(kv p99_ms)
+}
+flood_row() {
+  local test=$1 rate=$2 note=$3
+  local fail
+  fail=$(awk -v t="$((rate * STEP))" -v o="$FL_OK" 'BEGIN {printf "%.2f", 100 * (t - o) / t}')
+  row sipcluster "$test" "$rate/s" "$FL_GOODPUT/s" "$fail" "$FL_P50" "$FL_P99" "$4" "$note"
+  echo "    503: $FL_503, other: $FL_OTHER, unanswered: $FL_NONE, retransmissions: $FL_RETX" | tee -a "$RESULTS"
+}
 if want overload; then
-start_sipcluster overload --no-auth
-c0=$(cpu_ticks "$SRV_PID")
-run_sipp over "$ROOT/loadtest/sipp/register.xml" "$OVER" $((OVER * STEP)) "$(free_port)" "127.0.0.1:$SRV_PORT" \
-  -inf "$WORK/users.csv"
-c1=$(cpu_ticks "$SRV_PID")
-measure sipcluster overload "$SRV_PID" "$OVER" over $((OVER * STEP)) $((c1 - c0))
-rejected=$(metric "$SRV_METRICS" sipcluster_sip_overload_rejections_total)
-echo "sipcluster overload at $OVER/s offered: goodput $(achieved "$WORK/over.rtt")/s, $rejected answered 503 + Retry-After" | tee -a "$RESULTS"
-stop_pid "$SRV_PID"
+printf '[limits]\nqueue_target_ms = 0\n' >"$WORK/no-admission.toml"
+for hop in udp in-process; do
+  hop_flag=false
+  [ "$hop" = in-process ] && hop_flag=true
+  start_sipcluster "flood-$hop" --no-auth --in-process-hop "$hop_flag"
+  PEAK=0
+  for rate in $FLOOD_RATES; do
+    c0=$(cpu_ticks "$SRV_PID")
+    flood "flood-$hop-$rate" "$rate"
+    c1=$(cpu_ticks "$SRV_PID")
+    note=""
+    # Sustained: at least 95 % of what was offered got its 200.
+    if [ "$FL_OK" -ge $((rate * STEP * 95 / 100)) ]; then note=sustained; fi
+    flood_row "flood ($hop hop)" "$rate" "$note" "$(per_op $((c1 - c0)) "$FL_OK")"
+    [ "$FL_GOODPUT" -gt "$PEAK" ] && PEAK=$FL_GOODPUT
+  done
+  stop_pid "$SRV_PID"
+  OVER=$((PEAK * 2))
+  echo "sipcluster flood ($hop hop): peak goodput $PEAK/s; offering $OVER/s" | tee -a "$RESULTS"
+  for variant in admission no-admission; do
+    if [ "$variant" = admission ]; then
+      start_sipcluster "over-$hop-$variant" --no-auth --in-process-hop "$hop_flag"
+    else
+      start_sipcluster "over-$hop-$variant" --no-auth --in-process-hop "$hop_flag" --config "$WORK/no-admission.toml"
+    fi
+    c0=$(cpu_ticks "$SRV_PID")
+    flood "over-$hop-$variant" "$OVER"
+    c1=$(cpu_ticks "$SRV_PID")
+    flood_row "overload ($hop, $variant)" "$OVER" "" "$(per_op $((c1 - c0)) "$FL_OK")"
+    echo "sipcluster overload ($hop hop, $variant) at 2x the peak ($OVER/s): goodput $FL_GOODPUT/s = $(awk -v g="$FL_GOODPUT" -v p="$PEAK" 'BEGIN {printf "%.0f", (p > 0 ? 100 * g / p : 0)}') % of the peak; $FL_503 answered 503 + Retry-After" | tee -a "$RESULTS"
+    stop_pid "$SRV_PID"
+  done
+done
 fi
 
 # --- Kamailio, side by side -------------------------------------------------------------------

@@ -89,6 +89,8 @@ pub struct ReplyContext<'a> {
     call_id: Option<&'a [u8]>,
     cseq: Option<&'a [u8]>,
     timestamp: Option<&'a [u8]>,
+    /// An Authorization or Proxy-Authorization header is present.
+    credentials: bool,
 }
 
 /// Does `to` already carry a tag? Falls back to a textual search when the value does not
@@ -135,6 +137,8 @@ impl<'a> ReplyContext<'a> {
             call_id: msg.header(HeaderName::CallId),
             cseq: msg.header(HeaderName::CSeq),
             timestamp: msg.header(HeaderName::Timestamp),
+            credentials: msg.header(HeaderName::Authorization).is_some()
+                || msg.header(HeaderName::ProxyAuthorization).is_some(),
         })
     }
 
@@ -167,6 +171,7 @@ impl<'a> ReplyContext<'a> {
             call_id: None,
             cseq: None,
             timestamp: None,
+            credentials: false,
         };
         let mut pos = memchr::memchr(b'\n', raw)? + 1;
         while pos < raw.len() {
@@ -205,6 +210,9 @@ impl<'a> ReplyContext<'a> {
                 HeaderName::CallId => ctx.call_id = ctx.call_id.or(Some(value)),
                 HeaderName::CSeq => ctx.cseq = ctx.cseq.or(Some(value)),
                 HeaderName::Timestamp => ctx.timestamp = ctx.timestamp.or(Some(value)),
+                HeaderName::Authorization | HeaderName::ProxyAuthorization => {
+                    ctx.credentials = true;
+                }
                 _ => {}
             }
         }
@@ -217,6 +225,16 @@ impl<'a> ReplyContext<'a> {
     /// The request method as written.
     pub fn method(&self) -> &'a [u8] {
         self.method
+    }
+
+    /// The request is within a dialog: its To has a tag.
+    pub fn in_dialog(&self) -> bool {
+        self.to.is_some_and(has_tag)
+    }
+
+    /// The request carries credentials (Authorization or Proxy-Authorization).
+    pub fn has_credentials(&self) -> bool {
+        self.credentials
     }
 
     /// A tag for a stateless reply: the same request always gets the same tag

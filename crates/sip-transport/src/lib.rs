@@ -29,6 +29,7 @@
 //! * Two transports of one process may be linked ([`link_in_process`]): UDP between them
 //!   then goes through each other's inbound queue, not a loopback socket.
 
+pub mod admission;
 mod limits;
 mod link;
 mod metrics;
@@ -49,6 +50,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use admission::AdmissionControl;
 pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
 pub use metrics::TransportMetrics;
@@ -173,6 +175,8 @@ pub(crate) struct Inner {
     pub log_limits: TcpLogLimits,
     /// In-process peers (see [`link_in_process`]), set once at start.
     pub links: std::sync::OnceLock<Vec<link::Link>>,
+    /// How deep the core's queue may be for a new request that is not favoured.
+    pub gate: Arc<admission::Gate>,
 }
 
 /// Handle on the running transports (cheap to clone).
@@ -271,6 +275,7 @@ impl Transports {
             next_flow: AtomicU64::new(1),
             metrics,
             links: std::sync::OnceLock::new(),
+            gate: Arc::default(),
         });
         let mut tasks = Vec::new();
         for (_, s) in &inner.udp {
@@ -287,6 +292,19 @@ impl Transports {
             },
             tasks,
         ))
+    }
+
+    /// The consumer's side of admission control ([`admission`]) for a standing wait of
+    /// `target`: the core's driver feeds it each message's wait in the queue. `None` for
+    /// a zero target (off): the queue's capacity is then the only limit.
+    pub fn admission_control(&self, target: std::time::Duration) -> Option<AdmissionControl> {
+        (!target.is_zero()).then(|| {
+            AdmissionControl::new(
+                self.inner.gate.clone(),
+                self.inner.metrics.admission_depth.clone(),
+                target,
+            )
+        })
     }
 
     /// The bound UDP addresses (actual ports when 0 was asked for).
@@ -415,6 +433,13 @@ pub(crate) async fn deliver(
     received_at: Instant,
 ) -> Option<Bytes> {
     let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
+    if new_request
+        && inner.gate.closed(&inner.events)
+        && let Some(reply) = admission::refuse(&msg, inner.config.overload_retry_after)
+    {
+        inner.metrics.overload_rejections.inc();
+        return Some(reply);
+    }
     if new_request {
         match inner.events.try_send(Inbound::Message {
             msg,

@@ -115,6 +115,14 @@ pub(crate) fn send(inner: &Arc<Inner>, link: &Link, bytes: Bytes, origin: TxnRef
         }
     };
     let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
+    if new_request
+        && peer.gate.closed(&peer.events)
+        && let Some(reply) = crate::admission::refuse(&msg, peer.config.overload_retry_after)
+    {
+        peer.metrics.overload_rejections.inc();
+        back(inner, link, reply);
+        return;
+    }
     let event = Inbound::Message {
         msg,
         source,

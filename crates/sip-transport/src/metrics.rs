@@ -61,6 +61,9 @@ pub struct TransportMetrics {
     /// The inbound TCP connection cap in force (configured, or lower to fit the
     /// process's descriptor limit).
     pub tcp_max_connections: Gauge,
+    /// The queue depth up to which new requests are admitted (see `admission`); -1 while
+    /// admission is open (no standing queue).
+    pub admission_depth: Gauge,
     /// UDP handles into `received`/`sent`.
     pub udp: PerTransport,
     /// TCP handles into `received`/`sent`.
@@ -92,6 +95,11 @@ impl Default for TransportMetrics {
             tcp_timeouts: Family::default(),
             accept_errors: Counter::default(),
             tcp_max_connections: Gauge::default(),
+            admission_depth: {
+                let g = Gauge::default();
+                g.set(-1);
+                g
+            },
             udp,
             tcp,
             in_process,
@@ -142,7 +150,7 @@ impl TransportMetrics {
         );
         registry.register(
             "sip_overload_rejections",
-            "New requests answered 503 + Retry-After because the proxy core was overloaded (queue full, or queued past max_queue_delay)",
+            "New requests answered 503 + Retry-After because the proxy core was overloaded (a standing queue: beyond the admission depth; the queue full; or queued past max_queue_delay)",
             self.overload_rejections.clone(),
         );
         registry.register(
@@ -174,6 +182,11 @@ impl TransportMetrics {
             "sip_transport_accept_errors",
             "Failed accepts on the TCP listeners (out of file descriptors, mostly); each backs off",
             self.accept_errors.clone(),
+        );
+        registry.register(
+            "sip_admission_depth",
+            "How deep the core's queue may be for a new request that is neither in a dialog nor carries credentials (-1: no standing queue, all admitted)",
+            self.admission_depth.clone(),
         );
         registry.register(
             "sip_transport_tcp_max_connections",

@@ -59,6 +59,21 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
             addr: src,
             flow: None,
         };
+        // A standing queue in the core: a new request that is not favoured is answered
+        // here, before it costs a full parse (see `admission`).
+        if inner.gate.closed(&inner.events)
+            && let Some(reply) = crate::admission::refuse_raw(
+                &data,
+                inner.config.limits.max_message_size,
+                inner.config.overload_retry_after,
+            )
+        {
+            inner.metrics.overload_rejections.inc();
+            // Through `send`: a full socket buffer must delay the 503, not drop it (a
+            // dropped answer is a retransmission, more load exactly when there is too much).
+            send(&inner, source, reply, TxnRef::Stateless);
+            continue;
+        }
         match parse_datagram(data.clone(), &inner.config.limits) {
             Ok(Datagram::Message(msg)) => {
                 if let Some(reply) = deliver(&inner, msg, source, received_at).await {

@@ -261,6 +261,83 @@ async fn overload_answers_503_with_retry_after() {
     assert_eq!(reply.retry_after(), Ok(Some(5)));
 }
 
+#[tokio::test]
+async fn a_standing_queue_refuses_new_requests_before_parsing_but_admits_favoured_ones() {
+    let (t, mut rx) = start(1024, Duration::from_secs(60)).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = t.udp_addrs()[0];
+    let mut ctl = t
+        .admission_control(sip_transport::admission::TARGET)
+        .expect("on");
+    // 70 requests queued, nobody draining yet: a queue, but not yet known to be standing.
+    for i in 0..70 {
+        peer.send_to(options(&format!("z9hG4bKq{i}")).as_bytes(), to)
+            .await
+            .unwrap();
+    }
+    let mut queued = Vec::new();
+    for _ in 0..70 {
+        queued.push(next_message(&mut rx).await);
+    }
+    // The core reports 100 ms of messages that each waited 300 ms: a standing queue, drained
+    // at 100/s, so new requests are admitted only to the floor depth of 64.
+    let now = std::time::Instant::now();
+    for i in 0..=100u32 {
+        let at = now + Duration::from_millis(u64::from(i));
+        ctl.observe(at, at - Duration::from_millis(300));
+    }
+    assert_eq!(ctl.depth(), Some(64));
+    // Refill past the depth, then one more of each kind.
+    for i in 0..64 {
+        peer.send_to(options(&format!("z9hG4bKr{i}")).as_bytes(), to)
+            .await
+            .unwrap();
+    }
+    let mut ready = 0;
+    for _ in 0..200 {
+        ready = 1024 - rx.capacity();
+        if ready >= 64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ready, 64, "admitted up to the depth");
+    let new = options("z9hG4bKnew");
+    let with_creds = options("z9hG4bKcreds").replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nAuthorization: Digest username=\"t\", realm=\"x\", nonce=\"n\", uri=\"sip:x\", response=\"0\"\r\n",
+    );
+    let in_dialog =
+        options("z9hG4bKdlg").replace("To: <sip:edge@127.0.0.1>", "To: <sip:edge@127.0.0.1>;tag=9");
+    for m in [&new, &with_creds, &in_dialog] {
+        peer.send_to(m.as_bytes(), to).await.unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    let (n, _) = timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = SipMessage::parse(buf[..n].to_vec()).unwrap();
+    assert_eq!(reply.status(), Some(503));
+    assert_eq!(reply.call_id(), Ok("z9hG4bKnew@t"), "only the new request");
+    assert_eq!(reply.retry_after(), Ok(Some(5)));
+    let mut favoured = Vec::new();
+    for _ in 0..66 {
+        favoured.push(next_message(&mut rx).await.0.call_id().unwrap().to_owned());
+    }
+    assert_eq!(
+        &favoured[64..],
+        ["z9hG4bKcreds@t", "z9hG4bKdlg@t"],
+        "credentials and dialogs get in past the depth"
+    );
+    assert!(
+        timeout(Duration::from_millis(200), peer.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "one refusal only"
+    );
+}
+
 /// A second process (or instance) must not silently share a port: with SO_REUSEADDR on
 /// UDP, Linux lets both bind and delivers the first one's traffic to the newer socket.
 #[tokio::test]

@@ -124,11 +124,10 @@ pub struct AllInOneConfig {
     /// and written (mode 0600) to `$XDG_STATE_HOME/sipcluster/admin-token`, else
     /// `$HOME/.local/state/sipcluster/admin-token`, where the commands read it.
     pub admin_token_file: Option<PathBuf>,
-    /// The dispatcher hands requests to the edge in process (true: about 30 % less CPU
-    /// per REGISTER, 15 % per call), or over loopback UDP as two processes would (false,
-    /// the default for now: the internal hop is visible to tcpdump and sngrep on `lo`,
-    /// and the kernel's socket buffer absorbs bursts; in process, a burst past the edge's
-    /// `limits.max_queue_delay_ms` can be shed whole, until overload shedding is reworked).
+    /// The dispatcher hands requests to the edge in process (true, the default: about
+    /// 30 % less CPU per REGISTER, 15 % per call, and under overload every request's wait
+    /// is seen by the edge's admission control), or over loopback UDP as two processes
+    /// would (false: the internal hop is visible to tcpdump and sngrep on `lo`).
     pub in_process_hop: bool,
 }
 
@@ -138,7 +137,7 @@ impl Default for AllInOneConfig {
             location_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             admin_token_file: None,
-            in_process_hop: false,
+            in_process_hop: true,
         }
     }
 }
@@ -433,6 +432,12 @@ pub struct LimitsConfig {
     /// processed, ms. Below the client's T1 (500 ms) so that overload sheds excess work
     /// before retransmissions multiply it, instead of serving stale requests late.
     pub max_queue_delay_ms: u64,
+    /// The wait the core's queue may keep standing, ms: when its shortest wait stays above
+    /// this for 100 ms, new requests that are neither in a dialog nor carry credentials
+    /// are admitted only up to the depth the core drains in this time, and the rest get
+    /// 503 + Retry-After at the reader, before they are parsed. 0: off (only `core_queue`
+    /// and `max_queue_delay_ms` limit).
+    pub queue_target_ms: u64,
 }
 
 /// Prometheus endpoint.
@@ -515,6 +520,7 @@ impl Default for LimitsConfig {
             core_queue: 16_384,
             overload_retry_after: 5,
             max_queue_delay_ms: 200,
+            queue_target_ms: 20,
         }
     }
 }

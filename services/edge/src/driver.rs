@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -83,26 +84,49 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut asks: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // One timer, moved when the core's next deadline moves: a new `Sleep` per turn of the
+    // loop would register with (and leave) the runtime's timer wheel every time.
+    let idle = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(idle());
+    tokio::pin!(sleep);
+    let mut armed = None;
+    // Every message's wait in the queue tells the readers how much new work to admit.
+    let mut admission =
+        transports.admission_control(Duration::from_millis(sh.cfg.limits.queue_target_ms));
+    let mut take = |core: &mut Core, m: Inbound| {
+        let now = Instant::now();
+        if let (Some(a), Inbound::Message { received_at, .. }) = (&mut admission, &m) {
+            a.observe(now, *received_at);
+        }
+        core.handle_inbound(now, m);
+    };
     loop {
-        while let Some(a) = core.poll_action() {
-            match a {
-                Action::Send {
-                    target,
-                    bytes,
-                    origin,
-                } => transports.send(target, bytes, origin),
-                Action::Ask(ask) => asks.push(Box::pin(execute(sh.clone(), *ask))),
+        // Act on everything the core wants, and take every answer that is ready at once
+        // (most asks complete on their first poll), until the core has nothing more.
+        loop {
+            while let Some(a) = core.poll_action() {
+                match a {
+                    Action::Send {
+                        target,
+                        bytes,
+                        origin,
+                    } => transports.send(target, bytes, origin),
+                    Action::Ask(ask) => asks.push(Box::pin(execute(sh.clone(), *ask))),
+                }
+            }
+            if asks.is_empty() || !ready_answers(&mut asks, &mut core).await {
+                break;
             }
         }
         let (server, client) = core.transactions();
         sh.metrics.set_transactions(server, client);
         let deadline = core.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        if deadline != armed {
+            armed = deadline;
+            sleep
+                .as_mut()
+                .reset(deadline.map_or_else(idle, tokio::time::Instant::from_std));
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -113,18 +137,24 @@ pub async fn run(
             }
             m = inbound.recv() => match m {
                 Some(m) => {
-                    core.handle_inbound(Instant::now(), m);
+                    take(&mut core, m);
                     // Take whatever else is queued before paying for timers and metrics.
                     for _ in 0..64 {
                         match inbound.try_recv() {
-                            Ok(m) => core.handle_inbound(Instant::now(), m),
+                            Ok(m) => take(&mut core, m),
                             Err(_) => break,
                         }
                     }
                 }
                 None => break,
             },
-            _ = sleep => {}
+            _ = &mut sleep => {
+                // Spent: moved away below, and to the next deadline on the next turn.
+                armed = None;
+            }
+        }
+        if armed.is_none() && sleep.is_elapsed() {
+            sleep.as_mut().reset(idle());
         }
         // Timers are due whatever woke us: under a steady load the sleep branch, last in
         // the biased order, might never be the one taken.
@@ -139,4 +169,20 @@ pub async fn run(
         while asks.next().await.is_some() {}
     })
     .await;
+}
+
+/// Hand the core every answer that is ready now; whether there was any. Polled with
+/// this task's own context, so an ask still waiting wakes the task when it completes.
+async fn ready_answers(asks: &mut FuturesUnordered<Pending>, core: &mut Core) -> bool {
+    std::future::poll_fn(|cx| {
+        let mut any = false;
+        while let Poll::Ready(Some(answer)) = asks.poll_next_unpin(cx) {
+            any = true;
+            if let Some(a) = answer {
+                core.handle_answer(Instant::now(), a);
+            }
+        }
+        Poll::Ready(any)
+    })
+    .await
 }

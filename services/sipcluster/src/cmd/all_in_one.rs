@@ -1,6 +1,7 @@
 //! `sipcluster all-in-one`: every role in one process with embedded defaults. A
-//! dispatcher holds the public sockets and relays to an edge on an internal loopback
-//! socket (the path of a cluster); registrations and users live in the location
+//! dispatcher holds the public sockets and relays to an edge (the path of a cluster),
+//! handing the datagrams over in process (or, with `--in-process-hop false`, over an
+//! internal loopback socket); registrations and users live in the location
 //! service's in-memory backend, used in process and served on loopback for the admin
 //! commands, as is the dispatcher's admin API. Those APIs take the admin token: the one
 //! in `--admin-token-file`, or one generated at start and left in a per-user file
@@ -34,9 +35,9 @@ pub struct AllInOneArgs {
     /// `off`. Default 127.0.0.1:50052.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_ADMIN")]
     pub admin: Option<String>,
-    /// Hand requests from the dispatcher to the edge in process (`true`: less CPU) or
-    /// over loopback UDP (`false`, the default: the internal hop shows in tcpdump/sngrep
-    /// on `lo`, and bursts queue in the kernel).
+    /// Hand requests from the dispatcher to the edge in process (`true`, the default:
+    /// less CPU, and it holds up better under overload) or over loopback UDP (`false`:
+    /// the internal hop shows in tcpdump/sngrep on `lo`).
     #[arg(long, env = "SIPCLUSTER_IN_PROCESS_HOP")]
     pub in_process_hop: Option<bool>,
     // The admin token's file; without it one is generated at each start.
