@@ -3,7 +3,7 @@
 //! its parties. The answer of a late offer rides on it and is anchored on the way.
 
 use bytes::Bytes;
-use sip_core::{Editor, SipMessage};
+use sip_core::SipMessage;
 use sip_txn::Target;
 
 use crate::route::{branch_prefix, loop_hash, resolve};
@@ -81,16 +81,7 @@ async fn stateless_request(
     let target = resolve(&sip).await?;
     let branch = format!("{}.ack", branch_prefix(loop_hash(msg)));
     let via = sh.local.via(target.transport, &branch);
-    let relayed_via = msg
-        .top_via()
-        .ok()
-        .filter(dispatch_core::is_dispatcher_via)
-        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
-    let mut ed = Editor::new(msg);
-    if let Some(v) = &relayed_via {
-        ed.remove_top_via().ok()?;
-        ed.prepend_via(v.as_slice());
-    }
+    let mut ed = crate::forward::forwarding_editor(msg)?;
     for _ in 0..pop {
         ed.remove_top_route().ok()?;
     }

@@ -54,17 +54,7 @@ pub fn build_forward(
     };
     let rr_out = rr(out_t);
     let rr_in = rr(in_t);
-    // The dispatcher's signed client address and dialog token are for this edge only.
-    let relayed_via = original
-        .top_via()
-        .ok()
-        .filter(dispatch_core::is_dispatcher_via)
-        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
-    let mut ed = Editor::new(original);
-    if let Some(v) = &relayed_via {
-        ed.remove_top_via().ok()?;
-        ed.prepend_via(v.as_slice());
-    }
+    let mut ed = forwarding_editor(original)?;
     for _ in 0..plan.pop_routes {
         ed.remove_top_route().ok()?;
     }
@@ -128,6 +118,22 @@ pub fn build_forward(
     }
     ed.prepend_via(our_via.as_bytes());
     Some(ed.finish())
+}
+
+/// An editor for the forwarded copy of `msg`: a dispatcher's Via on top keeps its place
+/// but loses what was for this edge only (the signed client address, the dialog token).
+pub(crate) fn forwarding_editor<'m, 'e>(msg: &'m SipMessage) -> Option<Editor<'m, 'e>> {
+    let relayed_via = msg
+        .top_via()
+        .ok()
+        .filter(dispatch_core::is_dispatcher_via)
+        .and_then(|v| dispatch_core::relay::without_edge_params(v.raw));
+    let mut ed = Editor::new(msg);
+    if let Some(v) = relayed_via {
+        ed.remove_top_via().ok()?;
+        ed.prepend_via(v);
+    }
+    Some(ed)
 }
 
 fn strip_angles(v: &[u8]) -> &[u8] {
