@@ -25,7 +25,12 @@
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
 # LOAD_ONLY (a subset of "register call auth overload cluster dispatcher media", default all),
-# LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak).
+# LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak),
+# LOAD_ECHO_RATE (REGISTER/s of the echo section, default 10000).
+#
+# The echo section is the physical floor: `sip-flood --echo` answers each REGISTER with one
+# receive and one send, and the all-in-one takes the same REGISTERs from the same
+# generator right after; it prints both CPU costs per REGISTER and their ratio.
 #
 # The overload section uses loadtest/sip-flood instead of SIPp: SIPp needs about a core
 # for 20,000 REGISTER/s here, so on the same two cores it cannot offer twice what the server
@@ -73,7 +78,7 @@ if [ "$QUICK" = 1 ]; then
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
   MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload cluster dispatcher media}
+ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -363,6 +368,29 @@ for hop in udp in-process; do
     stop_pid "$SRV_PID"
   done
 done
+fi
+
+if want echo; then
+  ECHO_RATE=${LOAD_ECHO_RATE:-10000}
+  SRV_PORT=$(free_port)
+  "$FLOOD" --echo "127.0.0.1:$SRV_PORT" --secs $((STEP + 10)) --drain-secs 0 &
+  ECHO_PID=$!
+  PIDS+=("$ECHO_PID")
+  sleep 0.5
+  c0=$(cpu_ticks "$ECHO_PID")
+  flood echo-floor "$ECHO_RATE"
+  c1=$(cpu_ticks "$ECHO_PID")
+  floor_ok=$FL_OK
+  floor_cpu=$((c1 - c0))
+  flood_row "echo floor" "$ECHO_RATE" "" "$(per_op "$floor_cpu" "$FL_OK")"
+  stop_pid "$ECHO_PID"
+  start_sipcluster echo-register --no-auth
+  c0=$(cpu_ticks "$SRV_PID")
+  flood echo-register "$ECHO_RATE"
+  c1=$(cpu_ticks "$SRV_PID")
+  flood_row "register (flood)" "$ECHO_RATE" "" "$(per_op $((c1 - c0)) "$FL_OK")"
+  stop_pid "$SRV_PID"
+  echo "sipcluster REGISTER (no auth) at $ECHO_RATE/s costs $(awk -v a=$((c1 - c0)) -v ao="$FL_OK" -v f="$floor_cpu" -v fo="$floor_ok" 'BEGIN {printf "%.1f", (f > 0 && ao > 0 ? (a / ao) / (f / fo) : 0)}')x the echo floor" | tee -a "$RESULTS"
 fi
 
 # --- Kamailio, side by side -------------------------------------------------------------------

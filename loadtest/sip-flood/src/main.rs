@@ -11,6 +11,10 @@
 //!
 //! The run is bounded: `--secs` of sending, then `--drain-secs` to collect answers.
 //! Loopback only by default.
+//!
+//! `--echo ADDR` makes it the other end instead: the physical floor of a SIP server on
+//! this machine, one receive and one send per request (the request's bytes sent back
+//! with a `SIP/2.0 200 OK` start line), for `--secs` + `--drain-secs` seconds.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -24,11 +28,14 @@ use clap::Parser;
 #[command(about = "REGISTERs at a fixed rate, retransmitted like a UA, for overload runs")]
 struct Args {
     /// The server's SIP address.
-    #[arg(long)]
-    target: SocketAddr,
+    #[arg(long, required_unless_present = "echo")]
+    target: Option<SocketAddr>,
     /// REGISTERs per second (new transactions; retransmissions come on top).
-    #[arg(long)]
-    rate: u32,
+    #[arg(long, required_unless_present = "echo")]
+    rate: Option<u32>,
+    /// Be the echo floor on this address instead (see the module docs).
+    #[arg(long, conflicts_with_all = ["target", "rate"])]
+    echo: Option<SocketAddr>,
     /// Seconds of sending.
     #[arg(long, default_value_t = 10)]
     secs: u64,
@@ -69,16 +76,19 @@ struct Shared {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if !a.target.ip().is_loopback() && !a.allow_non_loopback {
-        bail!(
-            "{}: not a loopback address (--allow-non-loopback)",
-            a.target
-        );
+    if let Some(listen) = a.echo {
+        return echo(listen, Duration::from_secs(a.secs + a.drain_secs));
     }
-    if a.rate == 0 || a.secs == 0 {
+    let (Some(target), Some(rate)) = (a.target, a.rate) else {
+        bail!("--target and --rate, or --echo");
+    };
+    if !target.ip().is_loopback() && !a.allow_non_loopback {
+        bail!("{target}: not a loopback address (--allow-non-loopback)");
+    }
+    if rate == 0 || a.secs == 0 {
         bail!("--rate and --secs must be positive");
     }
-    let total = usize::try_from(u64::from(a.rate) * a.secs).context("too many requests")?;
+    let total = usize::try_from(u64::from(rate) * a.secs).context("too many requests")?;
     let sock = UdpSocket::bind(a.bind).context("bind")?;
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let local = sock.local_addr()?;
@@ -95,12 +105,33 @@ fn main() -> Result<()> {
         let (sock, shared) = (sock.try_clone()?, shared.clone());
         std::thread::spawn(move || receive(&sock, &shared))
     };
-    send(&a, &sock, local, &shared, total)?;
+    send(&a, target, rate, &sock, local, &shared, total)?;
     shared.done.store(true, Ordering::Relaxed);
     receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    report(&a, &shared, total);
+    report(&a, rate, &shared, total);
+    Ok(())
+}
+
+/// Answer every datagram with its own bytes under a `SIP/2.0 200 OK` start line, until
+/// `for_how_long` has passed.
+fn echo(listen: SocketAddr, for_how_long: Duration) -> Result<()> {
+    let sock = UdpSocket::bind(listen).context("bind")?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(65_536);
+    let end = Instant::now() + for_how_long;
+    while Instant::now() < end {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let rest = memchr::memmem::find(&buf[..n], b"\r\n").map_or(n, |i| i + 2);
+        out.clear();
+        out.extend_from_slice(b"SIP/2.0 200 OK\r\n");
+        out.extend_from_slice(&buf[rest..n]);
+        let _ = sock.send_to(&out, from);
+    }
     Ok(())
 }
 
@@ -117,8 +148,16 @@ fn request(a: &Args, local: SocketAddr, i: usize) -> Vec<u8> {
 }
 
 /// Send new requests evenly paced, and retransmissions when due.
-fn send(a: &Args, sock: &UdpSocket, local: SocketAddr, sh: &Shared, total: usize) -> Result<()> {
-    let interval_ns = 1_000_000_000u64 / u64::from(a.rate);
+fn send(
+    a: &Args,
+    target: SocketAddr,
+    rate: u32,
+    sock: &UdpSocket,
+    local: SocketAddr,
+    sh: &Shared,
+    total: usize,
+) -> Result<()> {
+    let interval_ns = 1_000_000_000u64 / u64::from(rate);
     // One FIFO per retransmission: requests enter each in the order of their first send,
     // so each FIFO is sorted by deadline.
     let mut pending: Vec<std::collections::VecDeque<usize>> =
@@ -137,7 +176,7 @@ fn send(a: &Args, sock: &UdpSocket, local: SocketAddr, sh: &Shared, total: usize
             sh.sent_at_us[next].store(now_ns / 1000, Ordering::Relaxed);
             // A full socket buffer is the server not reading: the request is still offered
             // (and retransmitted), as it would be from a phone.
-            let _ = sock.send_to(&bytes, a.target);
+            let _ = sock.send_to(&bytes, target);
             pending[0].push_back(next);
             next += 1;
         }
@@ -153,7 +192,7 @@ fn send(a: &Args, sock: &UdpSocket, local: SocketAddr, sh: &Shared, total: usize
                 if sh.status[i].load(Ordering::Relaxed) >= 200 {
                     continue;
                 }
-                let _ = sock.send_to(&request(a, local, i), a.target);
+                let _ = sock.send_to(&request(a, local, i), target);
                 sh.retransmissions.fetch_add(1, Ordering::Relaxed);
                 if let Some(q) = pending.get_mut(level + 1) {
                     q.push_back(i);
@@ -205,7 +244,7 @@ fn parse(b: &[u8]) -> Option<(u16, usize)> {
     Some((code, i))
 }
 
-fn report(a: &Args, sh: &Shared, total: usize) {
+fn report(a: &Args, rate: u32, sh: &Shared, total: usize) {
     let mut ok = 0u64;
     let mut unavailable = 0u64;
     let mut other = 0u64;
@@ -230,7 +269,7 @@ fn report(a: &Args, sh: &Shared, total: usize) {
     let secs = a.secs as f64;
     println!(
         "offered={}/s requests={total} ok={ok} goodput={:.0}/s unavailable_503={unavailable} other={other} unanswered={none} retransmissions={} p50_ms={:.1} p99_ms={:.1} unparsed={}",
-        a.rate,
+        rate,
         ok as f64 / secs,
         sh.retransmissions.load(Ordering::Relaxed),
         pct(50),
