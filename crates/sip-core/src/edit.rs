@@ -12,7 +12,10 @@ use smallvec::SmallVec;
 use crate::builder::put_decimal;
 use crate::error::Error;
 use crate::header_name::HeaderName;
-use crate::message::{HeaderEntry, INLINE_HEADERS, SipMessage, StartLine};
+use crate::message::{
+    Head, HeaderEntry, HeaderIndex, INLINE_HEADERS, LineEnds, SipMessage, StartLine, index_field,
+    parse_content_length, parse_start_line,
+};
 use crate::split::Elements;
 
 #[derive(Debug, Clone)]
@@ -407,6 +410,112 @@ impl<'m, 'e> Editor<'m, 'e> {
         out.freeze()
     }
 
+    /// Write the edited message and return it parsed, without parsing it again: the
+    /// original's index is carried over (untouched fields moved, edited and inserted
+    /// fields indexed where they were written). What forwards a message hands on the
+    /// parsed copy, so the next stage in the process reads it as is.
+    ///
+    /// An edit that left the message unparseable (a value with a line break, a field
+    /// grown past 64 KiB) gets the error a full parse gives.
+    pub fn finish_message(&self) -> Result<SipMessage, Error> {
+        let mut out = BytesMut::new();
+        self.finish_into(&mut out);
+        let out = out.freeze();
+        match self.index_written(&out) {
+            Some(head) => {
+                let msg = SipMessage::from_parts(out, head);
+                #[cfg(debug_assertions)]
+                same_index(&msg);
+                Ok(msg)
+            }
+            None => SipMessage::parse(out),
+        }
+    }
+
+    /// The index of `out`, the bytes [`finish_into`](Self::finish_into) wrote; `None` when
+    /// an edited field does not index as the field it replaced, or the framing does not
+    /// add up (a full parse then says why).
+    fn index_written(&self, out: &[u8]) -> Option<Head> {
+        let head = &self.msg.head;
+        let buf = self.msg.as_bytes();
+        let ends = LineEnds::new();
+        let max_line = u16::MAX as usize;
+        let mut delta: isize = 0;
+        let start = match (&self.request_uri, &head.start) {
+            (Some(uri), StartLine::Request { uri: old, .. }) => {
+                delta = uri.len() as isize - (old.end - old.start) as isize;
+                let end = head.start_line_end as usize;
+                let terminator = if buf.get(end.wrapping_sub(2)) == Some(&b'\r') {
+                    2
+                } else {
+                    1
+                };
+                parse_start_line(out, end.checked_add_signed(delta)? - terminator).ok()?
+            }
+            _ => head.start,
+        };
+        let at = |pos: u32, delta: isize| (pos as usize).checked_add_signed(delta);
+        let start_line_end = at(head.start_line_end, delta)?;
+        let mut order: SmallVec<[&Insert<'e>; 4]> = self.inserts.iter().collect();
+        order.sort_by_key(|i| i.pos);
+        let mut inserts = order.into_iter().peekable();
+        let mut headers = HeaderIndex::new();
+        let index_at = |pos: usize, headers: &mut HeaderIndex| -> Option<usize> {
+            let (entry, next) = index_field(out, pos, &ends, max_line).ok()?;
+            headers.push(entry);
+            Some(next - pos)
+        };
+        for (idx, e) in head.headers.iter().enumerate() {
+            while let Some(ins) = inserts.next_if(|i| i.pos <= e.line_start) {
+                delta += index_at(at(ins.pos, delta)?, &mut headers)? as isize;
+            }
+            let old_len = (e.line_end() - e.line_start) as isize;
+            match self.op(idx) {
+                None => headers.push(e.moved_to(u32::try_from(at(e.line_start, delta)?).ok()?)),
+                Some(EntryOp::Delete) => delta -= old_len,
+                Some(EntryOp::RemoveElements(mask)) if removes_all(buf, e, *mask) => {
+                    delta -= old_len
+                }
+                Some(_) => {
+                    let len = index_at(at(e.line_start, delta)?, &mut headers)?;
+                    if headers.last().map(|n| n.name) != Some(e.name) {
+                        return None;
+                    }
+                    delta += len as isize - old_len;
+                }
+            }
+        }
+        for ins in inserts {
+            delta += index_at(at(ins.pos, delta)?, &mut headers)? as isize;
+        }
+        let body_start = at(head.body_start, delta)?;
+        let mut content_length = None;
+        for e in headers
+            .iter()
+            .filter(|e| e.name == HeaderName::ContentLength)
+        {
+            let n = parse_content_length(e.value().get(out)).ok()?;
+            if content_length.is_some_and(|c| c != n) {
+                return None;
+            }
+            content_length = Some(n);
+        }
+        let framed = match content_length {
+            Some(n) => body_start.checked_add(n as usize)? == out.len(),
+            None => body_start <= out.len(),
+        };
+        if !framed || !matches!(out.get(body_start.checked_sub(1)?), Some(b'\n')) {
+            return None;
+        }
+        Some(Head {
+            start,
+            start_line_end: u32::try_from(start_line_end).ok()?,
+            headers,
+            body_start: u32::try_from(body_start).ok()?,
+            content_length,
+        })
+    }
+
     /// Write the edited message at the end of `out` (reusing its allocation).
     pub fn finish_into(&self, out: &mut BytesMut) {
         let buf = self.msg.as_bytes();
@@ -495,7 +604,7 @@ fn element_removals<'a>(
         let off = el.as_ptr() as usize - value.as_ptr() as usize;
         spans.push((base + off, base + off + el.len()));
     }
-    let removed = |i: usize| i < 64 && mask & (1 << i) != 0;
+    let removed = |i: usize| removed_at(mask, i);
     if (0..spans.len()).all(removed) {
         out.push((e.line_start, e.line_end(), order, Piece::Nothing));
         return;
@@ -520,6 +629,45 @@ fn element_removals<'a>(
     }
 }
 
+fn removed_at(mask: u64, i: usize) -> bool {
+    i < 64 && mask & (1 << i) != 0
+}
+
+/// Whether removing the masked elements empties the field, so the whole line goes.
+fn removes_all(buf: &[u8], e: &HeaderEntry, mask: u64) -> bool {
+    Elements::new(e.value().get(buf), true)
+        .enumerate()
+        .all(|(i, _)| removed_at(mask, i))
+}
+
+/// Debug builds check every carried-over index against a full parse of the same bytes.
+#[cfg(debug_assertions)]
+fn same_index(msg: &SipMessage) {
+    let fresh = SipMessage::parse(msg.bytes().clone());
+    assert!(
+        fresh.is_ok(),
+        "an edited message that indexes also parses: {fresh:?}"
+    );
+    let Ok(fresh) = fresh else { return };
+    let (a, b) = (&msg.head, &fresh.head);
+    let entry = |e: &HeaderEntry| (e.name, e.name_span(), e.value(), e.line_end());
+    assert_eq!(
+        a.headers.iter().map(entry).collect::<Vec<_>>(),
+        b.headers.iter().map(entry).collect::<Vec<_>>(),
+        "carried-over header index"
+    );
+    assert_eq!(
+        (a.start_line_end, a.body_start, a.content_length),
+        (b.start_line_end, b.body_start, b.content_length),
+        "carried-over framing"
+    );
+    assert_eq!(
+        msg.start_line(),
+        fresh.start_line(),
+        "carried-over start line"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +676,74 @@ mod tests {
 
     fn parse(b: &[u8]) -> SipMessage {
         SipMessage::parse(b.to_vec()).unwrap()
+    }
+
+    /// The edited copy through `finish_message`, whose index debug builds check against a
+    /// full parse; its bytes are `finish`'s.
+    fn finished(ed: &Editor<'_, '_>) -> SipMessage {
+        let msg = ed.finish_message().expect("indexes");
+        assert_eq!(msg.as_bytes(), &ed.finish()[..]);
+        msg
+    }
+
+    /// Every kind of edit, on CRLF and bare-LF messages, with folded fields and a body:
+    /// the carried-over index is the one a full parse builds (checked in `finished`).
+    #[test]
+    fn finish_message_indexes_like_a_parse() {
+        let lf = String::from_utf8_lossy(INV).replace("\r\n", "\n");
+        let folded = String::from_utf8_lossy(INV).replace(
+            "Route: <sip:p3.example.com;lr>\r\n",
+            "Route: <sip:p3.example.com;lr>,\r\n  <sip:p4.example.com;lr>\r\n",
+        );
+        for text in [INV.to_vec(), lf.into_bytes(), folded.into_bytes()] {
+            let m = parse(&text);
+            let edits: [&dyn Fn(&mut Editor<'_, '_>); 9] = [
+                &|_| {},
+                &|ed| {
+                    ed.prepend_via(&b"SIP/2.0/UDP p.example;branch=z9hG4bKa"[..]);
+                    ed.decrement_max_forwards().unwrap();
+                    ed.add_record_route(&b"<sip:p.example;lr>"[..]);
+                },
+                &|ed| {
+                    ed.remove_top_route().unwrap();
+                    ed.remove_top_route().unwrap();
+                    ed.remove_top_via().unwrap();
+                },
+                &|ed| {
+                    ed.remove_last_route().unwrap();
+                },
+                &|ed| {
+                    ed.set_request_uri(&b"sip:bob@192.0.2.4:5060;transport=tcp"[..])
+                        .unwrap();
+                    ed.set_body(&b"v=0\r\no=longer body\r\n"[..]);
+                },
+                &|ed| {
+                    ed.set_request_uri(&b"sip:b@c"[..]).unwrap();
+                    ed.set_body(&b""[..]);
+                    ed.remove_header(HeaderName::ContentType);
+                },
+                &|ed| {
+                    ed.set_header(HeaderName::CSeq, &b"7 INVITE"[..]).unwrap();
+                    ed.set_header(HeaderName::Subject, &b"new"[..]).unwrap();
+                    ed.add_header("X-New", &b"1"[..]);
+                    ed.remove_header_named("x-custom");
+                },
+                &|ed| {
+                    while ed.remove_top_route().is_ok() {}
+                    ed.add_path(&b"<sip:path.example;lr>"[..]);
+                    ed.prepend_route(&b"<sip:first.example;lr>"[..]);
+                },
+                &|ed| {
+                    ed.remove_header(HeaderName::ContentLength);
+                    ed.set_body(&b"abc"[..]);
+                },
+            ];
+            for edit in edits {
+                let mut ed = Editor::new(&m);
+                edit(&mut ed);
+                finished(&ed);
+            }
+        }
     }
 
     #[test]
@@ -565,7 +781,7 @@ mod tests {
         ed.remove_top_via().unwrap();
         ed.prepend_via(&b"SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds;edited"[..]);
         ed.prepend_via(&b"SIP/2.0/UDP proxy.example.com;branch=z9hG4bKnew"[..]);
-        let out = parse(&ed.finish());
+        let out = finished(&ed);
         let vias: Vec<String> = out
             .via()
             .map(|v| String::from_utf8_lossy(v.unwrap().raw).into_owned())
@@ -587,7 +803,7 @@ mod tests {
         assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p2.example.com;lr>");
         assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p3.example.com;lr>");
         assert!(ed.remove_top_route().is_err());
-        let out = parse(&ed.finish());
+        let out = finished(&ed);
         assert_eq!(out.routes().count(), 0);
         assert_eq!(out.header_count(), m.header_count() - 2);
     }
@@ -600,7 +816,7 @@ mod tests {
         assert_eq!(ed.remove_last_route().unwrap(), b"<sip:p2.example.com;lr>");
         assert_eq!(ed.remove_top_route().unwrap(), b"<sip:p1.example.com;lr>");
         assert!(ed.remove_last_route().is_err());
-        assert_eq!(parse(&ed.finish()).routes().count(), 0);
+        assert_eq!(finished(&ed).routes().count(), 0);
     }
 
     #[test]

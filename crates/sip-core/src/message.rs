@@ -97,6 +97,14 @@ impl HeaderEntry {
             end: start + u32::from(self.value_len),
         }
     }
+    /// The same field moved to `line_start`.
+    #[inline]
+    pub(crate) fn moved_to(&self, line_start: u32) -> HeaderEntry {
+        HeaderEntry {
+            line_start,
+            ..*self
+        }
+    }
     /// Offset just past the line terminator (CRLF or bare LF) of the last folded line.
     #[inline]
     pub(crate) fn line_end(&self) -> u32 {
@@ -117,7 +125,7 @@ pub(crate) struct HeaderIndex {
 
 impl HeaderIndex {
     #[inline]
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         HeaderIndex {
             inline: [HeaderEntry::EMPTY; INLINE_HEADERS],
             len: 0,
@@ -126,7 +134,7 @@ impl HeaderIndex {
     }
 
     #[inline]
-    fn push(&mut self, e: HeaderEntry) {
+    pub(crate) fn push(&mut self, e: HeaderEntry) {
         let n = self.len as usize;
         if n < INLINE_HEADERS {
             self.inline[n] = e;
@@ -189,6 +197,10 @@ pub(crate) struct Head {
 pub struct SipMessage {
     pub(crate) buf: Bytes,
     pub(crate) head: Head,
+    /// The top Via, parsed on first use and kept as offsets: every hop reads it several
+    /// times (transaction key, response target, loop and origin checks), and re-parsing
+    /// it was 9 % of a REGISTER's CPU.
+    pub(crate) top_via: std::sync::OnceLock<Result<crate::headers::via::TopVia, Error>>,
 }
 
 /// A view of one header field line.
@@ -259,14 +271,14 @@ fn find_colon(s: &[u8]) -> Option<usize> {
 /// Finds the first CR or LF. Built once per message: a one-shot `memchr2` call re-creates
 /// its searcher and dispatches through a function pointer on every line, which cost more
 /// than the scan itself on 20–100 byte header lines.
-struct LineEnds {
+pub(crate) struct LineEnds {
     #[cfg(target_arch = "x86_64")]
     two: Option<memchr::arch::x86_64::sse2::memchr::Two>,
 }
 
 impl LineEnds {
     #[inline]
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LineEnds {
             #[cfg(target_arch = "x86_64")]
             two: memchr::arch::x86_64::sse2::memchr::Two::new(b'\r', b'\n'),
@@ -319,7 +331,7 @@ fn is_version(v: &[u8]) -> bool {
         && minor.iter().all(u8::is_ascii_digit)
 }
 
-fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, Error> {
+pub(crate) fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, Error> {
     let line = &buf[..end];
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         let sp = memchr::memchr(b' ', line).ok_or(Error::BadStatusLine("missing status code"))?;
@@ -390,8 +402,69 @@ fn parse_start_line(buf: &[u8], end: usize) -> Result<StartLine, Error> {
 }
 
 /// Content-Length value: decimal digits only (leading zeros allowed), at most 32 bits.
-fn parse_content_length(v: &[u8]) -> Result<u32, Error> {
+pub(crate) fn parse_content_length(v: &[u8]) -> Result<u32, Error> {
     chars::decimal_u32(v).ok_or(Error::InvalidContentLength)
+}
+
+/// Index the header field starting at `pos` (not a continuation line): its entry and the
+/// offset just past its last (folded) line.
+#[inline]
+pub(crate) fn index_field(
+    buf: &[u8],
+    pos: usize,
+    ends: &LineEnds,
+    max_line: usize,
+) -> Result<(HeaderEntry, usize), Error> {
+    let line_start = pos;
+    let colon = pos + find_colon(&buf[pos..]).ok_or(Error::BadHeaderLine)?;
+    let mut name_end = colon;
+    while name_end > pos && is_wsp(buf[name_end - 1]) {
+        name_end -= 1;
+    }
+    let raw_name = &buf[pos..name_end];
+    if raw_name.is_empty() || raw_name.len() > u8::MAX as usize {
+        return Err(Error::BadHeaderLine);
+    }
+    let name = HeaderName::from_bytes(raw_name);
+    // A name that matched a known one (case-insensitively, see `eq_lower`) consists of
+    // token bytes, except that a CR would pass for `-`; such a CR is not followed by LF
+    // and `terminator` rejects it. Unknown names are checked here.
+    if name == HeaderName::Other && !raw_name.iter().all(|&b| is_token(b)) {
+        return Err(Error::BadHeaderLine);
+    }
+    // Searched from the line start so that a CR inside the name is seen too.
+    let (term, mut next) = ends.terminator(buf, pos)?;
+    if term < colon {
+        return Err(Error::BadHeaderLine);
+    }
+    let mut vend = term;
+    // The field goes on while the next line starts with SP/HT (a fold).
+    while let Some(b' ' | b'\t') = buf.get(next) {
+        (vend, next) = ends.terminator(buf, next)?;
+    }
+    if next - line_start > max_line {
+        return Err(Error::LineTooLong { limit: max_line });
+    }
+    let mut vstart = colon + 1;
+    if vstart < vend && buf[vstart] == b' ' {
+        vstart += 1;
+    }
+    while vstart < vend && chars::is_lws(buf[vstart]) {
+        vstart += 1;
+    }
+    while vend > vstart && chars::is_lws(buf[vend - 1]) {
+        vend -= 1;
+    }
+    // Every offset below is within one field, which is at most `max_line` <= u16::MAX.
+    let entry = HeaderEntry {
+        name,
+        name_len: raw_name.len() as u8,
+        value_off: (vstart - line_start) as u16,
+        line_start: line_start as u32,
+        value_len: (vend - vstart) as u16,
+        line_len: (next - line_start) as u16,
+    };
+    Ok((entry, next))
 }
 
 /// Parse the start line and index the headers of the message at the start of `buf`.
@@ -434,48 +507,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, Error> {
             // A continuation line with no field before it to continue.
             return Err(Error::BadHeaderLine);
         }
-        let line_start = pos;
-        let colon = pos + find_colon(&buf[pos..]).ok_or(Error::BadHeaderLine)?;
-        let mut name_end = colon;
-        while name_end > pos && is_wsp(buf[name_end - 1]) {
-            name_end -= 1;
-        }
-        let raw_name = &buf[pos..name_end];
-        if raw_name.is_empty() || raw_name.len() > u8::MAX as usize {
-            return Err(Error::BadHeaderLine);
-        }
-        let name = HeaderName::from_bytes(raw_name);
-        // A name that matched a known one (case-insensitively, see `eq_lower`) consists of
-        // token bytes, except that a CR would pass for `-`; such a CR is not followed by LF
-        // and `terminator` rejects it. Unknown names are checked here.
-        if name == HeaderName::Other && !raw_name.iter().all(|&b| is_token(b)) {
-            return Err(Error::BadHeaderLine);
-        }
-        // Searched from the line start so that a CR inside the name is seen too.
-        let (term, mut next) = ends.terminator(buf, pos)?;
-        if term < colon {
-            return Err(Error::BadHeaderLine);
-        }
-        let mut vend = term;
-        // The field goes on while the next line starts with SP/HT (a fold).
-        while let Some(b' ' | b'\t') = buf.get(next) {
-            (vend, next) = ends.terminator(buf, next)?;
-        }
-        if next - line_start > max_line {
-            return Err(Error::LineTooLong { limit: max_line });
-        }
-        let mut vstart = colon + 1;
-        if vstart < vend && buf[vstart] == b' ' {
-            vstart += 1;
-        }
-        while vstart < vend && chars::is_lws(buf[vstart]) {
-            vstart += 1;
-        }
-        while vend > vstart && chars::is_lws(buf[vend - 1]) {
-            vend -= 1;
-        }
-        if name == HeaderName::ContentLength {
-            let n = parse_content_length(&buf[vstart..vend])?;
+        let (entry, next) = index_field(buf, pos, &ends, max_line)?;
+        if entry.name == HeaderName::ContentLength {
+            let n = parse_content_length(entry.value().get(buf))?;
             match content_length {
                 Some(prev) if prev != n => return Err(Error::ConflictingContentLength),
                 _ => content_length = Some(n),
@@ -486,15 +520,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, Error> {
                 limit: limits.max_headers,
             });
         }
-        // Every offset below is within one field, which is at most `max_line` <= u16::MAX.
-        headers.push(HeaderEntry {
-            name,
-            name_len: raw_name.len() as u8,
-            value_off: (vstart - line_start) as u16,
-            line_start: line_start as u32,
-            value_len: (vend - vstart) as u16,
-            line_len: (next - line_start) as u16,
-        });
+        headers.push(entry);
         pos = next;
         if pos > limits.max_message_size {
             return Err(Error::MessageTooLarge {
@@ -543,7 +569,11 @@ fn check_nul(buf: &[u8], start_line_end: usize, headers: &HeaderIndex) -> Result
 
 impl SipMessage {
     pub(crate) fn from_parts(buf: Bytes, head: Head) -> SipMessage {
-        SipMessage { buf, head }
+        SipMessage {
+            buf,
+            head,
+            top_via: std::sync::OnceLock::new(),
+        }
     }
 
     /// Parse one complete message from a datagram with default [`Limits`].

@@ -249,6 +249,11 @@ impl<'a> Params<'a> {
         })
     }
 
+    /// Parameters already validated by an earlier parse of the same bytes.
+    pub(crate) fn validated(raw: &'a [u8]) -> Params<'a> {
+        Params { raw }
+    }
+
     /// The parameters as written, starting at the first `;` (empty if none).
     pub fn raw(&self) -> &'a [u8] {
         self.raw

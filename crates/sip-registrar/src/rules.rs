@@ -6,6 +6,7 @@
 //! arguments, a failed request changes nothing by construction, and two stores cannot
 //! disagree about what a REGISTER means.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
 
@@ -154,7 +155,9 @@ pub fn live_bindings(stored: &[Binding], now: u64) -> Vec<Binding> {
 
 /// A binding in the set being built, with its URI parsed once.
 struct Slot<'a> {
-    binding: Binding,
+    /// Borrowed until it survives the request: a re-registration replaces the stored
+    /// binding, and copying it first was the registrar's biggest cost.
+    binding: Cow<'a, Binding>,
     /// `None` when a stored contact no longer parses (stored by an older version, say):
     /// it then matches only a byte-identical contact.
     uri: Option<Uri<'a>>,
@@ -326,7 +329,7 @@ pub fn apply_register(
     let mut set: Vec<Slot<'_>> = live
         .iter()
         .map(|b| Slot {
-            binding: (*b).clone(),
+            binding: Cow::Borrowed(*b),
             uri: Uri::parse(b.contact.as_bytes()).ok(),
             fresh: false,
             replaces: false,
@@ -348,7 +351,7 @@ pub fn apply_register(
         }
         if let Some(secs) = secs {
             set.push(Slot {
-                binding: new_binding(req, spec, secs, now),
+                binding: Cow::Owned(new_binding(req, spec, secs, now)),
                 uri: Some(uri),
                 fresh: true,
                 replaces,
@@ -371,6 +374,10 @@ pub fn apply_register(
     // This request's bindings first (in request order), then the untouched ones: the
     // stable sort then puts the newest first among equal q and equal second.
     let (fresh, old): (Vec<Slot<'_>>, Vec<Slot<'_>>) = set.into_iter().partition(|s| s.fresh);
-    let bindings = fresh.into_iter().chain(old).map(|s| s.binding).collect();
+    let bindings = fresh
+        .into_iter()
+        .chain(old)
+        .map(|s| s.binding.into_owned())
+        .collect();
     Ok(outcome(bindings, now, [added, updated, removed, expired]))
 }

@@ -53,7 +53,7 @@ use tokio::task::JoinHandle;
 pub use admission::AdmissionControl;
 pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
-pub use metrics::TransportMetrics;
+pub use metrics::{ErrorLabel, TransportMetrics};
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -332,6 +332,17 @@ impl Transports {
                 report_failure(&self.inner, origin, target)
             }
         }
+    }
+
+    /// Send a message already parsed (an edited copy): like [`send`](Self::send), except
+    /// that a peer linked in process takes it without parsing it again.
+    pub fn send_message(&self, target: Target, msg: SipMessage, origin: TxnRef) {
+        if target.transport == Transport::Udp
+            && let Some(l) = link::link_for(&self.inner, target.addr)
+        {
+            return link::send_message(&self.inner, l, msg, origin);
+        }
+        self.send(target, msg.into_bytes(), origin);
     }
 
     /// Whether a flow is still open.

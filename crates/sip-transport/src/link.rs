@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::{Datagram, Method, error_reply, parse_datagram};
+use sip_core::{Datagram, Method, SipMessage, error_reply, parse_datagram};
 use sip_txn::{Target, Transport, TxnRef};
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -74,6 +74,17 @@ fn links(from: &Transports, to: &Transports) -> Result<Vec<Link>, LinkError> {
     Ok(out)
 }
 
+impl Link {
+    /// The UDP target this link stands for, as a send failure names it.
+    fn target(&self) -> Target {
+        Target {
+            transport: Transport::Udp,
+            addr: self.peer_addr,
+            flow: None,
+        }
+    }
+}
+
 /// The link for a UDP send to `addr`, if it goes to a linked peer.
 pub(crate) fn link_for(inner: &Inner, addr: SocketAddr) -> Option<&Link> {
     inner.links.get()?.iter().find(|l| l.peer_addr == addr)
@@ -83,21 +94,9 @@ pub(crate) fn link_for(inner: &Inner, addr: SocketAddr) -> Option<&Link> {
 /// receiver's socket reader would queue it (a new request finding the queue full is
 /// answered 503 at once; responses, ACK and CANCEL wait for room).
 pub(crate) fn send(inner: &Arc<Inner>, link: &Link, bytes: Bytes, origin: TxnRef) {
-    let target = Target {
-        transport: Transport::Udp,
-        addr: link.peer_addr,
-        flow: None,
-    };
     let Some(peer) = link.peer.upgrade() else {
-        report_failure(inner, origin, target);
+        report_failure(inner, origin, link.target());
         return;
-    };
-    inner.metrics.in_process.sent.inc();
-    peer.metrics.in_process.received.inc();
-    let source = Target {
-        transport: Transport::Udp,
-        addr: link.as_seen,
-        flow: None,
     };
     let received_at = Instant::now();
     let msg = match parse_datagram(bytes.clone(), &peer.config.limits) {
@@ -113,6 +112,40 @@ pub(crate) fn send(inner: &Arc<Inner>, link: &Link, bytes: Bytes, origin: TxnRef
             }
             return;
         }
+    };
+    deliver(inner, link, &peer, msg, origin, received_at);
+}
+
+/// Deliver a message the sender already has parsed (an edited copy, see
+/// `Editor::finish_message`): no second parse, unless it is beyond the receiver's limits,
+/// which a parse then reports as it would for a datagram.
+pub(crate) fn send_message(inner: &Arc<Inner>, link: &Link, msg: SipMessage, origin: TxnRef) {
+    let Some(peer) = link.peer.upgrade() else {
+        report_failure(inner, origin, link.target());
+        return;
+    };
+    let limits = &peer.config.limits;
+    if msg.as_bytes().len() > limits.max_message_size || msg.header_count() > limits.max_headers {
+        return send(inner, link, msg.into_bytes(), origin);
+    }
+    deliver(inner, link, &peer, msg, origin, Instant::now());
+}
+
+/// Queue `msg` for `peer` as its socket reader would.
+fn deliver(
+    inner: &Arc<Inner>,
+    link: &Link,
+    peer: &Arc<Inner>,
+    msg: SipMessage,
+    origin: TxnRef,
+    received_at: Instant,
+) {
+    inner.metrics.in_process.sent.inc();
+    peer.metrics.in_process.received.inc();
+    let source = Target {
+        transport: Transport::Udp,
+        addr: link.as_seen,
+        flow: None,
     };
     let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
     if new_request
@@ -143,7 +176,7 @@ pub(crate) fn send(inner: &Arc<Inner>, link: &Link, bytes: Bytes, origin: TxnRef
                 let _ = events.send(event).await;
             });
         }
-        Err(TrySendError::Closed(_)) => report_failure(inner, origin, target),
+        Err(TrySendError::Closed(_)) => report_failure(inner, origin, link.target()),
     }
 }
 

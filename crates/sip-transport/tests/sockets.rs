@@ -661,6 +661,53 @@ async fn linked_transports_deliver_in_process_as_from_the_senders_socket() {
     assert_eq!(am.udp.sent.get(), 1);
 }
 
+/// A message the sender already holds parsed (an edited copy) crosses the link as it
+/// is, seen from the sender's socket like any datagram; one beyond the receiver's limits
+/// is parsed by them instead and refused as a datagram would be.
+#[tokio::test]
+async fn linked_transports_take_a_parsed_message_within_the_receivers_limits() {
+    let (a, mut a_rx, am) = start_udp(64).await;
+    let (tx, mut b_rx) = mpsc::channel(64);
+    let bm = TransportMetrics::default();
+    let cfg = TransportConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec![],
+        limits: sip_core::Limits {
+            max_headers: 12,
+            ..sip_core::Limits::default()
+        },
+        ..TransportConfig::default()
+    };
+    let (b, _tasks) = Transports::bind(cfg, tx, bm.clone()).await.unwrap();
+    sip_transport::link_in_process(&a, &b).unwrap();
+
+    let original = sip_core::SipMessage::parse(options("z9hG4bKparsed")).unwrap();
+    let mut ed = sip_core::Editor::new(&original);
+    ed.prepend_via(&b"SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKhop"[..]);
+    let edited = ed.finish_message().unwrap();
+    a.send_message(udp_to(&b), edited.clone(), TxnRef::Stateless);
+    let (msg, source) = next_message(&mut b_rx).await;
+    assert_eq!(msg.as_bytes(), edited.as_bytes());
+    assert_eq!(msg.top_via().unwrap().branch, Some("z9hG4bKhop"));
+    assert_eq!(source, udp_to(&a));
+    assert_eq!(am.in_process.sent.get(), 1);
+    assert_eq!(bm.in_process.received.get(), 1);
+
+    let mut ed = sip_core::Editor::new(&original);
+    for i in 0..12 {
+        ed.add_header(format!("X-Pad-{i}"), &b"1"[..]);
+    }
+    a.send_message(udp_to(&b), ed.finish_message().unwrap(), TxnRef::Stateless);
+    let (resp, _) = next_message(&mut a_rx).await;
+    assert!(
+        matches!(resp.status(), Some(400 | 513)),
+        "{:?}",
+        resp.status()
+    );
+    let limit = sip_transport::ErrorLabel { kind: "limit" };
+    assert_eq!(bm.parse_errors.get_or_create(&limit).get(), 1);
+}
+
 /// A receiver whose queue is full answers a new request 503 + Retry-After at once, over
 /// the link as over a socket; bytes that do not parse get their 400 back.
 #[tokio::test]

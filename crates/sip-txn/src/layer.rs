@@ -210,6 +210,7 @@ impl TransactionLayer {
         self.transmits.push_back(Transmit {
             target,
             bytes,
+            message: None,
             origin,
         });
     }
@@ -405,13 +406,18 @@ impl TransactionLayer {
         if !reliable {
             t.retransmit = Some((now + t1, t1));
         }
-        let bytes = t.request.bytes().clone();
+        let message = t.request.clone();
         let id = self.clients.insert(t);
         if !reliable {
             self.arm(TxnKey::Client(id), Slot::Retransmit, now, t1);
         }
         self.arm(TxnKey::Client(id), Slot::Timeout, now, t1x64);
-        self.send(target, bytes, TxnRef::Client(ClientTxnId(id)));
+        self.transmits.push_back(Transmit {
+            target,
+            bytes: message.bytes().clone(),
+            message: Some(message),
+            origin: TxnRef::Client(ClientTxnId(id)),
+        });
         Ok(ClientTxnId(id))
     }
 
@@ -442,6 +448,7 @@ impl TransactionLayer {
         self.transmits.push_back(Transmit {
             target,
             bytes,
+            message: None,
             origin: TxnRef::Stateless,
         });
     }

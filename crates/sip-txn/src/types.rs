@@ -147,6 +147,9 @@ pub struct Transmit {
     pub target: Target,
     /// The message.
     pub bytes: Bytes,
+    /// The same message parsed, on a request's first send: a receiver in the same
+    /// process takes it without parsing `bytes` again.
+    pub message: Option<SipMessage>,
     /// The transaction it belongs to; report a send failure with
     /// [`TransactionLayer::transport_error`](crate::TransactionLayer::transport_error).
     pub origin: TxnRef,

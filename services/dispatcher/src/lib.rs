@@ -395,9 +395,13 @@ pub async fn start_authenticated(
         let rejections = telemetry::LogLimit::operator_lines();
         let flush = |relay: &mut Relay| {
             while let Some(t) = relay.poll_transmit() {
-                match t.side {
-                    Side::Public => pub_t.send(t.target, t.bytes, t.origin),
-                    Side::Internal => int_t.send(t.target, t.bytes, t.origin),
+                let transports = match t.side {
+                    Side::Public => &pub_t,
+                    Side::Internal => &int_t,
+                };
+                match t.parsed {
+                    Some(msg) => transports.send_message(t.target, msg, t.origin),
+                    None => transports.send(t.target, t.bytes, t.origin),
                 }
             }
             let mut changed = false;

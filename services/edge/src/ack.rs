@@ -20,8 +20,7 @@ pub async fn route_ack(sh: &Shared, ack: SipMessage, source: Target) -> Option<(
     if let Some(relays) = &sh.relays
         && crate::media::has_sdp(&ack)
         && let (Ok(Some(from)), Ok(Some(to))) = (ack.from_tag(), ack.to_tag())
-        && let Some(bytes) = crate::media::anchor_sdp(relays, None, &ack, from, to, false).await
-        && let Ok(rewritten) = SipMessage::parse(bytes)
+        && let Some(rewritten) = crate::media::anchor_sdp(relays, None, &ack, from, to, false).await
     {
         ack = rewritten;
     }

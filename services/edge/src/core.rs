@@ -39,6 +39,9 @@ pub enum Action {
         target: Target,
         /// What.
         bytes: Bytes,
+        /// The same message parsed (a forwarded request's first send), for a receiver in
+        /// the same process. Boxed: a parsed message is ~700 bytes, a send is most actions.
+        message: Option<Box<SipMessage>>,
         /// The transaction they belong to.
         origin: TxnRef,
     },
@@ -225,6 +228,7 @@ impl Core {
         self.actions.push_back(Action::Send {
             target,
             bytes,
+            message: None,
             origin,
         });
     }
@@ -378,7 +382,12 @@ impl Core {
             }
             while let Some(t) = self.txn.poll_transmit() {
                 progressed = true;
-                self.send(t.target, t.bytes, t.origin);
+                self.actions.push_back(Action::Send {
+                    target: t.target,
+                    bytes: t.bytes,
+                    message: t.message.map(Box::new),
+                    origin: t.origin,
+                });
             }
             if !progressed {
                 break;
@@ -551,8 +560,7 @@ impl Core {
             &ctx.plan,
             &hop,
             &branch,
-        )
-        .and_then(|bytes| SipMessage::parse(bytes).ok());
+        );
         let Some(req) = built else {
             ctx.branches.push(BranchInfo {
                 txn: None,
@@ -856,17 +864,14 @@ impl Core {
         }
         let mut ed = Editor::new(&resp);
         let _ = ed.remove_top_via();
-        let bytes = ed.finish();
-        let Ok(next) = SipMessage::parse(bytes.clone())
-            .and_then(|m| Ok(Target::for_response(&m.top_via()?, None, None)))
-        else {
+        let Ok(next) = ed.finish_message() else {
             return;
         };
-        if let Some(target) = next {
+        if let Ok(Some(target)) = next.top_via().map(|v| Target::for_response(&v, None, None)) {
             if let Some(code) = resp.status() {
                 self.count_response(code);
             }
-            self.send(target, bytes, TxnRef::Stateless);
+            self.send(target, next.into_bytes(), TxnRef::Stateless);
         }
     }
 }

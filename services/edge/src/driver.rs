@@ -54,7 +54,8 @@ pub async fn execute(sh: Arc<Shared>, ask: Ask) -> Option<Answer> {
                 txn,
                 code,
                 // The relay could not say: the response goes on as it was.
-                bytes: anchored.unwrap_or_else(|| resp.bytes().clone()),
+                bytes: anchored
+                    .map_or_else(|| resp.bytes().clone(), sip_core::SipMessage::into_bytes),
                 logged: false,
             }))
         }
@@ -109,8 +110,12 @@ pub async fn run(
                     Action::Send {
                         target,
                         bytes,
+                        message,
                         origin,
-                    } => transports.send(target, bytes, origin),
+                    } => match message {
+                        Some(msg) => transports.send_message(target, *msg, origin),
+                        None => transports.send(target, bytes, origin),
+                    },
                     Action::Ask(ask) => asks.push(Box::pin(execute(sh.clone(), *ask))),
                 }
             }

@@ -3,7 +3,6 @@
 //! Path, Max-Forwards, the anchored body, Record-Route (twice when the transport
 //! changes), the identity headers, and our Via on top.
 
-use bytes::Bytes;
 use sip_core::{Editor, SipMessage};
 use sip_txn::Target;
 
@@ -20,7 +19,7 @@ pub(crate) const IDENTITY_HEADERS: [&str; 3] = [
 
 /// The forwarded copy of `original` (which came from `source`) for `hop`, on the
 /// `branch` of our Via (RFC 3261 §16.6 steps 1–8). `None` when the request cannot be
-/// edited so (the caller answers 500).
+/// edited so (the caller answers 500). The copy comes parsed from the editor.
 pub fn build_forward(
     sh: &Shared,
     original: &SipMessage,
@@ -28,7 +27,7 @@ pub fn build_forward(
     plan: &Plan,
     hop: &Hop,
     branch: &str,
-) -> Option<Bytes> {
+) -> Option<SipMessage> {
     let out_t = hop.target.transport;
     let in_t = source.transport;
     let our_via = sh.local.via(out_t, branch);
@@ -117,7 +116,7 @@ pub fn build_forward(
         ed.add_header("P-Asserted-Identity", pai.as_bytes());
     }
     ed.prepend_via(our_via.as_bytes());
-    Some(ed.finish())
+    ed.finish_message().ok()
 }
 
 /// An editor for the forwarded copy of `msg`: a dispatcher's Via on top keeps its place

@@ -134,7 +134,7 @@ pub async fn anchor_sdp(
     sender: &str,
     peer: &str,
     offer: bool,
-) -> Option<Bytes> {
+) -> Option<SipMessage> {
     let call_id = msg.call_id().ok()?;
     let media = media_of(msg.body())?;
     match relays
@@ -145,7 +145,7 @@ pub async fn anchor_sdp(
             let body = rewrite(msg.body(), &reply)?;
             let mut ed = sip_core::Editor::new(msg);
             ed.set_body(body.to_vec());
-            Some(ed.finish())
+            ed.finish_message().ok()
         }
         Ok(None) => None,
         Err(e) => {

@@ -140,7 +140,7 @@ pub(crate) fn with_received(msg: SipMessage, source: Target) -> SipMessage {
         return msg;
     }
     ed.prepend_via(via.as_bytes());
-    SipMessage::parse(ed.finish()).unwrap_or(msg)
+    ed.finish_message().unwrap_or(msg)
 }
 
 /// The client's top Via with `received` and `rport` recording where the request really

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::HashMap;
-use sip_core::{Method, ResponseBuilder, SipMessage, Uri, Via};
+use sip_core::{Editor, Method, ResponseBuilder, SipMessage, Uri, Via};
 use sip_txn::{FlowId, Target, Transport, TxnRef};
 
 use crate::health::{HealthConfig, State};
@@ -168,8 +168,34 @@ pub struct Transmit {
     pub target: Target,
     /// The message.
     pub bytes: Bytes,
+    /// The same message already parsed, when the relay edited one: a receiver in the
+    /// same process takes it as is (`Transports::send_message`) instead of parsing
+    /// `bytes` again.
+    pub parsed: Option<SipMessage>,
     /// Reported back with a send failure.
     pub origin: TxnRef,
+}
+
+/// What an [`Editor`] wrote: the bytes, and the message parsed as it wrote them.
+struct Edited {
+    bytes: Bytes,
+    parsed: Option<SipMessage>,
+}
+
+impl Edited {
+    fn of(ed: &Editor<'_, '_>) -> Edited {
+        match ed.finish_message() {
+            Ok(m) => Edited {
+                bytes: m.bytes().clone(),
+                parsed: Some(m),
+            },
+            // Unparseable after our edits: sent as written, for the receiver to refuse.
+            Err(_) => Edited {
+                bytes: ed.finish(),
+                parsed: None,
+            },
+        }
+    }
 }
 
 /// `Notice::Rejected` queued at most between two polls of the driver.
@@ -396,6 +422,18 @@ impl Relay {
             side,
             target,
             bytes,
+            parsed: None,
+            origin,
+        });
+    }
+
+    /// Send an edited copy, parsed by the editor as it wrote it.
+    fn send_edited(&mut self, side: Side, target: Target, edited: Edited, origin: TxnRef) {
+        self.out.push_back(Transmit {
+            side,
+            target,
+            bytes: edited.bytes,
+            parsed: edited.parsed,
             origin,
         });
     }

@@ -92,6 +92,7 @@ impl Relay {
                 if let Some(probe) = m.health.poll_probe(now) {
                     let bytes = probe_request(cfg.instance, listen, m.slot, probe, &m.spec);
                     self.out.push_back(Transmit {
+                        parsed: None,
                         side,
                         target: Target {
                             transport: m.spec.transport,

@@ -9,8 +9,8 @@ use sip_txn::{ClientTxnId, Target, TxnRef};
 use super::stamps::sip_transport;
 use super::targets::PoolId;
 use super::{
-    DIALOG_PARAM, FLOW_PARAM, FLOW_TRANSPORT_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM, Side,
-    dialog_param,
+    DIALOG_PARAM, Edited, FLOW_PARAM, FLOW_TRANSPORT_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM,
+    Side, dialog_param,
 };
 use crate::pool::dialog_key;
 
@@ -152,7 +152,7 @@ impl Relay {
                 ed.add_record_route(uri.as_bytes());
             }
         }
-        let bytes = ed.finish();
+        let edited = Edited::of(&ed);
         let target = Target {
             transport,
             addr,
@@ -168,7 +168,7 @@ impl Relay {
         if remember {
             self.remember(
                 h,
-                bytes.clone(),
+                edited.bytes.clone(),
                 PoolId::Edges,
                 Side::Internal,
                 key,
@@ -178,10 +178,10 @@ impl Relay {
                 now,
             );
         }
-        self.send(
+        self.send_edited(
             Side::Internal,
             target,
-            bytes,
+            edited,
             TxnRef::Client(ClientTxnId(h)),
         );
     }

@@ -9,7 +9,7 @@ use sip_txn::{Target, TxnRef};
 use smallvec::SmallVec;
 
 use super::stamps::{arrival_of, via_target};
-use super::{PROBE_BRANCH, RELAY_BRANCH, Relay, Side};
+use super::{Edited, PROBE_BRANCH, RELAY_BRANCH, Relay, Side};
 use crate::health::State;
 
 impl Relay {
@@ -74,9 +74,8 @@ impl Relay {
             self.metrics.drop("bad_via");
             return;
         }
-        let bytes = ed.finish();
         self.relayed[if side == Side::Public { 1 } else { 3 }].inc();
-        self.send(out_side, target, bytes, TxnRef::Stateless);
+        self.send_edited(out_side, target, Edited::of(&ed), TxnRef::Stateless);
     }
 
     /// A current edge that stopped answering probes.

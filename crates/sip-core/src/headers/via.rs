@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::chars::{self, HOSTNAME};
 use crate::error::Error;
 use crate::header_name::HeaderName;
-use crate::message::SipMessage;
+use crate::message::{SipMessage, Span};
 use crate::params::{Cursor, Params};
 use crate::split::top_level_comma;
 use crate::uri::{Host, parse_host, parse_port};
@@ -277,6 +277,109 @@ impl<'a> Via<'a> {
     }
 }
 
+/// Byte range of a slice that lies inside `buf`.
+/// Byte range of a slice that lies inside `buf` (an empty range for one that does not,
+/// such as a `""` default).
+fn span_in(buf: &[u8], s: &[u8]) -> Span {
+    match (s.as_ptr() as usize).checked_sub(buf.as_ptr() as usize) {
+        Some(start) if start + s.len() <= buf.len() => Span::new(start, start + s.len()),
+        _ => Span::new(0, 0),
+    }
+}
+
+fn text(buf: &[u8], span: Span) -> &str {
+    chars::ascii(span.get(buf)).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SpanTransport {
+    Known(Transport<'static>),
+    Other(Span),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SpanHost {
+    Domain(Span),
+    Ipv4(std::net::Ipv4Addr),
+    Ipv6(std::net::Ipv6Addr),
+}
+
+/// A parsed top Via as offsets into its message, so that [`SipMessage::top_via`] hands
+/// out the same [`Via`] again without scanning.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TopVia {
+    raw: Span,
+    protocol: Span,
+    version: Span,
+    transport: SpanTransport,
+    host: SpanHost,
+    port: Option<u16>,
+    params: Span,
+    branch: Option<Span>,
+    received: Option<Span>,
+    rport: Option<Option<u16>>,
+    maddr: Option<Span>,
+    ttl: Option<u8>,
+}
+
+impl TopVia {
+    fn of(v: &Via<'_>, buf: &[u8]) -> TopVia {
+        let span = |s: &str| span_in(buf, s.as_bytes());
+        TopVia {
+            raw: span_in(buf, v.raw),
+            protocol: span(v.protocol),
+            version: span(v.version),
+            transport: match v.transport {
+                Transport::Udp => SpanTransport::Known(Transport::Udp),
+                Transport::Tcp => SpanTransport::Known(Transport::Tcp),
+                Transport::Tls => SpanTransport::Known(Transport::Tls),
+                Transport::Sctp => SpanTransport::Known(Transport::Sctp),
+                Transport::Ws => SpanTransport::Known(Transport::Ws),
+                Transport::Wss => SpanTransport::Known(Transport::Wss),
+                Transport::Other(t) => SpanTransport::Other(span(t)),
+            },
+            host: match v.sent_by.host {
+                Host::Domain(d) => SpanHost::Domain(span(d)),
+                Host::Ipv4(a) => SpanHost::Ipv4(a),
+                Host::Ipv6(a) => SpanHost::Ipv6(a),
+            },
+            port: v.sent_by.port,
+            params: span_in(buf, v.params.raw()),
+            branch: v.branch.map(span),
+            received: v.received.map(span),
+            rport: v.rport,
+            maddr: v.maddr.map(span),
+            ttl: v.ttl,
+        }
+    }
+
+    fn view<'a>(&self, buf: &'a [u8]) -> Via<'a> {
+        Via {
+            raw: self.raw.get(buf),
+            protocol: text(buf, self.protocol),
+            version: text(buf, self.version),
+            transport: match self.transport {
+                SpanTransport::Known(t) => t,
+                SpanTransport::Other(t) => Transport::Other(text(buf, t)),
+            },
+            sent_by: HostPort {
+                host: match self.host {
+                    SpanHost::Domain(d) => Host::Domain(text(buf, d)),
+                    SpanHost::Ipv4(a) => Host::Ipv4(a),
+                    SpanHost::Ipv6(a) => Host::Ipv6(a),
+                },
+                port: self.port,
+            },
+            params: Params::validated(self.params.get(buf)),
+            branch: self.branch.map(|s| text(buf, s)),
+            received: self.received.map(|s| text(buf, s)),
+            rport: self.rport,
+            maddr: self.maddr.map(|s| text(buf, s)),
+            ttl: self.ttl,
+        }
+    }
+}
+
 impl SipMessage {
     /// Every Via hop across every Via line, topmost first.
     pub fn via(&self) -> impl Iterator<Item = Result<Via<'_>, Error>> + '_ {
@@ -284,8 +387,18 @@ impl SipMessage {
             .map(|e| e.and_then(Via::parse))
     }
 
-    /// The topmost Via hop, parsing nothing else.
+    /// The topmost Via hop, parsing nothing else; parsed once per message.
     pub fn top_via(&self) -> Result<Via<'_>, Error> {
+        match self
+            .top_via
+            .get_or_init(|| self.parse_top_via().map(|v| TopVia::of(&v, &self.buf)))
+        {
+            Ok(t) => Ok(t.view(&self.buf)),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn parse_top_via(&self) -> Result<Via<'_>, Error> {
         let v = self
             .header(HeaderName::Via)
             .ok_or(Error::MissingHeader("Via"))?;
@@ -356,6 +469,33 @@ impl SipMessage {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    /// The cached top Via is the Via a fresh parse gives, for every kind of host,
+    /// transport and parameter, and an error stays the same error.
+    #[test]
+    fn top_via_is_parsed_once_and_read_back_unchanged() {
+        for via in [
+            "SIP/2.0/UDP pc33.atlanta.com:5066;branch=z9hG4bK776asdhds;rport;received=192.0.2.1;maddr=224.2.0.1;ttl=16",
+            "SIP / 2.0 / tcp 192.0.2.7;branch=z9hG4bKx;rport=5070",
+            "SIP/2.0/SCTP-X [2001:db8::9]:5070;branch=z9hG4bKy;received=[2001:db8::1]",
+            "SIP/2.0/WSS edge.example ;branch=\"odd\";x=\"y\"",
+            "SIP/2.0/UDP bad host",
+        ] {
+            let text = format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nVia: {via}, SIP/2.0/UDP second.example\r\nMax-Forwards: 70\r\n\
+                 To: <sip:a@b>\r\nFrom: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            let m = SipMessage::parse(text.into_bytes()).expect("parses");
+            let fresh = m.parse_top_via();
+            let valid = !via.contains("bad") && !via.contains("odd");
+            assert_eq!(fresh.is_ok(), valid, "{via}: {fresh:?}");
+            assert_eq!(m.top_via(), fresh, "{via}");
+            assert_eq!(m.top_via(), fresh, "{via}, read back");
+            let copy = m.clone();
+            assert_eq!(copy.top_via(), fresh, "{via}, clone");
+        }
+    }
 
     #[test]
     fn simple() {
