@@ -4,7 +4,7 @@
 //! clients and servers), so that services share one definition and no crate runs its own
 //! code generation. Packages map to modules: `sipcluster.location.v1` is
 //! [`location::v1`], `sipcluster.dispatcher.v1` is [`dispatcher::v1`], `sipcluster.media.v1` is
-//! [`media::v1`].
+//! [`media::v1`], `sipcluster.cdr.v1` is [`cdr::v1`].
 
 #![allow(
     missing_docs,
@@ -27,6 +27,16 @@ pub mod dispatcher {
     /// destination sets).
     pub mod v1 {
         tonic::include_proto!("sipcluster.dispatcher.v1");
+    }
+}
+
+/// `sipcluster.cdr.*`
+pub mod cdr {
+    /// `sipcluster.cdr.v1`: call events and CDRs on the accounting topics (and their
+    /// proto3 JSON mapping, for the all-in-one's JSON lines).
+    pub mod v1 {
+        tonic::include_proto!("sipcluster.cdr.v1");
+        include!(concat!(env!("OUT_DIR"), "/sipcluster.cdr.v1.serde.rs"));
     }
 }
 
