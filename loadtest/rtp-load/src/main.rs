@@ -1,14 +1,22 @@
-//! # rtp-load: G.711 streams through a sipcluster media relay
+//! # rtp-load: G.711 streams through a sipcluster media relay (or rtpengine)
 //!
-//! Sets up `streams / 2` sessions over the relay's gRPC API (an offer and an answer
-//! each, two loopback sockets per session standing for the two phones), then sends every
+//! Sets up `streams / 2` sessions over the relay's gRPC API, or with `--rtpengine` over
+//! rtpengine's ng control protocol (an offer and an answer each, two loopback sockets per
+//! session standing for the two phones), then sends every
 //! stream at 50 packets/s (172-byte packets: 12 bytes of RTP header and 160 of payload,
 //! as G.711 at 20 ms) for the given time, paced evenly over each 20 ms period. Each
 //! payload carries its send time, so the receiving side measures the latency the relay
 //! adds, the loss (per stream, counted after a warm-up) and the RFC 3550 jitter. With
 //! `--relay-pid` it also reads the relay's CPU time and reports µs of CPU per packet.
 //!
+//! Both relays get the same sessions (each phone sends from the address in its SDP, so
+//! both latch at once) and the same streams, measured by the same code: the figures
+//! compare.
+//!
 //! Everything runs on loopback; the run is bounded by `--secs` and stops itself.
+
+mod bencode;
+mod ng;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -20,15 +28,19 @@ use proto::media::v1 as pb;
 use proto::media::v1::media_relay_client::MediaRelayClient;
 
 #[derive(Parser, Debug)]
-#[command(about = "G.711 streams through a sipcluster media relay")]
+#[command(about = "G.711 streams through a sipcluster media relay or rtpengine")]
 struct Args {
     /// The relay's gRPC control address.
     #[arg(long, default_value = "http://127.0.0.1:50053")]
     control: String,
+    /// Drive an rtpengine instead, over its ng control protocol at this address (its
+    /// `--listen-ng`); `--control` and `--token-file` are then unused.
+    #[arg(long)]
+    rtpengine: Option<SocketAddr>,
     /// File holding the edge token the relay accepts (its control API refuses anonymous
     /// calls).
     #[arg(long, env = "SIPCLUSTER_EDGE_TOKEN_FILE")]
-    token_file: std::path::PathBuf,
+    token_file: Option<std::path::PathBuf>,
     /// Concurrent streams (two per session, one each way).
     #[arg(long, default_value_t = 200)]
     streams: usize,
@@ -173,14 +185,7 @@ fn main() -> Result<()> {
     if a.streams < 2 || a.streams % 2 != 0 {
         bail!("--streams must be an even number ≥ 2 (two per session)");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let token = grpc_auth::Token::from_file(&a.token_file).context("--token-file")?;
-    let channel = rt
-        .block_on(tonic::transport::Endpoint::from_shared(a.control.clone())?.connect())
-        .with_context(|| format!("connecting to {}", a.control))?;
-    let mut client = MediaRelayClient::new(grpc_auth::Bearer::new(Some(&token)).channel(channel));
+    let mut control = Control::connect(&a)?;
     let sessions = a.streams / 2;
     let mut streams = Vec::with_capacity(a.streams);
     let mut senders = Senders::new();
@@ -204,36 +209,25 @@ fn main() -> Result<()> {
         } else {
             (shared_x.clone(), shared_y.clone())
         };
-        let call = format!("rtp-load-{run}-{i}");
-        let set_up = rt.block_on(async {
-            let to_y = client
-                .offer(pb::UpdateRequest::audio(&call, "x", "", x.local_addr()?))
-                .await
-                .with_context(|| format!("offer {i}"))?
-                .into_inner();
-            let to_x = client
-                .answer(pb::UpdateRequest::audio(&call, "y", "x", y.local_addr()?))
-                .await
-                .with_context(|| format!("answer {i}"))?
-                .into_inner();
-            anyhow::Ok((to_y, to_x))
-        });
-        let (to_y, to_x) = match set_up {
+        let call = session_call(run, i);
+        let (to_x, to_y) = match control
+            .set_up(&call, x.local_addr()?, y.local_addr()?)
+            .with_context(|| format!("session {i}"))
+        {
             Ok(r) => r,
             Err(e) => {
                 // Leave the relay as it was: the sessions set up so far go.
-                delete_sessions(&rt, &mut client, run, i + 1);
+                delete_sessions(&mut control, run, i + 1);
                 return Err(e);
             }
         };
-        // x sends to the port facing it (from the answer), y to the one from the offer.
         streams.push(Stream {
             from: senders.index(&x),
-            to: relay_addr(&to_x)?,
+            to: to_x,
         });
         streams.push(Stream {
             from: senders.index(&y),
-            to: relay_addr(&to_y)?,
+            to: to_y,
         });
         if a.socket_per_phone {
             receivers.push(y);
@@ -359,7 +353,7 @@ fn main() -> Result<()> {
         gen_cpu.map_or("n/a".into(), |c| format!("{c:.1}")),
     );
 
-    delete_sessions(&rt, &mut client, run, sessions);
+    delete_sessions(&mut control, run, sessions);
     let mut failed = false;
     if let Some(m) = a.max_loss_pct
         && loss_pct > m
@@ -393,19 +387,93 @@ struct Received {
     jitter_sum_ms: f64,
 }
 
+fn session_call(run: u32, i: usize) -> String {
+    format!("rtp-load-{run}-{i}")
+}
+
 /// Delete the first `n` sessions of this run.
-fn delete_sessions(
-    rt: &tokio::runtime::Runtime,
-    client: &mut MediaRelayClient<grpc_auth::AuthChannel>,
-    run: u32,
-    n: usize,
-) {
+fn delete_sessions(control: &mut Control, run: u32, n: usize) {
     for i in 0..n {
-        let _ = rt.block_on(client.delete(pb::SessionRef {
-            call_id: format!("rtp-load-{run}-{i}"),
-            tag: "x".into(),
-            other_tag: "y".into(),
-        }));
+        control.delete(&session_call(run, i));
+    }
+}
+
+/// The relay's control API: how sessions are set up and torn down. Every session is a
+/// caller tagged `x` and a callee tagged `y`.
+enum Control {
+    Grpc {
+        rt: tokio::runtime::Runtime,
+        client: MediaRelayClient<grpc_auth::AuthChannel>,
+    },
+    Rtpengine(ng::Ng),
+}
+
+impl Control {
+    fn connect(a: &Args) -> Result<Control> {
+        if let Some(addr) = a.rtpengine {
+            let ng = ng::Ng::connect(addr).with_context(|| format!("rtpengine at {addr}"))?;
+            return Ok(Control::Rtpengine(ng));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let token_file = a
+            .token_file
+            .as_ref()
+            .context("--token-file (or SIPCLUSTER_EDGE_TOKEN_FILE) is needed with --control")?;
+        let token = grpc_auth::Token::from_file(token_file).context("--token-file")?;
+        let channel = rt
+            .block_on(tonic::transport::Endpoint::from_shared(a.control.clone())?.connect())
+            .with_context(|| format!("connecting to {}", a.control))?;
+        let client = MediaRelayClient::new(grpc_auth::Bearer::new(Some(&token)).channel(channel));
+        Ok(Control::Grpc { rt, client })
+    }
+
+    /// Session `call` between a caller receiving at `x` and a callee receiving at `y`
+    /// (offer, then answer): the relay's addresses that x and y send to, in that order.
+    fn set_up(
+        &mut self,
+        call: &str,
+        x: SocketAddr,
+        y: SocketAddr,
+    ) -> Result<(SocketAddr, SocketAddr)> {
+        // The offer's reply is the port facing y, the answer's the one facing x.
+        match self {
+            Control::Grpc { rt, client } => rt.block_on(async {
+                let to_y = client
+                    .offer(pb::UpdateRequest::audio(call, "x", "", x))
+                    .await
+                    .context("offer")?
+                    .into_inner();
+                let to_x = client
+                    .answer(pb::UpdateRequest::audio(call, "y", "x", y))
+                    .await
+                    .context("answer")?
+                    .into_inner();
+                Ok((relay_addr(&to_x)?, relay_addr(&to_y)?))
+            }),
+            Control::Rtpengine(ng) => {
+                let to_y = ng.offer(call, "x", x).context("offer")?;
+                let to_x = ng.answer(call, "x", "y", y).context("answer")?;
+                Ok((to_x, to_y))
+            }
+        }
+    }
+
+    /// Best effort: a session that is already gone is no error here.
+    fn delete(&mut self, call: &str) {
+        match self {
+            Control::Grpc { rt, client } => {
+                let _ = rt.block_on(client.delete(pb::SessionRef {
+                    call_id: call.into(),
+                    tag: "x".into(),
+                    other_tag: "y".into(),
+                }));
+            }
+            Control::Rtpengine(ng) => {
+                let _ = ng.delete(call, "x");
+            }
+        }
     }
 }
 
