@@ -43,6 +43,10 @@
 # The dispatcher section runs calls (no auth) through `sipcluster edge` alone and through
 # `sipcluster dispatcher` in front of the same edge, step by step in the same run, and
 # reports the CPU per call of each process and the dispatcher's share of the edge's.
+#
+# The media section drives `sipcluster media-relay` and then, when it is installed
+# (apt-get install rtpengine-daemon), rtpengine in userspace mode with the same rtp-load
+# steps, and prints the ratio of their knees and of their CPU per packet.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,7 +69,8 @@ AUTH_RATES=${LOAD_AUTH_RATES:-"2000 5000 10000 15000 20000"}
 CALL_RATES=${LOAD_CALL_RATES:-"500 1000 2000 3000 4000"}
 CLUSTER_RATES=${LOAD_CLUSTER_RATES:-"4000 8000 12000 14000 16000"}
 DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"500 1000 1500 2000 2500 3000"}
-MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"500 1000 1500 2000 2100 2400 2800"}
+# The steps find both knees of the media section: rtpengine near 1,400 streams, ours near 2,100.
+MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"500 1000 1200 1400 1600 1800 2000 2100 2400 2800"}
 FLOOD_RATES=${LOAD_FLOOD_RATES:-"10000 15000 20000 25000 30000"}
 if [ "$QUICK" = 1 ]; then
   FLOOD_RATES=${LOAD_FLOOD_RATES:-"1000"}
@@ -144,8 +149,11 @@ printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "
 
 echo "building the release binary"
 cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood
-BIN=$ROOT/target/release/sipcluster
-FLOOD=$ROOT/target/release/sip-flood
+# Where cargo put them: a worktree may build into its own CARGO_TARGET_DIR.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release/sipcluster
+FLOOD=$TARGET/release/sip-flood
+RTP_LOAD=$TARGET/release/rtp-load
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
 start_sipcluster() {
@@ -650,7 +658,32 @@ fi
 # One `sipcluster media-relay` (its default one forwarding worker) and `rtp-load` on the
 # same cores: each step sets up streams/2 sessions over the gRPC API and sends every stream
 # at 50 packets/s for LOAD_STEP_SECONDS after a 2 s warm-up. Pass: loss < 0.1 % and p99
-# added latency < 5 ms. CPU per packet of the relay from /proc/PID/stat.
+# added latency < 5 ms. CPU per packet of the relay from /proc/PID/stat. Then rtpengine, if
+# installed, with the same steps from the same generator (sessions over its ng protocol).
+
+# media_steps NAME PID [rtp-load control flags...]: one rtp-load run per LOAD_MEDIA_STREAMS
+# step against the relay at PID; prints "NAME <rtp-load's fields> pass|fail", sets
+# STEPS_MAX (the largest step passing) and writes "streams pass us_per_packet" lines to
+# $WORK/NAME.steps for the ratios.
+media_steps() {
+  local name=$1 pid=$2 streams line pass
+  shift 2
+  STEPS_MAX=0
+  : >"$WORK/$name.steps"
+  for streams in $MEDIA_STREAMS; do
+    # Setup and teardown are a few seconds at most; the timeout only catches a hung relay.
+    line=$(timeout $((STEP + 120)) "$RTP_LOAD" "$@" --streams "$streams" --secs "$STEP" \
+      --relay-pid "$pid" 2>>"$WORK/rtp-load.log") || line="streams=$streams failed"
+    pass=$(awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}}
+      END {print (v["loss_pct"] != "" && v["loss_pct"] < 0.1 && v["p99_ms"] < 5) ? "pass" : "fail"}' <<<"$line")
+    [ "$pass" = pass ] && STEPS_MAX=$streams
+    echo "$name $line $pass" | tee -a "$RESULTS"
+    awk -v s="$streams" -v p="$pass" '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}}
+      END {print s, p, (v["relay_us_per_packet"] != "" ? v["relay_us_per_packet"] : "n/a")}' \
+      <<<"$line" >>"$WORK/$name.steps"
+  done
+}
+
 if want media; then
   MEDIA_CONTROL=$(free_port)
   MEDIA_METRICS=$(free_port)
@@ -660,17 +693,57 @@ if want media; then
   PIDS+=("$MEDIA_PID")
   for _ in $(seq 100); do http_ok "$MEDIA_METRICS" /readyz && break; sleep 0.1; done
   printf '\n' | tee -a "$RESULTS"
-  MEDIA_MAX=0
-  for streams in $MEDIA_STREAMS; do
-    line=$("$ROOT/target/release/rtp-load" --control "http://127.0.0.1:$MEDIA_CONTROL" \
-      --streams "$streams" --secs "$STEP" --relay-pid "$MEDIA_PID" 2>>"$WORK/rtp-load.log") || line="failed"
-    pass=$(awk '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}}
-      END {print (v["loss_pct"] != "" && v["loss_pct"] < 0.1 && v["p99_ms"] < 5) ? "pass" : "fail"}' <<<"$line")
-    [ "$pass" = pass ] && MEDIA_MAX=$streams
-    echo "media-relay $line $pass" | tee -a "$RESULTS"
-  done
+  media_steps media-relay "$MEDIA_PID" --control "http://127.0.0.1:$MEDIA_CONTROL"
+  MEDIA_MAX=$STEPS_MAX
   echo "media: max streams passing (loss < 0.1 %, p99 < 5 ms): $MEDIA_MAX" | tee -a "$RESULTS"
   stop_pid "$MEDIA_PID"
+
+  RTPENGINE=$(command -v rtpengine || true)
+  [ -z "$RTPENGINE" ] && [ -x /usr/bin/rtpengine ] && RTPENGINE=/usr/bin/rtpengine
+  if [ -z "$RTPENGINE" ]; then
+    echo "media: rtpengine skipped (not installed; apt-get install rtpengine-daemon to compare)" | tee -a "$RESULTS"
+  else
+    # Userspace forwarding (--table=-1: no kernel module), no config file (the package's
+    # /etc/rtpengine/rtpengine.conf would add listeners on other ports), loopback only,
+    # two forwarding threads like the anchors note. Its RTP ports do not overlap the
+    # media relay's; --delete-delay=0 frees a step's ports at once (rtp-load asks for that
+    # on each delete too), warnings only, like our relay's --log-level warn.
+    RTE_NG=$(free_port)
+    RTE_ARGS=(--config-file=none --table=-1 --interface=127.0.0.1 --listen-ng="127.0.0.1:$RTE_NG"
+      --port-min=40000 --port-max=59999 --num-threads=2 --delete-delay=0
+      --foreground --log-stderr --log-level=4)
+    "$RTPENGINE" "${RTE_ARGS[@]}" >"$WORK/rtpengine.log" 2>&1 &
+    RTE_PID=$!
+    PIDS+=("$RTE_PID")
+    for _ in $(seq 100); do
+      ss -Hlnu "sport = :$RTE_NG" | grep -q . && break
+      kill -0 "$RTE_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if ! kill -0 "$RTE_PID" 2>/dev/null; then
+      echo "media: rtpengine did not start:" | tee -a "$RESULTS"
+      tail -20 "$WORK/rtpengine.log" >&2
+    else
+      echo "media: rtpengine $("$RTPENGINE" --version 2>&1 | awk '{print $NF}'): $RTPENGINE ${RTE_ARGS[*]}" | tee -a "$RESULTS"
+      media_steps rtpengine "$RTE_PID" --rtpengine "127.0.0.1:$RTE_NG"
+      RTE_MAX=$STEPS_MAX
+      echo "media: rtpengine max streams passing: $RTE_MAX" | tee -a "$RESULTS"
+      stop_pid "$RTE_PID"
+      awk -v a="$MEDIA_MAX" -v b="$RTE_MAX" \
+        'BEGIN {if (b > 0) printf "media: sipcluster/rtpengine streams ratio %.2f\n", a / b;
+          else print "media: sipcluster/rtpengine streams ratio n/a (rtpengine passed no step)"}' | tee -a "$RESULTS"
+      # CPU per packet at the largest step both passed (below a knee the cost per packet
+      # is the relay's, past it queueing and loss blur it); else at the smallest step.
+      awk 'NR == FNR {p[$1] = $2; c[$1] = $3; next}
+        !($1 in p) {next}
+        s == "" {s = $1; a = c[$1]; b = $3}
+        p[$1] == "pass" && $2 == "pass" {s = $1; a = c[$1]; b = $3}
+        END {if (s == "") exit
+          r = (a + 0 > 0 && b + 0 > 0) ? sprintf("%.2f", a / b) : "n/a"
+          printf "media: sipcluster/rtpengine CPU per packet ratio %s at %s streams (%s vs %s us/packet)\n", r, s, a, b}' \
+        "$WORK/media-relay.steps" "$WORK/rtpengine.steps" | tee -a "$RESULTS"
+    fi
+  fi
 fi
 
 printf '\n## summary\n'
