@@ -473,6 +473,12 @@ impl Spool {
         self.unsynced
     }
 
+    /// Every pending id below this one is durable (on disk and flushed): what may be
+    /// published. Ids from here on were appended since the last sync.
+    pub fn durable_below(&self) -> u64 {
+        self.next_id - self.unsynced as u64
+    }
+
     fn persist_checkpoint(&mut self) -> Result<(), SpoolError> {
         let mark = self.low_watermark();
         if mark == self.checkpoint {
