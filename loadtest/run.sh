@@ -24,7 +24,8 @@
 # LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
-# LOAD_ONLY (a subset of "register call auth overload cluster dispatcher media", default all),
+# LOAD_ONLY (a subset of "register call auth overload echo cluster dispatcher media accounting",
+# default all),
 # LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak),
 # LOAD_ECHO_RATE (REGISTER/s of the echo section, default 10000).
 #
@@ -43,6 +44,12 @@
 # The dispatcher section runs calls (no auth) through `sipcluster edge` alone and through
 # `sipcluster dispatcher` in front of the same edge, step by step in the same run, and
 # reports the CPU per call of each process and the dispatcher's share of the edge's.
+#
+# The accounting section runs the same call steps against an all-in-one without accounting
+# (--accounting off: what the call section and Kamailio's configuration do), with its
+# default (CDRs as JSON lines through the durable spool) and, when a `tansu` broker is on
+# the PATH (./scripts/test.sh caches one), with Kafka: the CPU per call of each, in one run,
+# and the overhead over "off".
 #
 # The media section drives `sipcluster media-relay` and then, when it is installed
 # (apt-get install rtpengine-daemon), rtpengine in userspace mode with the same rtp-load
@@ -83,7 +90,7 @@ if [ "$QUICK" = 1 ]; then
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
   MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media}
+ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -161,7 +168,9 @@ start_sipcluster() {
   shift
   SRV_PORT=$(free_port)
   SRV_METRICS=$(free_port)
-  "$BIN" all-in-one --listen "127.0.0.1:$SRV_PORT" --metrics "127.0.0.1:$SRV_METRICS" \
+  # Its state (CDR file, accounting spool) in the run's directory, not the user's.
+  XDG_STATE_HOME="$WORK/state-$name" "$BIN" all-in-one --listen "127.0.0.1:$SRV_PORT" \
+    --metrics "127.0.0.1:$SRV_METRICS" \
     --users "$WORK/users.toml" --nonce-secret load-test-nonce-secret-0123456789 \
     --location-listen off --admin off --log-level warn --source-rate 0 "$@" >"$WORK/$name.log" 2>&1 &
   SRV_PID=$!
@@ -236,6 +245,7 @@ measure() {
   local server=$1 test=$2 pid=$3 rate=$4 name=$5 count=$6 cpu=$7
   step_stats "$rate" "$name"
   row "$server" "$test" "$rate/s" "$ST_ACHIEVED/s" "$ST_FAILPCT" "$ST_P50" "$ST_P99" "$(per_op "$cpu" "$ST_OK")" "$ST_NOTE"
+  LAST_CPU_PER_OP=$(awk -v c="$cpu" -v t="$TICK" -v o="$ST_OK" 'BEGIN {printf "%.2f", (o > 0 ? c / t * 1e6 / o : 0)}')
 }
 
 # register_steps SERVER TEST SCENARIO PID PORT RATES [extra sipp args]
@@ -289,7 +299,7 @@ call_steps() {
 }
 
 echo "steps of ${STEP}s; $USERS subscribers; CPU per operation is the server process's user+system time"
-if want register || want call || want auth || want overload || [ "$KAMAILIO" = 1 ]; then
+if want register || want call || want auth || want overload || want accounting || [ "$KAMAILIO" = 1 ]; then
   header
 fi
 
@@ -305,9 +315,44 @@ if want register; then
   stop_pid "$SRV_PID"
 fi
 if want call; then
-  start_sipcluster calls --no-auth
+  # Without accounting, as Kamailio's configuration (no acc module): the accounting
+  # section below measures what CDRs cost.
+  start_sipcluster calls --no-auth --accounting off
   call_steps sipcluster "$SRV_PID" "$SRV_PORT" "$CALL_RATES"
   stop_pid "$SRV_PID"
+fi
+
+# Accounting: the same call steps with accounting off, JSON lines (the default) and Kafka.
+if want accounting; then
+  ACCT_RATES=${LOAD_ACCOUNTING_RATES:-$CALL_RATES}
+  declare -A ACCT_CPU=()
+  acct_run() { # acct_run LABEL FLAGS...
+    local label=$1
+    shift
+    start_sipcluster "acct-$label" --no-auth "$@"
+    call_steps "acct-$label" "$SRV_PID" "$SRV_PORT" "$ACCT_RATES"
+    ACCT_CPU[$label]=$LAST_CPU_PER_OP
+    stop_pid "$SRV_PID"
+  }
+  acct_run off --accounting off
+  acct_run jsonl
+  if command -v tansu >/dev/null; then
+    KAFKA_PORT=$(free_port)
+    tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
+    KAFKA_PID=$!
+    PIDS+=("$KAFKA_PID")
+    sleep 0.5
+    acct_run kafka --kafka-brokers "127.0.0.1:$KAFKA_PORT"
+    stop_pid "$KAFKA_PID"
+  else
+    echo "accounting: no tansu on the PATH, Kafka not measured (./scripts/test.sh caches one in ~/.cache/sipcluster/tools/bin)"
+  fi
+  for label in jsonl kafka; do
+    [ -n "${ACCT_CPU[$label]:-}" ] || continue
+    echo "accounting $label: $(awk -v a="${ACCT_CPU[$label]}" -v o="${ACCT_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over accounting off, at the last step" | tee -a "$RESULTS"
+  done
 fi
 
 if want auth; then

@@ -58,10 +58,17 @@ need_cargo_tool() {
 
 # need_apt <command> <debian package>: install the package when the command is missing.
 need_apt() {
-  local cmd=$1 pkg=$2 sudo=()
+  local cmd=$1 pkg=$2
   command -v "$cmd" >/dev/null 2>&1 && return 0
+  apt_install "$pkg" "$cmd"
+  command -v "$cmd" >/dev/null 2>&1 || { echo "$pkg installed but $cmd is not on PATH" >&2; exit 1; }
+}
+
+# apt_install <debian package> <why>
+apt_install() {
+  local pkg=$1 sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  step "installing Debian package $pkg (for $cmd)"
+  step "installing Debian package $pkg (for $2)"
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get install -y --no-install-recommends "$pkg" >"$WORK/apt-$pkg.log" 2>&1 || {
     # A fresh machine may have no package lists yet.
@@ -71,7 +78,6 @@ need_apt() {
       exit 1
     }
   }
-  command -v "$cmd" >/dev/null 2>&1 || { echo "$pkg installed but $cmd is not on PATH" >&2; exit 1; }
 }
 
 # need_deb_binary <command> <debian package>: unpack the package's binaries into $TOOLS
@@ -92,8 +98,37 @@ need_deb_binary() {
   command -v "$cmd" >/dev/null 2>&1 || { echo "$pkg unpacked but $cmd not found" >&2; exit 1; }
 }
 
+# need_apt_file <file> <debian package>: install the package when the file is missing (a
+# library's development files, which bring no command).
+need_apt_file() {
+  [ -e "$1" ] && return 0
+  apt_install "$2" "$1"
+}
+
 need_rust_component rustfmt
 need_rust_component clippy
+# The accounting's Kafka producer builds librdkafka from its vendored source (rdkafka-sys:
+# make and a C compiler) and links the system OpenSSL for TLS/SASL to the brokers.
+need_apt make make
+need_apt pkg-config pkg-config
+need_apt_file /usr/include/openssl/ssl.h libssl-dev
+# A Kafka-protocol broker for the accounting tests: tansu, a Rust broker (no JVM; a real
+# Apache Kafka cannot be obtained here). Built once (~16 min on 2 cores) and cached; the
+# dynostore feature brings its storage engines (without it the broker exits at start).
+need_cargo_tool tansu tansu 0.6.0 --features dynostore
+# Python for the documented CDR consumer (deploy/kafka/consume_cdrs.py): a venv cached in
+# $TOOLS with the Kafka client and protobuf (grpcio-tools brings protoc).
+need_apt python3 python3
+PYVENV="$TOOLS/pyvenv"
+if ! "$PYVENV/bin/python" -c 'import confluent_kafka, google.protobuf, grpc_tools' 2>/dev/null; then
+  step "making a Python venv with confluent-kafka, protobuf and grpcio-tools in $PYVENV (cached)"
+  python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv "python3 -m venv"
+  python3 -m venv "$PYVENV" >"$WORK/venv.log" 2>&1 || { cat "$WORK/venv.log"; exit 1; }
+  "$PYVENV/bin/pip" install --quiet confluent-kafka protobuf grpcio-tools >"$WORK/pip.log" 2>&1 || {
+    cat "$WORK/pip.log"; exit 1
+  }
+fi
+export SIPCLUSTER_TEST_PYTHON="$PYVENV/bin/python"
 need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
 need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
 need_apt baresip baresip-core    # real softphones: two baresip register, call and talk

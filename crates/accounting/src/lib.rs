@@ -7,7 +7,7 @@
 //! 1. appends it to the durable [`spool`] (one record: the Kafka key, the Call-ID, and
 //!    the envelope's protobuf bytes),
 //! 2. makes the batch durable (`fdatasync` every `sync_interval` or `sync_batch` records),
-//! 3. hands durable records to a [`Publisher`] (Kafka; [`JsonLines`] in the all-in-one),
+//! 3. hands durable records to a [`Publisher`] ([`Kafka`]; [`JsonLines`] in the all-in-one),
 //!    in order, up to `max_in_flight` at once,
 //! 4. removes a record from the spool only when the publisher reports it acknowledged;
 //!    a failed one is offered again after a back-off.
@@ -20,13 +20,17 @@
 
 mod driver;
 mod jsonl;
+pub mod kafka;
 mod metrics;
+mod settings;
 
 use std::time::Duration;
 
 pub use driver::{Accounting, AccountingConfig};
 pub use jsonl::JsonLines;
+pub use kafka::{Kafka, KafkaConfig};
 pub use metrics::Metrics;
+pub use settings::{AccountingSettings, Destination, StartError};
 
 /// A spooled record offered to a [`Publisher`].
 #[derive(Debug, Clone, Copy)]

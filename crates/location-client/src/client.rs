@@ -438,7 +438,42 @@ impl LocationClient {
         Ok(reply.first_use)
     }
 
-    /// The raw gRPC client (dialog records, watch streams).
+    /// Create or update a dialog record (fields left empty keep their stored value).
+    /// Retried: a put is idempotent.
+    pub async fn put_dialog(
+        &self,
+        dialog: pb::Dialog,
+        ttl: Duration,
+    ) -> Result<pb::Dialog, ClientError> {
+        let msg = pb::PutDialogRequest {
+            dialog: Some(dialog),
+            ttl_secs: convert::ttl_secs(ttl),
+        };
+        let reply = self
+            .with_retries("PutDialog", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.put_dialog(r).await }
+            })
+            .await?;
+        Ok(reply.dialog.unwrap_or_default())
+    }
+
+    /// End a dialog record: the record as ended, `None` when there was none. Retried:
+    /// ending twice gives the same record.
+    pub async fn end_dialog(
+        &self,
+        end: pb::EndDialogRequest,
+    ) -> Result<Option<pb::Dialog>, ClientError> {
+        let reply = self
+            .with_retries("EndDialog", |mut g| {
+                let r = self.request(end.clone());
+                async move { g.end_dialog(r).await }
+            })
+            .await?;
+        Ok(reply.dialog)
+    }
+
+    /// The raw gRPC client (watch streams).
     pub fn grpc(&self) -> Grpc<AuthChannel> {
         self.grpc.clone()
     }

@@ -300,6 +300,35 @@ pub fn credentials_from(c: &pb::Credentials) -> Result<sip_auth::Credentials, Co
     .map_err(|e| bad("credentials", e))
 }
 
+/// Merge `update` into `stored` the way `put_dialog` defines: set fields win.
+pub fn merge_dialog(stored: &mut crate::pb::Dialog, update: &crate::pb::Dialog) {
+    fn s(dst: &mut String, src: &str) {
+        if !src.is_empty() {
+            src.clone_into(dst);
+        }
+    }
+    fn n<T: Copy + PartialEq + Default>(dst: &mut T, src: T) {
+        if src != T::default() {
+            *dst = src;
+        }
+    }
+    s(&mut stored.call_id, &update.call_id);
+    s(&mut stored.from_tag, &update.from_tag);
+    s(&mut stored.to_tag, &update.to_tag);
+    s(&mut stored.caller, &update.caller);
+    s(&mut stored.callee, &update.callee);
+    n(&mut stored.started_at_ms, update.started_at_ms);
+    n(&mut stored.answered_at_ms, update.answered_at_ms);
+    n(&mut stored.ended_at_ms, update.ended_at_ms);
+    s(&mut stored.edge_id, &update.edge_id);
+    s(&mut stored.media_relay, &update.media_relay);
+    n(&mut stored.status, update.status);
+    s(&mut stored.end_reason, &update.end_reason);
+    if !update.call.is_empty() {
+        stored.call.clone_from(&update.call);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,8 @@ pub const RECORD_HEADER: usize = 16;
 
 const SEGMENT_SUFFIX: &str = ".seg";
 const CHECKPOINT: &str = "checkpoint";
+/// The lock file: one process per spool.
+const LOCK: &str = "lock";
 /// Buffered bytes past which an append writes them out (without syncing).
 const WRITE_BEHIND: usize = 256 * 1024;
 
@@ -103,6 +105,15 @@ pub enum SpoolError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// Another process holds this spool (two processes appending to one spool would
+    /// corrupt it).
+    #[error(
+        "spool {path} is in use by another process (one spool per process: give each its own directory)"
+    )]
+    Locked {
+        /// The directory.
+        path: String,
     },
     /// Asked for a record that is not pending (acknowledged already, or never written).
     #[error("no pending spool record {0}")]
@@ -163,6 +174,8 @@ struct Segment {
 /// The spool. See the crate docs.
 #[derive(Debug)]
 pub struct Spool {
+    /// The directory's lock file, held while this value lives.
+    _lock: File,
     cfg: Config,
     /// By first id; the last one is the active segment.
     segments: BTreeMap<u64, Segment>,
@@ -236,6 +249,24 @@ impl Spool {
         }
         let dir = cfg.dir.clone();
         fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Held (flock) for the spool's life; the kernel drops it when the process dies,
+        // so a `kill -9` leaves nothing stale behind.
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked {
+                    path: dir.display().to_string(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let mut rec = Recovery::default();
         let checkpoint = match fs::read_to_string(dir.join(CHECKPOINT)) {
             Ok(s) => s.trim().parse::<u64>().ok(),
@@ -376,6 +407,7 @@ impl Spool {
         sync_dir(&dir)?;
         let bytes = segments.values().map(|s| s.len).sum();
         let spool = Spool {
+            _lock: lock,
             cfg,
             segments,
             active,

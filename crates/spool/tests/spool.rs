@@ -329,3 +329,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(cfg(dir.path())).unwrap();
+    let err = Spool::open(cfg(dir.path())).unwrap_err();
+    assert!(matches!(err, spool::SpoolError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(s);
+    Spool::open(cfg(dir.path())).expect("free again once the first is gone");
+}

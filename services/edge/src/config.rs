@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     /// Who is trusted, what is refused: trusted peers, identity headers, scanners,
     /// per-source rate limit, failed-login bans.
     pub security: SecurityConfig,
+    /// Call events and CDRs: where they go, the durable spool, dialog records.
+    pub accounting: accounting::AccountingSettings,
 }
 
 /// Trust and refusal (see "Security" in ARCHITECTURE.md).
@@ -569,6 +571,9 @@ impl EdgeConfig {
 
     /// Check every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((field, problem)) = self.accounting.problem() {
+            return Err(bad(field, problem));
+        }
         for r in &self.media.relays {
             if !(r.starts_with("http://") || r.starts_with("https://")) {
                 return Err(bad(

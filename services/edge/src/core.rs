@@ -22,6 +22,7 @@ use sip_core::{Editor, Method, RequestBuilder, ResponseBuilder, SipMessage, erro
 use sip_transport::Inbound;
 use sip_txn::{ClientTxnId, Event, ServerTxnId, Target, TransactionLayer, TxnRef};
 
+use crate::account::{CallTrack, EndCall, Record, WallClock};
 use crate::decision::{Decision, Hop, Plan};
 use crate::forking::{BranchId, Outcome, ResponseContext};
 use crate::forward::build_forward;
@@ -85,6 +86,8 @@ pub enum Ask {
         /// Where it came from.
         source: Target,
     },
+    /// Record call events, write or end a dialog record ([`crate::account`]; no answer).
+    Account(Record),
     /// End a call's media session (no answer).
     EndMedia {
         /// Call-ID.
@@ -122,6 +125,8 @@ struct ProxyCtx {
     plan: Plan,
     loop_prefix: String,
     timer_c: Option<Instant>,
+    /// The call being accounted (an initial INVITE, with accounting on).
+    call: Option<Box<CallTrack>>,
 }
 
 /// The core's state.
@@ -149,6 +154,10 @@ pub struct Core {
     max_queue_delay: Duration,
     /// The request being handed to the transaction layer is to be shed (see `stale`).
     shed_next: bool,
+    /// Unix time of the core's instants, for call events.
+    clock: WallClock,
+    /// Call events and CDRs are wanted.
+    accounting: bool,
 }
 
 impl Core {
@@ -157,6 +166,7 @@ impl Core {
         let txn = TransactionLayer::new(sh.cfg.timer_config());
         let timer_c_len = Duration::from_secs(sh.cfg.timers.timer_c_secs);
         let sh_delay = sh.cfg.limits.max_queue_delay_ms;
+        let accounting = sh.accounting.is_some();
         Core {
             sh,
             txn,
@@ -173,6 +183,8 @@ impl Core {
             branch_seq: 0,
             max_queue_delay: Duration::from_millis(sh_delay),
             shed_next: false,
+            clock: WallClock::new(now),
+            accounting,
         }
     }
 
@@ -480,11 +492,11 @@ impl Core {
                 bytes,
                 logged,
             } => {
-                if let Some((req, source)) = self.pending.remove(&txn)
-                    && !logged
-                    && !bytes.is_empty()
-                {
-                    self.sh.audit.rejected(&req, source, code, &bytes);
+                if let Some((req, source)) = self.pending.remove(&txn) {
+                    if !logged && !bytes.is_empty() {
+                        self.sh.audit.rejected(&req, source, code, &bytes);
+                    }
+                    self.account_refused(&req, source, code, false);
                 }
                 self.cancelled_pending.remove(&txn);
                 if !bytes.is_empty() {
@@ -499,6 +511,7 @@ impl Core {
                     if let Some(b) = ResponseBuilder::new(&original, 487) {
                         self.respond(txn, 487, b.build());
                     }
+                    self.account_refused(&original, source, 487, true);
                     return;
                 }
                 self.start_forwarding(txn, original, source, plan);
@@ -518,12 +531,35 @@ impl Core {
             if let Some(b) = ResponseBuilder::new(&original, 480) {
                 self.respond(txn, 480, b.build());
             }
+            self.account_refused(&original, source, 480, false);
             return;
         };
-        if plan.end_media {
+        let invite = original.method() == Some(Method::Invite);
+        let initial = original.to_tag().ok().flatten().is_none();
+        if self.accounting && original.method() == Some(Method::Bye) {
+            // The BYE's edge ends the call's record and writes its CDR (with the relay
+            // session's statistics: it ends that session too).
+            self.account_bye(&original, plan.end_media);
+        } else if plan.end_media {
             self.end_media(&original, true);
         }
-        let invite = original.method() == Some(Method::Invite);
+        let call = (self.accounting && invite && initial)
+            .then(|| {
+                let at = self.clock.ms(self.now);
+                CallTrack::start(
+                    &self.sh,
+                    &original,
+                    source,
+                    Some((&plan, first.first())),
+                    at,
+                )
+            })
+            .flatten()
+            .map(Box::new);
+        if let Some(c) = &call {
+            let r = c.attempt(&self.sh);
+            self.ask(Ask::Account(r));
+        }
         let mut ctx = ProxyCtx {
             loop_prefix: branch_prefix(loop_hash(&original)),
             rc: ResponseContext::new(invite, groups.len()),
@@ -533,6 +569,7 @@ impl Core {
             groups,
             plan,
             timer_c: None,
+            call,
         };
         if invite {
             let at = self.now + self.timer_c_len;
@@ -675,6 +712,7 @@ impl Core {
                         }
                         ed.finish()
                     };
+                    self.account_response(&mut ctx, code, &resp);
                     if code >= 300 {
                         self.media_failed_call(&ctx);
                     } else if code > 100 && self.anchor_response(stxn, &ctx, code, &bytes) {
@@ -697,6 +735,7 @@ impl Core {
                 Outcome::Generate(code) => {
                     if code >= 300 {
                         self.media_failed_call(&ctx);
+                        self.account_failure(&mut ctx, code, "");
                     }
                     let built = ResponseBuilder::new(&ctx.original, code).map(|b| b.build());
                     if let Some(bytes) = built {
@@ -764,6 +803,73 @@ impl Core {
         true
     }
 
+    /// A response forwarded for a call being accounted: ringing, answer or failure.
+    fn account_response(&mut self, ctx: &mut ProxyCtx, code: u16, resp: &SipMessage) {
+        let Some(c) = &mut ctx.call else { return };
+        let at = self.clock.ms(self.now);
+        let r = match code {
+            101..=199 => c.provisional(&self.sh, code, at),
+            200..=299 => c.answered(&self.sh, resp, at),
+            _ => {
+                let reason = String::from_utf8_lossy(resp.reason().unwrap_or_default());
+                c.failed(&self.sh, code, &reason, at)
+            }
+        };
+        if let Some(r) = r {
+            self.ask(Ask::Account(r));
+        }
+    }
+
+    /// A final failure this edge generated for a call being accounted (Timer C, every
+    /// branch failing, a CANCEL's 487).
+    fn account_failure(&mut self, ctx: &mut ProxyCtx, code: u16, reason: &str) {
+        let Some(c) = &mut ctx.call else { return };
+        let at = self.clock.ms(self.now);
+        if let Some(r) = c.failed(&self.sh, code, reason, at) {
+            self.ask(Ask::Account(r));
+        }
+    }
+
+    /// A new call refused before it was forwarded (no such user, offline, forbidden, a
+    /// dependency down, cancelled while deciding): its attempt and failure. A challenge
+    /// (401/407) is a step of the call, not its end.
+    fn account_refused(&mut self, req: &SipMessage, source: Target, code: u16, cancelled: bool) {
+        if !self.accounting
+            || code < 300
+            || code == 401
+            || code == 407
+            || req.method() != Some(Method::Invite)
+            || req.to_tag().ok().flatten().is_some()
+        {
+            return;
+        }
+        let at = self.clock.ms(self.now);
+        let Some(mut c) = CallTrack::start(&self.sh, req, source, None, at) else {
+            return;
+        };
+        c.cancelled = cancelled;
+        let attempt = c.attempt(&self.sh);
+        self.ask(Ask::Account(attempt));
+        if let Some(r) = c.failed(&self.sh, code, "", at) {
+            self.ask(Ask::Account(r));
+        }
+    }
+
+    /// A BYE being forwarded: the call ends (see [`crate::account`]).
+    fn account_bye(&mut self, bye: &SipMessage, end_media: bool) {
+        let (Ok(call_id), Ok(Some(from_tag))) = (bye.call_id(), bye.from_tag()) else {
+            return;
+        };
+        let end = EndCall {
+            call_id: call_id.to_owned(),
+            from_tag: from_tag.to_owned(),
+            to_tag: bye.to_tag().ok().flatten().unwrap_or_default().to_owned(),
+            at_ms: self.clock.ms(self.now),
+            end_media: end_media && self.sh.relays.is_some(),
+        };
+        self.ask(Ask::Account(Record::Ended(end)));
+    }
+
     /// A new call that failed (a final non-2xx, a timeout): its relay session goes.
     fn media_failed_call(&mut self, ctx: &ProxyCtx) {
         if ctx.plan.anchor.is_some()
@@ -827,6 +933,9 @@ impl Core {
             return;
         }
         if let Some(ctx) = self.contexts.get_mut(&inv) {
+            if let Some(c) = &mut ctx.call {
+                c.cancelled = true;
+            }
             let out = ctx.rc.cancel();
             self.apply(inv, out);
         }

@@ -45,7 +45,9 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
                 proven: sender.origin.trusted || sender.user.is_some(),
                 assert: sender
                     .user
+                    .clone()
                     .filter(|_| sh.cfg.security.assert_identity && !sender.origin.trusted),
+                user: sender.user,
             };
             Decision::Forward { txn, plan }
         }

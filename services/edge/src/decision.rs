@@ -36,6 +36,8 @@ pub struct Plan {
     pub end_media: bool,
     /// What to do with the identity headers (RFC 3325).
     pub identity: IdentityHeaders,
+    /// The destination set (trunk) serving the call, for its CDR.
+    pub destination: Option<String>,
 }
 
 /// RFC 3325 §5: P-Asserted-Identity (and its relatives Remote-Party-ID and
@@ -50,6 +52,8 @@ pub struct IdentityHeaders {
     /// The sender authenticated or is trusted: our Record-Route's dialog token says so,
     /// and the dialog's in-dialog requests may then go anywhere.
     pub proven: bool,
+    /// The user whose digest verified (`<sip:user@realm>`), for the CDR.
+    pub user: Option<String>,
 }
 
 impl Plan {
@@ -68,6 +72,7 @@ impl Plan {
             anchor: None,
             end_media: false,
             identity: IdentityHeaders::default(),
+            destination: None,
             groups: vec![vec![Hop {
                 request_uri: None,
                 routes: vec![],

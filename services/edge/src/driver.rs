@@ -62,13 +62,17 @@ pub async fn execute(sh: Arc<Shared>, ask: Ask) -> Option<Answer> {
         Ask::RouteAck { ack, source } => crate::ack::route_ack(&sh, ack, source)
             .await
             .map(|(target, bytes)| Answer::Ack(target, bytes)),
+        Ask::Account(r) => {
+            crate::account::execute(&sh, r).await;
+            None
+        }
         Ask::EndMedia {
             call_id,
             from_tag,
             to_tag,
         } => {
             if let Some(relays) = &sh.relays {
-                relays.delete(&call_id, &from_tag, &to_tag).await;
+                let _ = relays.delete(&call_id, &from_tag, &to_tag).await;
             }
             None
         }

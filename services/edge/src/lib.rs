@@ -12,6 +12,7 @@
 //!
 //! [`start`] runs an edge with in-memory stores and the demo users: the all-in-one.
 
+pub mod account;
 pub mod ack;
 pub mod anchor;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod core;
 pub mod decide;
 pub mod decision;
+pub mod dialogs;
 pub mod driver;
 pub mod for_me;
 pub mod forking;
@@ -43,8 +45,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sip_auth::{FileStore, MemoryNonceUses, NonceUses, SubscriberStore};
-use sip_registrar::{LocationStore, MemoryStore, Policy};
+use sip_auth::{FileStore, MemoryNonceUses};
+use sip_registrar::{MemoryStore, Policy};
 use sip_transport::{TransportError, Transports};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -79,6 +81,9 @@ pub enum EdgeError {
     /// No randomness for the nonce secret.
     #[error("random source: {0}")]
     Random(String),
+    /// Accounting could not start (its spool, its destination).
+    #[error(transparent)]
+    Accounting(#[from] accounting::StartError),
 }
 
 /// A running edge.
@@ -105,6 +110,8 @@ pub struct EdgeHandle {
     shutdown: oneshot::Sender<()>,
     join: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    accounting: Option<Arc<accounting::Accounting>>,
+    drain_accounting: Duration,
 }
 
 impl EdgeHandle {
@@ -114,12 +121,26 @@ impl EdgeHandle {
         &self.transports
     }
 
-    /// Stop the edge and wait for the core to finish.
+    /// Stop the edge and wait for the core to finish; then publish what accounting
+    /// still holds, for up to `accounting.drain_secs` (what is left stays in the spool
+    /// for the next start).
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.join.await;
         for t in self.tasks {
             t.abort();
+        }
+        if let Some(acc) = self.accounting {
+            let timeout = self.drain_accounting;
+            let left = tokio::task::spawn_blocking(move || acc.drain(timeout))
+                .await
+                .unwrap_or(0);
+            if left > 0 {
+                tracing::warn!(
+                    events = left,
+                    "accounting: events not yet published stay in the spool for the next start"
+                );
+            }
         }
     }
 
@@ -194,7 +215,17 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
         max_expires: r.max_expires,
         max_contacts: r.max_contacts,
     }));
-    start_with(cfg, users, store, Arc::new(MemoryNonceUses::default())).await
+    start_with(
+        cfg,
+        shared::Stores {
+            users,
+            store,
+            nonce_uses: Arc::new(MemoryNonceUses::default()),
+            dialogs: Arc::new(dialogs::MemoryDialogs::default()),
+        },
+        accounting::Destination::Off,
+    )
+    .await
 }
 
 /// Start an edge in cluster mode: registrations and credentials through the location
@@ -217,19 +248,42 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
     );
     // Replay tracking in the location service's shared set: a digest accepted by one
     // edge is refused when replayed to any other.
-    start_with(cfg, client.clone(), client.clone(), client).await
+    start_with(
+        cfg,
+        shared::Stores {
+            users: client.clone(),
+            store: client.clone(),
+            nonce_uses: client.clone(),
+            dialogs: client,
+        },
+        accounting::Destination::Off,
+    )
+    .await
 }
 
-/// Start an edge over the given stores: credentials, registrations, and the used
-/// `(nonce, nc)` pairs (shared by every edge of a cluster, for replay protection).
+/// Start an edge over the given stores: credentials, registrations, the used
+/// `(nonce, nc)` pairs (shared by every edge of a cluster, for replay protection) and
+/// dialog records. Accounting goes where `[accounting]` says, else to `accounting`.
 pub async fn start_with(
     cfg: EdgeConfig,
-    users: Arc<dyn SubscriberStore>,
-    store: Arc<dyn LocationStore>,
-    nonce_uses: Arc<dyn NonceUses>,
+    stores: shared::Stores,
+    accounting: accounting::Destination,
 ) -> Result<EdgeHandle, EdgeError> {
     cfg.validate()?;
     let metrics = metrics::EdgeMetrics::default();
+    // Started first: the spool's replay of a previous run is published while this edge
+    // takes new calls.
+    let acc = cfg
+        .accounting
+        .start(accounting, metrics.accounting.clone())?
+        .map(Arc::new);
+    if acc.is_some() {
+        tracing::info!(
+            destination = ?cfg.accounting.destination_or(accounting),
+            spool = %cfg.accounting.spool_dir.display(),
+            "accounting on: call events and CDRs"
+        );
+    }
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
     let tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
@@ -240,16 +294,13 @@ pub async fn start_with(
     let instance = random_hex(6)?;
     let shared = Arc::new(shared::Shared::new(
         cfg,
-        shared::Stores {
-            users,
-            store,
-            nonce_uses,
-        },
+        stores,
         Arc::new(transports.clone()),
         (transports.udp_addrs(), transports.tcp_addrs()),
         metrics.clone(),
         secret,
         instance.clone(),
+        acc.clone(),
     )?);
     let (cfg, local) = (&shared.cfg, &shared.local);
     let ready = Arc::new(AtomicBool::new(true));
@@ -305,6 +356,7 @@ pub async fn start_with(
     }
     let draining = shared.draining.clone();
     let drain = Duration::from_secs(shared.cfg.runtime.drain_secs);
+    let drain_accounting = Duration::from_secs(shared.cfg.accounting.drain_secs);
     let core = core::Core::new(shared.clone(), std::time::Instant::now());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let join = tokio::spawn(driver::run(
@@ -330,5 +382,7 @@ pub async fn start_with(
         shutdown: stop_tx,
         join,
         tasks,
+        accounting: acc,
+        drain_accounting,
     })
 }

@@ -387,8 +387,9 @@ impl Relays {
         failure.map_or(Ok(None), Err)
     }
 
-    /// End the call's session wherever it is.
-    pub async fn delete(&self, call_id: &str, tag: &str, other: &str) {
+    /// End the call's session wherever it is: its statistics, `None` when no relay had
+    /// it (or none answered).
+    pub async fn delete(&self, call_id: &str, tag: &str, other: &str) -> Option<pb::SessionStats> {
         for r in &self.relays {
             let mut c = r.client.clone();
             let req = pb::SessionRef {
@@ -400,9 +401,15 @@ impl Relays {
                 let s = stats.into_inner();
                 tracing::debug!(call_id, relay = %r.url, sides = s.sides.len(), "media session deleted");
                 r.sessions.fetch_sub(1, Ordering::Relaxed);
-                return;
+                return Some(s);
             }
         }
+        None
+    }
+
+    /// The URL of relay `i` (for the CDR).
+    pub fn url(&self, i: usize) -> Option<&str> {
+        self.relays.get(i).map(|r| r.url.as_str())
     }
 }
 

@@ -209,6 +209,18 @@ pub struct EdgeMetrics {
     pub options_stateless: Counter,
     /// Transport metrics (registered with the rest).
     pub transport: TransportMetrics,
+    /// The accounting pipeline's (registered with the rest).
+    pub accounting: accounting::Metrics,
+    /// Dialog records written at an answer.
+    pub dialogs_recorded: Counter,
+    /// Dialog records not written (the location service down): such a call is accounted
+    /// from its events.
+    pub dialog_record_failures: Counter,
+    /// CDRs of answered calls recorded at their BYE.
+    pub cdrs: Counter,
+    /// BYEs with no dialog record to end (a call not answered through the cluster, an
+    /// expired record, the location service down): an ended event only.
+    pub cdr_without_dialog: Counter,
     hot: Arc<Hot>,
 }
 
@@ -255,6 +267,11 @@ impl Default for EdgeMetrics {
             auth_failures: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             store_unavailable: Counter::default(),
+            accounting: accounting::Metrics::default(),
+            dialogs_recorded: Counter::default(),
+            dialog_record_failures: Counter::default(),
+            cdrs: Counter::default(),
+            cdr_without_dialog: Counter::default(),
             media_anchored: Counter::default(),
             media_failures: Counter::default(),
             media_relays_up: Gauge::default(),
@@ -377,6 +394,27 @@ impl EdgeMetrics {
             "media_relays_up",
             "Media relays that answered the last load poll",
             self.media_relays_up.clone(),
+        );
+        self.accounting.register(r);
+        r.register(
+            "accounting_dialogs_recorded",
+            "Dialog records written when a call was answered",
+            self.dialogs_recorded.clone(),
+        );
+        r.register(
+            "accounting_dialog_record_failures",
+            "Dialog records not written at an answer (the location service down)",
+            self.dialog_record_failures.clone(),
+        );
+        r.register(
+            "accounting_cdrs",
+            "CDRs of answered calls recorded at their BYE",
+            self.cdrs.clone(),
+        );
+        r.register(
+            "accounting_bye_without_dialog",
+            "BYEs forwarded with no dialog record to end (an ended event only)",
+            self.cdr_without_dialog.clone(),
         );
         r.register(
             "sip_store_unavailable",

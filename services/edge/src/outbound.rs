@@ -70,6 +70,7 @@ pub(crate) async fn to_destination_set(
                     routes: vec![route],
                     target,
                 }]],
+                destination: Some(set.to_string()),
                 ..r.plan(Vec::new())
             },
         },

@@ -277,6 +277,7 @@ impl<'m> Routing<'m> {
             anchor: None,
             end_media: false,
             identity: IdentityHeaders::default(),
+            destination: None,
         }
     }
 

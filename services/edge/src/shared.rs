@@ -49,6 +49,10 @@ pub struct Shared {
     pub guard: crate::guard::Guard,
     /// The `(nonce, nc)` pairs already used (replay protection), shared by the edges.
     pub nonce_uses: Arc<dyn NonceUses>,
+    /// Dialog records (accounting), shared by the edges.
+    pub dialogs: Arc<dyn crate::dialogs::DialogStore>,
+    /// Call events and CDRs, when accounting is on.
+    pub accounting: Option<Arc<accounting::Accounting>>,
 }
 
 /// The stores an edge works over: in memory in the all-in-one, the location service's
@@ -60,12 +64,15 @@ pub struct Stores {
     pub store: Arc<dyn LocationStore>,
     /// The `(nonce, nc)` pairs already used.
     pub nonce_uses: Arc<dyn NonceUses>,
+    /// Dialog records.
+    pub dialogs: Arc<dyn crate::dialogs::DialogStore>,
 }
 
 impl Shared {
     /// What the stages share, from the (validated) configuration, the stores, the open
     /// connections and the bound addresses. `secret` signs nonces, dialog tokens and
-    /// flow tokens; `instance` names this edge.
+    /// flow tokens; `instance` names this edge. `accounting` is the started pipeline.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: EdgeConfig,
         stores: Stores,
@@ -74,6 +81,7 @@ impl Shared {
         metrics: EdgeMetrics,
         secret: String,
         instance: String,
+        accounting: Option<Arc<accounting::Accounting>>,
     ) -> Result<Shared, ConfigError> {
         let local = Local {
             aliases: cfg.sip.aliases.clone(),
@@ -99,6 +107,8 @@ impl Shared {
             deny: dispatch_core::UserAgentDeny::new(&cfg.security.deny_user_agents),
             guard: crate::guard::Guard::new(&cfg.security),
             nonce_uses: stores.nonce_uses,
+            dialogs: stores.dialogs,
+            accounting,
             cfg,
         })
     }

@@ -81,6 +81,48 @@ impl Harness {
     }
 
     fn with(tweak: impl FnOnce(&mut EdgeConfig)) -> Harness {
+        Harness::build(tweak, None)
+    }
+
+    /// With accounting on: JSON lines in `dir` (`cdrs.jsonl`), the spool beside it.
+    fn accounted(dir: &std::path::Path) -> Harness {
+        let settings = accounting::AccountingSettings {
+            jsonl_path: dir.join("cdrs.jsonl"),
+            spool_dir: dir.join("spool"),
+            sync_interval_ms: 1,
+            ..Default::default()
+        };
+        let acc = settings
+            .start(
+                accounting::Destination::Jsonl,
+                accounting::Metrics::default(),
+            )
+            .expect("accounting starts")
+            .expect("on");
+        Harness::build(|_| {}, Some(Arc::new(acc)))
+    }
+
+    /// Every record the accounting published so far (after draining it), decoded from
+    /// the JSON lines.
+    fn accounted_lines(&self, dir: &std::path::Path) -> Vec<serde_json::Value> {
+        let left = self
+            .sh
+            .accounting
+            .as_ref()
+            .unwrap()
+            .drain(Duration::from_secs(5));
+        assert_eq!(left, 0, "everything published");
+        std::fs::read_to_string(dir.join("cdrs.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    fn build(
+        tweak: impl FnOnce(&mut EdgeConfig),
+        acc: Option<Arc<accounting::Accounting>>,
+    ) -> Harness {
         let mut cfg = EdgeConfig::default();
         cfg.sip.domains = vec![DOMAIN.into()];
         cfg.sip.advertise = Some("10.0.0.1".parse().unwrap());
@@ -96,12 +138,14 @@ impl Harness {
                 users,
                 store: Arc::new(MemoryStore::new(Policy::default())),
                 nonce_uses: Arc::new(sip_auth::MemoryNonceUses::default()),
+                dialogs: Arc::new(edge::dialogs::MemoryDialogs::default()),
             },
             Arc::new(NoConnections),
             (&[EDGE.parse().unwrap()], &[]),
             edge::metrics::EdgeMetrics::default(),
             SECRET.into(),
             "core-test".into(),
+            acc,
         )
         .expect("shared state");
         let sh = Arc::new(sh);
@@ -175,7 +219,7 @@ impl Harness {
                     d => d,
                 }))
             }
-            Ask::Decide { .. } | Ask::RouteAck { .. } => {
+            Ask::Decide { .. } | Ask::RouteAck { .. } | Ask::Account(_) => {
                 edge::driver::execute(self.sh.clone(), ask)
                     .now_or_never()
                     .expect("in-memory stores answer at once")
@@ -785,5 +829,252 @@ fn options_to_the_edge_is_answered_without_a_transaction_and_a_bad_request_gets_
     assert!(
         bad.header(HeaderName::CSeq).is_some(),
         "the 400 still names the request it answers"
+    );
+}
+
+/// What one accounted record says, from its JSON line: `("cdr", _)` or
+/// `("event", kind)`.
+fn kind_of(v: &serde_json::Value) -> (String, String) {
+    if v.get("cdr").is_some() {
+        ("cdr".into(), String::new())
+    } else {
+        let k = v["event"]["kind"].as_str().unwrap_or("").to_owned();
+        (
+            "event".into(),
+            k.trim_start_matches("CALL_EVENT_KIND_").to_owned(),
+        )
+    }
+}
+
+fn kinds(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| match kind_of(l) {
+            (c, k) if k.is_empty() => c,
+            (_, k) => k,
+        })
+        .collect()
+}
+
+/// A JSON number of the proto3 mapping (64-bit integers are strings).
+fn num(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::String(s) => s.parse().unwrap(),
+        serde_json::Value::Number(n) => n.as_u64().unwrap(),
+        serde_json::Value::Null => 0,
+        other => panic!("not a number: {other}"),
+    }
+}
+
+#[test]
+fn an_answered_call_is_accounted_from_attempt_to_cdr_on_the_virtual_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::accounted(dir.path());
+    registered(&mut h, &[ALICE_2]);
+    h.deliver(BOB, &invite("acc1", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    // Alice's 100 stops Timer A (no retransmissions while she rings).
+    h.reply(ALICE_2, answer(&inv, 100, "a1", None));
+    h.advance(Duration::from_millis(1500));
+    h.reply(ALICE_2, answer(&inv, 180, "a1", None));
+    assert_eq!(h.one(BOB).status(), Some(180));
+    h.advance(Duration::from_secs(4));
+    h.reply(ALICE_2, answer(&inv, 200, "a1", None));
+    let ok = h.one(BOB);
+    let route = header(&ok, "Record-Route").unwrap().to_owned();
+    let contact = "sip:alice@192.0.2.11:5070";
+    h.deliver(
+        BOB,
+        &in_dialog(BOB, "acc1", &ok, "ACK", 1, contact, Some(&route)),
+    );
+    h.advance(Duration::from_secs(62));
+    h.deliver(
+        BOB,
+        &in_dialog(BOB, "acc1", &ok, "BYE", 2, contact, Some(&route)),
+    );
+    // To the contact of the 2xx (`answer` writes ALICE_2's, where she registered), after
+    // the ACK.
+    let to_alice = h.to(ALICE_2);
+    let bye = to_alice.last().unwrap().clone();
+    assert_eq!(bye.method(), Some(Method::Bye));
+    h.reply(ALICE_2, answer(&bye, 200, "a1", None));
+
+    let lines = h.accounted_lines(dir.path());
+    assert_eq!(
+        kinds(&lines),
+        ["ATTEMPT", "RINGING", "ANSWERED", "ENDED", "cdr"],
+        "{lines:#?}"
+    );
+    let cdr = &lines[4]["cdr"];
+    assert_eq!(cdr["call"]["callId"], "acc1");
+    assert_eq!(cdr["call"]["fromTag"], "bob-acc1");
+    assert_eq!(cdr["call"]["toTag"], "a1");
+    assert_eq!(cdr["caller"]["uri"], format!("sip:bob@{DOMAIN}"));
+    assert_eq!(cdr["caller"]["user"], "bob");
+    assert_eq!(cdr["callee"]["uri"], format!("sip:alice@{DOMAIN}"));
+    assert_eq!(cdr["requestUri"], format!("sip:alice@{DOMAIN}"));
+    assert_eq!(cdr["source"], BOB);
+    assert_eq!(cdr["sourceTransport"], "TRANSPORT_UDP");
+    assert_eq!(cdr["destinationUri"], format!("sip:alice@{ALICE_2}"));
+    assert_eq!(cdr["sipCode"], 200);
+    assert_eq!(cdr["endCause"], "END_CAUSE_BYE");
+    assert_eq!(cdr["hungUpBy"], "HUNG_UP_BY_CALLER");
+    assert_eq!(cdr["edge"], "core-test");
+    assert_eq!(cdr["recordedBy"], "core-test");
+    // The virtual clock's times: ringing 1.5 s after the INVITE, answer 4 s later, BYE
+    // 62 s after the answer.
+    let invite_at = num(&cdr["inviteAtMs"]);
+    assert_eq!(num(&cdr["ringingAtMs"]) - invite_at, 1500);
+    assert_eq!(num(&cdr["answeredAtMs"]) - invite_at, 5500);
+    assert_eq!(num(&cdr["endedAtMs"]) - invite_at, 67_500);
+    assert_eq!(num(&cdr["postDialDelayMs"]), 1500);
+    assert_eq!(num(&cdr["billableMs"]), 62_000);
+    // Deduplication keys: the CDR's id is a function of the call, so a second BYE (both
+    // sides hanging up at once) or a replay carries the same one.
+    let id = lines[4]["eventId"].as_str().unwrap();
+    assert_eq!(
+        id,
+        edge::account::event_id("cdr", "acc1", "bob-acc1", "a1"),
+        "{id}"
+    );
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), lines.len(), "one id per event");
+}
+
+#[test]
+fn the_callees_bye_ends_the_record_kept_under_the_callers_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::accounted(dir.path());
+    registered(&mut h, &[ALICE_2]);
+    // Bob registered too: Alice's BYE goes to his registered contact.
+    h.deliver(
+        BOB,
+        &format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bK-reg-bob\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=regb\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{BOB}>;expires=3600\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(h.one(BOB).status(), Some(200));
+    h.deliver(BOB, &invite("acc2", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    h.reply(ALICE_2, answer(&inv, 200, "a2", None));
+    let ok = h.one(BOB);
+    let rr = header(&ok, "Record-Route").unwrap().to_owned();
+    h.advance(Duration::from_secs(10));
+    // Alice hangs up: her From tag is the dialog's To tag.
+    let bye = format!(
+        "BYE sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE_2};branch=z9hG4bK-acc2-bye\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a2\r\nTo: <sip:bob@{DOMAIN}>;tag=bob-acc2\r\n\
+         Call-ID: acc2\r\nCSeq: 1 BYE\r\nRoute: {rr}\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.deliver(ALICE_2, &bye);
+    let fwd = h.one(BOB);
+    assert_eq!(fwd.method(), Some(Method::Bye));
+    h.reply(BOB, answer(&fwd, 200, "bob-acc2", None));
+
+    let lines = h.accounted_lines(dir.path());
+    assert_eq!(kinds(&lines), ["ATTEMPT", "ANSWERED", "ENDED", "cdr"]);
+    let cdr = &lines[3]["cdr"];
+    assert_eq!(cdr["hungUpBy"], "HUNG_UP_BY_CALLEE");
+    assert_eq!(
+        cdr["call"]["fromTag"], "bob-acc2",
+        "the caller's tag, whoever hung up"
+    );
+    assert_eq!(num(&cdr["billableMs"]), 10_000);
+    assert_eq!(
+        num(&cdr["postDialDelayMs"]),
+        0,
+        "answered at once, no ringing"
+    );
+}
+
+#[test]
+fn busy_cancelled_and_refused_calls_get_a_cdr_with_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::accounted(dir.path());
+    registered(&mut h, &[ALICE_2]);
+
+    // Busy.
+    h.deliver(BOB, &invite("busy", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    h.advance(Duration::from_millis(300));
+    h.reply(ALICE_2, answer(&inv, 486, "a3", None));
+    let got: Vec<Option<u16>> = h.to(BOB).iter().map(SipMessage::status).collect();
+    assert_eq!(got, [Some(486)]);
+    // Bob acknowledges the 486 (else it is retransmitted while the test goes on).
+    h.deliver(
+        BOB,
+        &format!(
+            "ACK sip:alice@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bK-busy\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=bob-busy\r\nTo: <sip:alice@{DOMAIN}>;tag=a3\r\n\
+             Call-ID: busy\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(h.one(ALICE_2).method(), Some(Method::Ack));
+
+    // Cancelled while ringing.
+    h.deliver(BOB, &invite("gone", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    h.reply(ALICE_2, answer(&inv, 180, "a4", None));
+    assert_eq!(h.one(BOB).status(), Some(180));
+    h.advance(Duration::from_secs(3));
+    h.deliver(BOB, &cancel("gone"));
+    assert_eq!(h.one(BOB).status(), Some(200));
+    let c = h.one(ALICE_2);
+    h.reply(ALICE_2, answer(&c, 200, "a4", None));
+    h.reply(ALICE_2, answer(&inv, 487, "a4", None));
+    assert_eq!(h.one(BOB).status(), Some(487));
+
+    // Refused by the edge itself: nobody registered as carol (480, as for an unknown user:
+    // the edge does not tell who exists).
+    h.deliver(
+        BOB,
+        &invite("nobody", false).replace("sip:alice@", "sip:carol@"),
+    );
+    let refused: Vec<u16> = h.to(BOB).iter().filter_map(SipMessage::status).collect();
+    assert_eq!(refused.last().copied(), Some(480), "{refused:?}");
+
+    let lines = h.accounted_lines(dir.path());
+    let cdrs: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("cdr")).collect();
+    assert_eq!(cdrs.len(), 3, "{lines:#?}");
+    let by_call = |id: &str| {
+        *cdrs
+            .iter()
+            .find(|c| c["call"]["callId"] == id)
+            .unwrap_or_else(|| panic!("no CDR for {id}"))
+    };
+    let busy = by_call("busy");
+    assert_eq!(busy["sipCode"], 486);
+    assert_eq!(busy["endCause"], "END_CAUSE_FAILURE");
+    assert_eq!(busy["sipReason"], "Busy Here");
+    assert_eq!(num(&busy["billableMs"]), 0);
+    assert_eq!(
+        num(&busy["postDialDelayMs"]),
+        300,
+        "to the final answer: no ringing"
+    );
+    let gone = by_call("gone");
+    assert_eq!(gone["sipCode"], 487);
+    assert_eq!(gone["endCause"], "END_CAUSE_CANCEL");
+    assert_eq!(gone["hungUpBy"], "HUNG_UP_BY_CALLER");
+    assert_eq!(num(&gone["endedAtMs"]) - num(&gone["inviteAtMs"]), 3000);
+    let nobody = by_call("nobody");
+    assert_eq!(nobody["sipCode"], 480);
+    assert_eq!(nobody["endCause"], "END_CAUSE_FAILURE");
+    // Each call: its attempt, its failure, its CDR.
+    assert_eq!(
+        kinds(&lines).iter().filter(|k| *k == "FAILED").count(),
+        3,
+        "{:?}",
+        kinds(&lines)
     );
 }

@@ -67,9 +67,13 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
     let users = std::sync::Arc::new(edge::load_users(&cfg).expect("demo users"));
     let handle = edge::start_with(
         cfg,
-        users,
-        store.clone(),
-        std::sync::Arc::new(sip_auth::MemoryNonceUses::default()),
+        edge::shared::Stores {
+            users,
+            store: store.clone(),
+            nonce_uses: std::sync::Arc::new(sip_auth::MemoryNonceUses::default()),
+            dialogs: std::sync::Arc::new(edge::dialogs::MemoryDialogs::default()),
+        },
+        accounting::Destination::Off,
     )
     .await
     .expect("edge starts");

@@ -6,7 +6,8 @@
 //!   the location API and the dispatcher's admin API, presenting the admin token (both
 //!   served on loopback by the all-in-one, where these commands look without a flag, with
 //!   the token it writes to a per-user file: [`tokens`]);
-//! * `check-config` prints the resolved edge / all-in-one configuration as reusable TOML.
+//! * `check-config` prints the resolved edge / all-in-one configuration as reusable TOML;
+//! * `cdr tail` reads the accounting topics and prints the decoded call events and CDRs.
 //!
 //! Settings come from a TOML file (`--config`), then `SIPCLUSTER_*` environment
 //! variables, then flags; the result is validated before anything binds. Process-wide
@@ -48,6 +49,8 @@ enum Command {
     DispatcherAdmin(cmd::dispatcher_admin::AdminArgs),
     /// Run a media relay (RTP/RTCP forwarding between call legs, controlled over gRPC).
     MediaRelay(cmd::media_relay::MediaRelayArgs),
+    /// Read the accounting topics: call events and CDRs, decoded.
+    Cdr(cmd::cdr::CdrArgs),
     /// Validate an edge / all-in-one configuration (file + environment + flags) and print
     /// it as TOML that --config reads back.
     CheckConfig(cmd::all_in_one::AllInOneArgs),
@@ -64,5 +67,6 @@ fn main() -> Result<()> {
         Command::DispatcherAdmin(a) => process::runtime(1)?.block_on(cmd::dispatcher_admin::run(a)),
         Command::MediaRelay(a) => cmd::media_relay::run(&a),
         Command::CheckConfig(a) => cmd::check_config::run(&a),
+        Command::Cdr(a) => cmd::cdr::run(&a),
     }
 }

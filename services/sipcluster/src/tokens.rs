@@ -94,6 +94,12 @@ impl CliToken {
 /// `$HOME/.local/state/sipcluster/admin-token` (the XDG base directory rule for state
 /// files: per user, private to that user).
 pub fn default_admin_token_path() -> Result<PathBuf> {
+    Ok(state_dir()?.join("admin-token"))
+}
+
+/// The all-in-one's per-user state: `$XDG_STATE_HOME/sipcluster`, else
+/// `$HOME/.local/state/sipcluster` (admin token, CDR file, accounting spool).
+pub fn state_dir() -> Result<PathBuf> {
     let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
     let state = match absolute(std::env::var_os("XDG_STATE_HOME")) {
         Some(s) => s,
@@ -101,12 +107,13 @@ pub fn default_admin_token_path() -> Result<PathBuf> {
             Some(h) => h.join(".local/state"),
             None => bail!(
                 "neither XDG_STATE_HOME nor HOME is set, so there is no per-user place for \
-                 the admin token: give its file with --admin-token-file / --token-file \
-                 (SIPCLUSTER_ADMIN_TOKEN_FILE)"
+                 the admin token and the CDR spool: set XDG_STATE_HOME, or give the token's \
+                 file with --admin-token-file / --token-file (SIPCLUSTER_ADMIN_TOKEN_FILE) \
+                 and accounting.spool_dir"
             ),
         },
     };
-    Ok(state.join("sipcluster").join("admin-token"))
+    Ok(state.join("sipcluster"))
 }
 
 /// Write `token` to `path` readable by this user only (0600; directories created 0700),

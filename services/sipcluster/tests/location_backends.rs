@@ -318,12 +318,19 @@ async fn conformance(b: Arc<dyn Backend>) {
                 to_tag: "tt".into(),
                 answered_at_ms: 2000,
                 media_relay: "relay-1".into(),
+                // The CDR the answering edge left: protobuf, not text.
+                call: vec![0x0a, 0x00, 0xff, 0xfe, 0x80, b'x'],
                 ..Default::default()
             },
             60,
         )
         .await
         .unwrap();
+    assert_eq!(
+        d.call,
+        [0x0a, 0x00, 0xff, 0xfe, 0x80, b'x'],
+        "bytes kept as bytes"
+    );
     assert_eq!(
         (
             d.caller.as_str(),
@@ -348,6 +355,7 @@ async fn conformance(b: Arc<dyn Backend>) {
         ),
         (5000, "bye", 200, "edge-a")
     );
+    assert_eq!(d.call.len(), 6, "the CDR bytes survive the end");
     assert_eq!(b.get_dialog(&key).await.unwrap(), Some(d));
     let missing = DialogKey {
         call_id: "nope".into(),

@@ -481,7 +481,7 @@ impl RedisBackend {
         key: &str,
         ttl_secs: u32,
         only_existing: bool,
-        fields: &[(&str, String)],
+        fields: &[(&str, Vec<u8>)],
     ) -> Result<Option<pb::Dialog>, BackendError> {
         let mut conn = self.conn()?;
         let mut inv = self.put_dialog.key(key);
@@ -490,7 +490,7 @@ impl RedisBackend {
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
-        let flat: Vec<(String, String)> = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        let flat: Vec<(String, Vec<u8>)> = inv.invoke_async(&mut conn).await.map_err(rerr)?;
         Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
     }
 
@@ -720,21 +720,22 @@ fn decode_set(key: &str, bytes: &[u8]) -> Result<Vec<Binding>, BackendError> {
     convert::bindings_from(set.bindings).map_err(|e| corrupt(e.to_string()))
 }
 
-fn dialog_fields(d: &pb::Dialog) -> Vec<(&'static str, String)> {
+fn dialog_fields(d: &pb::Dialog) -> Vec<(&'static str, Vec<u8>)> {
     let mut f = Vec::new();
-    let mut s = |k: &'static str, v: &str| {
+    let mut s = |k: &'static str, v: &[u8]| {
         if !v.is_empty() {
-            f.push((k, v.to_owned()));
+            f.push((k, v.to_vec()));
         }
     };
-    s("call_id", &d.call_id);
-    s("from_tag", &d.from_tag);
-    s("to_tag", &d.to_tag);
-    s("caller", &d.caller);
-    s("callee", &d.callee);
-    s("edge_id", &d.edge_id);
-    s("media_relay", &d.media_relay);
-    s("end_reason", &d.end_reason);
+    s("call_id", d.call_id.as_bytes());
+    s("from_tag", d.from_tag.as_bytes());
+    s("to_tag", d.to_tag.as_bytes());
+    s("caller", d.caller.as_bytes());
+    s("callee", d.callee.as_bytes());
+    s("edge_id", d.edge_id.as_bytes());
+    s("media_relay", d.media_relay.as_bytes());
+    s("end_reason", d.end_reason.as_bytes());
+    s("call", &d.call);
     for (k, v) in [
         ("started_at_ms", d.started_at_ms),
         ("answered_at_ms", d.answered_at_ms),
@@ -742,15 +743,20 @@ fn dialog_fields(d: &pb::Dialog) -> Vec<(&'static str, String)> {
         ("status", u64::from(d.status)),
     ] {
         if v != 0 {
-            f.push((k, v.to_string()));
+            f.push((k, v.to_string().into_bytes()));
         }
     }
     f
 }
 
-fn dialog_from_fields(flat: &[(String, String)]) -> pb::Dialog {
+fn dialog_from_fields(flat: &[(String, Vec<u8>)]) -> pb::Dialog {
     let mut d = pb::Dialog::default();
-    for (k, v) in flat {
+    for (k, raw) in flat {
+        if k == "call" {
+            d.call.clone_from(raw);
+            continue;
+        }
+        let v = &String::from_utf8_lossy(raw).into_owned();
         let n = || v.parse::<u64>().unwrap_or(0);
         match k.as_str() {
             "call_id" => d.call_id.clone_from(v),
@@ -1089,7 +1095,7 @@ impl Backend for RedisBackend {
 
     async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError> {
         let mut conn = self.conn()?;
-        let flat: Vec<(String, String)> = redis::cmd("HGETALL")
+        let flat: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(self.dialog_key(&key.call_id, &key.from_tag))
             .query_async(&mut conn)
             .await

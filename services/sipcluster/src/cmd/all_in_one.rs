@@ -155,7 +155,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         }
         _ => None,
     };
-    let store = Arc::new(location::InProcess(backend));
+    let store = Arc::new(location::InProcess(backend.clone()));
 
     // The same path as a cluster: the dispatcher takes the public sockets and relays to
     // an edge on an internal loopback socket. They share the flow-token secret.
@@ -185,8 +185,38 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     ecfg.auth.nonce_secret = Some(secret.clone());
     // One /metrics for every role, served below.
     ecfg.metrics.listen = None;
-    // The in-process location store also holds the used nonces.
-    let edge = edge::start_with(ecfg, store.clone(), store.clone(), store).await?;
+    // Accounting by default: JSON lines beside the admin token, with the spool there;
+    // named after the SIP port, so that two all-in-ones of one user (on two ports) never
+    // share a spool, and a restart on the same port finds what it left.
+    if ecfg.accounting.destination.is_none() {
+        let state = crate::tokens::state_dir()?;
+        let port = ports.first().copied().unwrap_or(5060);
+        let defaults = accounting::AccountingSettings::default();
+        if ecfg.accounting.jsonl_path == defaults.jsonl_path {
+            ecfg.accounting.jsonl_path = state.join(format!("cdrs-{port}.jsonl"));
+        }
+        if ecfg.accounting.spool_dir == defaults.spool_dir {
+            ecfg.accounting.spool_dir = state.join(format!("spool-{port}"));
+        }
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    }
+    let cdr_file = (ecfg
+        .accounting
+        .destination_or(accounting::Destination::Jsonl)
+        == accounting::Destination::Jsonl)
+        .then(|| ecfg.accounting.jsonl_path.clone());
+    // The in-process location store also holds the used nonces and the dialog records.
+    let edge = edge::start_with(
+        ecfg,
+        edge::shared::Stores {
+            users: store.clone(),
+            store: store.clone(),
+            nonce_uses: store,
+            dialogs: Arc::new(InProcessDialogs(backend.clone())),
+        },
+        accounting::Destination::Jsonl,
+    )
+    .await?;
     let dcfg = dispatcher::DispatcherConfig {
         public: dispatcher::config::SideConfig {
             udp: cfg.sip.udp.clone(),
@@ -273,6 +303,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         location_api = %shown(loc.as_ref().map(|l| l.addr)),
         admin_api = %shown(disp.admin),
         media_relays = ?cfg.media.relays,
+        cdrs = %cdr_file.as_ref().map_or_else(|| "not in a file".into(), |p| p.display().to_string()),
         "all-in-one started"
     );
     shutdown_signal().await;
@@ -291,4 +322,51 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
 /// An optional listening address as the operator writes it: `ip:port` or `off`.
 fn shown(a: Option<SocketAddr>) -> String {
     a.map_or_else(|| "off".to_owned(), |a| a.to_string())
+}
+
+/// The dialog records of the all-in-one: in the in-process location backend, where the
+/// location API (and `sipcluster calls`) sees them.
+struct InProcessDialogs(Arc<dyn location::Backend>);
+
+/// How long an ended record stays readable, s (as the location service's default).
+const ENDED_TTL_SECS: u32 = 3600;
+
+#[async_trait::async_trait]
+impl edge::dialogs::DialogStore for InProcessDialogs {
+    async fn put(
+        &self,
+        d: location_client::pb::Dialog,
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        let ttl = u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX);
+        self.0
+            .put_dialog(&d, ttl)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn end(
+        &self,
+        end: location_client::pb::EndDialogRequest,
+    ) -> Result<Option<location_client::pb::Dialog>, String> {
+        let key = location::backend::DialogKey {
+            call_id: end.call_id,
+            from_tag: end.from_tag,
+        };
+        let e = location::backend::DialogEnd {
+            ended_at_ms: end.ended_at_ms,
+            reason: end.end_reason,
+            status: end.status,
+        };
+        let ttl = if end.ttl_secs == 0 {
+            ENDED_TTL_SECS
+        } else {
+            end.ttl_secs
+        };
+        self.0
+            .end_dialog(&key, &e, ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }

@@ -83,6 +83,21 @@ pub struct EdgeArgs {
     /// no limit).
     #[arg(long, env = "SIPCLUSTER_SOURCE_RATE")]
     pub source_rate: Option<u32>,
+    /// Where call events and CDRs go: off, jsonl or kafka (accounting.destination).
+    #[arg(long, env = "SIPCLUSTER_ACCOUNTING")]
+    pub accounting: Option<String>,
+    /// Kafka bootstrap brokers, host:port[,...] (accounting.kafka.brokers; implies
+    /// `--accounting kafka` unless that says otherwise).
+    #[arg(long, env = "SIPCLUSTER_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// The JSON-lines file of call events and CDRs (accounting.jsonl_path; implies
+    /// `--accounting jsonl` unless that says otherwise).
+    #[arg(long, env = "SIPCLUSTER_CDR_FILE")]
+    pub cdr_file: Option<PathBuf>,
+    /// The accounting spool's directory (accounting.spool_dir): keep it on a volume
+    /// that outlives the pod.
+    #[arg(long, env = "SIPCLUSTER_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
     // The token this edge presents to the location service and the media relays (sets
     // location.token_file and media.token_file).
     #[command(flatten)]
@@ -166,6 +181,25 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
     if let Some(r) = a.source_rate {
         cfg.security.source_rate = r;
         cfg.security.source_burst = cfg.security.source_burst.max(r.saturating_mul(2));
+    }
+    if let Some(b) = &a.kafka_brokers {
+        cfg.accounting.kafka.brokers = b.clone();
+        cfg.accounting.destination = Some(accounting::Destination::Kafka);
+    }
+    if let Some(f) = &a.cdr_file {
+        cfg.accounting.jsonl_path = f.clone();
+        cfg.accounting.destination = Some(accounting::Destination::Jsonl);
+    }
+    if let Some(d) = &a.accounting {
+        cfg.accounting.destination = Some(match d.as_str() {
+            "off" => accounting::Destination::Off,
+            "jsonl" => accounting::Destination::Jsonl,
+            "kafka" => accounting::Destination::Kafka,
+            other => bail!("--accounting: off, jsonl or kafka, not {other:?}"),
+        });
+    }
+    if let Some(d) = &a.spool_dir {
+        cfg.accounting.spool_dir = d.clone();
     }
     a.edge_token.apply(&mut cfg.location.token_file);
     a.edge_token.apply(&mut cfg.media.token_file);

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod gateway;
+pub mod kafka;
 pub mod redis;
 pub mod tcp_ua;
 
