@@ -43,9 +43,12 @@ pub struct AccountingSettings {
     /// At SIGTERM, how long to go on publishing what the spool holds before exiting
     /// (what is left is published at the next start), s.
     pub drain_secs: u64,
-    /// How long a dialog record lives, s: a call whose BYE never comes is forgotten
-    /// after this (Kamailio's dialog `default_timeout` is 12 h).
+    /// How long an answered call lives without a BYE or a session refresh, s: then the
+    /// cluster ends it with a CDR (cause DIALOG_TTL). Kamailio's dialog `default_timeout`
+    /// is 12 h; a call with a session timer lives for its interval from each refresh.
     pub dialog_ttl_secs: u64,
+    /// How often each edge reaps calls past their time, s (each is reaped by one edge).
+    pub reap_interval_secs: u64,
     /// Kafka, when `destination = "kafka"`.
     pub kafka: KafkaConfig,
 }
@@ -61,6 +64,7 @@ impl Default for AccountingSettings {
             max_in_flight: 10_000,
             drain_secs: 5,
             dialog_ttl_secs: 43_200,
+            reap_interval_secs: 5,
             kafka: KafkaConfig::default(),
         }
     }
@@ -83,8 +87,11 @@ impl AccountingSettings {
         if !(1..=1000).contains(&self.sync_interval_ms) {
             return Some(("accounting.sync_interval_ms", "between 1 and 1000".into()));
         }
-        if self.dialog_ttl_secs < 60 {
-            return Some(("accounting.dialog_ttl_secs", "at least 60".into()));
+        if self.dialog_ttl_secs == 0 {
+            return Some(("accounting.dialog_ttl_secs", "at least 1".into()));
+        }
+        if self.reap_interval_secs == 0 {
+            return Some(("accounting.reap_interval_secs", "at least 1".into()));
         }
         if self.max_in_flight == 0 {
             return Some(("accounting.max_in_flight", "at least 1".into()));

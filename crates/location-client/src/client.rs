@@ -438,16 +438,19 @@ impl LocationClient {
         Ok(reply.first_use)
     }
 
-    /// Create or update a dialog record (fields left empty keep their stored value).
-    /// Retried: a put is idempotent.
+    /// Create or update a dialog record (fields left empty keep their stored value); with
+    /// `touch_only`, only an existing one (`None` when there is none). Retried: a put is
+    /// idempotent.
     pub async fn put_dialog(
         &self,
         dialog: pb::Dialog,
         ttl: Duration,
-    ) -> Result<pb::Dialog, ClientError> {
+        touch_only: bool,
+    ) -> Result<Option<pb::Dialog>, ClientError> {
         let msg = pb::PutDialogRequest {
             dialog: Some(dialog),
             ttl_secs: convert::ttl_secs(ttl),
+            touch_only,
         };
         let reply = self
             .with_retries("PutDialog", |mut g| {
@@ -455,7 +458,21 @@ impl LocationClient {
                 async move { g.put_dialog(r).await }
             })
             .await?;
-        Ok(reply.dialog.unwrap_or_default())
+        Ok(reply.dialog)
+    }
+
+    /// Claim up to `limit` dialog records past their deadline (see the `ReapDialogs`
+    /// RPC). Not retried: a claim that reached the service is this caller's, and a retry
+    /// would not return it again.
+    pub async fn reap_dialogs(&self, limit: u32) -> Result<Vec<pb::Dialog>, ClientError> {
+        let msg = pb::ReapDialogsRequest { limit };
+        let reply = self
+            .with_retries_up_to(0, "ReapDialogs", |mut g| {
+                let r = self.request(msg);
+                async move { g.reap_dialogs(r).await }
+            })
+            .await?;
+        Ok(reply.dialogs)
     }
 
     /// End a dialog record: the record as ended, `None` when there was none. Retried:

@@ -327,6 +327,21 @@ pub fn merge_dialog(stored: &mut crate::pb::Dialog, update: &crate::pb::Dialog) 
     if !update.call.is_empty() {
         stored.call.clone_from(&update.call);
     }
+    n(
+        &mut stored.session_expires_secs,
+        update.session_expires_secs,
+    );
+    n(&mut stored.expires_at_ms, update.expires_at_ms);
+}
+
+/// Why a reaped dialog record ended: `session-expired` when it had a session interval
+/// (RFC 4028), else `ttl` (a BYE that never came).
+pub fn reaped_reason(d: &crate::pb::Dialog) -> &'static str {
+    if d.session_expires_secs > 0 {
+        "session-expired"
+    } else {
+        "ttl"
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,16 @@ pub enum Record {
     },
     /// A BYE: end the dialog record and record the call's CDR.
     Ended(EndCall),
+    /// A 2xx to a re-INVITE or UPDATE (a session refresh, RFC 4028): the record lives on.
+    Refreshed {
+        /// Call-ID.
+        call_id: String,
+        /// The request's From tag and To tag: the record is under the caller's, which is
+        /// either.
+        tags: [String; 2],
+        /// The interval the 2xx settles, s (0: none; the record keeps the dialog TTL).
+        session_expires: u32,
+    },
 }
 
 /// A BYE forwarded by this edge.
@@ -342,6 +352,7 @@ impl CallTrack {
         );
         let user = |p: &Option<cdr::Party>| p.as_ref().map(|p| p.uri.clone()).unwrap_or_default();
         let dialog = pb::Dialog {
+            session_expires_secs: crate::session_timer::interval(resp).unwrap_or(0),
             call_id: call.call_id.clone(),
             from_tag: call.from_tag.clone(),
             to_tag,
@@ -355,6 +366,7 @@ impl CallTrack {
             status: self.cdr.sip_code,
             end_reason: String::new(),
             call: self.cdr.encode_to_vec(),
+            expires_at_ms: 0,
         };
         Some(Record::Answered {
             dialog,
@@ -418,8 +430,8 @@ pub async fn execute(sh: &Shared, r: Record) {
             for e in &events {
                 acc.record(e, &key);
             }
-            let ttl = Duration::from_secs(sh.cfg.accounting.dialog_ttl_secs);
-            if let Err(e) = sh.dialogs.put(dialog, ttl).await {
+            let ttl = record_ttl(sh, dialog.session_expires_secs);
+            if let Err(e) = sh.dialogs.put(dialog, ttl, false).await {
                 // The BYE's edge will not find the record: the call is accounted from its
                 // events (answered here, ended there).
                 sh.metrics.dialog_record_failures.inc();
@@ -429,6 +441,87 @@ pub async fn execute(sh: &Shared, r: Record) {
             }
         }
         Record::Ended(end) => end_call(sh, acc, end).await,
+        Record::Refreshed {
+            call_id,
+            tags,
+            session_expires,
+        } => {
+            let ttl = record_ttl(sh, session_expires);
+            for tag in tags.iter().filter(|t| !t.is_empty()) {
+                let d = pb::Dialog {
+                    call_id: call_id.clone(),
+                    from_tag: tag.clone(),
+                    session_expires_secs: session_expires,
+                    ..pb::Dialog::default()
+                };
+                match sh.dialogs.put(d, ttl, true).await {
+                    Ok(true) => {
+                        sh.metrics.dialogs_refreshed.inc();
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(%call_id, error = %e, "dialog record not refreshed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long a dialog record lives from a write: its session interval, else the dialog TTL.
+fn record_ttl(sh: &Shared, session_expires: u32) -> Duration {
+    if session_expires > 0 {
+        Duration::from_secs(u64::from(session_expires))
+    } else {
+        Duration::from_secs(sh.cfg.accounting.dialog_ttl_secs)
+    }
+}
+
+/// Now and then: claim the calls past their time (no BYE, no session refresh) and write
+/// each one's CDR. Every edge runs this; the store gives each call to one of them.
+pub async fn reap_loop(sh: std::sync::Arc<Shared>) {
+    let Some(acc) = sh.accounting.clone() else {
+        return;
+    };
+    let every = Duration::from_secs(sh.cfg.accounting.reap_interval_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let reaped = match sh.dialogs.reap(100).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "dialog records not reaped this time");
+                continue;
+            }
+        };
+        for d in reaped {
+            let cause = if d.end_reason == "session-expired" {
+                cdr::EndCause::SessionExpired
+            } else {
+                cdr::EndCause::DialogTtl
+            };
+            let stats = match &sh.relays {
+                Some(relays) => relays.delete(&d.call_id, &d.from_tag, &d.to_tag).await,
+                None => None,
+            };
+            tracing::info!(
+                call_id = %d.call_id,
+                reason = %d.end_reason,
+                "call ended by the cluster: no BYE and no refresh in time"
+            );
+            let at = d.ended_at_ms;
+            complete(
+                sh.as_ref(),
+                &acc,
+                &d,
+                at,
+                cause,
+                cdr::HungUpBy::Proxy,
+                stats,
+            );
+            sh.metrics.sessions_reaped.inc();
+        }
     }
 }
 
@@ -488,16 +581,39 @@ async fn end_call(sh: &Shared, acc: &accounting::Accounting, end: EndCall) {
         // No record: not a call answered through this cluster (or its record expired, or
         // the location service is down). The ended event still tells billing when.
         sh.metrics.cdr_without_dialog.inc();
-        record_ended(sh, acc, &call, end.at_ms);
+        record_ended(sh, acc, &call, end.at_ms, cdr::EndCause::Bye);
         return;
     };
+    if d.end_reason != "bye" {
+        // The cluster ended it before this BYE came (its time ran out): its CDR is out.
+        tracing::info!(call_id = %d.call_id, reason = %d.end_reason, "BYE for a call already ended by the cluster");
+        return;
+    }
+    // A second BYE (both sides hung up at once) gets the first's record: the same CDR,
+    // under the same event id.
+    complete(sh, acc, &d, d.ended_at_ms, cdr::EndCause::Bye, by, stats);
+}
+
+/// The CDR of an answered call from its dialog record, completed by this edge: the ended
+/// event and the CDR recorded.
+fn complete(
+    sh: &Shared,
+    acc: &accounting::Accounting,
+    d: &pb::Dialog,
+    ended_at_ms: u64,
+    cause: cdr::EndCause,
+    by: cdr::HungUpBy,
+    stats: Option<proto::media::v1::SessionStats>,
+) {
     let mut c = cdr::Cdr::decode(d.call.as_slice()).unwrap_or_default();
-    let call = c.call.get_or_insert_with(|| cdr::CallId {
-        call_id: d.call_id.clone(),
-        from_tag: d.from_tag.clone(),
-        to_tag: d.to_tag.clone(),
-    });
-    let call = call.clone();
+    let call = c
+        .call
+        .get_or_insert_with(|| cdr::CallId {
+            call_id: d.call_id.clone(),
+            from_tag: d.from_tag.clone(),
+            to_tag: d.to_tag.clone(),
+        })
+        .clone();
     if c.invite_at_ms == 0 {
         c.invite_at_ms = d.started_at_ms;
     }
@@ -507,10 +623,10 @@ async fn end_call(sh: &Shared, acc: &accounting::Accounting, end: EndCall) {
     if c.edge.is_empty() {
         c.edge.clone_from(&d.edge_id);
     }
-    c.ended_at_ms = end.at_ms;
-    c.billable_ms = end.at_ms.saturating_sub(c.answered_at_ms);
+    c.ended_at_ms = ended_at_ms;
+    c.billable_ms = ended_at_ms.saturating_sub(c.answered_at_ms);
     c.post_dial_delay_ms = post_dial_delay(&c);
-    c.end_cause = cdr::EndCause::Bye as i32;
+    c.end_cause = cause as i32;
     c.hung_up_by = by as i32;
     c.recorded_by = sh.instance.clone();
     if let Some(s) = stats {
@@ -529,20 +645,19 @@ async fn end_call(sh: &Shared, acc: &accounting::Accounting, end: EndCall) {
             })
             .collect();
     }
-    record_ended(sh, acc, &call, end.at_ms);
-    acc.record(&cdr_envelope(sh, c, end.at_ms), &call.call_id);
+    record_ended(sh, acc, &call, ended_at_ms, cause);
+    acc.record(&cdr_envelope(sh, c, ended_at_ms), &call.call_id);
     sh.metrics.cdrs.inc();
 }
 
-/// The ended event of a call hung up by a BYE.
-fn record_ended(sh: &Shared, acc: &accounting::Accounting, call: &cdr::CallId, at_ms: u64) {
-    let e = call_event(
-        sh,
-        cdr::CallEventKind::Ended,
-        call,
-        at_ms,
-        0,
-        cdr::EndCause::Bye,
-    );
+/// The ended event of an answered call.
+fn record_ended(
+    sh: &Shared,
+    acc: &accounting::Accounting,
+    call: &cdr::CallId,
+    at_ms: u64,
+    cause: cdr::EndCause,
+) {
+    let e = call_event(sh, cdr::CallEventKind::Ended, call, at_ms, 0, cause);
     acc.record(&e, &call.call_id);
 }

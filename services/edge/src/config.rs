@@ -402,6 +402,13 @@ pub struct TimersConfig {
     pub t4_ms: u64,
     /// Timer C (proxy INVITE), s.
     pub timer_c_secs: u64,
+    /// RFC 4028 session timer: the `Session-Expires` put on initial INVITEs that carry
+    /// none, s; 0 inserts none (calls whose phones ask for one are still timed). A call
+    /// not refreshed within its interval is ended by the cluster with a CDR.
+    pub session_expires_secs: u32,
+    /// The smallest session interval accepted (`Min-SE`), s: an INVITE asking for less
+    /// gets 422 (RFC 4028 §8.1); 0 accepts any. RFC 4028 forbids less than 90.
+    pub min_se_secs: u32,
 }
 
 /// Caps and queues.
@@ -505,6 +512,8 @@ impl Default for TimersConfig {
             t2_ms: 4000,
             t4_ms: 5000,
             timer_c_secs: 180,
+            session_expires_secs: 0,
+            min_se_secs: 90,
         }
     }
 }
@@ -573,6 +582,19 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some((field, problem)) = self.accounting.problem() {
             return Err(bad(field, problem));
+        }
+        let t = &self.timers;
+        if t.min_se_secs != 0 && t.min_se_secs < 90 {
+            return Err(bad(
+                "timers.min_se_secs",
+                "RFC 4028 forbids a Min-SE below 90 s; 90 or more, or 0 for none",
+            ));
+        }
+        if t.session_expires_secs != 0 && t.session_expires_secs < t.min_se_secs.max(90) {
+            return Err(bad(
+                "timers.session_expires_secs",
+                "at least timers.min_se_secs (and 90), or 0 to insert none",
+            ));
         }
         for r in &self.media.relays {
             if !(r.starts_with("http://") || r.starts_with("https://")) {

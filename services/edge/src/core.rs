@@ -713,6 +713,9 @@ impl Core {
                         ed.finish()
                     };
                     self.account_response(&mut ctx, code, &resp);
+                    if (200..300).contains(&code) {
+                        self.account_refresh(&ctx, &resp);
+                    }
                     if code >= 300 {
                         self.media_failed_call(&ctx);
                     } else if code > 100 && self.anchor_response(stxn, &ctx, code, &bytes) {
@@ -832,12 +835,12 @@ impl Core {
 
     /// A new call refused before it was forwarded (no such user, offline, forbidden, a
     /// dependency down, cancelled while deciding): its attempt and failure. A challenge
-    /// (401/407) is a step of the call, not its end.
+    /// (401/407) or a 422 (session interval too small) is a step of the call, not its
+    /// end: the phone asks again.
     fn account_refused(&mut self, req: &SipMessage, source: Target, code: u16, cancelled: bool) {
         if !self.accounting
             || code < 300
-            || code == 401
-            || code == 407
+            || matches!(code, 401 | 407 | 422)
             || req.method() != Some(Method::Invite)
             || req.to_tag().ok().flatten().is_some()
         {
@@ -853,6 +856,24 @@ impl Core {
         if let Some(r) = c.failed(&self.sh, code, "", at) {
             self.ask(Ask::Account(r));
         }
+    }
+
+    /// A 2xx forwarded for a re-INVITE or UPDATE: a session refresh (RFC 4028), the
+    /// call's record lives on.
+    fn account_refresh(&mut self, ctx: &ProxyCtx, resp: &SipMessage) {
+        let o = &ctx.original;
+        if !self.accounting || !matches!(o.method(), Some(Method::Invite | Method::Update)) {
+            return;
+        }
+        let (Ok(call_id), Ok(Some(from)), Ok(Some(to))) = (o.call_id(), o.from_tag(), o.to_tag())
+        else {
+            return;
+        };
+        self.ask(Ask::Account(Record::Refreshed {
+            call_id: call_id.to_owned(),
+            tags: [from.to_owned(), to.to_owned()],
+            session_expires: crate::session_timer::interval(resp).unwrap_or(0),
+        }));
     }
 
     /// A BYE being forwarded: the call ends (see [`crate::account`]).

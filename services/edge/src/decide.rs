@@ -21,7 +21,7 @@ use sip_core::{Method, SipMessage};
 use sip_txn::{ServerTxnId, Target};
 
 use crate::authenticate::authenticate_caller;
-use crate::decision::{Decision, IdentityHeaders, respond};
+use crate::decision::{Decision, IdentityHeaders, respond, respond_with};
 use crate::for_me::answer;
 use crate::in_dialog::admit_in_dialog;
 use crate::locate::to_local_user;
@@ -71,6 +71,12 @@ async fn decide_for(
         return d;
     }
     let r = Routing::read(sh, txn, msg, source, method);
+    // session timer: an interval below ours is refused 422 (RFC 4028 §8.1).
+    if r.initial
+        && let Some(min) = crate::session_timer::too_small(sh, msg)
+    {
+        return respond_with(txn, msg, 422, &[("Min-SE", min.to_string())]);
+    }
     if r.remaining > 0 {
         return to_next_route(sh, &r, sender).await;
     }

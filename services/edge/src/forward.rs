@@ -115,6 +115,7 @@ pub fn build_forward(
     if let Some(pai) = &plan.identity.assert {
         ed.add_header("P-Asserted-Identity", pai.as_bytes());
     }
+    crate::session_timer::insert(sh, original, &mut ed);
     ed.prepend_via(our_via.as_bytes());
     ed.finish_message().ok()
 }

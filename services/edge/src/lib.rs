@@ -38,6 +38,7 @@ pub mod origin;
 pub mod outbound;
 pub mod register;
 pub mod route;
+pub mod session_timer;
 pub mod shared;
 
 use std::net::SocketAddr;
@@ -353,6 +354,10 @@ pub async fn start_with(
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }));
+    }
+    if shared.accounting.is_some() {
+        // Calls whose BYE never comes (or whose session timer lapses) end with a CDR.
+        tasks.push(tokio::spawn(account::reap_loop(shared.clone())));
     }
     let draining = shared.draining.clone();
     let drain = Duration::from_secs(shared.cfg.runtime.drain_secs);

@@ -216,8 +216,12 @@ pub struct EdgeMetrics {
     /// Dialog records not written (the location service down): such a call is accounted
     /// from its events.
     pub dialog_record_failures: Counter,
-    /// CDRs of answered calls recorded at their BYE.
+    /// CDRs of answered calls (at their BYE, or reaped).
     pub cdrs: Counter,
+    /// Dialog records refreshed by a 2xx to a re-INVITE or UPDATE.
+    pub dialogs_refreshed: Counter,
+    /// Calls ended by the cluster: no BYE and no session refresh in time.
+    pub sessions_reaped: Counter,
     /// BYEs with no dialog record to end (a call not answered through the cluster, an
     /// expired record, the location service down): an ended event only.
     pub cdr_without_dialog: Counter,
@@ -271,6 +275,8 @@ impl Default for EdgeMetrics {
             dialogs_recorded: Counter::default(),
             dialog_record_failures: Counter::default(),
             cdrs: Counter::default(),
+            dialogs_refreshed: Counter::default(),
+            sessions_reaped: Counter::default(),
             cdr_without_dialog: Counter::default(),
             media_anchored: Counter::default(),
             media_failures: Counter::default(),
@@ -408,8 +414,18 @@ impl EdgeMetrics {
         );
         r.register(
             "accounting_cdrs",
-            "CDRs of answered calls recorded at their BYE",
+            "CDRs of answered calls (at their BYE, or reaped)",
             self.cdrs.clone(),
+        );
+        r.register(
+            "accounting_dialogs_refreshed",
+            "Dialog records refreshed by a 2xx to a re-INVITE or UPDATE (session refresh)",
+            self.dialogs_refreshed.clone(),
+        );
+        r.register(
+            "accounting_sessions_reaped",
+            "Calls ended by the cluster with a CDR: no BYE and no session refresh in time",
+            self.sessions_reaped.clone(),
         );
         r.register(
             "accounting_bye_without_dialog",

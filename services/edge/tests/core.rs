@@ -86,6 +86,10 @@ impl Harness {
 
     /// With accounting on: JSON lines in `dir` (`cdrs.jsonl`), the spool beside it.
     fn accounted(dir: &std::path::Path) -> Harness {
+        Harness::accounted_with(dir, |_| {})
+    }
+
+    fn accounted_with(dir: &std::path::Path, tweak: impl FnOnce(&mut EdgeConfig)) -> Harness {
         let settings = accounting::AccountingSettings {
             jsonl_path: dir.join("cdrs.jsonl"),
             spool_dir: dir.join("spool"),
@@ -99,7 +103,7 @@ impl Harness {
             )
             .expect("accounting starts")
             .expect("on");
-        Harness::build(|_| {}, Some(Arc::new(acc)))
+        Harness::build(tweak, Some(Arc::new(acc)))
     }
 
     /// Every record the accounting published so far (after draining it), decoded from
@@ -1075,6 +1079,99 @@ fn busy_cancelled_and_refused_calls_get_a_cdr_with_their_cause() {
         kinds(&lines).iter().filter(|k| *k == "FAILED").count(),
         3,
         "{:?}",
+        kinds(&lines)
+    );
+}
+
+#[test]
+fn the_session_timer_is_inserted_too_short_a_one_refused_and_a_refresh_renews_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::accounted_with(dir.path(), |c| {
+        c.timers.session_expires_secs = 1800;
+        c.timers.min_se_secs = 90;
+    });
+    registered(&mut h, &[ALICE_2]);
+
+    // RFC 4028 §8.1: asking for less than our Min-SE gets 422 with it.
+    h.deliver(
+        BOB,
+        &invite("st-short", false).replace(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nSession-Expires: 60\r\nSupported: timer\r\n",
+        ),
+    );
+    let got = h.to(BOB);
+    let refused = got.last().unwrap();
+    assert_eq!(refused.status(), Some(422), "{got:?}");
+    assert_eq!(header(refused, "Min-SE"), Some("90"));
+    assert!(h.to(ALICE_2).is_empty(), "not forwarded");
+
+    // Without one: ours is put on the forwarded INVITE.
+    h.deliver(BOB, &invite("st", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    assert_eq!(header(&inv, "Session-Expires"), Some("1800"));
+    assert_eq!(header(&inv, "Min-SE"), Some("90"));
+    let ok = {
+        let b = ResponseBuilder::new(&inv, 200)
+            .unwrap()
+            .to_tag("a-st")
+            .header(
+                "Record-Route",
+                header(&inv, "Record-Route").unwrap().as_bytes().to_vec(),
+            )
+            .header("Contact", b"<sip:alice@192.0.2.11:5070>".to_vec())
+            .header("Session-Expires", b"1800;refresher=uac".to_vec())
+            .header("Require", b"timer".to_vec());
+        b.build()
+    };
+    h.reply(ALICE_2, ok);
+    let ok = h.one(BOB);
+    assert_eq!(ok.status(), Some(200));
+
+    // Bob refreshes with a re-INVITE; its 2xx renews the record.
+    let route = header(&ok, "Record-Route").unwrap().to_owned();
+    let contact = "sip:alice@192.0.2.11:5070";
+    h.deliver(
+        BOB,
+        &in_dialog(BOB, "st", &ok, "ACK", 1, contact, Some(&route)),
+    );
+    let reinvite = in_dialog(BOB, "st", &ok, "INVITE", 2, contact, Some(&route)).replace(
+        "Content-Length: 0",
+        "Session-Expires: 1800;refresher=uac\r\nContent-Length: 0",
+    );
+    h.deliver(BOB, &reinvite);
+    let fwd = h
+        .to(ALICE_2)
+        .into_iter()
+        .find(|m| m.method() == Some(Method::Invite))
+        .expect("the re-INVITE forwarded");
+    assert_eq!(
+        header(&fwd, "Session-Expires"),
+        Some("1800;refresher=uac"),
+        "a refresh keeps its own interval"
+    );
+    let b = ResponseBuilder::new(&fwd, 200)
+        .unwrap()
+        .header("Session-Expires", b"1800;refresher=uac".to_vec());
+    h.reply(ALICE_2, b.build());
+    assert_eq!(h.to(BOB).last().and_then(SipMessage::status), Some(200));
+    let text = {
+        let mut reg = prometheus_client::registry::Registry::default();
+        h.sh.metrics.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    };
+    assert!(
+        text.contains("sipcluster_accounting_dialogs_refreshed_total 1"),
+        "{text}"
+    );
+    let lines = h.accounted_lines(dir.path());
+    assert_eq!(
+        kinds(&lines),
+        ["ATTEMPT", "ANSWERED"],
+        "a 422 is a step of the call (the phone asks again), not a failed call: {:?}",
         kinds(&lines)
     );
 }

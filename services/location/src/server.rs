@@ -52,6 +52,7 @@ pub static POLICY: Policy = Policy {
         ("/sipcluster.location.v1.Location/PutDialog", EDGE),
         ("/sipcluster.location.v1.Location/EndDialog", EDGE),
         ("/sipcluster.location.v1.Location/GetDialog", EDGE),
+        ("/sipcluster.location.v1.Location/ReapDialogs", EDGE),
         (HEALTH_CHECK, Access::Public),
         (HEALTH_WATCH, EDGE_OR_ADMIN),
     ],
@@ -578,12 +579,10 @@ impl pb::location_server::Location for LocationService {
             };
             let dialog = self
                 .backend
-                .put_dialog(&d, ttl)
+                .put_dialog(&d, ttl, r.touch_only)
                 .await
                 .map_err(|e| self.failed(e))?;
-            Ok(pb::PutDialogReply {
-                dialog: Some(dialog),
-            })
+            Ok(pb::PutDialogReply { dialog })
         })
         .await
     }
@@ -619,6 +618,31 @@ impl pb::location_server::Location for LocationService {
                 .await
                 .map_err(|e| self.failed(e))?;
             Ok(pb::EndDialogReply { dialog })
+        })
+        .await
+    }
+
+    async fn reap_dialogs(
+        &self,
+        request: Request<pb::ReapDialogsRequest>,
+    ) -> Result<Response<pb::ReapDialogsReply>, Status> {
+        self.edges_only("ReapDialogs")?;
+        observed(&self.metrics, "ReapDialogs", async {
+            let r = request.into_inner();
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            };
+            let dialogs = self
+                .backend
+                .reap_dialogs(
+                    sip_registrar::unix_now_ms(),
+                    limit,
+                    self.dialogs.ended_ttl_secs,
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::ReapDialogsReply { dialogs })
         })
         .await
     }
@@ -676,6 +700,7 @@ mod tests {
             "PutDialog",
             "EndDialog",
             "GetDialog",
+            "ReapDialogs",
         ] {
             assert_eq!(roles(m), [Edge], "{m}");
         }

@@ -317,3 +317,70 @@ fn an_edge_without_a_broker_spools_and_after_kill_9_delivers_at_its_next_start()
         again.log()
     );
 }
+
+#[test]
+fn a_call_whose_bye_does_not_come_in_time_is_ended_by_the_cluster_with_a_cdr() {
+    const TTL_SECS: u64 = 2;
+    let test = "acct_reaped";
+    let dir = workdir(test);
+    let broker = Broker::start(&dir);
+    let redis = Redis::standalone(&dir);
+    let largs = redis.location_args(&prefix(test));
+    let largs: Vec<&str> = largs.iter().map(String::as_str).collect();
+    let loc = Server::location(&dir, "location", &largs);
+    // A dead phone's call, compressed: the record lives 2 s without a BYE.
+    let cfg = dir.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!("[accounting]\ndialog_ttl_secs = {TTL_SECS}\nreap_interval_secs = 1\n"),
+    )
+    .unwrap();
+    let mut args = accounting_args(&broker, &dir.join("spool"));
+    args.extend(["--config".to_owned(), cfg.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let edge = Server::edge(&dir, "edge", loc.sip, &args);
+    let uas = Sipp::new("uas", "uas_answer.xml", Proto::Udp);
+    Sipp::new("register-bob", "register.xml", Proto::Udp)
+        .inf(&format!("bob;{DOMAIN};;127.0.0.1:{};3600", uas.port))
+        .auth("bob", "bob-secret", DOMAIN)
+        .to(edge.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER");
+    let callee = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+    // The BYE comes after 5 s: 3 s after the cluster ended the call.
+    Sipp::new("uac", "uac_call.xml", Proto::Udp)
+        .hold(&dir, 5000)
+        .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
+        .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
+        .to(edge.sip)
+        .run(&dir)
+        .assert_ok(1, "the call, its late BYE still answered");
+    drop(callee);
+    let cdrs = records(&broker, CDRS, 1, Duration::from_secs(30));
+    assert_eq!(
+        cdrs.len(),
+        1,
+        "one CDR, not a second one at the late BYE: {cdrs:#?}"
+    );
+    let c = &cdrs[0]["cdr"];
+    assert_eq!(c["endCause"], "END_CAUSE_DIALOG_TTL", "{c}");
+    assert_eq!(c["hungUpBy"], "HUNG_UP_BY_PROXY", "{c}");
+    let billable = num(&c["billableMs"]);
+    assert!(
+        (TTL_SECS * 1000..=TTL_SECS * 1000 + 200).contains(&billable),
+        "billed up to the deadline: {billable} ms: {c}"
+    );
+    assert_eq!(
+        edge.metric("sipcluster_accounting_sessions_reaped_total"),
+        1.0,
+        "{}",
+        edge.scrape()
+    );
+    assert!(
+        edge.log()
+            .contains("BYE for a call already ended by the cluster"),
+        "{}",
+        edge.log()
+    );
+}

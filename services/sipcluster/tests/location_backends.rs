@@ -307,6 +307,7 @@ async fn conformance(b: Arc<dyn Backend>) {
             ..Default::default()
         },
         60,
+        false,
     )
     .await
     .unwrap();
@@ -323,9 +324,11 @@ async fn conformance(b: Arc<dyn Backend>) {
                 ..Default::default()
             },
             60,
+            false,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("stored");
     assert_eq!(
         d.call,
         [0x0a, 0x00, 0xff, 0xfe, 0x80, b'x'],
@@ -368,6 +371,84 @@ async fn conformance(b: Arc<dyn Backend>) {
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(b.get_dialog(&key).await.unwrap(), None, "TTL elapsed");
+
+    // Reaping: a call whose BYE never comes is claimed once past its deadline, ended
+    // there; a refresh moves the deadline; a touch never creates.
+    let dead = |call: &str, se: u32| pb::Dialog {
+        call_id: call.into(),
+        from_tag: "ft".into(),
+        to_tag: "tt".into(),
+        answered_at_ms: 1,
+        session_expires_secs: se,
+        ..Default::default()
+    };
+    assert_eq!(
+        b.put_dialog(&dead("reap-none", 0), 60, true).await.unwrap(),
+        None,
+        "a touch never creates"
+    );
+    let stored = b
+        .put_dialog(&dead("reap-ttl", 0), 1, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.expires_at_ms > 0, "{stored:?}");
+    b.put_dialog(&dead("reap-se", 90), 1, false).await.unwrap();
+    b.put_dialog(&dead("reap-refreshed", 0), 1, false)
+        .await
+        .unwrap();
+    b.put_dialog(&dead("reap-byed", 0), 1, false).await.unwrap();
+    let now = sip_registrar::unix_now_ms();
+    assert_eq!(
+        b.reap_dialogs(now, 100, 60).await.unwrap(),
+        vec![],
+        "none due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Refreshed before its deadline: lives on; ended by its BYE: nothing to reap.
+    assert!(
+        b.put_dialog(&dead("reap-refreshed", 0), 60, true)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let byed = DialogKey {
+        call_id: "reap-byed".into(),
+        from_tag: "ft".into(),
+    };
+    b.end_dialog(&byed, &end, 60).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let now = sip_registrar::unix_now_ms();
+    let mut reaped = b.reap_dialogs(now, 100, 60).await.unwrap();
+    reaped.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+    let got: Vec<(&str, &str)> = reaped
+        .iter()
+        .map(|d| (d.call_id.as_str(), d.end_reason.as_str()))
+        .collect();
+    assert_eq!(got, [("reap-se", "session-expired"), ("reap-ttl", "ttl")]);
+    for d in &reaped {
+        assert_eq!(
+            d.ended_at_ms, d.expires_at_ms,
+            "ended at its deadline: {d:?}"
+        );
+        assert!(d.ended_at_ms <= now);
+    }
+    assert_eq!(
+        b.reap_dialogs(sip_registrar::unix_now_ms(), 100, 60)
+            .await
+            .unwrap(),
+        vec![],
+        "each record is reaped once"
+    );
+    let ttl_key = DialogKey {
+        call_id: "reap-ttl".into(),
+        from_tag: "ft".into(),
+    };
+    assert_eq!(
+        b.get_dialog(&ttl_key).await.unwrap().map(|d| d.end_reason),
+        Some("ttl".to_owned()),
+        "readable after it was reaped"
+    );
 }
 
 /// `list` pages through every AOR with live bindings exactly as stored, a bounded page
@@ -879,6 +960,7 @@ async fn watch_dialogs_and_bad_input_over_grpc() {
             ..Default::default()
         }),
         ttl_secs: 0,
+        touch_only: false,
     })
     .await
     .unwrap();

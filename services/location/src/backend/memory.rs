@@ -11,13 +11,13 @@ use location_client::pb;
 use sip_auth::Credentials;
 use sip_registrar::{
     Aor, Binding, LocationStore, MemoryStore, Policy, RegisterError, RegisterOutcome,
-    RegisterRequest, StoreError,
+    RegisterRequest, StoreError, unix_now_ms,
 };
 use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, event, merge_dialog,
-    removal_event,
+    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, REAP_GRACE_SECS, event,
+    merge_dialog, reaped_reason, removal_event,
 };
 
 /// Everything in this process's memory.
@@ -155,14 +155,23 @@ impl Backend for MemoryBackend {
         Ok(lock(&self.users).usernames(realm))
     }
 
-    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError> {
+    async fn put_dialog(
+        &self,
+        d: &pb::Dialog,
+        ttl_secs: u32,
+        touch_only: bool,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
         let key = DialogKey {
             call_id: d.call_id.clone(),
             from_tag: d.from_tag.clone(),
         };
         let now = Instant::now();
-        let until = now + Duration::from_secs(u64::from(ttl_secs));
+        let until = now + Duration::from_secs(u64::from(ttl_secs) + u64::from(REAP_GRACE_SECS));
         let mut map = lock(&self.dialogs);
+        let live = map.get(&key).is_some_and(|(_, t)| *t > now);
+        if touch_only && !live {
+            return Ok(None);
+        }
         if map.len() >= DIALOG_LIMIT && !map.contains_key(&key) {
             map.retain(|_, (_, t)| *t > now);
             if map.len() >= DIALOG_LIMIT {
@@ -176,8 +185,37 @@ impl Backend for MemoryBackend {
             entry.0 = pb::Dialog::default();
         }
         merge_dialog(&mut entry.0, d);
+        entry.0.expires_at_ms = unix_now_ms() + u64::from(ttl_secs) * 1000;
         entry.1 = until;
-        Ok(entry.0.clone())
+        Ok(Some(entry.0.clone()))
+    }
+
+    async fn reap_dialogs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        ended_ttl_secs: u32,
+    ) -> Result<Vec<pb::Dialog>, BackendError> {
+        let now = Instant::now();
+        let mut map = lock(&self.dialogs);
+        let mut out = Vec::new();
+        for (d, until) in map.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            if *until <= now
+                || d.ended_at_ms != 0
+                || d.expires_at_ms == 0
+                || d.expires_at_ms > now_ms
+            {
+                continue;
+            }
+            d.ended_at_ms = d.expires_at_ms;
+            reaped_reason(d).clone_into(&mut d.end_reason);
+            *until = now + Duration::from_secs(u64::from(ended_ttl_secs));
+            out.push(d.clone());
+        }
+        Ok(out)
     }
 
     async fn end_dialog(
@@ -191,6 +229,10 @@ impl Backend for MemoryBackend {
         let Some(entry) = map.get_mut(key).filter(|(_, t)| *t > now) else {
             return Ok(None);
         };
+        if entry.0.ended_at_ms != 0 {
+            // The first end stands (a second BYE, a BYE after the reaper).
+            return Ok(Some(entry.0.clone()));
+        }
         merge_dialog(
             &mut entry.0,
             &pb::Dialog {

@@ -139,10 +139,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn list_users(&self, realm: &str) -> Result<Vec<String>, BackendError>;
 
     /// Create or update a dialog record: non-empty fields of `d` overwrite, the rest keep
-    /// their stored value; the record lives `ttl_secs` from now. Returns the merged record.
-    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError>;
+    /// their stored value; the record is due to be reaped `ttl_secs` from now (its
+    /// `expires_at_ms`) and stays readable [`REAP_GRACE_SECS`] beyond. With `touch_only`
+    /// a record that does not exist is not created (`None`). Returns the merged record.
+    async fn put_dialog(
+        &self,
+        d: &pb::Dialog,
+        ttl_secs: u32,
+        touch_only: bool,
+    ) -> Result<Option<pb::Dialog>, BackendError>;
 
-    /// End a dialog record if it exists; it stays readable `ttl_secs`.
+    /// Claim up to `limit` records past their `expires_at_ms` that have not ended: each is
+    /// ended at its deadline ("ttl", or "session-expired" with a session interval), stays
+    /// readable `ended_ttl_secs`, and is returned to this caller only.
+    async fn reap_dialogs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        ended_ttl_secs: u32,
+    ) -> Result<Vec<pb::Dialog>, BackendError>;
+
+    /// End a dialog record if it exists and has not ended (the first end stands: the
+    /// record comes back as it was); it stays readable `ttl_secs`.
     async fn end_dialog(
         &self,
         key: &DialogKey,
@@ -214,4 +232,8 @@ pub fn removal_event(aor: &Aor, left: &[Binding], removed: u32, now: u64) -> pb:
     }
 }
 
-pub use location_client::merge_dialog;
+pub use location_client::{merge_dialog, reaped_reason};
+
+/// How long a dialog record stays readable past its reaping deadline: the edges reap every
+/// few seconds, so a record past it by this much had nobody to reap it.
+pub const REAP_GRACE_SECS: u32 = 600;

@@ -41,12 +41,13 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use sip_auth::Credentials;
 use sip_registrar::{
     Aor, Binding, Policy, RegisterError, RegisterOutcome, RegisterRequest, apply_register,
-    contact_matches, live_bindings, sort_bindings,
+    contact_matches, live_bindings, sort_bindings, unix_now_ms,
 };
 use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, event, removal_event,
+    Backend, BackendError, Counts, DialogEnd, DialogKey, Events, Page, REAP_GRACE_SECS, event,
+    reaped_reason, removal_event,
 };
 
 /// Compare-and-set of an AOR's binding set, with the change event published in the same
@@ -72,14 +73,30 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return existed
 ";
 
-/// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '1' to
-/// touch only an existing record, then field/value pairs. Returns the merged record.
+/// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '0' to
+/// create or update, '1' to update only an existing record, '2' to end one (only if not
+/// ended already: the first end stands), then field/value pairs. Returns the record.
 const PUT_DIALOG: &str = r"
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if ARGV[2] ~= '0' and redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if ARGV[2] == '2' then
+  local e = redis.call('HGET', KEYS[1], 'ended_at_ms')
+  if e and e ~= '0' then return redis.call('HGETALL', KEYS[1]) end
+end
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 ";
+
+/// How a dialog write treats the stored record.
+#[derive(Debug, Clone, Copy)]
+enum DialogWrite {
+    /// Create or update.
+    Upsert,
+    /// Update only an existing record (a refresh).
+    Touch,
+    /// End an existing record, unless it has ended already (the first end stands).
+    End,
+}
 
 /// Attempts of one optimistic write before giving up (each loses only to a write that
 /// succeeded, so the system as a whole always progresses). Writers of one process are
@@ -411,6 +428,13 @@ impl RedisBackend {
         format!("{}:dlg:{{{call_id}}}:{from_tag}", self.opts.prefix)
     }
 
+    /// The dialog records by reaping deadline (a sorted set of record keys, scored by
+    /// `expires_at_ms`). One key, so in a cluster one master holds it: a few writes per
+    /// call, where the records themselves spread by Call-ID.
+    fn dialog_deadlines_key(&self) -> String {
+        format!("{}:dlgexp", self.opts.prefix)
+    }
+
     /// Read an AOR's version and binding set (all stored bindings, lapsed ones included).
     async fn read_set(
         &self,
@@ -480,13 +504,16 @@ impl RedisBackend {
         &self,
         key: &str,
         ttl_secs: u32,
-        only_existing: bool,
+        write: DialogWrite,
         fields: &[(&str, Vec<u8>)],
     ) -> Result<Option<pb::Dialog>, BackendError> {
         let mut conn = self.conn()?;
         let mut inv = self.put_dialog.key(key);
-        inv.arg(ttl_secs.max(1))
-            .arg(if only_existing { "1" } else { "0" });
+        inv.arg(ttl_secs.max(1)).arg(match write {
+            DialogWrite::Upsert => "0",
+            DialogWrite::Touch => "1",
+            DialogWrite::End => "2",
+        });
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
@@ -741,6 +768,8 @@ fn dialog_fields(d: &pb::Dialog) -> Vec<(&'static str, Vec<u8>)> {
         ("answered_at_ms", d.answered_at_ms),
         ("ended_at_ms", d.ended_at_ms),
         ("status", u64::from(d.status)),
+        ("session_expires_secs", u64::from(d.session_expires_secs)),
+        ("expires_at_ms", d.expires_at_ms),
     ] {
         if v != 0 {
             f.push((k, v.to_string().into_bytes()));
@@ -771,6 +800,10 @@ fn dialog_from_fields(flat: &[(String, Vec<u8>)]) -> pb::Dialog {
             "answered_at_ms" => d.answered_at_ms = n(),
             "ended_at_ms" => d.ended_at_ms = n(),
             "status" => d.status = u32::try_from(n()).unwrap_or(0),
+            "session_expires_secs" => {
+                d.session_expires_secs = u32::try_from(n()).unwrap_or(0);
+            }
+            "expires_at_ms" => d.expires_at_ms = n(),
             _ => {}
         }
     }
@@ -1069,12 +1102,115 @@ impl Backend for RedisBackend {
         Ok(v)
     }
 
-    async fn put_dialog(&self, d: &pb::Dialog, ttl_secs: u32) -> Result<pb::Dialog, BackendError> {
+    async fn put_dialog(
+        &self,
+        d: &pb::Dialog,
+        ttl_secs: u32,
+        touch_only: bool,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
         let key = self.dialog_key(&d.call_id, &d.from_tag);
+        let deadline = unix_now_ms() + u64::from(ttl_secs) * 1000;
+        let mut fields = dialog_fields(d);
+        fields.push(("expires_at_ms", deadline.to_string().into_bytes()));
+        // Readable past the deadline: the record is still there when a reaper claims it.
         let merged = self
-            .dialog_script(&key, ttl_secs, false, &dialog_fields(d))
+            .dialog_script(
+                &key,
+                ttl_secs.saturating_add(REAP_GRACE_SECS),
+                if touch_only {
+                    DialogWrite::Touch
+                } else {
+                    DialogWrite::Upsert
+                },
+                &fields,
+            )
             .await?;
-        Ok(merged.unwrap_or_else(|| d.clone()))
+        let Some(merged) = merged else {
+            return Ok(None);
+        };
+        if merged.ended_at_ms == 0 {
+            let mut conn = self.conn()?;
+            let _: i64 = redis::cmd("ZADD")
+                .arg(self.dialog_deadlines_key())
+                .arg(deadline)
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+        }
+        Ok(Some(merged))
+    }
+
+    async fn reap_dialogs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        ended_ttl_secs: u32,
+    ) -> Result<Vec<pb::Dialog>, BackendError> {
+        let zkey = self.dialog_deadlines_key();
+        let mut conn = self.conn()?;
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&zkey)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        let mut out = Vec::new();
+        for key in due {
+            // The claim: of the edges reaping at once, only the one whose ZREM removed
+            // the member ends the record.
+            let claimed: i64 = redis::cmd("ZREM")
+                .arg(&zkey)
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+            if claimed != 1 {
+                continue;
+            }
+            let flat: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+            if flat.is_empty() {
+                continue;
+            }
+            let d = dialog_from_fields(&flat);
+            // Ended meanwhile (its BYE), or refreshed past now by a put that raced the
+            // claim: not this reaper's.
+            if d.ended_at_ms != 0 {
+                continue;
+            }
+            if d.expires_at_ms > now_ms {
+                let _: i64 = redis::cmd("ZADD")
+                    .arg(&zkey)
+                    .arg(d.expires_at_ms)
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(rerr)?;
+                continue;
+            }
+            let end = pb::Dialog {
+                ended_at_ms: d.expires_at_ms,
+                end_reason: reaped_reason(&d).to_owned(),
+                ..pb::Dialog::default()
+            };
+            // A BYE that ended it between the claim and now stands.
+            if let Some(ended) = self
+                .dialog_script(&key, ended_ttl_secs, DialogWrite::End, &dialog_fields(&end))
+                .await?
+                .filter(|e| e.end_reason == end.end_reason)
+            {
+                out.push(ended);
+            }
+        }
+        Ok(out)
     }
 
     async fn end_dialog(
@@ -1090,7 +1226,18 @@ impl Backend for RedisBackend {
             status: end.status,
             ..pb::Dialog::default()
         });
-        self.dialog_script(&k, ttl_secs, true, &fields).await
+        let ended = self
+            .dialog_script(&k, ttl_secs, DialogWrite::End, &fields)
+            .await?;
+        // Nothing left to reap. (A failure here only leaves a member whose record the
+        // reaper finds ended.)
+        let mut conn = self.conn()?;
+        let _: Result<i64, _> = redis::cmd("ZREM")
+            .arg(self.dialog_deadlines_key())
+            .arg(&k)
+            .query_async(&mut conn)
+            .await;
+        Ok(ended)
     }
 
     async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError> {

@@ -337,12 +337,20 @@ impl edge::dialogs::DialogStore for InProcessDialogs {
         &self,
         d: location_client::pb::Dialog,
         ttl: std::time::Duration,
-    ) -> Result<(), String> {
+        touch_only: bool,
+    ) -> Result<bool, String> {
         let ttl = u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX);
         self.0
-            .put_dialog(&d, ttl)
+            .put_dialog(&d, ttl, touch_only)
             .await
-            .map(|_| ())
+            .map(|d| d.is_some())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn reap(&self, limit: u32) -> Result<Vec<location_client::pb::Dialog>, String> {
+        self.0
+            .reap_dialogs(sip_registrar::unix_now_ms(), limit as usize, ENDED_TTL_SECS)
+            .await
             .map_err(|e| e.to_string())
     }
 
