@@ -116,19 +116,25 @@ pub fn state_dir() -> Result<PathBuf> {
     Ok(state.join("sipcluster"))
 }
 
-/// Write `token` to `path` readable by this user only (0600; directories created 0700),
-/// replacing the file atomically so a command never reads half a token.
-pub fn write_private(path: &Path, token: &Token) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no directory", path.display()))?;
+/// Create `dir` (and its parents) for this user only (0700): the admin token, the CDRs
+/// (phone numbers) and their spool live there.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Write `token` to `path` readable by this user only (0600; directories created 0700),
+/// replacing the file atomically so a command never reads half a token.
+pub fn write_private(path: &Path, token: &Token) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    create_private_dir(dir)?;
     let tmp = dir.join(format!(".admin-token.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -198,7 +198,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         if ecfg.accounting.spool_dir == defaults.spool_dir {
             ecfg.accounting.spool_dir = state.join(format!("spool-{port}"));
         }
-        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        crate::tokens::create_private_dir(&state)?;
     }
     let cdr_file = (ecfg
         .accounting
