@@ -44,6 +44,9 @@ impl AccountingConfig {
     }
 }
 
+/// How often the spool's checkpoint (how far acknowledgements reached) is persisted.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 enum Msg {
     Event {
         key: Vec<u8>,
@@ -168,6 +171,7 @@ struct Pipeline {
     arrived: HashMap<u64, Instant>,
     backoff_until: Option<Instant>,
     last_sync: Instant,
+    last_checkpoint: Instant,
     drain: Option<(Instant, SyncSender<usize>)>,
     log: LogLimit,
 }
@@ -190,6 +194,7 @@ impl Pipeline {
             arrived: HashMap::new(),
             backoff_until: None,
             last_sync: Instant::now(),
+            last_checkpoint: Instant::now(),
             drain: None,
             log: LogLimit::operator_lines(),
         }
@@ -276,9 +281,22 @@ impl Pipeline {
         let due = now >= self.last_sync + self.cfg.sync_interval;
         if self.spool.unsynced() >= self.cfg.sync_batch || (self.spool.unsynced() > 0 && due) {
             self.sync();
-        } else if due && now >= self.last_sync + Duration::from_secs(1) {
-            // Persist how far acknowledgements reached, now and then.
-            self.sync();
+        } else if self.spool.unsynced() > 0
+            && let Err(e) = self.spool.flush()
+            && let Some(held) = self.log.allow(now)
+        {
+            // Written at once (a killed process loses nothing), synced at the interval.
+            tracing::error!(error = %e, held_back = held, "accounting: spool write failed");
+        }
+        if now >= self.last_checkpoint + CHECKPOINT_EVERY {
+            // How far acknowledgements reached, now and then (a lagging checkpoint only
+            // replays acknowledged events, which consumers dedupe).
+            self.last_checkpoint = now;
+            if let Err(e) = self.spool.persist_checkpoint()
+                && let Some(held) = self.log.allow(now)
+            {
+                tracing::error!(error = %e, held_back = held, "accounting: spool checkpoint not written");
+            }
         }
         if self.backoff_until.is_none_or(|t| now >= t) {
             self.backoff_until = None;

@@ -22,7 +22,13 @@ pub struct JsonLines {
     /// Decided without writing (a record that is not an envelope): reported as acknowledged
     /// so that it leaves the spool instead of blocking it.
     skipped: Vec<u64>,
+    /// The last `fdatasync`: the file is synced at most every [`SYNC_EVERY`] (the spool
+    /// keeps each event until its line is synced, so waiting loses nothing).
+    last_sync: std::time::Instant,
 }
+
+/// How often the file is synced at most.
+const SYNC_EVERY: Duration = Duration::from_millis(20);
 
 impl JsonLines {
     /// Append to `path` (created if missing).
@@ -33,6 +39,7 @@ impl JsonLines {
             out: BufWriter::new(file),
             unsynced: Vec::new(),
             skipped: Vec::new(),
+            last_sync: std::time::Instant::now(),
         })
     }
 
@@ -63,9 +70,10 @@ impl Publisher for JsonLines {
 
     fn poll(&mut self, _wait: Duration) -> Vec<Delivery> {
         let mut done: Vec<Delivery> = self.skipped.drain(..).map(Delivery::Acked).collect();
-        if self.unsynced.is_empty() {
+        if self.unsynced.is_empty() || self.last_sync.elapsed() < SYNC_EVERY {
             return done;
         }
+        self.last_sync = std::time::Instant::now();
         let synced = self
             .out
             .flush()

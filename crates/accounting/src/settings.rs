@@ -36,7 +36,9 @@ pub struct AccountingSettings {
     pub spool_dir: PathBuf,
     /// The spool's bound, bytes: past it new events are dropped, counted and logged.
     pub spool_max_bytes: u64,
-    /// Longest an event waits for its fsync (and so for publishing), ms.
+    /// Longest an event waits for its fsync (and so for publishing), ms. Events are
+    /// written at once (a killed process loses none); the fsync guards against a machine
+    /// losing power.
     pub sync_interval_ms: u64,
     /// Events handed to the destination and not yet acknowledged, at most.
     pub max_in_flight: usize,
@@ -60,7 +62,7 @@ impl Default for AccountingSettings {
             jsonl_path: PathBuf::from("cdrs.jsonl"),
             spool_dir: PathBuf::from("spool"),
             spool_max_bytes: 1 << 30,
-            sync_interval_ms: 5,
+            sync_interval_ms: 20,
             max_in_flight: 10_000,
             drain_secs: 5,
             dialog_ttl_secs: 43_200,

@@ -239,6 +239,14 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // What is appended but not synced is left as a crash would leave it; only the
+        // acknowledgements are recorded.
+        let _ = self.persist_checkpoint();
+    }
+}
+
 impl Spool {
     /// Open (or create) the spool in `cfg.dir`, recovering what a previous process left.
     pub fn open(cfg: Config) -> Result<(Spool, Recovery), SpoolError> {
@@ -486,8 +494,11 @@ impl Spool {
         Ok(())
     }
 
-    /// Make everything appended so far durable (write and `fdatasync`), and persist how
-    /// far acknowledgements reached. Returns how many records became durable.
+    /// Make everything appended so far durable (write and `fdatasync`). Returns how many
+    /// records became durable. How far acknowledgements reached is persisted by
+    /// [`persist_checkpoint`](Self::persist_checkpoint) (now and then, and on drop): a
+    /// checkpoint that lags only replays records already acknowledged, which consumers
+    /// dedupe.
     pub fn sync(&mut self) -> Result<usize, SpoolError> {
         let n = self.unsynced;
         if n > 0 {
@@ -496,8 +507,13 @@ impl Spool {
             self.file.sync_data().map_err(io(&path))?;
             self.unsynced = 0;
         }
-        self.persist_checkpoint()?;
         Ok(n)
+    }
+
+    /// Hand what was appended to the OS without waiting for the disk: a killed process
+    /// loses none of it (a machine that loses power loses what was not synced).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.write_out()
     }
 
     /// Records appended since the last [`sync`](Self::sync).
@@ -511,7 +527,8 @@ impl Spool {
         self.next_id - self.unsynced as u64
     }
 
-    fn persist_checkpoint(&mut self) -> Result<(), SpoolError> {
+    /// Persist how far acknowledgements reached (the lowest pending id), when it moved.
+    pub fn persist_checkpoint(&mut self) -> Result<(), SpoolError> {
         let mark = self.low_watermark();
         if mark == self.checkpoint {
             return Ok(());
@@ -536,6 +553,7 @@ impl Spool {
 
     fn roll(&mut self) -> Result<(), SpoolError> {
         self.sync()?;
+        self.persist_checkpoint()?;
         let old = self.active;
         let first = self.next_id;
         let path = segment_path(&self.cfg.dir, first);
