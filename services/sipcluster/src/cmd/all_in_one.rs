@@ -188,7 +188,9 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
     // Accounting by default: JSON lines beside the admin token, with the spool there;
     // named after the SIP port, so that two all-in-ones of one user (on two ports) never
     // share a spool, and a restart on the same port finds what it left.
-    if ecfg.accounting.destination.is_none() {
+    // Whatever the destination (Kafka too): the spool and the file are never left in the
+    // working directory unless the configuration names them.
+    if ecfg.accounting.destination != Some(accounting::Destination::Off) {
         let state = crate::tokens::state_dir()?;
         let port = ports.first().copied().unwrap_or(5060);
         let defaults = accounting::AccountingSettings::default();
