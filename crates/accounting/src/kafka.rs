@@ -12,11 +12,10 @@
 //! new one, and what it held is offered again.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
-use proto::cdr::v1::{Envelope, envelope::Body};
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -220,6 +219,9 @@ pub enum KafkaSetupError {
 /// Collects deliveries from librdkafka's callbacks (run inside `poll`, on our thread).
 struct Ctx {
     deliveries: Mutex<Vec<Delivery>>,
+    /// A delivery failed because its topic does not exist (a broker that came back
+    /// empty, a topic deleted): create the topics again when allowed.
+    topic_missing: AtomicBool,
 }
 
 impl ClientContext for Ctx {
@@ -250,6 +252,14 @@ impl ProducerContext for Ctx {
             Ok(_) => Delivery::Acked(*id),
             Err((e, _)) => {
                 tracing::debug!(id = *id, error = %e, "kafka delivery failed");
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                ) {
+                    self.topic_missing.store(true, Ordering::Relaxed);
+                }
                 Delivery::Failed(*id)
             }
         };
@@ -266,6 +276,8 @@ pub struct Kafka {
     producer: BaseProducer<Ctx>,
     /// Handed to the current producer and not yet reported: failed if it is replaced.
     in_flight: HashSet<u64>,
+    /// True while a thread creates the topics (one at a time).
+    creating: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Kafka {
@@ -283,22 +295,34 @@ impl Kafka {
     pub fn new(cfg: KafkaConfig) -> Result<Kafka, KafkaSetupError> {
         let password = sasl_password(&cfg)?;
         let producer = make_producer(&cfg, password.as_deref())?;
-        if cfg.create_topics {
-            let admin = cfg.client_config(password.as_deref());
-            let c = cfg.clone();
-            let spawned = std::thread::Builder::new()
-                .name("kafka-topics".into())
-                .spawn(move || create_topics(&admin, &c));
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "kafka topics not created: no thread");
-            }
-        }
-        Ok(Kafka {
+        let k = Kafka {
             cfg,
             password,
             producer,
             in_flight: HashSet::new(),
-        })
+            creating: Arc::new(AtomicBool::new(false)),
+        };
+        k.create_topics_in_background();
+        Ok(k)
+    }
+
+    /// Create the topics on a thread of their own when configured, unless one is at it.
+    fn create_topics_in_background(&self) {
+        if !self.cfg.create_topics || self.creating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let admin = self.cfg.client_config(self.password.as_deref());
+        let (c, creating) = (self.cfg.clone(), self.creating.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kafka-topics".into())
+            .spawn(move || {
+                create_topics(&admin, &c);
+                creating.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.creating.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "kafka topics not created: no thread");
+        }
     }
 
     /// A fatal producer error (the idempotent producer cannot go on): a new producer,
@@ -335,6 +359,7 @@ fn make_producer(
 ) -> Result<BaseProducer<Ctx>, KafkaSetupError> {
     let ctx = Ctx {
         deliveries: Mutex::new(Vec::new()),
+        topic_missing: AtomicBool::new(false),
     };
     Ok(cfg.producer_config(password).create_with_context(ctx)?)
 }
@@ -381,10 +406,31 @@ fn create_topics(admin: &ClientConfig, cfg: &KafkaConfig) {
     );
 }
 
-/// Whether an encoded envelope is a CDR (else a call event).
+/// Whether an encoded envelope is a CDR (else a call event): its top-level fields walked
+/// for the `body` case's tag, without decoding the record (this runs per record).
 fn is_cdr(envelope: &[u8]) -> bool {
-    Envelope::decode(envelope).is_ok_and(|e| matches!(e.body, Some(Body::Cdr(_))))
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut buf = envelope;
+    while !buf.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+            return false;
+        };
+        match tag {
+            CDR_TAG => return true,
+            EVENT_TAG => return false,
+            _ => {
+                if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+    false
 }
+
+/// The field numbers of `Envelope.body`'s cases (proto/sipcluster/cdr/v1/cdr.proto).
+const EVENT_TAG: u32 = 10;
+const CDR_TAG: u32 = 11;
 
 impl Publisher for Kafka {
     fn publish(&mut self, rec: Outgoing<'_>) -> Result<(), Busy> {
@@ -406,7 +452,19 @@ impl Publisher for Kafka {
                 self.in_flight.insert(rec.id);
                 Ok(())
             }
-            Err((e, _)) => Err(Busy(e.to_string())),
+            Err((e, _)) => {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                ) {
+                    // Known missing (a broker that came back empty): the records wait
+                    // in the spool while the topics are made again.
+                    self.create_topics_in_background();
+                }
+                Err(Busy(e.to_string()))
+            }
         }
     }
 
@@ -421,6 +479,16 @@ impl Publisher for Kafka {
             self.in_flight.remove(id);
         }
         self.replace_if_fatal(&mut out);
+        if self
+            .producer
+            .context()
+            .topic_missing
+            .swap(false, Ordering::Relaxed)
+        {
+            // The records wait in the spool meanwhile, offered again.
+            tracing::warn!("kafka topic missing on the brokers; creating the topics again");
+            self.create_topics_in_background();
+        }
         out
     }
 
@@ -433,5 +501,36 @@ impl Drop for Kafka {
     fn drop(&mut self) {
         // What is acknowledged now need not be sent again at the next start.
         let _ = self.producer.flush(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use proto::cdr::v1::{CallEvent, Cdr, Envelope, envelope::Body};
+
+    #[test]
+    fn the_topic_follows_the_body_without_decoding_the_record() {
+        let env = |body| Envelope {
+            event_id: "e".repeat(64),
+            produced_at_ms: 1_700_000_000_000,
+            producer: "edge-1".into(),
+            body,
+        };
+        let cdr = Cdr {
+            sip_reason: "OK".into(),
+            billable_ms: 62_000,
+            ..Cdr::default()
+        };
+        assert!(super::is_cdr(&env(Some(Body::Cdr(cdr))).encode_to_vec()));
+        assert!(!super::is_cdr(
+            &env(Some(Body::Event(CallEvent::default()))).encode_to_vec()
+        ));
+        assert!(!super::is_cdr(&env(None).encode_to_vec()));
+        assert!(!super::is_cdr(b"\xff\xff\xff"), "garbage is not a CDR");
+        // The body first, as another encoder may order fields.
+        let mut first = Vec::new();
+        Body::Cdr(Cdr::default()).encode(&mut first);
+        assert!(super::is_cdr(&first));
     }
 }

@@ -490,6 +490,50 @@ impl LocationClient {
         Ok(reply.dialog)
     }
 
+    /// A page of the calls in progress (see the `ListDialogs` RPC), of one Call-ID when
+    /// `call_id` is not empty: the records, the next page's token (empty after the
+    /// last), the service's clock (Unix ms).
+    pub async fn list_dialogs(
+        &self,
+        call_id: &str,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<(Vec<pb::Dialog>, String, u64), ClientError> {
+        let msg = pb::ListDialogsRequest {
+            limit,
+            page_token: page_token.to_owned(),
+            call_id: call_id.to_owned(),
+        };
+        let reply = self
+            .with_retries("ListDialogs", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.list_dialogs(r).await }
+            })
+            .await?;
+        Ok((reply.dialogs, reply.next_page_token, reply.now_ms))
+    }
+
+    /// Ask the cluster to end a call in progress (see the `TerminateDialog` RPC): the
+    /// record as marked (`ended_at_ms` set: it had ended already), `None` when there is
+    /// none. Retried: marking twice marks once.
+    pub async fn terminate_dialog(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+    ) -> Result<Option<pb::Dialog>, ClientError> {
+        let msg = pb::TerminateDialogRequest {
+            call_id: call_id.to_owned(),
+            from_tag: from_tag.to_owned(),
+        };
+        let reply = self
+            .with_retries("TerminateDialog", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.terminate_dialog(r).await }
+            })
+            .await?;
+        Ok(reply.dialog)
+    }
+
     /// The raw gRPC client (watch streams).
     pub fn grpc(&self) -> Grpc<AuthChannel> {
         self.grpc.clone()

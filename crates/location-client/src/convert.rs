@@ -334,10 +334,17 @@ pub fn merge_dialog(stored: &mut crate::pb::Dialog, update: &crate::pb::Dialog) 
     n(&mut stored.expires_at_ms, update.expires_at_ms);
 }
 
-/// Why a reaped dialog record ended: `session-expired` when it had a session interval
-/// (RFC 4028), else `ttl` (a BYE that never came).
+/// The `end_reason` of a call in progress that an operator asked the cluster to end
+/// (`TerminateDialog`): set before the record ends, kept when the reaper ends it.
+pub const TERMINATED: &str = "admin";
+
+/// Why a reaped dialog record ended: [`TERMINATED`] when an operator asked for it,
+/// `session-expired` when it had a session interval (RFC 4028), else `ttl` (a BYE that
+/// never came).
 pub fn reaped_reason(d: &crate::pb::Dialog) -> &'static str {
-    if d.session_expires_secs > 0 {
+    if d.end_reason == TERMINATED {
+        TERMINATED
+    } else if d.session_expires_secs > 0 {
         "session-expired"
     } else {
         "ttl"

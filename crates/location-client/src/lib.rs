@@ -19,5 +19,5 @@ mod client;
 pub mod convert;
 
 pub use client::{ClientConfig, ClientError, LocationClient};
-pub use convert::{merge_dialog, reaped_reason};
+pub use convert::{TERMINATED, merge_dialog, reaped_reason};
 pub use proto::location::v1 as pb;

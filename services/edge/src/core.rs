@@ -815,7 +815,7 @@ impl Core {
             200..=299 => c.answered(&self.sh, resp, at),
             _ => {
                 let reason = String::from_utf8_lossy(resp.reason().unwrap_or_default());
-                c.failed(&self.sh, code, &reason, at)
+                c.failed(&self.sh, code, &reason, false, at)
             }
         };
         if let Some(r) = r {
@@ -828,7 +828,7 @@ impl Core {
     fn account_failure(&mut self, ctx: &mut ProxyCtx, code: u16, reason: &str) {
         let Some(c) = &mut ctx.call else { return };
         let at = self.clock.ms(self.now);
-        if let Some(r) = c.failed(&self.sh, code, reason, at) {
+        if let Some(r) = c.failed(&self.sh, code, reason, true, at) {
             self.ask(Ask::Account(r));
         }
     }
@@ -853,7 +853,7 @@ impl Core {
         c.cancelled = cancelled;
         let attempt = c.attempt(&self.sh);
         self.ask(Ask::Account(attempt));
-        if let Some(r) = c.failed(&self.sh, code, "", at) {
+        if let Some(r) = c.failed(&self.sh, code, "", true, at) {
             self.ask(Ask::Account(r));
         }
     }

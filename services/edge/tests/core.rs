@@ -1074,6 +1074,11 @@ fn busy_cancelled_and_refused_calls_get_a_cdr_with_their_cause() {
     let nobody = by_call("nobody");
     assert_eq!(nobody["sipCode"], 480);
     assert_eq!(nobody["endCause"], "END_CAUSE_FAILURE");
+    assert_eq!(
+        nobody["hungUpBy"], "HUNG_UP_BY_PROXY",
+        "the edge's own answer"
+    );
+    assert_eq!(busy["hungUpBy"], "HUNG_UP_BY_CALLEE", "the callee's answer");
     // Each call: its attempt, its failure, its CDR.
     assert_eq!(
         kinds(&lines).iter().filter(|k| *k == "FAILED").count(),

@@ -251,6 +251,7 @@ async fn start_serving(
                         m.aors.set(g(c.aors));
                         m.bindings.set(g(c.bindings));
                         m.users.set(g(c.users));
+                        m.dialogs_active.set(g(c.dialogs));
                     }
                     Err(e) => tracing::debug!(error = %e, "counting bindings failed"),
                 }

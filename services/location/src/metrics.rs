@@ -38,6 +38,8 @@ pub struct Metrics {
     pub bindings: Gauge,
     /// Provisioned users (from the periodic count).
     pub users: Gauge,
+    /// Calls in progress: dialog records not ended (from the periodic count).
+    pub dialogs_active: Gauge,
     /// Open WatchBindings streams.
     pub watchers: Gauge,
     /// 1 while the store is known whole (its provisioning marker is there).
@@ -64,6 +66,7 @@ impl Default for Metrics {
             aors: Gauge::default(),
             bindings: Gauge::default(),
             users: Gauge::default(),
+            dialogs_active: Gauge::default(),
             watchers: Gauge::default(),
             data_intact: {
                 let g = Gauge::default();
@@ -110,6 +113,11 @@ impl Metrics {
         r.register("aors", "AORs with live bindings", self.aors.clone());
         r.register("bindings", "Live bindings", self.bindings.clone());
         r.register("users", "Provisioned users", self.users.clone());
+        r.register(
+            "dialogs_active",
+            "Calls in progress: dialog records not ended or reaped (from the periodic count)",
+            self.dialogs_active.clone(),
+        );
         r.register(
             "watchers",
             "Open WatchBindings streams",

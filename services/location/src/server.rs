@@ -53,6 +53,9 @@ pub static POLICY: Policy = Policy {
         ("/sipcluster.location.v1.Location/EndDialog", EDGE),
         ("/sipcluster.location.v1.Location/GetDialog", EDGE),
         ("/sipcluster.location.v1.Location/ReapDialogs", EDGE),
+        // `sipcluster calls`: operators see and end calls; edges have no use for either.
+        ("/sipcluster.location.v1.Location/ListDialogs", ADMIN),
+        ("/sipcluster.location.v1.Location/TerminateDialog", ADMIN),
         (HEALTH_CHECK, Access::Public),
         (HEALTH_WATCH, EDGE_OR_ADMIN),
     ],
@@ -447,6 +450,7 @@ impl pb::location_server::Location for LocationService {
                 aors: g(m.aors.get()),
                 bindings: g(m.bindings.get()),
                 users: g(m.users.get()),
+                dialogs: g(m.dialogs_active.get()),
             })
         })
         .await
@@ -668,6 +672,60 @@ impl pb::location_server::Location for LocationService {
         })
         .await
     }
+
+    async fn list_dialogs(
+        &self,
+        request: Request<pb::ListDialogsRequest>,
+    ) -> Result<Response<pb::ListDialogsReply>, Status> {
+        // "No calls" from a store that lost its data would be a wrong answer.
+        self.guard.check("ListDialogs")?;
+        observed(&self.metrics, "ListDialogs", async {
+            let r = request.into_inner();
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            };
+            let (dialogs, next_page_token) = self
+                .backend
+                .list_dialogs(&r.call_id, &r.page_token, limit)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::ListDialogsReply {
+                dialogs,
+                next_page_token,
+                now_ms: sip_registrar::unix_now_ms(),
+            })
+        })
+        .await
+    }
+
+    async fn terminate_dialog(
+        &self,
+        request: Request<pb::TerminateDialogRequest>,
+    ) -> Result<Response<pb::TerminateDialogReply>, Status> {
+        self.guard.check("TerminateDialog")?;
+        observed(&self.metrics, "TerminateDialog", async {
+            let r = request.into_inner();
+            need("call_id", &r.call_id)?;
+            need("from_tag", &r.from_tag)?;
+            let dialog = self
+                .backend
+                .terminate_dialog(
+                    &DialogKey {
+                        call_id: r.call_id,
+                        from_tag: r.from_tag,
+                    },
+                    sip_registrar::unix_now_ms(),
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            if let Some(d) = &dialog {
+                tracing::info!(call_id = %d.call_id, ended = d.ended_at_ms != 0, "an operator asked to end a call");
+            }
+            Ok(pb::TerminateDialogReply { dialog })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -704,7 +762,14 @@ mod tests {
         ] {
             assert_eq!(roles(m), [Edge], "{m}");
         }
-        for m in ["PutUser", "RemoveUser", "ListUsers", "ListBindings"] {
+        for m in [
+            "PutUser",
+            "RemoveUser",
+            "ListUsers",
+            "ListBindings",
+            "ListDialogs",
+            "TerminateDialog",
+        ] {
             assert_eq!(roles(m), [Admin], "{m}");
         }
         for m in ["Lookup", "RemoveBindings", "Stats", "WatchBindings"] {

@@ -7,7 +7,8 @@
 //!   served on loopback by the all-in-one, where these commands look without a flag, with
 //!   the token it writes to a per-user file: [`tokens`]);
 //! * `check-config` prints the resolved edge / all-in-one configuration as reusable TOML;
-//! * `cdr tail` reads the accounting topics and prints the decoded call events and CDRs.
+//! * `cdr tail` reads the accounting topics and prints the decoded call events and CDRs;
+//! * `calls list|show|end` shows and ends the calls in progress across the cluster.
 //!
 //! Settings come from a TOML file (`--config`), then `SIPCLUSTER_*` environment
 //! variables, then flags; the result is validated before anything binds. Process-wide
@@ -51,6 +52,8 @@ enum Command {
     MediaRelay(cmd::media_relay::MediaRelayArgs),
     /// Read the accounting topics: call events and CDRs, decoded.
     Cdr(cmd::cdr::CdrArgs),
+    /// List, show and end the calls in progress across the cluster (dialog records).
+    Calls(cmd::calls::CallsArgs),
     /// Validate an edge / all-in-one configuration (file + environment + flags) and print
     /// it as TOML that --config reads back.
     CheckConfig(cmd::all_in_one::AllInOneArgs),
@@ -68,5 +71,6 @@ fn main() -> Result<()> {
         Command::MediaRelay(a) => cmd::media_relay::run(&a),
         Command::CheckConfig(a) => cmd::check_config::run(&a),
         Command::Cdr(a) => cmd::cdr::run(&a),
+        Command::Calls(a) => process::runtime(1)?.block_on(cmd::calls::run(a)),
     }
 }

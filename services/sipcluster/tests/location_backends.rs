@@ -451,6 +451,105 @@ async fn conformance(b: Arc<dyn Backend>) {
     );
 }
 
+/// The calls in progress page by page, one Call-ID's alone (glob characters in it taken
+/// literally), the active count, and an operator's end: the record due now and marked,
+/// claimed once by a reaper with the operator's reason (what `sipcluster calls` does).
+async fn calls_listing(b: Arc<dyn Backend>) {
+    ready(&*b).await;
+    let call = |id: &str, tag: &str| pb::Dialog {
+        call_id: id.into(),
+        from_tag: tag.into(),
+        to_tag: "tt".into(),
+        answered_at_ms: 1,
+        ..Default::default()
+    };
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..23 {
+        b.put_dialog(&call(&format!("list-{i:02}@h"), "ft"), 60, false)
+            .await
+            .unwrap();
+        want.insert(format!("list-{i:02}@h"));
+    }
+    // Two records of one Call-ID (a call and its fork's sibling), a Call-ID that is a
+    // glob pattern, and an ended call (not listed).
+    b.put_dialog(&call("x*[y]?", "a"), 60, false).await.unwrap();
+    b.put_dialog(&call("x*[y]?", "b"), 60, false).await.unwrap();
+    b.put_dialog(&call("xz[y]?", "a"), 60, false).await.unwrap();
+    b.put_dialog(&call("list-ended", "ft"), 60, false)
+        .await
+        .unwrap();
+    let ended_key = DialogKey {
+        call_id: "list-ended".into(),
+        from_tag: "ft".into(),
+    };
+    let bye = DialogEnd {
+        ended_at_ms: 5,
+        reason: "bye".into(),
+        status: 0,
+    };
+    b.end_dialog(&ended_key, &bye, 60).await.unwrap();
+    let (mut token, mut seen, mut pages) = (String::new(), Vec::new(), 0);
+    loop {
+        let (page, next) = b.list_dialogs("", &token, 5).await.unwrap();
+        assert!(page.len() <= 5 + 1000, "bounded page");
+        seen.extend(page.into_iter().map(|d| (d.call_id, d.from_tag)));
+        pages += 1;
+        assert!(pages < 100, "the listing ends");
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    seen.sort();
+    seen.dedup();
+    let ids: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|(c, _)| c.clone())
+        .filter(|c| c.starts_with("list-"))
+        .collect();
+    assert_eq!(ids, want, "every call in progress once, the ended one not");
+    assert_eq!(seen.len(), 23 + 3, "{seen:?}");
+    let (one, next) = b.list_dialogs("x*[y]?", "", 100).await.unwrap();
+    let mut tags: Vec<&str> = one.iter().map(|d| d.from_tag.as_str()).collect();
+    tags.sort_unstable();
+    assert_eq!((tags, next.as_str()), (vec!["a", "b"], ""), "{one:?}");
+    assert_eq!(b.counts(0).await.unwrap().dialogs, 23 + 3);
+
+    // An operator ends one: marked, due now, reaped once with the operator's reason.
+    let key = DialogKey {
+        call_id: "list-07@h".into(),
+        from_tag: "ft".into(),
+    };
+    let now = sip_registrar::unix_now_ms();
+    let marked = b.terminate_dialog(&key, now).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            marked.end_reason.as_str(),
+            marked.ended_at_ms,
+            marked.expires_at_ms
+        ),
+        ("admin", 0, now)
+    );
+    let ended = b.terminate_dialog(&ended_key, now).await.unwrap().unwrap();
+    assert_ne!(ended.ended_at_ms, 0, "an ended call stays as it ended");
+    assert_eq!(ended.end_reason, "bye", "{ended:?}");
+    let none = DialogKey {
+        call_id: "list-none".into(),
+        from_tag: "ft".into(),
+    };
+    assert_eq!(b.terminate_dialog(&none, now).await.unwrap(), None);
+    let reaped = b.reap_dialogs(now + 1, 100, 60).await.unwrap();
+    let got: Vec<(&str, &str, u64)> = reaped
+        .iter()
+        .map(|d| (d.call_id.as_str(), d.end_reason.as_str(), d.ended_at_ms))
+        .collect();
+    assert_eq!(got, [("list-07@h", "admin", now)]);
+    assert_eq!(b.reap_dialogs(now + 1, 100, 60).await.unwrap(), vec![]);
+    let (page, _) = b.list_dialogs("list-07@h", "", 10).await.unwrap();
+    assert_eq!(page, vec![], "no longer in progress");
+    assert_eq!(b.counts(0).await.unwrap().dialogs, 23 + 3 - 1);
+}
+
 /// `list` pages through every AOR with live bindings exactly as stored, a bounded page
 /// at a time (what `sipcluster registrations list` shows).
 async fn listing(b: Arc<dyn Backend>) {
@@ -559,6 +658,11 @@ async fn memory_backend_conformance() {
         sip_auth::MemoryStore::new(),
     )))
     .await;
+    calls_listing(Arc::new(MemoryBackend::new(
+        policy(),
+        sip_auth::MemoryStore::new(),
+    )))
+    .await;
     let m: Arc<dyn Backend> = Arc::new(MemoryBackend::new(policy(), sip_auth::MemoryStore::new()));
     nonce_uses(m.clone(), m).await;
 }
@@ -569,6 +673,7 @@ async fn redis_backend_conformance() {
     let r = Redis::standalone(&dir);
     conformance(redis_backend(&r, "conformance_redis", policy())).await;
     listing(redis_backend(&r, "listing_redis", policy())).await;
+    calls_listing(redis_backend(&r, "calls_redis", policy())).await;
     nonce_uses(
         redis_backend(&r, "nonces_redis", policy()),
         redis_backend(&r, "nonces_redis", policy()),
@@ -582,6 +687,7 @@ async fn redis_cluster_backend_conformance() {
     let r = Redis::cluster(&dir);
     conformance(redis_backend(&r, "conformance_cluster", policy())).await;
     listing(redis_backend(&r, "listing_cluster", policy())).await;
+    calls_listing(redis_backend(&r, "calls_cluster", policy())).await;
     nonce_uses(
         redis_backend(&r, "nonces_cluster", policy()),
         redis_backend(&r, "nonces_cluster", policy()),

@@ -254,6 +254,54 @@ impl Backend for MemoryBackend {
             .map(|(d, _)| d.clone()))
     }
 
+    async fn list_dialogs(
+        &self,
+        call_id: &str,
+        page_token: &str,
+        limit: usize,
+    ) -> Result<(Vec<pb::Dialog>, String), BackendError> {
+        // The token is the last key of the previous page ("call-id LF from-tag": a
+        // Call-ID holds no line break): pages in key order, whatever changes between.
+        let after = page_token.split_once('\n');
+        let now = Instant::now();
+        let map = lock(&self.dialogs);
+        let mut active: Vec<&pb::Dialog> = map
+            .values()
+            .filter(|(d, until)| *until > now && d.ended_at_ms == 0)
+            .map(|(d, _)| d)
+            .filter(|d| call_id.is_empty() || d.call_id == call_id)
+            .filter(|d| {
+                after.is_none_or(|(c, f)| (d.call_id.as_str(), d.from_tag.as_str()) > (c, f))
+            })
+            .collect();
+        active.sort_by(|a, b| (&a.call_id, &a.from_tag).cmp(&(&b.call_id, &b.from_tag)));
+        let next = match active.get(limit) {
+            Some(_) => active
+                .get(limit - 1)
+                .map(|d| format!("{}\n{}", d.call_id, d.from_tag))
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok((active.into_iter().take(limit).cloned().collect(), next))
+    }
+
+    async fn terminate_dialog(
+        &self,
+        key: &DialogKey,
+        now_ms: u64,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
+        let now = Instant::now();
+        let mut map = lock(&self.dialogs);
+        let Some((d, _)) = map.get_mut(key).filter(|(_, t)| *t > now) else {
+            return Ok(None);
+        };
+        if d.ended_at_ms == 0 {
+            super::TERMINATED.clone_into(&mut d.end_reason);
+            d.expires_at_ms = now_ms;
+        }
+        Ok(Some(d.clone()))
+    }
+
     async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {
         Ok(self.nonces.first_use_at(
             nonce,
@@ -273,6 +321,13 @@ impl Backend for MemoryBackend {
             aors: s.aors as u64,
             bindings: s.bindings as u64,
             users: lock(&self.users).len() as u64,
+            dialogs: {
+                let now = Instant::now();
+                lock(&self.dialogs)
+                    .values()
+                    .filter(|(d, until)| *until > now && d.ended_at_ms == 0)
+                    .count() as u64
+            },
         })
     }
 

@@ -79,6 +79,8 @@ pub struct Counts {
     pub bindings: u64,
     /// Provisioned users.
     pub users: u64,
+    /// Dialog records of calls in progress (not ended, not reaped).
+    pub dialogs: u64,
 }
 
 /// Change notifications; lagging receivers lose the oldest events, never block writers.
@@ -171,6 +173,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A dialog record.
     async fn get_dialog(&self, key: &DialogKey) -> Result<Option<pb::Dialog>, BackendError>;
 
+    /// A page of the records of calls in progress (not ended), of one Call-ID when
+    /// `call_id` is not empty: at most `limit` of them and the next page's token (empty
+    /// after the last page; a page may be short with a token).
+    async fn list_dialogs(
+        &self,
+        call_id: &str,
+        page_token: &str,
+        limit: usize,
+    ) -> Result<(Vec<pb::Dialog>, String), BackendError>;
+
+    /// Mark a call in progress for ending by the cluster: its `end_reason` becomes
+    /// [`TERMINATED`] and its deadline `now_ms`, so the next reaper claims it (see
+    /// [`reaped_reason`]). An ended record comes back unchanged; none: `None`.
+    async fn terminate_dialog(
+        &self,
+        key: &DialogKey,
+        now_ms: u64,
+    ) -> Result<Option<pb::Dialog>, BackendError>;
+
     /// Record one use of a digest nonce with nonce count `nc`, remembered `ttl_secs`:
     /// true the first time the pair is used, false for a replay (see
     /// [`sip_auth::NonceUses`]). Atomic across every replica sharing the store.
@@ -232,7 +253,7 @@ pub fn removal_event(aor: &Aor, left: &[Binding], removed: u32, now: u64) -> pb:
     }
 }
 
-pub use location_client::{merge_dialog, reaped_reason};
+pub use location_client::{TERMINATED, merge_dialog, reaped_reason};
 
 /// How long a dialog record stays readable past its reaping deadline: the edges reap every
 /// few seconds, so a record past it by this much had nobody to reap it.

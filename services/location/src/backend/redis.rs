@@ -74,11 +74,12 @@ return existed
 ";
 
 /// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '0' to
-/// create or update, '1' to update only an existing record, '2' to end one (only if not
-/// ended already: the first end stands), then field/value pairs. Returns the record.
+/// create or update, '1' to update only an existing record, '2' to end one or '3' to
+/// mark one for ending (either only if not ended already: the first end stands), then
+/// field/value pairs. Returns the record.
 const PUT_DIALOG: &str = r"
 if ARGV[2] ~= '0' and redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-if ARGV[2] == '2' then
+if ARGV[2] == '2' or ARGV[2] == '3' then
   local e = redis.call('HGET', KEYS[1], 'ended_at_ms')
   if e and e ~= '0' then return redis.call('HGETALL', KEYS[1]) end
 end
@@ -96,6 +97,8 @@ enum DialogWrite {
     Touch,
     /// End an existing record, unless it has ended already (the first end stands).
     End,
+    /// Update an existing record that has not ended (an operator's end request).
+    Terminate,
 }
 
 /// Attempts of one optimistic write before giving up (each loses only to a write that
@@ -513,6 +516,7 @@ impl RedisBackend {
             DialogWrite::Upsert => "0",
             DialogWrite::Touch => "1",
             DialogWrite::End => "2",
+            DialogWrite::Terminate => "3",
         });
         for (k, v) in fields {
             inv.arg(*k).arg(v);
@@ -596,8 +600,99 @@ impl RedisBackend {
                 }
             }
         }
+        let mut conn = self.conn()?;
+        counts.dialogs = redis::cmd("ZCARD")
+            .arg(self.dialog_deadlines_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
         Ok(counts)
     }
+
+    /// One page of [`Backend::list_dialogs`]: ZSCAN over the deadlines set (it holds
+    /// exactly the records not ended, and is one key even in a cluster), then the records
+    /// read in one pipeline. The token is the ZSCAN cursor.
+    async fn dialog_page(
+        &self,
+        call_id: &str,
+        token: &str,
+        limit: usize,
+    ) -> Result<(Vec<pb::Dialog>, String), BackendError> {
+        let mut cursor: u64 = match token {
+            "" => 0,
+            t => t
+                .parse()
+                .map_err(|_| BackendError::Redis(format!("bad page token {t:?}")))?,
+        };
+        let pattern = if call_id.is_empty() {
+            "*".to_owned()
+        } else {
+            // Only this Call-ID's keys: `P:dlg:{CALL-ID}:TAG`, glob characters escaped.
+            format!("{}*", glob_escaped(&self.dialog_key(call_id, "")))
+        };
+        let mut conn = self.conn()?;
+        let mut keys: Vec<String> = Vec::new();
+        for _ in 0..MAX_SCAN_STEPS {
+            let (next, flat): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(self.dialog_deadlines_key())
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(limit.clamp(10, 1000))
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+            // Member, score, member, score...
+            keys.extend(flat.into_iter().step_by(2));
+            cursor = next;
+            if cursor == 0 || keys.len() >= limit {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        if !keys.is_empty() {
+            // One command per key, all in flight at once: in a cluster the records live
+            // on different masters (a pipeline would go to one).
+            let reads = keys.iter().map(|k| {
+                let mut c = conn.clone();
+                async move {
+                    redis::cmd("HGETALL")
+                        .arg(k)
+                        .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
+                        .await
+                }
+            });
+            let records = futures_util::future::try_join_all(reads)
+                .await
+                .map_err(rerr)?;
+            out.extend(
+                records
+                    .iter()
+                    .filter(|f| !f.is_empty())
+                    .map(|f| dialog_from_fields(f))
+                    .filter(|d| d.ended_at_ms == 0),
+            );
+        }
+        let next = if cursor == 0 {
+            String::new()
+        } else {
+            cursor.to_string()
+        };
+        Ok((out, next))
+    }
+}
+
+/// `s` with Redis glob characters (`* ? [ ] \`) escaped, for a MATCH pattern.
+fn glob_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl RedisBackend {
@@ -1248,6 +1343,43 @@ impl Backend for RedisBackend {
             .await
             .map_err(rerr)?;
         Ok((!flat.is_empty()).then(|| dialog_from_fields(&flat)))
+    }
+
+    async fn list_dialogs(
+        &self,
+        call_id: &str,
+        page_token: &str,
+        limit: usize,
+    ) -> Result<(Vec<pb::Dialog>, String), BackendError> {
+        self.dialog_page(call_id, page_token, limit).await
+    }
+
+    async fn terminate_dialog(
+        &self,
+        key: &DialogKey,
+        now_ms: u64,
+    ) -> Result<Option<pb::Dialog>, BackendError> {
+        let k = self.dialog_key(&key.call_id, &key.from_tag);
+        let fields = dialog_fields(&pb::Dialog {
+            end_reason: super::TERMINATED.to_owned(),
+            expires_at_ms: now_ms,
+            ..pb::Dialog::default()
+        });
+        let marked = self
+            .dialog_script(&k, REAP_GRACE_SECS, DialogWrite::Terminate, &fields)
+            .await?;
+        if marked.as_ref().is_some_and(|d| d.ended_at_ms == 0) {
+            // Due now: the next reaping edge claims it.
+            let mut conn = self.conn()?;
+            let _: i64 = redis::cmd("ZADD")
+                .arg(self.dialog_deadlines_key())
+                .arg(now_ms)
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+        }
+        Ok(marked)
     }
 
     async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError> {

@@ -2,6 +2,7 @@
 //! how it runs.
 
 pub mod all_in_one;
+pub mod calls;
 pub mod cdr;
 pub mod check_config;
 pub mod dispatcher;

@@ -809,6 +809,11 @@ pub struct RunningSipp {
 }
 
 impl RunningSipp {
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Wait at most `d` (a UAS that expects calls a lost one never brings), then read the
     /// statistics.
     pub fn wait_at_most(mut self, d: Duration) -> SippOutcome {
