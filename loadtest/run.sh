@@ -47,9 +47,12 @@
 #
 # The accounting section runs the same call steps against an all-in-one without accounting
 # (--accounting off: what the call section and Kamailio's configuration do), with its
-# default (CDRs as JSON lines through the durable spool) and, when a `tansu` broker is on
+# default (CDRs as JSON lines through the durable spool), with CDRs only (no call events:
+# one record per call instead of five) and, when a `tansu` broker is on
 # the PATH (./scripts/test.sh caches one), with Kafka: the CPU per call of each, in one run,
-# and the overhead over "off".
+# and the overhead over "off". Then loadtest/acct-load drives the producer path alone (the
+# spool and the Kafka producer or the JSON-lines writer, no SIP) at LOAD_ACCT_RECORD_RATES
+# records per second: what it acknowledges per second and its CPU per record and per call.
 #
 # The media section drives `sipcluster media-relay` and then, when it is installed
 # (apt-get install rtpengine-daemon), rtpengine in userspace mode with the same rtp-load
@@ -155,12 +158,13 @@ done
 printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "$DOMAIN" >>"$WORK/users.toml"
 
 echo "building the release binary"
-cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood
+cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load
 # Where cargo put them: a worktree may build into its own CARGO_TARGET_DIR.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/sipcluster
 FLOOD=$TARGET/release/sip-flood
 RTP_LOAD=$TARGET/release/rtp-load
+ACCT_LOAD=$TARGET/release/acct-load
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
 start_sipcluster() {
@@ -325,6 +329,8 @@ fi
 # Accounting: the same call steps with accounting off, JSON lines (the default) and Kafka.
 if want accounting; then
   ACCT_RATES=${LOAD_ACCOUNTING_RATES:-$CALL_RATES}
+  # Records per second for the producer path alone (five records make a call).
+  ACCT_LOAD_RATES=${LOAD_ACCT_RECORD_RATES:-"10000 25000 50000"}
   declare -A ACCT_CPU=()
   acct_run() { # acct_run LABEL FLAGS...
     local label=$1
@@ -336,6 +342,9 @@ if want accounting; then
   }
   acct_run off --accounting off
   acct_run jsonl
+  # CDRs only (accounting.call_events = false): one record per call instead of five.
+  printf '[accounting]\ncall_events = false\n' >"$WORK/cdrs-only.toml"
+  acct_run cdrs --config "$WORK/cdrs-only.toml"
   if command -v tansu >/dev/null; then
     KAFKA_PORT=$(free_port)
     tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
@@ -345,11 +354,16 @@ if want accounting; then
     PIDS+=("$KAFKA_PID")
     sleep 0.5
     acct_run kafka --kafka-brokers "127.0.0.1:$KAFKA_PORT"
+    # The producer path alone (spool + producer, no SIP): records/s and CPU per record.
+    "$ACCT_LOAD" --destination kafka --brokers "127.0.0.1:$KAFKA_PORT" --dir "$WORK/acct-load-kafka" \
+      --rates "$ACCT_LOAD_RATES" --secs "$STEP" | sed 's/^/acct-load /' | tee -a "$RESULTS"
     stop_pid "$KAFKA_PID"
   else
     echo "accounting: no tansu on the PATH, Kafka not measured (./scripts/test.sh caches one in ~/.cache/sipcluster/tools/bin)"
   fi
-  for label in jsonl kafka; do
+  "$ACCT_LOAD" --destination jsonl --dir "$WORK/acct-load-jsonl" --rates "$ACCT_LOAD_RATES" --secs "$STEP" |
+    sed 's/^/acct-load /' | tee -a "$RESULTS"
+  for label in jsonl cdrs kafka; do
     [ -n "${ACCT_CPU[$label]:-}" ] || continue
     echo "accounting $label: $(awk -v a="${ACCT_CPU[$label]}" -v o="${ACCT_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over accounting off, at the last step" | tee -a "$RESULTS"
   done

@@ -59,9 +59,9 @@ impl Publisher for JsonLines {
             self.skipped.push(rec.id);
             return Ok(());
         };
-        let line = serde_json::to_vec(&env).map_err(|e| Busy(e.to_string()))?;
-        self.out
-            .write_all(&line)
+        // Straight into the buffer: no line allocated per record.
+        serde_json::to_writer(&mut self.out, &env)
+            .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
             .map_err(|e| Busy(format!("{}: {e}", self.path.display())))?;
         self.unsynced.push(rec.id);

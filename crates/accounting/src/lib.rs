@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use driver::{Accounting, AccountingConfig};
 pub use jsonl::JsonLines;
 pub use kafka::{Kafka, KafkaConfig};
-pub use metrics::Metrics;
+pub use metrics::{DropLabel, Metrics};
 pub use settings::{AccountingSettings, Destination, StartError};
 
 /// A spooled record offered to a [`Publisher`].

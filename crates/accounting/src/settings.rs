@@ -51,6 +51,9 @@ pub struct AccountingSettings {
     pub dialog_ttl_secs: u64,
     /// How often each edge reaps calls past their time, s (each is reaped by one edge).
     pub reap_interval_secs: u64,
+    /// Call events (attempt, ringing, answered, ended, failed) besides the CDRs. Off, a
+    /// call costs one record (its CDR) instead of five: for billing that reads CDRs only.
+    pub call_events: bool,
     /// Kafka, when `destination = "kafka"`.
     pub kafka: KafkaConfig,
 }
@@ -67,6 +70,7 @@ impl Default for AccountingSettings {
             drain_secs: 5,
             dialog_ttl_secs: 43_200,
             reap_interval_secs: 5,
+            call_events: true,
             kafka: KafkaConfig::default(),
         }
     }

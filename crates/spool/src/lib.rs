@@ -192,6 +192,10 @@ pub struct Spool {
     bytes: u64,
     /// The checkpoint as last persisted.
     checkpoint: u64,
+    /// A read handle on the segment records were last read from (by first id): the
+    /// publisher reads records back one by one, mostly from one segment, and an open per
+    /// record cost more than the read.
+    reader: Option<(u64, File)>,
 }
 
 /// One decoded record: its id, payload range and total size.
@@ -427,6 +431,7 @@ impl Spool {
             next_id,
             bytes,
             checkpoint,
+            reader: None,
         };
         Ok((spool, rec))
     }
@@ -581,6 +586,10 @@ impl Spool {
 
     fn remove_segment(&mut self, first: u64) -> Result<(), SpoolError> {
         if let Some(s) = self.segments.remove(&first) {
+            if self.reader.as_ref().is_some_and(|(seg, _)| *seg == first) {
+                // Not holding a removed file's space.
+                self.reader = None;
+            }
             fs::remove_file(&s.path).map_err(io(&s.path))?;
             self.bytes -= s.len;
         }
@@ -632,9 +641,13 @@ impl Spool {
                 .ok_or(SpoolError::Unknown(id))?
         } else {
             let path = segment_path(&self.cfg.dir, loc.segment);
-            let f = File::open(&path).map_err(io(&path))?;
+            let f = match self.reader.take() {
+                Some((seg, f)) if seg == loc.segment => f,
+                _ => File::open(&path).map_err(io(&path))?,
+            };
             let mut data = vec![0u8; loc.size as usize];
             f.read_exact_at(&mut data, loc.offset).map_err(io(&path))?;
+            self.reader = Some((loc.segment, f));
             data
         };
         match decode(&data) {

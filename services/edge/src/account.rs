@@ -434,13 +434,13 @@ pub async fn execute(sh: &Shared, r: Record) {
     match r {
         Record::Events { key, events } => {
             for e in &events {
-                acc.record(e, &key);
+                emit(sh, acc, e, &key);
             }
         }
         Record::Answered { dialog, events } => {
             let key = dialog.call_id.clone();
             for e in &events {
-                acc.record(e, &key);
+                emit(sh, acc, e, &key);
             }
             let ttl = record_ttl(sh, dialog.session_expires_secs);
             if let Err(e) = sh.dialogs.put(dialog, ttl, false).await {
@@ -479,6 +479,14 @@ pub async fn execute(sh: &Shared, r: Record) {
                 }
             }
         }
+    }
+}
+
+/// Hand a record to the accounting pipeline, unless it is a call event and
+/// `accounting.call_events` is off (CDRs only).
+fn emit(sh: &Shared, acc: &accounting::Accounting, env: &cdr::Envelope, key: &str) {
+    if sh.cfg.accounting.call_events || matches!(env.body, Some(cdr::envelope::Body::Cdr(_))) {
+        acc.record(env, key);
     }
 }
 
@@ -658,7 +666,7 @@ fn complete(
             .collect();
     }
     record_ended(sh, acc, &call, ended_at_ms, cause);
-    acc.record(&cdr_envelope(sh, c, ended_at_ms), &call.call_id);
+    emit(sh, acc, &cdr_envelope(sh, c, ended_at_ms), &call.call_id);
     sh.metrics.cdrs.inc();
 }
 
@@ -671,7 +679,7 @@ fn record_ended(
     cause: cdr::EndCause,
 ) {
     let e = call_event(sh, cdr::CallEventKind::Ended, call, at_ms, 0, cause);
-    acc.record(&e, &call.call_id);
+    emit(sh, acc, &e, &call.call_id);
 }
 
 #[cfg(test)]

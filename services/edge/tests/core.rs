@@ -1000,6 +1000,21 @@ fn the_callees_bye_ends_the_record_kept_under_the_callers_tag() {
 }
 
 #[test]
+fn with_call_events_off_a_call_costs_one_record_its_cdr() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::accounted_with(dir.path(), |c| c.accounting.call_events = false);
+    registered(&mut h, &[ALICE_2]);
+    h.deliver(BOB, &invite("busy", false));
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let inv = h.one(ALICE_2);
+    h.reply(ALICE_2, answer(&inv, 486, "a3", None));
+    assert_eq!(h.one(BOB).status(), Some(486));
+    let lines = h.accounted_lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["cdr"]["sipCode"], 486, "{lines:#?}");
+}
+
+#[test]
 fn busy_cancelled_and_refused_calls_get_a_cdr_with_their_cause() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::accounted(dir.path());
