@@ -248,7 +248,19 @@ impl CallTrack {
         };
         let mut caller = party(invite.from_header());
         if let Some((p, _)) = plan {
-            caller.authenticated_as = p.identity.user.clone().unwrap_or_default();
+            // `<sip:user@realm>` as asserted; the CDR says `user@realm`.
+            caller.authenticated_as = p
+                .identity
+                .user
+                .as_deref()
+                .map(|u| {
+                    let u = u.trim_start_matches('<').trim_end_matches('>');
+                    u.strip_prefix("sips:")
+                        .or_else(|| u.strip_prefix("sip:"))
+                        .unwrap_or(u)
+                })
+                .unwrap_or_default()
+                .to_owned();
         }
         let (destination, destination_uri, media_relay) = match plan {
             Some((p, hop)) => (

@@ -632,11 +632,13 @@ fn a_call_gets_503_when_no_relay_answers() {
     let control = common::free_addr();
     let dead = format!("http://{control}");
     let sip = Server::start_unready(&dir, &["--media-relay", &dead]);
-    // Calls would all fail: the all-in-one says it is not ready, and why.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Calls would all fail: the all-in-one says it is not ready, and why. (Just after the
+    // start it may also say its edge has not joined its dispatcher yet, on a loaded
+    // machine: wait for the relay alone to be the reason.)
+    let deadline = Instant::now() + Duration::from_secs(10);
     let readyz = loop {
         let r = common::http_get(sip.metrics, "/readyz").expect("readyz answers");
-        if r.0 == 503 || Instant::now() > deadline {
+        if (r.0 == 503 && !r.1.contains("not joined")) || Instant::now() > deadline {
             break r;
         }
         std::thread::sleep(Duration::from_millis(100));
