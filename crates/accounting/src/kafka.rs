@@ -222,6 +222,10 @@ struct Ctx {
     /// A delivery failed because its topic does not exist (a broker that came back
     /// empty, a topic deleted): create the topics again when allowed.
     topic_missing: AtomicBool,
+    /// The brokers no longer know this producer's id or its sequence (a broker that
+    /// came back empty), or records went unaccepted for `message_timeout_ms`: a new
+    /// producer (a new id) is needed.
+    producer_lost: AtomicBool,
 }
 
 impl ClientContext for Ctx {
@@ -258,7 +262,23 @@ impl ProducerContext for Ctx {
                         RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
                     )
                 ) {
+                    // A broker that lost its topics lost this producer's id with them.
                     self.topic_missing.store(true, Ordering::Relaxed);
+                    self.producer_lost.store(true, Ordering::Relaxed);
+                }
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            // Not accepted for message_timeout_ms: librdkafka retried on
+                            // its own all along (an unknown producer id is retried, not
+                            // reported: seen with a broker that came back empty).
+                            | RDKafkaErrorCode::MessageTimedOut
+                    )
+                ) {
+                    self.producer_lost.store(true, Ordering::Relaxed);
                 }
                 Delivery::Failed(*id)
             }
@@ -278,7 +298,13 @@ pub struct Kafka {
     in_flight: HashSet<u64>,
     /// True while a thread creates the topics (one at a time).
     creating: Arc<AtomicBool>,
+    /// When the producer was last replaced (at most one replacement per
+    /// [`REPLACE_EVERY`]: a broker still recovering fails every record).
+    replaced_at: Option<std::time::Instant>,
 }
+
+/// The least time between two producer replacements.
+const REPLACE_EVERY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -301,6 +327,7 @@ impl Kafka {
             producer,
             in_flight: HashSet::new(),
             creating: Arc::new(AtomicBool::new(false)),
+            replaced_at: None,
         };
         k.create_topics_in_background();
         Ok(k)
@@ -328,10 +355,31 @@ impl Kafka {
     /// A fatal producer error (the idempotent producer cannot go on): a new producer,
     /// and every record the old one held offered again.
     fn replace_if_fatal(&mut self, out: &mut Vec<Delivery>) {
-        let Some((code, why)) = self.producer.client().fatal_error() else {
-            return;
-        };
-        tracing::error!(?code, reason = %why, "kafka producer failed fatally; starting a new one");
+        if let Some((code, why)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, reason = %why, "kafka producer failed fatally; starting a new one");
+            self.replace(out);
+        } else if self
+            .producer
+            .context()
+            .producer_lost
+            .load(Ordering::Relaxed)
+            && self
+                .replaced_at
+                .is_none_or(|t| t.elapsed() >= REPLACE_EVERY)
+        {
+            // The idempotent producer's id is gone with the broker's state: its records
+            // would be refused for ever. A new producer asks for a new id.
+            tracing::warn!(
+                "kafka brokers no longer know this producer (a broker that lost its state); starting a new one"
+            );
+            self.replace(out);
+        }
+    }
+
+    /// A new producer; every record the old one held is offered again (duplicates carry
+    /// their event id).
+    fn replace(&mut self, out: &mut Vec<Delivery>) {
+        self.replaced_at = Some(std::time::Instant::now());
         match make_producer(&self.cfg, self.password.as_deref()) {
             Ok(p) => {
                 self.producer = p;
@@ -360,6 +408,7 @@ fn make_producer(
     let ctx = Ctx {
         deliveries: Mutex::new(Vec::new()),
         topic_missing: AtomicBool::new(false),
+        producer_lost: AtomicBool::new(false),
     };
     Ok(cfg.producer_config(password).create_with_context(ctx)?)
 }
@@ -474,8 +523,13 @@ impl Publisher for Kafka {
                     )
                 ) {
                     // Known missing (a broker that came back empty): the records wait
-                    // in the spool while the topics are made again.
+                    // in the spool while the topics are made again, and the producer's
+                    // id went with the broker's state.
                     self.create_topics_in_background();
+                    self.producer
+                        .context()
+                        .producer_lost
+                        .store(true, Ordering::Relaxed);
                 }
                 Err(Busy(e.to_string()))
             }
