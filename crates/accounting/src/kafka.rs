@@ -301,10 +301,21 @@ pub struct Kafka {
     /// When the producer was last replaced (at most one replacement per
     /// [`REPLACE_EVERY`]: a broker still recovering fails every record).
     replaced_at: Option<std::time::Instant>,
+    /// The last sign of life of the current producer: an acknowledgement, or the moment
+    /// records started waiting for one.
+    progress_at: std::time::Instant,
 }
 
 /// The least time between two producer replacements.
 const REPLACE_EVERY: Duration = Duration::from_secs(5);
+
+/// Records in flight and not one acknowledged for this long: the producer is replaced.
+/// A broker that came back without its state may answer every produce of the old
+/// producer id with an error librdkafka retries silently (UNKNOWN_PRODUCER_ID, seen
+/// with a fresh broker on a loaded CI machine: no delivery report at all), and no error
+/// we are told of says so. A healthy cluster acknowledges within milliseconds; a
+/// replacement costs at most duplicates, which carry their event ids.
+const STALL: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,6 +339,7 @@ impl Kafka {
             in_flight: HashSet::new(),
             creating: Arc::new(AtomicBool::new(false)),
             replaced_at: None,
+            progress_at: std::time::Instant::now(),
         };
         k.create_topics_in_background();
         Ok(k)
@@ -373,16 +385,33 @@ impl Kafka {
                 "kafka brokers no longer know this producer (a broker that lost its state); starting a new one"
             );
             self.replace(out);
+        } else if !self.in_flight.is_empty()
+            && self.progress_at.elapsed() >= STALL
+            && self
+                .replaced_at
+                .is_none_or(|t| t.elapsed() >= REPLACE_EVERY)
+        {
+            tracing::warn!(
+                in_flight = self.in_flight.len(),
+                secs = STALL.as_secs(),
+                "kafka: records in flight and none acknowledged; starting a new producer"
+            );
+            self.replace(out);
         }
     }
 
     /// A new producer; every record the old one held is offered again (duplicates carry
-    /// their event id).
+    /// their event id). The topics are made again when allowed: whatever lost this
+    /// producer's id (a broker that came back empty) most likely lost them too, and a
+    /// new producer waits `topic.metadata.propagation.max.ms` on a missing topic before
+    /// it says so.
     fn replace(&mut self, out: &mut Vec<Delivery>) {
         self.replaced_at = Some(std::time::Instant::now());
+        self.create_topics_in_background();
         match make_producer(&self.cfg, self.password.as_deref()) {
             Ok(p) => {
                 self.producer = p;
+                self.progress_at = std::time::Instant::now();
                 out.extend(self.in_flight.drain().map(Delivery::Failed));
             }
             Err(e) => tracing::error!(error = %e, "kafka producer not replaced"),
@@ -512,6 +541,10 @@ impl Publisher for Kafka {
             .headers(headers);
         match self.producer.send(record) {
             Ok(()) => {
+                if self.in_flight.is_empty() {
+                    // Waiting starts now, not at the last acknowledgement.
+                    self.progress_at = std::time::Instant::now();
+                }
                 self.in_flight.insert(rec.id);
                 Ok(())
             }
@@ -555,9 +588,14 @@ impl Publisher for Kafka {
         };
         for d in &out {
             let (Delivery::Acked(id) | Delivery::Failed(id)) = d;
+            if matches!(d, Delivery::Acked(_)) {
+                self.progress_at = std::time::Instant::now();
+            }
             self.in_flight.remove(id);
         }
-        self.replace_if_fatal(&mut out);
+        // Read before a replacement, which starts a new context: the same report that
+        // loses the producer says the topics are gone (a test run lost every CDR to
+        // this order: the new producer waited for topics nobody made).
         if self
             .producer
             .context()
@@ -568,6 +606,7 @@ impl Publisher for Kafka {
             tracing::warn!("kafka topic missing on the brokers; creating the topics again");
             self.create_topics_in_background();
         }
+        self.replace_if_fatal(&mut out);
         out
     }
 

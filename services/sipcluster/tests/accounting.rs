@@ -37,6 +37,7 @@ const EVENTS: &str = "sipcluster.call-events";
 fn records(broker: &Broker, topic: &str, want: usize, wait: Duration) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + wait;
     let mut last = Vec::new();
+    let mut stderr = String::new();
     while Instant::now() < deadline {
         let out = Command::new(env!("CARGO_BIN_EXE_sipcluster"))
             .args([
@@ -60,9 +61,19 @@ fn records(broker: &Broker, topic: &str, want: usize, wait: Duration) -> Vec<ser
         if last.len() >= want {
             return last;
         }
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!(
+        "{} of {want} records on {topic}; cdr tail said: {stderr}",
+        last.len()
+    );
     last
+}
+
+/// The lines of `log` that mention `what`.
+fn edge_log_lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
 }
 
 fn num(v: &serde_json::Value) -> u64 {
@@ -660,6 +671,20 @@ fn a_broker_down_for_30_s_during_a_100_calls_per_second_run_loses_no_cdr_and_no_
             "billable {billable} ms for a {HOLD_MS} ms hold: {c}"
         );
         ids.insert(c["call"]["callId"].as_str().unwrap().to_owned());
+    }
+    if cdrs.len() != CALLS {
+        // What the producer side saw, for a failure on a CI machine.
+        let log = edge.log();
+        let kafka_lines: Vec<&str> = edge_log_lines(&log, "kafka");
+        eprintln!(
+            "edge kafka log (last 40):\n{}\nedge metrics:\n{}",
+            kafka_lines[kafka_lines.len().saturating_sub(40)..].join("\n"),
+            edge.scrape()
+                .lines()
+                .filter(|l| l.starts_with("sipcluster_accounting"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     assert_eq!(
         (cdrs.len(), ids.len()),
