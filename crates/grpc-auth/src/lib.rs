@@ -40,6 +40,14 @@ pub enum AuthError {
         /// Why.
         source: std::io::Error,
     },
+    /// A token setting's file is unusable.
+    #[error("{setting}: {problem}")]
+    Setting {
+        /// The setting, as `section.key` (`api.edge_token_file`).
+        setting: &'static str,
+        /// What is wrong with its file.
+        problem: Box<AuthError>,
+    },
     /// The token file's content is not a usable token.
     #[error("token file {path}: {problem}")]
     File {

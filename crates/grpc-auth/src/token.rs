@@ -171,10 +171,22 @@ pub struct TokenFiles {
 }
 
 impl TokenFiles {
-    /// Read every configured file; refused when none is configured.
+    /// Read every configured file; refused when none is configured. A file's error names
+    /// its setting (`api.edge_token_file`), which is what the operator looks up.
     pub fn load(&self) -> Result<Tokens, AuthError> {
-        let read = |p: &Option<PathBuf>| p.as_deref().map(Token::from_file).transpose();
-        Tokens::new(read(&self.edge_token_file)?, read(&self.admin_token_file)?)
+        let read = |setting: &'static str, p: &Option<PathBuf>| {
+            p.as_deref()
+                .map(Token::from_file)
+                .transpose()
+                .map_err(|e| AuthError::Setting {
+                    setting,
+                    problem: Box::new(e),
+                })
+        };
+        Tokens::new(
+            read("api.edge_token_file", &self.edge_token_file)?,
+            read("api.admin_token_file", &self.admin_token_file)?,
+        )
     }
 }
 

@@ -21,7 +21,7 @@ use crate::uri_match::uris_equivalent;
 ///
 /// Expected `min_expires <= default_expires <= max_expires`; if not, the rules still hold
 /// (no panic): the maximum is raised to the minimum and the default is clamped into range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Expiry given to a contact when neither its `expires` parameter nor the Expires

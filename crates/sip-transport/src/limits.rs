@@ -93,10 +93,10 @@ struct Process {
 fn process() -> &'static Process {
     static P: OnceLock<Process> = OnceLock::new();
     P.get_or_init(|| {
-        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        // Unreadable counts as unlimited: no cap is better than a made-up one.
+        let soft = telemetry::nofile::NoFile::of_process()
             .ok()
-            .map(|(soft, _)| soft)
-            .filter(|s| *s != nix::sys::resource::RLIM_INFINITY);
+            .and_then(|l| l.soft);
         Process {
             budget: DescriptorBudget::for_soft_limit(soft),
             open: AtomicUsize::new(0),

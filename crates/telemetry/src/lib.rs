@@ -5,9 +5,11 @@
 //! the same way by the edge, the location service and the rest, so one Prometheus job
 //! and one probe spec fit them all ([`Readiness`] joins the conditions of a process
 //! that plays several roles); [`ConfigError`], the one shape of "this configuration
-//! cannot run" every service reports at start; [`logging`], the checked log set-up; and
+//! cannot run" every service reports at start, and [`config_file`], the one shape of the
+//! resolved configuration `check-config` prints; [`logging`], the checked log set-up; and
 //! [`LogLimit`], the rate limit on log lines a peer can trigger; [`AcceptBackoff`], what
-//! every listener does when `accept` fails.
+//! every listener does when `accept` fails; and [`nofile`], the process's descriptor limit
+//! as every service reads and raises it.
 //!
 //! The HTTP endpoint has a budget of its own ([`HttpLimits`]): a few connections at once,
 //! each closed after a short deadline whatever it sends. Probes and scrapes are short, and
@@ -15,8 +17,10 @@
 //! attack, and keeps a slow client of this port from holding descriptors.
 
 mod accept;
+pub mod config_file;
 pub mod listen;
 pub mod logging;
+pub mod nofile;
 mod ratelimit;
 
 pub use accept::AcceptBackoff;

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatch_core::{Algorithm, HealthConfig, TargetSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sip_txn::Transport;
 
 pub use telemetry::ConfigError;
 
-/// Everything the dispatcher needs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// Everything the dispatcher needs. Serialized, it is the TOML file that reads back to
+/// the same settings (`sipcluster check-config dispatcher`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DispatcherConfig {
     /// Client-facing listeners.
@@ -21,7 +22,10 @@ pub struct DispatcherConfig {
     pub internal: SideConfig,
     /// How requests reach edges: `udp` or `tcp`.
     pub edge_transport: String,
-    /// The cluster secret (the edges' `auth.nonce_secret`): signs flow tokens.
+    /// The cluster secret (the edges' `auth.nonce_secret`): signs flow tokens. Never
+    /// printed (`check-config` leaves it out, wherever it came from: a printed file gets
+    /// copied, pasted and committed).
+    #[serde(skip_serializing)]
     pub secret: Option<String>,
     /// Probing of edges and set members.
     pub health: HealthSettings,
@@ -51,11 +55,13 @@ pub struct DispatcherConfig {
     pub tcp_max_connections: usize,
     /// Inbound TCP connections held at once from one source address (IPv6: one /64).
     pub tcp_max_connections_per_source: usize,
-    /// gRPC admin API; none disables.
+    /// gRPC admin API, or `"off"`.
+    #[serde(with = "telemetry::listen")]
     pub admin_listen: Option<SocketAddr>,
     /// The admin API's token (`[api]`): required while the API is served.
     pub api: ApiConfig,
-    /// `/metrics`, `/healthz`, `/readyz`; none disables.
+    /// `/metrics`, `/healthz`, `/readyz`, or `"off"`.
+    #[serde(with = "telemetry::listen")]
     pub metrics_listen: Option<SocketAddr>,
     /// On SIGTERM: seconds of not-ready (load balancers move away) during which relaying
     /// and held connections go on.
@@ -68,7 +74,7 @@ pub struct DispatcherConfig {
 
 /// The admin API's token: where the operators' (admin) token is mounted. The API has no
 /// call for edges, so it takes no edge token.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// File holding the admin token (`SIPCLUSTER_ADMIN_TOKEN_FILE`, `--admin-token-file`).
@@ -76,7 +82,7 @@ pub struct ApiConfig {
 }
 
 /// Listening addresses of one side.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SideConfig {
     /// UDP addresses.
@@ -89,7 +95,7 @@ pub struct SideConfig {
 }
 
 /// Probe settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthSettings {
     /// Time between probes, ms.
@@ -103,7 +109,7 @@ pub struct HealthSettings {
 }
 
 /// Edge discovery.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// `static`, `dns` or `kubernetes`.
@@ -125,7 +131,7 @@ pub struct DiscoveryConfig {
 }
 
 /// An outbound destination set.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
     /// Name (edges route to `sip:set-NAME@dispatcher;lr`).
@@ -142,7 +148,7 @@ fn default_algorithm() -> String {
 }
 
 /// A member of a destination set.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SetTarget {
     /// `ip:port`.

@@ -259,9 +259,27 @@ pub fn admin_tokens(cfg: &DispatcherConfig) -> Result<Option<grpc_auth::Tokens>,
     let Some(file) = &cfg.api.admin_token_file else {
         return Err(no_admin_token());
     };
-    Ok(Some(grpc_auth::Tokens::admin(grpc_auth::Token::from_file(
-        file,
-    )?)))
+    let token = grpc_auth::Token::from_file(file).map_err(|e| grpc_auth::AuthError::Setting {
+        setting: "api.admin_token_file",
+        problem: Box::new(e),
+    })?;
+    Ok(Some(grpc_auth::Tokens::admin(token)))
+}
+
+/// Everything [`start`] checks and reads before it binds: the settings, the admin API's
+/// token file and, for Kubernetes discovery, the kubeconfig file (which the discovery
+/// task reads when it starts). `sipcluster check-config dispatcher` runs this alone, so
+/// that a configuration it passes does not fail at start for a file.
+pub fn check_before_start(cfg: &DispatcherConfig) -> Result<(), DispatcherError> {
+    cfg.validate()?;
+    discovery_from(cfg)?;
+    admin_tokens(cfg)?;
+    if let ("kubernetes", Some(path)) = (cfg.discovery.kind.as_str(), &cfg.discovery.kubeconfig) {
+        kube::config::Kubeconfig::read_from(path).map_err(|e| {
+            ConfigError::new("discovery.kubeconfig", format!("{}: {e}", path.display()))
+        })?;
+    }
+    Ok(())
 }
 
 /// Start with an explicit discovery source, the admin API's token read from `cfg.api`.

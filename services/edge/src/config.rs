@@ -805,19 +805,10 @@ impl EdgeConfig {
     /// nonce secret is left out (secrets are never printed): give it again by the
     /// environment or a file of its own.
     pub fn to_toml(&self) -> String {
-        let mut out = String::from(
-            "# sipcluster edge / all-in-one configuration, as check-config resolved it\n\
-             # (file + SIPCLUSTER_* environment + flags). Reusable with --config.\n",
+        let secret = self.auth.nonce_secret.is_some().then_some(
+            "auth.nonce_secret is set but not printed: pass it again (SIPCLUSTER_NONCE_SECRET).",
         );
-        if self.auth.nonce_secret.is_some() {
-            out.push_str(
-                "# auth.nonce_secret is set but not printed: pass it again (SIPCLUSTER_NONCE_SECRET).\n",
-            );
-        }
-        out.push('\n');
-        // Serializing plain data (strings, numbers, addresses) cannot fail.
-        out.push_str(&toml::to_string_pretty(self).unwrap_or_default());
-        out
+        telemetry::config_file::to_toml("edge / all-in-one", self, secret.as_slice())
     }
 
     /// The challenge algorithms, in order (validated names).

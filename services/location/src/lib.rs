@@ -67,29 +67,48 @@ pub enum LocationError {
 /// A users file, parsed (HA1s only).
 pub type Users = Arc<sip_auth::MemoryStore>;
 
-/// Build the backend the configuration names, and read its users file (provisioned
-/// when the service starts, and again after a data loss with `on_data_loss =
-/// "reprovision"`).
+/// Build the backend the configuration names (reading the Redis password file, if any),
+/// and read its users file (provisioned when the service starts, and again after a data
+/// loss with `on_data_loss = "reprovision"`).
 pub fn backend_from(
     cfg: &LocationConfig,
 ) -> Result<(Arc<dyn Backend>, Option<Users>), LocationError> {
     cfg.validate()?;
-    let users = match &cfg.users_file {
-        Some(p) => Some(Arc::new(
-            sip_auth::FileStore::from_path(p)
-                .map_err(LocationError::Users)?
-                .into_inner(),
-        )),
-        None => None,
-    };
+    let users = read_users(cfg)?;
     let backend: Arc<dyn Backend> = match cfg.backend.kind.as_str() {
         "memory" => Arc::new(MemoryBackend::new(
             cfg.registrar,
             users.as_deref().cloned().unwrap_or_default(),
         )),
-        _ => Arc::new(RedisBackend::new(cfg.redis_options(), cfg.registrar)?),
+        _ => Arc::new(RedisBackend::new(cfg.redis_options()?, cfg.registrar)?),
     };
     Ok((backend, users))
+}
+
+/// The users file, parsed (`None` without one).
+fn read_users(cfg: &LocationConfig) -> Result<Option<Users>, LocationError> {
+    let Some(p) = &cfg.users_file else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(
+        sip_auth::FileStore::from_path(p)
+            .map_err(LocationError::Users)?
+            .into_inner(),
+    )))
+}
+
+/// Everything [`start`] checks and reads before it binds or connects: the settings, the
+/// API's token files, the users file and the Redis password file. `sipcluster
+/// check-config location` runs this alone, so that a configuration it passes does not
+/// fail at start for a file.
+pub fn check_before_start(cfg: &LocationConfig) -> Result<(), LocationError> {
+    cfg.validate()?;
+    cfg.api.load()?;
+    read_users(cfg)?;
+    if cfg.backend.kind != "memory" {
+        cfg.redis_options()?;
+    }
+    Ok(())
 }
 
 /// A running location service.
@@ -350,16 +369,19 @@ async fn monitor(s: Monitor) {
     let mut was_up = None;
     loop {
         let b = &*s.backend;
-        let up = tokio::time::timeout(Duration::from_secs(1), b.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ping = match tokio::time::timeout(Duration::from_secs(1), b.ping()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 1 s".to_owned()),
+        };
+        let up = ping.is_ok();
         m.backend_up.set(i64::from(up));
         s.flags.up.store(up, Ordering::Relaxed);
         if was_up != Some(up) {
-            if up {
-                tracing::info!("backend reachable");
-            } else {
-                tracing::warn!("backend unreachable; not serving");
+            match &ping {
+                Ok(()) => tracing::info!("backend reachable"),
+                // Why, once: a refused connection, a timeout and a NOAUTH / WRONGPASS (a
+                // password missing or wrong) call for different fixes.
+                Err(e) => tracing::warn!(error = %e, "backend unreachable; not serving"),
             }
             was_up = Some(up);
         }

@@ -32,7 +32,9 @@ pub struct MediaRelayConfig {
     pub advertise_v6: Option<IpAddr>,
     /// Lowest media port.
     pub port_min: u16,
-    /// Highest media port.
+    /// Highest media port. Every port of the range may be an open socket: at start the
+    /// soft `RLIMIT_NOFILE` is raised to fit, and when the hard limit is too low only the
+    /// ports that fit are used ([`crate::descriptors`]).
     pub port_max: u16,
     /// Seconds a released port pair stays unused.
     pub quarantine_secs: u64,
@@ -40,7 +42,8 @@ pub struct MediaRelayConfig {
     pub idle_timeout_secs: u64,
     /// Seconds after which any session is ended.
     pub max_duration_secs: u64,
-    /// Sessions at most (over all workers).
+    /// Sessions at most (over all workers); lowered at start when `RLIMIT_NOFILE` is too
+    /// low for the whole port range ([`crate::descriptors`]).
     pub max_sessions: usize,
     /// Milliseconds a latched source must be silent before any other may replace it (a
     /// source matching the party's signalled address better replaces it at once).

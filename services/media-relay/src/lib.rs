@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod config;
 pub mod control;
+pub mod descriptors;
 pub mod forward;
 pub mod metrics;
 
@@ -55,6 +56,9 @@ pub enum MediaRelayError {
     /// The control API's tokens are missing or unusable.
     #[error("control API: {0}")]
     Auth(#[from] grpc_auth::AuthError),
+    /// `RLIMIT_NOFILE` leaves too few descriptors for any use of the port range.
+    #[error(transparent)]
+    Descriptors(#[from] descriptors::TooFewDescriptors),
 }
 
 /// A running relay.
@@ -117,13 +121,15 @@ impl MediaRelayHandle {
 }
 
 /// Start the relay: read the control API's tokens (refused without any: the API is
-/// never anonymous), bind the control and metrics listeners, spawn the forwarding
-/// workers, and serve.
+/// never anonymous), raise the process's descriptor limit to fit the port range (or
+/// use the part of the range that fits: [`descriptors`]), bind the control and metrics
+/// listeners, spawn the forwarding workers, and serve.
 pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelayError> {
     cfg.validate()?;
     let tokens = cfg.api.load()?;
     let roles: Vec<&str> = tokens.roles().iter().map(|r| r.as_str()).collect();
     let metrics = Metrics::default();
+    let cfg = descriptors::size_to_limit(&cfg, &metrics)?;
     let (relay, workers) =
         control::Relay::new(cfg.clone(), metrics.clone()).map_err(MediaRelayError::Worker)?;
     let relay = Arc::new(relay);
@@ -202,6 +208,8 @@ pub async fn start(cfg: MediaRelayConfig) -> Result<MediaRelayHandle, MediaRelay
     tracing::info!(
         %control,
         ports = %format!("{}-{}", cfg.port_min, cfg.port_max),
+        max_sessions = cfg.max_sessions,
+        fd_limit = metrics.fd_limit.get(),
         workers = cfg.workers,
         advertise_v4 = %shown(cfg.advertised(false)),
         advertise_v6 = %shown(cfg.advertised(true)),

@@ -60,6 +60,14 @@ pub struct Metrics {
     pub jitter_ms: Histogram,
     /// 1 while draining.
     pub draining: Gauge,
+    /// The soft `RLIMIT_NOFILE` in force (raised at start to fit the port range, within
+    /// the hard limit).
+    pub fd_limit: Gauge,
+    /// Descriptors the configured port range needs: every port, plus a reserve.
+    pub fd_needed: Gauge,
+    /// The session cap in force: `max_sessions`, or lower when the descriptor limit is
+    /// short of `fd_needed`.
+    pub max_sessions: Gauge,
     /// Control calls refused by token authentication.
     pub auth: grpc_auth::AuthMetrics,
 }
@@ -80,6 +88,9 @@ impl Default for Metrics {
             loss: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             jitter_ms: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0]),
             draining: Gauge::default(),
+            fd_limit: Gauge::default(),
+            fd_needed: Gauge::default(),
+            max_sessions: Gauge::default(),
             auth: grpc_auth::AuthMetrics::default(),
         }
     }
@@ -141,5 +152,20 @@ impl Metrics {
             self.jitter_ms.clone(),
         );
         r.register("draining", "1 while draining", self.draining.clone());
+        r.register(
+            "fd_limit",
+            "The soft RLIMIT_NOFILE in force (raised at start to fit the port range, within the hard limit)",
+            self.fd_limit.clone(),
+        );
+        r.register(
+            "fd_needed",
+            "Descriptors the configured port range needs: every port plus a reserve",
+            self.fd_needed.clone(),
+        );
+        r.register(
+            "max_sessions",
+            "The session cap in force (configured, or lowered when fd_limit is short of fd_needed)",
+            self.max_sessions.clone(),
+        );
     }
 }

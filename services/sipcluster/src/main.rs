@@ -6,7 +6,8 @@
 //!   the location API and the dispatcher's admin API, presenting the admin token (both
 //!   served on loopback by the all-in-one, where these commands look without a flag, with
 //!   the token it writes to a per-user file: [`tokens`]);
-//! * `check-config` prints the resolved edge / all-in-one configuration as reusable TOML;
+//! * `check-config [SERVICE]` validates a service's configuration (the edge /
+//!   all-in-one's without one), reads the files it names, and prints it as reusable TOML;
 //! * `cdr tail` reads the accounting topics and prints the decoded call events and CDRs;
 //! * `calls list|show|end` shows and ends the calls in progress across the cluster.
 //!
@@ -54,9 +55,11 @@ enum Command {
     Cdr(cmd::cdr::CdrArgs),
     /// List, show and end the calls in progress across the cluster (dialog records).
     Calls(cmd::calls::CallsArgs),
-    /// Validate an edge / all-in-one configuration (file + environment + flags) and print
-    /// it as TOML that --config reads back.
-    CheckConfig(cmd::all_in_one::AllInOneArgs),
+    /// Validate a service's configuration (file + environment + flags; without a service,
+    /// the edge / all-in-one's), read the files it names, and print it as TOML that its
+    /// --config reads back. Nothing is started.
+    // Boxed: it holds every service's flags.
+    CheckConfig(Box<cmd::check_config::CheckConfigArgs>),
 }
 
 fn main() -> Result<()> {

@@ -41,6 +41,22 @@ impl LogArgs {
     pub fn init(&self) -> Result<()> {
         init_logging(&self.log_level, &self.log_format)
     }
+
+    /// What [`LogArgs::init`] refuses, refused without installing anything
+    /// (`check-config`).
+    pub fn check(&self) -> Result<()> {
+        telemetry::logging::check_level(&self.log_level)?;
+        telemetry::logging::check_format(&self.log_format)?;
+        Ok(())
+    }
+
+    /// The flags as given again on a command line: these services' files have no `[log]`.
+    pub fn as_flags(&self) -> String {
+        format!(
+            "--log-level {} --log-format {}",
+            self.log_level, self.log_format
+        )
+    }
 }
 
 /// Install the log subscriber; a level or format that would print nothing (a typo) is

@@ -9,7 +9,10 @@
 //! * `registrations`, `users` and `dispatcher-admin` work against the all-in-one's APIs
 //!   and say what they did;
 //! * `check-config` prints TOML that reads back; a log level that would print nothing,
-//!   and `--location` on the all-in-one, are refused with a clear message.
+//!   and `--location` on the all-in-one, are refused with a clear message;
+//! * `check-config SERVICE` does the same for each service (its own flags, environment
+//!   and file; unknown keys, wrong types and missing token files named; no secret
+//!   printed), without starting it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -652,6 +655,274 @@ fn check_config_prints_toml_that_reads_back_and_bad_settings_are_refused() {
         "{}",
         o.stderr
     );
+}
+
+/// One service's `check-config` case: a valid file, what a run needs besides it (a
+/// secret, which is never printed), a mistake of type, and a token setting.
+struct ServiceCheck<'a> {
+    service: &'a str,
+    file: String,
+    env: Vec<(&'a str, String)>,
+    /// `(text in the file, its replacement of the wrong type, the key)`.
+    wrong_type: (&'a str, &'a str, &'a str),
+    /// `(environment variable of a token file, the setting an error names)`.
+    token: (&'a str, &'a str),
+    /// `(environment variable, value, what the printed file then says)`.
+    honoured: (&'a str, String, String),
+}
+
+/// The settings of a printed file: its lines but the comments.
+fn settings(printed: &str) -> String {
+    printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ServiceCheck<'_> {
+    fn run(&self, file: &std::path::Path, env: &[(&str, String)]) -> common::CliOutput {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .chain(env)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let path = file.display().to_string();
+        common::run_cli_env(&["check-config", self.service, "--config", &path], &env)
+    }
+
+    /// A valid file passes and its printed form reads back to the same print; an
+    /// unknown key and a wrong type fail naming the key; a missing token file fails
+    /// naming its setting; an environment variable is honoured. Returns the first print.
+    fn check(&self, dir: &std::path::Path) -> String {
+        let s = self.service;
+        let file = dir.join(format!("{s}.toml"));
+        std::fs::write(&file, &self.file).expect("write");
+        let first = self.run(&file, &[]);
+        assert_eq!(first.code, Some(0), "{s}: {first:?}");
+        let printed = dir.join(format!("{s}-printed.toml"));
+        std::fs::write(&printed, &first.stdout).expect("write");
+        let again = self.run(&printed, &[]);
+        assert_eq!(again.code, Some(0), "{s}: {again:?}");
+        assert_eq!(settings(&again.stdout), settings(&first.stdout), "{s}");
+        assert!(!first.stdout.contains("Some("), "{s}: {}", first.stdout);
+
+        let unknown = dir.join(format!("{s}-unknown.toml"));
+        std::fs::write(&unknown, format!("surprise_key = 1\n{}", self.file)).expect("write");
+        let o = self.run(&unknown, &[]);
+        assert_ne!(o.code, Some(0), "{s}: {o:?}");
+        assert!(
+            o.stderr.contains("unknown field `surprise_key`"),
+            "{s}: {}",
+            o.stderr
+        );
+
+        let (from, to, key) = self.wrong_type;
+        assert!(self.file.contains(from), "{s}: {from}");
+        let wrong = dir.join(format!("{s}-wrong.toml"));
+        std::fs::write(&wrong, self.file.replacen(from, to, 1)).expect("write");
+        let o = self.run(&wrong, &[]);
+        assert_ne!(o.code, Some(0), "{s}: {o:?}");
+        assert!(
+            o.stderr.contains("invalid type") && o.stderr.contains(key),
+            "{s}: {}",
+            o.stderr
+        );
+
+        let (var, setting) = self.token;
+        let o = self.run(&file, &[(var, "/nonexistent/token".to_owned())]);
+        assert_ne!(o.code, Some(0), "{s}: {o:?}");
+        assert!(
+            o.stderr.contains(setting) && o.stderr.contains("/nonexistent/token"),
+            "{s}: {}",
+            o.stderr
+        );
+
+        let (var, value, says) = &self.honoured;
+        let o = self.run(&file, &[(var, value.clone())]);
+        assert_eq!(o.code, Some(0), "{s}: {o:?}");
+        assert!(o.stdout.contains(says.as_str()), "{s} {var}: {}", o.stdout);
+        first.stdout
+    }
+}
+
+#[test]
+fn check_config_checks_each_service_without_starting_it() {
+    let dir = workdir("check_config_services");
+    let tokens = common::token_files(&dir);
+    let (edge, admin) = (tokens.edge_str(), tokens.admin_str());
+    let users = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/all-in-one/users.toml")
+        .display()
+        .to_string();
+    let password_file = dir.join("redis-password");
+    std::fs::write(&password_file, "a-redis-password-never-printed\n").expect("write");
+    let password_file = password_file.display().to_string();
+    // Addresses only: nothing binds, so they need not be free.
+    let location = ServiceCheck {
+        service: "location",
+        file: format!(
+            "listen = \"127.0.0.1:50071\"\nmetrics_listen = \"off\"\nusers_file = \"{users}\"\n\
+             drain_secs = 7\n\
+             [api]\nedge_token_file = \"{edge}\"\nadmin_token_file = \"{admin}\"\n\
+             [backend]\nkind = \"redis-cluster\"\n\
+             urls = [\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]\n\
+             password_file = \"{password_file}\"\nusername = \"sipcluster\"\nprefix = \"checked\"\n"
+        ),
+        env: vec![],
+        wrong_type: ("drain_secs = 7", "drain_secs = \"soon\"", "drain_secs"),
+        token: ("SIPCLUSTER_EDGE_TOKEN_FILE", "api.edge_token_file"),
+        honoured: (
+            "SIPCLUSTER_REDIS",
+            "redis://127.0.0.1:7010".into(),
+            "urls = [\"redis://127.0.0.1:7010\"]".into(),
+        ),
+    };
+    let printed = location.check(&dir);
+    assert!(
+        printed.contains(&format!("password_file = \"{password_file}\""))
+            && !printed.contains("a-redis-password-never-printed"),
+        "{printed}"
+    );
+    let dispatcher = ServiceCheck {
+        service: "dispatcher",
+        file: format!(
+            "secret = \"a-file-secret-never-printed\"\nadmin_listen = \"127.0.0.1:50072\"\n\
+             metrics_listen = \"off\"\ndrain_secs = 3\n\
+             [api]\nadmin_token_file = \"{admin}\"\n\
+             [public]\nudp = [\"127.0.0.1:5091\"]\ntcp = [\"127.0.0.1:5091\"]\n\
+             [internal]\nudp = [\"127.0.0.1:5092\"]\n\
+             [discovery]\nkind = \"static\"\nedges = [\"127.0.0.1:5093\"]\n\
+             [[sets]]\nname = \"carrier\"\nalgorithm = \"priority\"\n\
+             targets = [{{ address = \"192.0.2.10:5060\", priority = 1 }}]\n"
+        ),
+        // The printed file has no secret: it is given again, as a pod's Secret would.
+        env: vec![(
+            "SIPCLUSTER_DISPATCHER_SECRET",
+            "an-env-secret-never-printed".into(),
+        )],
+        wrong_type: ("drain_secs = 3", "drain_secs = \"soon\"", "drain_secs"),
+        token: ("SIPCLUSTER_ADMIN_TOKEN_FILE", "api.admin_token_file"),
+        honoured: (
+            "SIPCLUSTER_DISPATCHER_EDGES",
+            "127.0.0.1:5095,127.0.0.1:5096".into(),
+            "edges = [\n    \"127.0.0.1:5095\",\n    \"127.0.0.1:5096\",\n]".into(),
+        ),
+    };
+    let printed = dispatcher.check(&dir);
+    assert!(
+        !printed.contains("never-printed") && printed.contains("secret is set but not printed"),
+        "{printed}"
+    );
+    let media = ServiceCheck {
+        service: "media-relay",
+        file: format!(
+            "instance = \"relay-a\"\ncontrol_listen = \"127.0.0.1:50073\"\n\
+             metrics_listen = \"127.0.0.1:9193\"\nbind_v4 = \"127.0.0.1\"\n\
+             port_min = 31000\nport_max = 31999\n\
+             [api]\nedge_token_file = \"{edge}\"\n"
+        ),
+        env: vec![],
+        wrong_type: ("port_min = 31000", "port_min = \"low\"", "port_min"),
+        token: ("SIPCLUSTER_EDGE_TOKEN_FILE", "api.edge_token_file"),
+        honoured: (
+            "SIPCLUSTER_MEDIA_PORTS",
+            "32000-32999".into(),
+            "port_min = 32000\nport_max = 32999".into(),
+        ),
+    };
+    media.check(&dir);
+    let edge_check = ServiceCheck {
+        service: "edge",
+        file: format!(
+            "[sip]\nudp = [\"127.0.0.1:5094\"]\ntcp = [\"127.0.0.1:5094\"]\n\
+             domains = [\"example.com\"]\nrecord_route = false\n\
+             [location]\nendpoint = \"http://127.0.0.1:50071\"\ntoken_file = \"{edge}\"\n\
+             [metrics]\nlisten = \"off\"\n"
+        ),
+        env: vec![(
+            "SIPCLUSTER_NONCE_SECRET",
+            "a-nonce-secret-never-printed".into(),
+        )],
+        wrong_type: (
+            "record_route = false",
+            "record_route = \"no\"",
+            "record_route",
+        ),
+        token: ("SIPCLUSTER_EDGE_TOKEN_FILE", "location.token_file"),
+        honoured: (
+            "SIPCLUSTER_LOCATION",
+            "http://127.0.0.1:50099".into(),
+            "endpoint = \"http://127.0.0.1:50099\"".into(),
+        ),
+    };
+    let printed = edge_check.check(&dir);
+    assert!(!printed.contains("never-printed"), "{printed}");
+
+    // The dispatcher's secret from its file alone: accepted, and not printed either.
+    let file = dir.join("dispatcher.toml").display().to_string();
+    let o = run_cli(&["check-config", "dispatcher", "--config", &file]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(!o.stdout.contains("never-printed"), "{}", o.stdout);
+    // A Redis password from the environment replaces the file's password_file: used,
+    // said to be set, not printed. Both ways from the environment at once are refused.
+    let file = dir.join("location.toml").display().to_string();
+    let o = run_cli_env(
+        &["check-config", "location", "--config", &file],
+        &[
+            ("SIPCLUSTER_REDIS_PASSWORD_FILE", password_file.as_str()),
+            ("SIPCLUSTER_REDIS_PASSWORD", "an-env-password-never-printed"),
+        ],
+    );
+    assert_ne!(o.code, Some(0), "both ways at once: {o:?}");
+    assert!(o.stderr.contains("one way"), "{}", o.stderr);
+    let o = run_cli_env(
+        &["check-config", "location", "--config", &file],
+        &[("SIPCLUSTER_REDIS_PASSWORD", "an-env-password-never-printed")],
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        !o.stdout.contains("never-printed")
+            && !o.stdout.contains("password_file")
+            && o.stdout.contains("Redis password is set but not printed"),
+        "{}",
+        o.stdout
+    );
+    // A missing password file and a missing users file are named.
+    for (var, setting) in [
+        ("SIPCLUSTER_REDIS_PASSWORD_FILE", "backend.password_file"),
+        ("SIPCLUSTER_USERS", "users file"),
+    ] {
+        let o = run_cli_env(
+            &["check-config", "location", "--config", &file],
+            &[(var, "/nonexistent/file")],
+        );
+        assert_ne!(o.code, Some(0), "{var}: {o:?}");
+        assert!(
+            o.stderr.contains(setting) && o.stderr.contains("/nonexistent/file"),
+            "{var}: {}",
+            o.stderr
+        );
+    }
+    // An edge needs a location service; a service's flags are its own.
+    let o = run_cli_env(
+        &["check-config", "edge"],
+        &[("SIPCLUSTER_NONCE_SECRET", "a-nonce-secret-0123456789")],
+    );
+    assert!(o.stderr.contains("needs a location service"), "{o:?}");
+    let o = run_cli(&["check-config", "location", "--domain", "example.com"]);
+    assert_eq!(o.code, Some(2), "{o:?}");
+    // The log flags these services take outside their file are checked too.
+    let o = run_cli(&[
+        "check-config",
+        "media-relay",
+        "--edge-token-file",
+        &edge,
+        "--log-level",
+        "verbose",
+    ]);
+    assert!(o.stderr.contains("log.level"), "{o:?}");
 }
 
 #[test]

@@ -7,7 +7,11 @@
 //!   AOR leave exactly the bindings §10.3 says — and the same load through a naive
 //!   read-modify-write loses bindings, which shows the test can catch the race;
 //! * Redis Cluster slot migration mid-use: ASK during MIGRATING, MOVED after, both
-//!   followed by the client without an error reaching the caller.
+//!   followed by the client without an error reaching the caller;
+//! * Redis with a password (`requirepass`; a cluster's nodes with `masterauth` too): the
+//!   password from `backend.password_file` (or the URL) on every connection, standalone,
+//!   cluster seeds and the nodes found through them; without it the service is not ready
+//!   and answers UNAVAILABLE, never "not found"; it never reaches the log.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -16,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{Redis, cli, prefix};
-use common::workdir;
+use common::{Server, http_get, run_cli, workdir};
 use grpc_auth::{AuthMetrics, Token, Tokens};
-use location::backend::{Backend, DialogEnd, DialogKey, RedisBackend, RedisOptions};
+use location::backend::{Backend, DialogEnd, DialogKey, RedisBackend, RedisOptions, RedisPassword};
 use location::{LocationConfig, MemoryBackend};
 use location_client::{ClientConfig, LocationClient, pb};
 use sip_registrar::{
@@ -50,21 +54,22 @@ fn redis_backend(r: &Redis, test: &str, policy: Policy) -> Arc<dyn Backend> {
 
 /// The same, as its own type (to read its counters).
 fn redis_backend_of(r: &Redis, test: &str, policy: Policy) -> Arc<RedisBackend> {
-    Arc::new(
-        RedisBackend::new(
-            RedisOptions {
-                urls: r.urls.clone(),
-                cluster: r.cluster,
-                prefix: prefix(test),
-                pool_size: 2,
-                response_timeout: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(2),
-                publish_events: true,
-            },
-            policy,
-        )
-        .expect("backend"),
-    )
+    Arc::new(RedisBackend::new(redis_options(r, test), policy).expect("backend"))
+}
+
+/// The options of the tests' backends on `r`, with the key prefix of `test`.
+fn redis_options(r: &Redis, test: &str) -> RedisOptions {
+    RedisOptions {
+        urls: r.urls.clone(),
+        cluster: r.cluster,
+        prefix: prefix(test),
+        pool_size: 2,
+        response_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        publish_events: true,
+        password: None,
+        username: None,
+    }
 }
 
 /// Wait until the backend answers (the cluster connection is made in the background),
@@ -1280,4 +1285,184 @@ async fn one_redis_cluster_master_flushed_is_data_loss_not_not_found() {
         assert_eq!(cli(port, &["FLUSHALL"]).trim(), "OK");
     })
     .await;
+}
+
+/// The password of the Redis servers started with one here.
+const REDIS_PASSWORD: &str = "redis-pass-0123_x";
+
+/// A backend on `r` presenting `password` (standalone, cluster seeds, every node).
+fn redis_backend_with_password(r: &Redis, test: &str, password: &str) -> Arc<dyn Backend> {
+    let opts = RedisOptions {
+        password: Some(RedisPassword::new(password)),
+        ..redis_options(r, test)
+    };
+    Arc::new(RedisBackend::new(opts, policy()).expect("backend"))
+}
+
+/// `r`'s URLs with `password` written into them (`redis://:PASSWORD@host:port`).
+fn with_password_in_urls(r: &Redis, password: &str) -> Redis {
+    Redis {
+        urls: r
+            .urls
+            .iter()
+            .map(|u| u.replacen("redis://", &format!("redis://:{password}@"), 1))
+            .collect(),
+        cluster: r.cluster,
+        procs: Vec::new(),
+    }
+}
+
+/// Every data path of the backend against a Redis requiring a password: the pool or
+/// the cluster client, the change feed's subscription, and the per-node connections of
+/// listing and counting (a cluster's masters come from CLUSTER NODES without it).
+async fn conformance_with_password(r: &Redis, test: &str) {
+    conformance(redis_backend_with_password(
+        r,
+        &format!("{test}_c"),
+        REDIS_PASSWORD,
+    ))
+    .await;
+    listing(redis_backend_with_password(
+        r,
+        &format!("{test}_l"),
+        REDIS_PASSWORD,
+    ))
+    .await;
+    calls_listing(redis_backend_with_password(
+        r,
+        &format!("{test}_d"),
+        REDIS_PASSWORD,
+    ))
+    .await;
+    // A password written into the URLs keeps working, for the nodes found too.
+    let in_url = with_password_in_urls(r, REDIS_PASSWORD);
+    listing(redis_backend(&in_url, &format!("{test}_u"), policy())).await;
+    // A wrong password never answers: every call fails (the service then answers
+    // UNAVAILABLE), none says "not found".
+    let wrong = redis_backend_with_password(r, &format!("{test}_w"), "not-the-password");
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(wrong.ping().await.is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wrong.credentials("alice", "example.com").await.is_err());
+    assert!(wrong.list("", 10, 0).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_a_password_on_every_connection() {
+    let dir = workdir("redis_password");
+    let r = Redis::own_standalone_auth(&dir, Some(REDIS_PASSWORD));
+    conformance_with_password(&r, "redis_password").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_with_requirepass_and_masterauth_on_every_node() {
+    let dir = workdir("redis_cluster_password");
+    let r = Redis::own_cluster_auth(&dir, Some(REDIS_PASSWORD));
+    conformance_with_password(&r, "redis_cluster_password").await;
+}
+
+/// The service as a pod runs it: the password in a Secret's file, given by
+/// `--redis-password-file` (SIPCLUSTER_REDIS_PASSWORD_FILE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_location_service_reads_the_redis_password_from_a_file() {
+    let test = "redis_password_service";
+    let dir = workdir(test);
+    let file = dir.join("redis-password");
+    // As `kubectl create secret` from a file an editor saved: a final newline.
+    std::fs::write(&file, format!("{REDIS_PASSWORD}\n")).expect("password file");
+    let file = file.display().to_string();
+    let standalone = Redis::own_standalone_auth(&dir, Some(REDIS_PASSWORD));
+    let cluster = Redis::own_cluster_auth(&dir, Some(REDIS_PASSWORD));
+    let tokens = common::token_files(&dir);
+    let realm = "sipcluster.local";
+
+    // A file that cannot be read stops the start, naming the setting.
+    let mut args: Vec<String> = ["location", "--listen", "127.0.0.1:0", "--metrics", "off"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(standalone.location_args(&prefix(test)));
+    args.extend(["--edge-token-file".into(), tokens.edge_str()]);
+    args.extend([
+        "--redis-password-file".into(),
+        dir.join("missing").display().to_string(),
+    ]);
+    let o = run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("backend.password_file"), "{}", o.stderr);
+
+    // Without the password: up, not ready, saying why; every call UNAVAILABLE (the
+    // edges' 503), never NOT_FOUND or PERMISSION_DENIED (a 404 or 403 to a phone).
+    let bare = standalone.location_args(&prefix(test));
+    let bare: Vec<&str> = bare.iter().map(String::as_str).collect();
+    let unready = Server::location_unready(&dir, "no-password", &bare);
+    let (code, body) = http_get(unready.metrics, "/readyz").expect("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("backend unreachable"), "{body}");
+    let edge =
+        common::location_client(&format!("http://{}", unready.sip), Some(common::EDGE_TOKEN));
+    for r in [
+        edge.fetch_credentials("alice", realm).await.map(|_| ()),
+        edge.lookup_aor(&Aor::parse("sip:alice@sipcluster.local").unwrap())
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Err(location_client::ClientError::Call(s)) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}")
+            }
+            other => panic!("expected UNAVAILABLE, got {other:?}"),
+        }
+    }
+    let log = unready.log();
+    assert!(
+        log.contains("backend unreachable")
+            && (log.contains("NOAUTH") || log.contains("uthentication")),
+        "{log}"
+    );
+
+    // With the file: ready, serving the users file's credentials and registrations, on a
+    // standalone Redis and on a cluster (listing reads every master, each with the
+    // password).
+    for (name, r) in [("standalone", &standalone), ("cluster", &cluster)] {
+        let mut extra = r.location_args(&prefix(&format!("{test}_{name}")));
+        extra.extend(["--redis-password-file".into(), file.clone()]);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let loc = Server::location(&dir, name, &extra);
+        let url = format!("http://{}", loc.sip);
+        let edge = common::location_client(&url, Some(common::EDGE_TOKEN));
+        let admin = common::location_client(&url, Some(common::ADMIN_TOKEN));
+        assert!(
+            edge.fetch_credentials("alice", realm)
+                .await
+                .expect("credentials")
+                .is_some(),
+            "{name}: alice from the users file"
+        );
+        let outcome = edge
+            .register_request(&req(
+                "sip:alice@sipcluster.local",
+                &format!("{name}-1"),
+                1,
+                &[("sip:alice@192.0.2.7:5060", Some(600), None)],
+            ))
+            .await
+            .expect("register")
+            .expect("accepted");
+        assert_eq!(outcome.bindings.len(), 1, "{name}");
+        let (listed, _, _) = admin.list_bindings("", 100).await.expect("list");
+        assert!(
+            listed
+                .iter()
+                .any(|(aor, _)| aor.as_str() == "sip:alice@sipcluster.local"),
+            "{name}: {listed:?}"
+        );
+        let log = loc.log();
+        assert!(log.contains("with a password"), "{name}: {log}");
+        assert!(
+            !log.contains("pass-0123"),
+            "{name}: the password in the log: {log}"
+        );
+    }
 }

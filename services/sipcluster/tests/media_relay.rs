@@ -1,5 +1,6 @@
 //! `sipcluster media-relay` as a process: sessions over its real gRPC API, RTP and RTCP
-//! over real loopback sockets, statistics, the idle timeout, drain and SIGTERM.
+//! over real loopback sockets, statistics, the idle timeout, drain and SIGTERM, and its
+//! descriptor limit sized to the port range under `prlimit`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -1084,4 +1085,188 @@ fn a_foreign_sender_that_starts_first_cannot_take_the_call() {
         1.0,
         "only the one-way call counts"
     );
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of process `pid` (`self`: this one).
+fn nofile(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the nofile line");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Descriptors process `pid` holds now.
+fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd directory")
+        .count()
+}
+
+/// Offer and answer `call` with SDP addresses nobody listens on: a session holding a
+/// pair facing each party (four sockets).
+fn answered(
+    rt: &tokio::runtime::Runtime,
+    c: &mut Control,
+    call: &str,
+) -> Result<(), tonic::Status> {
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    rt.block_on(c.offer(pb::UpdateRequest::audio(call, "a", "", nowhere)))?;
+    rt.block_on(c.answer(pb::UpdateRequest::audio(call, "b", "a", nowhere)))?;
+    Ok(())
+}
+
+/// Started with a soft limit of 256 (below even the 1024 systemd and many container
+/// runtimes give) under a hard one of 65,536, a relay with 10,000 ports raises its soft
+/// limit to what the range needs (10,000 + a reserve of 128 + 2 for its worker) and
+/// holds more sockets than it started with.
+#[test]
+fn a_low_soft_descriptor_limit_is_raised_to_fit_the_port_range() {
+    const NEEDED: u64 = 10_130;
+    let dir = workdir("media_relay_nofile_soft");
+    // A process cannot raise its hard limit: where this one's is below 65,536, the test
+    // keeps it.
+    let hard = nofile("self").1.min(65_536);
+    assert!(
+        hard >= NEEDED,
+        "the test needs a hard RLIMIT_NOFILE of at least {NEEDED}, not {hard}"
+    );
+    let limit = format!("--nofile=256:{hard}");
+    let relay = Server::media_relay_under(
+        &dir,
+        "relay",
+        common::free_addr(),
+        "15000-24999",
+        &[],
+        &["prlimit", &limit],
+    );
+    let pid = relay.pid().to_string();
+    assert_eq!(nofile(&pid), (NEEDED, hard), "{}", relay.log());
+    let raised = log_lines(
+        &relay,
+        &[
+            "INFO",
+            "RLIMIT_NOFILE soft limit raised",
+            "needed=10130 ",
+            "soft_before=256 ",
+            "soft=10130 ",
+        ],
+    );
+    assert_eq!(raised.len(), 1, "{}", relay.log());
+    assert!(!relay.log().contains("too low"), "{}", relay.log());
+    let m = relay.scrape();
+    assert_eq!(
+        common::metric_value(&m, "sipcluster_media_fd_limit"),
+        10_130.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "sipcluster_media_fd_needed"),
+        10_130.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "sipcluster_media_max_sessions"),
+        100_000.0
+    );
+
+    // 100 answered calls: 400 sockets, past the 256 it started with.
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    for i in 0..100 {
+        answered(&rt, &mut c, &format!("call-{i}"))
+            .unwrap_or_else(|e| panic!("session {i}: {e:?}\n{}", relay.log()));
+    }
+    let (alice, bob) = (phone(), phone());
+    let (to_bob, to_alice) = offer_answer(&rt, &mut c, "talk", &alice, &bob);
+    let fds = open_fds(&pid);
+    assert!(fds > 404, "{fds} descriptors");
+    // The last call's sockets, above the old limit, carry media both ways.
+    let (heard_a, heard_b) = exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
+    assert_eq!((heard_a.len(), heard_b.len()), (20, 20), "{}", relay.log());
+}
+
+/// Under a hard limit of 256 the soft one cannot be raised: the relay uses the ports
+/// that fit (256 less the reserve of 130: 126 ports, 25000-25125, 63 pairs) and caps
+/// sessions at 31 (an answered call holds two pairs), says so loudly and in its metrics,
+/// and refuses the 32nd call with its usual RESOURCE_EXHAUSTED, not by running out of
+/// descriptors.
+#[test]
+fn a_hard_descriptor_limit_short_of_the_range_lowers_the_session_cap() {
+    const CAP: usize = 31;
+    let dir = workdir("media_relay_nofile_hard");
+    let mut relay = Server::media_relay_under(
+        &dir,
+        "relay",
+        common::free_addr(),
+        "25000-29999",
+        // Ports come back at once, so that a deleted call makes room for the next.
+        &["--quarantine-secs", "0"],
+        &["prlimit", "--nofile=256:256"],
+    );
+    let pid = relay.pid().to_string();
+    assert_eq!(nofile(&pid), (256, 256));
+    let warned = log_lines(&relay, &["WARN", "RLIMIT_NOFILE hard limit too low"]);
+    assert!(
+        warned.len() == 1
+            && [
+                "needed=5130 ",
+                "soft=256 ",
+                "hard=256 ",
+                "ports=25000-25125 ",
+                "max_sessions=31 ",
+                "configured_max_sessions=100000",
+            ]
+            .iter()
+            .all(|p| warned[0].contains(p)),
+        "{warned:?}\n{}",
+        relay.log()
+    );
+    let m = relay.scrape();
+    assert_eq!(common::metric_value(&m, "sipcluster_media_fd_limit"), 256.0);
+    assert_eq!(
+        common::metric_value(&m, "sipcluster_media_fd_needed"),
+        5130.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "sipcluster_media_max_sessions"),
+        CAP as f64
+    );
+
+    let rt = rt();
+    let mut c = rt.block_on(client(&relay));
+    for i in 0..CAP {
+        answered(&rt, &mut c, &format!("call-{i}"))
+            .unwrap_or_else(|e| panic!("session {i}: {e:?}\n{}", relay.log()));
+    }
+    let e = answered(&rt, &mut c, "one-too-many").expect_err("over the cap");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("session limit reached"), "{e:?}");
+    relay.assert_alive();
+    assert_eq!(
+        common::http_get(relay.metrics, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    let load = rt
+        .block_on(c.load(pb::LoadRequest {}))
+        .expect("load")
+        .into_inner();
+    assert_eq!(
+        (load.sessions, load.pairs_in_use),
+        (CAP as u32, 2 * CAP as u32)
+    );
+    let fds = open_fds(&pid);
+    assert!(fds < 256, "{fds} descriptors under a limit of 256");
+
+    // A call that ends makes room for the next, whose sockets carry media.
+    rt.block_on(c.delete(session_ref("call-0", "a", "b")))
+        .expect("delete");
+    let (alice, bob) = (phone(), phone());
+    let (to_bob, to_alice) = offer_answer(&rt, &mut c, "talk", &alice, &bob);
+    let (heard_a, heard_b) = exchange(&alice, ports(&to_alice), &bob, ports(&to_bob), 0..20, None);
+    assert_eq!((heard_a.len(), heard_b.len()), (20, 20), "{}", relay.log());
+    relay.assert_alive();
 }

@@ -19,7 +19,7 @@ use sip_registrar::{Aor, Binding, RegisterError, RegisterOutcome, RegisterReques
 use tokio::sync::broadcast;
 
 pub use self::memory::MemoryBackend;
-pub use self::redis::{RedisBackend, RedisOptions};
+pub use self::redis::{RedisBackend, RedisOptions, RedisPassword, redacted, url_has_password};
 
 /// Why a backend call failed. Rule refusals are not errors (see [`Backend::register`]).
 #[derive(Debug, Clone, thiserror::Error)]

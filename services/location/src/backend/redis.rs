@@ -37,7 +37,9 @@ use location_client::{convert, pb};
 use prost::Message;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value,
+};
 use sip_auth::Credentials;
 use sip_registrar::{
     Aor, Binding, Policy, RegisterError, RegisterOutcome, RegisterRequest, apply_register,
@@ -154,11 +156,41 @@ fn marker_keys(prefix: &str, cluster: bool) -> Vec<String> {
         .collect()
 }
 
+/// A Redis password. Its `Debug` shows no more than that it is set, so that it never
+/// reaches a log line or a panic message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(String);
+
+impl RedisPassword {
+    /// The password `text`, as is.
+    pub fn new(text: impl Into<String>) -> RedisPassword {
+        RedisPassword(text.into())
+    }
+
+    /// The password itself, for `AUTH`. Never log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
+}
+
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://host:port` URLs: one for standalone, the seed nodes for a cluster.
+    /// `redis://host:port` URLs: one for standalone, the seed nodes for a cluster. A
+    /// password in them (`redis://:PASSWORD@host`) is used as `password` would be.
     pub urls: Vec<String>,
+    /// The password of every connection (`AUTH`): the standalone server's, the cluster
+    /// seeds' and their nodes'.
+    pub password: Option<RedisPassword>,
+    /// The ACL user of `password`; `None`: the `default` user.
+    pub username: Option<String>,
     /// Cluster mode (MOVED/ASK, slot map) instead of a single server.
     pub cluster: bool,
     /// Key prefix (several deployments or tests may share a Redis).
@@ -208,9 +240,70 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The credentials every connection presents.
+#[derive(Clone, Default)]
+struct Auth {
+    username: Option<String>,
+    password: Option<RedisPassword>,
+}
+
+impl Auth {
+    /// The configured credentials, else the first URL's: the nodes found through CLUSTER
+    /// NODES come as bare `host:port`, and need the seeds' password as much as the seeds.
+    fn of(opts: &RedisOptions) -> Auth {
+        if opts.password.is_some() {
+            return Auth {
+                username: opts.username.clone(),
+                password: opts.password.clone(),
+            };
+        }
+        let Some(info) = opts
+            .urls
+            .first()
+            .and_then(|u| u.as_str().into_connection_info().ok())
+        else {
+            return Auth::default();
+        };
+        let r = info.redis_settings();
+        Auth {
+            username: r.username().map(str::to_owned),
+            password: r.password().map(RedisPassword::new),
+        }
+    }
+
+    /// `url`'s connection, with these credentials unless it carries a password of its own.
+    fn connection_info(&self, url: &str) -> Result<ConnectionInfo, RedisError> {
+        let info = url.into_connection_info()?;
+        let (Some(password), None) = (&self.password, info.redis_settings().password()) else {
+            return Ok(info);
+        };
+        let mut r = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        if let Some(u) = &self.username {
+            r = r.set_username(u);
+        }
+        Ok(info.set_redis_settings(r))
+    }
+
+    /// A client of `url` with these credentials.
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        redis::Client::open(self.connection_info(url)?)
+    }
+}
+
+/// Whether a Redis URL carries a password (`redis://[user]:PASSWORD@host`).
+pub fn url_has_password(url: &str) -> bool {
+    url.into_connection_info()
+        .is_ok_and(|i| i.redis_settings().password().is_some())
+}
+
 /// The Redis (or Redis Cluster) backend.
 pub struct RedisBackend {
     opts: RedisOptions,
+    /// What every connection presents (see [`Auth::of`]).
+    auth: Auth,
     policy: Policy,
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
@@ -248,6 +341,7 @@ impl std::fmt::Debug for RedisBackend {
             )
             .field("cluster", &self.opts.cluster)
             .field("prefix", &self.opts.prefix)
+            .field("password", &self.auth.password)
             .finish_non_exhaustive()
     }
 }
@@ -295,15 +389,23 @@ impl RedisBackend {
         }
         let mut pool = Vec::new();
         let cluster = Arc::new(OnceLock::new());
+        let auth = Auth::of(&opts);
         if opts.cluster {
-            let client = redis::cluster::ClusterClient::builder(opts.urls.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(opts.urls.clone())
                 .connection_timeout(opts.connect_timeout)
                 .response_timeout(opts.response_timeout)
                 .retries(3)
                 .min_retry_wait(10)
-                .max_retry_wait(200)
-                .build()
-                .map_err(rerr)?;
+                .max_retry_wait(200);
+            // For the seeds and every node the client finds through them (a password in
+            // the seed URLs is taken from them by the client itself).
+            if let Some(p) = &opts.password {
+                builder = builder.password(p.expose());
+                if let Some(u) = &opts.username {
+                    builder = builder.username(u);
+                }
+            }
+            let client = builder.build().map_err(rerr)?;
             let slot = cluster.clone();
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(100);
@@ -323,7 +425,7 @@ impl RedisBackend {
                 }
             });
         } else {
-            let client = redis::Client::open(opts.urls[0].as_str()).map_err(rerr)?;
+            let client = auth.client(&opts.urls[0]).map_err(rerr)?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(opts.connect_timeout))
                 .set_response_timeout(Some(opts.response_timeout))
@@ -341,6 +443,7 @@ impl RedisBackend {
         let events = broadcast::channel(1024).0;
         let markers = marker_keys(&opts.prefix, opts.cluster);
         Ok(RedisBackend {
+            auth,
             markers,
             cas_conflicts: Default::default(),
             opts,
@@ -532,7 +635,7 @@ impl RedisBackend {
         let mut last = BackendError::Redis("no seed answered".into());
         for seed in &self.opts.urls {
             let nodes: Result<String, BackendError> = async {
-                let client = redis::Client::open(seed.as_str()).map_err(rerr)?;
+                let client = self.auth.client(seed).map_err(rerr)?;
                 let mut c = client
                     .get_multiplexed_async_connection()
                     .await
@@ -563,7 +666,7 @@ impl RedisBackend {
             vec![self.opts.urls[0].clone()]
         };
         for url in nodes {
-            let client = redis::Client::open(url.as_str()).map_err(rerr)?;
+            let client = self.auth.client(&url).map_err(rerr)?;
             let mut c = client
                 .get_multiplexed_async_connection()
                 .await
@@ -720,7 +823,7 @@ impl RedisBackend {
         let mut out = Vec::new();
         let mut steps = 0;
         while node < nodes.len() && out.len() < limit {
-            let client = redis::Client::open(nodes[node].as_str()).map_err(rerr)?;
+            let client = self.auth.client(&nodes[node]).map_err(rerr)?;
             let mut c = client
                 .get_multiplexed_async_connection()
                 .await
@@ -804,7 +907,7 @@ async fn scan_sets(
 }
 
 /// A Redis URL without its password (`redis://user:secret@host` → `redis://user:***@host`).
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
             let userinfo = &rest[..at - scheme.len() - 3];
@@ -911,6 +1014,7 @@ fn dialog_from_fields(flat: &[(String, Vec<u8>)]) -> pb::Dialog {
 /// time, watchers get the resync marker: changes made while it was down are not replayed.
 fn spawn_subscriber(
     urls: Vec<String>,
+    auth: Auth,
     channel: String,
     events: Events,
     live: Arc<tokio::sync::watch::Sender<bool>>,
@@ -920,7 +1024,7 @@ fn spawn_subscriber(
         let mut first = true;
         for url in urls.iter().cycle() {
             let sub = async {
-                let client = redis::Client::open(url.as_str())?;
+                let client = auth.client(url)?;
                 let mut ps = client.get_async_pubsub().await?;
                 ps.subscribe(&channel).await?;
                 Ok::<_, RedisError>(ps)
@@ -948,10 +1052,10 @@ fn spawn_subscriber(
                     }
                     live.send_replace(false);
                     let _ = events.send(super::resync_marker());
-                    tracing::warn!(%url, "binding event subscription lost; resubscribing");
+                    tracing::warn!(url = %redacted(url), "binding event subscription lost; resubscribing");
                 }
                 Err(e) => {
-                    tracing::warn!(%url, error = %e, retry_in = ?delay, "binding event subscription failed");
+                    tracing::warn!(url = %redacted(url), error = %e, retry_in = ?delay, "binding event subscription failed");
                 }
             }
             tokio::time::sleep(delay).await;
@@ -1063,8 +1167,15 @@ impl Backend for RedisBackend {
 
     fn summary(&self) -> String {
         let urls: Vec<String> = self.opts.urls.iter().map(|u| redacted(u)).collect();
+        // Whether a password is presented (never which): a NOAUTH or WRONGPASS in the log
+        // then reads at once as a missing or a wrong password.
+        let auth = match (&self.auth.password, &self.auth.username) {
+            (None, _) => String::new(),
+            (Some(_), None) => ", with a password".to_owned(),
+            (Some(_), Some(u)) => format!(", as user {u:?} with a password"),
+        };
         format!(
-            "{} {} (prefix {:?})",
+            "{} {} (prefix {:?}{auth})",
             if self.opts.cluster {
                 "redis-cluster"
             } else {
@@ -1435,6 +1546,7 @@ impl Backend for RedisBackend {
         if !self.subscribed.swap(true, Ordering::Relaxed) {
             spawn_subscriber(
                 self.opts.urls.clone(),
+                self.auth.clone(),
                 self.channel.clone(),
                 self.events.clone(),
                 self.subscription.clone(),

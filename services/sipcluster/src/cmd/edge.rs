@@ -1,6 +1,6 @@
 //! `sipcluster edge`: an edge proxy and registrar in cluster mode (registrations and
 //! credentials in the location service). Its flags are also the all-in-one's and
-//! `check-config`'s: the three read the same configuration.
+//! `check-config`'s: they read the same configuration.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -206,14 +206,21 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
     Ok(cfg)
 }
 
-/// Run until SIGTERM, then drain.
-pub fn run(a: &EdgeArgs) -> Result<()> {
+/// The configuration of `sipcluster edge`: validated, with the location service it
+/// needs (the all-in-one's does without one).
+pub fn build_cluster_config(a: &EdgeArgs) -> Result<EdgeConfig> {
     let cfg = build_config(a)?;
     if cfg.location.endpoint.is_none() {
         bail!(
             "sipcluster edge needs a location service: set location.endpoint, SIPCLUSTER_LOCATION or --location"
         );
     }
+    Ok(cfg)
+}
+
+/// Run until SIGTERM, then drain.
+pub fn run(a: &EdgeArgs) -> Result<()> {
+    let cfg = build_cluster_config(a)?;
     init_logging(&cfg.log.level, &cfg.log.format)?;
     runtime(cfg.runtime.workers)?.block_on(async {
         let handle = edge::start_cluster(cfg).await?;

@@ -32,6 +32,18 @@ pub struct LocationArgs {
     /// Key prefix in Redis.
     #[arg(long, env = "SIPCLUSTER_REDIS_PREFIX")]
     pub prefix: Option<String>,
+    /// File holding the Redis password (e.g. a Kubernetes Secret mount; its trailing
+    /// newline is trimmed): backend.password_file.
+    #[arg(long, env = "SIPCLUSTER_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// The Redis password itself (an environment variable from a Secret; on a command line
+    /// it would show in `ps`, so prefer --redis-password-file there). Never printed.
+    #[arg(long, env = "SIPCLUSTER_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// The Redis 6 ACL user of the password (backend.username; default: the `default`
+    /// user).
+    #[arg(long, env = "SIPCLUSTER_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
     /// Metrics/health HTTP address, or `off`.
     #[arg(long, env = "SIPCLUSTER_METRICS")]
     pub metrics: Option<String>,
@@ -70,6 +82,27 @@ pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
     }
     if let Some(p) = &a.prefix {
         cfg.backend.prefix = p.clone();
+    }
+    // The password file and the password are one setting given two ways: either one from
+    // the environment or a flag replaces whatever the file said; both at once are refused.
+    match (&a.redis_password_file, &a.redis_password) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "backend.password_file: both --redis-password-file (SIPCLUSTER_REDIS_PASSWORD_FILE) \
+             and --redis-password (SIPCLUSTER_REDIS_PASSWORD) are set: give the Redis password \
+             one way"
+        ),
+        (Some(f), None) => {
+            cfg.backend.password_file = Some(f.clone());
+            cfg.backend.password = None;
+        }
+        (None, Some(p)) => {
+            cfg.backend.password = Some(location::backend::RedisPassword::new(p.as_str()));
+            cfg.backend.password_file = None;
+        }
+        (None, None) => {}
+    }
+    if a.redis_username.is_some() {
+        cfg.backend.username = a.redis_username.clone();
     }
     if let Some(m) = &a.metrics {
         cfg.metrics_listen = listen_flag("metrics", m)?;

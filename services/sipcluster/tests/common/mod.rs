@@ -361,6 +361,19 @@ impl Server {
         ports: &str,
         extra: &[&str],
     ) -> Server {
+        Server::media_relay_under(dir, name, control, ports, extra, &[])
+    }
+
+    /// [`Server::media_relay_at`] exec'd by `wrapper` (e.g. `prlimit --nofile=256:256`,
+    /// which sets the limit and execs the relay: the child's PID is the relay's).
+    pub fn media_relay_under(
+        dir: &Path,
+        name: &str,
+        control: SocketAddr,
+        ports: &str,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Server {
         let mut args = vec![
             "--control".to_owned(),
             control.to_string(),
@@ -370,20 +383,29 @@ impl Server {
             ports.to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::launch(
+        Server::launch_under(
             dir,
             name,
             "media-relay",
-            control,
-            free_addr(),
+            (control, free_addr()),
             &args,
             "/readyz",
+            wrapper,
         )
     }
 
     /// Start a location service on free ports.
     pub fn location(dir: &Path, name: &str, extra: &[&str]) -> Server {
         Server::location_at(dir, name, free_addr(), free_addr(), extra)
+    }
+
+    /// A location service expected not to become ready (its backend refuses it), with
+    /// no users file: started once `/healthz` answers.
+    pub fn location_unready(dir: &Path, name: &str, extra: &[&str]) -> Server {
+        let grpc = free_addr();
+        let mut args = vec!["--listen".to_owned(), grpc.to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch(dir, name, "location", grpc, free_addr(), &args, "/healthz")
     }
 
     /// Start and wait until `wait` (`/readyz` or `/healthz`) answers 200.
@@ -396,8 +418,29 @@ impl Server {
         args: &[String],
         wait: &str,
     ) -> Server {
+        Server::launch_under(dir, name, sub, (sip, metrics), args, wait, &[])
+    }
+
+    /// [`Server::launch`] through `wrapper` (a command that execs the rest), if any.
+    fn launch_under(
+        dir: &Path,
+        name: &str,
+        sub: &str,
+        (sip, metrics): (SocketAddr, SocketAddr),
+        args: &[String],
+        wait: &str,
+        wrapper: &[&str],
+    ) -> Server {
         let log = fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipcluster"));
+        let bin = env!("CARGO_BIN_EXE_sipcluster");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg(sub).args(["--metrics", &metrics.to_string()]);
         cmd.env("XDG_STATE_HOME", state_home(dir));
         if !args.iter().any(|a| a == "--log-level") {

@@ -17,11 +17,19 @@ pub struct RedisProc {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// Its `requirepass` (and `masterauth`), if any.
+    pub password: Option<String>,
 }
 
 impl RedisProc {
     /// Start on `port` (free), as a cluster node when `cluster`.
     pub fn start(dir: &Path, port: u16, cluster: bool) -> RedisProc {
+        RedisProc::start_auth(dir, port, cluster, None)
+    }
+
+    /// [`RedisProc::start`] requiring `password` of every client (`requirepass`) and
+    /// presenting it to its master (`masterauth`, for a cluster's replication).
+    pub fn start_auth(dir: &Path, port: u16, cluster: bool, password: Option<&str>) -> RedisProc {
         let bin = which("redis-server").unwrap_or_else(|| {
             panic!("redis-server is not installed: run ./scripts/test.sh, which installs it")
         });
@@ -32,6 +40,9 @@ impl RedisProc {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--dir", &d.display().to_string()])
             .args(["--logfile", &d.join("redis.log").display().to_string()]);
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p, "--masterauth", p]);
+        }
         if cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
                 .args([
@@ -49,9 +60,10 @@ impl RedisProc {
             child,
             port,
             dir: d,
+            password: password.map(str::to_owned),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(port, &["PING"]).trim() != "PONG" {
+        while cli_auth(port, password, &["PING"]).trim() != "PONG" {
             assert!(Instant::now() < deadline, "redis-server on {port} not up");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -97,12 +109,21 @@ pub fn free_cluster_port() -> u16 {
 
 /// `redis-cli -p PORT args...` output (empty on failure).
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_auth(port, None, args)
+}
+
+/// [`cli`] authenticating with `password`.
+pub fn cli_auth(port: u16, password: Option<&str>, args: &[&str]) -> String {
     let Some(bin) = which("redis-cli") else {
         return String::new();
     };
-    Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(p) = password {
+        // REDISCLI_AUTH rather than `-a`: no warning on stderr, nothing in `ps`.
+        cmd.env("REDISCLI_AUTH", p);
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -131,7 +152,12 @@ impl Redis {
 
     /// A private standalone server (for tests that kill it).
     pub fn own_standalone(dir: &Path) -> Redis {
-        let p = RedisProc::start(dir, free_port(), false);
+        Redis::own_standalone_auth(dir, None)
+    }
+
+    /// A private standalone server requiring `password` (if any); its URL carries none.
+    pub fn own_standalone_auth(dir: &Path, password: Option<&str>) -> Redis {
+        let p = RedisProc::start_auth(dir, free_port(), false, password);
         Redis {
             urls: vec![p.url()],
             cluster: false,
@@ -153,8 +179,14 @@ impl Redis {
 
     /// A private 3-master cluster (for tests that move slots).
     pub fn own_cluster(dir: &Path) -> Redis {
+        Redis::own_cluster_auth(dir, None)
+    }
+
+    /// A private 3-master cluster whose nodes require `password` (if any) of clients and
+    /// of each other; its URLs carry none.
+    pub fn own_cluster_auth(dir: &Path, password: Option<&str>) -> Redis {
         let procs: Vec<RedisProc> = (0..3)
-            .map(|_| RedisProc::start(dir, free_cluster_port(), true))
+            .map(|_| RedisProc::start_auth(dir, free_cluster_port(), true, password))
             .collect();
         let nodes: Vec<String> = procs
             .iter()
@@ -163,10 +195,10 @@ impl Redis {
         let mut args = vec!["--cluster", "create"];
         args.extend(nodes.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        cli(procs[0].port, &args);
+        cli_auth(procs[0].port, password, &args);
         let deadline = Instant::now() + Duration::from_secs(20);
         for p in &procs {
-            while !cli(p.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            while !cli_auth(p.port, password, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "Redis cluster not ok in 20 s");
                 std::thread::sleep(Duration::from_millis(50));
             }
