@@ -128,6 +128,15 @@ if ! "$PYVENV/bin/python" -c 'import confluent_kafka, google.protobuf, grpc_tool
     cat "$WORK/pip.log"; exit 1
   }
 fi
+# The Helm chart's checks: Helm's own Go library (no helm binary can be installed here) and
+# kubernetes-validate's schemas of a current Kubernetes, pinned so that a new release of
+# either cannot change a run.
+if ! "$PYVENV/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
+  step "installing helm-python-sdk and kubernetes-validate into $PYVENV (cached)"
+  "$PYVENV/bin/pip" install --quiet helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 >"$WORK/pip-helm.log" 2>&1 || {
+    cat "$WORK/pip-helm.log"; exit 1
+  }
+fi
 export SIPCLUSTER_TEST_PYTHON="$PYVENV/bin/python"
 need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
 need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
@@ -285,9 +294,41 @@ cargo test --workspace --locked --no-fail-fast
 elapsed $t
 
 t=$SECONDS
+step "Helm chart: lint, render, kubernetes-validate, check-config on what it passes, probes, a real kube-apiserver"
+"$PYVENV/bin/python" tests/helm/test_chart.py --bin target/debug/sipcluster
+elapsed $t
+
+t=$SECONDS
+step "alert rules: promtool check rules and test rules (deploy/prometheus)"
+promtool check rules deploy/prometheus/*-rules.yaml
+(cd deploy/prometheus && promtool test rules ./*.test.yaml)
+elapsed $t
+
+t=$SECONDS
 step "the README's commands, exactly as printed (the first run builds the release binary)"
 scripts/readme-check.sh
 elapsed $t
+
+# --- the container image ------------------------------------------------------------------
+# deploy/docker/Dockerfile's image, built without a Docker engine or a registry (buildah,
+# FROM scratch) and run from its OCI archive with only its own files: chrooted, read-only
+# root, user 65532, SIP OPTIONS over loopback UDP (tests/image/test-image.sh). Needs root
+# (namespaces, chroot, mounts); the release binary is already built by the README check.
+if [ "$(id -u)" -eq 0 ]; then
+  t=$SECONDS
+  need_apt buildah buildah
+  need_apt umoci umoci
+  step "container image: scripts/build-image.sh, then tests/image/test-image.sh"
+  image=$(scripts/build-image.sh "$WORK/sipcluster.oci.tar" 2>"$WORK/build-image.log") || {
+    cat "$WORK/build-image.log"; exit 1
+  }
+  grep '^==> image ' "$WORK/build-image.log" | sed 's/^==> /    /'
+  tests/image/test-image.sh "$image" >"$WORK/test-image.log" 2>&1 || { cat "$WORK/test-image.log"; exit 1; }
+  grep -E '^    (ok|root filesystem)' "$WORK/test-image.log"
+  elapsed $t
+else
+  step "container image: NOT TESTED (scripts/build-image.sh and tests/image/test-image.sh need root: namespaces, chroot, mounts)"
+fi
 
 t=$SECONDS
 step "benchmarks compile and run once (figures come from 'cargo bench', not from tests)"
