@@ -53,6 +53,7 @@ VALUE_SETS = {
     "hostnetwork": [ROOT / "helm/examples/values-hostnetwork.yaml"],
     "redis-cluster": [ROOT / "tests/helm/values-redis-cluster.yaml"],
     "edge-only": [ROOT / "tests/helm/values-edge-only.yaml"],
+    "overrides": [ROOT / "tests/helm/values-overrides.yaml"],
 }
 # What the Downward API gives a pod, for the checks that run the binary outside one.
 FIELD_VALUES = {
@@ -171,6 +172,9 @@ def schema_checks() -> None:
         ({"mediaRelay": {"ports": {"min": 0}}}, "/mediaRelay/ports/min"),
         ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled"),
         ({"edge": {"enabled": True, "autoscaling": {"targetCPUUtilizationPercentage": 170}}}, "targetCPU"),
+        ({"location": {"onDataLoss": "reprovision"}}, "usersExistingSecret"),
+        ({"mediaRelay": {"ports": {"min": 80}}}, "/mediaRelay/ports/min"),
+        ({"edge": {"pdb": {"maxUnavailable": "half"}}}, "/edge/pdb/maxUnavailable"),
     ]
     for vals, where in wrong:
         try:
@@ -182,12 +186,37 @@ def schema_checks() -> None:
     # Mistakes only a template can see fail the install with a message naming the key.
     for vals, msg in [
         ({"location": {"redis": {"url": ""}}}, "location.redis.url"),
+        ({"location": {"enabled": False}}, "edge.externalLocation"),
+        ({"mediaRelay": {"advertise": {"from": "static", "address": "203.0.113.5"}}}, "mediaRelay.advertise.from static"),
     ]:
         try:
             render(vals)
             check(False, f"render accepted {vals}")
         except helm.HelmError as e:
             check(msg in str(e), f"render refusal of {vals} names {msg}: {e}")
+
+
+def override_checks(rendered: dict[str, list[dict]]) -> None:
+    """What the overrides value set asked for is what the services are given."""
+    import tomllib
+    docs = rendered["overrides"]
+    edge = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+    check(edge["sip"]["record_route"] is False, f"config: record_route false over the chart's true: {edge['sip']}")
+    check(edge["sip"]["aliases"] == ["[2001:db8::10]:5060"], f"an IPv6 public address as an alias: {edge['sip']}")
+    props = edge["accounting"]["kafka"]["properties"]
+    check(props == {"linger.ms": "5", "enable.ssl.certificate.verification": "false"},
+          f"librdkafka properties as strings: {props}")
+    loc = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-location")["data"]["location.toml"])
+    check(loc.get("users_file") == "/etc/sipcluster-users/users.toml", f"users file from the Secret: {loc}")
+    env = {e["name"]: e.get("value") for e in by_kind_name(docs, "Deployment", "sc-sipcluster-edge")
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    check(env.get("SIPCLUSTER_ADVERTISE") == "2001:db8::10", f"edges without dispatchers advertise the public address: {env}")
+    svc = by_kind_name(docs, "Service", "sc-sipcluster-edge")
+    check(all(p["name"] != "metrics" for p in svc["spec"]["ports"]), "no metrics port on a LoadBalancer")
+    mixed = render({"dispatcher": {"service": {"mixedProtocol": True}}})
+    sip = by_kind_name(mixed, "Service", "sc-sipcluster-dispatcher-sip")
+    check(sorted(p["protocol"] for p in sip["spec"]["ports"]) == ["TCP", "UDP"], f"one mixed Service: {sip['spec']}")
+    print("    overrides: config false over true, IPv6 alias, string properties, users Secret, mixed Service", flush=True)
 
 
 # --- the binary's own validation of what the chart passes -------------------------------
@@ -227,6 +256,8 @@ class Pod:
                 for it in items:
                     if chart_secret is not None:
                         data = base64.b64decode(chart_secret["data"][it["key"]]).decode()
+                    elif it["path"] == "users.toml":
+                        data = (ROOT / "deploy/all-in-one/users.toml").read_text()
                     else:
                         data = secret_values.setdefault(f"{name}/{it['key']}", secrets.token_hex(24))
                     f = target / it["path"]
@@ -237,9 +268,13 @@ class Pod:
         self.env = self._env(docs, secret_values)
 
     def moved(self, s: str) -> str:
-        for src, dst in self.moves:
-            s = s.replace(src, dst)
-        return s
+        # One pass, whole path components only: /etc/sipcluster is not a prefix of
+        # /etc/sipcluster-users, and a moved path is never moved again.
+        if not self.moves:
+            return s
+        dst = dict(self.moves)
+        pattern = "|".join(re.escape(src) for src, _ in self.moves)
+        return re.sub(rf"(?<![\w./-])({pattern})(?=/|$|[^\w.-])", lambda m: dst[m.group(1)], s)
 
     def _env(self, docs: list[dict], secret_values: dict[str, str]) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -550,6 +585,7 @@ def main() -> int:
         rendered = lint_render_validate(work, a.validate)
         print("  values.schema.json", flush=True)
         schema_checks()
+        override_checks(rendered)
         print("  the binary's own validation of what the chart passes", flush=True)
         check_config(a.bin, rendered, work)
         print("  probe paths on running services", flush=True)

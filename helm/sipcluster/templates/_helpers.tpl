@@ -192,6 +192,25 @@ can be, else quoted; integers stay integers; lists of maps become inline tables.
 {{- end -}}
 {{- end -}}
 
+{{/*
+A service's settings: the chart's, then `config:` from values over them, key by key.
+Sprig's mergeOverwrite skips a false or 0 in the values (mergo treats them as empty), so
+`config: {sip: {record_route: false}}` would be lost: this merge keeps every value given.
+Returns JSON (templates return strings); fromJson turns it back into a map.
+*/}}
+{{- define "sipcluster.merge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $k, $v := .over -}}
+{{- $old := index $out $k -}}
+{{- if and (kindIs "map" $v) (kindIs "map" $old) -}}
+{{- $_ := set $out $k (include "sipcluster.merge" (dict "base" $old "over" $v) | fromJson) -}}
+{{- else -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
 {{/* The whole file from a map. */}}
 {{- define "sipcluster.toml" -}}
 {{- include "sipcluster.toml.table" (dict "path" "" "map" .) | trimPrefix "\n" }}
