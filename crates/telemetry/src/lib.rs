@@ -8,8 +8,9 @@
 //! cannot run" every service reports at start, and [`config_file`], the one shape of the
 //! resolved configuration `check-config` prints; [`logging`], the checked log set-up; and
 //! [`LogLimit`], the rate limit on log lines a peer can trigger; [`AcceptBackoff`], what
-//! every listener does when `accept` fails; and [`nofile`], the process's descriptor limit
-//! as every service reads and raises it.
+//! every listener does when `accept` fails; [`nofile`], the process's descriptor limit
+//! as every service reads and raises it; and [`process`], the build and process metrics
+//! every endpoint adds (`sipcluster_build_info`, `process_*`).
 //!
 //! The HTTP endpoint has a budget of its own ([`HttpLimits`]): a few connections at once,
 //! each closed after a short deadline whatever it sends. Probes and scrapes are short, and
@@ -18,9 +19,11 @@
 
 mod accept;
 pub mod config_file;
+pub mod exposition;
 pub mod listen;
 pub mod logging;
 pub mod nofile;
+pub mod process;
 mod ratelimit;
 
 pub use accept::AcceptBackoff;
@@ -229,6 +232,9 @@ pub async fn serve_with_limits(
     ready: impl Into<Readiness>,
     limits: HttpLimits,
 ) -> std::io::Result<()> {
+    let mut registry = registry;
+    // Whatever roles the process plays, its build and its resources once per endpoint.
+    registry.register_collector(Box::new(process::ProcessCollector::default()));
     let state = HttpState {
         registry: Arc::new(registry),
         ready: ready.into(),
@@ -280,22 +286,35 @@ pub async fn serve_with_limits(
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+async fn metrics(State(s): State<HttpState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
+    if prometheus_client::encoding::text::encode(&mut body, &s.registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
+    }
+    // Prometheus asks for OpenMetrics; curl and promtool get the classic text format.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if exposition::wants_openmetrics(accept) {
+        (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            body,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        ),
+            exposition::openmetrics(&body),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            exposition::classic(&body),
+        )
     }
 }
 

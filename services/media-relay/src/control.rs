@@ -172,7 +172,7 @@ impl Relay {
                 self.metrics
                     .loss
                     .observe(side.lost as f64 / side.expected as f64);
-                self.metrics.jitter_ms.observe(side.jitter_ms);
+                self.metrics.jitter.observe(side.jitter_ms / 1000.0);
             }
         }
         let sum = |f: fn(&SideStats) -> u64| info.sides.iter().map(f).sum::<u64>();

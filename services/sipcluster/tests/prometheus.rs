@@ -69,9 +69,9 @@ fn prometheus_scrapes_the_edge() {
         assert_eq!(r.as_deref().map(status), Some(200));
     }
 
-    // The exposition is OpenMetrics (promtool 2.42's `check metrics` reads only the older
-    // text format, so the real server's ingestion below is the check).
-    let text = srv.scrape();
+    // What Prometheus asks for is OpenMetrics (a scrape without Accept gets the classic
+    // text format: see every_service_exposes_lint_clean_metrics_...).
+    let (_, text) = http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
     assert!(
         text.ends_with("# EOF\n"),
         "OpenMetrics exposition ends with # EOF"
@@ -144,4 +144,99 @@ fn prometheus_scrapes_the_edge() {
         "sum(sipcluster_dispatcher_sip_transport_messages_received_total{side=\"public\"})",
     );
     assert!(received.is_some_and(|v| v >= 5.0), "{received:?}");
+}
+
+/// Every service's `/metrics`, as `curl` and `promtool` get it (the classic text format),
+/// passes `promtool check metrics` (one family per name, help on every metric, the
+/// dispatcher's two transport sides in one family), and carries the build and the
+/// process's resources; Prometheus itself gets OpenMetrics ending in `# EOF`.
+#[test]
+fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
+    let promtool = which("promtool").expect("promtool is not installed: run ./scripts/test.sh");
+    let dir = workdir("metrics_lint");
+    let loc = Server::location(&dir, "location", &[]);
+    let edge = Server::edge(&dir, "edge", loc.sip, &[]);
+    let (disp, _admin) = Server::dispatcher(&dir, "dispatcher", &[edge.sip], &[]);
+    let relay = Server::media_relay(&dir, "relay", "41000-41019", &[]);
+    let aio = Server::start(&dir, &[]);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (name, srv) in [
+        ("location", &loc),
+        ("edge", &edge),
+        ("dispatcher", &disp),
+        ("media-relay", &relay),
+        ("all-in-one", &aio),
+    ] {
+        let text = srv.scrape();
+        let file = dir.join(format!("{name}.prom"));
+        fs::write(&file, &text).unwrap();
+        let out = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value = |sample: &str| common::metric_value(&text, sample);
+        assert_eq!(
+            value(&format!(
+                "sipcluster_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )),
+            1.0,
+            "{name}"
+        );
+        assert!(value("process_cpu_seconds_total") > 0.0, "{name}: {text}");
+        assert!(value("process_resident_memory_bytes") > 1e6, "{name}");
+        let open = value("process_open_fds");
+        assert!(open >= 3.0 && open <= value("process_max_fds"), "{name}");
+        let start = value("process_start_time_seconds");
+        assert!(
+            (started - 120.0..started + 5.0).contains(&start),
+            "{name}: started at {start}, the test at {started}"
+        );
+        let (code, om) = http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
+        assert_eq!(code, 200, "{name}");
+        assert!(
+            om.ends_with("# EOF\n"),
+            "{name}: OpenMetrics for Prometheus"
+        );
+    }
+    // The dispatcher's two sides are one family each (promtool refused two blocks).
+    let text = disp.scrape();
+    assert_eq!(
+        text.matches("# HELP sipcluster_dispatcher_sip_transport_messages_received_total ")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("side=\"public\"") && text.contains("side=\"internal\""));
+}
+
+/// GET `path` with an `Accept` header: (status, body).
+fn http_get_accept(addr: SocketAddr, accept: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_owned())
 }
