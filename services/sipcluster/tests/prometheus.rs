@@ -159,6 +159,17 @@ fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
     let (disp, _admin) = Server::dispatcher(&dir, "dispatcher", &[edge.sip], &[]);
     let relay = Server::media_relay(&dir, "relay", "41000-41019", &[]);
     let aio = Server::start(&dir, &[]);
+    let ticks: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -170,7 +181,11 @@ fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
         ("media-relay", &relay),
         ("all-in-one", &aio),
     ] {
+        // The kernel's own CPU count for the process, read around the scrape: a young
+        // process may have used under one clock tick (0 s), so compare, do not expect > 0.
+        let before = proc_cpu_seconds(srv.pid(), ticks);
         let text = srv.scrape();
+        let after = proc_cpu_seconds(srv.pid(), ticks);
         let file = dir.join(format!("{name}.prom"));
         fs::write(&file, &text).unwrap();
         let out = Command::new(&promtool)
@@ -193,7 +208,11 @@ fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
             1.0,
             "{name}"
         );
-        assert!(value("process_cpu_seconds_total") > 0.0, "{name}: {text}");
+        let cpu = value("process_cpu_seconds_total");
+        assert!(
+            (before - 1e-9..=after + 1e-9).contains(&cpu),
+            "{name}: process_cpu_seconds_total {cpu}, /proc says {before}..{after}"
+        );
         assert!(value("process_resident_memory_bytes") > 1e6, "{name}");
         let open = value("process_open_fds");
         assert!(open >= 3.0 && open <= value("process_max_fds"), "{name}");
@@ -218,6 +237,16 @@ fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
         "{text}"
     );
     assert!(text.contains("side=\"public\"") && text.contains("side=\"internal\""));
+}
+
+/// User plus system CPU seconds of `pid`, from `/proc/PID/stat` (fields 14 and 15, in
+/// clock ticks; the command name in field 2 may hold spaces, so count after its `)`).
+fn proc_cpu_seconds(pid: u32, ticks: f64) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks_used: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks_used / ticks
 }
 
 /// GET `path` with an `Accept` header: (status, body).
