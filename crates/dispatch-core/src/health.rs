@@ -146,6 +146,11 @@ impl Health {
         }
     }
 
+    /// When probe `p` was sent, while it waits for its answer (for its round-trip time).
+    pub fn probe_sent_at(&self, p: Probe) -> Option<Instant> {
+        self.outstanding.filter(|(q, _)| *q == p).map(|(_, t)| t)
+    }
+
     /// The final response to probe `p`. 503 counts as a failure (an overloaded or
     /// draining edge says so with 503), any other status as an answer. A late or
     /// foreign answer is ignored.

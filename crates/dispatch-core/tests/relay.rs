@@ -880,3 +880,45 @@ Call-ID: via-says-udp\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     let back = all(&mut r);
     assert_eq!(back[0].target, client);
 }
+
+#[test]
+fn probe_round_trip_times_are_observed_per_target() {
+    let now = Instant::now();
+    let mut r = relay();
+    with_edges(&mut r, 2, now);
+    let t = now + Duration::from_millis(1001);
+    r.handle_timeout(t);
+    let probes = all(&mut r);
+    assert_eq!(probes.len(), 2, "one probe per edge");
+    // The first edge answers 3 ms later; the second not yet.
+    r.handle_message(
+        Side::Internal,
+        parse(&respond(&parse(&probes[0].bytes), 200)),
+        probes[0].target,
+        &Flows(vec![]),
+        t + Duration::from_millis(3),
+    );
+    let mut reg = prometheus_client::registry::Registry::default();
+    r.metrics()
+        .register(reg.sub_registry_with_prefix("sipcluster"));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    let samples = |suffix: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "sipcluster_dispatcher_probe_duration_seconds_{suffix}{{"
+                ))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut counts = samples("count");
+    counts.sort_by(f64::total_cmp);
+    // `with_edges` brought both up by answering a first probe each at once (0 s).
+    assert_eq!(counts, [1.0, 2.0], "{text}");
+    let sum: f64 = samples("sum").iter().sum();
+    assert!((sum - 0.003).abs() < 1e-9, "{text}");
+    // The 3 ms answer is in the 3.2 ms bucket, not in the 1.6 ms one.
+    assert!(text.contains("le=\"0.0032\""), "{text}");
+}

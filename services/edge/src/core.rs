@@ -127,6 +127,20 @@ struct ProxyCtx {
     timer_c: Option<Instant>,
     /// The call being accounted (an initial INVITE, with accounting on).
     call: Option<Box<CallTrack>>,
+    /// The call's KPIs (an initial INVITE, accounting on or off).
+    kpi: Option<CallKpi>,
+}
+
+/// What the per-destination call metrics need of an initial INVITE: an attempt when
+/// forwarded, then its first ringing, its answer or its failure, each once.
+struct CallKpi {
+    /// The destination set's name, or `local` (see [`crate::metrics::DestinationLabel`]).
+    destination: String,
+    /// When the INVITE arrived.
+    started: Instant,
+    ringing: bool,
+    /// Answered or failed: later responses (a fork's second 2xx) are not the call's.
+    done: bool,
 }
 
 /// The core's state.
@@ -411,6 +425,12 @@ impl Core {
         self.sh.metrics.count_response(code);
     }
 
+    /// When server transaction `txn` received its request (now if unknown): call setup
+    /// times count from the INVITE's arrival, decision time included.
+    fn started_at(&self, txn: ServerTxnId) -> Instant {
+        self.started.get(&txn).map_or(self.now, |s| s.0)
+    }
+
     /// Seconds from `t0` to now (for the duration histograms).
     fn since(&self, t0: Instant) -> f64 {
         self.now.saturating_duration_since(t0).as_secs_f64()
@@ -560,6 +580,16 @@ impl Core {
             let r = c.attempt(&self.sh);
             self.ask(Ask::Account(r));
         }
+        let kpi = (invite && initial).then(|| {
+            let destination = plan.destination.as_deref().unwrap_or("local").to_owned();
+            self.sh.metrics.call_attempt(&destination);
+            CallKpi {
+                destination,
+                started: self.started_at(txn),
+                ringing: false,
+                done: false,
+            }
+        });
         let mut ctx = ProxyCtx {
             loop_prefix: branch_prefix(loop_hash(&original)),
             rc: ResponseContext::new(invite, groups.len()),
@@ -570,6 +600,7 @@ impl Core {
             plan,
             timer_c: None,
             call,
+            kpi,
         };
         if invite {
             let at = self.now + self.timer_c_len;
@@ -712,6 +743,7 @@ impl Core {
                         }
                         ed.finish()
                     };
+                    self.kpi_response(&mut ctx, code);
                     self.account_response(&mut ctx, code, &resp);
                     if (200..300).contains(&code) {
                         self.account_refresh(&ctx, &resp);
@@ -738,6 +770,7 @@ impl Core {
                 Outcome::Generate(code) => {
                     if code >= 300 {
                         self.media_failed_call(&ctx);
+                        self.kpi_response(&mut ctx, code);
                         self.account_failure(&mut ctx, code, "");
                     }
                     let built = ResponseBuilder::new(&ctx.original, code).map(|b| b.build());
@@ -823,6 +856,46 @@ impl Core {
         }
     }
 
+    /// A response for an initial INVITE (forwarded or generated): its call's first
+    /// ringing, answer or failure.
+    fn kpi_response(&self, ctx: &mut ProxyCtx, code: u16) {
+        let Some(k) = &mut ctx.kpi else { return };
+        if k.done {
+            return;
+        }
+        let m = &self.sh.metrics;
+        let secs = self.since(k.started);
+        match code {
+            180..=199 if !k.ringing => {
+                k.ringing = true;
+                m.call_ringing(&k.destination, secs);
+            }
+            200..=299 => {
+                k.done = true;
+                m.call_answered(&k.destination, secs);
+            }
+            300.. => {
+                k.done = true;
+                m.call_failed(&k.destination, code);
+            }
+            _ => {}
+        }
+    }
+
+    /// A new call refused before it was forwarded: an attempt that failed, to no
+    /// destination set. Challenges (401/407) and 422 are steps: the phone asks again.
+    fn kpi_refused(&self, req: &SipMessage, code: u16) {
+        if code < 300
+            || matches!(code, 401 | 407 | 422)
+            || req.method() != Some(Method::Invite)
+            || req.to_tag().ok().flatten().is_some()
+        {
+            return;
+        }
+        self.sh.metrics.call_attempt("unrouted");
+        self.sh.metrics.call_failed("unrouted", code);
+    }
+
     /// A final failure this edge generated for a call being accounted (Timer C, every
     /// branch failing, a CANCEL's 487).
     fn account_failure(&mut self, ctx: &mut ProxyCtx, code: u16, reason: &str) {
@@ -838,6 +911,7 @@ impl Core {
     /// (401/407) or a 422 (session interval too small) is a step of the call, not its
     /// end: the phone asks again.
     fn account_refused(&mut self, req: &SipMessage, source: Target, code: u16, cancelled: bool) {
+        self.kpi_refused(req, code);
         if !self.accounting
             || code < 300
             || matches!(code, 401 | 407 | 422)

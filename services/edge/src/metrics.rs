@@ -26,6 +26,27 @@ pub struct ResponseLabel {
     pub code: &'static str,
 }
 
+/// Labels: the destination set (trunk) a call went to: a set's name from the
+/// configuration's outbound rules, `local` for calls to registered users and trusted
+/// peers, `unrouted` for calls refused before a route was chosen (no such user, forbidden,
+/// a store down). Bounded by the configuration, never taken from the wire.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// The destination set.
+    pub destination: String,
+}
+
+/// Labels: a failed call's destination set and final code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallFailedLabel {
+    /// As in [`DestinationLabel`].
+    pub destination: String,
+    /// `3xx` ... `6xx`.
+    pub class: &'static str,
+    /// As in [`ResponseLabel`].
+    pub code: &'static str,
+}
+
 /// The status codes with their own label value: those of RFC 3261 and the extensions a
 /// proxy meets (RFC 3265, 3329, 4028, 4412, 5626, 6086, 8599...). Sorted: looked up by
 /// binary search.
@@ -199,6 +220,17 @@ pub struct EdgeMetrics {
     pub media_relays_up: Gauge,
     /// Requests that parsed but failed validation (answered 4xx/5xx statelessly), by kind.
     pub invalid_requests: Family<ReasonLabel, Counter>,
+    /// Initial INVITEs forwarded or refused with a final answer (challenges excluded: the
+    /// phone asks again), by destination set: the denominator of ASR and NER.
+    pub call_attempts: Family<DestinationLabel, Counter>,
+    /// Calls answered (their first 2xx), by destination set.
+    pub call_answered: Family<DestinationLabel, Counter>,
+    /// Calls that ended with a final failure, by destination set, class and code.
+    pub call_failed: Family<CallFailedLabel, Counter>,
+    /// Seconds from the INVITE to its first 180-199 (post-dial delay), by destination set.
+    pub post_dial_delay: Family<DestinationLabel, Histogram>,
+    /// Seconds from the INVITE to its 2xx, by destination set.
+    pub answer_delay: Family<DestinationLabel, Histogram>,
     /// Responses from downstream dropped as unroutable (no Via left below ours).
     pub bad_responses: Counter,
     /// Requests dropped without an answer: `scanner`, `banned`, `rate_limited`.
@@ -254,6 +286,13 @@ impl Default for Hot {
     }
 }
 
+fn call_setup_histogram() -> Histogram {
+    // 50 ms .. ~102 s: a trunk rings within a second or two, a person answers in tens.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.05, 2.0, 12,
+    ))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~33 s: local replies take microseconds, rung calls tens of seconds.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -278,6 +317,11 @@ impl Default for EdgeMetrics {
             dialogs_refreshed: Counter::default(),
             sessions_reaped: Counter::default(),
             cdr_without_dialog: Counter::default(),
+            call_attempts: Family::default(),
+            call_answered: Family::default(),
+            call_failed: Family::default(),
+            post_dial_delay: Family::new_with_constructor(call_setup_histogram),
+            answer_delay: Family::new_with_constructor(call_setup_histogram),
             media_anchored: Counter::default(),
             media_failures: Counter::default(),
             media_relays_up: Gauge::default(),
@@ -333,6 +377,36 @@ impl EdgeMetrics {
             .observe(seconds);
     }
 
+    /// A call attempt to `destination` (see [`DestinationLabel`]).
+    pub fn call_attempt(&self, destination: &str) {
+        self.call_attempts.get_or_create(&dest(destination)).inc();
+    }
+
+    /// A call's first ringing, `seconds` after its INVITE.
+    pub fn call_ringing(&self, destination: &str, seconds: f64) {
+        self.post_dial_delay
+            .get_or_create(&dest(destination))
+            .observe(seconds);
+    }
+
+    /// A call answered `seconds` after its INVITE.
+    pub fn call_answered(&self, destination: &str, seconds: f64) {
+        let d = dest(destination);
+        self.call_answered.get_or_create(&d).inc();
+        self.answer_delay.get_or_create(&d).observe(seconds);
+    }
+
+    /// A call failed with `code`.
+    pub fn call_failed(&self, destination: &str, code: u16) {
+        self.call_failed
+            .get_or_create(&CallFailedLabel {
+                destination: destination.to_owned(),
+                class: class_label(code),
+                code: code_label(code),
+            })
+            .inc();
+    }
+
     /// Publish the live transaction counts.
     pub fn set_transactions(&self, server: usize, client: usize) {
         self.hot
@@ -385,6 +459,31 @@ impl EdgeMetrics {
             "sip_request_duration_seconds",
             "Time from a request's arrival to its final response, by method",
             self.request_duration.clone(),
+        );
+        r.register(
+            "call_attempts",
+            "Initial INVITEs forwarded or refused with a final answer (challenges excluded), by destination set",
+            self.call_attempts.clone(),
+        );
+        r.register(
+            "call_answered",
+            "Calls answered (first 2xx), by destination set",
+            self.call_answered.clone(),
+        );
+        r.register(
+            "call_failed",
+            "Calls ended by a final failure, by destination set, class and code",
+            self.call_failed.clone(),
+        );
+        r.register(
+            "call_post_dial_delay_seconds",
+            "Time from an INVITE to its first 180-199 response (post-dial delay), by destination set",
+            self.post_dial_delay.clone(),
+        );
+        r.register(
+            "call_answer_delay_seconds",
+            "Time from an INVITE to its 2xx, by destination set",
+            self.answer_delay.clone(),
         );
         r.register(
             "media_anchored",
@@ -463,6 +562,12 @@ impl EdgeMetrics {
             self.options_stateless.clone(),
         );
         self.transport.register(r);
+    }
+}
+
+fn dest(destination: &str) -> DestinationLabel {
+    DestinationLabel {
+        destination: destination.to_owned(),
     }
 }
 

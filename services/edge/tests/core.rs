@@ -248,6 +248,15 @@ impl Harness {
     }
 
     /// Move the virtual clock on by `d`, firing every timer due on the way at its time.
+    /// The edge's metrics as `/metrics` shows them.
+    fn metrics_text(&self) -> String {
+        let mut reg = prometheus_client::registry::Registry::default();
+        self.sh.metrics.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    }
+
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         for _ in 0..10_000 {
@@ -904,6 +913,21 @@ fn an_answered_call_is_accounted_from_attempt_to_cdr_on_the_virtual_clock() {
     assert_eq!(bye.method(), Some(Method::Bye));
     h.reply(ALICE_2, answer(&bye, 200, "a1", None));
 
+    // The call's KPIs, on the same virtual clock: rang after 1.5 s, answered after 5.5 s.
+    let text = h.metrics_text();
+    for line in [
+        "sipcluster_call_attempts_total{destination=\"local\"} 1",
+        "sipcluster_call_answered_total{destination=\"local\"} 1",
+        "sipcluster_call_post_dial_delay_seconds_sum{destination=\"local\"} 1.5",
+        "sipcluster_call_post_dial_delay_seconds_count{destination=\"local\"} 1",
+        "sipcluster_call_post_dial_delay_seconds_bucket{le=\"1.6\",destination=\"local\"} 1",
+        "sipcluster_call_post_dial_delay_seconds_bucket{le=\"0.8\",destination=\"local\"} 0",
+        "sipcluster_call_answer_delay_seconds_sum{destination=\"local\"} 5.5",
+        "sipcluster_call_answer_delay_seconds_count{destination=\"local\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("sipcluster_call_failed_total"), "{text}");
     let lines = h.accounted_lines(dir.path());
     assert_eq!(
         kinds(&lines),
@@ -1062,6 +1086,20 @@ fn busy_cancelled_and_refused_calls_get_a_cdr_with_their_cause() {
     let refused: Vec<u16> = h.to(BOB).iter().filter_map(SipMessage::status).collect();
     assert_eq!(refused.last().copied(), Some(480), "{refused:?}");
 
+    // Per destination: the busy and the cancelled call went to a registered user, the
+    // third was refused before any route (ASR 0 of 3; NER counts busy and cancelled).
+    let text = h.metrics_text();
+    for line in [
+        "sipcluster_call_attempts_total{destination=\"local\"} 2",
+        "sipcluster_call_attempts_total{destination=\"unrouted\"} 1",
+        "sipcluster_call_failed_total{destination=\"local\",class=\"4xx\",code=\"486\"} 1",
+        "sipcluster_call_failed_total{destination=\"local\",class=\"4xx\",code=\"487\"} 1",
+        "sipcluster_call_failed_total{destination=\"unrouted\",class=\"4xx\",code=\"480\"} 1",
+        "sipcluster_call_post_dial_delay_seconds_count{destination=\"local\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("sipcluster_call_answered_total"), "{text}");
     let lines = h.accounted_lines(dir.path());
     let cdrs: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("cdr")).collect();
     assert_eq!(cdrs.len(), 3, "{lines:#?}");
@@ -1176,13 +1214,7 @@ fn the_session_timer_is_inserted_too_short_a_one_refused_and_a_refresh_renews_th
         .header("Session-Expires", b"1800;refresher=uac".to_vec());
     h.reply(ALICE_2, b.build());
     assert_eq!(h.to(BOB).last().and_then(SipMessage::status), Some(200));
-    let text = {
-        let mut reg = prometheus_client::registry::Registry::default();
-        h.sh.metrics.register(&mut reg);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
-        out
-    };
+    let text = h.metrics_text();
     assert!(
         text.contains("sipcluster_accounting_dialogs_refreshed_total 1"),
         "{text}"

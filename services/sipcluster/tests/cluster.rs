@@ -69,6 +69,19 @@ fn call_across_edges(test: &str, redis: Redis) {
         "{}",
         loc.scrape()
     );
+    // Every Redis round trip is timed (the lookup's script, the REGISTER's transaction)
+    // and none failed.
+    let redis_trips = loc
+        .metric("sipcluster_location_redis_duration_seconds_count{op=\"pipeline\"}")
+        + loc.metric("sipcluster_location_redis_duration_seconds_count{op=\"command\"}");
+    assert!(redis_trips >= 2.0, "{}", loc.scrape());
+    assert_eq!(
+        loc.metric("sipcluster_location_redis_errors_total{op=\"pipeline\"}")
+            + loc.metric("sipcluster_location_redis_errors_total{op=\"command\"}"),
+        0.0,
+        "{}",
+        loc.scrape()
+    );
     // Edge B found bob only through the shared store.
     assert_eq!(
         b.metric("sipcluster_sip_requests_total{method=\"REGISTER\"}"),
@@ -250,6 +263,14 @@ fn redis_down_503_then_recovers() {
         loc.scrape()
     );
     assert!(loc.log().contains("backend unavailable"), "{}", loc.log());
+    // Redis's own errors are counted apart from the gRPC calls they failed.
+    assert!(
+        loc.metric("sipcluster_location_redis_errors_total{op=\"pipeline\"}")
+            + loc.metric("sipcluster_location_redis_errors_total{op=\"command\"}")
+            >= 1.0,
+        "{}",
+        loc.scrape()
+    );
 
     // Redis returns (empty: it kept nothing): service resumes without a restart.
     redis.procs[0] = RedisProc::start(&dir, port, false);

@@ -5,51 +5,14 @@ mod common;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{RawSip, Server, free_port, http_get, status, which, workdir};
-
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The first sample value of an instant query, if any.
-fn query(p: &Prometheus, q: &str) -> Option<f64> {
-    let (code, body) = http_get(p.addr, &format!("/api/v1/query?query={}", encode(q)))?;
-    if code != 200 {
-        return None;
-    }
-    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{..},"value":[t,"v"]}]}}
-    let v = body.split("\"value\":[").nth(1)?;
-    let v = v.split(',').nth(1)?;
-    v.trim_matches(|c: char| c == '"' || c == ']' || c == '}' || c.is_whitespace())
-        .parse()
-        .ok()
-}
+use common::prometheus::Prometheus;
+use common::{RawSip, Server, status, which, workdir};
 
 #[test]
 fn prometheus_scrapes_the_edge() {
-    let prom = which("prometheus").expect("prometheus is not installed: run ./scripts/test.sh");
     let dir = workdir("prometheus");
     let srv = Server::start(&dir, &[]);
 
@@ -77,43 +40,18 @@ fn prometheus_scrapes_the_edge() {
         "OpenMetrics exposition ends with # EOF"
     );
 
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-    let cfg = dir.join("prometheus.yml");
-    fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sipcluster\n    static_configs:\n      - targets: ['{}']\n",
-            srv.metrics
-        ),
-    )
-    .expect("config");
-    let log = fs::File::create(dir.join("prometheus.log")).expect("log");
-    let child = Command::new(prom)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let p = Prometheus { child, addr };
+    let p = Prometheus::start(&dir, &[("sipcluster", vec![srv.metrics])]);
 
     // Bounded wait for Prometheus to have scraped us (first sample after a few seconds).
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut up = None;
     let mut options = None;
     while Instant::now() < deadline {
-        up = query(&p, "up{job=\"sipcluster\"}");
+        up = p.query("up{job=\"sipcluster\"}");
         // The dispatcher relays them to the edge (whose own OPTIONS counter also counts
         // the dispatcher's health probes).
-        options = query(
-            &p,
-            "sipcluster_dispatcher_relayed_total{direction=\"inbound\",kind=\"request\"}",
-        );
+        options =
+            p.query("sipcluster_dispatcher_relayed_total{direction=\"inbound\",kind=\"request\"}");
         if up == Some(1.0) && options.is_some() {
             break;
         }
@@ -123,7 +61,7 @@ fn prometheus_scrapes_the_edge() {
         up,
         Some(1.0),
         "Prometheus sees the edge up; log:\n{}",
-        fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        p.log()
     );
     assert_eq!(
         options,
@@ -132,17 +70,12 @@ fn prometheus_scrapes_the_edge() {
     );
     // The edge's latency histogram (its OPTIONS are the dispatcher's health probes), the
     // dispatcher's target health and both sides' transport counters made it too.
-    let histogram = query(
-        &p,
-        "sipcluster_sip_request_duration_seconds_count{method=\"OPTIONS\"}",
-    );
+    let histogram = p.query("sipcluster_sip_request_duration_seconds_count{method=\"OPTIONS\"}");
     assert!(histogram.is_some_and(|v| v >= 1.0), "{histogram:?}");
-    let up = query(&p, "sum(sipcluster_dispatcher_target_up)");
+    let up = p.query("sum(sipcluster_dispatcher_target_up)");
     assert_eq!(up, Some(1.0), "the in-process edge is up");
-    let received = query(
-        &p,
-        "sum(sipcluster_dispatcher_sip_transport_messages_received_total{side=\"public\"})",
-    );
+    let received = p
+        .query("sum(sipcluster_dispatcher_sip_transport_messages_received_total{side=\"public\"})");
     assert!(received.is_some_and(|v| v >= 5.0), "{received:?}");
 }
 

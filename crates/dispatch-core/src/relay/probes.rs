@@ -30,6 +30,11 @@ impl Relay {
                 if status < 200 {
                     return;
                 }
+                if let Some(sent) = m.health.probe_sent_at(Probe(seq)) {
+                    m.metrics
+                        .probe_duration
+                        .observe(now.saturating_duration_since(sent).as_secs_f64());
+                }
                 let t = m.health.on_response(Probe(seq), status, now);
                 if status == 503 {
                     m.metrics.probe_failed.inc();

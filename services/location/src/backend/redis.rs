@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use location_client::{convert, pb};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prost::Message;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -207,17 +209,77 @@ pub struct RedisOptions {
 
 /// A connection of either kind, so the data code is written once.
 #[derive(Clone)]
-enum Conn {
+enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
+/// A connection with the timing of every round trip through it: every command and
+/// pipeline the backend sends passes here, so Redis's own latency and errors are
+/// measured in one place, apart from the gRPC call around them.
+#[derive(Clone)]
+struct Conn {
+    link: Link,
+    timing: RedisTiming,
+}
+
+/// Round-trip times and errors of Redis commands (`op`: `command` or `pipeline`; a
+/// script or a transaction is a pipeline).
+#[derive(Clone, Debug)]
+struct RedisTiming {
+    duration: Family<OpLabel, Histogram>,
+    errors: Family<OpLabel, prometheus_client::metrics::counter::Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+impl Default for RedisTiming {
+    fn default() -> Self {
+        RedisTiming {
+            // 50 µs .. ~0.8 s: a Redis round trip on a LAN is ~100-500 µs.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00005, 2.0, 15))
+            }),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl RedisTiming {
+    fn timed<'a, T: Send + 'a>(
+        &self,
+        op: &'static str,
+        f: RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        let label = OpLabel { op };
+        let duration = self.duration.get_or_create(&label).clone();
+        let errors = self.errors.get_or_create(&label).clone();
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let r = f.await;
+            duration.observe(start.elapsed().as_secs_f64());
+            // NOSCRIPT is the script cache's normal miss (the client loads the script
+            // and retries), not a failure.
+            if let Err(e) = &r
+                && e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            {
+                errors.inc();
+            }
+            r
+        })
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
+        let f = match &mut self.link {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        };
+        self.timing.timed("command", f)
     }
 
     fn req_packed_commands<'a>(
@@ -226,16 +288,17 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        let f = match &mut self.link {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        };
+        self.timing.timed("pipeline", f)
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -325,6 +388,8 @@ pub struct RedisBackend {
     markers: Vec<String>,
     /// Optimistic writes that lost to a concurrent writer and were retried.
     cas_conflicts: prometheus_client::metrics::counter::Counter,
+    /// Every command's round trip.
+    timing: RedisTiming,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -446,6 +511,7 @@ impl RedisBackend {
             auth,
             markers,
             cas_conflicts: Default::default(),
+            timing: RedisTiming::default(),
             opts,
             policy,
             pool,
@@ -487,11 +553,17 @@ impl RedisBackend {
                 .cluster
                 .get()
                 .cloned()
-                .map(Conn::Cluster)
+                .map(|c| Conn {
+                    link: Link::Cluster(c),
+                    timing: self.timing.clone(),
+                })
                 .ok_or_else(|| BackendError::Redis("not connected to the cluster yet".into()));
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        Ok(Conn::Single(self.pool[i].clone()))
+        Ok(Conn {
+            link: Link::Single(self.pool[i].clone()),
+            timing: self.timing.clone(),
+        })
     }
 
     fn loc_key(&self, aor: &Aor) -> String {
@@ -1163,6 +1235,17 @@ impl Backend for RedisBackend {
                 "Optimistic binding-set writes that lost to a concurrent writer and were retried",
                 self.cas_conflicts.clone(),
             );
+        let r = registry.sub_registry_with_prefix(crate::metrics::Metrics::PREFIX);
+        r.register(
+            "redis_duration_seconds",
+            "Round-trip time of Redis commands and pipelines (scripts, transactions), errors included",
+            self.timing.duration.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis commands and pipelines that failed (connection lost, timeout, error reply)",
+            self.timing.errors.clone(),
+        );
     }
 
     fn summary(&self) -> String {

@@ -24,6 +24,15 @@ pub struct Gateway {
 impl Gateway {
     /// Listen on a free loopback port; answer INVITEs with `status`.
     pub fn spawn(status: u16) -> Gateway {
+        Gateway::spawn_with(status, false)
+    }
+
+    /// [`Gateway::spawn`], ringing (180) before the final status.
+    pub fn spawn_ringing(status: u16) -> Gateway {
+        Gateway::spawn_with(status, true)
+    }
+
+    fn spawn_with(status: u16, ring: bool) -> Gateway {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind gateway");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
@@ -73,7 +82,17 @@ impl Gateway {
                     "INVITE" => {
                         i.fetch_add(1, Ordering::Relaxed);
                         reply(100, "Trying");
-                        reply(status, if status == 200 { "OK" } else { "Unavailable" });
+                        if ring {
+                            reply(180, "Ringing");
+                        }
+                        reply(
+                            status,
+                            match status {
+                                200 => "OK",
+                                486 => "Busy Here",
+                                _ => "Unavailable",
+                            },
+                        );
                     }
                     "BYE" => {
                         b.fetch_add(1, Ordering::Relaxed);
