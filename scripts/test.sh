@@ -139,6 +139,8 @@ if ! "$PYVENV/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/nu
 fi
 export SIPCLUSTER_TEST_PYTHON="$PYVENV/bin/python"
 need_apt sipp sip-tester         # SIPp: the end-to-end SIP flows and the load harness
+need_apt sngrep sngrep           # HEP collector: crates/hep/tests/sngrep.rs
+need_apt tshark tshark           # reads back the pcap sngrep writes
 need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation input
 need_apt baresip baresip-core    # real softphones: two baresip register, call and talk
 need_apt linphonec linphone-cli  # and linphone's command-line phone
@@ -300,9 +302,12 @@ step "Helm chart: lint, render, kubernetes-validate, check-config on what it pas
 elapsed $t
 
 t=$SECONDS
-step "alert rules: promtool check rules and test rules (deploy/prometheus)"
+step "alert rules: promtool check rules and test rules (deploy/prometheus), dashboard query extraction"
 promtool check rules deploy/prometheus/*-rules.yaml
 (cd deploy/prometheus && promtool test rules ./*.test.yaml)
+# The PromQL extraction of the dashboards and rules (the queries themselves run against
+# a real Prometheus in services/sipcluster/tests/observability.rs).
+python3 tests/observability/check_promql.py --self-test
 elapsed $t
 
 t=$SECONDS

@@ -12,7 +12,7 @@ use proto::cdr::v1::Envelope;
 use spool::{Spool, SpoolError};
 use telemetry::LogLimit;
 
-use crate::{AccountingError, Delivery, Metrics, Outgoing, Publisher, frame, unframe};
+use crate::{AccountingError, Delivery, DropLabel, Metrics, Outgoing, Publisher, frame, unframe};
 
 /// How the pipeline batches and retries.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Accounting {
         match tx.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.drop("queue_full");
+                self.metrics.drop(DropLabel::QUEUE_FULL);
                 if let Some(held) = self.overflow_log.allow(Instant::now()) {
                     tracing::error!(
                         held_back = held,
@@ -295,8 +295,10 @@ impl Pipeline {
                 }
                 Err(e) => {
                     let reason = match e {
-                        SpoolError::Full { .. } | SpoolError::TooLarge { .. } => "spool_full",
-                        _ => "spool_error",
+                        SpoolError::Full { .. } | SpoolError::TooLarge { .. } => {
+                            DropLabel::SPOOL_FULL
+                        }
+                        _ => DropLabel::SPOOL_ERROR,
                     };
                     self.metrics.drop(reason);
                     if let Some(held) = self.log.allow(Instant::now()) {

@@ -15,6 +15,17 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
+impl DropLabel {
+    /// The accounting thread fell behind (its queue was full) or is gone.
+    pub const QUEUE_FULL: &'static str = "queue_full";
+    /// The spool is at its size bound (or the event is larger than it).
+    pub const SPOOL_FULL: &'static str = "spool_full";
+    /// The spool failed (the disk).
+    pub const SPOOL_ERROR: &'static str = "spool_error";
+    /// Every reason: each series exists, at 0, from the start.
+    pub const ALL: [&'static str; 3] = [Self::QUEUE_FULL, Self::SPOOL_FULL, Self::SPOOL_ERROR];
+}
+
 /// Counters and gauges of the pipeline. Clones share the series.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -40,11 +51,17 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        // Every known reason at 0 from the start: a family without a series is not
+        // exposed at all, and the first drop would show up as 1 with no increase.
+        let dropped = Family::default();
+        for reason in DropLabel::ALL {
+            let _ = dropped.get_or_create(&DropLabel { reason });
+        }
         Metrics {
             produced: Counter::default(),
             acknowledged: Counter::default(),
             failed: Counter::default(),
-            dropped: Family::default(),
+            dropped,
             spool_depth: Gauge::default(),
             spool_bytes: Gauge::default(),
             in_flight: Gauge::default(),
@@ -57,8 +74,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Count an event lost before the spool.
+    /// Count an event lost before the spool (`reason`: one of [`DropLabel::ALL`]).
     pub(crate) fn drop(&self, reason: &'static str) {
+        debug_assert!(
+            DropLabel::ALL.contains(&reason),
+            "{reason} not in DropLabel::ALL"
+        );
         self.dropped.get_or_create(&DropLabel { reason }).inc();
     }
 
@@ -108,6 +129,32 @@ impl Metrics {
             "accounting_spool_corrupt_records",
             "Spooled records that failed their CRC when read back, discarded",
             self.corrupt.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_are_exposed_at_zero_from_the_start() {
+        let m = Metrics::default();
+        let mut registry = Registry::with_prefix("sipcluster");
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for reason in ["queue_full", "spool_full", "spool_error"] {
+            let line =
+                format!("sipcluster_accounting_events_dropped_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        m.drop(DropLabel::SPOOL_FULL);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("sipcluster_accounting_events_dropped_total{reason=\"spool_full\"} 1"),
+            "{text}"
         );
     }
 }

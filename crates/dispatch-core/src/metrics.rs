@@ -36,6 +36,31 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Every `reason` of [`Metrics::dropped`] (the relay's `drop` calls): each series exists,
+/// at 0, from the start.
+pub const DROP_REASONS: [&str; 14] = [
+    "bad_next_via",
+    "bad_probe_branch",
+    "bad_route",
+    "bad_via",
+    "failover_table_full",
+    "foreign_via",
+    "next_via_dead_edge",
+    "next_via_not_an_edge",
+    "no_edge",
+    "no_next_via",
+    "not_an_edge",
+    "response_from_previous_target",
+    "scanner",
+    "send_failed",
+];
+
+/// Every status the dispatcher answers with itself ([`Metrics::replies`]): 200 and 503
+/// to OPTIONS for itself (503 also when no target can take a request), 400 malformed,
+/// 403 and 404 on the internal side, 430 flow failed, 480 no edge left for a failover,
+/// 483 Max-Forwards exhausted. Each series exists, at 0, from the start.
+pub const REPLY_STATUSES: [u16; 8] = [200, 400, 403, 404, 430, 480, 483, 503];
+
 /// A stateless answer the dispatcher gave itself.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -89,6 +114,16 @@ fn probe_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        // The closed label sets at 0 from the start: a family without a series is not
+        // exposed at all, and a first event would show up as 1 with no increase.
+        let dropped = Family::default();
+        for reason in DROP_REASONS {
+            let _ = dropped.get_or_create(&ReasonLabel { reason });
+        }
+        let replies = Family::default();
+        for status in REPLY_STATUSES {
+            let _ = replies.get_or_create(&StatusLabel { status });
+        }
         Metrics {
             target_requests: Family::default(),
             failovers: Family::default(),
@@ -97,8 +132,8 @@ impl Default for Metrics {
             target_up: Family::default(),
             target_draining: Family::default(),
             relayed: Family::default(),
-            dropped: Family::default(),
-            replies: Family::default(),
+            dropped,
+            replies,
             flows: Gauge::default(),
             failover_entries: Gauge::default(),
             rescued: Counter::default(),
@@ -161,10 +196,18 @@ impl Metrics {
     }
 
     pub(crate) fn drop(&self, reason: &'static str) {
+        debug_assert!(
+            DROP_REASONS.contains(&reason),
+            "{reason} not in DROP_REASONS"
+        );
         self.dropped.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub(crate) fn reply(&self, status: u16) {
+        debug_assert!(
+            REPLY_STATUSES.contains(&status),
+            "{status} not in REPLY_STATUSES"
+        );
         self.replies.get_or_create(&StatusLabel { status }).inc();
     }
 }
@@ -227,5 +270,74 @@ impl TargetMetrics {
                 result,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELAY: [&str; 8] = [
+        include_str!("relay/mod.rs"),
+        include_str!("relay/failover.rs"),
+        include_str!("relay/internal.rs"),
+        include_str!("relay/probes.rs"),
+        include_str!("relay/public.rs"),
+        include_str!("relay/responses.rs"),
+        include_str!("relay/stamps.rs"),
+        include_str!("relay/targets.rs"),
+    ];
+
+    /// The lists and the relay's `drop("...")` and `self.reply(.., status, ..)` calls
+    /// name the same values (the statuses of the parse-error path are 400: a Via that
+    /// cannot be read).
+    #[test]
+    fn the_lists_are_what_the_relay_uses() {
+        let (mut reasons, mut statuses) = (Vec::new(), Vec::new());
+        for src in RELAY {
+            for (i, m) in src.match_indices(".drop(\"") {
+                let rest = &src[i + m.len()..];
+                reasons.push(&rest[..rest.find('"').unwrap()]);
+            }
+            for (i, m) in src.match_indices("self.reply(") {
+                // (side, msg, source, status, extra): a literal status (`status`, a
+                // variable, is 200 or 503).
+                let arg = src[i + m.len()..].split(',').nth(3).unwrap().trim();
+                if let Ok(status) = arg.parse::<u16>() {
+                    statuses.push(status);
+                }
+            }
+        }
+        reasons.sort_unstable();
+        reasons.dedup();
+        statuses.sort_unstable();
+        statuses.dedup();
+        assert_eq!(reasons, DROP_REASONS);
+        assert_eq!(statuses, REPLY_STATUSES);
+    }
+
+    #[test]
+    fn closed_label_sets_are_exposed_at_zero_from_the_start() {
+        let m = Metrics::default();
+        let mut registry = Registry::with_prefix("sipcluster");
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for reason in DROP_REASONS {
+            let line = format!("sipcluster_dispatcher_dropped_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        for status in REPLY_STATUSES {
+            let line = format!("sipcluster_dispatcher_replies_total{{status=\"{status}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(
+            text.contains("sipcluster_dispatcher_dropped_total{reason=\"scanner\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sipcluster_dispatcher_replies_total{status=\"503\"} 0"),
+            "{text}"
+        );
     }
 }

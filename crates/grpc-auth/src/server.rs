@@ -101,6 +101,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, for the counter's series created at start (at 0).
+    pub const ALL: [Rejection; 5] = [
+        Rejection::Missing,
+        Rejection::Malformed,
+        Rejection::UnknownToken,
+        Rejection::WrongRole,
+        Rejection::UnknownMethod,
+    ];
+
     /// The metric label and log value.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -116,10 +125,22 @@ impl Rejection {
 
 /// The rejection counter, one per process serving authenticated APIs (a process serving
 /// two, the all-in-one, shares one so the series exists once).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthMetrics {
-    /// Calls refused, by reason.
+    /// Calls refused, by reason: every [`Rejection`] at 0 from the start (a family without
+    /// a series is not exposed at all, and a first refusal would show up as 1 with no
+    /// increase).
     pub rejected: Family<ReasonLabel, Counter>,
+}
+
+impl Default for AuthMetrics {
+    fn default() -> Self {
+        let rejected = Family::default();
+        for r in Rejection::ALL {
+            let _ = rejected.get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        AuthMetrics { rejected }
+    }
 }
 
 impl AuthMetrics {
@@ -314,6 +335,38 @@ mod tests {
             (HEALTH_CHECK, Access::Public),
         ],
     };
+
+    #[test]
+    fn every_reason_is_exposed_at_zero_from_the_start() {
+        // A new reason breaks this match: add it to `Rejection::ALL`.
+        let index = |r: Rejection| match r {
+            Rejection::Missing => 0,
+            Rejection::Malformed => 1,
+            Rejection::UnknownToken => 2,
+            Rejection::WrongRole => 3,
+            Rejection::UnknownMethod => 4,
+        };
+        let mut seen = [false; Rejection::ALL.len()];
+        for r in Rejection::ALL {
+            seen[index(r)] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
+        let m = AuthMetrics::default();
+        let mut reg = Registry::with_prefix("sipcluster");
+        m.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for reason in [
+            "missing_token",
+            "malformed_header",
+            "unknown_token",
+            "wrong_role",
+            "unknown_method",
+        ] {
+            let line = format!("sipcluster_grpc_auth_rejected_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
 
     fn layer() -> (AuthLayer, AuthMetrics) {
         let m = AuthMetrics::default();

@@ -213,6 +213,9 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, for metrics that create their series at start (at 0).
+    pub const ALL: [EndReason; 3] = [EndReason::Deleted, EndReason::Idle, EndReason::MaxDuration];
+
     /// The label used in metrics and events.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -1204,5 +1207,25 @@ fn local(pair: Option<Pair>, spec: &MediaSpec) -> LocalMedia {
             port: 0,
             rtcp_port: 0,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndReason;
+
+    #[test]
+    fn every_end_reason_is_listed() {
+        // A new reason breaks this match: add it to `ALL`.
+        let index = |r: EndReason| match r {
+            EndReason::Deleted => 0,
+            EndReason::Idle => 1,
+            EndReason::MaxDuration => 2,
+        };
+        let mut seen = [false; EndReason::ALL.len()];
+        for r in EndReason::ALL {
+            seen[index(r)] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
     }
 }

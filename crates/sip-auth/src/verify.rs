@@ -39,7 +39,23 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    /// A short, stable name for metrics and logs.
+    /// Every value [`label`](FailReason::label) returns, for metrics that create their
+    /// series at start (at 0).
+    pub const LABELS: [&'static str; 11] = [
+        "not_digest",
+        "missing_param",
+        "invalid_param",
+        "realm_mismatch",
+        "unknown_algorithm",
+        "unsupported_qop",
+        "userhash_unsupported",
+        "no_credentials_for_algorithm",
+        "bad_nonce",
+        "uri_mismatch",
+        "wrong_response",
+    ];
+
+    /// A short, stable name for metrics and logs: one of [`LABELS`](FailReason::LABELS).
     pub fn label(&self) -> &'static str {
         match self {
             FailReason::NotDigest => "not_digest",
@@ -695,5 +711,40 @@ mod tests {
             "no MD5 credentials"
         );
         assert!(!Outcome::Stale.is_verified());
+    }
+
+    #[test]
+    fn every_label_is_listed() {
+        let every = [
+            FailReason::NotDigest,
+            FailReason::MissingParam("nonce"),
+            FailReason::InvalidParam("nc"),
+            FailReason::RealmMismatch,
+            FailReason::UnknownAlgorithm,
+            FailReason::UnsupportedQop,
+            FailReason::UserhashUnsupported,
+            FailReason::NoCredentialsForAlgorithm(Algorithm::Md5),
+            FailReason::BadNonce,
+            FailReason::UriMismatch,
+            FailReason::WrongResponse,
+        ];
+        // A new reason breaks this match: add it to `every` and its label to `LABELS`.
+        for r in every {
+            match r {
+                FailReason::NotDigest
+                | FailReason::MissingParam(_)
+                | FailReason::InvalidParam(_)
+                | FailReason::RealmMismatch
+                | FailReason::UnknownAlgorithm
+                | FailReason::UnsupportedQop
+                | FailReason::UserhashUnsupported
+                | FailReason::NoCredentialsForAlgorithm(_)
+                | FailReason::BadNonce
+                | FailReason::UriMismatch
+                | FailReason::WrongResponse => {}
+            }
+        }
+        let labels: Vec<&str> = every.iter().map(FailReason::label).collect();
+        assert_eq!(labels, FailReason::LABELS);
     }
 }

@@ -114,6 +114,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every class, for metrics that create their series at start (at 0).
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Limit,
+        ErrorKind::Framing,
+        ErrorKind::StartLine,
+        ErrorKind::Header,
+        ErrorKind::Uri,
+    ];
+
     /// Short stable label for metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -183,6 +192,24 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed() {
+        // Adding a kind breaks this match: add it to `ALL` too.
+        for k in ErrorKind::ALL {
+            match k {
+                ErrorKind::Limit
+                | ErrorKind::Framing
+                | ErrorKind::StartLine
+                | ErrorKind::Header
+                | ErrorKind::Uri => {}
+            }
+        }
+        let mut labels: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), ErrorKind::ALL.len());
+    }
 
     #[test]
     fn statuses() {

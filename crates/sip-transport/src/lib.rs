@@ -30,6 +30,7 @@
 //!   then goes through each other's inbound queue, not a loopback socket.
 
 pub mod admission;
+mod capture;
 mod limits;
 mod link;
 mod metrics;
@@ -79,6 +80,10 @@ pub struct TransportConfig {
     pub tcp_connect_timeout: Duration,
     /// Seconds announced in `Retry-After` of the 503 sent when the core is saturated.
     pub overload_retry_after: u32,
+    /// Where a copy of each message read or written goes (HEP siptrace); disabled by
+    /// default. In-process links and the stateless replies of the readers (overload 503s,
+    /// parse errors) are not on it.
+    pub capture: hep::HepSink,
 }
 
 impl Default for TransportConfig {
@@ -93,6 +98,7 @@ impl Default for TransportConfig {
             tcp_max_connections_per_source: 64,
             tcp_connect_timeout: Duration::from_secs(5),
             overload_retry_after: 5,
+            capture: hep::HepSink::disabled(),
         }
     }
 }
@@ -278,8 +284,8 @@ impl Transports {
             gate: Arc::default(),
         });
         let mut tasks = Vec::new();
-        for (_, s) in &inner.udp {
-            tasks.push(tokio::spawn(udp::reader(inner.clone(), s.clone())));
+        for (local, s) in &inner.udp {
+            tasks.push(tokio::spawn(udp::reader(inner.clone(), *local, s.clone())));
         }
         for l in listeners {
             tasks.push(tokio::spawn(tcp::acceptor(inner.clone(), l)));

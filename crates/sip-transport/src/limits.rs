@@ -35,6 +35,10 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// Every cap, for the metric's series created at start.
+    pub(crate) const ALL: [Refusal; 3] =
+        [Refusal::Connections, Refusal::Source, Refusal::Descriptors];
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::Connections => "connection_limit",

@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use telemetry::ReasonLabel;
 
+use crate::limits::Refusal;
+
 /// Labels: transport name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
@@ -21,6 +23,11 @@ pub struct ErrorLabel {
     /// `sip_core::ErrorKind::as_str`.
     pub kind: &'static str,
 }
+
+/// Every deadline `tcp` closes a connection on (the `reason` of
+/// [`TransportMetrics::tcp_timeouts`]): a message not complete in time after its first
+/// byte, the peer not taking our bytes in time, no byte at all for the idle timeout.
+pub(crate) const TIMEOUT_REASONS: [&str; 3] = ["message_timeout", "write_timeout", "idle_timeout"];
 
 /// One transport's message counters, resolved from their families once: a family lookup
 /// locks and SipHashes the label set, too much for every datagram.
@@ -83,16 +90,32 @@ impl Default for TransportMetrics {
             sent: sent.get_or_create(&TransportLabel { transport }).clone(),
         };
         let (udp, tcp, in_process) = (per("udp"), per("tcp"), per("in_process"));
+        // The closed label sets at 0 from the start: a family without a series is not
+        // exposed at all, and a first event would show up as 1 with no increase.
+        let parse_errors = Family::default();
+        for kind in sip_core::ErrorKind::ALL {
+            let _ = parse_errors.get_or_create(&ErrorLabel {
+                kind: kind.as_str(),
+            });
+        }
+        let tcp_refused = Family::default();
+        for r in Refusal::ALL {
+            let _ = tcp_refused.get_or_create(&ReasonLabel { reason: r.label() });
+        }
+        let tcp_timeouts = Family::default();
+        for reason in TIMEOUT_REASONS {
+            let _ = tcp_timeouts.get_or_create(&ReasonLabel { reason });
+        }
         TransportMetrics {
             received,
             sent,
-            parse_errors: Family::default(),
+            parse_errors,
             overload_rejections: Counter::default(),
             send_failures: Counter::default(),
             keepalives: Counter::default(),
             connections: Gauge::default(),
-            tcp_refused: Family::default(),
-            tcp_timeouts: Family::default(),
+            tcp_refused,
+            tcp_timeouts,
             accept_errors: Counter::default(),
             tcp_max_connections: Gauge::default(),
             admission_depth: {
@@ -126,6 +149,10 @@ impl TransportMetrics {
 
     /// Count a connection closed on a deadline.
     pub(crate) fn timed_out(&self, reason: &'static str) {
+        debug_assert!(
+            TIMEOUT_REASONS.contains(&reason),
+            "{reason} not in TIMEOUT_REASONS"
+        );
         self.tcp_timeouts
             .get_or_create(&ReasonLabel { reason })
             .inc();
@@ -193,5 +220,70 @@ impl TransportMetrics {
             "The inbound TCP connection cap in force (configured, or lowered to fit RLIMIT_NOFILE)",
             self.tcp_max_connections.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tcp` closes connections on these deadlines and no other.
+    #[test]
+    fn timeout_reasons_are_what_tcp_uses() {
+        let src = include_str!("tcp.rs");
+        // Every string literal `"..._timeout"` (a word: lowercase and `_`).
+        let mut used: Vec<&str> = src
+            .match_indices("_timeout\"")
+            .filter_map(|(i, m)| {
+                let word = src[..i].rfind(|c: char| !(c.is_ascii_lowercase() || c == '_'))?;
+                (src.as_bytes()[word] == b'"').then(|| &src[word + 1..i + m.len() - 1])
+            })
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let mut listed = TIMEOUT_REASONS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(used, listed);
+    }
+
+    #[test]
+    fn closed_label_sets_are_exposed_at_zero_from_the_start() {
+        let m = TransportMetrics::default();
+        let mut registry = Registry::with_prefix("sipcluster");
+        m.register(&mut registry);
+        // A dispatcher's copy, as it registers its two (the constant label first).
+        let d = TransportMetrics::default();
+        let dr = registry.sub_registry_with_prefix("dispatcher");
+        d.register(dr.sub_registry_with_label(("side".into(), "public".into())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines = Vec::new();
+        for kind in ["limit", "framing", "start_line", "header", "uri"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_parse_errors_total{{kind=\"{kind}\"}} 0"
+            ));
+            lines.push(format!(
+                "sipcluster_dispatcher_sip_transport_parse_errors_total{{side=\"public\",kind=\"{kind}\"}} 0"
+            ));
+        }
+        for reason in ["connection_limit", "source_limit", "descriptor_limit"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_tcp_refused_total{{reason=\"{reason}\"}} 0"
+            ));
+            lines.push(format!(
+                "sipcluster_dispatcher_sip_transport_tcp_refused_total{{side=\"public\",reason=\"{reason}\"}} 0"
+            ));
+        }
+        for reason in ["message_timeout", "write_timeout", "idle_timeout"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_tcp_timeouts_total{{reason=\"{reason}\"}} 0"
+            ));
+            lines.push(format!(
+                "sipcluster_dispatcher_sip_transport_tcp_timeouts_total{{side=\"public\",reason=\"{reason}\"}} 0"
+            ));
+        }
+        for line in lines {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 }

@@ -154,12 +154,16 @@ async fn write_loop(
     _slot: Option<Arc<Slot>>,
 ) {
     let remote = writer.peer_addr().ok();
+    let local = writer.local_addr().ok();
     while let Some(b) = rx.recv().await {
         // A peer that stops reading would otherwise hold this task, its queue and the
         // descriptor for ever.
         match tokio::time::timeout(inner.config.tcp_message_timeout, writer.write_all(&b)).await {
             Ok(Ok(())) => {
                 inner.metrics.tcp.sent.inc();
+                if let (Some(l), Some(r)) = (local, remote) {
+                    crate::capture::sent(&inner, Transport::Tcp, l, r, &b);
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(?flow, error = %e, "tcp write failed");
@@ -195,6 +199,10 @@ async fn read_loop(
         flow: Some(flow),
     };
     let mut decoder = StreamDecoder::new(inner.config.limits);
+    // Our end, for siptrace (the listening address is not enough: it may be 0.0.0.0).
+    let local = reader
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // When the message whose first bytes are in `buf` must be complete. The idle timeout
     // alone restarts on every byte: one byte every few seconds would hold the connection
@@ -237,6 +245,7 @@ async fn read_loop(
                     inner.metrics.keepalives.inc();
                 }
                 Ok(Some(Frame::Message(msg))) => {
+                    crate::capture::received(&inner, Transport::Tcp, remote, local, &msg);
                     completed = true;
                     last_delivered = Some(tokio::time::Instant::now());
                     inner.metrics.tcp.received.inc();

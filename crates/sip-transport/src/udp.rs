@@ -35,7 +35,7 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
+pub(crate) async fn reader(inner: Arc<Inner>, local: SocketAddr, sock: Arc<UdpSocket>) {
     // Datagrams are split off one shared buffer: no allocation per packet, and the
     // message keeps its bytes alive only as long as it lives.
     let mut buf = BytesMut::with_capacity(4 * MAX_DATAGRAM);
@@ -76,6 +76,7 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
         }
         match parse_datagram(data.clone(), &inner.config.limits) {
             Ok(Datagram::Message(msg)) => {
+                crate::capture::received(&inner, Transport::Udp, src, local, &msg);
                 if let Some(reply) = deliver(&inner, msg, source, received_at).await {
                     let _ = sock.try_send_to(&reply, src);
                 }
@@ -95,7 +96,7 @@ pub(crate) async fn reader(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
 }
 
 pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: TxnRef) {
-    let Some((_, sock)) = inner
+    let Some((local, sock)) = inner
         .udp
         .iter()
         .find(|(local, _)| local.is_ipv4() == target.addr.is_ipv4())
@@ -105,13 +106,15 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
     };
     inner.metrics.udp.sent.inc();
     match sock.try_send_to(&bytes, target.addr) {
-        Ok(_) => {}
+        Ok(_) => crate::capture::sent(inner, Transport::Udp, *local, target.addr, &bytes),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             // Send buffer full: finish in the background rather than block the core.
-            let (sock, inner) = (sock.clone(), inner.clone());
+            let (sock, inner, local) = (sock.clone(), inner.clone(), *local);
             tokio::spawn(async move {
                 if sock.send_to(&bytes, target.addr).await.is_err() {
                     report_failure(&inner, origin, target);
+                } else {
+                    crate::capture::sent(&inner, Transport::Udp, local, target.addr, &bytes);
                 }
             });
         }

@@ -171,7 +171,21 @@ pub struct CallLabel {
     pub code: &'static str,
 }
 
-/// The label value of a gRPC status code (`ok`, `not_found`, `unavailable`...).
+/// Every value [`grpc_code_name`] returns: the `code` label's closed set, for services
+/// that create their call series at start (at 0) rather than at the first call.
+pub const GRPC_CODE_NAMES: [&str; 8] = [
+    "ok",
+    "invalid_argument",
+    "unavailable",
+    "not_found",
+    "deadline_exceeded",
+    "resource_exhausted",
+    "aborted",
+    "other",
+];
+
+/// The label value of a gRPC status code (`ok`, `not_found`, `unavailable`...): one of
+/// [`GRPC_CODE_NAMES`].
 #[must_use]
 pub fn grpc_code_name(c: tonic::Code) -> &'static str {
     use tonic::Code;
@@ -333,6 +347,18 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_grpc_code_name_is_listed() {
+        let mut names: Vec<&str> = (0..=16)
+            .map(|i| grpc_code_name(tonic::Code::from_i32(i)))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut listed = GRPC_CODE_NAMES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(names, listed);
+    }
 
     #[test]
     fn readiness_names_what_is_wrong() {

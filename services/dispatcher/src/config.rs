@@ -66,6 +66,9 @@ pub struct DispatcherConfig {
     /// On SIGTERM: seconds of not-ready (load balancers move away) during which relaying
     /// and held connections go on.
     pub drain_secs: u64,
+    /// A copy of every SIP message, both sides, to a HEP collector (Homer,
+    /// heplify-server, sngrep): off by default.
+    pub hep: hep::HepConfig,
     /// Tokio worker threads; 0 = one per CPU. Default 1: the relay is one task, and a
     /// second worker mostly adds cross-thread wake-ups (~40 % more CPU per call measured at
     /// 2,000 calls/s); run more dispatcher instances to use more cores.
@@ -207,6 +210,7 @@ impl Default for DispatcherConfig {
             // config (deploy/dispatcher.toml) opens them deliberately.
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             drain_secs: 30,
+            hep: hep::HepConfig::default(),
             workers: 1,
         }
     }
@@ -260,6 +264,7 @@ impl DispatcherConfig {
 
     /// Check every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.hep.validate()?;
         if self.public.udp.is_empty() && self.public.tcp.is_empty() {
             return Err(bad("public", "at least one UDP or TCP listener"));
         }

@@ -57,6 +57,9 @@ pub enum DispatcherError {
     /// No randomness for the instance id.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The HEP exporter could not start.
+    #[error("hep: {0}")]
+    Hep(#[from] hep::HepError),
     /// The admin API's token is missing or unusable.
     #[error("admin API: {0}")]
     Auth(#[from] grpc_auth::AuthError),
@@ -112,6 +115,8 @@ pub struct DispatcherHandle {
     /// whose one edge is its own, is not ready before that edge has joined.
     pub edge_up: Arc<AtomicBool>,
     metric_set: MetricSet,
+    /// Sends the HEP copies; stops when the handle drops.
+    _hep: hep::HepExporter,
     internal: Transports,
     commands: mpsc::Sender<Command>,
     draining: watch::Sender<bool>,
@@ -127,12 +132,14 @@ struct MetricSet {
     public: TransportMetrics,
     internal: TransportMetrics,
     auth: grpc_auth::AuthMetrics,
+    hep: hep::HepMetrics,
 }
 
 impl MetricSet {
     /// `sipcluster_*` (the relay's, the admin API's refusals) and `sipcluster_dispatcher_*`
     /// (the transports', with `side`) into the process's root registry.
     fn register(&self, root: &mut Registry) {
+        self.hep.register(root);
         let root = root.sub_registry_with_prefix("sipcluster");
         self.relay.register(root);
         self.auth.register(root);
@@ -315,6 +322,8 @@ pub async fn start_authenticated(
     getrandom::fill(&mut rnd).map_err(|e| DispatcherError::Random(e.to_string()))?;
     let instance = u32::from_be_bytes(rnd);
 
+    let hep_metrics = hep::HepMetrics::default();
+    let hep = hep::HepExporter::start(&cfg.hep, &hep_metrics)?;
     let transport_cfg = |side: &config::SideConfig| TransportConfig {
         udp: side.udp.clone(),
         tcp: side.tcp.clone(),
@@ -325,6 +334,7 @@ pub async fn start_authenticated(
         tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
         tcp_connect_timeout: Duration::from_secs(5),
         overload_retry_after: cfg.retry_after_secs,
+        capture: hep.sink(),
     };
     let (pub_m, int_m) = (TransportMetrics::default(), TransportMetrics::default());
     // Deep queues: the relay task is fast and stateless; a burst should wait, not be
@@ -365,6 +375,7 @@ pub async fn start_authenticated(
         public: pub_m.clone(),
         internal: int_m.clone(),
         auth: auth_metrics,
+        hep: hep_metrics,
     };
     let mut registry = Registry::default();
     metric_set.register(&mut registry);
@@ -504,6 +515,7 @@ pub async fn start_authenticated(
         ready,
         edge_up,
         metric_set,
+        _hep: hep,
         internal,
         commands: cmd_tx,
         draining: drain_tx,

@@ -2,8 +2,8 @@
 //! across edges, brute-force limits and the same challenge for known and unknown users.
 
 use sip_auth::{
-    Challenge, ChallengeKind, DigestResponse, NonceCheck, NonceUses, Outcome, SubscriberStore,
-    find_credentials,
+    Challenge, ChallengeKind, DigestResponse, FailReason, NonceCheck, NonceUses, Outcome,
+    SubscriberStore, find_credentials,
 };
 use sip_core::SipMessage;
 use sip_txn::{ServerTxnId, Target};
@@ -12,6 +12,11 @@ use crate::decision::{Decision, refuse_login, respond_with, unavailable};
 use crate::metrics::ReasonLabel;
 use crate::origin::Sender;
 use crate::shared::Shared;
+
+/// The `reason`s of `sip_auth_failures` besides a digest's own ([`FailReason::LABELS`]):
+/// a user locked for failed logins, an unknown user, a replayed nonce count, a user
+/// acting as another.
+pub const AUTH_FAILURES: [&str; 4] = ["locked", "unknown_user", "replay", "identity_mismatch"];
 
 /// What a failed login counts towards (see `authenticate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +71,12 @@ pub(crate) async fn authenticate(
     // Not a stale or replayed nonce, a malformed header or a locked user: those cost an
     // attacker nothing to send in someone else's name, and phones behind one NAT that
     // merely repeat a nonce must not get their office banned.
+    let [locked, unknown_user, replay, identity_mismatch] = AUTH_FAILURES;
     let fail = |reason: &'static str, claimed: &str, code: u16, counts: Counts| {
+        debug_assert!(
+            FailReason::LABELS.contains(&reason) || AUTH_FAILURES.contains(&reason),
+            "{reason} not listed"
+        );
         sh.metrics
             .auth_failures
             .get_or_create(&ReasonLabel { reason })
@@ -82,12 +92,7 @@ pub(crate) async fn authenticate(
             for l in sh.guard.auth_failed(sender.origin.addr.ip(), &who, clock) {
                 sh.metrics
                     .lockouts
-                    .get_or_create(&ReasonLabel {
-                        reason: match l {
-                            crate::guard::Lockout::Source(..) => "source",
-                            crate::guard::Lockout::User(..) => "user",
-                        },
-                    })
+                    .get_or_create(&ReasonLabel { reason: l.label() })
                     .inc();
                 sh.audit.lockout(&l);
             }
@@ -106,7 +111,7 @@ pub(crate) async fn authenticate(
     // A forged or foreign nonce is refused before any store lookup.
     if digest.check_nonce(&sh.nonces, realm, now) == NonceCheck::Invalid {
         fail(
-            "bad_nonce",
+            FailReason::BadNonce.label(),
             digest.username(),
             kind.status(),
             Counts::Nothing,
@@ -116,14 +121,14 @@ pub(crate) async fn authenticate(
     let username = digest.username().to_owned();
     // A locked user's guesses are not even checked: the answer is the same challenge.
     if sh.guard.user_locked(&format!("{username}@{realm}"), clock) {
-        fail("locked", &username, kind.status(), Counts::Nothing);
+        fail(locked, &username, kind.status(), Counts::Nothing);
         return Err(challenge(false));
     }
     let creds = match sh.users.credentials(&username, realm).await {
         Ok(Some(c)) => c,
         // The same challenge as for a wrong password: which users exist stays unknown.
         Ok(None) => {
-            fail("unknown_user", &username, kind.status(), Counts::Source);
+            fail(unknown_user, &username, kind.status(), Counts::Source);
             return Err(challenge(false));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
@@ -151,14 +156,14 @@ pub(crate) async fn authenticate(
     {
         Ok(true) => {}
         Ok(false) => {
-            fail("replay", &username, kind.status(), Counts::Nothing);
+            fail(replay, &username, kind.status(), Counts::Nothing);
             return Err(challenge(true));
         }
         Err(_) => return Err(unavailable(sh, txn, msg)),
     }
     // The authenticated user may only act as itself (register its own AOR, call as itself).
     if expected_user.is_some_and(|u| u != username) {
-        fail("identity_mismatch", &username, 403, Counts::Source);
+        fail(identity_mismatch, &username, 403, Counts::Source);
         return Err(refuse_login(txn, msg));
     }
     sh.guard.auth_succeeded(&format!("{username}@{realm}"));

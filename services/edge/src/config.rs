@@ -41,6 +41,9 @@ pub struct EdgeConfig {
     pub security: SecurityConfig,
     /// Call events and CDRs: where they go, the durable spool, dialog records.
     pub accounting: accounting::AccountingSettings,
+    /// A copy of every SIP message to a HEP collector (Homer, heplify-server, sngrep):
+    /// off by default.
+    pub hep: hep::HepConfig,
 }
 
 /// Trust and refusal (see "Security" in ARCHITECTURE.md).
@@ -580,6 +583,7 @@ impl EdgeConfig {
 
     /// Check every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.hep.validate()?;
         if let Some((field, problem)) = self.accounting.problem() {
             return Err(bad(field, problem));
         }
@@ -865,6 +869,8 @@ impl EdgeConfig {
             tcp_max_connections_per_source: l.tcp_max_connections_per_source,
             tcp_connect_timeout: Duration::from_secs(5),
             overload_retry_after: l.overload_retry_after,
+            // The edge's runner puts its exporter's sink here.
+            capture: hep::HepSink::disabled(),
         }
     }
 

@@ -31,6 +31,10 @@ use crate::nat::with_received;
 use crate::route::{branch_prefix, loop_hash};
 use crate::shared::Shared;
 
+/// Every `reason` of `sip_dropped_requests` (see `Core::dropped`): a denied User-Agent,
+/// a source banned for failed logins, a source over its request rate.
+pub const DROP_REASONS: [&str; 3] = ["scanner", "banned", "rate_limited"];
+
 /// What the core wants done.
 #[derive(Debug)]
 pub enum Action {
@@ -331,15 +335,16 @@ impl Core {
     /// server is here, and cost what the limit saves).
     fn dropped(&self, msg: &SipMessage, source: Target, now: Instant) -> bool {
         let o = crate::origin::origin(&self.sh, msg, source);
+        let [scanner, banned, rate_limited] = DROP_REASONS;
         let reason = if self.sh.deny.denies_message(msg) {
-            "scanner"
+            scanner
         } else if o.trusted {
             return false;
         } else {
             match self.sh.guard.admit(o.addr.ip(), now) {
                 crate::guard::Admit::Yes => return false,
-                crate::guard::Admit::Banned => "banned",
-                crate::guard::Admit::RateLimited => "rate_limited",
+                crate::guard::Admit::Banned => banned,
+                crate::guard::Admit::RateLimited => rate_limited,
             }
         };
         self.sh

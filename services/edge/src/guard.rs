@@ -37,6 +37,20 @@ pub enum Lockout {
     User(String, Duration),
 }
 
+impl Lockout {
+    /// Every [`label`](Lockout::label): the `reason` of `sip_lockouts`, what was banned.
+    pub const LABELS: [&'static str; 2] = ["source", "user"];
+
+    /// The metric label: `source` or `user`.
+    pub fn label(&self) -> &'static str {
+        let [source, user] = Self::LABELS;
+        match self {
+            Lockout::Source(..) => source,
+            Lockout::User(..) => user,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,

@@ -85,6 +85,9 @@ pub enum EdgeError {
     /// Accounting could not start (its spool, its destination).
     #[error(transparent)]
     Accounting(#[from] accounting::StartError),
+    /// The HEP exporter could not start.
+    #[error("hep: {0}")]
+    Hep(#[from] hep::HepError),
 }
 
 /// A running edge.
@@ -105,6 +108,9 @@ pub struct EdgeHandle {
     /// makes it a readiness condition: see [`EdgeHandle::readiness`].
     relays_available: Option<Arc<AtomicBool>>,
     metrics_set: metrics::EdgeMetrics,
+    /// The HEP exporter (its task stops when the handle drops) and its metrics.
+    hep_exporter: hep::HepExporter,
+    hep_metrics: hep::HepMetrics,
     transports: Transports,
     draining: Arc<AtomicBool>,
     drain: Duration,
@@ -162,6 +168,11 @@ impl EdgeHandle {
     /// `/metrics`).
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics_set.register(registry);
+        // A process of several roles exports through one of them (the all-in-one: its
+        // dispatcher); a disabled exporter's series would be a second family of the name.
+        if self.hep_exporter.sink().is_enabled() {
+            self.hep_metrics.register(registry);
+        }
     }
 
     /// SIGTERM: not ready and 503 to OPTIONS (dispatchers stop sending new dialogs at
@@ -285,8 +296,11 @@ pub async fn start_with(
             "accounting on: call events and CDRs"
         );
     }
+    let hep_metrics = hep::HepMetrics::default();
+    let hep = hep::HepExporter::start(&cfg.hep, &hep_metrics)?;
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
-    let tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
+    let mut tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
+    tcfg.capture = hep.sink();
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
     let secret = match &cfg.auth.nonce_secret {
         Some(s) => s.clone(),
@@ -320,6 +334,7 @@ pub async fn start_with(
         Some(addr) => {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
+            hep_metrics.register(&mut registry);
             let (bound, task) = telemetry::spawn_endpoint(addr, registry, ready.clone())
                 .await
                 .map_err(|source| EdgeError::Metrics { addr, source })?;
@@ -381,6 +396,8 @@ pub async fn start_with(
         ready,
         relays_available,
         metrics_set: metrics,
+        hep_exporter: hep,
+        hep_metrics,
         transports,
         draining,
         drain,

@@ -333,10 +333,30 @@ impl Default for EdgeMetrics {
             transport: TransportMetrics::default(),
             hot: Arc::default(),
         }
+        .with_closed_label_sets()
     }
 }
 
 impl EdgeMetrics {
+    /// Create the series of the families whose label values are a closed set known at
+    /// start, at 0: a family without a series is not exposed at all, and a first event
+    /// would show up as 1 with no increase. (Not the per-method and per-code families
+    /// of the hot handles, created on first use on purpose.)
+    fn with_closed_label_sets(self) -> Self {
+        let reasons = |f: &Family<ReasonLabel, Counter>, list: &[&'static str]| {
+            for &reason in list {
+                let _ = f.get_or_create(&ReasonLabel { reason });
+            }
+        };
+        reasons(&self.auth_failures, &sip_auth::FailReason::LABELS);
+        reasons(&self.auth_failures, &crate::authenticate::AUTH_FAILURES);
+        reasons(&self.dropped_requests, &crate::core::DROP_REASONS);
+        let kinds = sip_core::ErrorKind::ALL.map(sip_core::ErrorKind::as_str);
+        reasons(&self.invalid_requests, &kinds);
+        reasons(&self.lockouts, &crate::guard::Lockout::LABELS);
+        self
+    }
+
     /// Count a request by its [`METHODS`] index.
     pub fn count_request(&self, method: usize) {
         let m = method.min(METHODS.len() - 1);
@@ -588,6 +608,75 @@ mod tests {
         assert_eq!(code_label(499), "4xx");
         assert_eq!(code_label(299), "2xx");
         assert_eq!(code_label(999), "6xx");
+    }
+
+    #[test]
+    fn closed_label_sets_are_exposed_at_zero_from_the_start() {
+        let m = EdgeMetrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines = Vec::new();
+        for reason in [
+            "not_digest",
+            "missing_param",
+            "invalid_param",
+            "realm_mismatch",
+            "unknown_algorithm",
+            "unsupported_qop",
+            "userhash_unsupported",
+            "no_credentials_for_algorithm",
+            "bad_nonce",
+            "uri_mismatch",
+            "wrong_response",
+            "locked",
+            "unknown_user",
+            "replay",
+            "identity_mismatch",
+        ] {
+            lines.push(format!(
+                "sipcluster_sip_auth_failures_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        for reason in ["scanner", "banned", "rate_limited"] {
+            lines.push(format!(
+                "sipcluster_sip_dropped_requests_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        for reason in ["limit", "framing", "start_line", "header", "uri"] {
+            lines.push(format!(
+                "sipcluster_sip_invalid_requests_total{{reason=\"{reason}\"}} 0"
+            ));
+            lines.push(format!(
+                "sipcluster_sip_transport_parse_errors_total{{kind=\"{reason}\"}} 0"
+            ));
+        }
+        for reason in ["source", "user"] {
+            lines.push(format!(
+                "sipcluster_sip_lockouts_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        lines
+            .push("sipcluster_accounting_events_dropped_total{reason=\"spool_full\"} 0".to_owned());
+        lines.push(
+            "sipcluster_sip_transport_tcp_refused_total{reason=\"connection_limit\"} 0".to_owned(),
+        );
+        for line in lines {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        // The hot handles' families still start empty.
+        for absent in [
+            "sipcluster_sip_requests_total{",
+            "sipcluster_sip_responses_total{",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        // Exactly 15 auth failure reasons: `bad_nonce` once.
+        assert_eq!(
+            text.matches("sipcluster_sip_auth_failures_total{").count(),
+            15
+        );
     }
 
     #[test]

@@ -57,11 +57,36 @@ fn buckets() -> impl Iterator<Item = f64> {
 
 impl Default for Metrics {
     fn default() -> Self {
+        // The closed label sets of the counters at 0 from the start: a family without a
+        // series is not exposed at all, and a first event would show up as 1 with no
+        // increase. (Not the duration histograms: an empty one adds series, no signal.)
+        use crate::server::{METHODS, REFUSED_CODES, REFUSED_OTHER, REGISTER_RESULTS};
+        let calls = Family::default();
+        for method in METHODS {
+            for code in telemetry::GRPC_CODE_NAMES {
+                let _ = calls.get_or_create(&CallLabel { method, code });
+            }
+        }
+        let registers = Family::default();
+        for result in REGISTER_RESULTS {
+            let _ = registers.get_or_create(&ResultLabel { result });
+        }
+        let refused = Family::default();
+        for code in REFUSED_CODES
+            .map(|(_, c)| c)
+            .into_iter()
+            .chain([REFUSED_OTHER])
+        {
+            let _ = refused.get_or_create(&CallLabel {
+                method: "Register",
+                code,
+            });
+        }
         Metrics {
-            calls: Family::default(),
+            calls,
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
-            refused: Family::default(),
-            registers: Family::default(),
+            refused,
+            registers,
             backend_up: Gauge::default(),
             aors: Gauge::default(),
             bindings: Gauge::default(),
@@ -132,6 +157,45 @@ impl Metrics {
             "data_losses",
             "Losses of the store's data noticed (provisioning marker gone: Redis restarted empty or flushed)",
             self.data_losses.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_label_sets_are_exposed_at_zero_from_the_start() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines = Vec::new();
+        for result in ["ok", "refused", "unavailable"] {
+            lines.push(format!(
+                "sipcluster_location_registers_total{{result=\"{result}\"}} 0"
+            ));
+        }
+        for code in ["400", "403", "416", "423", "500", "other"] {
+            lines.push(format!(
+                "sipcluster_location_register_refused_total{{method=\"Register\",code=\"{code}\"}} 0"
+            ));
+        }
+        for method in ["Register", "Lookup", "TerminateDialog"] {
+            for code in ["ok", "unavailable", "aborted", "other"] {
+                lines.push(format!(
+                    "sipcluster_location_grpc_calls_total{{method=\"{method}\",code=\"{code}\"}} 0"
+                ));
+            }
+        }
+        for line in lines {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("sipcluster_location_grpc_call_duration_seconds_count{"),
+            "no empty histograms: {text}"
         );
     }
 }

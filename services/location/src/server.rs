@@ -63,6 +63,52 @@ pub static POLICY: Policy = Policy {
 
 pub use sip_registrar::unix_now;
 
+/// Every RPC counted in `grpc_calls` and timed in `grpc_call_duration_seconds` (the
+/// `method` each `observed` call names; WatchBindings, a stream, is not one).
+pub(crate) const METHODS: [&str; 17] = [
+    "Register",
+    "RegisterBatch",
+    "Lookup",
+    "RemoveBindings",
+    "ListBindings",
+    "Stats",
+    "GetCredentials",
+    "PutUser",
+    "RemoveUser",
+    "ListUsers",
+    "UseNonce",
+    "PutDialog",
+    "EndDialog",
+    "ReapDialogs",
+    "GetDialog",
+    "ListDialogs",
+    "TerminateDialog",
+];
+
+/// Every `result` of `registers` (see `register_one`).
+pub(crate) const REGISTER_RESULTS: [&str; 3] = ["ok", "refused", "unavailable"];
+
+/// The refusal statuses of the registrar rules with their own `code` in
+/// `register_refused`; any other is [`REFUSED_OTHER`].
+pub(crate) const REFUSED_CODES: [(u16, &str); 5] = [
+    (400, "400"),
+    (403, "403"),
+    (416, "416"),
+    (423, "423"),
+    (500, "500"),
+];
+
+/// The `code` of a refusal status not in [`REFUSED_CODES`].
+pub(crate) const REFUSED_OTHER: &str = "other";
+
+/// The `code` label of a refusal with `status`.
+fn refused_code(status: u16) -> &'static str {
+    REFUSED_CODES
+        .iter()
+        .find(|(s, _)| *s == status)
+        .map_or(REFUSED_OTHER, |(_, code)| code)
+}
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct LocationService {
@@ -161,6 +207,7 @@ async fn observed<T>(
     method: &'static str,
     f: impl Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
+    debug_assert!(METHODS.contains(&method), "{method} not in METHODS");
     let start = Instant::now();
     let r = f.await;
     m.duration
@@ -195,7 +242,10 @@ impl LocationService {
         now: u64,
     ) -> Result<pb::RegisterReply, Status> {
         let m = &self.metrics;
-        let count = |result| m.registers.get_or_create(&ResultLabel { result }).inc();
+        let count = |result| {
+            debug_assert!(REGISTER_RESULTS.contains(&result), "{result}");
+            m.registers.get_or_create(&ResultLabel { result }).inc();
+        };
         let req = convert::request_from(msg).map_err(invalid)?;
         let applied = self.backend.register(req, now).await.map_err(|e| {
             count("unavailable");
@@ -211,14 +261,7 @@ impl LocationService {
                 m.refused
                     .get_or_create(&CallLabel {
                         method: "Register",
-                        code: match rule.status() {
-                            400 => "400",
-                            403 => "403",
-                            416 => "416",
-                            423 => "423",
-                            500 => "500",
-                            _ => "other",
-                        },
+                        code: refused_code(rule.status()),
                     })
                     .inc();
                 Ok(pb::RegisterReply {
@@ -732,6 +775,32 @@ impl pb::location_server::Location for LocationService {
 mod tests {
     use super::*;
     use grpc_auth::Role;
+
+    /// The metrics' lists (series created at start) are the values the service counts.
+    #[test]
+    fn metric_lists_are_what_the_service_uses() {
+        let src = include_str!("server.rs");
+        let mut observed: Vec<&str> = src
+            .split(concat!("observed", "("))
+            .skip(1)
+            .filter_map(|rest| {
+                let rest = rest
+                    .trim_start()
+                    .strip_prefix("&self.metrics,")?
+                    .trim_start();
+                let rest = rest.strip_prefix('"')?;
+                Some(&rest[..rest.find('"')?])
+            })
+            .collect();
+        observed.sort_unstable();
+        let mut listed = METHODS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(observed, listed, "each method observed once, and listed");
+        for (status, code) in REFUSED_CODES {
+            assert_eq!(refused_code(status), code);
+        }
+        assert_eq!(refused_code(401), REFUSED_OTHER);
+    }
 
     fn roles(method: &str) -> Vec<Role> {
         match POLICY.access(&format!("/sipcluster.location.v1.Location/{method}")) {

@@ -440,14 +440,18 @@ impl Relay {
 /// Which side of an answered session sent nothing the relay took for its own:
 /// `offerer`, `answerer` (every branch together) or `both`. `None` when both sent, or when
 /// nobody answered (a failed or cancelled call has no media to miss).
+/// Every side [`silent_side`] names (the `side` of `sessions_without_media`).
+pub(crate) const SILENT_SIDES: [&str; 3] = ["offerer", "answerer", "both"];
+
 fn silent_side(info: &SessionInfo, offerer: u64, answerer: u64) -> Option<&'static str> {
     if info.to_tags.is_empty() {
         return None;
     }
+    let [offerer_side, answerer_side, both] = SILENT_SIDES;
     match (offerer, answerer) {
-        (0, 0) => Some("both"),
-        (0, _) => Some("offerer"),
-        (_, 0) => Some("answerer"),
+        (0, 0) => Some(both),
+        (0, _) => Some(offerer_side),
+        (_, 0) => Some(answerer_side),
         _ => None,
     }
 }
@@ -506,6 +510,9 @@ pub static POLICY: Policy = Policy {
     ],
 };
 
+/// Every call counted in `control_calls` (the `method` of each `count`).
+pub(crate) const CONTROL_METHODS: [&str; 4] = ["offer", "answer", "delete", "query"];
+
 /// The tonic service.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -520,6 +527,10 @@ impl Service {
     }
 
     fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
+        debug_assert!(
+            CONTROL_METHODS.contains(&method),
+            "{method} not in CONTROL_METHODS"
+        );
         let code =
             telemetry::grpc_code_name(r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         self.relay
@@ -607,6 +618,21 @@ impl pb::media_relay_server::MediaRelay for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `CONTROL_METHODS` are the methods `count` is called with.
+    #[test]
+    fn control_methods_are_what_the_service_counts() {
+        let src = include_str!("control.rs");
+        let mut counted: Vec<&str> = src
+            .split(concat!("self.count", "(\""))
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        counted.sort_unstable();
+        let mut listed = CONTROL_METHODS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(counted, listed);
+    }
 
     #[test]
     fn every_rpc_of_the_proto_has_its_roles_and_only_edges_hold_ports() {

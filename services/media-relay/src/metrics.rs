@@ -74,17 +74,34 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        // The closed label sets of the counters at 0 from the start: a family without a
+        // series is not exposed at all, and a first event would show up as 1 with no
+        // increase. (`packets` and `dropped` are created by the forwarding threads.)
+        let sessions_ended = Family::default();
+        for r in media_core::EndReason::ALL {
+            let _ = sessions_ended.get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        let sessions_without_media = Family::default();
+        for side in crate::control::SILENT_SIDES {
+            let _ = sessions_without_media.get_or_create(&SideLabel { side });
+        }
+        let calls = Family::default();
+        for method in crate::control::CONTROL_METHODS {
+            for code in telemetry::GRPC_CODE_NAMES {
+                let _ = calls.get_or_create(&CallLabel { method, code });
+            }
+        }
         Metrics {
             sessions: Gauge::default(),
             sessions_started: Counter::default(),
-            sessions_ended: Family::default(),
-            sessions_without_media: Family::default(),
+            sessions_ended,
+            sessions_without_media,
             foreign_sources: Counter::default(),
             packets: Family::default(),
             bytes: Counter::default(),
             dropped: Family::default(),
             ports: Family::default(),
-            calls: Family::default(),
+            calls,
             loss: Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             // Seconds, as Prometheus names units (promtool refuses `_ms`): 1 ms to 200 ms.
             jitter: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]),
@@ -168,5 +185,47 @@ impl Metrics {
             "The session cap in force (configured, or lowered when fd_limit is short of fd_needed)",
             self.max_sessions.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_label_sets_are_exposed_at_zero_from_the_start() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines = Vec::new();
+        for reason in ["deleted", "idle", "max_duration"] {
+            lines.push(format!(
+                "sipcluster_media_sessions_ended_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        for side in ["offerer", "answerer", "both"] {
+            lines.push(format!(
+                "sipcluster_media_sessions_without_media_total{{side=\"{side}\"}} 0"
+            ));
+        }
+        for method in ["offer", "answer", "delete", "query"] {
+            for code in [
+                "ok",
+                "invalid_argument",
+                "not_found",
+                "resource_exhausted",
+                "unavailable",
+            ] {
+                lines.push(format!(
+                    "sipcluster_media_control_calls_total{{method=\"{method}\",code=\"{code}\"}} 0"
+                ));
+            }
+        }
+        lines.push("sipcluster_grpc_auth_rejected_total{reason=\"unknown_token\"} 0".to_owned());
+        for line in lines {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! * `check-config [SERVICE]` validates a service's configuration (the edge /
 //!   all-in-one's without one), reads the files it names, and prints it as reusable TOML;
 //! * `cdr tail` reads the accounting topics and prints the decoded call events and CDRs;
-//! * `calls list|show|end` shows and ends the calls in progress across the cluster.
+//! * `calls list|show|end` shows and ends the calls in progress across the cluster;
+//! * `top` shows rates and state from the services' `/metrics`, refreshed in place.
 //!
 //! Settings come from a TOML file (`--config`), then `SIPCLUSTER_*` environment
 //! variables, then flags; the result is validated before anything binds. Process-wide
@@ -60,6 +61,9 @@ enum Command {
     /// --config reads back. Nothing is started.
     // Boxed: it holds every service's flags.
     CheckConfig(Box<cmd::check_config::CheckConfigArgs>),
+    /// Show the services' traffic and state from their /metrics, rates per second,
+    /// refreshed every interval (the all-in-one's 127.0.0.1:9090 without an address).
+    Top(cmd::top::TopArgs),
 }
 
 fn main() -> Result<()> {
@@ -75,5 +79,6 @@ fn main() -> Result<()> {
         Command::CheckConfig(a) => cmd::check_config::run(&a),
         Command::Cdr(a) => cmd::cdr::run(&a),
         Command::Calls(a) => process::runtime(1)?.block_on(cmd::calls::run(a)),
+        Command::Top(a) => cmd::top::run(&a),
     }
 }

@@ -183,6 +183,9 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(*ip, *p)))
         .collect();
     ecfg.auth.nonce_secret = Some(secret.clone());
+    // HEP from the dispatcher, which holds the client-facing sockets (and the hop to the
+    // edge): one exporter, one set of `sipcluster_hep_*` series.
+    ecfg.hep = hep::HepConfig::default();
     // One /metrics for every role, served below.
     ecfg.metrics.listen = None;
     // Accounting by default: JSON lines beside the admin token, with the spool there;
@@ -244,6 +247,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         admin_listen: cfg.all_in_one.admin_listen,
         metrics_listen: None,
         drain_secs: cfg.runtime.drain_secs,
+        hep: cfg.hep.clone(),
         ..Default::default()
     };
     let discovery = dispatcher::discovery_from(&dcfg)?;

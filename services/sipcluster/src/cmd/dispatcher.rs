@@ -70,6 +70,8 @@ pub struct DispatcherArgs {
     /// Worker threads (0 = one per CPU).
     #[arg(long, env = "SIPCLUSTER_WORKERS")]
     pub workers: Option<usize>,
+    #[command(flatten)]
+    pub hep: crate::cmd::HepArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -131,6 +133,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
     if let Some(w) = a.workers {
         cfg.workers = w;
     }
+    a.hep.apply(&mut cfg.hep)?;
     cfg.validate()?;
     Ok(cfg)
 }

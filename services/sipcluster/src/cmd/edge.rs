@@ -102,6 +102,8 @@ pub struct EdgeArgs {
     // location.token_file and media.token_file).
     #[command(flatten)]
     pub edge_token: crate::tokens::EdgeTokenArg,
+    #[command(flatten)]
+    pub hep: crate::cmd::HepArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -203,6 +205,7 @@ pub fn resolve(a: &EdgeArgs) -> Result<EdgeConfig> {
     }
     a.edge_token.apply(&mut cfg.location.token_file);
     a.edge_token.apply(&mut cfg.media.token_file);
+    a.hep.apply(&mut cfg.hep)?;
     Ok(cfg)
 }
 

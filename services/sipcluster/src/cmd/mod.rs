@@ -11,7 +11,45 @@ pub mod edge;
 pub mod location;
 pub mod media_relay;
 pub mod registrations;
+pub mod top;
 pub mod users;
+
+/// The HEP export flags of the commands that carry SIP (edge, dispatcher, all-in-one):
+/// each overrides the `[hep]` section of the configuration file.
+#[derive(clap::Args, Clone, Default)]
+pub struct HepArgs {
+    /// Send a copy of every SIP message to this HEP collector, host:port (Homer,
+    /// heplify-server, sngrep); turns `hep.enabled` on.
+    #[arg(long = "hep", env = "SIPCLUSTER_HEP")]
+    pub address: Option<String>,
+    /// How to reach the collector: udp (default) or tcp.
+    #[arg(long = "hep-transport", env = "SIPCLUSTER_HEP_TRANSPORT")]
+    pub transport: Option<String>,
+    /// Share of calls exported, 0 to 1 (whole calls: chosen on the Call-ID).
+    #[arg(long = "hep-sample-ratio", env = "SIPCLUSTER_HEP_SAMPLE_RATIO")]
+    pub sample_ratio: Option<f64>,
+}
+
+impl HepArgs {
+    /// Override `c` with the flags given.
+    pub fn apply(&self, c: &mut hep::HepConfig) -> anyhow::Result<()> {
+        if let Some(a) = &self.address {
+            c.address.clone_from(a);
+            c.enabled = true;
+        }
+        if let Some(t) = &self.transport {
+            c.transport = match t.as_str() {
+                "udp" => hep::HepTransport::Udp,
+                "tcp" => hep::HepTransport::Tcp,
+                other => anyhow::bail!("--hep-transport {other:?}: udp or tcp"),
+            };
+        }
+        if let Some(r) = self.sample_ratio {
+            c.sample_ratio = r;
+        }
+        Ok(())
+    }
+}
 
 /// The `--location` and `--token-file` of the commands that talk to the location API.
 #[derive(clap::Args, Clone)]
