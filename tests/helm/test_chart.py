@@ -175,6 +175,8 @@ def schema_checks() -> None:
         ({"location": {"onDataLoss": "reprovision"}}, "usersExistingSecret"),
         ({"mediaRelay": {"ports": {"min": 80}}}, "/mediaRelay/ports/min"),
         ({"edge": {"pdb": {"maxUnavailable": "half"}}}, "/edge/pdb/maxUnavailable"),
+        ({"hep": {"sampleRatio": 1.5}}, "/hep/sampleRatio"),
+        ({"hep": {"transport": "sctp"}}, "/hep/transport"),
     ]
     for vals, where in wrong:
         try:
@@ -188,6 +190,7 @@ def schema_checks() -> None:
         ({"location": {"redis": {"url": ""}}}, "location.redis.url"),
         ({"location": {"enabled": False}}, "edge.externalLocation"),
         ({"mediaRelay": {"advertise": {"from": "static", "address": "203.0.113.5"}}}, "mediaRelay.advertise.from static"),
+        ({"hep": {"enabled": True}}, "hep.address"),
     ]:
         try:
             render(vals)

@@ -215,3 +215,17 @@ Returns JSON (templates return strings); fromJson turns it back into a map.
 {{- define "sipcluster.toml" -}}
 {{- include "sipcluster.toml.table" (dict "path" "" "map" .) | trimPrefix "\n" }}
 {{- end -}}
+
+{{/* The `[hep]` section the edges and dispatchers share (values: hep), as JSON; `{}`
+when off. */}}
+{{- define "sipcluster.hep" -}}
+{{- $h := .Values.hep }}
+{{- if $h.enabled }}
+{{- if not $h.address }}
+{{- fail "hep.address: the HEP collector's host:port (e.g. heplify-server.monitoring:9060)" }}
+{{- end }}
+{{- dict "enabled" true "address" $h.address "transport" $h.transport "sample_ratio" (float64 $h.sampleRatio) "capture_id" (int64 $h.captureId) | toJson }}
+{{- else }}
+{{- dict | toJson }}
+{{- end }}
+{{- end -}}
