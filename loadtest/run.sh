@@ -24,8 +24,8 @@
 # LOAD_CLUSTER_WORKERS (--workers for the edge and the location service; default: theirs),
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
-# LOAD_ONLY (a subset of "register call auth overload echo cluster dispatcher media accounting",
-# default all),
+# LOAD_ONLY (a subset of "register call auth overload echo cluster dispatcher media accounting
+# hep", default all), LOAD_HEP_RATES (calls/s steps of the hep section),
 # LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak),
 # LOAD_ECHO_RATE (REGISTER/s of the echo section, default 10000).
 #
@@ -53,6 +53,11 @@
 # and the overhead over "off". Then loadtest/acct-load drives the producer path alone (the
 # spool and the Kafka producer or the JSON-lines writer, no SIP) at LOAD_ACCT_RECORD_RATES
 # records per second: what it acknowledges per second and its CPU per record and per call.
+#
+# The hep section runs the same call steps against an all-in-one with HEP export off and
+# on (every message to a UDP collector: sngrep when installed, writing its pcap; else a
+# port where nothing listens, the datagrams leave all the same), in one run: the CPU per
+# call of each and the overhead.
 #
 # The media section drives `sipcluster media-relay` and then, when it is installed
 # (apt-get install rtpengine-daemon), rtpengine in userspace mode with the same rtp-load
@@ -93,7 +98,7 @@ if [ "$QUICK" = 1 ]; then
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
   MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting}
+ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting hep}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -367,6 +372,31 @@ if want accounting; then
     [ -n "${ACCT_CPU[$label]:-}" ] || continue
     echo "accounting $label: $(awk -v a="${ACCT_CPU[$label]}" -v o="${ACCT_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over accounting off, at the last step" | tee -a "$RESULTS"
   done
+fi
+
+if want hep; then
+  HEP_RATES=${LOAD_HEP_RATES:-$CALL_RATES}
+  declare -A HEP_CPU=()
+  hep_run() { # hep_run LABEL FLAGS...
+    local label=$1
+    shift
+    start_sipcluster "hep-$label" --no-auth --accounting off "$@"
+    call_steps "hep-$label" "$SRV_PID" "$SRV_PORT" "$HEP_RATES"
+    HEP_CPU[$label]=$LAST_CPU_PER_OP
+    stop_pid "$SRV_PID"
+  }
+  hep_run off
+  HEP_PORT=$(free_port)
+  HEP_PID=
+  if command -v sngrep >/dev/null; then
+    sngrep -N -q -L "udp:127.0.0.1:$HEP_PORT" -O "$WORK/hep.pcap" </dev/null >"$WORK/sngrep.log" 2>&1 &
+    HEP_PID=$!
+    PIDS+=("$HEP_PID")
+    sleep 0.5
+  fi
+  hep_run on --hep "127.0.0.1:$HEP_PORT"
+  [ -z "$HEP_PID" ] || stop_pid "$HEP_PID"
+  echo "hep on: $(awk -v a="${HEP_CPU[on]}" -v o="${HEP_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over hep off, at the last step (collector: ${HEP_PID:+sngrep}${HEP_PID:-none listening})" | tee -a "$RESULTS"
 fi
 
 if want auth; then
