@@ -396,7 +396,7 @@ if want hep; then
   fi
   hep_run on --hep "127.0.0.1:$HEP_PORT"
   [ -z "$HEP_PID" ] || stop_pid "$HEP_PID"
-  echo "hep on: $(awk -v a="${HEP_CPU[on]}" -v o="${HEP_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over hep off, at the last step (collector: ${HEP_PID:+sngrep}${HEP_PID:-none listening})" | tee -a "$RESULTS"
+  echo "hep on: $(awk -v a="${HEP_CPU[on]}" -v o="${HEP_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over hep off, at the last step (collector: $([ -n "$HEP_PID" ] && echo sngrep || echo "none listening"))" | tee -a "$RESULTS"
 fi
 
 if want auth; then
