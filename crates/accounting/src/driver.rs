@@ -1,6 +1,6 @@
 //! The accounting thread: queue → spool → fsync → publisher → acknowledgement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
@@ -50,8 +50,10 @@ impl AccountingConfig {
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// While busy, the thread wakes this often and takes what queued meanwhile (at 5,000
-/// events/s, ten per wake-up instead of a wake-up each).
-const GATHER: Duration = Duration::from_millis(2);
+/// events/s, 25 per wake-up instead of a wake-up each). Each wake-up writes what it took
+/// (a killed process loses at most what queued since, never what was written); 2 ms cost
+/// 4 µs of context switches per call at 2,000 calls/s, a fifth of what accounting cost.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// Events taken from the queue per turn at most.
 const TAKE_PER_TURN: usize = 8192;
@@ -183,6 +185,33 @@ struct Pipeline {
     last_checkpoint: Instant,
     drain: Option<(Instant, SyncSender<usize>)>,
     log: LogLimit,
+    /// With a publisher that is itself a durable local file ([`Publisher::durable`]):
+    /// the records that skip the spool.
+    unspooled: Option<Unspooled>,
+}
+
+/// Records that go to a durable local destination (the JSON-lines file) straight from
+/// the queue: writing them to the spool first would write and fsync every record twice
+/// on the same disk, for nothing (half of what accounting cost per call). They wait here,
+/// bounded like the spool, until the destination acknowledges them (synced); failed
+/// ones are offered again like spooled ones. What is left when the thread ends (the
+/// destination failing at exit) goes into the spool, for the next start.
+struct Unspooled {
+    /// Ids from here on are these records' (the spool's own are below).
+    first: u64,
+    next: u64,
+    /// Key and envelope of each record not yet acknowledged.
+    records: BTreeMap<u64, (Vec<u8>, Vec<u8>)>,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl Unspooled {
+    fn remove(&mut self, id: u64) {
+        if let Some((k, e)) = self.records.remove(&id) {
+            self.bytes -= (k.len() + e.len()) as u64;
+        }
+    }
 }
 
 impl Pipeline {
@@ -192,8 +221,16 @@ impl Pipeline {
         cfg: AccountingConfig,
         metrics: Metrics,
     ) -> Pipeline {
+        let unspooled = publisher.durable().then(|| Unspooled {
+            first: spool.durable_below(),
+            next: spool.durable_below(),
+            records: BTreeMap::new(),
+            bytes: 0,
+            max_bytes: cfg.spool.max_bytes,
+        });
         Pipeline {
             cursor: spool.low_watermark(),
+            unspooled,
             spool,
             publisher,
             cfg,
@@ -220,7 +257,7 @@ impl Pipeline {
                 // `record` stays a plain enqueue.
                 std::thread::sleep(wait.min(GATHER));
                 if self.take_queued(&rx).is_err() {
-                    self.sync();
+                    self.finish();
                     return;
                 }
             } else {
@@ -228,13 +265,13 @@ impl Pipeline {
                     Ok(msg) => {
                         self.take(msg);
                         if self.take_queued(&rx).is_err() {
-                            self.sync();
+                            self.finish();
                             return;
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
-                        self.sync();
+                        self.finish();
                         return;
                     }
                 }
@@ -247,6 +284,10 @@ impl Pipeline {
     /// acknowledgement, a back-off running, a drain asked for.
     fn busy(&self) -> bool {
         self.spool.unsynced() > 0
+            || self
+                .unspooled
+                .as_ref()
+                .is_some_and(|u| !u.records.is_empty())
             || !self.in_flight.is_empty()
             || self.backoff_until.is_some()
             || self.drain.is_some()
@@ -288,6 +329,9 @@ impl Pipeline {
 
     fn take(&mut self, msg: Msg) {
         match msg {
+            Msg::Event { key, envelope, at } if self.unspooled.is_some() => {
+                self.take_unspooled(key, envelope, at);
+            }
             Msg::Event { key, envelope, at } => match self.spool.append(&frame(&key, &envelope)) {
                 Ok(id) => {
                     self.metrics.produced.inc();
@@ -308,6 +352,48 @@ impl Pipeline {
             },
             Msg::Drain { deadline, done } => self.drain = Some((deadline, done)),
         }
+    }
+
+    fn take_unspooled(&mut self, key: Vec<u8>, envelope: Vec<u8>, at: Instant) {
+        let Some(u) = &mut self.unspooled else { return };
+        let size = (key.len() + envelope.len()) as u64;
+        if u.bytes + size > u.max_bytes {
+            self.metrics.drop(DropLabel::SPOOL_FULL);
+            if let Some(held) = self.log.allow(Instant::now()) {
+                tracing::error!(
+                    held_back = held,
+                    pending_bytes = u.bytes,
+                    "accounting: event DROPPED, the destination is not taking events and the pending bound is reached"
+                );
+            }
+            return;
+        }
+        let id = u.next;
+        u.next += 1;
+        u.bytes += size;
+        u.records.insert(id, (key, envelope));
+        self.metrics.produced.inc();
+        self.arrived.insert(id, at);
+    }
+
+    /// The thread's end: what the spool has is made durable, and records that skipped it
+    /// and were not acknowledged go into it (published again at the next start; one that
+    /// was written but not yet synced may then appear twice, under its event id).
+    fn finish(&mut self) {
+        if let Some(u) = self.unspooled.take() {
+            for (k, e) in u.records.values() {
+                if let Err(e) = self.spool.append(&frame(k, e)) {
+                    self.metrics.drop(DropLabel::SPOOL_ERROR);
+                    tracing::error!(error = %e, "accounting: event DROPPED at exit, not spooled");
+                }
+            }
+        }
+        self.sync();
+    }
+
+    /// Pending records: spooled and not.
+    fn depth(&self) -> usize {
+        self.spool.depth() + self.unspooled.as_ref().map_or(0, |u| u.records.len())
     }
 
     fn sync(&mut self) {
@@ -346,17 +432,18 @@ impl Pipeline {
             self.publish();
         }
         self.deliveries();
-        self.metrics.spool_depth.set(self.spool.depth() as i64);
+        self.metrics.spool_depth.set(self.depth() as i64);
+        let bytes = self.spool.bytes() + self.unspooled.as_ref().map_or(0, |u| u.bytes);
         self.metrics
             .spool_bytes
-            .set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.metrics.in_flight.set(self.in_flight.len() as i64);
         if let Some((deadline, _)) = &self.drain
-            && (self.spool.depth() == 0 || Instant::now() >= *deadline)
+            && (self.depth() == 0 || Instant::now() >= *deadline)
             && let Some((_, done)) = self.drain.take()
         {
             self.sync();
-            let _ = done.try_send(self.spool.depth());
+            let _ = done.try_send(self.depth());
         }
     }
 
@@ -373,7 +460,38 @@ impl Pipeline {
                 .take_while(|&id| id < durable)
                 .take(room),
         );
+        if let Some(u) = &self.unspooled {
+            let room = room - next.len().min(room);
+            next.extend(
+                u.records
+                    .range(self.cursor.max(u.first)..)
+                    .map(|(id, _)| *id)
+                    .take(room),
+            );
+        }
         for id in next {
+            if let Some(u) = self.unspooled.as_mut().filter(|u| id >= u.first) {
+                // Acknowledged meanwhile when it is gone (a retried record whose first
+                // delivery came late).
+                let Some(slot) = u.records.get_mut(&id) else {
+                    self.retry.remove(&id);
+                    continue;
+                };
+                // Out of the map while the publisher reads it (no copy), back after.
+                let (key, envelope) = std::mem::take(slot);
+                let taken = self.hand_over(Outgoing {
+                    id,
+                    key: &key,
+                    envelope: &envelope,
+                });
+                if let Some(slot) = self.unspooled.as_mut().and_then(|u| u.records.get_mut(&id)) {
+                    *slot = (key, envelope);
+                }
+                if !taken {
+                    break;
+                }
+                continue;
+            }
             let data = match self.spool.read(id) {
                 Ok(d) => d,
                 // Acknowledged meanwhile (a retried record whose first delivery came late).
@@ -395,29 +513,47 @@ impl Pipeline {
                 self.forget(id);
                 continue;
             };
-            match self.publisher.publish(Outgoing { id, key, envelope }) {
-                Ok(()) => {
-                    self.retry.remove(&id);
-                    self.cursor = self.cursor.max(id + 1);
-                    self.in_flight.insert(id, Instant::now());
+            if !self.hand_over(Outgoing { id, key, envelope }) {
+                break;
+            }
+        }
+    }
+
+    /// Offer one record to the publisher: `false` when it is busy (a back-off starts).
+    fn hand_over(&mut self, rec: Outgoing<'_>) -> bool {
+        let id = rec.id;
+        match self.publisher.publish(rec) {
+            Ok(()) => {
+                self.retry.remove(&id);
+                self.cursor = self.cursor.max(id + 1);
+                self.in_flight.insert(id, Instant::now());
+                true
+            }
+            Err(busy) => {
+                self.metrics.failed.inc();
+                if let Some(held) = self.log.allow(Instant::now()) {
+                    tracing::warn!(kind = self.publisher.kind(), error = %busy, held_back = held, "accounting: publisher busy; events stay pending");
                 }
-                Err(busy) => {
-                    self.metrics.failed.inc();
-                    if let Some(held) = self.log.allow(Instant::now()) {
-                        tracing::warn!(kind = self.publisher.kind(), error = %busy, held_back = held, "accounting: publisher busy; events stay spooled");
-                    }
-                    self.backoff_until = Some(Instant::now() + self.cfg.retry_backoff);
-                    break;
-                }
+                self.backoff_until = Some(Instant::now() + self.cfg.retry_backoff);
+                false
             }
         }
     }
 
     fn forget(&mut self, id: u64) {
-        let _ = self.spool.ack(id);
+        self.release(id);
         self.retry.remove(&id);
         self.arrived.remove(&id);
         self.cursor = self.cursor.max(id + 1);
+    }
+
+    /// An acknowledged (or unpublishable) record leaves the spool or the pending records.
+    fn release(&mut self, id: u64) {
+        if let Some(u) = self.unspooled.as_mut().filter(|u| id >= u.first) {
+            u.remove(id);
+        } else if let Err(e) = self.spool.ack(id) {
+            tracing::error!(id, error = %e, "accounting: spool segment not removed");
+        }
     }
 
     fn deliveries(&mut self) {
@@ -428,9 +564,7 @@ impl Pipeline {
                     if let Some(at) = self.arrived.remove(&id) {
                         self.metrics.latency.observe(at.elapsed().as_secs_f64());
                     }
-                    if let Err(e) = self.spool.ack(id) {
-                        tracing::error!(id, error = %e, "accounting: spool segment not removed");
-                    }
+                    self.release(id);
                     self.metrics.acknowledged.inc();
                 }
                 Delivery::Failed(id) => {

@@ -12,6 +12,11 @@
 //! 4. removes a record from the spool only when the publisher reports it acknowledged;
 //!    a failed one is offered again after a back-off.
 //!
+//! A destination that is itself a durable local file (the all-in-one's JSON lines) takes
+//! records straight from the queue instead: the file is the durable copy, acknowledged
+//! once synced; records wait in memory until then (bounded like the spool) and go into
+//! the spool only if the thread ends with some unacknowledged.
+//!
 //! A broker that is down only makes the spool grow (bounded; past the bound events are
 //! counted and logged, loudly). After a restart, everything the spool holds is published
 //! again, in order: an event acknowledged just before a crash may arrive twice, with the
@@ -67,6 +72,14 @@ pub trait Publisher: Send + 'static {
     fn poll(&mut self, wait: Duration) -> Vec<Delivery>;
     /// For the logs and metrics: `kafka`, `jsonl`.
     fn kind(&self) -> &'static str;
+    /// The destination is itself a durable local file that keeps what it acknowledged
+    /// (the JSON-lines file): records go to it without the spool in front, which would
+    /// only write and sync each of them twice on the same disk. Such a publisher writes
+    /// what it takes at once (at the latest at its next `poll`), so that a killed process
+    /// loses nothing it was given.
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 /// Why accounting could not start.

@@ -119,12 +119,14 @@ impl AccountingSettings {
         let publisher: Box<dyn Publisher> =
             match self.destination_or(default) {
                 Destination::Off => return Ok(None),
-                Destination::Jsonl => Box::new(JsonLines::open(&self.jsonl_path).map_err(|e| {
-                    StartError::Destination {
-                        what: format!("opening {}", self.jsonl_path.display()),
-                        why: e.to_string(),
-                    }
-                })?),
+                Destination::Jsonl => Box::new(
+                    JsonLines::open(&self.jsonl_path)
+                        .map_err(|e| StartError::Destination {
+                            what: format!("opening {}", self.jsonl_path.display()),
+                            why: e.to_string(),
+                        })?
+                        .sync_every(Duration::from_millis(self.sync_interval_ms)),
+                ),
                 Destination::Kafka => Box::new(Kafka::new(self.kafka.clone()).map_err(|e| {
                     StartError::Destination {
                         what: "the Kafka producer".into(),

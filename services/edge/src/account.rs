@@ -79,6 +79,13 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// Nothing to do: events only, and none (CDRs only).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Record::Events { events, .. } if events.is_empty())
+    }
+}
+
 /// A BYE forwarded by this edge.
 #[derive(Debug)]
 pub struct EndCall {
@@ -184,6 +191,8 @@ fn kind_name(k: cdr::CallEventKind) -> &'static str {
     }
 }
 
+/// The event, or `None` when `accounting.call_events` is off (CDRs only): not built at
+/// all then (its id is a SHA-256, its body an allocation or two).
 fn call_event(
     sh: &Shared,
     kind: cdr::CallEventKind,
@@ -191,9 +200,12 @@ fn call_event(
     at_ms: u64,
     code: u16,
     cause: cdr::EndCause,
-) -> cdr::Envelope {
+) -> Option<cdr::Envelope> {
+    if !sh.cfg.accounting.call_events {
+        return None;
+    }
     let id = event_id(kind_name(kind), &call.call_id, &call.from_tag, &call.to_tag);
-    envelope(
+    Some(envelope(
         sh,
         id,
         at_ms,
@@ -204,7 +216,7 @@ fn call_event(
             sip_code: u32::from(code),
             end_cause: cause as i32,
         }),
-    )
+    ))
 }
 
 fn cdr_envelope(sh: &Shared, c: cdr::Cdr, at_ms: u64) -> cdr::Envelope {
@@ -308,14 +320,16 @@ impl CallTrack {
         let call = self.call();
         Record::Events {
             key: call.call_id.clone(),
-            events: vec![call_event(
+            events: call_event(
                 sh,
                 cdr::CallEventKind::Attempt,
                 &call,
                 self.cdr.invite_at_ms,
                 0,
                 cdr::EndCause::Unspecified,
-            )],
+            )
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -329,14 +343,16 @@ impl CallTrack {
         let call = self.call();
         Some(Record::Events {
             key: call.call_id.clone(),
-            events: vec![call_event(
+            events: call_event(
                 sh,
                 cdr::CallEventKind::Ringing,
                 &call,
                 at_ms,
                 code,
                 cdr::EndCause::Unspecified,
-            )],
+            )
+            .into_iter()
+            .collect(),
         })
     }
 
@@ -384,7 +400,7 @@ impl CallTrack {
         };
         Some(Record::Answered {
             dialog,
-            events: vec![event],
+            events: event.into_iter().collect(),
         })
     }
 
@@ -430,10 +446,19 @@ impl CallTrack {
         let event = call_event(sh, cdr::CallEventKind::Failed, &call, at_ms, code, cause);
         Some(Record::Events {
             key: call.call_id.clone(),
-            events: vec![event, cdr_envelope(sh, c, at_ms)],
+            events: event
+                .into_iter()
+                .chain([cdr_envelope(sh, c, at_ms)])
+                .collect(),
         })
     }
 }
+
+/// How long a record ended by a BYE stays, s: long enough for the other side's crossing
+/// BYE and every retransmission (64·T1 = 32 s), with margin. Not the location service's
+/// `ended_ttl_secs` (an hour, for records the cluster ended, whose late BYE may come
+/// much later): at 2,000 calls/s that kept 7 million records.
+const BYE_ENDED_KEEP_SECS: u32 = 64;
 
 /// How many times the dialog record is tried at a BYE before the call is accounted from
 /// its events alone (the location service is down).
@@ -446,13 +471,13 @@ pub async fn execute(sh: &Shared, r: Record) {
     match r {
         Record::Events { key, events } => {
             for e in &events {
-                emit(sh, acc, e, &key);
+                acc.record(e, &key);
             }
         }
         Record::Answered { dialog, events } => {
             let key = dialog.call_id.clone();
             for e in &events {
-                emit(sh, acc, e, &key);
+                acc.record(e, &key);
             }
             let ttl = record_ttl(sh, dialog.session_expires_secs);
             if let Err(e) = sh.dialogs.put(dialog, ttl, false).await {
@@ -491,14 +516,6 @@ pub async fn execute(sh: &Shared, r: Record) {
                 }
             }
         }
-    }
-}
-
-/// Hand a record to the accounting pipeline, unless it is a call event and
-/// `accounting.call_events` is off (CDRs only).
-fn emit(sh: &Shared, acc: &accounting::Accounting, env: &cdr::Envelope, key: &str) {
-    if sh.cfg.accounting.call_events || matches!(env.body, Some(cdr::envelope::Body::Cdr(_))) {
-        acc.record(env, key);
     }
 }
 
@@ -575,7 +592,7 @@ async fn end_call(sh: &Shared, acc: &accounting::Accounting, end: EndCall) {
         ended_at_ms: end.at_ms,
         end_reason: "bye".into(),
         status: 0,
-        ttl_secs: 0,
+        ttl_secs: BYE_ENDED_KEEP_SECS,
     };
     let mut found = None;
     'tries: for attempt in 0..END_ATTEMPTS {
@@ -678,7 +695,7 @@ fn complete(
             .collect();
     }
     record_ended(sh, acc, &call, ended_at_ms, cause);
-    emit(sh, acc, &cdr_envelope(sh, c, ended_at_ms), &call.call_id);
+    acc.record(&cdr_envelope(sh, c, ended_at_ms), &call.call_id);
     sh.metrics.cdrs.inc();
 }
 
@@ -690,8 +707,9 @@ fn record_ended(
     at_ms: u64,
     cause: cdr::EndCause,
 ) {
-    let e = call_event(sh, cdr::CallEventKind::Ended, call, at_ms, 0, cause);
-    emit(sh, acc, &e, &call.call_id);
+    if let Some(e) = call_event(sh, cdr::CallEventKind::Ended, call, at_ms, 0, cause) {
+        acc.record(&e, &call.call_id);
+    }
 }
 
 #[cfg(test)]

@@ -267,6 +267,13 @@ impl Core {
         self.actions.push_back(Action::Ask(Box::new(a)));
     }
 
+    /// Accounting work for the driver, unless there is none (CDRs only: no call events).
+    fn account(&mut self, r: Record) {
+        if !r.is_empty() {
+            self.ask(Ask::Account(r));
+        }
+    }
+
     /// A message from the transports.
     pub fn handle_inbound(&mut self, now: Instant, m: Inbound) {
         self.now = now;
@@ -583,7 +590,7 @@ impl Core {
             .map(Box::new);
         if let Some(c) = &call {
             let r = c.attempt(&self.sh);
-            self.ask(Ask::Account(r));
+            self.account(r);
         }
         let kpi = (invite && initial).then(|| {
             let destination = plan.destination.as_deref().unwrap_or("local").to_owned();
@@ -857,7 +864,7 @@ impl Core {
             }
         };
         if let Some(r) = r {
-            self.ask(Ask::Account(r));
+            self.account(r);
         }
     }
 
@@ -907,7 +914,7 @@ impl Core {
         let Some(c) = &mut ctx.call else { return };
         let at = self.clock.ms(self.now);
         if let Some(r) = c.failed(&self.sh, code, reason, true, at) {
-            self.ask(Ask::Account(r));
+            self.account(r);
         }
     }
 
@@ -931,9 +938,9 @@ impl Core {
         };
         c.cancelled = cancelled;
         let attempt = c.attempt(&self.sh);
-        self.ask(Ask::Account(attempt));
+        self.account(attempt);
         if let Some(r) = c.failed(&self.sh, code, "", true, at) {
-            self.ask(Ask::Account(r));
+            self.account(r);
         }
     }
 
@@ -948,11 +955,11 @@ impl Core {
         else {
             return;
         };
-        self.ask(Ask::Account(Record::Refreshed {
+        self.account(Record::Refreshed {
             call_id: call_id.to_owned(),
             tags: [from.to_owned(), to.to_owned()],
             session_expires: crate::session_timer::interval(resp).unwrap_or(0),
-        }));
+        });
     }
 
     /// A BYE being forwarded: the call ends (see [`crate::account`]).
@@ -967,7 +974,7 @@ impl Core {
             at_ms: self.clock.ms(self.now),
             end_media: end_media && self.sh.relays.is_some(),
         };
-        self.ask(Ask::Account(Record::Ended(end)));
+        self.account(Record::Ended(end));
     }
 
     /// A new call that failed (a final non-2xx, a timeout): its relay session goes.

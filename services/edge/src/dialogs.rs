@@ -115,6 +115,10 @@ impl DialogStore for MemoryDialogs {
         let now = Instant::now();
         let now_ms = sip_registrar::unix_now_ms();
         let mut map = self.lock();
+        // Records past their keeping time go here, at the reaper's pace: without it they
+        // stayed until the table was full (a million records, a gigabyte, then a purge
+        // under the lock on the SIP path).
+        map.retain(|_, (_, until)| *until > now);
         let mut out = Vec::new();
         for (d, until) in map.values_mut() {
             if out.len() >= limit as usize {
@@ -140,3 +144,53 @@ impl DialogStore for MemoryDialogs {
 const REAP_GRACE: Duration = Duration::from_secs(600);
 /// How long a reaped record stays readable.
 const ENDED_KEEP: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_records_leave_the_table_at_the_next_reaping() {
+        let store = MemoryDialogs::default();
+        for i in 0..3 {
+            let d = pb::Dialog {
+                call_id: format!("c{i}"),
+                from_tag: "f".into(),
+                ..pb::Dialog::default()
+            };
+            assert_eq!(store.put(d, Duration::from_secs(60), false).await, Ok(true));
+        }
+        // Two end by BYE, kept a second; the third lives on.
+        for i in 0..2 {
+            let ended = store
+                .end(pb::EndDialogRequest {
+                    call_id: format!("c{i}"),
+                    from_tag: "f".into(),
+                    ended_at_ms: 1,
+                    end_reason: "bye".into(),
+                    status: 0,
+                    ttl_secs: 1,
+                })
+                .await
+                .unwrap();
+            assert!(ended.is_some());
+        }
+        assert_eq!(
+            store.reap(100).await.unwrap().len(),
+            0,
+            "none past its time"
+        );
+        assert_eq!(
+            store.lock().len(),
+            3,
+            "ended records readable for their second"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(store.reap(100).await.unwrap().len(), 0);
+        assert_eq!(
+            store.lock().len(),
+            1,
+            "the ended ones are gone, not kept until full"
+        );
+    }
+}

@@ -234,3 +234,70 @@ fn forty_calls_in_a_row_udp() {
         srv.scrape()
     );
 }
+
+/// The all-in-one's CDRs (JSON lines in its state directory, by default): one complete
+/// CDR per call. The file is their durable copy, written at once: a `kill -9` right after
+/// the calls loses none, and nothing went through the spool.
+#[test]
+fn each_call_has_its_cdr_line_and_a_kill_9_loses_none_written() {
+    let dir = workdir("cdr_lines_kill9");
+    let srv = Server::start(&dir, &[]);
+    let uas = Sipp::new("uas", "uas_answer.xml", Proto::Udp)
+        .calls(30)
+        .timeout(40);
+    register(&srv, &dir, "bob", uas.port, Proto::Udp);
+    let callee = uas.spawn(&dir);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = caller("uac", "uac_call.xml", Proto::Udp, &srv, "bob")
+        .calls(30)
+        .rate(30)
+        .timeout(40)
+        .run(&dir);
+    callee.wait().assert_ok(30, "callee");
+    out.assert_ok(30, "caller");
+    // The last BYE's CDR is queued, then written at the accounting thread's next turn
+    // (every 5 ms while busy): well within this.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    srv.kill();
+
+    let state = common::state_home(&dir).join("sipcluster");
+    let files: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let file = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap_or_else(|| panic!("a CDR file in {files:?}"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let cdrs: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("cdr")).collect();
+    assert_eq!(cdrs.len(), 30, "one CDR per call; lines: {}", lines.len());
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.get("cdr").is_some())
+        .map(|l| l["eventId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "distinct calls");
+    for c in &cdrs {
+        assert_eq!(c["sipCode"], 200, "{c}");
+        assert_eq!(c["endCause"], "END_CAUSE_BYE", "{c}");
+    }
+    // Events too (attempt, ringing, answered, ended): five records a call.
+    assert_eq!(lines.len(), 150, "every event of every call");
+    // The spool beside it holds nothing: the file is the durable copy.
+    let spooled: u64 = files
+        .iter()
+        .filter(|p| p.is_dir())
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(spooled, 0, "nothing written to the spool");
+}

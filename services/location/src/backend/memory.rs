@@ -1,6 +1,7 @@
 //! The in-process backend: the registrar's own [`sip_registrar::MemoryStore`] for
 //! bindings, maps for users and dialogs. Dialog TTLs are enforced on read and by a sweep
-//! on write, so a forgotten dialog does not live forever.
+//! at each reaping (and on a write to a full table), so a forgotten dialog does not live
+//! forever.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -198,6 +199,8 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<pb::Dialog>, BackendError> {
         let now = Instant::now();
         let mut map = lock(&self.dialogs);
+        // Expired records go at the reapers' pace, not only when the table is full.
+        map.retain(|_, (_, t)| *t > now);
         let mut out = Vec::new();
         for (d, until) in map.values_mut() {
             if out.len() >= limit {
@@ -346,5 +349,45 @@ impl Backend for MemoryBackend {
 
     async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>> {
         self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_dialog_records_leave_the_table_at_the_next_reaping() {
+        let b = MemoryBackend::new(Policy::default(), sip_auth::MemoryStore::default());
+        for i in 0..3 {
+            let d = pb::Dialog {
+                call_id: format!("c{i}"),
+                from_tag: "f".into(),
+                ..pb::Dialog::default()
+            };
+            assert!(b.put_dialog(&d, 60, false).await.unwrap().is_some());
+        }
+        let end = DialogEnd {
+            ended_at_ms: 1,
+            reason: "bye".into(),
+            status: 0,
+        };
+        for i in 0..2 {
+            let key = DialogKey {
+                call_id: format!("c{i}"),
+                from_tag: "f".into(),
+            };
+            assert!(b.end_dialog(&key, &end, 1).await.unwrap().is_some());
+        }
+        let now_ms = unix_now_ms();
+        assert!(b.reap_dialogs(now_ms, 100, 3600).await.unwrap().is_empty());
+        assert_eq!(lock(&b.dialogs).len(), 3);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(b.reap_dialogs(now_ms, 100, 3600).await.unwrap().is_empty());
+        assert_eq!(
+            lock(&b.dialogs).len(),
+            1,
+            "ended records past their time are gone, not kept until the table is full"
+        );
     }
 }
