@@ -35,8 +35,8 @@ pub use health::{Health, HealthConfig, Probe, State, Transition};
 pub use metrics::Metrics;
 pub use pool::{Algorithm, Pool, TargetSpec};
 pub use relay::{
-    FlowTable, Listen, Notice, Rejected, Relay, RelayConfig, Side, TargetInfo, Transmit,
-    is_dispatcher_via,
+    FlowTable, Listen, Notice, Rejected, Relay, RelayConfig, Side, TRACE_HEADER, TargetInfo,
+    Transmit, is_dispatcher_via,
 };
 pub use security::{Cidr, UserAgentDeny};
 pub use token::{FlowToken, TokenKey};

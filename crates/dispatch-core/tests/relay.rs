@@ -406,7 +406,8 @@ Content-Length: 0\r\n\r\n";
         "INVITE sip:carol@192.168.1.30:5060;transport=tcp SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge1\r\nRoute: {path}\r\nMax-Forwards: 69\r\n\
 From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:carol@example.com>\r\nCall-ID: call-9\r\n\
-CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+CSeq: 1 INVITE\r\nX-Sipcluster-Trace: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+Content-Length: 0\r\n\r\n"
     );
     let from_edge = udp("10.0.1.1:5060");
     r.handle_message(
@@ -424,6 +425,10 @@ CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         sent.header(sip_core::HeaderName::Route),
         None,
         "our Route popped"
+    );
+    assert!(
+        header_values(&sent, dispatch_core::TRACE_HEADER).is_empty(),
+        "nothing of our traces leaves the cluster"
     );
     assert_eq!(
         sent.header(sip_core::HeaderName::RecordRoute)
@@ -921,4 +926,36 @@ fn probe_round_trip_times_are_observed_per_target() {
     assert!((sum - 0.003).abs() < 1e-9, "{text}");
     // The 3 ms answer is in the 3.2 ms bucket, not in the 1.6 ms one.
     assert!(text.contains("le=\"0.0032\""), "{text}");
+}
+
+/// The values of `name` in a relayed message.
+fn header_values(m: &SipMessage, name: &str) -> Vec<String> {
+    m.headers_named(name)
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_trace_header_is_ours_toward_the_edge_and_never_a_clients() {
+    const OURS: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let spoofed = INVITE.replace(
+        "Content-Length: 0\r\n",
+        "X-Sipcluster-Trace: 00-11111111111111111111111111111111-2222222222222222-01\r\nContent-Length: 0\r\n",
+    );
+    let now = Instant::now();
+    // Traces off: the client's header is removed, none added.
+    let mut r = relay();
+    with_edges(&mut r, 1, now);
+    let out = client_sends(&mut r, &spoofed, udp("203.0.113.5:40000"), now);
+    assert_eq!(out.len(), 1);
+    assert!(header_values(&parse(&out[0].bytes), dispatch_core::TRACE_HEADER).is_empty());
+    // Traces on: ours, only.
+    let mut r = relay();
+    r.set_trace_context(|| Some(OURS.to_owned()));
+    with_edges(&mut r, 1, now);
+    let out = client_sends(&mut r, &spoofed, udp("203.0.113.5:40000"), now);
+    assert_eq!(
+        header_values(&parse(&out[0].bytes), dispatch_core::TRACE_HEADER),
+        [OURS]
+    );
 }

@@ -1,4 +1,5 @@
-//! The client side: an interceptor that sends the caller's token on every call.
+//! The client side: an interceptor that sends the caller's token on every call (and the
+//! caller's trace context, when traces are on).
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -54,6 +55,9 @@ impl Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // Every call of a sipcluster client goes through here: the one place that carries
+        // the caller's trace on (called within the caller's span).
+        telemetry::trace::inject_grpc(req.metadata_mut());
         Ok(req)
     }
 }

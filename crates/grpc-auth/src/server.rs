@@ -290,7 +290,10 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, S::Error>>, S::Future>;
+    type Future = Either<
+        Ready<Result<Self::Response, S::Error>>,
+        tracing::instrument::Instrumented<S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -300,11 +303,35 @@ where
         let path = req.uri().path();
         match self.auth.decide(path, req.headers()) {
             Ok(_) => {
+                // A span for a call that carries a sampled trace (the caller's context is
+                // its parent); none otherwise: whether to trace was decided where the
+                // request entered the cluster.
+                let span = match telemetry::trace::parent_from_http(req.headers()) {
+                    Some(parent) if telemetry::trace::enabled() => {
+                        let span = tracing::info_span!(
+                            "grpc",
+                            otel.name = %path,
+                            otel.kind = "server",
+                            rpc.system = "grpc",
+                            rpc.method = %path,
+                            api = self.auth.0.policy.api,
+                            trace_id = tracing::field::Empty,
+                        );
+                        telemetry::trace::set_parent(&span, parent);
+                        telemetry::trace::record_trace_id(&span);
+                        span
+                    }
+                    _ => tracing::Span::none(),
+                };
                 // The instance that was polled ready takes the call; a clone waits for
                 // the next poll_ready (tower's rule for services called after readiness).
                 let clone = self.inner.clone();
                 let mut ready_inner = std::mem::replace(&mut self.inner, clone);
-                Either::Right(ready_inner.call(req))
+                let call = {
+                    let _in = span.enter();
+                    ready_inner.call(req)
+                };
+                Either::Right(tracing::Instrument::instrument(call, span))
             }
             Err(why) => {
                 let peer = req

@@ -25,6 +25,7 @@ pub mod logging;
 pub mod nofile;
 pub mod process;
 mod ratelimit;
+pub mod trace;
 
 pub use accept::AcceptBackoff;
 pub use ratelimit::LogLimit;

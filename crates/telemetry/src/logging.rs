@@ -70,8 +70,16 @@ pub fn check_format(format: &str) -> Result<(), ConfigError> {
 }
 
 /// Install the process's subscriber: `format` is `plain` or `json`, `level` a filter
-/// [`check_level`] accepts. Both are checked first.
-pub fn init(level: &str, format: &str) -> Result<(), ConfigError> {
+/// [`check_level`] accepts. Both are checked first. With `trace` naming an OTLP
+/// endpoint, spans are exported too ([`crate::trace`]): keep the guard until exit.
+pub fn init(
+    level: &str,
+    format: &str,
+    trace: &crate::trace::TraceSettings,
+    service: &str,
+) -> Result<Option<crate::trace::TraceGuard>, ConfigError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     check_level(level)?;
     check_format(format)?;
     let filter = tracing_subscriber::EnvFilter::try_new(normalized(level))
@@ -79,16 +87,27 @@ pub fn init(level: &str, format: &str) -> Result<(), ConfigError> {
     // Colour codes only for a terminal: in a file, `kubectl logs` or a log shipper they
     // are noise around every field.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (otel, guard) = match crate::trace::layer(trace, service)? {
+        Some((l, g)) => (Some(l), Some(g)),
+        None => (None, None),
+    };
+    // The filter applies to the log lines only: a span the log level hides (a SIP
+    // transaction's, at `info`) is still exported when its trace is sampled.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_target(true);
-    let set = if format == "json" {
-        builder.json().try_init()
+    let fmt = if format == "json" {
+        // The current span's fields on each line: its `trace_id` among them.
+        tracing_subscriber::Layer::boxed(fmt.json().with_current_span(true).with_span_list(false))
     } else {
-        builder.try_init()
+        tracing_subscriber::Layer::boxed(fmt)
     };
-    set.map_err(|e| ConfigError::new("log", e.to_string()))
+    let set = tracing_subscriber::registry()
+        .with(tracing_subscriber::Layer::with_filter(fmt, filter))
+        .with(otel)
+        .try_init();
+    set.map_err(|e| ConfigError::new("log", e.to_string()))?;
+    Ok(guard)
 }
 
 #[cfg(test)]

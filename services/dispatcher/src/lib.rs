@@ -369,6 +369,9 @@ pub async fn start_authenticated(
         metrics.clone(),
     );
     relay.set_sets(cfg.relay_sets(), Instant::now());
+    if telemetry::trace::enabled() {
+        relay.set_trace_context(|| telemetry::trace::traceparent(&tracing::Span::current()));
+    }
 
     let metric_set = MetricSet {
         relay: metrics.clone(),
@@ -443,6 +446,13 @@ pub async fn start_authenticated(
             }
         };
         let handle = |relay: &mut Relay, side: Side, ev: Inbound| match ev {
+            Inbound::Message { msg, source, .. } if side == Side::Public && msg.is_request() && telemetry::trace::enabled() => {
+                // Where a request enters the cluster: its trace starts here (sampled by
+                // the configured ratio), and goes on to the edge in the relayed request.
+                let span = request_span(&msg);
+                let _in = span.enter();
+                relay.handle_message(side, msg, source, &PublicFlows(&pub_t), Instant::now());
+            }
             Inbound::Message { msg, source, .. } => {
                 relay.handle_message(side, msg, source, &PublicFlows(&pub_t), Instant::now())
             }
@@ -615,4 +625,19 @@ pub fn transport_name(t: Transport) -> &'static str {
         Transport::Ws => "ws",
         Transport::Wss => "wss",
     }
+}
+
+/// The span of a request from a client, relayed to an edge.
+fn request_span(msg: &sip_core::SipMessage) -> tracing::Span {
+    let method = msg.method().map_or("?", |m| m.as_str());
+    let span = tracing::info_span!(
+        "sip.relay",
+        otel.name = %format_args!("relay {method}"),
+        otel.kind = "server",
+        sip.method = method,
+        sip.call_id = msg.call_id().unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::trace::record_trace_id(&span);
+    span
 }

@@ -22,7 +22,9 @@ use crate::core::{Action, Answer, Ask, Core};
 use crate::decision::Decision;
 use crate::shared::Shared;
 
-type Pending = Pin<Box<dyn Future<Output = Option<Answer>> + Send>>;
+/// An ask under way, with the span of the request it serves (none when traces are off):
+/// its answer is handled, and what that answer asks for runs, in the same span.
+type Pending = Pin<Box<dyn Future<Output = (Option<Answer>, tracing::Span)> + Send>>;
 
 /// How long asks still running at shutdown may finish (a media session's Delete).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -98,32 +100,38 @@ pub async fn run(
     // Every message's wait in the queue tells the readers how much new work to admit.
     let mut admission =
         transports.admission_control(Duration::from_millis(sh.cfg.limits.queue_target_ms));
-    let mut take = |core: &mut Core, m: Inbound| {
+    let mut take = |core: &mut Core, m: Inbound, asks: &mut FuturesUnordered<Pending>| {
         let now = Instant::now();
         if let (Some(a), Inbound::Message { received_at, .. }) = (&mut admission, &m) {
             a.observe(now, *received_at);
         }
+        let span = match &m {
+            Inbound::Message { msg, .. } if msg.is_request() && telemetry::trace::enabled() => {
+                request_span(msg)
+            }
+            _ => {
+                core.handle_inbound(now, m);
+                return;
+            }
+        };
+        let _in = span.enter();
         core.handle_inbound(now, m);
+        // What this request asks for (a lookup, a relay offer) runs in its span, so its
+        // gRPC calls carry the trace on.
+        act(core, &transports, asks, &sh, &span);
     };
     loop {
         // Act on everything the core wants, and take every answer that is ready at once
         // (most asks complete on their first poll), until the core has nothing more.
         loop {
-            while let Some(a) = core.poll_action() {
-                match a {
-                    Action::Send {
-                        target,
-                        bytes,
-                        message,
-                        origin,
-                    } => match message {
-                        Some(msg) => transports.send_message(target, *msg, origin),
-                        None => transports.send(target, bytes, origin),
-                    },
-                    Action::Ask(ask) => asks.push(Box::pin(execute(sh.clone(), *ask))),
-                }
-            }
-            if asks.is_empty() || !ready_answers(&mut asks, &mut core).await {
+            act(
+                &mut core,
+                &transports,
+                &mut asks,
+                &sh,
+                &tracing::Span::none(),
+            );
+            if asks.is_empty() || !ready_answers(&mut asks, &mut core, &transports, &sh).await {
                 break;
             }
         }
@@ -140,17 +148,15 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             Some(answer) = asks.next(), if !asks.is_empty() => {
-                if let Some(a) = answer {
-                    core.handle_answer(Instant::now(), a);
-                }
+                take_answer(&mut core, &transports, &mut asks, &sh, answer);
             }
             m = inbound.recv() => match m {
                 Some(m) => {
-                    take(&mut core, m);
+                    take(&mut core, m, &mut asks);
                     // Take whatever else is queued before paying for timers and metrics.
                     for _ in 0..64 {
                         match inbound.try_recv() {
-                            Ok(m) => take(&mut core, m),
+                            Ok(m) => take(&mut core, m, &mut asks),
                             Err(_) => break,
                         }
                     }
@@ -180,16 +186,91 @@ pub async fn run(
     .await;
 }
 
+/// Do what the core wants: send, and start its asks (in `span`, when there is one).
+fn act(
+    core: &mut Core,
+    transports: &Transports,
+    asks: &mut FuturesUnordered<Pending>,
+    sh: &Arc<Shared>,
+    span: &tracing::Span,
+) {
+    while let Some(a) = core.poll_action() {
+        match a {
+            Action::Send {
+                target,
+                bytes,
+                message,
+                origin,
+            } => match message {
+                Some(msg) => transports.send_message(target, *msg, origin),
+                None => transports.send(target, bytes, origin),
+            },
+            Action::Ask(ask) if span.is_disabled() => {
+                let run = execute(sh.clone(), *ask);
+                asks.push(Box::pin(async move { (run.await, tracing::Span::none()) }));
+            }
+            Action::Ask(ask) => {
+                let run = tracing::Instrument::instrument(execute(sh.clone(), *ask), span.clone());
+                let span = span.clone();
+                asks.push(Box::pin(async move { (run.await, span) }));
+            }
+        }
+    }
+}
+
+/// Hand the core an ask's answer, in the span of the request it serves; what it asks
+/// for next runs in that span too.
+fn take_answer(
+    core: &mut Core,
+    transports: &Transports,
+    asks: &mut FuturesUnordered<Pending>,
+    sh: &Arc<Shared>,
+    (answer, span): (Option<Answer>, tracing::Span),
+) {
+    let Some(a) = answer else { return };
+    if span.is_disabled() {
+        core.handle_answer(Instant::now(), a);
+        return;
+    }
+    let _in = span.enter();
+    core.handle_answer(Instant::now(), a);
+    act(core, transports, asks, sh, &span);
+}
+
+/// The span of a request (its server transaction's work here): a child of the
+/// dispatcher's when the request carries its context, else where its trace starts.
+fn request_span(msg: &sip_core::SipMessage) -> tracing::Span {
+    let method = msg.method().map_or("?", |m| m.as_str());
+    let span = tracing::info_span!(
+        "sip.request",
+        otel.name = %format_args!("{method}"),
+        otel.kind = "server",
+        sip.method = method,
+        sip.call_id = msg.call_id().unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(h) = msg.headers_named(dispatch_core::TRACE_HEADER).next()
+        && let Ok(v) = std::str::from_utf8(h.value)
+    {
+        telemetry::trace::set_parent(&span, v);
+    }
+    telemetry::trace::record_trace_id(&span);
+    span
+}
+
 /// Hand the core every answer that is ready now; whether there was any. Polled with
 /// this task's own context, so an ask still waiting wakes the task when it completes.
-async fn ready_answers(asks: &mut FuturesUnordered<Pending>, core: &mut Core) -> bool {
+async fn ready_answers(
+    asks: &mut FuturesUnordered<Pending>,
+    core: &mut Core,
+    transports: &Transports,
+    sh: &Arc<Shared>,
+) -> bool {
     std::future::poll_fn(|cx| {
         let mut any = false;
         while let Poll::Ready(Some(answer)) = asks.poll_next_unpin(cx) {
             any = true;
-            if let Some(a) = answer {
-                core.handle_answer(Instant::now(), a);
-            }
+            take_answer(core, transports, asks, sh, answer);
         }
         Poll::Ready(any)
     })

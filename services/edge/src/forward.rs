@@ -121,7 +121,8 @@ pub fn build_forward(
 }
 
 /// An editor for the forwarded copy of `msg`: a dispatcher's Via on top keeps its place
-/// but loses what was for this edge only (the signed client address, the dialog token).
+/// but loses what was for this edge only (the signed client address, the dialog token),
+/// and the dispatcher's trace header goes.
 pub(crate) fn forwarding_editor<'m, 'e>(msg: &'m SipMessage) -> Option<Editor<'m, 'e>> {
     let relayed_via = msg
         .top_via()
@@ -133,6 +134,8 @@ pub(crate) fn forwarding_editor<'m, 'e>(msg: &'m SipMessage) -> Option<Editor<'m
         ed.remove_top_via().ok()?;
         ed.prepend_via(v);
     }
+    // The dispatcher's trace context was for this hop only.
+    ed.remove_header_named(dispatch_core::TRACE_HEADER);
     Some(ed)
 }
 

@@ -1227,3 +1227,20 @@ fn the_session_timer_is_inserted_too_short_a_one_refused_and_a_refresh_renews_th
         kinds(&lines)
     );
 }
+
+#[test]
+fn the_dispatchers_trace_header_is_not_forwarded() {
+    let mut h = Harness::new();
+    registered(&mut h, &[ALICE_1]);
+    let traced = invite("tr1", false).replace(
+        "Content-Length: 0\r\n",
+        "X-Sipcluster-Trace: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+         Content-Length: 0\r\n",
+    );
+    assert!(traced.contains("X-Sipcluster-Trace"));
+    h.deliver(BOB, &traced);
+    assert_eq!(h.one(BOB).status(), Some(100));
+    let fwd = h.one(ALICE_1);
+    assert_forwarded(&fwd, Method::Invite);
+    assert_eq!(header(&fwd, "X-Sipcluster-Trace"), None, "for our hop only");
+}

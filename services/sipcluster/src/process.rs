@@ -33,13 +33,49 @@ pub struct LogArgs {
     /// Log filter: a level (error, warn, info, debug, trace) or target=level pairs.
     #[arg(long, env = "SIPCLUSTER_LOG", default_value = "info")]
     pub log_level: String,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// OpenTelemetry traces (every service): off unless an OTLP endpoint is given.
+#[derive(clap::Args, Clone, Default)]
+pub struct TraceArgs {
+    /// Export spans (a SIP transaction, a gRPC call) to this OTLP/gRPC collector,
+    /// `http://host:4317`. Unset: no traces.
+    #[arg(long, env = "SIPCLUSTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced, 0 to 1, drawn where a request enters the cluster (later
+    /// hops follow that decision).
+    #[arg(long, env = "SIPCLUSTER_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
+    pub trace_sample_ratio: f64,
+}
+
+impl TraceArgs {
+    /// The settings these flags describe.
+    pub fn settings(&self) -> telemetry::trace::TraceSettings {
+        telemetry::trace::TraceSettings {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            sample_ratio: self.trace_sample_ratio,
+        }
+    }
+
+    /// The flags as given again on a command line (none when off).
+    pub fn as_flags(&self) -> String {
+        match &self.otlp_endpoint {
+            Some(e) => format!(
+                " --otlp-endpoint {e} --trace-sample-ratio {}",
+                self.trace_sample_ratio
+            ),
+            None => String::new(),
+        }
+    }
 }
 
 impl LogArgs {
     /// Install the subscriber these flags describe (refused when they would print
     /// nothing).
-    pub fn init(&self) -> Result<()> {
-        init_logging(&self.log_level, &self.log_format)
+    pub fn init(&self, service: &str) -> Result<Option<telemetry::trace::TraceGuard>> {
+        init_logging(&self.log_level, &self.log_format, &self.trace, service)
     }
 
     /// What [`LogArgs::init`] refuses, refused without installing anything
@@ -47,22 +83,31 @@ impl LogArgs {
     pub fn check(&self) -> Result<()> {
         telemetry::logging::check_level(&self.log_level)?;
         telemetry::logging::check_format(&self.log_format)?;
+        self.trace.settings().validate()?;
         Ok(())
     }
 
     /// The flags as given again on a command line: these services' files have no `[log]`.
     pub fn as_flags(&self) -> String {
         format!(
-            "--log-level {} --log-format {}",
-            self.log_level, self.log_format
+            "--log-level {} --log-format {}{}",
+            self.log_level,
+            self.log_format,
+            self.trace.as_flags()
         )
     }
 }
 
-/// Install the log subscriber; a level or format that would print nothing (a typo) is
+/// Install the log subscriber (and the trace exporter when `trace` names an endpoint:
+/// keep the guard until exit); a level or format that would print nothing (a typo) is
 /// refused here, before anything binds.
-pub fn init_logging(level: &str, format: &str) -> Result<()> {
-    telemetry::logging::init(level, format).map_err(anyhow::Error::from)
+pub fn init_logging(
+    level: &str,
+    format: &str,
+    trace: &TraceArgs,
+    service: &str,
+) -> Result<Option<telemetry::trace::TraceGuard>> {
+    telemetry::logging::init(level, format, &trace.settings(), service).map_err(anyhow::Error::from)
 }
 
 /// Resolves on SIGTERM (Kubernetes, systemd) or Ctrl-C.

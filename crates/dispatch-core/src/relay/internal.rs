@@ -8,7 +8,7 @@ use sip_core::{Editor, Method, SipMessage, Uri};
 use sip_txn::{ClientTxnId, FlowId, Target, Transport, TxnRef};
 
 use super::targets::PoolId;
-use super::{FlowTable, RELAY_BRANCH, Relay, SET_PREFIX, Side, with_dialog_param};
+use super::{FlowTable, RELAY_BRANCH, Relay, SET_PREFIX, Side, TRACE_HEADER, with_dialog_param};
 use crate::pool::dialog_key;
 use crate::token::{FlowToken, PREFIX};
 
@@ -154,6 +154,8 @@ impl Relay {
             self.reply(Side::Internal, msg, source, 483, &[]);
             return;
         }
+        // Nothing of our traces leaves the cluster (the edge removed it already).
+        ed.remove_header_named(TRACE_HEADER);
         if let Some(rr) = &rr {
             ed.add_record_route(rr.as_slice());
         }

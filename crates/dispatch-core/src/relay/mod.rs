@@ -325,7 +325,16 @@ pub struct Relay {
     metrics: Metrics,
     draining: bool,
     relayed: [prometheus_client::metrics::counter::Counter; 4],
+    /// The trace context of the request being relayed, when traces are on (the driver's
+    /// span: this core creates none).
+    trace_context: Option<fn() -> Option<String>>,
 }
+
+/// The header carrying a request's trace context (W3C `traceparent`) from the
+/// dispatcher to the edge: added on the internal side only, removed from whatever comes
+/// from outside (a client does not choose our traces' parents) and by the edge from
+/// everything it sends on.
+pub const TRACE_HEADER: &str = "X-Sipcluster-Trace";
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -370,7 +379,14 @@ impl Relay {
             metrics,
             draining: false,
             relayed,
+            trace_context: None,
         }
+    }
+
+    /// Where the trace context of a request from a client comes from (the `traceparent`
+    /// of the driver's current span), carried to the edge in [`TRACE_HEADER`].
+    pub fn set_trace_context(&mut self, f: fn() -> Option<String>) {
+        self.trace_context = Some(f);
     }
 
     /// The metrics.

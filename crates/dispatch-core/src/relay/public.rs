@@ -10,7 +10,7 @@ use super::stamps::sip_transport;
 use super::targets::PoolId;
 use super::{
     DIALOG_PARAM, Edited, FLOW_PARAM, FLOW_TRANSPORT_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM,
-    Side, dialog_param,
+    Side, TRACE_HEADER, dialog_param,
 };
 use crate::pool::dialog_key;
 
@@ -144,6 +144,11 @@ impl Relay {
         if ed.decrement_max_forwards().is_err() {
             self.reply(Side::Public, msg, source, 483, &[]);
             return;
+        }
+        // Our trace context only: a client's is removed.
+        ed.remove_header_named(TRACE_HEADER);
+        if let Some(tp) = self.trace_context.and_then(|f| f()) {
+            ed.add_header(TRACE_HEADER, tp.into_bytes());
         }
         if let Some(uri) = &stamp {
             if method == Method::Register {

@@ -97,7 +97,7 @@ pub fn build_config(a: &AllInOneArgs) -> Result<EdgeConfig> {
 /// Run until SIGTERM, then drain.
 pub fn run(a: &AllInOneArgs) -> Result<()> {
     let cfg = build_config(a)?;
-    init_logging(&cfg.log.level, &cfg.log.format)?;
+    let _trace = init_logging(&cfg.log.level, &cfg.log.format, &a.edge.trace, "sipcluster")?;
     runtime(cfg.runtime.workers)?.block_on(serve(cfg))
 }
 

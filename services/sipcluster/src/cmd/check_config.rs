@@ -62,9 +62,13 @@ pub fn run(a: &CheckConfigArgs) -> Result<()> {
         None => {
             let cfg = crate::cmd::all_in_one::resolve(&a.edge)?;
             cfg.validate()?;
+            a.edge.edge.trace.settings().validate()?;
             all_in_one_files(&cfg)?
         }
-        Some(Service::AllInOne(x)) => all_in_one_files(&crate::cmd::all_in_one::build_config(x)?)?,
+        Some(Service::AllInOne(x)) => {
+            x.edge.trace.settings().validate()?;
+            all_in_one_files(&crate::cmd::all_in_one::build_config(x)?)?
+        }
         Some(Service::Edge(x)) => edge(x)?,
         Some(Service::Location(x)) => location(x)?,
         Some(Service::Dispatcher(x)) => dispatcher(x)?,
@@ -96,6 +100,7 @@ fn edge_token_files(cfg: &EdgeConfig) -> Result<()> {
 fn edge(a: &EdgeArgs) -> Result<String> {
     let cfg = crate::cmd::edge::build_cluster_config(a)?;
     edge_token_files(&cfg)?;
+    a.trace.settings().validate()?;
     Ok(cfg.to_toml())
 }
 

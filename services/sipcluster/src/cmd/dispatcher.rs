@@ -141,7 +141,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
 /// Run until SIGTERM, then drain.
 pub fn run(a: &DispatcherArgs) -> Result<()> {
     let cfg = build_dispatcher_config(a)?;
-    a.log.init()?;
+    let _trace = a.log.init("sipcluster-dispatcher")?;
     runtime(cfg.workers)?.block_on(async {
         let handle = dispatcher::start(cfg).await?;
         shutdown_signal().await;

@@ -104,6 +104,8 @@ pub struct EdgeArgs {
     pub edge_token: crate::tokens::EdgeTokenArg,
     #[command(flatten)]
     pub hep: crate::cmd::HepArgs,
+    #[command(flatten)]
+    pub trace: crate::process::TraceArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -224,7 +226,7 @@ pub fn build_cluster_config(a: &EdgeArgs) -> Result<EdgeConfig> {
 /// Run until SIGTERM, then drain.
 pub fn run(a: &EdgeArgs) -> Result<()> {
     let cfg = build_cluster_config(a)?;
-    init_logging(&cfg.log.level, &cfg.log.format)?;
+    let _trace = init_logging(&cfg.log.level, &cfg.log.format, &a.trace, "sipcluster-edge")?;
     runtime(cfg.runtime.workers)?.block_on(async {
         let handle = edge::start_cluster(cfg).await?;
         shutdown_signal().await;

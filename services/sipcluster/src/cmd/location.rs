@@ -126,7 +126,7 @@ pub fn build_location_config(a: &LocationArgs) -> Result<LocationConfig> {
 /// Run until SIGTERM.
 pub fn run(a: &LocationArgs) -> Result<()> {
     let cfg = build_location_config(a)?;
-    a.log.init()?;
+    let _trace = a.log.init("sipcluster-location")?;
     runtime(a.workers)?.block_on(async {
         let handle = location::start(cfg).await?;
         shutdown_signal().await;

@@ -135,7 +135,7 @@ pub fn build_media_relay_config(a: &MediaRelayArgs) -> Result<media_relay::Media
 /// Run until SIGTERM, then drain.
 pub fn run(a: &MediaRelayArgs) -> Result<()> {
     let cfg = build_media_relay_config(a)?;
-    a.log.init()?;
+    let _trace = a.log.init("sipcluster-media-relay")?;
     // The control plane is light; the forwarding threads are the relay's own.
     runtime(1)?.block_on(async {
         let handle = media_relay::start(cfg).await?;

@@ -8,6 +8,7 @@
 
 pub mod gateway;
 pub mod kafka;
+pub mod otlp;
 pub mod prometheus;
 pub mod redis;
 pub mod tcp_ua;
