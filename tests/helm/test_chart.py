@@ -177,6 +177,8 @@ def schema_checks() -> None:
         ({"edge": {"pdb": {"maxUnavailable": "half"}}}, "/edge/pdb/maxUnavailable"),
         ({"hep": {"sampleRatio": 1.5}}, "/hep/sampleRatio"),
         ({"hep": {"transport": "sctp"}}, "/hep/transport"),
+        ({"tracing": {"sampleRatio": 1.5}}, "/tracing/sampleRatio"),
+        ({"tracing": {"otlpEndpoint": "otel:4317"}}, "/tracing/otlpEndpoint"),
     ]
     for vals, where in wrong:
         try:
@@ -219,7 +221,18 @@ def override_checks(rendered: dict[str, list[dict]]) -> None:
     mixed = render({"dispatcher": {"service": {"mixedProtocol": True}}})
     sip = by_kind_name(mixed, "Service", "sc-sipcluster-dispatcher-sip")
     check(sorted(p["protocol"] for p in sip["spec"]["ports"]) == ["TCP", "UDP"], f"one mixed Service: {sip['spec']}")
-    print("    overrides: config false over true, IPv6 alias, string properties, users Secret, mixed Service", flush=True)
+    # Traces: every service of the production example exports to its collector; none
+    # does by default.
+    for name, want in (("production", "http://otel-collector.monitoring:4317"), ("defaults", None)):
+        for w in workloads(rendered[name]):
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                check(env.get("SIPCLUSTER_OTLP_ENDPOINT") == want,
+                      f"{name}: {w['metadata']['name']}/{c['name']} exports traces to {want}: {env}")
+                if want:
+                    check(env.get("SIPCLUSTER_TRACE_SAMPLE_RATIO") == "0.01", f"sampled 1 %: {env}")
+    print("    overrides: config false over true, IPv6 alias, string properties, users Secret, mixed Service; "
+          "OTLP settings on every container (production), none by default", flush=True)
 
 
 # --- the binary's own validation of what the chart passes -------------------------------

@@ -114,6 +114,17 @@ podAntiAffinity:
   value: {{ .Values.log.level | quote }}
 {{- end -}}
 
+{{/* OpenTelemetry settings every service takes from the environment (values: tracing);
+nothing when no endpoint is set. */}}
+{{- define "sipcluster.traceEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: SIPCLUSTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: SIPCLUSTER_TRACE_SAMPLE_RATIO
+  value: {{ $.Values.tracing.sampleRatio | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* Probes on the metrics port: alive (/healthz) and ready (/readyz). */}}
 {{- define "sipcluster.probes" -}}
 startupProbe:
