@@ -272,6 +272,22 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
 }
 
+/// The exemplar of a latency observation: the trace of the request measured.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// The trace id, hex.
+    pub trace_id: String,
+}
+
+/// The exemplar for an observation made now: the current span's trace, when sampled
+/// (nothing when traces are off).
+pub fn exemplar() -> Option<TraceExemplar> {
+    if !enabled() {
+        return None;
+    }
+    trace_id(&tracing::Span::current()).map(|trace_id| TraceExemplar { trace_id })
+}
+
 /// Add the current span's context to an outgoing gRPC request's metadata.
 pub fn inject_grpc(md: &mut tonic::metadata::MetadataMap) {
     if !enabled() {

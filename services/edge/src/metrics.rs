@@ -5,11 +5,13 @@ use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sip_transport::TransportMetrics;
+use telemetry::trace::TraceExemplar;
 
 // Labels shared with the other services: request method (the well-known ones;
 // everything else is `other` so a peer cannot grow the label set), auth failure reason,
@@ -208,8 +210,9 @@ pub struct EdgeMetrics {
     pub registrations: Gauge,
     /// Authentication failures, by reason.
     pub auth_failures: Family<ReasonLabel, Counter>,
-    /// Seconds from receiving a request to sending its final response, by method.
-    pub request_duration: Family<MethodLabel, Histogram>,
+    /// Seconds from receiving a request to sending its final response, by method; with
+    /// the request's trace as exemplar when it is traced (OpenMetrics).
+    pub request_duration: Family<MethodLabel, HistogramWithExemplars<TraceExemplar>>,
     /// Requests refused because the location or subscriber store was unavailable.
     pub store_unavailable: Counter,
     /// Calls whose media a relay anchored (new sessions).
@@ -267,7 +270,7 @@ pub struct EdgeMetrics {
 #[derive(Debug)]
 struct Hot {
     requests: [OnceLock<Counter>; METHODS.len()],
-    durations: [OnceLock<Histogram>; METHODS.len()],
+    durations: [OnceLock<HistogramWithExemplars<TraceExemplar>>; METHODS.len()],
     responses: [OnceLock<Counter>; CODES.len() + 6],
     txn_server: OnceLock<Gauge>,
     txn_client: OnceLock<Gauge>,
@@ -293,11 +296,9 @@ fn call_setup_histogram() -> Histogram {
     ))
 }
 
-fn latency_histogram() -> Histogram {
+fn latency_buckets() -> impl Iterator<Item = f64> {
     // 0.5 ms .. ~33 s: local replies take microseconds, rung calls tens of seconds.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.0005, 2.0, 17,
-    ))
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
 }
 
 impl Default for EdgeMetrics {
@@ -308,7 +309,9 @@ impl Default for EdgeMetrics {
             transactions: Family::default(),
             registrations: Gauge::default(),
             auth_failures: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
+            request_duration: Family::new_with_constructor(|| {
+                HistogramWithExemplars::new(latency_buckets())
+            }),
             store_unavailable: Counter::default(),
             accounting: accounting::Metrics::default(),
             dialogs_recorded: Counter::default(),
@@ -394,7 +397,7 @@ impl EdgeMetrics {
                     .get_or_create(&MethodLabel { method: METHODS[m] })
                     .clone()
             })
-            .observe(seconds);
+            .observe(seconds, telemetry::trace::exemplar(), None);
     }
 
     /// A call attempt to `destination` (see [`DestinationLabel`]).

@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,8 @@ fn prometheus_scrapes_the_edge() {
 
     // What Prometheus asks for is OpenMetrics (a scrape without Accept gets the classic
     // text format: see every_service_exposes_lint_clean_metrics_...).
-    let (_, text) = http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
+    let (_, text) =
+        common::http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
     assert!(
         text.ends_with("# EOF\n"),
         "OpenMetrics exposition ends with # EOF"
@@ -154,7 +154,8 @@ fn every_service_exposes_lint_clean_metrics_with_its_build_and_process() {
             (started - 120.0..started + 5.0).contains(&start),
             "{name}: started at {start}, the test at {started}"
         );
-        let (code, om) = http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
+        let (code, om) =
+            common::http_get_accept(srv.metrics, "application/openmetrics-text;version=1.0.0");
         assert_eq!(code, 200, "{name}");
         assert!(
             om.ends_with("# EOF\n"),
@@ -180,25 +181,4 @@ fn proc_cpu_seconds(pid: u32, ticks: f64) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks_used: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks_used / ticks
-}
-
-/// GET `path` with an `Accept` header: (status, body).
-fn http_get_accept(addr: SocketAddr, accept: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_owned())
 }

@@ -172,6 +172,31 @@ fn one_call_is_one_trace_across_dispatcher_edge_location_and_relay_and_sipp_sees
         edge.log()
     );
 
+    // The edge's request latency histogram names traced requests as exemplars
+    // (OpenMetrics), each a trace the collector has.
+    let (_, om) =
+        common::http_get_accept(edge.metrics, "application/openmetrics-text;version=1.0.0");
+    let exemplars: Vec<&str> = om
+        .lines()
+        .filter(|l| l.starts_with("sipcluster_sip_request_duration_seconds_bucket"))
+        .filter_map(|l| l.split_once(" # {trace_id=\"")?.1.split('"').next())
+        .collect();
+    assert!(!exemplars.is_empty(), "no exemplar in:\n{om}");
+    // (The last requests' spans may still be in an exporter's batch: bounded wait.)
+    let all = otlp.wait_for(Duration::from_secs(15), |spans| {
+        exemplars
+            .iter()
+            .all(|t| spans.iter().any(|s| s.trace_id == *t))
+    });
+    for t in &exemplars {
+        assert!(
+            all.iter().any(|s| s.trace_id == *t),
+            "exemplar {t} is a trace the collector got"
+        );
+    }
+    // Classic text (curl, promtool) has none.
+    assert!(!edge.scrape().contains("trace_id"));
+
     // Nothing of the trace left the cluster: SIPp's messages (both phones) carry no
     // trace header.
     let seen = sipp_messages(&dir, "uac") + &sipp_messages(&dir, "uas");
