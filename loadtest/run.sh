@@ -25,7 +25,8 @@
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
 # LOAD_ONLY (a subset of "register call auth overload echo cluster dispatcher media accounting
-# hep", default all), LOAD_HEP_RATES (calls/s steps of the hep section),
+# hep tracing", default all), LOAD_HEP_RATES (calls/s steps of the hep section),
+# LOAD_TRACE_RATES (calls/s steps of the tracing section),
 # LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak),
 # LOAD_ECHO_RATE (REGISTER/s of the echo section, default 10000).
 #
@@ -98,7 +99,7 @@ if [ "$QUICK" = 1 ]; then
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
   MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting hep}
+ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting hep tracing}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -163,13 +164,14 @@ done
 printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "$DOMAIN" >>"$WORK/users.toml"
 
 echo "building the release binary"
-cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load
+cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink
 # Where cargo put them: a worktree may build into its own CARGO_TARGET_DIR.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/sipcluster
 FLOOD=$TARGET/release/sip-flood
 RTP_LOAD=$TARGET/release/rtp-load
 ACCT_LOAD=$TARGET/release/acct-load
+OTLP_SINK=$TARGET/release/otlp-sink
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
 start_sipcluster() {
@@ -397,6 +399,35 @@ if want hep; then
   hep_run on --hep "127.0.0.1:$HEP_PORT"
   [ -z "$HEP_PID" ] || stop_pid "$HEP_PID"
   echo "hep on: $(awk -v a="${HEP_CPU[on]}" -v o="${HEP_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over hep off, at the last step (collector: $([ -n "$HEP_PID" ] && echo sngrep || echo "none listening"))" | tee -a "$RESULTS"
+fi
+
+# Tracing: the same call steps with OpenTelemetry off, at 1 % and at 100 % sampling (every
+# span exported over OTLP/gRPC to loadtest/otlp-sink, a collector that counts them).
+if want tracing; then
+  TRACE_RATES=${LOAD_TRACE_RATES:-$CALL_RATES}
+  declare -A TRACE_CPU=()
+  OTLP_PORT=$(free_port)
+  "$OTLP_SINK" --listen "127.0.0.1:$OTLP_PORT" >"$WORK/otlp-sink.log" 2>&1 &
+  OTLP_PID=$!
+  PIDS+=("$OTLP_PID")
+  sleep 0.3
+  trace_run() { # trace_run LABEL FLAGS...
+    local label=$1
+    shift
+    start_sipcluster "trace-$label" --no-auth --accounting off "$@"
+    call_steps "trace-$label" "$SRV_PID" "$SRV_PORT" "$TRACE_RATES"
+    TRACE_CPU[$label]=$LAST_CPU_PER_OP
+    stop_pid "$SRV_PID"
+  }
+  trace_run off
+  trace_run 1pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 0.01
+  trace_run 100pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 1
+  kill "$OTLP_PID" 2>/dev/null || true
+  wait "$OTLP_PID" 2>/dev/null || true
+  echo "tracing: the collector received $(grep -o 'spans=[0-9]*' "$WORK/otlp-sink.log" | tail -1)" | tee -a "$RESULTS"
+  for label in 1pct 100pct; do
+    echo "tracing $label: $(awk -v a="${TRACE_CPU[$label]}" -v o="${TRACE_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over tracing off, at the last step" | tee -a "$RESULTS"
+  done
 fi
 
 if want auth; then

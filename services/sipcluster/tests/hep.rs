@@ -1,10 +1,13 @@
 //! HEP siptrace through the running all-in-one: every message on its client-facing
 //! socket, both directions, reaches the collector with the right addresses and the
 //! Call-ID; a dead collector costs SIP nothing (the packets are dropped and counted).
-//! The encoding itself is checked against a real sngrep in crates/hep/tests/sngrep.rs.
+//! A SIPp call through the all-in-one reaches a real sngrep, read back by tshark. The
+//! encoding itself is checked against sngrep in crates/hep/tests/sngrep.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
+#[path = "../../../crates/hep/tests/driver/sngrep.rs"]
+mod sngrep;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -109,4 +112,126 @@ fn a_dead_tcp_collector_costs_sip_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(srv.metric("sipcluster_hep_packets_total"), 0.0);
+}
+
+/// The messages of a SIPp run as tshark rows would show them: (sent?, method or
+/// status), from its `-trace_msg` log.
+fn sipp_log(dir: &std::path::Path, name: &str) -> Vec<(bool, String)> {
+    let log = std::fs::read_to_string(dir.join(format!("{name}.msg"))).unwrap();
+    log.split("----------------------------------------------- ")
+        .filter_map(|m| {
+            let mut lines = m.lines().skip(1).filter(|l| !l.trim().is_empty());
+            let how = lines.next()?;
+            let first = lines.next()?;
+            let sent = how.contains("message sent");
+            let what = match first.strip_prefix("SIP/2.0 ") {
+                Some(rest) => rest.split(' ').next()?.to_owned(),
+                None => first.split(' ').next()?.to_owned(),
+            };
+            Some((sent, what))
+        })
+        .collect()
+}
+
+/// A SIPp call through the all-in-one, captured by a real sngrep (HEP3 over UDP) and read
+/// back by tshark: every message either phone sent or received is in the pcap, in its
+/// direction, between the phone's address and the service's.
+#[test]
+fn every_message_of_a_sipp_call_reaches_a_real_sngrep_with_its_addresses() {
+    sngrep::require("sngrep", "-V");
+    sngrep::require("tshark", "--version");
+    let dir = workdir("hep_sngrep_call");
+    let port = common::free_port();
+    let mut capture = sngrep::Sngrep::start(port, None);
+    let srv = Server::start(&dir, &["--hep", &format!("127.0.0.1:{port}")]);
+    // sngrep says nothing when it listens: an OPTIONS until its pcap grows.
+    let c = RawSip::new(srv.sip);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 100;
+    while capture.pcap_len() <= 24 {
+        assert!(Instant::now() < deadline, "sngrep wrote nothing");
+        let _ = c.request(options(&c, srv.sip, i).as_bytes());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    const DOMAIN: &str = "sipcluster.local";
+    let uas = common::Sipp::new("uas", "uas_answer.xml", common::Proto::Udp)
+        .calls(1)
+        .timeout(20);
+    common::Sipp::new("register-bob", "register.xml", common::Proto::Udp)
+        .inf(&format!("bob;{DOMAIN};;127.0.0.1:{};3600", uas.port))
+        .auth("bob", "bob-secret", DOMAIN)
+        .to(srv.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER");
+    let callee = uas.spawn(&dir);
+    std::thread::sleep(Duration::from_millis(200));
+    let uac = common::Sipp::new("uac", "uac_call.xml", common::Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;bob"))
+        .auth("alice", "alice-secret", &format!("bob@{DOMAIN}"))
+        .to(srv.sip)
+        .timeout(20);
+    uac.run(&dir).assert_ok(1, "the call");
+    callee.wait().assert_ok(1, "the callee");
+
+    // What each phone saw, as (source, destination, method or status).
+    let phone_rows = |name: &str, phone_port: u16| -> Vec<(String, String, String)> {
+        let phone = format!("127.0.0.1:{phone_port}");
+        let service = srv.sip.to_string();
+        let mut v: Vec<_> = sipp_log(&dir, name)
+            .into_iter()
+            .map(|(sent, what)| {
+                if sent {
+                    (phone.clone(), service.clone(), what)
+                } else {
+                    (service.clone(), phone.clone(), what)
+                }
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want_uac = phone_rows("uac", uac.port);
+    let want_uas = phone_rows("uas", uas.port);
+    assert!(want_uac.len() >= 10, "SIPp logged the call: {want_uac:?}");
+    let pcap = capture.pcap.clone();
+    let captured = |phone_port: u16| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = sngrep::tshark_rows(&pcap)
+            .into_iter()
+            .filter(|r| r.src_port == phone_port || r.dst_port == phone_port)
+            .map(|r| {
+                let what = if r.method.is_empty() {
+                    r.status
+                } else {
+                    r.method
+                };
+                (
+                    format!("{}:{}", r.src, r.src_port),
+                    format!("{}:{}", r.dst, r.dst_port),
+                    what,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Export is asynchronous: bounded wait for the last messages.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (captured(uac.port).len() < want_uac.len() || captured(uas.port).len() < want_uas.len())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    capture.stop();
+    assert_eq!(
+        captured(uac.port),
+        want_uac,
+        "the caller's messages in sngrep's pcap"
+    );
+    assert_eq!(
+        captured(uas.port),
+        want_uas,
+        "the callee's messages in sngrep's pcap"
+    );
 }
