@@ -315,6 +315,8 @@ where
                             rpc.system = "grpc",
                             rpc.method = %path,
                             api = self.auth.0.policy.api,
+                            // Recorded by the handlers of calls about one call.
+                            sip.call_id = tracing::field::Empty,
                             trace_id = tracing::field::Empty,
                         );
                         telemetry::trace::set_parent(&span, parent);

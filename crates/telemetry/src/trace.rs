@@ -288,6 +288,12 @@ pub fn exemplar() -> Option<TraceExemplar> {
     trace_id(&tracing::Span::current()).map(|trace_id| TraceExemplar { trace_id })
 }
 
+/// Name the SIP call a gRPC call is about in its span (the server's handlers; nothing
+/// when the call is not traced).
+pub fn record_call_id(call_id: &str) {
+    tracing::Span::current().record("sip.call_id", call_id);
+}
+
 /// Add the current span's context to an outgoing gRPC request's metadata.
 pub fn inject_grpc(md: &mut tonic::metadata::MetadataMap) {
     if !enabled() {

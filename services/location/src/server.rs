@@ -619,6 +619,7 @@ impl pb::location_server::Location for LocationService {
                 .ok_or_else(|| Status::invalid_argument("dialog missing"))?;
             need("dialog.call_id", &d.call_id)?;
             need("dialog.from_tag", &d.from_tag)?;
+            telemetry::trace::record_call_id(&d.call_id);
             let ttl = if r.ttl_secs == 0 {
                 self.dialogs.ttl_secs
             } else {
@@ -643,6 +644,7 @@ impl pb::location_server::Location for LocationService {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
             need("from_tag", &r.from_tag)?;
+            telemetry::trace::record_call_id(&r.call_id);
             let ttl = if r.ttl_secs == 0 {
                 self.dialogs.ended_ttl_secs
             } else {
@@ -703,6 +705,7 @@ impl pb::location_server::Location for LocationService {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
             need("from_tag", &r.from_tag)?;
+            telemetry::trace::record_call_id(&r.call_id);
             let dialog = self
                 .backend
                 .get_dialog(&DialogKey {
@@ -751,6 +754,7 @@ impl pb::location_server::Location for LocationService {
             let r = request.into_inner();
             need("call_id", &r.call_id)?;
             need("from_tag", &r.from_tag)?;
+            telemetry::trace::record_call_id(&r.call_id);
             let dialog = self
                 .backend
                 .terminate_dialog(

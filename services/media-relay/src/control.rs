@@ -547,6 +547,7 @@ impl pb::media_relay_server::MediaRelay for Service {
         &self,
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
+        telemetry::trace::record_call_id(&req.get_ref().call_id);
         let r = self.relay.update(req.get_ref(), true);
         self.count("offer", &r);
         r.map(Response::new)
@@ -556,6 +557,7 @@ impl pb::media_relay_server::MediaRelay for Service {
         &self,
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
+        telemetry::trace::record_call_id(&req.get_ref().call_id);
         let r = self.relay.update(req.get_ref(), false);
         self.count("answer", &r);
         r.map(Response::new)
@@ -565,6 +567,7 @@ impl pb::media_relay_server::MediaRelay for Service {
         &self,
         req: Request<pb::SessionRef>,
     ) -> Result<Response<pb::SessionStats>, Status> {
+        telemetry::trace::record_call_id(&req.get_ref().call_id);
         let r = self.relay.delete(req.get_ref()).map(|i| to_pb(&i));
         self.count("delete", &r);
         r.map(Response::new)
@@ -574,6 +577,7 @@ impl pb::media_relay_server::MediaRelay for Service {
         &self,
         req: Request<pb::SessionRef>,
     ) -> Result<Response<pb::SessionStats>, Status> {
+        telemetry::trace::record_call_id(&req.get_ref().call_id);
         let r = self
             .relay
             .query(req.get_ref())

@@ -156,6 +156,10 @@ fn one_call_is_one_trace_across_dispatcher_edge_location_and_relay_and_sipp_sees
                 c.name
             );
             assert!(c.name.starts_with('/'), "a gRPC method path: {:?}", c.name);
+            if svc == "sipcluster-media-relay" {
+                // A call about one SIP call names it.
+                assert_eq!(c.attr("sip.call_id"), Some(call_id.as_str()), "{listing}");
+            }
         }
     }
 
