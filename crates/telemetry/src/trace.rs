@@ -13,13 +13,14 @@
 //!   ([`inject_grpc`], [`parent_from_http`]), for sampled traces only: a server makes a
 //!   span for a call that carries one, and none otherwise.
 //!
-//! The sampler is parent-based: the entry point (the dispatcher, or an edge reached
-//! directly) draws the ratio once per request and every later hop follows its decision,
-//! so a trace is whole or absent. With no endpoint configured nothing here runs: the
+//! The entry point (the dispatcher, or an edge reached directly) draws the ratio once per
+//! request ([`sample`]) before making any span; the dispatcher tells the edge either way
+//! ([`UNSAMPLED`] when not), so a trace is whole or absent and an untraced request costs
+//! no span at any hop. With no endpoint configured nothing here runs: the
 //! services check [`enabled`] before making a span.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -32,6 +33,55 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::ConfigError;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The sample ratio as `u64` bits of an `f64`.
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// The `traceparent` an entry point sends on for a request it does not trace: the next
+/// hop follows the decision (no span there either) instead of drawing its own. The ids
+/// are all zero (no trace); only the flags are read.
+pub const UNSAMPLED: &str = "00-00000000000000000000000000000000-0000000000000000-00";
+
+/// Draw the sample ratio for a request entering the cluster (the dispatcher, or an edge
+/// reached directly): whether to trace it. Decided before any span is made, so an
+/// untraced request costs no span anywhere.
+pub fn sample() -> bool {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9e37_79b9_7f4a_7c15);
+            h.finish() | 1
+        });
+    }
+    if !enabled() {
+        return false;
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    if ratio >= 1.0 {
+        return true;
+    }
+    // SplitMix64: a draw is a few instructions; no cryptographic quality needed.
+    let x = STATE.with(|s| {
+        let v = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(v);
+        let mut z = v;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    });
+    ((x >> 11) as f64) / ((1u64 << 53) as f64) < ratio
+}
+
+/// Whether a `traceparent` value says its trace is sampled (its flags' low bit).
+pub fn is_sampled(traceparent: &str) -> bool {
+    traceparent
+        .trim()
+        .rsplit('-')
+        .next()
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .is_some_and(|f| f & 1 == 1)
+}
 
 /// Whether spans are exported (an endpoint was configured): the hot paths make no span
 /// otherwise.
@@ -119,9 +169,9 @@ where
     let exporter = OnOwnRuntime::new(endpoint)?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sample_ratio,
-        ))))
+        // The ratio is drawn by the entry points ([`sample`]) before any span is made;
+        // a span made is a span kept, and its children follow it.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(service.to_owned())
@@ -137,6 +187,7 @@ where
             .with_tracked_inactivity(false),
         tracing_subscriber::filter::LevelFilter::INFO,
     );
+    RATIO.store(settings.sample_ratio.to_bits(), Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some((layer, TraceGuard { provider })))
 }
@@ -339,6 +390,17 @@ mod tests {
             .validate()
             .is_ok()
         );
+    }
+
+    #[test]
+    fn flags_say_whether_a_trace_is_sampled() {
+        assert!(is_sampled(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        assert!(!is_sampled(UNSAMPLED));
+        assert!(!is_sampled("garbage"));
+        // Off: nothing is sampled.
+        assert!(!sample());
     }
 
     #[test]

@@ -370,7 +370,13 @@ pub async fn start_authenticated(
     );
     relay.set_sets(cfg.relay_sets(), Instant::now());
     if telemetry::trace::enabled() {
-        relay.set_trace_context(|| telemetry::trace::traceparent(&tracing::Span::current()));
+        // The request's context when it is traced, else "not traced": the edge follows.
+        relay.set_trace_context(|| {
+            Some(
+                telemetry::trace::traceparent(&tracing::Span::current())
+                    .unwrap_or_else(|| telemetry::trace::UNSAMPLED.to_owned()),
+            )
+        });
     }
 
     let metric_set = MetricSet {
@@ -446,7 +452,9 @@ pub async fn start_authenticated(
             }
         };
         let handle = |relay: &mut Relay, side: Side, ev: Inbound| match ev {
-            Inbound::Message { msg, source, .. } if side == Side::Public && msg.is_request() && telemetry::trace::enabled() => {
+            Inbound::Message { msg, source, .. }
+                if side == Side::Public && msg.is_request() && telemetry::trace::sample() =>
+            {
                 // Where a request enters the cluster: its trace starts here (sampled by
                 // the configured ratio), and goes on to the edge in the relayed request.
                 let span = request_span(&msg);

@@ -109,11 +109,12 @@ pub async fn run(
             Inbound::Message { msg, .. } if msg.is_request() && telemetry::trace::enabled() => {
                 request_span(msg)
             }
-            _ => {
-                core.handle_inbound(now, m);
-                return;
-            }
+            _ => tracing::Span::none(),
         };
+        if span.is_disabled() {
+            core.handle_inbound(now, m);
+            return;
+        }
         let _in = span.enter();
         core.handle_inbound(now, m);
         // What this request asks for (a lookup, a relay offer) runs in its span, so its
@@ -238,8 +239,20 @@ fn take_answer(
 }
 
 /// The span of a request (its server transaction's work here): a child of the
-/// dispatcher's when the request carries its context, else where its trace starts.
+/// dispatcher's when the request carries its context, none when the dispatcher did not
+/// trace it, else (an edge reached directly) drawn here.
 fn request_span(msg: &sip_core::SipMessage) -> tracing::Span {
+    let parent = msg
+        .headers_named(dispatch_core::TRACE_HEADER)
+        .next()
+        .and_then(|h| std::str::from_utf8(h.value).ok());
+    let traced = match parent {
+        Some(p) => telemetry::trace::is_sampled(p),
+        None => telemetry::trace::sample(),
+    };
+    if !traced {
+        return tracing::Span::none();
+    }
     let method = msg.method().map_or("?", |m| m.as_str());
     let span = tracing::info_span!(
         "sip.request",
@@ -249,10 +262,8 @@ fn request_span(msg: &sip_core::SipMessage) -> tracing::Span {
         sip.call_id = msg.call_id().unwrap_or_default(),
         trace_id = tracing::field::Empty,
     );
-    if let Some(h) = msg.headers_named(dispatch_core::TRACE_HEADER).next()
-        && let Ok(v) = std::str::from_utf8(h.value)
-    {
-        telemetry::trace::set_parent(&span, v);
+    if let Some(p) = parent {
+        telemetry::trace::set_parent(&span, p);
     }
     telemetry::trace::record_trace_id(&span);
     span

@@ -4,10 +4,11 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use telemetry::trace::TraceExemplar;
 
 // Labels of a gRPC call (the method and the status code's name) and of an RPC name.
 pub use telemetry::{CallLabel, MethodLabel};
@@ -24,8 +25,9 @@ pub struct ResultLabel {
 pub struct Metrics {
     /// Calls by method and outcome.
     pub calls: Family<CallLabel, Counter>,
-    /// Call latency by method.
-    pub duration: Family<MethodLabel, Histogram>,
+    /// Call latency by method; with the call's trace as exemplar when it is traced
+    /// (OpenMetrics).
+    pub duration: Family<MethodLabel, HistogramWithExemplars<TraceExemplar>>,
     /// REGISTERs applied, single or in batches, by result (`ok`, `refused`, `unavailable`).
     pub registers: Family<ResultLabel, Counter>,
     /// REGISTER outcomes refused by the rules, by status.
@@ -84,7 +86,7 @@ impl Default for Metrics {
         }
         Metrics {
             calls,
-            duration: Family::new_with_constructor(|| Histogram::new(buckets())),
+            duration: Family::new_with_constructor(|| HistogramWithExemplars::new(buckets())),
             refused,
             registers,
             backend_up: Gauge::default(),

@@ -210,9 +210,12 @@ async fn observed<T>(
     debug_assert!(METHODS.contains(&method), "{method} not in METHODS");
     let start = Instant::now();
     let r = f.await;
-    m.duration
-        .get_or_create(&MethodLabel { method })
-        .observe(start.elapsed().as_secs_f64());
+    // Inside the call's span (the auth layer's): a traced call is the exemplar.
+    m.duration.get_or_create(&MethodLabel { method }).observe(
+        start.elapsed().as_secs_f64(),
+        telemetry::trace::exemplar(),
+        None,
+    );
     let code = match &r {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),

@@ -176,16 +176,28 @@ fn one_call_is_one_trace_across_dispatcher_edge_location_and_relay_and_sipp_sees
         edge.log()
     );
 
-    // The edge's request latency histogram names traced requests as exemplars
-    // (OpenMetrics), each a trace the collector has.
-    let (_, om) =
-        common::http_get_accept(edge.metrics, "application/openmetrics-text;version=1.0.0");
-    let exemplars: Vec<&str> = om
-        .lines()
-        .filter(|l| l.starts_with("sipcluster_sip_request_duration_seconds_bucket"))
-        .filter_map(|l| l.split_once(" # {trace_id=\"")?.1.split('"').next())
-        .collect();
-    assert!(!exemplars.is_empty(), "no exemplar in:\n{om}");
+    // The edge's request latency and the location service's call latency histograms name
+    // traced requests as exemplars (OpenMetrics), each a trace the collector has.
+    let exemplars_of = |metrics: SocketAddr, family: &str| -> Vec<String> {
+        let (_, om) =
+            common::http_get_accept(metrics, "application/openmetrics-text;version=1.0.0");
+        let found: Vec<String> = om
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .filter_map(|l| l.split_once(" # {trace_id=\"")?.1.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        assert!(!found.is_empty(), "no exemplar on {family} in:\n{om}");
+        found
+    };
+    let mut exemplars = exemplars_of(
+        edge.metrics,
+        "sipcluster_sip_request_duration_seconds_bucket",
+    );
+    exemplars.extend(exemplars_of(
+        loc.metrics,
+        "sipcluster_location_grpc_call_duration_seconds_bucket",
+    ));
     // (The last requests' spans may still be in an exporter's batch: bounded wait.)
     let all = otlp.wait_for(Duration::from_secs(15), |spans| {
         exemplars
@@ -210,4 +222,34 @@ fn one_call_is_one_trace_across_dispatcher_edge_location_and_relay_and_sipp_sees
         "a trace header reached a phone"
     );
     assert!(!seen.contains(&trace_id), "the trace id reached a phone");
+
+    // A dispatcher that traces nothing (ratio 0) in front of the same edge, which would
+    // trace everything it is reached with directly: the edge follows the dispatcher's
+    // decision, so a REGISTER through it makes no span anywhere.
+    let registers = |spans: &[Span]| {
+        spans
+            .iter()
+            .filter(|s| s.attr("sip.method") == Some("REGISTER"))
+            .count()
+    };
+    let before = registers(&otlp.spans());
+    let (quiet, _admin) = Server::dispatcher(
+        &dir,
+        "dispatcher-untraced",
+        &[edge.sip],
+        &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "0"],
+    );
+    Sipp::new("register-carol", "register.xml", Proto::Udp)
+        .inf(&format!("carol;{DOMAIN};;127.0.0.1:6123;3600"))
+        .auth("carol", "carol-secret", DOMAIN)
+        .to(quiet.sip)
+        .run(&dir)
+        .assert_ok(1, "REGISTER through the untraced dispatcher");
+    // Longer than an export batch (5 s).
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        registers(&otlp.spans()),
+        before,
+        "an untraced request made spans"
+    );
 }
