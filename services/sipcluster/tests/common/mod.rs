@@ -635,6 +635,21 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every sample of `family` (`name` or `name{...}`) and how many there are:
+/// for a labelled family, where an unlabelled `metric_value` would find nothing.
+pub fn metric_sum(text: &str, family: &str) -> (f64, usize) {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let base = name.split('{').next()?;
+            (base == family)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .fold((0.0, 0), |(s, n), v| (s + v, n + 1))
+}
+
 /// A minimal HTTP/1.1 GET (the harness avoids an HTTP client dependency).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
