@@ -376,18 +376,25 @@ if want accounting; then
   done
 fi
 
+# variant_run SECTION RATES LABEL FLAGS...: the call steps against a fresh all-in-one (no
+# auth, no accounting) started with FLAGS; its CPU per call goes to VARIANT_CPU[SECTION-LABEL].
+declare -A VARIANT_CPU=()
+variant_run() {
+  local section=$1 rates=$2 label=$3
+  shift 3
+  start_sipcluster "$section-$label" --no-auth --accounting off "$@"
+  call_steps "$section-$label" "$SRV_PID" "$SRV_PORT" "$rates"
+  VARIANT_CPU[$section-$label]=$LAST_CPU_PER_OP
+  stop_pid "$SRV_PID"
+}
+# overhead SECTION LABEL BASE: LABEL's CPU per call over BASE's, in %
+overhead() {
+  awk -v a="${VARIANT_CPU[$1-$2]}" -v o="${VARIANT_CPU[$1-$3]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}'
+}
+
 if want hep; then
   HEP_RATES=${LOAD_HEP_RATES:-$CALL_RATES}
-  declare -A HEP_CPU=()
-  hep_run() { # hep_run LABEL FLAGS...
-    local label=$1
-    shift
-    start_sipcluster "hep-$label" --no-auth --accounting off "$@"
-    call_steps "hep-$label" "$SRV_PID" "$SRV_PORT" "$HEP_RATES"
-    HEP_CPU[$label]=$LAST_CPU_PER_OP
-    stop_pid "$SRV_PID"
-  }
-  hep_run off
+  variant_run hep "$HEP_RATES" off
   HEP_PORT=$(free_port)
   HEP_PID=
   if command -v sngrep >/dev/null; then
@@ -396,37 +403,28 @@ if want hep; then
     PIDS+=("$HEP_PID")
     sleep 0.5
   fi
-  hep_run on --hep "127.0.0.1:$HEP_PORT"
+  variant_run hep "$HEP_RATES" on --hep "127.0.0.1:$HEP_PORT"
   [ -z "$HEP_PID" ] || stop_pid "$HEP_PID"
-  echo "hep on: $(awk -v a="${HEP_CPU[on]}" -v o="${HEP_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over hep off, at the last step (collector: $([ -n "$HEP_PID" ] && echo sngrep || echo "none listening"))" | tee -a "$RESULTS"
+  echo "hep on: $(overhead hep on off) % CPU per call over hep off, at the last step (collector: $([ -n "$HEP_PID" ] && echo sngrep || echo "none listening"))" | tee -a "$RESULTS"
 fi
 
 # Tracing: the same call steps with OpenTelemetry off, at 1 % and at 100 % sampling (every
 # span exported over OTLP/gRPC to loadtest/otlp-sink, a collector that counts them).
 if want tracing; then
   TRACE_RATES=${LOAD_TRACE_RATES:-$CALL_RATES}
-  declare -A TRACE_CPU=()
   OTLP_PORT=$(free_port)
   "$OTLP_SINK" --listen "127.0.0.1:$OTLP_PORT" >"$WORK/otlp-sink.log" 2>&1 &
   OTLP_PID=$!
   PIDS+=("$OTLP_PID")
   sleep 0.3
-  trace_run() { # trace_run LABEL FLAGS...
-    local label=$1
-    shift
-    start_sipcluster "trace-$label" --no-auth --accounting off "$@"
-    call_steps "trace-$label" "$SRV_PID" "$SRV_PORT" "$TRACE_RATES"
-    TRACE_CPU[$label]=$LAST_CPU_PER_OP
-    stop_pid "$SRV_PID"
-  }
-  trace_run off
-  trace_run 1pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 0.01
-  trace_run 100pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 1
+  variant_run trace "$TRACE_RATES" off
+  variant_run trace "$TRACE_RATES" 1pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 0.01
+  variant_run trace "$TRACE_RATES" 100pct --otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --trace-sample-ratio 1
   kill "$OTLP_PID" 2>/dev/null || true
   wait "$OTLP_PID" 2>/dev/null || true
   echo "tracing: the collector received $(grep -o 'spans=[0-9]*' "$WORK/otlp-sink.log" | tail -1)" | tee -a "$RESULTS"
   for label in 1pct 100pct; do
-    echo "tracing $label: $(awk -v a="${TRACE_CPU[$label]}" -v o="${TRACE_CPU[off]}" 'BEGIN {printf "%.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % CPU per call over tracing off, at the last step" | tee -a "$RESULTS"
+    echo "tracing $label: $(overhead trace "$label" off) % CPU per call over tracing off, at the last step" | tee -a "$RESULTS"
   done
 fi
 
