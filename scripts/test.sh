@@ -145,6 +145,7 @@ need_apt sipsak sipsak           # sipsak: OPTIONS pings and random-mutation inp
 need_apt baresip baresip-core    # real softphones: two baresip register, call and talk
 need_apt linphonec linphone-cli  # and linphone's command-line phone
 need_apt script bsdutils         # a pseudo-terminal for linphonec (it runs only on one)
+need_apt stunnel4 stunnel4        # TLS in front of SIPp (Debian's SIPp has no TLS): services/sipcluster/tests/tls.rs
 need_deb_binary prometheus prometheus  # a real Prometheus scraping /metrics
 # Redis for the location service. redis-tools carries the server binary (as redis-check-rdb,
 # which runs as a server when called redis-server); the redis-server package would also

@@ -57,9 +57,10 @@ pub const DROP_REASONS: [&str; 14] = [
 
 /// Every status the dispatcher answers with itself ([`Metrics::replies`]): 200 and 503
 /// to OPTIONS for itself (503 also when no target can take a request), 400 malformed,
-/// 403 and 404 on the internal side, 430 flow failed, 480 no edge left for a failover,
-/// 483 Max-Forwards exhausted. Each series exists, at 0, from the start.
-pub const REPLY_STATUSES: [u16; 8] = [200, 400, 403, 404, 430, 480, 483, 503];
+/// 403 and 404 on the internal side, 416 a SIPS request that came in the clear, 430 flow
+/// failed, 480 no edge left for a failover or no TLS way to a SIPS target, 483
+/// Max-Forwards exhausted. Each series exists, at 0, from the start.
+pub const REPLY_STATUSES: [u16; 9] = [200, 400, 403, 404, 416, 430, 480, 483, 503];
 
 /// A stateless answer the dispatcher gave itself.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

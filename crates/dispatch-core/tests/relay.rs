@@ -30,18 +30,24 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn relay() -> Relay {
-    let cfg = RelayConfig {
+    Relay::new(relay_config(), TokenKey::new(SECRET), Metrics::default())
+}
+
+fn relay_config() -> RelayConfig {
+    RelayConfig {
         instance: 0x1234,
         public: Listen {
             advertise: ip(PUBLIC),
             udp: Some(5060),
             tcp: Some(5060),
+            tls: None,
             addresses: vec![ip(PUBLIC)],
         },
         internal: Listen {
             advertise: ip(INTERNAL),
             udp: Some(5070),
             tcp: None,
+            tls: None,
             addresses: vec![ip(INTERNAL)],
         },
         edge_transport: Transport::Udp,
@@ -57,8 +63,7 @@ fn relay() -> Relay {
         deny_user_agents: dispatch_core::UserAgentDeny::new(
             dispatch_core::security::DEFAULT_DENIED_USER_AGENTS,
         ),
-    };
-    Relay::new(cfg, TokenKey::new(SECRET), Metrics::default())
+    }
 }
 
 fn edge(n: u8) -> TargetSpec {
@@ -958,4 +963,213 @@ fn the_trace_header_is_ours_toward_the_edge_and_never_a_clients() {
         header_values(&parse(&out[0].bytes), dispatch_core::TRACE_HEADER),
         [OURS]
     );
+}
+
+/// A flow table whose connections are TLS with a verified client certificate.
+struct TlsFlows(Vec<u64>, &'static str);
+impl FlowTable for TlsFlows {
+    fn alive(&self, flow: FlowId) -> bool {
+        self.0.contains(&flow.0)
+    }
+    fn peer(&self, flow: FlowId) -> Option<std::sync::Arc<str>> {
+        self.alive(flow).then(|| std::sync::Arc::from(self.1))
+    }
+}
+
+fn relay_with_tls() -> Relay {
+    let mut r = relay_cfg(|c| c.public.tls = Some(5061));
+    with_edges(&mut r, 1, Instant::now());
+    r
+}
+
+fn relay_cfg(f: impl FnOnce(&mut RelayConfig)) -> Relay {
+    let mut cfg = relay_config();
+    f(&mut cfg);
+    Relay::new(cfg, TokenKey::new(SECRET), Metrics::default())
+}
+
+#[test]
+fn a_tls_client_is_reached_over_its_tls_connection_and_named_by_its_certificate() {
+    let now = Instant::now();
+    let mut r = relay_with_tls();
+    let reg = "REGISTER sips:example.com SIP/2.0\r\n\
+Via: SIP/2.0/TLS 203.0.113.9:50001;branch=z9hG4bKtls1\r\n\
+Max-Forwards: 70\r\nFrom: <sips:carol@example.com>;tag=c1\r\nTo: <sips:carol@example.com>\r\n\
+Call-ID: reg-tls\r\nCSeq: 1 REGISTER\r\nContact: <sips:carol@203.0.113.9:5061>\r\n\
+Content-Length: 0\r\n\r\n";
+    let client = Target {
+        transport: Transport::Tls,
+        addr: "203.0.113.9:50001".parse().unwrap(),
+        flow: Some(FlowId(78)),
+    };
+    r.handle_message(
+        Side::Public,
+        SipMessage::parse(Bytes::from(reg)).unwrap(),
+        client,
+        &TlsFlows(vec![78], "trunk.example.net"),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1, "a SIPS REGISTER over TLS is relayed");
+    let fwd = parse(&out[0].bytes);
+    let path = std::str::from_utf8(fwd.header(sip_core::HeaderName::Path).unwrap())
+        .unwrap()
+        .to_owned();
+    // The Path names the TLS side of the dispatcher: clients come back over TLS.
+    assert!(path.contains(":5061;transport=tls;lr>"), "{path}");
+    let tok = path
+        .split(['<', '@'])
+        .nth(1)
+        .and_then(|u| u.strip_prefix("sip:"))
+        .unwrap();
+    assert!(
+        FlowToken::decode(&TokenKey::new(SECRET), tok)
+            .unwrap()
+            .secure
+    );
+    // The edge reads the certificate's name from our Via, signed; a forged one is not
+    // believed.
+    let top = fwd.top_via().unwrap();
+    let relayed =
+        dispatch_core::relay::relayed_by_dispatcher(&TokenKey::new(SECRET), &top).unwrap();
+    assert_eq!(relayed.peer.as_deref(), Some("trunk.example.net"));
+    let forged = String::from_utf8_lossy(top.raw)
+        .replace(&hex_of("trunk.example.net"), &hex_of("trunk.example.neu"));
+    let forged_msg = SipMessage::parse(Bytes::from(format!(
+        "OPTIONS sip:x SIP/2.0\r\nVia: {forged}\r\nMax-Forwards: 70\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x>\r\nCall-ID: f\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )))
+    .unwrap();
+    let relayed = dispatch_core::relay::relayed_by_dispatcher(
+        &TokenKey::new(SECRET),
+        &forged_msg.top_via().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(relayed.peer, None, "a peer whose MAC fails is dropped");
+    // The edge's copy forwarded onwards carries none of it.
+    let stripped = dispatch_core::relay::without_edge_params(top.raw).unwrap();
+    assert!(!String::from_utf8_lossy(&stripped).contains("scpeer"));
+    answer(&mut r, Side::Internal, &fwd, 200, out[0].target, now);
+    assert_eq!(all(&mut r)[0].target, client, "the 200 over the TLS flow");
+
+    // A SIPS INVITE for carol from an edge goes over her TLS connection.
+    let invite = |ruri: &str, call: &str| {
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bK{call}\r\n\
+Route: {path}\r\nMax-Forwards: 69\r\nFrom: <sip:alice@example.com>;tag=a1\r\n\
+To: <sips:carol@example.com>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let from_edge = udp("10.0.1.1:5060");
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite(
+            "sips:carol@203.0.113.9:5061",
+            "tls-call",
+        )))
+        .unwrap(),
+        from_edge,
+        &TlsFlows(vec![78], "trunk.example.net"),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].target, client);
+    assert!(
+        String::from_utf8_lossy(parse(&out[0].bytes).top_via().unwrap().raw)
+            .starts_with("SIP/2.0/TLS 198.51.100.7:5061;"),
+        "our Via names the TLS side"
+    );
+    // Her connection is gone and she is not behind a NAT (her Via was her source): a
+    // new connection, to her Contact, is TLS too.
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite(
+            "sips:carol@203.0.113.9:5061",
+            "tls-call-2",
+        )))
+        .unwrap(),
+        from_edge,
+        &TlsFlows(vec![], ""),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].side, Side::Public);
+    assert_eq!(
+        out[0].target,
+        Target {
+            transport: Transport::Tls,
+            addr: "203.0.113.9:5061".parse().unwrap(),
+            flow: None,
+        }
+    );
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn sips_is_never_downgraded() {
+    let now = Instant::now();
+    let mut r = relay_with_tls();
+    // A SIPS request that reached us in the clear: 416, not relayed.
+    let sips = INVITE.replace("INVITE sip:bob@", "INVITE sips:bob@");
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let from = Target {
+            transport,
+            addr: "203.0.113.5:40000".parse().unwrap(),
+            flow: (transport == Transport::Tcp).then_some(FlowId(5)),
+        };
+        let out = client_sends(&mut r, &sips, from, now);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].side,
+            Side::Public,
+            "{transport:?}: answered, not relayed"
+        );
+        assert_eq!(parse(&out[0].bytes).status(), Some(416));
+    }
+    // Over TLS it goes on.
+    let tls = Target {
+        transport: Transport::Tls,
+        addr: "203.0.113.5:40001".parse().unwrap(),
+        flow: Some(FlowId(6)),
+    };
+    let out = client_sends(&mut r, &sips, tls, now);
+    assert_eq!(out[0].side, Side::Internal);
+
+    // A SIPS request from an edge for a client on TCP: 480, never sent in the clear.
+    let reg = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/TCP 192.168.1.30:5060;branch=z9hG4bKreg2\r\n\
+Max-Forwards: 70\r\nFrom: <sip:dave@example.com>;tag=d1\r\nTo: <sip:dave@example.com>\r\n\
+Call-ID: reg-2\r\nCSeq: 1 REGISTER\r\nContact: <sip:dave@192.168.1.30:5060;transport=tcp>\r\n\
+Content-Length: 0\r\n\r\n";
+    let tcp = Target {
+        transport: Transport::Tcp,
+        addr: "203.0.113.9:50002".parse().unwrap(),
+        flow: Some(FlowId(79)),
+    };
+    let out = client_sends(&mut r, reg, tcp, now);
+    let path = std::str::from_utf8(
+        parse(&out[0].bytes)
+            .header(sip_core::HeaderName::Path)
+            .unwrap(),
+    )
+    .unwrap()
+    .to_owned();
+    let invite = format!(
+        "INVITE sips:dave@192.168.1.30:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKsipsdave\r\n\
+Route: {path}\r\nMax-Forwards: 69\r\nFrom: <sip:alice@example.com>;tag=a1\r\n\
+To: <sips:dave@example.com>\r\nCall-ID: sips-dave\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    r.handle_message(
+        Side::Internal,
+        SipMessage::parse(Bytes::from(invite)).unwrap(),
+        udp("10.0.1.1:5060"),
+        &Flows(vec![79]),
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].side, Side::Internal, "answered to the edge");
+    assert_eq!(parse(&out[0].bytes).status(), Some(480));
 }

@@ -1,6 +1,6 @@
 //! # sip-transport: the socket drivers of sipcluster
 //!
-//! The thin I/O layer around the sans-IO cores: UDP sockets and TCP listeners/connections
+//! The thin I/O layer around the sans-IO cores: UDP sockets, TCP and TLS listeners/connections
 //! on tokio, framing with `sip_core::{parse_datagram, StreamDecoder}`, and a flows table so
 //! that a message can go back over the very connection a request arrived on (RFC 3261
 //! §18.2.2, RFC 5626 flows).
@@ -26,6 +26,9 @@
 //!   capped per instance, per source and by the process's descriptor limit (see
 //!   [`DescriptorBudget`]); one beyond a cap is closed at once and counted. Failed
 //!   accepts back off (`telemetry::AcceptBackoff`).
+//! * TLS connections ([`tls`]) are flows like TCP's once their handshake is done; the
+//!   certificate is reloaded from its files on change, and a verified client
+//!   certificate names the flow's peer ([`Transports::flow_peer`]).
 //! * Two transports of one process may be linked ([`link_in_process`]): UDP between them
 //!   then goes through each other's inbound queue, not a loopback socket.
 
@@ -35,6 +38,7 @@ mod limits;
 mod link;
 mod metrics;
 mod tcp;
+pub mod tls;
 mod udp;
 
 use foldhash::HashMap;
@@ -55,6 +59,7 @@ pub use admission::AdmissionControl;
 pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
 pub use metrics::{ErrorLabel, TransportMetrics};
+pub use tls::{ClientAuth, TlsConfig, TlsError, TlsSettings};
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -63,6 +68,9 @@ pub struct TransportConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP addresses to listen on.
     pub tcp: Vec<SocketAddr>,
+    /// TLS: its listeners and certificate; `None`: no TLS, in or out. The TCP settings
+    /// (timeouts, caps) apply to TLS connections too.
+    pub tls: Option<TlsConfig>,
     /// Parser caps for every inbound message.
     pub limits: Limits,
     /// A TCP connection with no inbound bytes for this long is closed.
@@ -91,6 +99,7 @@ impl Default for TransportConfig {
         TransportConfig {
             udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
             tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            tls: None,
             limits: Limits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
             tcp_message_timeout: Duration::from_secs(10),
@@ -145,6 +154,9 @@ pub enum TransportError {
         /// Why.
         source: io::Error,
     },
+    /// The TLS certificate, key or CA files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Log lines a peer can trigger on TCP, each kind rate-limited on its own.
@@ -153,12 +165,16 @@ pub(crate) struct TcpLogLimits {
     pub refused: telemetry::LogLimit,
     /// A connection closed on a deadline.
     pub timeout: telemetry::LogLimit,
+    /// A TLS handshake that failed.
+    pub handshake: telemetry::LogLimit,
 }
 
 pub(crate) struct FlowEntry {
     pub tx: mpsc::Sender<Bytes>,
     pub transport: Transport,
     pub remote: SocketAddr,
+    /// Who the peer's verified TLS certificate says it is.
+    pub peer: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -171,6 +187,8 @@ pub(crate) struct Flows {
 
 pub(crate) struct Inner {
     pub config: TransportConfig,
+    /// TLS, when configured.
+    pub tls: Option<tls::Tls>,
     /// Each socket with its bound address (looked up per send; `local_addr` is a syscall).
     pub udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     pub flows: Mutex<Flows>,
@@ -191,6 +209,7 @@ pub struct Transports {
     pub(crate) inner: Arc<Inner>,
     udp_local: Vec<SocketAddr>,
     tcp_local: Vec<SocketAddr>,
+    tls_local: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Transports {
@@ -198,6 +217,7 @@ impl std::fmt::Debug for Transports {
         f.debug_struct("Transports")
             .field("udp", &self.udp_local)
             .field("tcp", &self.tcp_local)
+            .field("tls", &self.tls_local)
             .finish()
     }
 }
@@ -240,11 +260,24 @@ impl Transports {
             })?);
             listeners.push(l);
         }
+        let tls = config.tls.as_ref().map(tls::Tls::new).transpose()?;
+        let mut tls_listeners = Vec::new();
+        let mut tls_local = Vec::new();
+        for &addr in config.tls.iter().flat_map(|t| &t.listen) {
+            let bind_err = |source| TransportError::Bind {
+                transport: "TLS",
+                addr,
+                source,
+            };
+            let l = tcp::listen(addr).map_err(bind_err)?;
+            tls_local.push(l.local_addr().map_err(bind_err)?);
+            tls_listeners.push(l);
+        }
         let conn_limits = Arc::new(limits::ConnLimits::new(
             config.tcp_max_connections,
             config.tcp_max_connections_per_source,
         ));
-        if !listeners.is_empty() {
+        if !listeners.is_empty() || !tls_listeners.is_empty() {
             let budget = DescriptorBudget::of_process();
             metrics
                 .tcp_max_connections
@@ -261,6 +294,7 @@ impl Transports {
             }
             tracing::info!(
                 listeners = ?tcp_local,
+                tls_listeners = ?tls_local,
                 max_connections = conn_limits.max,
                 max_per_source = conn_limits.max_per_source,
                 message_timeout_ms = config.tcp_message_timeout.as_millis() as u64,
@@ -273,7 +307,9 @@ impl Transports {
             log_limits: TcpLogLimits {
                 refused: telemetry::LogLimit::new(1, 5),
                 timeout: telemetry::LogLimit::new(1, 5),
+                handshake: telemetry::LogLimit::new(1, 5),
             },
+            tls: tls.clone(),
             config,
             udp,
             flows: Mutex::new(Flows::default()),
@@ -290,11 +326,18 @@ impl Transports {
         for l in listeners {
             tasks.push(tokio::spawn(tcp::acceptor(inner.clone(), l)));
         }
+        if let Some(tls) = tls {
+            for l in tls_listeners {
+                tasks.push(tokio::spawn(tls::acceptor(inner.clone(), tls.clone(), l)));
+            }
+            tasks.push(tokio::spawn(tls.watch(inner.clone())));
+        }
         Ok((
             Transports {
                 inner,
                 udp_local,
                 tcp_local,
+                tls_local,
             },
             tasks,
         ))
@@ -323,6 +366,11 @@ impl Transports {
         &self.tcp_local
     }
 
+    /// The bound TLS addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_local
+    }
+
     /// Send `bytes` to `target` without waiting. A failure is reported later as
     /// [`Inbound::SendFailed`] with `origin`.
     pub fn send(&self, target: Target, bytes: Bytes, origin: TxnRef) {
@@ -331,12 +379,11 @@ impl Transports {
                 Some(l) => link::send(&self.inner, l, bytes, origin),
                 None => udp::send(&self.inner, target, bytes, origin),
             },
-            Transport::Tcp => tcp::send(&self.inner, target, bytes, origin),
-            // TLS and WebSocket arrive with the security issue; until then a target that
-            // needs them fails like an unreachable one.
-            Transport::Tls | Transport::Ws | Transport::Wss => {
-                report_failure(&self.inner, origin, target)
-            }
+            Transport::Tcp | Transport::Tls => tcp::send(&self.inner, target, bytes, origin),
+            // WebSocket flows are only ever inbound (a browser connects; nothing
+            // listens on its side): a target that names none fails like an
+            // unreachable one.
+            Transport::Ws | Transport::Wss => report_failure(&self.inner, origin, target),
         }
     }
 
@@ -358,6 +405,13 @@ impl Transports {
             .lock()
             .map(|f| f.by_id.contains_key(&flow))
             .unwrap_or(false)
+    }
+
+    /// The identity the peer of an open flow proved with its TLS certificate (the first
+    /// DNS name of a client certificate that verified), or `None`.
+    pub fn flow_peer(&self, flow: FlowId) -> Option<Arc<str>> {
+        let flows = self.inner.flows.lock().ok()?;
+        flows.by_id.get(&flow)?.peer.clone()
     }
 
     /// Where an open flow leads (its transport and peer), or `None` once it closed.

@@ -13,7 +13,7 @@ use crate::limits::Refusal;
 /// Labels: transport name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
-    /// `udp` or `tcp`.
+    /// `udp`, `tcp`, `tls` or `in_process`.
     pub transport: &'static str,
 }
 
@@ -77,7 +77,26 @@ pub struct TransportMetrics {
     pub tcp: PerTransport,
     /// In-process link handles into `received`/`sent` (label `in_process`).
     pub in_process: PerTransport,
+    /// TLS handles into `received`/`sent`.
+    pub tls: PerTransport,
+    /// TLS handshakes of inbound connections, by result (`ok`, `failed`, `timeout`).
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// Changes of the certificate files, by result (`ok`: in use; `error`: the previous
+    /// pair stays).
+    pub tls_reloads: Family<ResultLabel, Counter>,
 }
+
+/// Labels: an outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The outcome.
+    pub result: &'static str,
+}
+
+/// Every result of [`TransportMetrics::tls_handshakes`].
+pub(crate) const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+/// Every result of [`TransportMetrics::tls_reloads`].
+pub(crate) const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
 impl Default for TransportMetrics {
     fn default() -> Self {
@@ -89,7 +108,14 @@ impl Default for TransportMetrics {
                 .clone(),
             sent: sent.get_or_create(&TransportLabel { transport }).clone(),
         };
-        let (udp, tcp, in_process) = (per("udp"), per("tcp"), per("in_process"));
+        let (udp, tcp, in_process, tls) = (per("udp"), per("tcp"), per("in_process"), per("tls"));
+        let results = |all: &[&'static str]| {
+            let f: Family<ResultLabel, Counter> = Family::default();
+            for &result in all {
+                let _ = f.get_or_create(&ResultLabel { result });
+            }
+            f
+        };
         // The closed label sets at 0 from the start: a family without a series is not
         // exposed at all, and a first event would show up as 1 with no increase.
         let parse_errors = Family::default();
@@ -126,6 +152,9 @@ impl Default for TransportMetrics {
             udp,
             tcp,
             in_process,
+            tls,
+            tls_handshakes: results(&HANDSHAKE_RESULTS),
+            tls_reloads: results(&RELOAD_RESULTS),
         }
     }
 }
@@ -137,6 +166,30 @@ impl TransportMetrics {
             .get_or_create(&ErrorLabel {
                 kind: e.kind().as_str(),
             })
+            .inc();
+    }
+
+    /// The message counters of a connection-oriented transport.
+    pub(crate) fn per_transport(&self, t: sip_txn::Transport) -> PerTransport {
+        match t {
+            sip_txn::Transport::Tls => self.tls.clone(),
+            _ => self.tcp.clone(),
+        }
+    }
+
+    /// Count an inbound TLS handshake.
+    pub(crate) fn tls_handshake(&self, result: &'static str) {
+        debug_assert!(HANDSHAKE_RESULTS.contains(&result));
+        self.tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Count a change of the certificate files.
+    pub(crate) fn tls_reload(&self, result: &'static str) {
+        debug_assert!(RELOAD_RESULTS.contains(&result));
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 
@@ -216,6 +269,16 @@ impl TransportMetrics {
             self.admission_depth.clone(),
         );
         registry.register(
+            "sip_transport_tls_handshakes",
+            "TLS handshakes of inbound connections, by result (ok, failed: refused or broken, timeout: not done within the handshake timeout)",
+            self.tls_handshakes.clone(),
+        );
+        registry.register(
+            "sip_transport_tls_certificate_reloads",
+            "Changes of the TLS certificate or key file, by result (ok: new connections use it; error: it did not load and the previous pair stays in use)",
+            self.tls_reloads.clone(),
+        );
+        registry.register(
             "sip_transport_tcp_max_connections",
             "The inbound TCP connection cap in force (configured, or lowered to fit RLIMIT_NOFILE)",
             self.tcp_max_connections.clone(),
@@ -280,6 +343,16 @@ mod tests {
             ));
             lines.push(format!(
                 "sipcluster_dispatcher_sip_transport_tcp_timeouts_total{{side=\"public\",reason=\"{reason}\"}} 0"
+            ));
+        }
+        for result in ["ok", "failed", "timeout"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_tls_handshakes_total{{result=\"{result}\"}} 0"
+            ));
+        }
+        for result in ["ok", "error"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_tls_certificate_reloads_total{{result=\"{result}\"}} 0"
             ));
         }
         for line in lines {

@@ -1,4 +1,6 @@
 //! TCP: listeners, connections (flows), stream framing, keep-alives, outbound connects.
+//! A connection's reader and writer are generic over the stream, so TLS connections
+//! (`tls`) are the same flows once their handshake is done.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use sip_core::{Frame, KeepAlive, StreamDecoder, error_reply};
 use sip_txn::{FlowId, Target, Transport, TxnRef};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -38,27 +40,11 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, remote)) => {
                 backoff.succeeded();
-                let slot = match inner.conn_limits.acquire(remote.ip()) {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        // Closed at once (dropped): holding it would spend the descriptor
-                        // the cap is there to keep.
-                        inner.metrics.refused(refusal.label());
-                        if let Some(held_back) = inner.log_limits.refused.allow(Instant::now()) {
-                            tracing::warn!(
-                                %remote,
-                                reason = refusal.label(),
-                                max_connections = inner.conn_limits.max,
-                                max_per_source = inner.conn_limits.max_per_source,
-                                held_back,
-                                "tcp connection refused: connection cap reached"
-                            );
-                        }
-                        continue;
-                    }
+                let Some(slot) = admit(&inner, remote) else {
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
-                start_connection(&inner, stream, remote, Some(slot));
+                start_tcp(&inner, stream, remote, Some(slot));
             }
             Err(e) => {
                 // EMFILE and friends: back off, with one line now and then, instead of a
@@ -70,14 +56,69 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Register a connection as a flow and start its reader and writer. `slot` is its place
-/// in the inbound caps (none for connections we open): held until both halves end.
-fn start_connection(
+/// A place in the inbound connection caps for a connection just accepted from `remote`,
+/// or `None` (counted, logged within the rate limit) when a cap is reached: the caller
+/// drops the connection, closing it at once, since holding it would spend the
+/// descriptor the cap is there to keep.
+pub(crate) fn admit(inner: &Inner, remote: SocketAddr) -> Option<Slot> {
+    match inner.conn_limits.acquire(remote.ip()) {
+        Ok(slot) => Some(slot),
+        Err(refusal) => {
+            inner.metrics.refused(refusal.label());
+            if let Some(held_back) = inner.log_limits.refused.allow(Instant::now()) {
+                tracing::warn!(
+                    %remote,
+                    reason = refusal.label(),
+                    max_connections = inner.conn_limits.max,
+                    max_per_source = inner.conn_limits.max_per_source,
+                    held_back,
+                    "tcp connection refused: connection cap reached"
+                );
+            }
+            None
+        }
+    }
+}
+
+/// A plain TCP connection as a flow (its halves split without a lock).
+fn start_tcp(
     inner: &Arc<Inner>,
     stream: TcpStream,
     remote: SocketAddr,
     slot: Option<Slot>,
 ) -> (FlowId, mpsc::Sender<Bytes>) {
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (reader, writer) = stream.into_split();
+    start_connection(
+        inner,
+        reader,
+        writer,
+        (local, remote),
+        Transport::Tcp,
+        slot,
+        None,
+    )
+}
+
+/// Register a connection as a flow and start its reader and writer. `ends` is (our
+/// address, the peer's); `slot` is its place in the inbound caps (none for connections
+/// we open): held until both halves end; `peer` the identity its TLS certificate proved.
+pub(crate) fn start_connection<R, W>(
+    inner: &Arc<Inner>,
+    reader: R,
+    writer: W,
+    ends: (SocketAddr, SocketAddr),
+    transport: Transport,
+    slot: Option<Slot>,
+    peer: Option<Arc<str>>,
+) -> (FlowId, mpsc::Sender<Bytes>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = ends.1;
     let flow = next_flow(inner);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     if let Ok(mut flows) = inner.flows.lock() {
@@ -85,19 +126,20 @@ fn start_connection(
             flow,
             FlowEntry {
                 tx: tx.clone(),
-                transport: Transport::Tcp,
+                transport,
                 remote,
+                peer,
             },
         );
-        flows.by_remote.insert((Transport::Tcp, remote), flow);
+        flows.by_remote.insert((transport, remote), flow);
     }
     inner.metrics.connections.inc();
     let slot = slot.map(Arc::new);
-    let (reader, writer) = stream.into_split();
     let read_task = tokio::spawn(read_loop(
         inner.clone(),
         flow,
-        remote,
+        ends,
+        transport,
         reader,
         tx.clone(),
         slot.clone(),
@@ -105,6 +147,8 @@ fn start_connection(
     tokio::spawn(write_loop(
         inner.clone(),
         flow,
+        ends,
+        transport,
         writer,
         rx,
         read_task.abort_handle(),
@@ -145,34 +189,32 @@ fn timed_out(inner: &Inner, flow: FlowId, remote: SocketAddr, reason: &'static s
     }
 }
 
-async fn write_loop(
+#[allow(clippy::too_many_arguments)]
+async fn write_loop<W: AsyncWrite + Unpin>(
     inner: Arc<Inner>,
     flow: FlowId,
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    (local, remote): (SocketAddr, SocketAddr),
+    transport: Transport,
+    mut writer: W,
     mut rx: mpsc::Receiver<Bytes>,
     reader: AbortHandle,
     _slot: Option<Arc<Slot>>,
 ) {
-    let remote = writer.peer_addr().ok();
-    let local = writer.local_addr().ok();
+    let counters = inner.metrics.per_transport(transport);
     while let Some(b) = rx.recv().await {
         // A peer that stops reading would otherwise hold this task, its queue and the
         // descriptor for ever.
         match tokio::time::timeout(inner.config.tcp_message_timeout, writer.write_all(&b)).await {
             Ok(Ok(())) => {
-                inner.metrics.tcp.sent.inc();
-                if let (Some(l), Some(r)) = (local, remote) {
-                    crate::capture::sent(&inner, Transport::Tcp, l, r, &b);
-                }
+                counters.sent.inc();
+                crate::capture::sent(&inner, transport, local, remote, &b);
             }
             Ok(Err(e)) => {
                 tracing::debug!(?flow, error = %e, "tcp write failed");
                 break;
             }
             Err(_) => {
-                if let Some(remote) = remote {
-                    timed_out(&inner, flow, remote, "write_timeout");
-                }
+                timed_out(&inner, flow, remote, "write_timeout");
                 break;
             }
         }
@@ -185,24 +227,23 @@ async fn write_loop(
     reader.abort();
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     inner: Arc<Inner>,
     flow: FlowId,
-    remote: SocketAddr,
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    // Our end is for siptrace (the listening address is not enough: it may be 0.0.0.0).
+    (local, remote): (SocketAddr, SocketAddr),
+    transport: Transport,
+    mut reader: R,
     tx: mpsc::Sender<Bytes>,
     _slot: Option<Arc<Slot>>,
 ) {
+    let counters = inner.metrics.per_transport(transport);
     let source = Target {
-        transport: Transport::Tcp,
+        transport,
         addr: remote,
         flow: Some(flow),
     };
     let mut decoder = StreamDecoder::new(inner.config.limits);
-    // Our end, for siptrace (the listening address is not enough: it may be 0.0.0.0).
-    let local = reader
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // When the message whose first bytes are in `buf` must be complete. The idle timeout
     // alone restarts on every byte: one byte every few seconds would hold the connection
@@ -245,10 +286,10 @@ async fn read_loop(
                     inner.metrics.keepalives.inc();
                 }
                 Ok(Some(Frame::Message(msg))) => {
-                    crate::capture::received(&inner, Transport::Tcp, remote, local, &msg);
+                    crate::capture::received(&inner, transport, remote, local, &msg);
                     completed = true;
                     last_delivered = Some(tokio::time::Instant::now());
-                    inner.metrics.tcp.received.inc();
+                    counters.received.inc();
                     if let Some(reply) = deliver(&inner, msg, source, received_at).await {
                         let _ = tx.try_send(reply);
                     }
@@ -305,7 +346,10 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
                 // The named connection is gone: a NATed client is only reachable through it.
                 return None;
             }
-            flows.by_remote.get(&(Transport::Tcp, target.addr)).copied()
+            flows
+                .by_remote
+                .get(&(target.transport, target.addr))
+                .copied()
         });
     if let Some(f) = flow {
         let ok = flows
@@ -323,7 +367,7 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
         report_failure(inner, origin, target);
         return;
     }
-    let key = (Transport::Tcp, target.addr);
+    let key = (target.transport, target.addr);
     if let Some(q) = flows.connecting.get_mut(&key) {
         q.push((bytes, origin));
         return;
@@ -332,11 +376,10 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
     drop(flows);
     let inner = inner.clone();
     tokio::spawn(async move {
-        let connected = tokio::time::timeout(
-            inner.config.tcp_connect_timeout,
-            TcpStream::connect(target.addr),
-        )
-        .await;
+        // The handshake shares the connect deadline: a server that accepts and stays
+        // silent must not hold the queued requests for longer.
+        let connected =
+            tokio::time::timeout(inner.config.tcp_connect_timeout, open(&inner, target)).await;
         let queued = inner
             .flows
             .lock()
@@ -344,21 +387,52 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
             .and_then(|mut f| f.connecting.remove(&key))
             .unwrap_or_default();
         match connected {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let (_, tx) = start_connection(&inner, stream, target.addr, None);
+            Ok(Ok(tx)) => {
                 for (b, origin) in queued {
                     if tx.send(b).await.is_err() {
                         report_failure(&inner, origin, target);
                     }
                 }
             }
-            _ => {
-                tracing::debug!(addr = %target.addr, "tcp connect failed");
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                tracing::debug!(addr = %target.addr, transport = target.transport.as_str(), %error, "connect failed");
                 for (_, origin) in queued {
                     report_failure(&inner, origin, target);
                 }
             }
         }
     });
+}
+
+/// Open a connection to `target` (TCP, or TLS over it) and make it a flow.
+async fn open(inner: &Arc<Inner>, target: Target) -> io::Result<mpsc::Sender<Bytes>> {
+    let stream = TcpStream::connect(target.addr).await?;
+    let _ = stream.set_nodelay(true);
+    if target.transport != Transport::Tls {
+        return Ok(start_tcp(inner, stream, target.addr, None).1);
+    }
+    let Some(tls) = &inner.tls else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no TLS settings for an outbound TLS connection",
+        ));
+    };
+    let local = stream.local_addr()?;
+    let s = crate::tls::connect(tls, stream, target.addr).await?;
+    let peer = crate::tls::server_name(&s);
+    let (r, w) = tokio::io::split(s);
+    Ok(start_connection(
+        inner,
+        r,
+        w,
+        (local, target.addr),
+        Transport::Tls,
+        None,
+        peer,
+    )
+    .1)
 }

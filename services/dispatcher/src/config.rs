@@ -18,6 +18,9 @@ pub use telemetry::ConfigError;
 pub struct DispatcherConfig {
     /// Client-facing listeners.
     pub public: SideConfig,
+    /// SIP over TLS on the client-facing side (`[tls]`): listeners, certificate (reloaded
+    /// on change), client certificates; also used for connections to `tls` set members.
+    pub tls: sip_transport::TlsSettings,
     /// Edge-facing listeners.
     pub internal: SideConfig,
     /// How requests reach edges: `udp` or `tcp`.
@@ -156,7 +159,7 @@ fn default_algorithm() -> String {
 pub struct SetTarget {
     /// `ip:port`.
     pub address: SocketAddr,
-    /// `udp` or `tcp`.
+    /// `udp`, `tcp` or `tls`.
     #[serde(default = "default_transport")]
     pub transport: String,
     /// Share.
@@ -188,6 +191,7 @@ impl Default for DispatcherConfig {
                 tcp: Vec::new(),
                 advertise: None,
             },
+            tls: sip_transport::TlsSettings::default(),
             edge_transport: "udp".into(),
             secret: None,
             health: HealthSettings::default(),
@@ -252,7 +256,12 @@ fn transport(field: &'static str, t: &str) -> Result<Transport, ConfigError> {
     match t.to_ascii_lowercase().as_str() {
         "udp" => Ok(Transport::Udp),
         "tcp" => Ok(Transport::Tcp),
-        other => Err(bad(field, format!("{other:?}: expected udp or tcp"))),
+        // Set members only: edges are inside the cluster (edge_transport refuses it).
+        "tls" if field != "edge_transport" => Ok(Transport::Tls),
+        other => Err(bad(
+            field,
+            format!("{other:?}: expected udp or tcp (or tls for a set member)"),
+        )),
     }
 }
 
@@ -265,8 +274,21 @@ impl DispatcherConfig {
     /// Check every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.hep.validate()?;
-        if self.public.udp.is_empty() && self.public.tcp.is_empty() {
-            return Err(bad("public", "at least one UDP or TCP listener"));
+        self.tls.validate()?;
+        if self.public.udp.is_empty() && self.public.tcp.is_empty() && self.tls.listen.is_empty() {
+            return Err(bad("public", "at least one UDP, TCP or TLS listener"));
+        }
+        if self.tls.cert_file.is_none()
+            && self
+                .sets
+                .iter()
+                .flat_map(|s| &s.targets)
+                .any(|t| t.transport.eq_ignore_ascii_case("tls"))
+        {
+            return Err(bad(
+                "tls.cert_file",
+                "a set member is reached over TLS: give the certificate (and tls.ca_file for its CA)",
+            ));
         }
         let et = self.edge_transport()?;
         let internal_has = match et {

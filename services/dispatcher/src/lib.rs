@@ -100,6 +100,8 @@ pub struct DispatcherHandle {
     pub public_udp: Vec<SocketAddr>,
     /// Public TCP addresses.
     pub public_tcp: Vec<SocketAddr>,
+    /// Public TLS addresses.
+    pub public_tls: Vec<SocketAddr>,
     /// Internal UDP addresses.
     pub internal_udp: Vec<SocketAddr>,
     /// Internal TCP addresses.
@@ -198,12 +200,15 @@ impl DispatcherHandle {
     }
 }
 
-fn listen(advertise: Option<IpAddr>, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Listen {
-    let (advertise, addresses) = sip_transport::own_addresses(advertise, udp, tcp);
+fn listen(advertise: Option<IpAddr>, t: &Transports) -> Listen {
+    let (udp, tcp, tls) = (t.udp_addrs(), t.tcp_addrs(), t.tls_addrs());
+    let streams: Vec<SocketAddr> = tcp.iter().chain(tls).copied().collect();
+    let (advertise, addresses) = sip_transport::own_addresses(advertise, udp, &streams);
     Listen {
         advertise,
         udp: udp.first().map(|a| a.port()),
         tcp: tcp.first().map(|a| a.port()),
+        tls: tls.first().map(|a| a.port()),
         addresses,
     }
 }
@@ -246,6 +251,10 @@ impl FlowTable for PublicFlows<'_> {
     fn alive(&self, flow: FlowId) -> bool {
         self.0.flow_alive(flow)
     }
+
+    fn peer(&self, flow: FlowId) -> Option<Arc<str>> {
+        self.0.flow_peer(flow)
+    }
 }
 
 fn no_admin_token() -> DispatcherError {
@@ -281,6 +290,10 @@ pub fn check_before_start(cfg: &DispatcherConfig) -> Result<(), DispatcherError>
     cfg.validate()?;
     discovery_from(cfg)?;
     admin_tokens(cfg)?;
+    if let Some(tls) = cfg.tls.config() {
+        sip_transport::tls::check_files(&tls)
+            .map_err(|e| DispatcherError::Transport(sip_transport::TransportError::Tls(e)))?;
+    }
     if let ("kubernetes", Some(path)) = (cfg.discovery.kind.as_str(), &cfg.discovery.kubeconfig) {
         kube::config::Kubeconfig::read_from(path).map_err(|e| {
             ConfigError::new("discovery.kubeconfig", format!("{}: {e}", path.display()))
@@ -324,37 +337,40 @@ pub async fn start_authenticated(
 
     let hep_metrics = hep::HepMetrics::default();
     let hep = hep::HepExporter::start(&cfg.hep, &hep_metrics)?;
-    let transport_cfg = |side: &config::SideConfig| TransportConfig {
-        udp: side.udp.clone(),
-        tcp: side.tcp.clone(),
-        limits: sip_core::Limits::default(),
-        tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
-        tcp_message_timeout: Duration::from_secs(cfg.tcp_message_timeout_secs),
-        tcp_max_connections: cfg.tcp_max_connections,
-        tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
-        tcp_connect_timeout: Duration::from_secs(5),
-        overload_retry_after: cfg.retry_after_secs,
-        capture: hep.sink(),
-    };
+    let transport_cfg =
+        |side: &config::SideConfig, tls: Option<sip_transport::TlsConfig>| TransportConfig {
+            udp: side.udp.clone(),
+            tcp: side.tcp.clone(),
+            tls,
+            limits: sip_core::Limits::default(),
+            tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
+            tcp_message_timeout: Duration::from_secs(cfg.tcp_message_timeout_secs),
+            tcp_max_connections: cfg.tcp_max_connections,
+            tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
+            tcp_connect_timeout: Duration::from_secs(5),
+            overload_retry_after: cfg.retry_after_secs,
+            capture: hep.sink(),
+        };
     let (pub_m, int_m) = (TransportMetrics::default(), TransportMetrics::default());
     // Deep queues: the relay task is fast and stateless; a burst should wait, not be
     // refused (the transports answer 503 themselves when a queue is full).
     let (pub_tx, mut pub_rx) = mpsc::channel(16_384);
     let (int_tx, mut int_rx) = mpsc::channel(16_384);
-    let (public, mut tasks) =
-        Transports::bind(transport_cfg(&cfg.public), pub_tx, pub_m.clone()).await?;
+    let (public, mut tasks) = Transports::bind(
+        transport_cfg(&cfg.public, cfg.tls.config()),
+        pub_tx,
+        pub_m.clone(),
+    )
+    .await?;
+    // Edges are inside the cluster: the internal side has no TLS.
     let (internal, t2) =
-        Transports::bind(transport_cfg(&cfg.internal), int_tx, int_m.clone()).await?;
+        Transports::bind(transport_cfg(&cfg.internal, None), int_tx, int_m.clone()).await?;
     tasks.extend(t2);
 
     let relay_cfg = RelayConfig {
         instance,
-        public: listen(cfg.public.advertise, public.udp_addrs(), public.tcp_addrs()),
-        internal: listen(
-            cfg.internal.advertise,
-            internal.udp_addrs(),
-            internal.tcp_addrs(),
-        ),
+        public: listen(cfg.public.advertise, &public),
+        internal: listen(cfg.internal.advertise, &internal),
         edge_transport,
         health: cfg.health_config(),
         failover_window: Duration::from_secs(cfg.failover_window_secs),
@@ -526,6 +542,7 @@ pub async fn start_authenticated(
     Ok(DispatcherHandle {
         public_udp: public.udp_addrs().to_vec(),
         public_tcp: public.tcp_addrs().to_vec(),
+        public_tls: public.tls_addrs().to_vec(),
         internal_udp: internal.udp_addrs().to_vec(),
         internal_tcp: internal.tcp_addrs().to_vec(),
         admin: admin_addr,

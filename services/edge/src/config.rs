@@ -44,6 +44,10 @@ pub struct EdgeConfig {
     /// A copy of every SIP message to a HEP collector (Homer, heplify-server, sngrep):
     /// off by default.
     pub hep: hep::HepConfig,
+    /// SIP over TLS on the all-in-one's public side (its dispatcher ends TLS; a
+    /// standalone edge is reached in the clear inside the cluster and refuses this
+    /// section: put it in the dispatcher's configuration).
+    pub tls: sip_transport::TlsSettings,
 }
 
 /// Trust and refusal (see "Security" in ARCHITECTURE.md).
@@ -54,7 +58,9 @@ pub struct SecurityConfig {
     /// Their requests need no digest, may preload Routes and reach any destination, and
     /// keep their P-Asserted-Identity (RFC 3325). Behind a dispatcher the address is the
     /// client's as the dispatcher saw it (its signed Via), never the dispatcher's.
-    /// Default: none.
+    /// `tls:NAME` trusts a peer by certificate instead: one whose client certificate the
+    /// dispatcher verified (`tls.client_auth`) and whose first DNS name is NAME, from
+    /// whatever address. Default: none.
     pub trusted_peers: Vec<String>,
     /// Put a `P-Asserted-Identity` naming the authenticated user on requests this edge
     /// forwards for it (RFC 3325 §9.1), so trusted gateways downstream see who called.
@@ -101,12 +107,25 @@ impl Default for SecurityConfig {
     }
 }
 
+/// The `trusted_peers` prefix of a peer trusted by its certificate's name.
+pub const TLS_PEER: &str = "tls:";
+
 impl SecurityConfig {
     /// The trusted blocks (validated at start, so a bad one here is skipped).
     pub fn trusted(&self) -> Vec<dispatch_core::Cidr> {
         self.trusted_peers
             .iter()
+            .filter(|c| !c.starts_with(TLS_PEER))
             .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
+    /// The peers trusted by certificate (`tls:NAME`), lower-cased.
+    pub fn trusted_names(&self) -> Vec<String> {
+        self.trusted_peers
+            .iter()
+            .filter_map(|c| c.strip_prefix(TLS_PEER))
+            .map(str::to_ascii_lowercase)
             .collect()
     }
 }
@@ -720,10 +739,20 @@ impl EdgeConfig {
             ));
         }
         for c in &self.security.trusted_peers {
-            if let Err(e) = c.parse::<dispatch_core::Cidr>() {
+            if let Some(name) = c.strip_prefix(TLS_PEER) {
+                if name.is_empty() || name.len() > 253 || name.contains(char::is_whitespace) {
+                    return Err(bad(
+                        "security.trusted_peers",
+                        format!(
+                            "{c:?}: tls: takes a certificate's DNS name (tls:trunk.example.net)"
+                        ),
+                    ));
+                }
+            } else if let Err(e) = c.parse::<dispatch_core::Cidr>() {
                 return Err(bad("security.trusted_peers", e.to_string()));
             }
         }
+        self.tls.validate()?;
         if self.security.auth_failure_window_secs == 0
             && (self.security.auth_failures_per_source > 0
                 || self.security.auth_failures_per_user > 0)
@@ -862,6 +891,9 @@ impl EdgeConfig {
         sip_transport::TransportConfig {
             udp,
             tcp,
+            // The edge is reached in the clear inside the cluster; TLS ends at the
+            // dispatcher (the all-in-one's included: its `[tls]` is its dispatcher's).
+            tls: None,
             limits: self.parser_limits(),
             tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
             tcp_message_timeout: Duration::from_secs(l.tcp_message_timeout_secs),

@@ -67,7 +67,7 @@ async fn decide_for(
         return respond(txn, msg, 500);
     };
     // route: §16.3 checks, our Route values, loops, strict routers.
-    if let Some(d) = Routing::refused(sh, txn, msg, method) {
+    if let Some(d) = Routing::refused(sh, txn, msg, method, sender.origin.relayed) {
         return d;
     }
     let r = Routing::read(sh, txn, msg, source, method);
@@ -86,7 +86,9 @@ async fn decide_for(
     let Some(target) = r.target_uri() else {
         return r.respond(404);
     };
-    if target.secure {
+    // A SIPS target only from a dispatcher (which takes SIPS over TLS only): a SIPS
+    // request that reached the edge in the clear was downgraded on the way.
+    if target.secure && !sender.origin.relayed {
         return r.respond(416);
     }
     let domain = sh.local.local_domain(&target).map(str::to_owned);

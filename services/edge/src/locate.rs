@@ -15,6 +15,7 @@ use crate::shared::Shared;
 pub(crate) async fn hops_from_bindings(
     sh: &Shared,
     bindings: &[Binding],
+    secure_only: bool,
 ) -> (Vec<Vec<Hop>>, usize) {
     let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
     let mut unsendable = 0;
@@ -29,9 +30,22 @@ pub(crate) async fn hops_from_bindings(
             Ok(Uri::Sip(u)) => u.transport().and_then(Transport::from_token),
             _ => None,
         };
-        if !sendable(&hop.target)
-            || contact_transport.is_some_and(|t| !matches!(t, Transport::Udp | Transport::Tcp))
-        {
+        // Through a dispatcher that holds the client's TLS connection, TLS is what the
+        // last hop is (the dispatcher refuses a SIPS request toward a flow in the clear).
+        let secure_flow = b
+            .path
+            .first()
+            .and_then(|p| dispatcher_token(p))
+            .is_some_and(|t| t.secure);
+        let needs_tls =
+            contact_transport.is_some_and(|t| !matches!(t, Transport::Udp | Transport::Tcp));
+        // A SIPS request only to bindings whose last hop is TLS (RFC 5630): never
+        // downgraded on the way to the phone. Not "unsendable": the phone is there, just
+        // not reachable securely, which the caller hears as 480.
+        if secure_only && !secure_flow {
+            continue;
+        }
+        if !sendable(&hop.target) || (needs_tls && !secure_flow) {
             unsendable += 1;
             continue;
         }
@@ -128,7 +142,8 @@ pub(crate) async fn to_local_user(
         Ok(b) => b,
         Err(_) => return crate::decision::unavailable(sh, r.txn, r.msg),
     };
-    let (groups, unsendable) = hops_from_bindings(sh, &bindings).await;
+    let sips = matches!(r.msg.request_uri(), Ok(Uri::Sip(u)) if u.secure);
+    let (groups, unsendable) = hops_from_bindings(sh, &bindings, sips).await;
     if groups.is_empty() {
         // Registered only at addresses we cannot reach yet (TLS): say so at once, rather
         // than letting the caller wait out a timeout.
@@ -138,4 +153,12 @@ pub(crate) async fn to_local_user(
         txn: r.txn,
         plan: r.plan(groups),
     }
+}
+
+/// The dispatcher flow token in a Path entry (read, not verified: the dispatcher
+/// verifies it before it acts on it).
+fn dispatcher_token(path: &str) -> Option<dispatch_core::token::FlowToken> {
+    let na = NameAddr::parse(path.as_bytes(), "Path").ok()?;
+    let user = sip_uri(&na)?.user?;
+    dispatch_core::token::FlowToken::peek(user)
 }

@@ -25,7 +25,8 @@ pub struct Origin<'m> {
     pub relayed: bool,
     /// The dialog token the dispatcher popped with its own Record-Route.
     pub dialog: Option<&'m str>,
-    /// The address is in `security.trusted_peers`.
+    /// The address is in `security.trusted_peers`, or the dispatcher verified a client
+    /// certificate named there (`tls:NAME`).
     pub trusted: bool,
 }
 
@@ -51,15 +52,18 @@ pub fn relayed<'m>(
 /// Read the sender of `msg`, received from `source`.
 pub fn origin<'m>(sh: &Shared, msg: &'m SipMessage, source: Target) -> Origin<'m> {
     let relayed = relayed(&sh.tokens, msg, source);
-    let (addr, dialog) = match relayed {
-        Some(r) => (r.client, r.dialog),
-        None => (source.addr, None),
+    let is_relayed = relayed.is_some();
+    let (addr, dialog, peer) = match relayed {
+        Some(r) => (r.client, r.dialog, r.peer),
+        None => (source.addr, None, None),
     };
+    // Trusted by address, or by the certificate the dispatcher verified (`tls:NAME`).
+    let by_name = peer.is_some_and(|p| sh.trusted_names.contains(&p));
     Origin {
         addr,
-        relayed: relayed.is_some(),
+        relayed: is_relayed,
         dialog,
-        trusted: dispatch_core::security::any_contains(&sh.trusted, addr.ip()),
+        trusted: by_name || dispatch_core::security::any_contains(&sh.trusted, addr.ip()),
     }
 }
 

@@ -178,13 +178,15 @@ pub(crate) struct Routing<'m> {
 }
 
 impl<'m> Routing<'m> {
-    /// The §16.3 checks: 483, 420, 482 (and 416 while there is no TLS), or `None` when
-    /// the request passes them.
+    /// The §16.3 checks: 483, 420, 482 (and 416 for a SIPS request that did not come
+    /// from a dispatcher, `secure`: only a dispatcher ends TLS, and it refuses SIPS in
+    /// the clear), or `None` when the request passes them.
     pub(crate) fn refused(
         sh: &Shared,
         txn: ServerTxnId,
         msg: &SipMessage,
         method: Method<'_>,
+        secure: bool,
     ) -> Option<Decision> {
         if msg.max_forwards() == Ok(Some(0)) {
             // §16.3 step 3: at zero only an OPTIONS for the proxy itself may be answered.
@@ -207,8 +209,11 @@ impl<'m> Routing<'m> {
         if is_loop(&sh.local, msg) {
             return Some(respond(txn, msg, 482));
         }
-        // No TLS yet: a sips: request can only be refused, never carried in the clear.
-        if method != Method::Register && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.secure) {
+        // A sips: request that came in the clear is refused, never carried on.
+        if !secure
+            && method != Method::Register
+            && matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.secure)
+        {
             return Some(respond(txn, msg, 416));
         }
         None

@@ -43,6 +43,8 @@ pub struct Shared {
     pub tokens: dispatch_core::TokenKey,
     /// `security.trusted_peers`, parsed.
     pub trusted: Vec<dispatch_core::Cidr>,
+    /// Peers trusted by the name their verified certificate proves (`tls:NAME`).
+    pub trusted_names: Vec<String>,
     /// `security.deny_user_agents`.
     pub deny: dispatch_core::UserAgentDeny,
     /// Per-source rate limit, failed-login bans and locks.
@@ -104,6 +106,7 @@ impl Shared {
             audit: crate::audit::Audit::new(tokens.clone()),
             tokens,
             trusted: cfg.security.trusted(),
+            trusted_names: cfg.security.trusted_names(),
             deny: dispatch_core::UserAgentDeny::new(&cfg.security.deny_user_agents),
             guard: crate::guard::Guard::new(&cfg.security),
             nonce_uses: stores.nonce_uses,

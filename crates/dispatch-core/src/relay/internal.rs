@@ -52,15 +52,27 @@ impl Relay {
         let user = uri.user.unwrap_or("");
         let in_dialog = msg.to_tag().ok().flatten().is_some();
         let stamp = !in_dialog && method.creates_dialog();
+        let sips = super::public::is_sips(msg);
         let (target, rr, pool) = if user.starts_with(PREFIX) {
             let Some(tok) = FlowToken::decode(&self.key, user) else {
                 self.reply(Side::Internal, msg, source, 403, &[]);
                 return;
             };
+            // RFC 5630: a SIPS request is never carried to the client in the clear; a
+            // client that registered over UDP or TCP cannot get one.
+            if sips && !tok.secure {
+                self.reply(Side::Internal, msg, source, 480, &[]);
+                return;
+            }
+            let stream = if tok.secure {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            };
             let target = match tok.flow {
                 Some(flow) if tok.instance == self.cfg.instance && flows.alive(FlowId(flow)) => {
                     Target {
-                        transport: Transport::Tcp,
+                        transport: stream,
                         addr: tok.client,
                         flow: Some(FlowId(flow)),
                     }
@@ -72,7 +84,7 @@ impl Relay {
                 // never carries a request to an address other than the client's.
                 Some(_) => match ruri_addr(msg).filter(|a| !tok.nat && a.ip() == tok.client.ip()) {
                     Some(addr) => Target {
-                        transport: Transport::Tcp,
+                        transport: stream,
                         addr,
                         flow: None,
                     },
@@ -107,8 +119,15 @@ impl Relay {
                 return;
             };
             let key = dialog_key(call_id);
-            let Some(m) = self.sets[idx].pick(key, |m| m.usable()) else {
-                self.unavailable(Side::Internal, msg, source);
+            // A SIPS request goes to members reached over TLS only.
+            let Some(m) = self.sets[idx].pick(key, |m| {
+                m.usable() && (!sips || m.spec.transport == Transport::Tls)
+            }) else {
+                if sips {
+                    self.reply(Side::Internal, msg, source, 480, &[]);
+                } else {
+                    self.unavailable(Side::Internal, msg, source);
+                }
                 return;
             };
             let target = Target {

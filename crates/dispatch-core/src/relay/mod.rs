@@ -75,6 +75,10 @@ const FLOW_TRANSPORT_PARAM: &str = "scflowt";
 /// The Via parameter carrying the client's address, signed ([`TokenKey::sign_source`]).
 const SOURCE_PARAM: &str = "scsrc";
 
+/// The Via parameter carrying the identity the client's TLS certificate proved, signed
+/// ([`TokenKey::sign_peer`]).
+const PEER_PARAM: &str = "scpeer";
+
 /// The URI parameter of our Record-Route URIs carrying the dialog token
 /// ([`TokenKey::dialog_token`]), and the Via parameter that hands it to the edge when the
 /// dispatcher popped that Route.
@@ -104,6 +108,8 @@ pub struct Listen {
     pub udp: Option<u16>,
     /// TCP port, when listening on TCP.
     pub tcp: Option<u16>,
+    /// TLS port, when listening on TLS.
+    pub tls: Option<u16>,
     /// Every address that means this side (advertise, listening addresses).
     pub addresses: Vec<IpAddr>,
 }
@@ -119,6 +125,7 @@ impl Listen {
     fn port(&self, t: Transport) -> u16 {
         let p = match t {
             Transport::Udp => self.udp.or(self.tcp),
+            Transport::Tls => self.tls.or(self.tcp).or(self.udp),
             _ => self.tcp.or(self.udp),
         };
         p.unwrap_or(5060)
@@ -126,7 +133,7 @@ impl Listen {
 
     fn is_me(&self, ip: IpAddr, port: u16) -> bool {
         (self.addresses.contains(&ip) || self.advertise == ip)
-            && (self.udp == Some(port) || self.tcp == Some(port))
+            && (self.udp == Some(port) || self.tcp == Some(port) || self.tls == Some(port))
     }
 }
 
@@ -157,6 +164,11 @@ pub struct RelayConfig {
 pub trait FlowTable {
     /// Is this connection still open?
     fn alive(&self, flow: FlowId) -> bool;
+
+    /// The identity the peer of this connection proved with its TLS certificate.
+    fn peer(&self, _flow: FlowId) -> Option<std::sync::Arc<str>> {
+        None
+    }
 }
 
 /// Bytes to send.
@@ -427,7 +439,7 @@ impl Relay {
             self.response(side, &msg, source, now);
         } else {
             match side {
-                Side::Public => self.public_request(&msg, source, now),
+                Side::Public => self.public_request(&msg, source, flows, now),
                 Side::Internal => self.internal_request(&msg, source, flows, now),
             }
         }

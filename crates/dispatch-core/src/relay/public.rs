@@ -4,18 +4,24 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use sip_core::{Editor, Method, SipMessage, Uri};
-use sip_txn::{ClientTxnId, Target, TxnRef};
+use sip_txn::{ClientTxnId, Target, Transport, TxnRef};
 
 use super::stamps::sip_transport;
 use super::targets::PoolId;
 use super::{
-    DIALOG_PARAM, Edited, FLOW_PARAM, FLOW_TRANSPORT_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM,
-    Side, TRACE_HEADER, dialog_param,
+    DIALOG_PARAM, Edited, FLOW_PARAM, FLOW_TRANSPORT_PARAM, FlowTable, PEER_PARAM, RELAY_BRANCH,
+    Relay, SOURCE_PARAM, Side, TRACE_HEADER, dialog_param,
 };
 use crate::pool::dialog_key;
 
 impl Relay {
-    pub(super) fn public_request(&mut self, msg: &SipMessage, source: Target, now: Instant) {
+    pub(super) fn public_request(
+        &mut self,
+        msg: &SipMessage,
+        source: Target,
+        flows: &impl FlowTable,
+        now: Instant,
+    ) {
         if self.cfg.deny_user_agents.denies_message(msg) {
             self.metrics.drop("scanner");
             return;
@@ -23,6 +29,13 @@ impl Relay {
         let Some((method, top, call_id)) = self.precheck(Side::Public, msg, source) else {
             return;
         };
+        // RFC 5630 §3.1.3: a SIPS request travels over TLS on every hop, the first
+        // included; one that reached us in the clear was already downgraded, and is
+        // refused rather than carried on as if it were secure.
+        if source.transport != Transport::Tls && is_sips(msg) {
+            self.reply(Side::Public, msg, source, 416, &[]);
+            return;
+        }
         // OPTIONS for the dispatcher's own address is a question about the service: an
         // edge answers it (with its Allow, Accept), so a client's keepalive or a load
         // balancer's check succeeds only while an edge can serve. The dispatcher answers
@@ -110,6 +123,15 @@ impl Relay {
             .key
             .sign_source(&format!("{RELAY_BRANCH}{h:016x}"), source.addr);
         let _ = write!(via, ";{SOURCE_PARAM}={signed}");
+        // The identity the client's certificate proved, for trust rules by certificate.
+        if source.transport == Transport::Tls
+            && let Some(peer) = source.flow.and_then(|f| flows.peer(f))
+            && let Some(signed) = self
+                .key
+                .sign_peer(&format!("{RELAY_BRANCH}{h:016x}"), &peer)
+        {
+            let _ = write!(via, ";{PEER_PARAM}={signed}");
+        }
         // Only something shaped like a token is handed on (the edge verifies it).
         if let Some(d) = dialog
             .filter(|d| in_dialog && d.len() <= 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -190,4 +212,9 @@ impl Relay {
             TxnRef::Client(ClientTxnId(h)),
         );
     }
+}
+
+/// Whether the Request-URI is a SIPS URI.
+pub(super) fn is_sips(msg: &SipMessage) -> bool {
+    matches!(msg.request_uri(), Ok(Uri::Sip(u)) if u.secure)
 }

@@ -1,6 +1,6 @@
 //! What the dispatcher writes into the messages it relays and reads back from them: its
 //! Via (branch, the client's connection and transport, the signed client address, the
-//! dialog token handed to the edge) and the Path / Record-Route URIs naming a client.
+//! dialog token handed to the edge, the signed TLS peer identity) and the Path / Record-Route URIs naming a client.
 
 use std::net::SocketAddr;
 
@@ -8,7 +8,9 @@ use sip_core::fnv::Fnv1a;
 use sip_core::{SipMessage, Via};
 use sip_txn::{FlowId, Target, Transport};
 
-use super::{DIALOG_PARAM, FLOW_PARAM, FLOW_TRANSPORT_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM};
+use super::{
+    DIALOG_PARAM, FLOW_PARAM, FLOW_TRANSPORT_PARAM, PEER_PARAM, RELAY_BRANCH, Relay, SOURCE_PARAM,
+};
 use crate::token::{FlowToken, TokenKey};
 
 pub(super) fn sip_transport(v: &Via<'_>) -> Option<Transport> {
@@ -57,12 +59,14 @@ pub fn is_dispatcher_via(v: &Via<'_>) -> bool {
 
 /// What an edge may believe of a request a dispatcher relayed: the client's address as
 /// the dispatcher saw it, and the dialog token of the Record-Route the dispatcher popped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayed<'m> {
     /// The client's address.
     pub client: SocketAddr,
     /// The `dlg` token of the dispatcher's own Route the request came through.
     pub dialog: Option<&'m str>,
+    /// Who the client's verified TLS certificate says it is (its first DNS name).
+    pub peer: Option<String>,
 }
 
 /// Read and verify the top Via as a dispatcher's. `None` when it is not one, or when its
@@ -77,13 +81,17 @@ pub fn relayed_by_dispatcher<'m>(key: &TokenKey, top: &Via<'m>) -> Option<Relaye
             .and_then(|v| std::str::from_utf8(v.raw()).ok())
     };
     let client = key.verify_source(branch, param(SOURCE_PARAM)?)?;
+    // A peer parameter that does not verify is not believed; the rest of the Via is.
+    let peer = param(PEER_PARAM).and_then(|p| key.verify_peer(branch, p));
     Some(Relayed {
         client,
         dialog: param(DIALOG_PARAM),
+        peer,
     })
 }
 
-/// A dispatcher's Via without the parameters meant for the edge only (`scsrc`, `dlg`),
+/// A dispatcher's Via without the parameters meant for the edge only (`scsrc`, `dlg`,
+/// `scpeer`),
 /// for the copy an edge forwards: a callee that saw a signed client address could
 /// otherwise put that Via on its own request to an edge. `None` when there is nothing to
 /// remove.
@@ -96,7 +104,10 @@ pub fn without_edge_params(via_raw: &[u8]) -> Option<Vec<u8>> {
     out.push_str(head);
     for p in parts {
         let name = p.split('=').next().unwrap_or_default().trim();
-        if name.eq_ignore_ascii_case(SOURCE_PARAM) || name.eq_ignore_ascii_case(DIALOG_PARAM) {
+        if name.eq_ignore_ascii_case(SOURCE_PARAM)
+            || name.eq_ignore_ascii_case(DIALOG_PARAM)
+            || name.eq_ignore_ascii_case(PEER_PARAM)
+        {
             removed = true;
         } else {
             out.push(';');
@@ -170,6 +181,7 @@ impl Relay {
             client: source.addr,
             nat,
             flow: source.flow.map(|f| f.0),
+            secure: source.transport == Transport::Tls,
         }
         .encode(&self.key);
         let p = &self.cfg.public;

@@ -33,6 +33,7 @@ const MAC_LEN: usize = 10;
 const KIND_TCP: u8 = 1;
 const INTERNAL_TCP: u8 = 2;
 const BEHIND_NAT: u8 = 4;
+const SECURE: u8 = 8;
 
 /// The cluster secret, keyed once.
 #[derive(Clone)]
@@ -131,30 +132,54 @@ impl TokenKey {
     pub fn sign_source(&self, branch: &str, client: SocketAddr) -> String {
         let mut addr = Vec::with_capacity(19);
         put_addr(&mut addr, client);
-        let mac = self.mac_parts(VIA_DOMAIN, &[branch.as_bytes(), &addr]);
-        let mut s = hex(&addr);
-        s.push_str(&hex(&mac[..VIA_MAC_LEN]));
-        s
+        self.seal(VIA_DOMAIN, branch, &addr)
+    }
+
+    /// The identity a client's verified TLS certificate proved (its first DNS name), signed
+    /// for the dispatcher's Via of a request it relays (`;scpeer=`): a MAC over the
+    /// branch and the name, so that an edge can trust a trunk by its certificate, which
+    /// only the dispatcher saw. `None` for a name too long to be a DNS name.
+    pub fn sign_peer(&self, branch: &str, name: &str) -> Option<String> {
+        (name.len() <= MAX_PEER).then(|| self.seal(PEER_DOMAIN, branch, name.as_bytes()))
+    }
+
+    /// The name in a [`TokenKey::sign_peer`] value when its MAC holds for `branch`.
+    pub fn verify_peer(&self, branch: &str, signed: &str) -> Option<String> {
+        String::from_utf8(self.open(PEER_DOMAIN, branch, signed)?).ok()
     }
 
     /// The address in a [`TokenKey::sign_source`] value when its MAC holds for `branch`.
     pub fn verify_source(&self, branch: &str, signed: &str) -> Option<SocketAddr> {
-        let raw = unhex(signed)?;
-        let split = raw.len().checked_sub(VIA_MAC_LEN)?;
-        let (addr, mac) = raw.split_at(split);
-        let want = self.mac_parts(VIA_DOMAIN, &[branch.as_bytes(), addr]);
-        if !ct_eq(&want[..VIA_MAC_LEN], mac) {
-            return None;
-        }
-        let mut rest = addr;
+        let addr = self.open(VIA_DOMAIN, branch, signed)?;
+        let mut rest = addr.as_slice();
         let a = get_addr(&mut rest)?;
         rest.is_empty().then_some(a)
+    }
+
+    /// `value` in hex followed by a MAC over the branch and it (a Via parameter value).
+    fn seal(&self, domain: &[u8], branch: &str, value: &[u8]) -> String {
+        let mac = self.mac_parts(domain, &[branch.as_bytes(), value]);
+        let mut s = hex(value);
+        s.push_str(&hex(&mac[..VIA_MAC_LEN]));
+        s
+    }
+
+    /// The value of a [`TokenKey::seal`]ed text when its MAC holds for `branch`.
+    fn open(&self, domain: &[u8], branch: &str, signed: &str) -> Option<Vec<u8>> {
+        let mut raw = unhex(signed)?;
+        let split = raw.len().checked_sub(VIA_MAC_LEN)?;
+        let mac = raw.split_off(split);
+        let want = self.mac_parts(domain, &[branch.as_bytes(), &raw]);
+        ct_eq(&want[..VIA_MAC_LEN], &mac).then_some(raw)
     }
 }
 
 const DIALOG_DOMAIN: &[u8] = b"sipcluster dialog token v1\0";
 const DIALOG_AUTH_DOMAIN: &[u8] = b"sipcluster authorized dialog token v1\0";
 const VIA_DOMAIN: &[u8] = b"sipcluster dispatcher via v1\0";
+const PEER_DOMAIN: &[u8] = b"sipcluster dispatcher tls peer v1\0";
+/// The longest peer name signed (a DNS name is at most 253 octets).
+const MAX_PEER: usize = 253;
 const VIA_MAC_LEN: usize = 8;
 
 /// Constant time: a timing oracle on a MAC would let it be forged byte by byte.
@@ -188,6 +213,9 @@ pub struct FlowToken {
     pub nat: bool,
     /// The client's connection on `instance`; `None` for UDP.
     pub flow: Option<u64>,
+    /// That connection is TLS: a new one, when it is gone, is TLS too, and a `sips:`
+    /// request may go over it (RFC 5630: never downgraded).
+    pub secure: bool,
 }
 
 fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
@@ -236,6 +264,9 @@ impl FlowToken {
         if self.nat {
             kind |= BEHIND_NAT;
         }
+        if self.secure {
+            kind |= SECURE;
+        }
         out.push(kind);
         out.extend_from_slice(&self.instance.to_be_bytes());
         put_addr(&mut out, self.internal);
@@ -281,7 +312,7 @@ impl FlowToken {
 
     fn parse_body(mut b: &[u8]) -> Option<FlowToken> {
         let kind = take(&mut b, 1)?[0];
-        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT) != 0 {
+        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT | SECURE) != 0 {
             return None;
         }
         let instance = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
@@ -297,6 +328,7 @@ impl FlowToken {
             internal,
             internal_tcp: kind & INTERNAL_TCP != 0,
             nat: kind & BEHIND_NAT != 0,
+            secure: kind & SECURE != 0,
             client,
             flow,
         })
@@ -381,6 +413,7 @@ mod tests {
             internal: "10.0.0.9:5070".parse().unwrap(),
             internal_tcp: false,
             nat: true,
+            secure: false,
             client: client.parse().unwrap(),
             flow,
         }
@@ -397,6 +430,7 @@ mod tests {
                 internal: "[fd00::9]:5070".parse().unwrap(),
                 internal_tcp: true,
                 nat: false,
+                secure: false,
                 ..tok(None, "[2001:db8::1]:5060")
             },
         ] {

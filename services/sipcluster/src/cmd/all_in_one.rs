@@ -43,6 +43,8 @@ pub struct AllInOneArgs {
     // The admin token's file; without it one is generated at each start.
     #[command(flatten)]
     pub admin_token: crate::tokens::AdminTokenArg,
+    #[command(flatten)]
+    pub tls: crate::cmd::TlsArgs,
 }
 
 /// The edge configuration with the all-in-one's flags applied, not yet validated.
@@ -58,6 +60,7 @@ pub fn resolve(a: &AllInOneArgs) -> Result<EdgeConfig> {
     if let Some(on) = a.in_process_hop {
         cfg.all_in_one.in_process_hop = on;
     }
+    a.tls.apply(&mut cfg.tls);
     Ok(cfg)
 }
 
@@ -228,6 +231,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             tcp: cfg.sip.tcp.clone(),
             advertise: cfg.sip.advertise,
         },
+        tls: cfg.tls.clone(),
         internal: dispatcher::config::SideConfig {
             udp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             tcp: Vec::new(),

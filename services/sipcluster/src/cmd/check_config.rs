@@ -85,6 +85,9 @@ fn all_in_one_files(cfg: &EdgeConfig) -> Result<String> {
     if let Some(f) = &cfg.all_in_one.admin_token_file {
         grpc_auth::Token::from_file(f).context("all_in_one.admin_token_file")?;
     }
+    if let Some(tls) = cfg.tls.config() {
+        sip_transport::tls::check_files(&tls).context("tls")?;
+    }
     Ok(cfg.to_toml())
 }
 

@@ -72,6 +72,8 @@ pub struct DispatcherArgs {
     pub workers: Option<usize>,
     #[command(flatten)]
     pub hep: crate::cmd::HepArgs,
+    #[command(flatten)]
+    pub tls: crate::cmd::TlsArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -134,6 +136,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
         cfg.workers = w;
     }
     a.hep.apply(&mut cfg.hep)?;
+    a.tls.apply(&mut cfg.tls);
     cfg.validate()?;
     Ok(cfg)
 }

@@ -112,6 +112,13 @@ pub struct EdgeArgs {
 pub fn build_config(a: &EdgeArgs) -> Result<EdgeConfig> {
     let cfg = resolve(a)?;
     cfg.validate()?;
+    if cfg.tls.cert_file.is_some() || !cfg.tls.listen.is_empty() {
+        anyhow::bail!(
+            "tls: a standalone edge does not end TLS (clients reach edges through a \
+             dispatcher, inside the cluster in the clear); put the [tls] section in the \
+             dispatcher's configuration (or run the all-in-one)"
+        );
+    }
     Ok(cfg)
 }
 

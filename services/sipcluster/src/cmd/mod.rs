@@ -51,6 +51,82 @@ impl HepArgs {
     }
 }
 
+/// The TLS flags of the commands that serve clients (dispatcher, all-in-one): each
+/// overrides the `[tls]` section of the configuration file.
+#[derive(clap::Args, Clone, Default)]
+pub struct TlsArgs {
+    /// Listen for SIP over TLS (sips:) on this address, e.g. 0.0.0.0:5061 (replaces
+    /// tls.listen).
+    #[arg(id = "tls_listen", long = "tls-listen", env = "SIPCLUSTER_TLS_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain (re-read when it changes).
+    #[arg(
+        id = "tls_cert_file",
+        long = "tls-cert-file",
+        env = "SIPCLUSTER_TLS_CERT_FILE"
+    )]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (re-read when it changes).
+    #[arg(
+        id = "tls_key_file",
+        long = "tls-key-file",
+        env = "SIPCLUSTER_TLS_KEY_FILE"
+    )]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Ask clients for a certificate: off, optional or required.
+    #[arg(
+        id = "tls_client_auth",
+        long = "tls-client-auth",
+        env = "SIPCLUSTER_TLS_CLIENT_AUTH"
+    )]
+    pub client_auth: Option<String>,
+    /// PEM CA certificates client certificates must chain to.
+    #[arg(
+        id = "tls_client_ca_file",
+        long = "tls-client-ca-file",
+        env = "SIPCLUSTER_TLS_CLIENT_CA_FILE"
+    )]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates servers we connect to must chain to (default: the system's).
+    #[arg(
+        id = "tls_ca_file",
+        long = "tls-ca-file",
+        env = "SIPCLUSTER_TLS_CA_FILE"
+    )]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Seconds between checks of the certificate files for a change.
+    #[arg(
+        id = "tls_reload_secs",
+        long = "tls-reload-secs",
+        env = "SIPCLUSTER_TLS_RELOAD_SECS"
+    )]
+    pub reload_secs: Option<u64>,
+}
+
+impl TlsArgs {
+    /// Override `c` with the flags given.
+    pub fn apply(&self, c: &mut sip_transport::TlsSettings) {
+        if let Some(l) = self.listen {
+            c.listen = vec![l];
+        }
+        let set = |to: &mut Option<std::path::PathBuf>, from: &Option<std::path::PathBuf>| {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        };
+        set(&mut c.cert_file, &self.cert_file);
+        set(&mut c.key_file, &self.key_file);
+        set(&mut c.client_ca_file, &self.client_ca_file);
+        set(&mut c.ca_file, &self.ca_file);
+        if let Some(a) = &self.client_auth {
+            c.client_auth.clone_from(a);
+        }
+        if let Some(r) = self.reload_secs {
+            c.reload_secs = r;
+        }
+    }
+}
+
 /// The `--location` and `--token-file` of the commands that talk to the location API.
 #[derive(clap::Args, Clone)]
 pub struct LocationApi {

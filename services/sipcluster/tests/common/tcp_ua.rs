@@ -1,8 +1,10 @@
-//! A minimal SIP user agent over one TCP connection, for tests that need a client whose
-//! only path is its own connection (behind a NAT, unreachable otherwise).
+//! A minimal SIP user agent over one TCP or TLS connection, for tests that need a client
+//! whose only path is its own connection (behind a NAT, unreachable otherwise).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::status;
@@ -12,9 +14,16 @@ const DOMAIN: &str = "sipcluster.local";
 /// A minimal SIP user agent over one TCP connection: registers (digest), answers one
 /// call, answers its BYE. Everything it receives must come down its own connection.
 pub struct TcpUa {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
+    local: SocketAddr,
+    /// `TCP` or `TLS`: its Via and Contact say so.
+    transport: &'static str,
     buf: Vec<u8>,
 }
+
+/// A byte stream: a TCP connection or TLS over one.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
 
 pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.split("\r\n")
@@ -41,13 +50,69 @@ impl TcpUa {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
         TcpUa {
-            stream,
+            local: stream.local_addr().expect("local address"),
+            stream: Box::new(stream),
+            transport: "TCP",
+            buf: Vec::new(),
+        }
+    }
+
+    /// Over TLS to `addr`, verifying the server against `ca` (for the IP address), with
+    /// a client certificate when given.
+    pub fn connect_tls(addr: SocketAddr, ca: &Path, cert: Option<(&Path, &Path)>) -> TcpUa {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+            roots.add(c.expect("CA certificate")).expect("CA");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots);
+        let cfg = match cert {
+            Some((c, k)) => b
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(c)
+                        .expect("certificate file")
+                        .map(|c| c.expect("certificate"))
+                        .collect(),
+                    PrivateKeyDer::from_pem_file(k).expect("key file"),
+                )
+                .expect("client certificate"),
+            None => b.with_no_client_auth(),
+        };
+        let conn =
+            rustls::ClientConnection::new(Arc::new(cfg), ServerName::IpAddress(addr.ip().into()))
+                .expect("TLS client");
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let local = tcp.local_addr().expect("local address");
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        // The handshake, now: a refusal shows here rather than in the first exchange.
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("TLS handshake");
+        }
+        TcpUa {
+            local,
+            stream: Box::new(stream),
+            transport: "TLS",
             buf: Vec::new(),
         }
     }
 
     pub fn local(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local address")
+        self.local
+    }
+
+    /// `TCP` or `TLS`.
+    pub fn transport(&self) -> &'static str {
+        self.transport
     }
 
     pub fn send(&mut self, text: &str) {
@@ -87,9 +152,10 @@ impl TcpUa {
 
     pub fn register(&mut self, user: &str, password: &str, contact: &str) {
         let local = self.local();
+        let t = self.transport;
         let req = |cseq: u32, auth: &str| {
             format!(
-                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcpua-{cseq}\r\n\
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch=z9hG4bK-tcpua-{cseq}\r\n\
                  From: <sip:{user}@{DOMAIN}>;tag=ua1\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
                  Call-ID: tcpua-reg@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\n\
                  {auth}Expires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
@@ -140,8 +206,9 @@ impl TcpUa {
             r += &format!("Record-Route: {v}\r\n");
         }
         r += &format!(
-            "Contact: <sip:bob@{};transport=tcp>\r\nContent-Length: 0\r\n\r\n",
-            self.local()
+            "Contact: <sip:bob@{};transport={}>\r\nContent-Length: 0\r\n\r\n",
+            self.local(),
+            self.transport.to_ascii_lowercase()
         );
         self.send(&r);
     }
