@@ -146,6 +146,23 @@ need_apt baresip baresip-core    # real softphones: two baresip register, call a
 need_apt linphonec linphone-cli  # and linphone's command-line phone
 need_apt script bsdutils         # a pseudo-terminal for linphonec (it runs only on one)
 need_apt stunnel4 stunnel4        # TLS in front of SIPp (Debian's SIPp has no TLS): services/sipcluster/tests/tls.rs
+# Headless Chromium for the browser phones (services/sipcluster/tests/websocket.rs), on
+# its own: asking apt for it with other packages has failed here (see ../shared notes).
+need_apt chromium chromium
+# JsSIP for those phones, bundled for the browser once with esbuild (both from npm, pinned)
+# and cached in $TOOLS.
+NPM_DIR="$TOOLS/npm"
+if [ ! -s "$NPM_DIR/jssip-3.13.8.js" ]; then
+  step "bundling JsSIP 3.13.8 for the browser tests into $NPM_DIR (cached)"
+  need_apt npm npm
+  mkdir -p "$NPM_DIR"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund jssip@3.13.8 esbuild@0.24.2 &&
+    ./node_modules/.bin/esbuild node_modules/jssip/lib/JsSIP.js --bundle --format=iife \
+      --global-name=JsSIP --platform=browser --outfile=jssip-3.13.8.js) >"$WORK/npm.log" 2>&1 || {
+    cat "$WORK/npm.log"; exit 1
+  }
+fi
+export SIPCLUSTER_TEST_JSSIP="$NPM_DIR/jssip-3.13.8.js"
 need_deb_binary prometheus prometheus  # a real Prometheus scraping /metrics
 # Redis for the location service. redis-tools carries the server binary (as redis-check-rdb,
 # which runs as a server when called redis-server); the redis-server package would also
@@ -363,7 +380,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
     cat "$WORK/fuzz-build.log"
     exit 1
   }
-  for target in datagram stream sdp; do
+  for target in datagram stream sdp websocket tokens; do
     corpus="$WORK/corpus-$target"
     mkdir -p "$corpus"
     case $target in
@@ -374,6 +391,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
       sdp) for f in crates/sip-core/tests/torture/*.dat; do
           awk 'body{print} /^\r?$/{body=1}' "$f" >"$corpus/$(basename "$f")"
         done ;;
+      websocket | tokens) cp "$FUZZ_DIR/seeds/$target/"* "$corpus/" ;;
     esac
     (cd "$FUZZ_DIR" && cargo "${fuzz_toolchain[@]}" fuzz run -O "$target" "$corpus" -- \
       -max_total_time="$FUZZ_SECONDS" -max_len=8192 -print_final_stats=1 \

@@ -41,6 +41,8 @@ fn relay_config() -> RelayConfig {
             udp: Some(5060),
             tcp: Some(5060),
             tls: None,
+            ws: None,
+            wss: None,
             addresses: vec![ip(PUBLIC)],
         },
         internal: Listen {
@@ -48,6 +50,8 @@ fn relay_config() -> RelayConfig {
             udp: Some(5070),
             tcp: None,
             tls: None,
+            ws: None,
+            wss: None,
             addresses: vec![ip(INTERNAL)],
         },
         edge_transport: Transport::Udp,
@@ -1172,4 +1176,57 @@ To: <sips:dave@example.com>\r\nCall-ID: sips-dave\r\nCSeq: 1 INVITE\r\nContent-L
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Internal, "answered to the edge");
     assert_eq!(parse(&out[0].bytes).status(), Some(480));
+}
+
+#[test]
+fn a_browser_on_a_websocket_is_reached_over_it_and_only_over_it() {
+    let now = Instant::now();
+    let mut r = relay_cfg(|c| {
+        c.public.ws = Some(8080);
+        c.public.wss = Some(8443);
+    });
+    with_edges(&mut r, 1, now);
+    let reg = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:erin@example.com>;tag=e1\r\nTo: <sip:erin@example.com>\r\n\
+Call-ID: reg-ws\r\nCSeq: 1 REGISTER\r\nContact: <sip:erin@df7jal23ls0d.invalid;transport=ws>\r\n\
+Content-Length: 0\r\n\r\n";
+    let browser = Target {
+        transport: Transport::Wss,
+        addr: "203.0.113.9:50003".parse().unwrap(),
+        flow: Some(FlowId(80)),
+    };
+    let out = client_sends(&mut r, reg, browser, now);
+    let fwd = parse(&out[0].bytes);
+    let path = std::str::from_utf8(fwd.header(sip_core::HeaderName::Path).unwrap())
+        .unwrap()
+        .to_owned();
+    assert!(path.contains(":8443;transport=wss;lr>"), "{path}");
+    let invite = format!(
+        "INVITE sip:erin@df7jal23ls0d.invalid;transport=ws SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKtoerin\r\nRoute: {path}\r\nMax-Forwards: 69\r\n\
+From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:erin@example.com>\r\nCall-ID: call-ws\r\n\
+CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let send = |r: &mut Relay, alive: Vec<u64>| {
+        r.handle_message(
+            Side::Internal,
+            SipMessage::parse(Bytes::from(invite.clone())).unwrap(),
+            udp("10.0.1.1:5060"),
+            &Flows(alive),
+            now,
+        );
+        all(r)
+    };
+    let out = send(&mut r, vec![80]);
+    assert_eq!(out[0].target, browser, "over the browser's own connection");
+    assert!(
+        String::from_utf8_lossy(parse(&out[0].bytes).top_via().unwrap().raw)
+            .starts_with("SIP/2.0/WSS 198.51.100.7:8443;")
+    );
+    // Gone: nothing listens on a browser's side; 430 (RFC 5626 §5.3), no connection.
+    let out = send(&mut r, vec![]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].side, Side::Internal);
+    assert_eq!(parse(&out[0].bytes).status(), Some(430));
 }

@@ -26,6 +26,8 @@
 //!   capped per instance, per source and by the process's descriptor limit (see
 //!   [`DescriptorBudget`]); one beyond a cap is closed at once and counted. Failed
 //!   accepts back off (`telemetry::AcceptBackoff`).
+//! * WebSocket and secure WebSocket connections (`ws`, RFC 7118) are flows once upgraded,
+//!   one SIP message per WebSocket message; they are only ever inbound.
 //! * TLS connections ([`tls`]) are flows like TCP's once their handshake is done; the
 //!   certificate is reloaded from its files on change, and a verified client
 //!   certificate names the flow's peer ([`Transports::flow_peer`]).
@@ -40,6 +42,7 @@ mod metrics;
 mod tcp;
 pub mod tls;
 mod udp;
+mod ws;
 
 use foldhash::HashMap;
 use std::io;
@@ -60,6 +63,7 @@ pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
 pub use metrics::{ErrorLabel, TransportMetrics};
 pub use tls::{ClientAuth, TlsConfig, TlsError, TlsSettings};
+pub use ws::WebSocketSettings;
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -71,6 +75,13 @@ pub struct TransportConfig {
     /// TLS: its listeners and certificate; `None`: no TLS, in or out. The TCP settings
     /// (timeouts, caps) apply to TLS connections too.
     pub tls: Option<TlsConfig>,
+    /// WebSocket addresses to listen on (RFC 7118, `ws:`).
+    pub ws: Vec<SocketAddr>,
+    /// Secure WebSocket addresses (`wss:`: TLS with `tls`'s certificate, which is then
+    /// required).
+    pub wss: Vec<SocketAddr>,
+    /// `Origin`s a WebSocket upgrade may come from; empty: any.
+    pub ws_allowed_origins: Vec<String>,
     /// Parser caps for every inbound message.
     pub limits: Limits,
     /// A TCP connection with no inbound bytes for this long is closed.
@@ -100,6 +111,9 @@ impl Default for TransportConfig {
             udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
             tcp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
             tls: None,
+            ws: Vec::new(),
+            wss: Vec::new(),
+            ws_allowed_origins: Vec::new(),
             limits: Limits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
             tcp_message_timeout: Duration::from_secs(10),
@@ -210,6 +224,8 @@ pub struct Transports {
     udp_local: Vec<SocketAddr>,
     tcp_local: Vec<SocketAddr>,
     tls_local: Vec<SocketAddr>,
+    ws_local: Vec<SocketAddr>,
+    wss_local: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Transports {
@@ -218,6 +234,8 @@ impl std::fmt::Debug for Transports {
             .field("udp", &self.udp_local)
             .field("tcp", &self.tcp_local)
             .field("tls", &self.tls_local)
+            .field("ws", &self.ws_local)
+            .field("wss", &self.wss_local)
             .finish()
     }
 }
@@ -273,11 +291,40 @@ impl Transports {
             tls_local.push(l.local_addr().map_err(bind_err)?);
             tls_listeners.push(l);
         }
+        if !config.wss.is_empty() && tls.is_none() {
+            return Err(TransportError::Tls(TlsError::File {
+                path: "tls.cert_file".into(),
+                why: "secure WebSocket listeners need the TLS certificate".into(),
+            }));
+        }
+        let mut ws_listeners = Vec::new();
+        let (mut ws_local, mut wss_local) = (Vec::new(), Vec::new());
+        for (secure, &addr) in config
+            .ws
+            .iter()
+            .map(|a| (false, a))
+            .chain(config.wss.iter().map(|a| (true, a)))
+        {
+            let bind_err = |source| TransportError::Bind {
+                transport: if secure { "WSS" } else { "WS" },
+                addr,
+                source,
+            };
+            let l = tcp::listen(addr).map_err(bind_err)?;
+            let local = l.local_addr().map_err(bind_err)?;
+            if secure {
+                &mut wss_local
+            } else {
+                &mut ws_local
+            }
+            .push(local);
+            ws_listeners.push((secure, l));
+        }
         let conn_limits = Arc::new(limits::ConnLimits::new(
             config.tcp_max_connections,
             config.tcp_max_connections_per_source,
         ));
-        if !listeners.is_empty() || !tls_listeners.is_empty() {
+        if !listeners.is_empty() || !tls_listeners.is_empty() || !ws_listeners.is_empty() {
             let budget = DescriptorBudget::of_process();
             metrics
                 .tcp_max_connections
@@ -295,6 +342,8 @@ impl Transports {
             tracing::info!(
                 listeners = ?tcp_local,
                 tls_listeners = ?tls_local,
+                ws_listeners = ?ws_local,
+                wss_listeners = ?wss_local,
                 max_connections = conn_limits.max,
                 max_per_source = conn_limits.max_per_source,
                 message_timeout_ms = config.tcp_message_timeout.as_millis() as u64,
@@ -326,6 +375,10 @@ impl Transports {
         for l in listeners {
             tasks.push(tokio::spawn(tcp::acceptor(inner.clone(), l)));
         }
+        for (secure, l) in ws_listeners {
+            let tls = if secure { tls.clone() } else { None };
+            tasks.push(tokio::spawn(ws::acceptor(inner.clone(), tls, l)));
+        }
         if let Some(tls) = tls {
             for l in tls_listeners {
                 tasks.push(tokio::spawn(tls::acceptor(inner.clone(), tls.clone(), l)));
@@ -338,6 +391,8 @@ impl Transports {
                 udp_local,
                 tcp_local,
                 tls_local,
+                ws_local,
+                wss_local,
             },
             tasks,
         ))
@@ -371,6 +426,16 @@ impl Transports {
         &self.tls_local
     }
 
+    /// The bound WebSocket addresses.
+    pub fn ws_addrs(&self) -> &[SocketAddr] {
+        &self.ws_local
+    }
+
+    /// The bound secure WebSocket addresses.
+    pub fn wss_addrs(&self) -> &[SocketAddr] {
+        &self.wss_local
+    }
+
     /// Send `bytes` to `target` without waiting. A failure is reported later as
     /// [`Inbound::SendFailed`] with `origin`.
     pub fn send(&self, target: Target, bytes: Bytes, origin: TxnRef) {
@@ -379,11 +444,11 @@ impl Transports {
                 Some(l) => link::send(&self.inner, l, bytes, origin),
                 None => udp::send(&self.inner, target, bytes, origin),
             },
-            Transport::Tcp | Transport::Tls => tcp::send(&self.inner, target, bytes, origin),
-            // WebSocket flows are only ever inbound (a browser connects; nothing
-            // listens on its side): a target that names none fails like an
-            // unreachable one.
-            Transport::Ws | Transport::Wss => report_failure(&self.inner, origin, target),
+            // WebSocket flows are only ever inbound (a browser connects; nothing listens
+            // on its side): `tcp::send` fails a target that names no open one.
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+                tcp::send(&self.inner, target, bytes, origin)
+            }
         }
     }
 

@@ -79,6 +79,16 @@ pub struct TransportMetrics {
     pub in_process: PerTransport,
     /// TLS handles into `received`/`sent`.
     pub tls: PerTransport,
+    /// WebSocket handles into `received`/`sent`.
+    pub ws: PerTransport,
+    /// Secure WebSocket handles into `received`/`sent`.
+    pub wss: PerTransport,
+    /// WebSocket upgrades, by result (`ok`, `refused`: not a SIP WebSocket upgrade or an
+    /// origin not allowed, `timeout`).
+    pub ws_upgrades: Family<ResultLabel, Counter>,
+    /// WebSocket connections closed by a close frame, by who (`peer`, `protocol_error`:
+    /// we failed it).
+    pub ws_closes: Family<ReasonLabel, Counter>,
     /// TLS handshakes of inbound connections, by result (`ok`, `failed`, `timeout`).
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Changes of the certificate files, by result (`ok`: in use; `error`: the previous
@@ -95,6 +105,10 @@ pub struct ResultLabel {
 
 /// Every result of [`TransportMetrics::tls_handshakes`].
 pub(crate) const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+/// Every result of [`TransportMetrics::ws_upgrades`].
+pub(crate) const UPGRADE_RESULTS: [&str; 3] = ["ok", "refused", "timeout"];
+/// Every reason of [`TransportMetrics::ws_closes`].
+pub(crate) const CLOSE_REASONS: [&str; 2] = ["peer", "protocol_error"];
 /// Every result of [`TransportMetrics::tls_reloads`].
 pub(crate) const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
@@ -109,6 +123,7 @@ impl Default for TransportMetrics {
             sent: sent.get_or_create(&TransportLabel { transport }).clone(),
         };
         let (udp, tcp, in_process, tls) = (per("udp"), per("tcp"), per("in_process"), per("tls"));
+        let (ws, wss) = (per("ws"), per("wss"));
         let results = |all: &[&'static str]| {
             let f: Family<ResultLabel, Counter> = Family::default();
             for &result in all {
@@ -155,6 +170,16 @@ impl Default for TransportMetrics {
             tls,
             tls_handshakes: results(&HANDSHAKE_RESULTS),
             tls_reloads: results(&RELOAD_RESULTS),
+            ws,
+            wss,
+            ws_upgrades: results(&UPGRADE_RESULTS),
+            ws_closes: {
+                let f = Family::default();
+                for reason in CLOSE_REASONS {
+                    let _ = f.get_or_create(&ReasonLabel { reason });
+                }
+                f
+            },
         }
     }
 }
@@ -173,6 +198,8 @@ impl TransportMetrics {
     pub(crate) fn per_transport(&self, t: sip_txn::Transport) -> PerTransport {
         match t {
             sip_txn::Transport::Tls => self.tls.clone(),
+            sip_txn::Transport::Ws => self.ws.clone(),
+            sip_txn::Transport::Wss => self.wss.clone(),
             _ => self.tcp.clone(),
         }
     }
@@ -183,6 +210,20 @@ impl TransportMetrics {
         self.tls_handshakes
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// Count a WebSocket upgrade.
+    pub(crate) fn ws_upgrade(&self, result: &'static str) {
+        debug_assert!(UPGRADE_RESULTS.contains(&result));
+        self.ws_upgrades
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Count a WebSocket closed by a close frame.
+    pub(crate) fn ws_close(&self, reason: &'static str) {
+        debug_assert!(CLOSE_REASONS.contains(&reason));
+        self.ws_closes.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Count a change of the certificate files.
@@ -279,6 +320,16 @@ impl TransportMetrics {
             self.tls_reloads.clone(),
         );
         registry.register(
+            "sip_transport_ws_upgrades",
+            "WebSocket upgrades (RFC 7118), by result (ok; refused: not a SIP WebSocket upgrade, or an origin not allowed; timeout)",
+            self.ws_upgrades.clone(),
+        );
+        registry.register(
+            "sip_transport_ws_closes",
+            "WebSocket connections ended by a close frame, by reason (peer: the client closed; protocol_error: we failed the connection)",
+            self.ws_closes.clone(),
+        );
+        registry.register(
             "sip_transport_tcp_max_connections",
             "The inbound TCP connection cap in force (configured, or lowered to fit RLIMIT_NOFILE)",
             self.tcp_max_connections.clone(),
@@ -348,6 +399,16 @@ mod tests {
         for result in ["ok", "failed", "timeout"] {
             lines.push(format!(
                 "sipcluster_sip_transport_tls_handshakes_total{{result=\"{result}\"}} 0"
+            ));
+        }
+        for result in ["ok", "refused", "timeout"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_ws_upgrades_total{{result=\"{result}\"}} 0"
+            ));
+        }
+        for reason in ["peer", "protocol_error"] {
+            lines.push(format!(
+                "sipcluster_sip_transport_ws_closes_total{{reason=\"{reason}\"}} 0"
             ));
         }
         for result in ["ok", "error"] {

@@ -118,22 +118,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let remote = ends.1;
-    let flow = next_flow(inner);
-    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    if let Ok(mut flows) = inner.flows.lock() {
-        flows.by_id.insert(
-            flow,
-            FlowEntry {
-                tx: tx.clone(),
-                transport,
-                remote,
-                peer,
-            },
-        );
-        flows.by_remote.insert((transport, remote), flow);
-    }
-    inner.metrics.connections.inc();
+    let (flow, tx, rx) = register_flow(inner, transport, ends.1, peer);
     let slot = slot.map(Arc::new);
     let read_task = tokio::spawn(read_loop(
         inner.clone(),
@@ -157,7 +142,32 @@ where
     (flow, tx)
 }
 
-fn close_flow(inner: &Arc<Inner>, flow: FlowId) {
+/// A new flow in the table, with its write queue.
+pub(crate) fn register_flow(
+    inner: &Arc<Inner>,
+    transport: Transport,
+    remote: SocketAddr,
+    peer: Option<Arc<str>>,
+) -> (FlowId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+    let flow = next_flow(inner);
+    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    if let Ok(mut flows) = inner.flows.lock() {
+        flows.by_id.insert(
+            flow,
+            FlowEntry {
+                tx: tx.clone(),
+                transport,
+                remote,
+                peer,
+            },
+        );
+        flows.by_remote.insert((transport, remote), flow);
+    }
+    inner.metrics.connections.inc();
+    (flow, tx, rx)
+}
+
+pub(crate) fn close_flow(inner: &Arc<Inner>, flow: FlowId) {
     let removed = inner.flows.lock().ok().and_then(|mut flows| {
         let e = flows.by_id.remove(&flow)?;
         if flows.by_remote.get(&(e.transport, e.remote)) == Some(&flow) {
@@ -175,7 +185,7 @@ fn close_flow(inner: &Arc<Inner>, flow: FlowId) {
 }
 
 /// A connection closed on a deadline: counted, and logged within the rate limit.
-fn timed_out(inner: &Inner, flow: FlowId, remote: SocketAddr, reason: &'static str) {
+pub(crate) fn timed_out(inner: &Inner, flow: FlowId, remote: SocketAddr, reason: &'static str) {
     inner.metrics.timed_out(reason);
     if let Some(held_back) = inner.log_limits.timeout.allow(Instant::now()) {
         tracing::info!(
@@ -190,7 +200,7 @@ fn timed_out(inner: &Inner, flow: FlowId, remote: SocketAddr, reason: &'static s
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn write_loop<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     inner: Arc<Inner>,
     flow: FlowId,
     (local, remote): (SocketAddr, SocketAddr),
@@ -207,7 +217,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         match tokio::time::timeout(inner.config.tcp_message_timeout, writer.write_all(&b)).await {
             Ok(Ok(())) => {
                 counters.sent.inc();
-                crate::capture::sent(&inner, transport, local, remote, &b);
+                // A WebSocket frame's SIP message is its payload; control frames are not
+                // SIP.
+                let sip = if is_websocket(transport) {
+                    sip_ws::frame::data_payload(&b)
+                } else {
+                    Some(&b[..])
+                };
+                if let Some(sip) = sip {
+                    crate::capture::sent(&inner, transport, local, remote, sip);
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(?flow, error = %e, "tcp write failed");
@@ -352,17 +371,23 @@ pub(crate) fn send(inner: &Arc<Inner>, target: Target, bytes: Bytes, origin: Txn
                 .copied()
         });
     if let Some(f) = flow {
-        let ok = flows
-            .by_id
-            .get(&f)
-            .is_some_and(|e| e.tx.try_send(bytes.clone()).is_ok());
+        let ok = flows.by_id.get(&f).is_some_and(|e| {
+            // A WebSocket flow takes each message as one frame (RFC 7118 §5.2).
+            let bytes = if is_websocket(e.transport) {
+                sip_ws::frame::message(&bytes)
+            } else {
+                bytes.clone()
+            };
+            e.tx.try_send(bytes).is_ok()
+        });
         drop(flows);
         if !ok {
             report_failure(inner, origin, target);
         }
         return;
     }
-    if target.flow.is_some() {
+    // A browser's WebSocket is reached only over the connection it opened.
+    if target.flow.is_some() || is_websocket(target.transport) {
         drop(flows);
         report_failure(inner, origin, target);
         return;
@@ -435,4 +460,9 @@ async fn open(inner: &Arc<Inner>, target: Target) -> io::Result<mpsc::Sender<Byt
         peer,
     )
     .1)
+}
+
+/// WebSocket transports frame each message.
+pub(crate) fn is_websocket(t: Transport) -> bool {
+    matches!(t, Transport::Ws | Transport::Wss)
 }

@@ -418,7 +418,7 @@ pub fn check_files(config: &TlsConfig) -> Result<(), TlsError> {
 
 /// The peer's identity from its verified certificate: the first DNS name of its
 /// subjectAltName.
-fn peer_name(conn: &rustls::CommonState) -> Option<Arc<str>> {
+pub(crate) fn peer_name(conn: &rustls::CommonState) -> Option<Arc<str>> {
     let leaf = conn.peer_certificates()?.first()?;
     let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
     let name = cert.valid_dns_names().next()?;
@@ -477,7 +477,12 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, tls: Tls, listener: TcpListener)
     }
 }
 
-fn handshake_failed(inner: &Inner, remote: SocketAddr, result: &'static str, e: &io::Error) {
+pub(crate) fn handshake_failed(
+    inner: &Inner,
+    remote: SocketAddr,
+    result: &'static str,
+    e: &io::Error,
+) {
     inner.metrics.tls_handshake(result);
     if let Some(held_back) = inner.log_limits.handshake.allow(Instant::now()) {
         tracing::info!(%remote, error = %e, result, held_back, "tls handshake failed");

@@ -21,6 +21,8 @@ pub struct DispatcherConfig {
     /// SIP over TLS on the client-facing side (`[tls]`): listeners, certificate (reloaded
     /// on change), client certificates; also used for connections to `tls` set members.
     pub tls: sip_transport::TlsSettings,
+    /// SIP over WebSocket and secure WebSocket for browsers (`[websocket]`, RFC 7118).
+    pub websocket: sip_transport::WebSocketSettings,
     /// Edge-facing listeners.
     pub internal: SideConfig,
     /// How requests reach edges: `udp` or `tcp`.
@@ -192,6 +194,7 @@ impl Default for DispatcherConfig {
                 advertise: None,
             },
             tls: sip_transport::TlsSettings::default(),
+            websocket: sip_transport::WebSocketSettings::default(),
             edge_transport: "udp".into(),
             secret: None,
             health: HealthSettings::default(),
@@ -275,8 +278,17 @@ impl DispatcherConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.hep.validate()?;
         self.tls.validate()?;
-        if self.public.udp.is_empty() && self.public.tcp.is_empty() && self.tls.listen.is_empty() {
-            return Err(bad("public", "at least one UDP, TCP or TLS listener"));
+        self.websocket.validate(&self.tls)?;
+        if self.public.udp.is_empty()
+            && self.public.tcp.is_empty()
+            && self.tls.listen.is_empty()
+            && self.websocket.listen.is_empty()
+            && self.websocket.tls_listen.is_empty()
+        {
+            return Err(bad(
+                "public",
+                "at least one UDP, TCP, TLS or WebSocket listener",
+            ));
         }
         if self.tls.cert_file.is_none()
             && self

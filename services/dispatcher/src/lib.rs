@@ -102,6 +102,10 @@ pub struct DispatcherHandle {
     pub public_tcp: Vec<SocketAddr>,
     /// Public TLS addresses.
     pub public_tls: Vec<SocketAddr>,
+    /// Public WebSocket addresses.
+    pub public_ws: Vec<SocketAddr>,
+    /// Public secure WebSocket addresses.
+    pub public_wss: Vec<SocketAddr>,
     /// Internal UDP addresses.
     pub internal_udp: Vec<SocketAddr>,
     /// Internal TCP addresses.
@@ -202,13 +206,22 @@ impl DispatcherHandle {
 
 fn listen(advertise: Option<IpAddr>, t: &Transports) -> Listen {
     let (udp, tcp, tls) = (t.udp_addrs(), t.tcp_addrs(), t.tls_addrs());
-    let streams: Vec<SocketAddr> = tcp.iter().chain(tls).copied().collect();
+    let (ws, wss) = (t.ws_addrs(), t.wss_addrs());
+    let streams: Vec<SocketAddr> = tcp
+        .iter()
+        .chain(tls)
+        .chain(ws)
+        .chain(wss)
+        .copied()
+        .collect();
     let (advertise, addresses) = sip_transport::own_addresses(advertise, udp, &streams);
     Listen {
         advertise,
         udp: udp.first().map(|a| a.port()),
         tcp: tcp.first().map(|a| a.port()),
         tls: tls.first().map(|a| a.port()),
+        ws: ws.first().map(|a| a.port()),
+        wss: wss.first().map(|a| a.port()),
         addresses,
     }
 }
@@ -337,34 +350,41 @@ pub async fn start_authenticated(
 
     let hep_metrics = hep::HepMetrics::default();
     let hep = hep::HepExporter::start(&cfg.hep, &hep_metrics)?;
-    let transport_cfg =
-        |side: &config::SideConfig, tls: Option<sip_transport::TlsConfig>| TransportConfig {
-            udp: side.udp.clone(),
-            tcp: side.tcp.clone(),
-            tls,
-            limits: sip_core::Limits::default(),
-            tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
-            tcp_message_timeout: Duration::from_secs(cfg.tcp_message_timeout_secs),
-            tcp_max_connections: cfg.tcp_max_connections,
-            tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
-            tcp_connect_timeout: Duration::from_secs(5),
-            overload_retry_after: cfg.retry_after_secs,
-            capture: hep.sink(),
-        };
+    let transport_cfg = |side: &config::SideConfig, public: bool| TransportConfig {
+        udp: side.udp.clone(),
+        tcp: side.tcp.clone(),
+        // TLS and WebSocket face clients: the internal side (edges, inside the
+        // cluster) has neither.
+        tls: if public { cfg.tls.config() } else { None },
+        ws: if public {
+            cfg.websocket.listen.clone()
+        } else {
+            Vec::new()
+        },
+        wss: if public {
+            cfg.websocket.tls_listen.clone()
+        } else {
+            Vec::new()
+        },
+        ws_allowed_origins: cfg.websocket.allowed_origins.clone(),
+        limits: sip_core::Limits::default(),
+        tcp_idle_timeout: Duration::from_secs(cfg.tcp_idle_timeout_secs),
+        tcp_message_timeout: Duration::from_secs(cfg.tcp_message_timeout_secs),
+        tcp_max_connections: cfg.tcp_max_connections,
+        tcp_max_connections_per_source: cfg.tcp_max_connections_per_source,
+        tcp_connect_timeout: Duration::from_secs(5),
+        overload_retry_after: cfg.retry_after_secs,
+        capture: hep.sink(),
+    };
     let (pub_m, int_m) = (TransportMetrics::default(), TransportMetrics::default());
     // Deep queues: the relay task is fast and stateless; a burst should wait, not be
     // refused (the transports answer 503 themselves when a queue is full).
     let (pub_tx, mut pub_rx) = mpsc::channel(16_384);
     let (int_tx, mut int_rx) = mpsc::channel(16_384);
-    let (public, mut tasks) = Transports::bind(
-        transport_cfg(&cfg.public, cfg.tls.config()),
-        pub_tx,
-        pub_m.clone(),
-    )
-    .await?;
-    // Edges are inside the cluster: the internal side has no TLS.
+    let (public, mut tasks) =
+        Transports::bind(transport_cfg(&cfg.public, true), pub_tx, pub_m.clone()).await?;
     let (internal, t2) =
-        Transports::bind(transport_cfg(&cfg.internal, None), int_tx, int_m.clone()).await?;
+        Transports::bind(transport_cfg(&cfg.internal, false), int_tx, int_m.clone()).await?;
     tasks.extend(t2);
 
     let relay_cfg = RelayConfig {
@@ -543,6 +563,8 @@ pub async fn start_authenticated(
         public_udp: public.udp_addrs().to_vec(),
         public_tcp: public.tcp_addrs().to_vec(),
         public_tls: public.tls_addrs().to_vec(),
+        public_ws: public.ws_addrs().to_vec(),
+        public_wss: public.wss_addrs().to_vec(),
         internal_udp: internal.udp_addrs().to_vec(),
         internal_tcp: internal.tcp_addrs().to_vec(),
         admin: admin_addr,

@@ -48,6 +48,9 @@ pub struct EdgeConfig {
     /// standalone edge is reached in the clear inside the cluster and refuses this
     /// section: put it in the dispatcher's configuration).
     pub tls: sip_transport::TlsSettings,
+    /// SIP over WebSocket for browsers on the all-in-one's public side (as `[tls]`: a
+    /// standalone edge refuses it).
+    pub websocket: sip_transport::WebSocketSettings,
 }
 
 /// Trust and refusal (see "Security" in ARCHITECTURE.md).
@@ -753,6 +756,7 @@ impl EdgeConfig {
             }
         }
         self.tls.validate()?;
+        self.websocket.validate(&self.tls)?;
         if self.security.auth_failure_window_secs == 0
             && (self.security.auth_failures_per_source > 0
                 || self.security.auth_failures_per_user > 0)
@@ -894,6 +898,9 @@ impl EdgeConfig {
             // The edge is reached in the clear inside the cluster; TLS ends at the
             // dispatcher (the all-in-one's included: its `[tls]` is its dispatcher's).
             tls: None,
+            ws: Vec::new(),
+            wss: Vec::new(),
+            ws_allowed_origins: Vec::new(),
             limits: self.parser_limits(),
             tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
             tcp_message_timeout: Duration::from_secs(l.tcp_message_timeout_secs),

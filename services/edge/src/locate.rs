@@ -23,29 +23,30 @@ pub(crate) async fn hops_from_bindings(
         let Some(hop) = hop_for(sh, b).await else {
             continue;
         };
-        // A contact asking for TLS (or WebSocket) is not reached in the clear, not even
-        // through the NAT binding its REGISTER came from.
+        // A contact asking for TLS or WebSocket is reached only over a connection a
+        // dispatcher holds to it (its Path's flow token names one): never in the clear,
+        // not even through the NAT binding its REGISTER came from.
         let contact_transport = match Uri::parse(b.contact.as_bytes()) {
             Ok(Uri::Sip(u)) if u.secure => Some(Transport::Tls),
             Ok(Uri::Sip(u)) => u.transport().and_then(Transport::from_token),
             _ => None,
         };
-        // Through a dispatcher that holds the client's TLS connection, TLS is what the
-        // last hop is (the dispatcher refuses a SIPS request toward a flow in the clear).
-        let secure_flow = b
-            .path
-            .first()
-            .and_then(|p| dispatcher_token(p))
-            .is_some_and(|t| t.secure);
-        let needs_tls =
-            contact_transport.is_some_and(|t| !matches!(t, Transport::Udp | Transport::Tcp));
+        let token = b.path.first().and_then(|p| dispatcher_token(p));
+        let held = token.as_ref().is_some_and(|t| t.flow.is_some());
+        // The dispatcher refuses a SIPS request toward a flow in the clear.
+        let secure_flow = token.as_ref().is_some_and(|t| t.secure);
+        let reachable = match contact_transport {
+            None | Some(Transport::Udp | Transport::Tcp) => true,
+            Some(Transport::Ws) => held,
+            Some(Transport::Tls | Transport::Wss) => held && secure_flow,
+        };
         // A SIPS request only to bindings whose last hop is TLS (RFC 5630): never
         // downgraded on the way to the phone. Not "unsendable": the phone is there, just
         // not reachable securely, which the caller hears as 480.
         if secure_only && !secure_flow {
             continue;
         }
-        if !sendable(&hop.target) || (needs_tls && !secure_flow) {
+        if !sendable(&hop.target) || !reachable {
             unsendable += 1;
             continue;
         }

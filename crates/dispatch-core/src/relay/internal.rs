@@ -64,10 +64,11 @@ impl Relay {
                 self.reply(Side::Internal, msg, source, 480, &[]);
                 return;
             }
-            let stream = if tok.secure {
-                Transport::Tls
-            } else {
-                Transport::Tcp
+            let stream = match (tok.websocket, tok.secure) {
+                (true, true) => Transport::Wss,
+                (true, false) => Transport::Ws,
+                (false, true) => Transport::Tls,
+                (false, false) => Transport::Tcp,
             };
             let target = match tok.flow {
                 Some(flow) if tok.instance == self.cfg.instance && flows.alive(FlowId(flow)) => {
@@ -82,6 +83,11 @@ impl Relay {
                 // (RFC 3261 §18.1.1); behind a NAT nothing else reaches it (RFC 5626 §5.3).
                 // The Request-URI only picks the port on the client's own host: a token
                 // never carries a request to an address other than the client's.
+                // A browser's WebSocket is gone: nothing listens on its side.
+                Some(_) if tok.websocket => {
+                    self.reply(Side::Internal, msg, source, 430, &[]);
+                    return;
+                }
                 Some(_) => match ruri_addr(msg).filter(|a| !tok.nat && a.ip() == tok.client.ip()) {
                     Some(addr) => Target {
                         transport: stream,

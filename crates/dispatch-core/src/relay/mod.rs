@@ -110,6 +110,10 @@ pub struct Listen {
     pub tcp: Option<u16>,
     /// TLS port, when listening on TLS.
     pub tls: Option<u16>,
+    /// WebSocket port, when listening on WebSocket.
+    pub ws: Option<u16>,
+    /// Secure WebSocket port.
+    pub wss: Option<u16>,
     /// Every address that means this side (advertise, listening addresses).
     pub addresses: Vec<IpAddr>,
 }
@@ -126,6 +130,8 @@ impl Listen {
         let p = match t {
             Transport::Udp => self.udp.or(self.tcp),
             Transport::Tls => self.tls.or(self.tcp).or(self.udp),
+            Transport::Ws => self.ws.or(self.tcp).or(self.udp),
+            Transport::Wss => self.wss.or(self.tls).or(self.tcp).or(self.udp),
             _ => self.tcp.or(self.udp),
         };
         p.unwrap_or(5060)
@@ -133,7 +139,7 @@ impl Listen {
 
     fn is_me(&self, ip: IpAddr, port: u16) -> bool {
         (self.addresses.contains(&ip) || self.advertise == ip)
-            && (self.udp == Some(port) || self.tcp == Some(port) || self.tls == Some(port))
+            && [self.udp, self.tcp, self.tls, self.ws, self.wss].contains(&Some(port))
     }
 }
 

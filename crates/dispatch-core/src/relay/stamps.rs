@@ -181,7 +181,8 @@ impl Relay {
             client: source.addr,
             nat,
             flow: source.flow.map(|f| f.0),
-            secure: source.transport == Transport::Tls,
+            secure: matches!(source.transport, Transport::Tls | Transport::Wss),
+            websocket: matches!(source.transport, Transport::Ws | Transport::Wss),
         }
         .encode(&self.key);
         let p = &self.cfg.public;

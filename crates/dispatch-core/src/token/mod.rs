@@ -34,6 +34,7 @@ const KIND_TCP: u8 = 1;
 const INTERNAL_TCP: u8 = 2;
 const BEHIND_NAT: u8 = 4;
 const SECURE: u8 = 8;
+const WEBSOCKET: u8 = 16;
 
 /// The cluster secret, keyed once.
 #[derive(Clone)]
@@ -216,6 +217,9 @@ pub struct FlowToken {
     /// That connection is TLS: a new one, when it is gone, is TLS too, and a `sips:`
     /// request may go over it (RFC 5630: never downgraded).
     pub secure: bool,
+    /// That connection is a WebSocket (RFC 7118): a browser, reached over it only
+    /// (nothing listens on its side when it is gone).
+    pub websocket: bool,
 }
 
 fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
@@ -267,6 +271,9 @@ impl FlowToken {
         if self.secure {
             kind |= SECURE;
         }
+        if self.websocket {
+            kind |= WEBSOCKET;
+        }
         out.push(kind);
         out.extend_from_slice(&self.instance.to_be_bytes());
         put_addr(&mut out, self.internal);
@@ -312,7 +319,7 @@ impl FlowToken {
 
     fn parse_body(mut b: &[u8]) -> Option<FlowToken> {
         let kind = take(&mut b, 1)?[0];
-        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT | SECURE) != 0 {
+        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT | SECURE | WEBSOCKET) != 0 {
             return None;
         }
         let instance = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
@@ -329,6 +336,7 @@ impl FlowToken {
             internal_tcp: kind & INTERNAL_TCP != 0,
             nat: kind & BEHIND_NAT != 0,
             secure: kind & SECURE != 0,
+            websocket: kind & WEBSOCKET != 0,
             client,
             flow,
         })
@@ -414,6 +422,7 @@ mod tests {
             internal_tcp: false,
             nat: true,
             secure: false,
+            websocket: false,
             client: client.parse().unwrap(),
             flow,
         }
@@ -430,8 +439,9 @@ mod tests {
                 internal: "[fd00::9]:5070".parse().unwrap(),
                 internal_tcp: true,
                 nat: false,
-                secure: false,
-                ..tok(None, "[2001:db8::1]:5060")
+                secure: true,
+                websocket: true,
+                ..tok(Some(9), "[2001:db8::1]:5060")
             },
         ] {
             let s = t.encode(&key);

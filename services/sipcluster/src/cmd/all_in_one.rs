@@ -45,6 +45,8 @@ pub struct AllInOneArgs {
     pub admin_token: crate::tokens::AdminTokenArg,
     #[command(flatten)]
     pub tls: crate::cmd::TlsArgs,
+    #[command(flatten)]
+    pub ws: crate::cmd::WsArgs,
 }
 
 /// The edge configuration with the all-in-one's flags applied, not yet validated.
@@ -61,6 +63,7 @@ pub fn resolve(a: &AllInOneArgs) -> Result<EdgeConfig> {
         cfg.all_in_one.in_process_hop = on;
     }
     a.tls.apply(&mut cfg.tls);
+    a.ws.apply(&mut cfg.websocket);
     Ok(cfg)
 }
 
@@ -232,6 +235,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             advertise: cfg.sip.advertise,
         },
         tls: cfg.tls.clone(),
+        websocket: cfg.websocket.clone(),
         internal: dispatcher::config::SideConfig {
             udp: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             tcp: Vec::new(),

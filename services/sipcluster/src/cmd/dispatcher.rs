@@ -74,6 +74,8 @@ pub struct DispatcherArgs {
     pub hep: crate::cmd::HepArgs,
     #[command(flatten)]
     pub tls: crate::cmd::TlsArgs,
+    #[command(flatten)]
+    pub ws: crate::cmd::WsArgs,
 }
 
 /// The file's settings, then the environment's and the flags', validated.
@@ -137,6 +139,7 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
     }
     a.hep.apply(&mut cfg.hep)?;
     a.tls.apply(&mut cfg.tls);
+    a.ws.apply(&mut cfg.websocket);
     cfg.validate()?;
     Ok(cfg)
 }

@@ -112,11 +112,15 @@ pub struct EdgeArgs {
 pub fn build_config(a: &EdgeArgs) -> Result<EdgeConfig> {
     let cfg = resolve(a)?;
     cfg.validate()?;
-    if cfg.tls.cert_file.is_some() || !cfg.tls.listen.is_empty() {
+    if cfg.tls.cert_file.is_some()
+        || !cfg.tls.listen.is_empty()
+        || !cfg.websocket.listen.is_empty()
+        || !cfg.websocket.tls_listen.is_empty()
+    {
         anyhow::bail!(
-            "tls: a standalone edge does not end TLS (clients reach edges through a \
-             dispatcher, inside the cluster in the clear); put the [tls] section in the \
-             dispatcher's configuration (or run the all-in-one)"
+            "tls, websocket: a standalone edge does not end TLS or WebSocket (clients reach \
+             edges through a dispatcher, inside the cluster in the clear); put the [tls] and \
+             [websocket] sections in the dispatcher's configuration (or run the all-in-one)"
         );
     }
     Ok(cfg)

@@ -127,6 +127,42 @@ impl TlsArgs {
     }
 }
 
+/// The WebSocket flags of the commands that serve clients (dispatcher, all-in-one): each
+/// overrides the `[websocket]` section of the configuration file.
+#[derive(clap::Args, Clone, Default)]
+pub struct WsArgs {
+    /// Listen for SIP over WebSocket (ws:, browsers) on this address, e.g. 0.0.0.0:8080.
+    #[arg(id = "ws_listen", long = "ws-listen", env = "SIPCLUSTER_WS_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Listen for SIP over secure WebSocket (wss:) on this address, e.g. 0.0.0.0:8443
+    /// (uses the TLS certificate).
+    #[arg(id = "wss_listen", long = "wss-listen", env = "SIPCLUSTER_WSS_LISTEN")]
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// Origins a WebSocket may come from (comma-separated; default any).
+    #[arg(
+        id = "ws_allowed_origins",
+        long = "ws-allowed-origins",
+        env = "SIPCLUSTER_WS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+impl WsArgs {
+    /// Override `c` with the flags given.
+    pub fn apply(&self, c: &mut sip_transport::WebSocketSettings) {
+        if let Some(l) = self.listen {
+            c.listen = vec![l];
+        }
+        if let Some(l) = self.tls_listen {
+            c.tls_listen = vec![l];
+        }
+        if !self.allowed_origins.is_empty() {
+            c.allowed_origins.clone_from(&self.allowed_origins);
+        }
+    }
+}
+
 /// The `--location` and `--token-file` of the commands that talk to the location API.
 #[derive(clap::Args, Clone)]
 pub struct LocationApi {

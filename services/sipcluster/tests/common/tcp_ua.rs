@@ -16,9 +16,11 @@ const DOMAIN: &str = "sipcluster.local";
 pub struct TcpUa {
     stream: Box<dyn Stream>,
     local: SocketAddr,
-    /// `TCP` or `TLS`: its Via and Contact say so.
+    /// `TCP`, `TLS` or `WS`: its Via and Contact say so.
     transport: &'static str,
     buf: Vec<u8>,
+    /// WebSocket framing (RFC 7118): each message one frame.
+    ws: Option<(sip_ws::Decoder, bytes::BytesMut)>,
 }
 
 /// A byte stream: a TCP connection or TLS over one.
@@ -54,7 +56,35 @@ impl TcpUa {
             stream: Box::new(stream),
             transport: "TCP",
             buf: Vec::new(),
+            ws: None,
         }
+    }
+
+    /// Over a WebSocket to `addr` (RFC 7118: the `sip` subprotocol, one message per
+    /// frame), as a browser phone connects.
+    pub fn connect_ws(addr: SocketAddr) -> TcpUa {
+        let mut ua = TcpUa::connect(addr);
+        ua.stream
+            .write_all(&sip_ws::handshake::client_request(
+                &addr.to_string(),
+                "/",
+                "dGhlIHNhbXBsZSBub25jZQ==",
+            ))
+            .expect("upgrade request");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ua.buf.ends_with(b"\r\n\r\n") {
+            assert!(Instant::now() < deadline, "no upgrade answer");
+            let mut b = [0u8; 1];
+            if let Ok(1) = ua.stream.read(&mut b) {
+                ua.buf.push(b[0]);
+            }
+        }
+        let head = String::from_utf8_lossy(&ua.buf).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        ua.buf.clear();
+        ua.transport = "WS";
+        ua.ws = Some((sip_ws::Decoder::client(1 << 20), bytes::BytesMut::new()));
+        ua
     }
 
     /// Over TLS to `addr`, verifying the server against `ca` (for the IP address), with
@@ -103,6 +133,7 @@ impl TcpUa {
             stream: Box::new(stream),
             transport: "TLS",
             buf: Vec::new(),
+            ws: None,
         }
     }
 
@@ -116,7 +147,18 @@ impl TcpUa {
     }
 
     pub fn send(&mut self, text: &str) {
-        self.stream.write_all(text.as_bytes()).expect("send");
+        if self.ws.is_some() {
+            let mut f = bytes::BytesMut::new();
+            sip_ws::frame::encode(
+                sip_ws::Opcode::Text,
+                text.as_bytes(),
+                Some([7, 1, 9, 3]),
+                &mut f,
+            );
+            self.stream.write_all(&f).expect("send");
+        } else {
+            self.stream.write_all(text.as_bytes()).expect("send");
+        }
     }
 
     /// The next message (headers + Content-Length body), waiting up to `wait`.
@@ -144,7 +186,19 @@ impl TcpUa {
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => match &mut self.ws {
+                    // Each frame's payload is one message: the text parser above reads
+                    // them one after the other.
+                    Some((dec, raw)) => {
+                        raw.extend_from_slice(&chunk[..n]);
+                        while let Ok(Some(e)) = dec.decode(raw) {
+                            if let sip_ws::Event::Message(m) = e {
+                                self.buf.extend_from_slice(&m);
+                            }
+                        }
+                    }
+                    None => self.buf.extend_from_slice(&chunk[..n]),
+                },
                 Err(_) => {}
             }
         }
