@@ -6,6 +6,11 @@ values set below; kubernetes-validate checks each rendered manifest strictly aga
 current Kubernetes; then the checks that catch real mistakes:
 
 * values.schema.json refuses wrong types, unknown keys and bad enums;
+* SIP over TLS: the dispatcher gets its settings, the Secret mounted whole (no subPath),
+  the port on its container, Service and NetworkPolicy; cert-manager's Certificate writes
+  the Secret it mounts; a dispatcher started from the rendered pod serves the certificate,
+  refuses a client without one (mutual TLS) and serves a renewed one that arrives the way
+  the kubelet updates a Secret volume, without a restart;
 * every container's flags, environment and ConfigMaps are accepted by the binary's own
   validation (`sipcluster check-config <service>` on the rendered files);
 * every probe port is the metrics port the service's resolved configuration listens on,
@@ -54,6 +59,7 @@ VALUE_SETS = {
     "redis-cluster": [ROOT / "tests/helm/values-redis-cluster.yaml"],
     "edge-only": [ROOT / "tests/helm/values-edge-only.yaml"],
     "overrides": [ROOT / "tests/helm/values-overrides.yaml"],
+    "tls": [ROOT / "tests/helm/values-tls.yaml"],
 }
 # What the Downward API gives a pod, for the checks that run the binary outside one.
 FIELD_VALUES = {
@@ -63,6 +69,9 @@ FIELD_VALUES = {
     "metadata.namespace": "voip",
 }
 FAILURES: list[str] = []
+# The files of an operator's kubernetes.io/tls Secrets (cert-manager's shape: tls.crt,
+# tls.key, ca.crt) for the runs of the binary: certificates of a throwaway CA (make_pki).
+TLS_SECRET_FILES: dict[str, str] = {}
 
 
 def check(ok: bool, what: str) -> None:
@@ -179,6 +188,19 @@ def schema_checks() -> None:
         ({"hep": {"transport": "sctp"}}, "/hep/transport"),
         ({"tracing": {"sampleRatio": 1.5}}, "/tracing/sampleRatio"),
         ({"tracing": {"otlpEndpoint": "otel:4317"}}, "/tracing/otlpEndpoint"),
+        ({"tls": {"clientAuth": "mutual"}}, "/tls/clientAuth"),
+        ({"tls": {"clientAuth": False}}, "/tls/clientAuth"),  # an unquoted off in YAML 1.1
+        ({"tls": {"port": 0}}, "/tls/port"),
+        ({"tls": {"reloadSecs": 0}}, "/tls/reloadSecs"),
+        ({"tls": {"existingSecret": "My_Secret"}}, "/tls/existingSecret"),
+        ({"tls": {"certManager": {"issuerRef": {"kind": "Issuers"}}}}, "/tls/certManager/issuerRef/kind"),
+        ({"tls": {"certManager": {"privateKey": {"algorithm": "ECDSA", "size": 2048}}}}, "/tls/certManager/privateKey/size"),
+        ({"tls": {"certManager": {"duration": "90d"}}}, "/tls/certManager/duration"),
+        ({"tls": {"certManager": {"dnsNames": ["sip example.com"]}}}, "/tls/certManager/dnsNames"),
+        ({"tls": {"clientCaSecret": {"name": "ca", "key": ""}}}, "/tls/clientCaSecret/key"),
+        ({"tls": {"enable": True}}, "enable"),
+        ({"edge": {"trustedPeers": ["tls:"]}}, "/edge/trustedPeers"),
+        ({"edge": {"trustedPeers": ["trunk.example.net"]}}, "/edge/trustedPeers"),
     ]
     for vals, where in wrong:
         try:
@@ -193,6 +215,14 @@ def schema_checks() -> None:
         ({"location": {"enabled": False}}, "edge.externalLocation"),
         ({"mediaRelay": {"advertise": {"from": "static", "address": "203.0.113.5"}}}, "mediaRelay.advertise.from static"),
         ({"hep": {"enabled": True}}, "hep.address"),
+        ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"tls": {"enabled": True, "certManager": {"enabled": True, "dnsNames": ["sip.example.com"]}}},
+         "tls.certManager.issuerRef.name"),
+        ({"tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+         "tls.certManager.dnsNames"),
+        ({"tls": {"enabled": True, "existingSecret": "sip-tls"}, "dispatcher": {"enabled": False}}, "dispatcher.enabled"),
+        ({"dispatcher": {"sets": [{"name": "c", "targets": [{"address": "192.0.2.1:5061", "transport": "tls"}]}]}},
+         "tls.enabled"),
     ]:
         try:
             render(vals)
@@ -235,6 +265,108 @@ def override_checks(rendered: dict[str, list[dict]]) -> None:
           "OTLP settings on every container (production), none by default", flush=True)
 
 
+def tls_checks(rendered: dict[str, list[dict]]) -> None:
+    """SIP over TLS: what values-tls.yaml (an operator's Secret) and the production example
+    (cert-manager) ask for is what the dispatcher gets; nothing of it by default."""
+    import tomllib
+    docs = rendered["tls"]
+    disp = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")
+    spec = disp["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"] if e["name"].startswith("SIPCLUSTER_TLS_")}
+    want = {
+        "SIPCLUSTER_TLS_LISTEN": "0.0.0.0:5061",
+        "SIPCLUSTER_TLS_CERT_FILE": "/var/run/secrets/sipcluster-tls/tls.crt",
+        "SIPCLUSTER_TLS_KEY_FILE": "/var/run/secrets/sipcluster-tls/tls.key",
+        "SIPCLUSTER_TLS_RELOAD_SECS": "1",
+        "SIPCLUSTER_TLS_CLIENT_AUTH": "required",
+        "SIPCLUSTER_TLS_CLIENT_CA_FILE": "/var/run/secrets/sipcluster-tls-client-ca/ca.crt",
+        "SIPCLUSTER_TLS_CA_FILE": "/var/run/secrets/sipcluster-tls-outbound-ca/ca.crt",
+    }
+    check(env == want, f"tls: the dispatcher's TLS environment {env}, expected {want}")
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name, path in (("tls", "/var/run/secrets/sipcluster-tls"),
+                       ("tls-client-ca", "/var/run/secrets/sipcluster-tls-client-ca"),
+                       ("tls-outbound-ca", "/var/run/secrets/sipcluster-tls-outbound-ca")):
+        m = mounts.get(name, {})
+        # A subPath mount is never updated: a renewed certificate would not reach the pod.
+        check(m.get("mountPath") == path and m.get("readOnly") is True and "subPath" not in m
+              and "subPathExpr" not in m, f"tls: volume {name} mounted whole and read-only at {path}: {m}")
+    check(volumes.get("tls", {}).get("secret") == {"secretName": "sipcluster-tls", "defaultMode": 0o400},
+          f"tls: the whole existingSecret (no items: ca.crt may be absent): {volumes.get('tls')}")
+    check(volumes.get("tls-client-ca", {}).get("secret", {}).get("secretName") == "sipcluster-trunk-ca"
+          and volumes["tls-client-ca"]["secret"].get("items") == [{"key": "trunks.pem", "path": "ca.crt"}],
+          f"tls: the client CA's key as ca.crt: {volumes.get('tls-client-ca')}")
+    ports = {p["name"]: p for p in c["ports"]}
+    check(ports.get("sip-tls") == {"name": "sip-tls", "containerPort": 5061, "protocol": "TCP"},
+          f"tls: container port sip-tls 5061/TCP: {c['ports']}")
+    tcp = by_kind_name(docs, "Service", "sc-sipcluster-dispatcher-tcp")["spec"]["ports"]
+    udp = by_kind_name(docs, "Service", "sc-sipcluster-dispatcher-udp")["spec"]["ports"]
+    check({"name": "sip-tls", "port": 5061, "targetPort": "sip-tls", "protocol": "TCP"} in tcp,
+          f"tls: port 5061 on the TCP Service: {tcp}")
+    check(all(p["protocol"] == "UDP" for p in udp), f"tls: the UDP Service stays UDP only: {udp}")
+    np = by_kind_name(docs, "NetworkPolicy", "sc-sipcluster-dispatcher")["spec"]["ingress"]
+    open_ports = [p for rule in np if "from" not in rule for p in rule["ports"]]
+    check({"port": 5061, "protocol": "TCP"} in open_ports, f"tls: 5061/TCP open to anyone in the NetworkPolicy: {np}")
+    check(not [d for d in docs if d["kind"] == "Certificate"], "tls: no Certificate with existingSecret alone")
+    edge = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+    check(edge["security"]["trusted_peers"] == ["tls:trunk.example.net", "198.51.100.0/24"],
+          f"tls: trusted peers by certificate name reach the edges: {edge['security']}")
+    mixed = render({"tls": {"enabled": True, "existingSecret": "sip-tls"}, "dispatcher": {"service": {"mixedProtocol": True}}})
+    sip = by_kind_name(mixed, "Service", "sc-sipcluster-dispatcher-sip")["spec"]["ports"]
+    check(sorted((p["port"], p["protocol"]) for p in sip) == [(5060, "TCP"), (5060, "UDP"), (5061, "TCP")],
+          f"tls: the mixed Service carries 5061/TCP too: {sip}")
+    low = render({"tls": {"enabled": True, "existingSecret": "sip-tls", "port": 443}})
+    sc = by_kind_name(low, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+    check(sc["securityContext"].get("capabilities", {}).get("add") == ["NET_BIND_SERVICE"],
+          f"tls: port 443 adds NET_BIND_SERVICE: {sc['securityContext']}")
+
+    # cert-manager (the production example): a Certificate whose Secret the dispatcher mounts.
+    docs = rendered["production"]
+    certs = [d for d in docs if d["kind"] == "Certificate"]
+    check(len(certs) == 1, f"production: one Certificate: {[d['metadata']['name'] for d in certs]}")
+    if certs:
+        cert = certs[0]
+        spec = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]
+        mounted = next((v["secret"]["secretName"] for v in spec["volumes"] if v["name"] == "tls"), None)
+        check(cert["apiVersion"] == "cert-manager.io/v1" and cert["metadata"]["namespace"] == "voip",
+              f"production: a cert-manager.io/v1 Certificate in the release's namespace: {cert['metadata']}")
+        check(cert["spec"]["secretName"] == "sc-sipcluster-dispatcher-tls" == mounted,
+              f"production: the Certificate writes the Secret the dispatcher mounts ({mounted}): {cert['spec']}")
+        check(cert["spec"]["dnsNames"] == ["sip.voice.example.com", "voice.example.com"]
+              and cert["spec"]["commonName"] == "sip.voice.example.com", f"production: dnsNames: {cert['spec']}")
+        check(cert["spec"]["issuerRef"] == {"name": "letsencrypt-dns", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+              f"production: issuerRef: {cert['spec']['issuerRef']}")
+        check((cert["spec"]["duration"], cert["spec"]["renewBefore"]) == ("2160h", "720h"),
+              f"production: duration and renewBefore: {cert['spec']}")
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        check(env.get("SIPCLUSTER_TLS_CLIENT_AUTH") == "optional"
+              and env.get("SIPCLUSTER_TLS_CLIENT_CA_FILE") == "/var/run/secrets/sipcluster-tls-client-ca/ca.crt"
+              and "SIPCLUSTER_TLS_CA_FILE" not in env, f"production: optional client certificates: {env}")
+    own = render({"tls": {"enabled": True, "existingSecret": "named-by-me",
+                          "certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "Issuer"},
+                                          "dnsNames": ["sip.example.com"]},
+                          "clientAuth": "optional"}})
+    cert = next(d for d in own if d["kind"] == "Certificate")
+    env = {e["name"]: e.get("value") for e in by_kind_name(own, "Deployment", "sc-sipcluster-dispatcher")
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    check(cert["spec"]["secretName"] == "named-by-me" and cert["spec"]["issuerRef"]["kind"] == "Issuer",
+          f"certManager with existingSecret: the Certificate writes that Secret: {cert['spec']}")
+    check(env.get("SIPCLUSTER_TLS_CLIENT_CA_FILE") == "/var/run/secrets/sipcluster-tls/ca.crt",
+          f"no clientCaSecret: the client CA is the certificate Secret's ca.crt: {env}")
+
+    # Nothing of it by default.
+    docs = rendered["defaults"]
+    c = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+    check(not [e for e in c["env"] if e["name"].startswith("SIPCLUSTER_TLS_")]
+          and all(p["name"] != "sip-tls" for p in c["ports"])
+          and all(m["name"] != "tls" for m in c["volumeMounts"])
+          and not [d for d in docs if d["kind"] == "Certificate"], "defaults: no TLS anywhere")
+    print("    tls: environment, whole read-only Secret mounts, container/Service/NetworkPolicy port (existingSecret); "
+          "cert-manager Certificate writing the mounted Secret (production); none by default", flush=True)
+
+
 # --- the binary's own validation of what the chart passes -------------------------------
 
 
@@ -274,6 +406,8 @@ class Pod:
                         data = base64.b64decode(chart_secret["data"][it["key"]]).decode()
                     elif it["path"] == "users.toml":
                         data = (ROOT / "deploy/all-in-one/users.toml").read_text()
+                    elif it["path"] in TLS_SECRET_FILES:
+                        data = TLS_SECRET_FILES[it["path"]]
                     else:
                         data = secret_values.setdefault(f"{name}/{it['key']}", secrets.token_hex(24))
                     f = target / it["path"]
@@ -426,6 +560,144 @@ def probe_paths_served(binary: str, docs: list[dict], workdir: Path) -> None:
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+# --- SIP over TLS served from the rendered pod -----------------------------------------------
+
+
+def make_pki(workdir: Path) -> dict[str, Path]:
+    """A throwaway CA and what it signed (EC P-256, two days): the dispatcher's certificate,
+    the one a renewal brings, a trunk's client certificate."""
+    d = workdir / "pki"
+    d.mkdir()
+
+    def openssl(*args: str) -> None:
+        r = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(args)}: {r.stderr}")
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=sipcluster test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, dns, usage in (("server", "sip.example.com", "serverAuth,clientAuth"),
+                             ("renewed", "sip.example.com", "serverAuth,clientAuth"),
+                             ("trunk", "trunk.example.net", "clientAuth")):
+        openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={dns}")
+        (d / f"{name}.ext").write_text(
+            f"subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+            f"extendedKeyUsage={usage}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "2",
+                "-set_serial", str(secrets.randbits(62)), "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return {p.name: p for p in d.iterdir()}
+
+
+def kubelet_secret_dir(target: Path, files: dict[str, str]) -> None:
+    """Write (or update) a Secret volume as the kubelet does (its AtomicWriter): the files
+    in a new timestamped directory, `..data` renamed over to point at it, each key a
+    symbolic link through `..data`. A subPath mount would keep the old file instead."""
+    new = target / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    new.mkdir()
+    for k, v in files.items():
+        (new / k).write_text(v)
+        (new / k).chmod(0o400)
+    old = (target / "..data").resolve() if (target / "..data").is_symlink() else None
+    (target / "..data_tmp").symlink_to(new.name)
+    os.rename(target / "..data_tmp", target / "..data")
+    for k in files:
+        link = target / k
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"..data/{k}")
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def tls_handshake(port: int, pki: dict[str, Path], client_cert: bool) -> tuple[int | None, str]:
+    """The serial of the certificate the dispatcher serves for sip.example.com (None and
+    why when the connection is refused); client_cert: present the trunk's."""
+    ctx = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+    if client_cert:
+        ctx.load_cert_chain(str(pki["trunk.crt"]), str(pki["trunk.key"]))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname="sip.example.com") as t:
+                serial = int(t.getpeercert()["serialNumber"], 16)
+                # TLS 1.3: a refused client certificate shows after the handshake. An
+                # OPTIONS is answered (or ignored) by a dispatcher that accepted us.
+                t.settimeout(1.0)
+                t.sendall(b"OPTIONS sip:sip.example.com;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999"
+                          b";branch=z9hG4bK-helm\r\nFrom: <sip:t@trunk.example.net>;tag=1\r\nTo: <sip:sip.example.com>"
+                          b"\r\nCall-ID: helm-tls\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+                try:
+                    if t.recv(1) == b"":
+                        return None, "closed by the dispatcher"
+                except TimeoutError:
+                    pass
+                return serial, ""
+    except (OSError, ssl.SSLError) as e:
+        return None, str(e)
+
+
+def serial_of(cert: Path) -> int:
+    r = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-serial"], capture_output=True, text=True, check=True)
+    return int(r.stdout.strip().split("=", 1)[1], 16)
+
+
+def tls_served(binary: str, docs: list[dict], workdir: Path, pki: dict[str, Path]) -> None:
+    """The dispatcher of values-tls.yaml, started from its rendered pod (listeners moved to
+    loopback, its TLS Secret laid out as the kubelet does): it serves the Secret's
+    certificate, refuses a client without a certificate (clientAuth required, CA from its
+    own Secret), and serves a renewed certificate once the Secret volume is updated."""
+    w = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")
+    root = workdir / "run-tls-dispatcher"
+    pod = Pod(docs, w, root, {})
+    pod.rewrite_config_files(lambda t: re.sub(r'"0\.0\.0\.0:(\d+)"', lambda m: f'"127.0.0.1:{free_port()}"', pod.moved(t)))
+    certs = Path(pod.moved("/var/run/secrets/sipcluster-tls"))
+    for f in ("tls.crt", "tls.key", "ca.crt"):
+        (certs / f).unlink()
+    kubelet_secret_dir(certs, {"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
+                               "ca.crt": pki["ca.crt"].read_text()})
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root), **pod.env,
+           "SIPCLUSTER_TLS_LISTEN": f"127.0.0.1:{port}", "SIPCLUSTER_METRICS": f"127.0.0.1:{free_port()}"}
+    log_path = root / "dispatcher.log"
+    proc = subprocess.Popen([binary, *pod.args(), "--discovery", "static", "--edges", "127.0.0.1:9"],
+                            env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    try:
+        first, renewed = serial_of(pki["server.crt"]), serial_of(pki["renewed.crt"])
+        served, why = None, ""
+        deadline = time.time() + 20
+        while time.time() < deadline and proc.poll() is None:
+            served, why = tls_handshake(port, pki, client_cert=True)
+            if served is not None:
+                break
+            time.sleep(0.2)
+        check(served == first, f"tls: the dispatcher serves the Secret's certificate ({served} != {first}: {why}); "
+                               f"log:\n{log_path.read_text()[-2000:]}")
+        if served != first:
+            return
+        anonymous, refusal = tls_handshake(port, pki, client_cert=False)
+        check(anonymous is None, "tls: clientAuth required, yet a client without a certificate was served")
+        kubelet_secret_dir(certs, {"tls.crt": pki["renewed.crt"].read_text(), "tls.key": pki["renewed.key"].read_text(),
+                                   "ca.crt": pki["ca.crt"].read_text()})
+        swapped = time.time()
+        reload_secs = int(pod.env["SIPCLUSTER_TLS_RELOAD_SECS"])
+        while time.time() < swapped + min(reload_secs, 20) + 10 and proc.poll() is None:
+            served, why = tls_handshake(port, pki, client_cert=True)
+            if served == renewed:
+                break
+            time.sleep(0.2)
+        check(served == renewed and proc.poll() is None,
+              f"tls: the renewed certificate is served without a restart ({served} != {renewed}: {why}); "
+              f"log:\n{log_path.read_text()[-2000:]}")
+        if served != renewed or anonymous is not None:
+            return
+        print(f"    tls: the rendered dispatcher served the Secret's certificate, refused a client without one "
+              f"({refusal}), and served the renewed one {time.time() - swapped:.1f} s after the "
+              f"Secret volume changed (reloadSecs {reload_secs}), same process", flush=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 # --- a real kube-apiserver ------------------------------------------------------------------
@@ -602,10 +874,16 @@ def main() -> int:
         print("  values.schema.json", flush=True)
         schema_checks()
         override_checks(rendered)
+        tls_checks(rendered)
+        pki = make_pki(work)
+        TLS_SECRET_FILES.update({"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
+                                 "ca.crt": pki["ca.crt"].read_text()})
         print("  the binary's own validation of what the chart passes", flush=True)
         check_config(a.bin, rendered, work)
         print("  probe paths on running services", flush=True)
         probe_paths_served(a.bin, rendered["defaults"], work)
+        print("  SIP over TLS served from the rendered pod", flush=True)
+        tls_served(a.bin, rendered["tls"], work, pki)
         if a.kubeconfig:
             print("  a real kube-apiserver", flush=True)
             kube_checks(a.bin, a.kubeconfig, work)

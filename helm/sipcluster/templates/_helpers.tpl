@@ -240,3 +240,27 @@ when off. */}}
 {{- dict | toJson }}
 {{- end }}
 {{- end -}}
+
+{{/* SIP over TLS on the dispatchers (values: tls): the name of the kubernetes.io/tls
+Secret the dispatchers mount, after checking the settings; empty when TLS is off. The
+Certificate (certManager) writes to the same name. */}}
+{{- define "sipcluster.tlsSecret" -}}
+{{- $t := .Values.tls }}
+{{- if $t.enabled }}
+{{- if not .Values.dispatcher.enabled }}
+{{- fail "tls.enabled: SIP over TLS is served by the dispatchers; it needs dispatcher.enabled" }}
+{{- end }}
+{{- if not (or $t.existingSecret $t.certManager.enabled) }}
+{{- fail "tls.enabled: the certificate needs a source: tls.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key) or tls.certManager.enabled (a cert-manager Certificate)" }}
+{{- end }}
+{{- if $t.certManager.enabled }}
+{{- if not $t.certManager.issuerRef.name }}
+{{- fail "tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the dispatchers' certificate" }}
+{{- end }}
+{{- if not $t.certManager.dnsNames }}
+{{- fail "tls.certManager.dnsNames: the names phones and trunks reach the dispatchers by (at least one)" }}
+{{- end }}
+{{- end }}
+{{- default (printf "%s-dispatcher-tls" (include "sipcluster.fullname" .)) $t.existingSecret }}
+{{- end }}
+{{- end -}}
