@@ -438,6 +438,66 @@ impl LocationClient {
         Ok(reply.first_use)
     }
 
+    /// Admit a new call against `limits` (see the `AcquireCall` RPC). Retried: a call that
+    /// holds its slots already is granted again, so a retry cannot take two.
+    pub async fn acquire_call(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        limits: Vec<pb::CallLimit>,
+        ttl: Duration,
+    ) -> Result<pb::AcquireCallReply, ClientError> {
+        let msg = pb::AcquireCallRequest {
+            call_id: call_id.to_owned(),
+            from_tag: from_tag.to_owned(),
+            limits,
+            ttl_secs: convert::ttl_secs(ttl),
+        };
+        Ok(self
+            .with_retries("AcquireCall", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.acquire_call(r).await }
+            })
+            .await?)
+    }
+
+    /// Extend a call's slots (`RefreshCall`); false when it holds none. Retried.
+    pub async fn refresh_call(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        ttl: Duration,
+    ) -> Result<bool, ClientError> {
+        let msg = pb::RefreshCallRequest {
+            call_id: call_id.to_owned(),
+            from_tag: from_tag.to_owned(),
+            ttl_secs: convert::ttl_secs(ttl),
+        };
+        let reply = self
+            .with_retries("RefreshCall", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.refresh_call(r).await }
+            })
+            .await?;
+        Ok(reply.found)
+    }
+
+    /// Release a call's slots, named by the tags of the request ending it
+    /// (`ReleaseCall`); true when it held some. Retried: a second release finds none.
+    pub async fn release_call(&self, call_id: &str, tags: &[&str]) -> Result<bool, ClientError> {
+        let msg = pb::ReleaseCallRequest {
+            call_id: call_id.to_owned(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let reply = self
+            .with_retries("ReleaseCall", |mut g| {
+                let r = self.request(msg.clone());
+                async move { g.release_call(r).await }
+            })
+            .await?;
+        Ok(reply.released)
+    }
+
     /// Create or update a dialog record (fields left empty keep their stored value); with
     /// `touch_only`, only an existing one (`None` when there is none). Retried: a put is
     /// idempotent.

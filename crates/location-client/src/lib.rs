@@ -17,6 +17,7 @@
 
 mod client;
 pub mod convert;
+pub mod limits;
 
 pub use client::{ClientConfig, ClientError, LocationClient};
 pub use convert::{TERMINATED, merge_dialog, reaped_reason};

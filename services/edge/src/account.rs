@@ -520,7 +520,7 @@ pub async fn execute(sh: &Shared, r: Record) {
 }
 
 /// How long a dialog record lives from a write: its session interval, else the dialog TTL.
-fn record_ttl(sh: &Shared, session_expires: u32) -> Duration {
+pub(crate) fn record_ttl(sh: &Shared, session_expires: u32) -> Duration {
     if session_expires > 0 {
         Duration::from_secs(u64::from(session_expires))
     } else {

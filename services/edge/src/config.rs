@@ -51,6 +51,70 @@ pub struct EdgeConfig {
     /// SIP over WebSocket for browsers on the all-in-one's public side (as `[tls]`: a
     /// standalone edge refuses it).
     pub websocket: sip_transport::WebSocketSettings,
+    /// Cluster-wide call limits: concurrent calls and calls per second per account,
+    /// domain and trunk (`crate::limit`).
+    pub call_limits: CallLimitsConfig,
+}
+
+/// Cluster-wide call limits (`[call_limits]`), exact across every edge: the location
+/// service counts them atomically (the all-in-one in its memory). 0 is no limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallLimitsConfig {
+    /// The status of a call over a limit. Default 486 (Busy Here): the caller's phone
+    /// shows busy, and a gateway does not try elsewhere as it would after a 503.
+    pub refuse_code: u16,
+    /// Every account (an authenticated caller, `user@domain`), unless named in
+    /// `accounts`.
+    pub account: Limit,
+    /// Every caller's domain, unless named in `domains`.
+    pub domain: Limit,
+    /// Accounts of their own (`"alice@example.com" = { calls = 2, cps = 1 }`).
+    pub accounts: std::collections::BTreeMap<String, Limit>,
+    /// Domains of their own.
+    pub domains: std::collections::BTreeMap<String, Limit>,
+    /// Destination sets (trunks) by name: the calls routed to them.
+    pub trunks: std::collections::BTreeMap<String, Limit>,
+    /// How long a call holds its slots until it is answered, s (then the dialog's
+    /// time-to-live, `accounting.dialog_ttl_secs` or its session interval, refreshed with
+    /// the session). Above Timer C (180 s): a call still ringing keeps its slot.
+    pub setup_ttl_secs: u32,
+}
+
+/// One key's limits.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limit {
+    /// Calls at once (0: no limit).
+    pub calls: u32,
+    /// New calls per second (0: no limit).
+    pub cps: u32,
+}
+
+impl Default for CallLimitsConfig {
+    fn default() -> CallLimitsConfig {
+        CallLimitsConfig {
+            refuse_code: 486,
+            account: Limit::default(),
+            domain: Limit::default(),
+            accounts: Default::default(),
+            domains: Default::default(),
+            trunks: Default::default(),
+            setup_ttl_secs: 200,
+        }
+    }
+}
+
+impl CallLimitsConfig {
+    /// Whether any limit is set (else no call asks the store anything).
+    pub fn any(&self) -> bool {
+        let set = |l: &Limit| l.calls > 0 || l.cps > 0;
+        set(&self.account)
+            || set(&self.domain)
+            || self.accounts.values().any(set)
+            || self.domains.values().any(set)
+            || self.trunks.values().any(set)
+    }
 }
 
 /// Trust and refusal (see "Security" in ARCHITECTURE.md).
@@ -756,6 +820,19 @@ impl EdgeConfig {
             }
         }
         self.tls.validate()?;
+        let cl = &self.call_limits;
+        if !(400..=699).contains(&cl.refuse_code) || matches!(cl.refuse_code, 401 | 407) {
+            return Err(bad(
+                "call_limits.refuse_code",
+                format!(
+                    "{}: a final failure status, 400 to 699, not a challenge (486, 403, 480, 503...)",
+                    cl.refuse_code
+                ),
+            ));
+        }
+        if cl.setup_ttl_secs == 0 {
+            return Err(bad("call_limits.setup_ttl_secs", "at least 1"));
+        }
         self.websocket.validate(&self.tls)?;
         if self.security.auth_failure_window_secs == 0
             && (self.security.auth_failures_per_source > 0

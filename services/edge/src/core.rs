@@ -92,6 +92,8 @@ pub enum Ask {
     },
     /// Record call events, write or end a dialog record ([`crate::account`]; no answer).
     Account(Record),
+    /// Give back or extend a call's call-limit slots ([`crate::limit`]; no answer).
+    Limit(crate::limit::Op),
     /// End a call's media session (no answer).
     EndMedia {
         /// Call-ID.
@@ -544,6 +546,9 @@ impl Core {
                         self.respond(txn, 487, b.build());
                     }
                     self.account_refused(&original, source, 487, true);
+                    if plan.limited {
+                        self.limit_release(&original, false);
+                    }
                     return;
                 }
                 self.start_forwarding(txn, original, source, plan);
@@ -568,6 +573,10 @@ impl Core {
         };
         let invite = original.method() == Some(Method::Invite);
         let initial = original.to_tag().ok().flatten().is_none();
+        if original.method() == Some(Method::Bye) && self.sh.limits.is_some() {
+            // Whichever edge sees the BYE gives the call's slots back.
+            self.limit_release(&original, true);
+        }
         if self.accounting && original.method() == Some(Method::Bye) {
             // The BYE's edge ends the call's record and writes its CDR (with the relay
             // session's statistics: it ends that session too).
@@ -757,8 +766,10 @@ impl Core {
                     };
                     self.kpi_response(&mut ctx, code);
                     self.account_response(&mut ctx, code, &resp);
+                    self.limit_response(&mut ctx, code, Some(&resp));
                     if (200..300).contains(&code) {
                         self.account_refresh(&ctx, &resp);
+                        self.limit_refresh(&ctx, &resp);
                     }
                     if code >= 300 {
                         self.media_failed_call(&ctx);
@@ -784,6 +795,7 @@ impl Core {
                         self.media_failed_call(&ctx);
                         self.kpi_response(&mut ctx, code);
                         self.account_failure(&mut ctx, code, "");
+                        self.limit_response(&mut ctx, code, None);
                     }
                     let built = ResponseBuilder::new(&ctx.original, code).map(|b| b.build());
                     if let Some(bytes) = built {
@@ -960,6 +972,63 @@ impl Core {
             tags: [from.to_owned(), to.to_owned()],
             session_expires: crate::session_timer::interval(resp).unwrap_or(0),
         });
+    }
+
+    /// The final response of a call holding call-limit slots: a failure gives them back,
+    /// the answer makes them live as long as the dialog ([`crate::limit`]). Once.
+    fn limit_response(&mut self, ctx: &mut ProxyCtx, code: u16, resp: Option<&SipMessage>) {
+        if !ctx.plan.limited || code < 200 {
+            return;
+        }
+        ctx.plan.limited = false;
+        if code >= 300 {
+            self.limit_release(&ctx.original, false);
+            return;
+        }
+        let session = resp.and_then(crate::session_timer::interval).unwrap_or(0);
+        let o = &ctx.original;
+        if let (Ok(call_id), Ok(Some(from))) = (o.call_id(), o.from_tag()) {
+            self.ask(Ask::Limit(crate::limit::Op::Refresh {
+                call_id: call_id.to_owned(),
+                tags: vec![from.to_owned()],
+                ttl: crate::account::record_ttl(&self.sh, session),
+            }));
+        }
+    }
+
+    /// A 2xx to a re-INVITE or UPDATE: a session refresh keeps the call's slots.
+    fn limit_refresh(&mut self, ctx: &ProxyCtx, resp: &SipMessage) {
+        let o = &ctx.original;
+        if self.sh.limits.is_none() || !matches!(o.method(), Some(Method::Invite | Method::Update))
+        {
+            return;
+        }
+        let (Ok(call_id), Ok(Some(from)), Ok(Some(to))) = (o.call_id(), o.from_tag(), o.to_tag())
+        else {
+            return;
+        };
+        let session = crate::session_timer::interval(resp).unwrap_or(0);
+        self.ask(Ask::Limit(crate::limit::Op::Refresh {
+            call_id: call_id.to_owned(),
+            tags: vec![from.to_owned(), to.to_owned()],
+            ttl: crate::account::record_ttl(&self.sh, session),
+        }));
+    }
+
+    /// Give a call's slots back: named by the From tag (its INVITE), or by either tag
+    /// (`both`: a BYE, sent by either side).
+    fn limit_release(&mut self, msg: &SipMessage, both: bool) {
+        let (Ok(call_id), Ok(Some(from))) = (msg.call_id(), msg.from_tag()) else {
+            return;
+        };
+        let mut tags = vec![from.to_owned()];
+        if both && let Ok(Some(to)) = msg.to_tag() {
+            tags.push(to.to_owned());
+        }
+        self.ask(Ask::Limit(crate::limit::Op::Release {
+            call_id: call_id.to_owned(),
+            tags,
+        }));
     }
 
     /// A BYE being forwarded: the call ends (see [`crate::account`]).

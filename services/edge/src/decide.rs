@@ -49,6 +49,11 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
                     .filter(|_| sh.cfg.security.assert_identity && !sender.origin.trusted),
                 user: sender.user,
             };
+            // limit: a new call is admitted against the cluster-wide call limits last,
+            // once it is known to go somewhere (nothing is counted for a challenge).
+            if let Some(refused) = crate::limit::admit(sh, txn, msg, &mut plan).await {
+                return refused;
+            }
             Decision::Forward { txn, plan }
         }
         d => d,

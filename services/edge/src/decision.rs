@@ -38,6 +38,9 @@ pub struct Plan {
     pub identity: IdentityHeaders,
     /// The destination set (trunk) serving the call, for its CDR.
     pub destination: Option<String>,
+    /// The call holds call-limit slots ([`crate::limit`]): given back at its failure,
+    /// extended at its answer.
+    pub limited: bool,
 }
 
 /// RFC 3325 §5: P-Asserted-Identity (and its relatives Remote-Party-ID and
@@ -73,6 +76,7 @@ impl Plan {
             end_media: false,
             identity: IdentityHeaders::default(),
             destination: None,
+            limited: false,
             groups: vec![vec![Hop {
                 request_uri: None,
                 routes: vec![],

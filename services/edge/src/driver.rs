@@ -68,6 +68,10 @@ pub async fn execute(sh: Arc<Shared>, ask: Ask) -> Option<Answer> {
             crate::account::execute(&sh, r).await;
             None
         }
+        Ask::Limit(op) => {
+            crate::limit::execute(&sh, op).await;
+            None
+        }
         Ask::EndMedia {
             call_id,
             from_tag,

@@ -28,6 +28,7 @@ pub mod forking;
 pub mod forward;
 pub mod guard;
 pub mod in_dialog;
+pub mod limit;
 pub mod local;
 pub mod locate;
 pub mod loose_route;
@@ -234,6 +235,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             store,
             nonce_uses: Arc::new(MemoryNonceUses::default()),
             dialogs: Arc::new(dialogs::MemoryDialogs::default()),
+            limits: Arc::new(limit::MemoryLimits::default()),
         },
         accounting::Destination::Off,
     )
@@ -266,7 +268,8 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             users: client.clone(),
             store: client.clone(),
             nonce_uses: client.clone(),
-            dialogs: client,
+            dialogs: client.clone(),
+            limits: client,
         },
         accounting::Destination::Off,
     )

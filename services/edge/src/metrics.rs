@@ -18,6 +18,15 @@ use telemetry::trace::TraceExemplar;
 // which transactions (`server` or `client`).
 pub use telemetry::{KindLabel, MethodLabel, ReasonLabel};
 
+/// Labels: a call limit's kind of key and limit.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `account`, `domain` or `trunk`.
+    pub limit: &'static str,
+    /// `calls` or `cps`.
+    pub by: &'static str,
+}
+
 /// Labels: a response's status code and class.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabel {
@@ -240,6 +249,12 @@ pub struct EdgeMetrics {
     pub dropped_requests: Family<ReasonLabel, Counter>,
     /// Bans started for failed logins: `source` (an address), `user` (an account).
     pub lockouts: Family<ReasonLabel, Counter>,
+    /// New calls refused over a call limit, by kind of key (`account`, `domain`,
+    /// `trunk`) and limit (`calls`, `cps`).
+    pub call_limit_refusals: Family<LimitLabel, Counter>,
+    /// Call-limit store calls that failed (an admission answered 503; a release or
+    /// refresh left to the slots' time-to-live).
+    pub call_limit_errors: Counter,
     /// OPTIONS for the proxy itself answered without a transaction.
     pub options_stateless: Counter,
     /// Transport metrics (registered with the rest).
@@ -332,6 +347,8 @@ impl Default for EdgeMetrics {
             invalid_requests: Family::default(),
             dropped_requests: Family::default(),
             lockouts: Family::default(),
+            call_limit_refusals: Family::default(),
+            call_limit_errors: Counter::default(),
             options_stateless: Counter::default(),
             transport: TransportMetrics::default(),
             hot: Arc::default(),
@@ -357,6 +374,13 @@ impl EdgeMetrics {
         let kinds = sip_core::ErrorKind::ALL.map(sip_core::ErrorKind::as_str);
         reasons(&self.invalid_requests, &kinds);
         reasons(&self.lockouts, &crate::guard::Lockout::LABELS);
+        for limit in crate::limit::KINDS {
+            for by in ["calls", "cps"] {
+                let _ = self
+                    .call_limit_refusals
+                    .get_or_create(&LimitLabel { limit, by });
+            }
+        }
         self
     }
 
@@ -578,6 +602,16 @@ impl EdgeMetrics {
             "sip_lockouts",
             "Bans started for failed logins, by what was banned (source, user)",
             self.lockouts.clone(),
+        );
+        r.register(
+            "sip_call_limit_refusals",
+            "New calls refused over a cluster-wide call limit, by kind of key (account, domain, trunk) and limit (calls at once, cps)",
+            self.call_limit_refusals.clone(),
+        );
+        r.register(
+            "sip_call_limit_errors",
+            "Call-limit store calls that failed (an admission answered 503 + Retry-After; a release or refresh left to the slots' time-to-live)",
+            self.call_limit_errors.clone(),
         );
         r.register(
             "sip_options_stateless",

@@ -71,6 +71,7 @@ pub(crate) async fn to_destination_set(
                     target,
                 }]],
                 destination: Some(set.to_string()),
+                limited: false,
                 ..r.plan(Vec::new())
             },
         },

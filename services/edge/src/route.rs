@@ -283,6 +283,7 @@ impl<'m> Routing<'m> {
             end_media: false,
             identity: IdentityHeaders::default(),
             destination: None,
+            limited: false,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Shared {
     pub dialogs: Arc<dyn crate::dialogs::DialogStore>,
     /// Call events and CDRs, when accounting is on.
     pub accounting: Option<Arc<accounting::Accounting>>,
+    /// The cluster-wide call limits' counts, when `[call_limits]` sets any.
+    pub limits: Option<Arc<dyn crate::limit::CallLimits>>,
 }
 
 /// The stores an edge works over: in memory in the all-in-one, the location service's
@@ -68,6 +70,8 @@ pub struct Stores {
     pub nonce_uses: Arc<dyn NonceUses>,
     /// Dialog records.
     pub dialogs: Arc<dyn crate::dialogs::DialogStore>,
+    /// Call-limit counts (used when `[call_limits]` sets any).
+    pub limits: Arc<dyn crate::limit::CallLimits>,
 }
 
 impl Shared {
@@ -112,6 +116,7 @@ impl Shared {
             nonce_uses: stores.nonce_uses,
             dialogs: stores.dialogs,
             accounting,
+            limits: cfg.call_limits.any().then_some(stores.limits),
             cfg,
         })
     }

@@ -143,6 +143,7 @@ impl Harness {
                 store: Arc::new(MemoryStore::new(Policy::default())),
                 nonce_uses: Arc::new(sip_auth::MemoryNonceUses::default()),
                 dialogs: Arc::new(edge::dialogs::MemoryDialogs::default()),
+                limits: Arc::new(edge::limit::MemoryLimits::default()),
             },
             Arc::new(NoConnections),
             (&[EDGE.parse().unwrap()], &[]),
@@ -223,7 +224,7 @@ impl Harness {
                     d => d,
                 }))
             }
-            Ask::Decide { .. } | Ask::RouteAck { .. } | Ask::Account(_) => {
+            Ask::Decide { .. } | Ask::RouteAck { .. } | Ask::Account(_) | Ask::Limit(_) => {
                 edge::driver::execute(self.sh.clone(), ask)
                     .now_or_never()
                     .expect("in-memory stores answer at once")

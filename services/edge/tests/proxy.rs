@@ -72,6 +72,7 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
             store: store.clone(),
             nonce_uses: std::sync::Arc::new(sip_auth::MemoryNonceUses::default()),
             dialogs: std::sync::Arc::new(edge::dialogs::MemoryDialogs::default()),
+            limits: std::sync::Arc::new(edge::limit::MemoryLimits::default()),
         },
         accounting::Destination::Off,
     )

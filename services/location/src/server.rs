@@ -56,6 +56,10 @@ pub static POLICY: Policy = Policy {
         // `sipcluster calls`: operators see and end calls; edges have no use for either.
         ("/sipcluster.location.v1.Location/ListDialogs", ADMIN),
         ("/sipcluster.location.v1.Location/TerminateDialog", ADMIN),
+        // Call limits: taken and given back by the edges as calls start and end.
+        ("/sipcluster.location.v1.Location/AcquireCall", EDGE),
+        ("/sipcluster.location.v1.Location/RefreshCall", EDGE),
+        ("/sipcluster.location.v1.Location/ReleaseCall", EDGE),
         (HEALTH_CHECK, Access::Public),
         (HEALTH_WATCH, EDGE_OR_ADMIN),
     ],
@@ -65,7 +69,7 @@ pub use sip_registrar::unix_now;
 
 /// Every RPC counted in `grpc_calls` and timed in `grpc_call_duration_seconds` (the
 /// `method` each `observed` call names; WatchBindings, a stream, is not one).
-pub(crate) const METHODS: [&str; 17] = [
+pub(crate) const METHODS: [&str; 20] = [
     "Register",
     "RegisterBatch",
     "Lookup",
@@ -83,7 +87,28 @@ pub(crate) const METHODS: [&str; 17] = [
     "GetDialog",
     "ListDialogs",
     "TerminateDialog",
+    "AcquireCall",
+    "RefreshCall",
+    "ReleaseCall",
 ];
+
+/// Limits one AcquireCall may check (an account, a domain, a trunk, with room).
+const MAX_CALL_LIMITS: usize = 16;
+/// The longest limit key and call identifier taken.
+const MAX_LIMIT_KEY_LEN: usize = 256;
+/// The longest a call's slots live without a refresh, s.
+const MAX_CALL_TTL_SECS: u32 = 86_400;
+
+/// The call's identifier fields, checked.
+fn call_fields(call_id: &str, tag: &str) -> Result<(), Status> {
+    need("call_id", call_id)?;
+    if call_id.len() + tag.len() > MAX_LIMIT_KEY_LEN || call_id.contains(['\r', '\n']) {
+        return Err(Status::invalid_argument(format!(
+            "call_id and tag at most {MAX_LIMIT_KEY_LEN} bytes together, no CR or LF"
+        )));
+    }
+    Ok(())
+}
 
 /// Every `result` of `registers` (see `register_one`).
 pub(crate) const REGISTER_RESULTS: [&str; 3] = ["ok", "refused", "unavailable"];
@@ -583,6 +608,102 @@ impl pb::location_server::Location for LocationService {
         .await
     }
 
+    async fn acquire_call(
+        &self,
+        request: Request<pb::AcquireCallRequest>,
+    ) -> Result<Response<pb::AcquireCallReply>, Status> {
+        self.edges_only("AcquireCall")?;
+        observed(&self.metrics, "AcquireCall", async {
+            let r = request.get_ref();
+            call_fields(&r.call_id, &r.from_tag)?;
+            if r.limits.len() > MAX_CALL_LIMITS
+                || r.limits
+                    .iter()
+                    .any(|l| l.key.is_empty() || l.key.len() > MAX_LIMIT_KEY_LEN)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "at most {MAX_CALL_LIMITS} limits, keys of 1 to {MAX_LIMIT_KEY_LEN} bytes"
+                )));
+            }
+            if r.ttl_secs == 0 {
+                return Err(Status::invalid_argument("ttl_secs is 0"));
+            }
+            let member = crate::backend::call_member(&r.call_id, &r.from_tag);
+            let admission = self
+                .backend
+                .acquire_call(
+                    &member,
+                    &r.limits,
+                    r.ttl_secs.min(MAX_CALL_TTL_SECS),
+                    sip_registrar::unix_now_ms(),
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(match admission {
+                crate::backend::Admission::Granted => pb::AcquireCallReply {
+                    granted: true,
+                    ..Default::default()
+                },
+                crate::backend::Admission::Refused { key, by } => pb::AcquireCallReply {
+                    granted: false,
+                    refused_key: key,
+                    refused_by: by.to_owned(),
+                },
+            })
+        })
+        .await
+    }
+
+    async fn refresh_call(
+        &self,
+        request: Request<pb::RefreshCallRequest>,
+    ) -> Result<Response<pb::RefreshCallReply>, Status> {
+        self.edges_only("RefreshCall")?;
+        observed(&self.metrics, "RefreshCall", async {
+            let r = request.get_ref();
+            call_fields(&r.call_id, &r.from_tag)?;
+            if r.ttl_secs == 0 {
+                return Err(Status::invalid_argument("ttl_secs is 0"));
+            }
+            let found = self
+                .backend
+                .refresh_call(
+                    &crate::backend::call_member(&r.call_id, &r.from_tag),
+                    r.ttl_secs.min(MAX_CALL_TTL_SECS),
+                    sip_registrar::unix_now_ms(),
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::RefreshCallReply { found })
+        })
+        .await
+    }
+
+    async fn release_call(
+        &self,
+        request: Request<pb::ReleaseCallRequest>,
+    ) -> Result<Response<pb::ReleaseCallReply>, Status> {
+        self.edges_only("ReleaseCall")?;
+        observed(&self.metrics, "ReleaseCall", async {
+            let r = request.get_ref();
+            if r.tags.len() > 2 {
+                return Err(Status::invalid_argument("at most 2 tags"));
+            }
+            let mut members = Vec::with_capacity(r.tags.len());
+            for t in &r.tags {
+                call_fields(&r.call_id, t)?;
+                members.push(crate::backend::call_member(&r.call_id, t));
+            }
+            let released = self
+                .backend
+                .release_call(&members, sip_registrar::unix_now_ms())
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::ReleaseCallReply { released })
+        })
+        .await
+    }
+
     async fn use_nonce(
         &self,
         request: Request<pb::UseNonceRequest>,
@@ -835,6 +956,9 @@ mod tests {
             "EndDialog",
             "GetDialog",
             "ReapDialogs",
+            "AcquireCall",
+            "RefreshCall",
+            "ReleaseCall",
         ] {
             assert_eq!(roles(m), [Edge], "{m}");
         }

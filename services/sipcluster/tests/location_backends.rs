@@ -651,6 +651,95 @@ async fn nonce_uses(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
     );
 }
 
+/// Call limits through two replicas `a` and `b` of one store (two location services,
+/// as two edges would reach them): all or nothing across keys, exact counts from either,
+/// release by either tag, refresh, expiry, per-second windows.
+async fn call_limits(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
+    use location::backend::{Admission, call_member};
+    ready(&*a).await;
+    ready(&*b).await;
+    let lim = |key: &str, calls: u32, cps: u32| pb::CallLimit {
+        key: key.into(),
+        max_calls: calls,
+        max_cps: cps,
+    };
+    let now = sip_registrar::unix_now_ms();
+    let alice = [lim("account:alice@x", 2, 0), lim("domain:x", 3, 0)];
+    let bob = [lim("account:bob@x", 5, 0), lim("domain:x", 3, 0)];
+    let m = |i: u32| call_member(&format!("call-{i}"), "caller");
+    assert_eq!(
+        a.acquire_call(&m(1), &alice, 60, now).await.unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(
+        b.acquire_call(&m(2), &alice, 60, now).await.unwrap(),
+        Admission::Granted
+    );
+    // Granted again: a retried admission takes no second slot.
+    assert_eq!(
+        a.acquire_call(&m(2), &alice, 60, now).await.unwrap(),
+        Admission::Granted
+    );
+    let full = Admission::Refused {
+        key: "account:alice@x".into(),
+        by: "calls",
+    };
+    assert_eq!(b.acquire_call(&m(3), &alice, 60, now).await.unwrap(), full);
+    // All or nothing: the refused call took no domain slot.
+    assert_eq!(
+        a.acquire_call(&m(4), &bob, 60, now).await.unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(
+        b.acquire_call(&m(5), &bob, 60, now).await.unwrap(),
+        Admission::Refused {
+            key: "domain:x".into(),
+            by: "calls"
+        }
+    );
+    // A BYE names the call by both tags, the caller's among them.
+    let by_bye = [call_member("call-1", "callee"), m(1)];
+    assert!(b.release_call(&by_bye, now).await.unwrap());
+    assert!(!a.release_call(&by_bye, now).await.unwrap(), "once");
+    assert_eq!(
+        a.acquire_call(&m(3), &alice, 60, now).await.unwrap(),
+        Admission::Granted
+    );
+    // Slots not refreshed lapse at their time-to-live; refreshed ones do not.
+    assert!(a.refresh_call(&m(3), 3600, now).await.unwrap());
+    assert!(!a.refresh_call(&m(99), 3600, now).await.unwrap());
+    let later = now + 61_000;
+    assert_eq!(
+        b.acquire_call(&m(6), &alice, 60, later).await.unwrap(),
+        Admission::Granted,
+        "call-2 lapsed, call-3 was refreshed"
+    );
+    assert_eq!(
+        b.acquire_call(&m(7), &alice, 60, later).await.unwrap(),
+        full
+    );
+    // Calls per second: a whole window's worth, from either replica, then none.
+    let cps = [lim("trunk:pstn", 0, 3)];
+    let w = (later / 1000 + 1) * 1000;
+    let mut granted = 0;
+    for i in 0..10 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        if r.acquire_call(&m(100 + i), &cps, 60, w + u64::from(i))
+            .await
+            .unwrap()
+            == Admission::Granted
+        {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 3);
+    assert_eq!(
+        a.acquire_call(&m(200), &cps, 60, w + 1000).await.unwrap(),
+        Admission::Granted,
+        "the next window"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conformance() {
     conformance(Arc::new(MemoryBackend::new(
@@ -669,7 +758,8 @@ async fn memory_backend_conformance() {
     )))
     .await;
     let m: Arc<dyn Backend> = Arc::new(MemoryBackend::new(policy(), sip_auth::MemoryStore::new()));
-    nonce_uses(m.clone(), m).await;
+    nonce_uses(m.clone(), m.clone()).await;
+    call_limits(m.clone(), m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,6 +774,11 @@ async fn redis_backend_conformance() {
         redis_backend(&r, "nonces_redis", policy()),
     )
     .await;
+    call_limits(
+        redis_backend(&r, "limits_redis", policy()),
+        redis_backend(&r, "limits_redis", policy()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,6 +791,12 @@ async fn redis_cluster_backend_conformance() {
     nonce_uses(
         redis_backend(&r, "nonces_cluster", policy()),
         redis_backend(&r, "nonces_cluster", policy()),
+    )
+    .await;
+    // Every key of a call's check in one hash slot: one script, one master.
+    call_limits(
+        redis_backend(&r, "limits_cluster", policy()),
+        redis_backend(&r, "limits_cluster", policy()),
     )
     .await;
 }

@@ -28,6 +28,7 @@ pub struct MemoryBackend {
     users: Mutex<sip_auth::MemoryStore>,
     dialogs: Mutex<HashMap<DialogKey, (pb::Dialog, Instant)>>,
     nonces: sip_auth::MemoryNonceUses,
+    slots: Mutex<super::SlotTable>,
     events: Events,
 }
 
@@ -44,6 +45,7 @@ impl MemoryBackend {
             users: Mutex::new(users),
             dialogs: Mutex::new(HashMap::default()),
             nonces: sip_auth::MemoryNonceUses::default(),
+            slots: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -312,6 +314,30 @@ impl Backend for MemoryBackend {
             Duration::from_secs(u64::from(ttl_secs)),
             Instant::now(),
         ))
+    }
+
+    async fn acquire_call(
+        &self,
+        member: &str,
+        limits: &[pb::CallLimit],
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<super::Admission, BackendError> {
+        let ttl_ms = u64::from(ttl_secs) * 1000;
+        Ok(lock(&self.slots).acquire(member, limits, ttl_ms, now_ms))
+    }
+
+    async fn refresh_call(
+        &self,
+        member: &str,
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<bool, BackendError> {
+        Ok(lock(&self.slots).refresh(member, u64::from(ttl_secs) * 1000, now_ms))
+    }
+
+    async fn release_call(&self, members: &[String], now_ms: u64) -> Result<bool, BackendError> {
+        Ok(lock(&self.slots).release(members, now_ms))
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {

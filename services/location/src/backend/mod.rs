@@ -197,6 +197,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// [`sip_auth::NonceUses`]). Atomic across every replica sharing the store.
     async fn use_nonce(&self, nonce: &str, nc: &str, ttl_secs: u32) -> Result<bool, BackendError>;
 
+    /// Admit the call `member` ([`call_member`]) against every limit in `limits` at once,
+    /// all or nothing, holding a slot under each key until `ttl_secs` after `now_ms`.
+    /// A member holding its slots already is granted again, changing nothing.
+    async fn acquire_call(
+        &self,
+        member: &str,
+        limits: &[pb::CallLimit],
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<Admission, BackendError>;
+
+    /// Extend the slots of `member` to `ttl_secs` from `now_ms`; false when it holds none.
+    async fn refresh_call(
+        &self,
+        member: &str,
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<bool, BackendError>;
+
+    /// Release the slots of whichever of `members` holds some; true when one did.
+    async fn release_call(&self, members: &[String], now_ms: u64) -> Result<bool, BackendError>;
+
     /// Counts (may be computed by a scan: call it from metrics, not per request).
     async fn counts(&self, now: u64) -> Result<Counts, BackendError>;
 
@@ -216,6 +238,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// interrupted): the watcher must resynchronise with lookups.
     async fn events(&self) -> broadcast::Receiver<Arc<pb::BindingEvent>>;
 }
+
+pub use location_client::limits::{Admission, SlotTable, call_member, cps_window};
 
 /// The marker telling watchers that events may have been lost.
 pub fn resync_marker() -> Arc<pb::BindingEvent> {

@@ -77,6 +77,71 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return existed
 ";
 
+/// Admit a call against several keys' limits, all or nothing (see `acquire_call`).
+/// KEYS[1] = the call's index; then N slot sets; then N per-second counters.
+/// ARGV[1] = member, ARGV[2] = now ms, ARGV[3] = ttl ms, then max_calls, max_cps per key.
+/// Returns {1, 0, ''} granted, or {0, i, 'calls'|'cps'} for the i-th key (1-based).
+const ACQUIRE_CALL: &str = r"
+local n = (#KEYS - 1) / 2
+local now = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, ''} end
+for i = 1, n do
+  local maxc = tonumber(ARGV[2 + 2 * i])
+  local maxr = tonumber(ARGV[3 + 2 * i])
+  if maxc > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1 + i], '-inf', now)
+    if redis.call('ZCARD', KEYS[1 + i]) >= maxc then return {0, i, 'calls'} end
+  end
+  if maxr > 0 then
+    local c = tonumber(redis.call('GET', KEYS[1 + n + i]) or '0')
+    if c >= maxr then return {0, i, 'cps'} end
+  end
+end
+local names = {}
+for i = 1, n do
+  local z = KEYS[1 + i]
+  redis.call('ZADD', z, now + ttl, ARGV[1])
+  if redis.call('PTTL', z) < ttl then redis.call('PEXPIRE', z, ttl) end
+  if tonumber(ARGV[3 + 2 * i]) > 0 then
+    redis.call('INCR', KEYS[1 + n + i])
+    redis.call('PEXPIRE', KEYS[1 + n + i], 2000)
+  end
+  names[i] = z
+end
+redis.call('SET', KEYS[1], table.concat(names, '\n'), 'PX', ttl)
+return {1, 0, ''}
+";
+
+/// Extend a call's slots: KEYS[1] = its index; ARGV[1] = member, ARGV[2] = now ms,
+/// ARGV[3] = ttl ms. Returns 1 when the call held slots. The slot sets are named in the
+/// index (all under the limits hash tag: one slot in a cluster).
+const REFRESH_CALL: &str = r"
+local keys = redis.call('GET', KEYS[1])
+if not keys then return 0 end
+local ttl = tonumber(ARGV[3])
+for z in string.gmatch(keys, '[^\n]+') do
+  redis.call('ZADD', z, 'XX', tonumber(ARGV[2]) + ttl, ARGV[1])
+  if redis.call('PTTL', z) < ttl then redis.call('PEXPIRE', z, ttl) end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+";
+
+/// Release the slots of the first of KEYS (call indexes) that exists; ARGV = the
+/// members, in the same order. Returns 1 when one did.
+const RELEASE_CALL: &str = r"
+for i = 1, #KEYS do
+  local keys = redis.call('GET', KEYS[i])
+  if keys then
+    for z in string.gmatch(keys, '[^\n]+') do redis.call('ZREM', z, ARGV[i]) end
+    redis.call('DEL', KEYS[i])
+    return 1
+  end
+end
+return 0
+";
+
 /// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '0' to
 /// create or update, '1' to update only an existing record, '2' to end one or '3' to
 /// mark one for ending (either only if not ended already: the first end stands), then
@@ -375,6 +440,9 @@ pub struct RedisBackend {
     cas: Script,
     put_user: Script,
     put_dialog: Script,
+    acquire_call: Script,
+    refresh_call: Script,
+    release_call: Script,
     events: Events,
     channel: String,
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -520,6 +588,9 @@ impl RedisBackend {
             cas: Script::new(CAS),
             put_user: Script::new(PUT_USER),
             put_dialog: Script::new(PUT_DIALOG),
+            acquire_call: Script::new(ACQUIRE_CALL),
+            refresh_call: Script::new(REFRESH_CALL),
+            release_call: Script::new(RELEASE_CALL),
             events,
             channel,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -600,6 +671,13 @@ impl RedisBackend {
 
     fn nonce_key(&self, nonce: &str, nc: &str) -> String {
         format!("{}:nc:{{{nonce}}}:{nc}", self.opts.prefix)
+    }
+
+    /// The call limits' keys: every one under one hash tag, so that a call's check of
+    /// its account, domain and trunk together is one script on one master (exact,
+    /// atomic). The cost: the limits of a whole cluster live on one master.
+    fn limit_key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{{lim}}:{kind}:{name}", self.opts.prefix)
     }
 
     fn dialog_key(&self, call_id: &str, from_tag: &str) -> String {
@@ -1590,6 +1668,78 @@ impl Backend for RedisBackend {
             .await
             .map_err(rerr)?;
         Ok(set.is_some())
+    }
+
+    async fn acquire_call(
+        &self,
+        member: &str,
+        limits: &[pb::CallLimit],
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<super::Admission, BackendError> {
+        let window = super::cps_window(now_ms);
+        let mut inv = self.acquire_call.key(self.limit_key("call", member));
+        for l in limits {
+            inv.key(self.limit_key("slots", &l.key));
+        }
+        for l in limits {
+            inv.key(self.limit_key("cps", &format!("{}:{window}", l.key)));
+        }
+        inv.arg(member)
+            .arg(now_ms)
+            .arg(u64::from(ttl_secs.max(1)) * 1000);
+        for l in limits {
+            inv.arg(l.max_calls).arg(l.max_cps);
+        }
+        let mut conn = self.conn()?;
+        let reply: (i64, usize, String) = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        Ok(match reply {
+            (1, ..) => super::Admission::Granted,
+            (0, i @ 1.., by) if i <= limits.len() => super::Admission::Refused {
+                key: limits[i - 1].key.clone(),
+                by: if by == "cps" { "cps" } else { "calls" },
+            },
+            other => {
+                return Err(BackendError::Redis(format!(
+                    "unexpected call admission reply {other:?}"
+                )));
+            }
+        })
+    }
+
+    async fn refresh_call(
+        &self,
+        member: &str,
+        ttl_secs: u32,
+        now_ms: u64,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn()?;
+        let found: i64 = self
+            .refresh_call
+            .key(self.limit_key("call", member))
+            .arg(member)
+            .arg(now_ms)
+            .arg(u64::from(ttl_secs.max(1)) * 1000)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(found == 1)
+    }
+
+    async fn release_call(&self, members: &[String], _now_ms: u64) -> Result<bool, BackendError> {
+        if members.is_empty() {
+            return Ok(false);
+        }
+        let mut inv = self.release_call.prepare_invoke();
+        for m in members {
+            inv.key(self.limit_key("call", m));
+        }
+        for m in members {
+            inv.arg(m);
+        }
+        let mut conn = self.conn()?;
+        let released: i64 = inv.invoke_async(&mut conn).await.map_err(rerr)?;
+        Ok(released == 1)
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {

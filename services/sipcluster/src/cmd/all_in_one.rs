@@ -224,6 +224,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             store: store.clone(),
             nonce_uses: store,
             dialogs: Arc::new(InProcessDialogs(backend.clone())),
+            // The whole cluster is this process: its limits are counted in memory.
+            limits: Arc::new(edge::limit::MemoryLimits::default()),
         },
         accounting::Destination::Jsonl,
     )
