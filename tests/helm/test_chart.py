@@ -11,6 +11,12 @@ current Kubernetes; then the checks that catch real mistakes:
   the Secret it mounts; a dispatcher started from the rendered pod serves the certificate,
   refuses a client without one (mutual TLS) and serves a renewed one that arrives the way
   the kubelet updates a Secret volume, without a restart;
+* SIP over WebSocket: ws: or wss: (which needs tls.*: a render failure otherwise), the
+  allowed origins, the port on the dispatcher's container, TCP Service and NetworkPolicy;
+  the rendered dispatcher of values-tls.yaml upgrades a wss: connection from an allowed
+  origin and refuses another origin;
+* call limits: callLimits reach the edges' `[call_limits]` (only when a limit is set),
+  a trunk no outbound rule routes to fails the render;
 * every container's flags, environment and ConfigMaps are accepted by the binary's own
   validation (`sipcluster check-config <service>` on the rendered files);
 * every probe port is the metrics port the service's resolved configuration listens on,
@@ -60,6 +66,7 @@ VALUE_SETS = {
     "edge-only": [ROOT / "tests/helm/values-edge-only.yaml"],
     "overrides": [ROOT / "tests/helm/values-overrides.yaml"],
     "tls": [ROOT / "tests/helm/values-tls.yaml"],
+    "websocket": [ROOT / "tests/helm/values-websocket.yaml"],
 }
 # What the Downward API gives a pod, for the checks that run the binary outside one.
 FIELD_VALUES = {
@@ -201,6 +208,34 @@ def schema_checks() -> None:
         ({"tls": {"enable": True}}, "enable"),
         ({"edge": {"trustedPeers": ["tls:"]}}, "/edge/trustedPeers"),
         ({"edge": {"trustedPeers": ["trunk.example.net"]}}, "/edge/trustedPeers"),
+        ({"websocket": {"port": 0}}, "/websocket/port"),
+        ({"websocket": {"tlsPort": "8443"}}, "/websocket/tlsPort"),
+        ({"websocket": {"tlsPort": 65536}}, "/websocket/tlsPort"),
+        ({"websocket": {"secure": "yes"}}, "/websocket/secure"),
+        ({"websocket": {"enabled": "true"}}, "/websocket/enabled"),
+        ({"websocket": {"allowedOrigins": "https://phones.example.com"}}, "/websocket/allowedOrigins"),
+        # Browsers send no path and no trailing slash: such an origin never matches.
+        ({"websocket": {"allowedOrigins": ["https://phones.example.com/"]}}, "/websocket/allowedOrigins/0"),
+        ({"websocket": {"allowedOrigins": ["phones.example.com"]}}, "/websocket/allowedOrigins/0"),
+        ({"websocket": {"allowedOrigins": ["https://a.example.com,https://b.example.com"]}}, "/websocket/allowedOrigins/0"),
+        ({"websocket": {"origins": []}}, "origins"),
+        ({"callLimits": {"refuseCode": 401}}, "/callLimits/refuseCode"),
+        ({"callLimits": {"refuseCode": 407}}, "/callLimits/refuseCode"),
+        ({"callLimits": {"refuseCode": 399}}, "/callLimits/refuseCode"),
+        ({"callLimits": {"refuseCode": 700}}, "/callLimits/refuseCode"),
+        ({"callLimits": {"refuseCode": "486"}}, "/callLimits/refuseCode"),
+        ({"callLimits": {"setupTtlSecs": 0}}, "/callLimits/setupTtlSecs"),
+        ({"callLimits": {"account": {"calls": -1}}}, "/callLimits/account/calls"),
+        ({"callLimits": {"domain": {"cps": 1.5}}}, "/callLimits/domain/cps"),
+        ({"callLimits": {"account": {"max": 2}}}, "max"),
+        ({"callLimits": {"accounts": {"alice@example.com": {"calls": "2"}}}}, "/callLimits/accounts/alice@example.com/calls"),
+        ({"callLimits": {"trunks": {"pstn": {"calls": 30, "burst": 5}}}}, "burst"),
+        ({"callLimits": {"trunks": {"pstn": 30}}}, "/callLimits/trunks/pstn"),
+        # The edges look accounts and domains up in lower case: a capital never matches.
+        ({"callLimits": {"accounts": {"Alice@example.com": {"calls": 2}}}}, "/callLimits/accounts"),
+        ({"callLimits": {"accounts": {"alice": {"calls": 2}}}}, "/callLimits/accounts"),
+        ({"callLimits": {"domains": {"Example.com": {"calls": 2}}}}, "/callLimits/domains"),
+        ({"callLimits": {"limits": {}}}, "limits"),
     ]
     for vals, where in wrong:
         try:
@@ -223,6 +258,16 @@ def schema_checks() -> None:
         ({"tls": {"enabled": True, "existingSecret": "sip-tls"}, "dispatcher": {"enabled": False}}, "dispatcher.enabled"),
         ({"dispatcher": {"sets": [{"name": "c", "targets": [{"address": "192.0.2.1:5061", "transport": "tls"}]}]}},
          "tls.enabled"),
+        # wss: uses the TLS certificate (secure is the default).
+        ({"websocket": {"enabled": True}}, "websocket.secure"),
+        ({"websocket": {"enabled": True, "secure": True}}, "tls.enabled"),
+        ({"websocket": {"enabled": True, "secure": False}, "dispatcher": {"enabled": False}}, "dispatcher.enabled"),
+        ({"websocket": {"enabled": True, "secure": False, "port": 9092}}, "websocket.port"),
+        ({"websocket": {"enabled": True, "tlsPort": 5061}, "tls": {"enabled": True, "existingSecret": "sip-tls"}},
+         "websocket.tlsPort"),
+        ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}}, "callLimits.trunks.pstn"),
+        ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}, "edge": {"outboundRules": [{"prefix": "+", "set": "carrier"}]}},
+         "callLimits.trunks.pstn"),
     ]:
         try:
             render(vals)
@@ -365,6 +410,82 @@ def tls_checks(rendered: dict[str, list[dict]]) -> None:
           and not [d for d in docs if d["kind"] == "Certificate"], "defaults: no TLS anywhere")
     print("    tls: environment, whole read-only Secret mounts, container/Service/NetworkPolicy port (existingSecret); "
           "cert-manager Certificate writing the mounted Secret (production); none by default", flush=True)
+
+
+def websocket_checks(rendered: dict[str, list[dict]]) -> None:
+    """SIP over WebSocket: wss: with the TLS certificate (values-tls.yaml), plain ws: on
+    port 80 (values-websocket.yaml); the listener, the origins, the port on the container,
+    the TCP Service and the NetworkPolicy; nothing of it by default."""
+    for name, port_name, port, env_want in (
+        ("tls", "sip-wss", 8443, {"SIPCLUSTER_WSS_LISTEN": "0.0.0.0:8443",
+                                  "SIPCLUSTER_WS_ALLOWED_ORIGINS": "https://phones.example.com"}),
+        ("websocket", "sip-ws", 80, {"SIPCLUSTER_WS_LISTEN": "0.0.0.0:80",
+                                     "SIPCLUSTER_WS_ALLOWED_ORIGINS": "https://phones.example.com,https://app.example.com:8443"}),
+    ):
+        docs = rendered[name]
+        c = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]
+               if e["name"].startswith(("SIPCLUSTER_WS_", "SIPCLUSTER_WSS_"))}
+        check(env == env_want, f"{name}: the dispatcher's WebSocket environment {env}, expected {env_want}")
+        ports = {p["name"]: p for p in c["ports"]}
+        check(ports.get(port_name) == {"name": port_name, "containerPort": port, "protocol": "TCP"},
+              f"{name}: container port {port_name} {port}/TCP: {c['ports']}")
+        check(not (({"sip-ws", "sip-wss"} - {port_name}) & set(ports)), f"{name}: one WebSocket port only: {c['ports']}")
+        tcp = by_kind_name(docs, "Service", "sc-sipcluster-dispatcher-tcp")["spec"]["ports"]
+        udp = by_kind_name(docs, "Service", "sc-sipcluster-dispatcher-udp")["spec"]["ports"]
+        check({"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"} in tcp,
+              f"{name}: port {port} on the TCP Service: {tcp}")
+        check(all(p["protocol"] == "UDP" for p in udp), f"{name}: the UDP Service stays UDP only: {udp}")
+        np = by_kind_name(docs, "NetworkPolicy", "sc-sipcluster-dispatcher")["spec"]["ingress"]
+        open_ports = [p for rule in np if "from" not in rule for p in rule["ports"]]
+        check({"port": port, "protocol": "TCP"} in open_ports,
+              f"{name}: {port}/TCP open to anyone in the NetworkPolicy: {np}")
+    sc = by_kind_name(rendered["websocket"], "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+    check(sc["securityContext"].get("capabilities", {}).get("add") == ["NET_BIND_SERVICE"],
+          f"websocket: port 80 adds NET_BIND_SERVICE: {sc['securityContext']}")
+    mixed = render({"websocket": {"enabled": True, "secure": False}, "dispatcher": {"service": {"mixedProtocol": True}}})
+    sip = by_kind_name(mixed, "Service", "sc-sipcluster-dispatcher-sip")["spec"]["ports"]
+    check(sorted((p["port"], p["protocol"]) for p in sip) == [(5060, "TCP"), (5060, "UDP"), (8080, "TCP")],
+          f"websocket: the mixed Service carries 8080/TCP too: {sip}")
+    c = by_kind_name(mixed, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+    check(not [e for e in c["env"] if e["name"] == "SIPCLUSTER_WS_ALLOWED_ORIGINS"],
+          f"websocket: no allowedOrigins, no origins variable (any origin): {c['env']}")
+    for name in ("defaults", "production"):
+        docs = rendered[name]
+        c = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")["spec"]["template"]["spec"]["containers"][0]
+        check(not [e for e in c["env"] if e["name"].startswith(("SIPCLUSTER_WS_", "SIPCLUSTER_WSS_"))]
+              and not {"sip-ws", "sip-wss"} & {p["name"] for p in c["ports"]}, f"{name}: no WebSocket")
+    print("    websocket: wss: (values-tls) and ws: on 80 (values-websocket): environment, origins, "
+          "container/Service/NetworkPolicy port; none by default", flush=True)
+
+
+def call_limits_checks(rendered: dict[str, list[dict]]) -> None:
+    """callLimits (values-websocket.yaml) are the edges' [call_limits], snake_case, every
+    limit whole; no section when no limit is set; edge.config still wins."""
+    import tomllib
+    edge = tomllib.loads(by_kind_name(rendered["websocket"], "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+    want = {
+        "refuse_code": 403,
+        "setup_ttl_secs": 240,
+        "account": {"calls": 4, "cps": 2},
+        "domain": {"calls": 500, "cps": 0},
+        "accounts": {"alice@example.com": {"calls": 2, "cps": 1}, "pbx@example.com": {"calls": 0, "cps": 0}},
+        "domains": {"example.com": {"calls": 100, "cps": 10}},
+        "trunks": {"pstn": {"calls": 30, "cps": 5}},
+    }
+    check(edge.get("call_limits") == want, f"websocket: the edges' call_limits {edge.get('call_limits')}, expected {want}")
+    for name in ("defaults", "tls", "production"):
+        edge = tomllib.loads(by_kind_name(rendered[name], "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+        check("call_limits" not in edge, f"{name}: no call_limits without a limit: {edge.get('call_limits')}")
+    # One limit alone renders the section with the defaults; edge.config is merged over it.
+    docs = render({"callLimits": {"domains": {"example.com": {"cps": 10}}},
+                   "edge": {"config": {"call_limits": {"refuse_code": 503}}}})
+    edge = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+    want = {"refuse_code": 503, "setup_ttl_secs": 200, "account": {"calls": 0, "cps": 0},
+            "domain": {"calls": 0, "cps": 0}, "domains": {"example.com": {"calls": 0, "cps": 10}}}
+    check(edge.get("call_limits") == want, f"one domain's limit, edge.config over it: {edge.get('call_limits')}, expected {want}")
+    print("    call limits: every callLimits key in the edges' [call_limits] (values-websocket), "
+          "none without a limit, edge.config over them", flush=True)
 
 
 # --- the binary's own validation of what the chart passes -------------------------------
@@ -638,6 +759,29 @@ def tls_handshake(port: int, pki: dict[str, Path], client_cert: bool) -> tuple[i
         return None, str(e)
 
 
+def wss_upgrade(port: int, pki: dict[str, Path], origin: str) -> str:
+    """The status line a browser's secure WebSocket upgrade (subprotocol sip, from
+    `origin`, presenting the trunk's certificate) gets from the dispatcher."""
+    ctx = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+    ctx.load_cert_chain(str(pki["trunk.crt"]), str(pki["trunk.key"]))
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname="sip.example.com") as t:
+                t.sendall(f"GET / HTTP/1.1\r\nHost: sip.example.com:{port}\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                          f"Sec-WebSocket-Protocol: sip\r\nOrigin: {origin}\r\n\r\n".encode())
+                head = b""
+                while b"\r\n" not in head:
+                    chunk = t.recv(256)
+                    if not chunk:
+                        break
+                    head += chunk
+                return head.split(b"\r\n", 1)[0].decode(errors="replace")
+    except (OSError, ssl.SSLError) as e:
+        return f"error: {e}"
+
+
 def serial_of(cert: Path) -> int:
     r = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-serial"], capture_output=True, text=True, check=True)
     return int(r.stdout.strip().split("=", 1)[1], 16)
@@ -647,7 +791,8 @@ def tls_served(binary: str, docs: list[dict], workdir: Path, pki: dict[str, Path
     """The dispatcher of values-tls.yaml, started from its rendered pod (listeners moved to
     loopback, its TLS Secret laid out as the kubelet does): it serves the Secret's
     certificate, refuses a client without a certificate (clientAuth required, CA from its
-    own Secret), and serves a renewed certificate once the Secret volume is updated."""
+    own Secret), and serves a renewed certificate once the Secret volume is updated; its
+    secure WebSocket listener upgrades a browser of the allowed origin, refuses another."""
     w = by_kind_name(docs, "Deployment", "sc-sipcluster-dispatcher")
     root = workdir / "run-tls-dispatcher"
     pod = Pod(docs, w, root, {})
@@ -657,9 +802,12 @@ def tls_served(binary: str, docs: list[dict], workdir: Path, pki: dict[str, Path
         (certs / f).unlink()
     kubelet_secret_dir(certs, {"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
                                "ca.crt": pki["ca.crt"].read_text()})
-    port = free_port()
+    port, wss_port = free_port(), free_port()
+    check(pod.env.get("SIPCLUSTER_WSS_LISTEN") == f"0.0.0.0:{pod.port('sip-wss')}",
+          f"tls: the dispatcher listens for wss: on its sip-wss port: {pod.env}")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root), **pod.env,
-           "SIPCLUSTER_TLS_LISTEN": f"127.0.0.1:{port}", "SIPCLUSTER_METRICS": f"127.0.0.1:{free_port()}"}
+           "SIPCLUSTER_TLS_LISTEN": f"127.0.0.1:{port}", "SIPCLUSTER_WSS_LISTEN": f"127.0.0.1:{wss_port}",
+           "SIPCLUSTER_METRICS": f"127.0.0.1:{free_port()}"}
     log_path = root / "dispatcher.log"
     proc = subprocess.Popen([binary, *pod.args(), "--discovery", "static", "--edges", "127.0.0.1:9"],
                             env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
@@ -678,6 +826,11 @@ def tls_served(binary: str, docs: list[dict], workdir: Path, pki: dict[str, Path
             return
         anonymous, refusal = tls_handshake(port, pki, client_cert=False)
         check(anonymous is None, "tls: clientAuth required, yet a client without a certificate was served")
+        allowed = wss_upgrade(wss_port, pki, "https://phones.example.com")
+        other = wss_upgrade(wss_port, pki, "https://evil.example.net")
+        check(allowed.startswith("HTTP/1.1 101"), f"tls: wss: from the allowed origin upgraded: {allowed!r}; "
+                                                  f"log:\n{log_path.read_text()[-2000:]}")
+        check(other.startswith("HTTP/1.1 403"), f"tls: wss: from another origin refused 403: {other!r}")
         kubelet_secret_dir(certs, {"tls.crt": pki["renewed.crt"].read_text(), "tls.key": pki["renewed.key"].read_text(),
                                    "ca.crt": pki["ca.crt"].read_text()})
         swapped = time.time()
@@ -690,10 +843,12 @@ def tls_served(binary: str, docs: list[dict], workdir: Path, pki: dict[str, Path
         check(served == renewed and proc.poll() is None,
               f"tls: the renewed certificate is served without a restart ({served} != {renewed}: {why}); "
               f"log:\n{log_path.read_text()[-2000:]}")
-        if served != renewed or anonymous is not None:
+        if (served != renewed or anonymous is not None or not allowed.startswith("HTTP/1.1 101")
+                or not other.startswith("HTTP/1.1 403")):
             return
         print(f"    tls: the rendered dispatcher served the Secret's certificate, refused a client without one "
-              f"({refusal}), and served the renewed one {time.time() - swapped:.1f} s after the "
+              f"({refusal}), upgraded wss: from the allowed origin ({allowed}) and refused another ({other}), "
+              f"and served the renewed one {time.time() - swapped:.1f} s after the "
               f"Secret volume changed (reloadSecs {reload_secs}), same process", flush=True)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -875,6 +1030,8 @@ def main() -> int:
         schema_checks()
         override_checks(rendered)
         tls_checks(rendered)
+        websocket_checks(rendered)
+        call_limits_checks(rendered)
         pki = make_pki(work)
         TLS_SECRET_FILES.update({"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
                                  "ca.crt": pki["ca.crt"].read_text()})
@@ -882,7 +1039,7 @@ def main() -> int:
         check_config(a.bin, rendered, work)
         print("  probe paths on running services", flush=True)
         probe_paths_served(a.bin, rendered["defaults"], work)
-        print("  SIP over TLS served from the rendered pod", flush=True)
+        print("  SIP over TLS and secure WebSocket served from the rendered pod", flush=True)
         tls_served(a.bin, rendered["tls"], work, pki)
         if a.kubeconfig:
             print("  a real kube-apiserver", flush=True)

@@ -264,3 +264,25 @@ Certificate (certManager) writes to the same name. */}}
 {{- default (printf "%s-dispatcher-tls" (include "sipcluster.fullname" .)) $t.existingSecret }}
 {{- end }}
 {{- end -}}
+
+{{/* SIP over WebSocket on the dispatchers (values: websocket): the TCP port they listen
+on (tlsPort for wss:, port for ws:), after checking the settings; empty when off. */}}
+{{- define "sipcluster.websocketPort" -}}
+{{- $w := .Values.websocket }}
+{{- if $w.enabled }}
+{{- if not .Values.dispatcher.enabled }}
+{{- fail "websocket.enabled: SIP over WebSocket is served by the dispatchers; it needs dispatcher.enabled" }}
+{{- end }}
+{{- if and $w.secure (not .Values.tls.enabled) }}
+{{- fail "websocket.secure: secure WebSocket (wss:) uses the dispatchers' TLS certificate: set tls.enabled (with tls.existingSecret or tls.certManager), or websocket.secure false for plain ws: behind a proxy that terminates TLS" }}
+{{- end }}
+{{- $key := ternary "websocket.tlsPort" "websocket.port" (not (not $w.secure)) }}
+{{- $port := int (ternary $w.tlsPort $w.port (not (not $w.secure))) }}
+{{- $taken := dict (toString (int .Values.sip.port)) "sip.port" (toString (int .Values.dispatcher.adminPort)) "dispatcher.adminPort" (toString (int .Values.dispatcher.metricsPort)) "dispatcher.metricsPort" }}
+{{- if .Values.tls.enabled }}{{ $_ := set $taken (toString (int .Values.tls.port)) "tls.port" }}{{ end }}
+{{- with index $taken (toString $port) }}
+{{- fail (printf "%s: %d is already the dispatchers' %s (TCP)" $key $port .) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+{{- end -}}
