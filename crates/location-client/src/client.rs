@@ -498,6 +498,47 @@ impl LocationClient {
         Ok(reply.released)
     }
 
+    /// Ban `subject` (`source:<ip>`, `user:<user@realm>`) across the cluster for `secs`
+    /// (`Ban`). Retried: a ban is idempotent.
+    pub async fn ban(&self, subject: &str, secs: u32) -> Result<(), ClientError> {
+        let msg = pb::BanRequest {
+            subject: subject.to_owned(),
+            secs,
+        };
+        self.with_retries("Ban", |mut g| {
+            let r = self.request(msg.clone());
+            async move { g.ban(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every ban in force (`ListBans`). Not retried: the edges ask again a moment later.
+    pub async fn list_bans(&self) -> Result<Vec<pb::BanEvent>, ClientError> {
+        let reply = self
+            .with_retries_up_to(0, "ListBans", |mut g| {
+                let r = self.request(pb::ListBansRequest {});
+                async move { g.list_bans(r).await }
+            })
+            .await?;
+        Ok(reply.bans)
+    }
+
+    /// Count one failed login across the cluster (`CountFailure`): the bans it starts.
+    /// Not retried: a count that reached the service may have been recorded.
+    pub async fn count_failure(
+        &self,
+        req: pb::CountFailureRequest,
+    ) -> Result<Vec<pb::BanEvent>, ClientError> {
+        let reply = self
+            .with_retries_up_to(0, "CountFailure", |mut g| {
+                let r = self.request(req.clone());
+                async move { g.count_failure(r).await }
+            })
+            .await?;
+        Ok(reply.started)
+    }
+
     /// Create or update a dialog record (fields left empty keep their stored value); with
     /// `touch_only`, only an existing one (`None` when there is none). Retried: a put is
     /// idempotent.

@@ -35,6 +35,7 @@
 //!   then goes through each other's inbound queue, not a loopback socket.
 
 pub mod admission;
+pub mod blocklist;
 mod capture;
 mod limits;
 mod link;
@@ -59,6 +60,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use admission::AdmissionControl;
+pub use blocklist::Blocklist;
 pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
 pub use metrics::{ErrorLabel, TransportMetrics};
@@ -82,6 +84,8 @@ pub struct TransportConfig {
     pub wss: Vec<SocketAddr>,
     /// `Origin`s a WebSocket upgrade may come from; empty: any.
     pub ws_allowed_origins: Vec<String>,
+    /// Sources whose datagrams and connections are dropped on arrival (banned).
+    pub blocklist: Option<Arc<Blocklist>>,
     /// Parser caps for every inbound message.
     pub limits: Limits,
     /// A TCP connection with no inbound bytes for this long is closed.
@@ -114,6 +118,7 @@ impl Default for TransportConfig {
             ws: Vec::new(),
             wss: Vec::new(),
             ws_allowed_origins: Vec::new(),
+            blocklist: None,
             limits: Limits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
             tcp_message_timeout: Duration::from_secs(10),

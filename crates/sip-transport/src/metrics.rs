@@ -65,6 +65,8 @@ pub struct TransportMetrics {
     pub tcp_timeouts: Family<ReasonLabel, Counter>,
     /// `accept` failures on the TCP listeners (out of descriptors, mostly).
     pub accept_errors: Counter,
+    /// Datagrams and connections from a banned source, dropped on arrival.
+    pub blocked: Counter,
     /// The inbound TCP connection cap in force (configured, or lower to fit the
     /// process's descriptor limit).
     pub tcp_max_connections: Gauge,
@@ -158,6 +160,7 @@ impl Default for TransportMetrics {
             tcp_refused,
             tcp_timeouts,
             accept_errors: Counter::default(),
+            blocked: Counter::default(),
             tcp_max_connections: Gauge::default(),
             admission_depth: {
                 let g = Gauge::default();
@@ -303,6 +306,11 @@ impl TransportMetrics {
             "sip_transport_accept_errors",
             "Failed accepts on the TCP listeners (out of file descriptors, mostly); each backs off",
             self.accept_errors.clone(),
+        );
+        registry.register(
+            "sip_transport_blocked",
+            "Datagrams and connections from a banned source (a flood, failed logins; this edge's ban or the cluster's), dropped on arrival",
+            self.blocked.clone(),
         );
         registry.register(
             "sip_admission_depth",

@@ -61,6 +61,12 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, listener: TcpListener) {
 /// drops the connection, closing it at once, since holding it would spend the
 /// descriptor the cap is there to keep.
 pub(crate) fn admit(inner: &Inner, remote: SocketAddr) -> Option<Slot> {
+    if let Some(b) = &inner.config.blocklist
+        && b.blocked(remote.ip(), Instant::now())
+    {
+        inner.metrics.blocked.inc();
+        return None;
+    }
     match inner.conn_limits.acquire(remote.ip()) {
         Ok(slot) => Some(slot),
         Err(refusal) => {

@@ -356,6 +356,8 @@ pub async fn start_authenticated(
         // TLS and WebSocket face clients: the internal side (edges, inside the
         // cluster) has neither.
         tls: if public { cfg.tls.config() } else { None },
+        // Bans are the edges' (they see who failed to log in); the dispatcher relays.
+        blocklist: None,
         ws: if public {
             cfg.websocket.listen.clone()
         } else {

@@ -152,6 +152,11 @@ impl Audit {
                 secs = d.as_secs(),
                 "user locked after repeated failed logins: its logins are refused"
             ),
+            crate::guard::Lockout::Flood(ip, d) => tracing::warn!(
+                src = %ip,
+                secs = d.as_secs(),
+                "source banned for flooding: its requests are dropped on arrival, on every edge"
+            ),
         }
     }
 

@@ -89,6 +89,7 @@ pub(crate) async fn authenticate(
             } else {
                 String::new()
             };
+            crate::bans::count_failure(sh, sender.origin.addr.ip(), &who);
             for l in sh.guard.auth_failed(sender.origin.addr.ip(), &who, clock) {
                 sh.metrics
                     .lockouts

@@ -152,6 +152,22 @@ pub struct SecurityConfig {
     pub source_ban_secs: u64,
     /// How long a user stays locked, s.
     pub user_lock_secs: u64,
+    /// A source whose requests are dropped over its rate this many times within
+    /// `flood_window_secs` is flooding: it is banned for `flood_ban_secs`, on every edge
+    /// of the cluster (pike-like); 0 = never.
+    pub flood_drops: u32,
+    /// The window flood drops are counted in, s.
+    pub flood_window_secs: u64,
+    /// How long a flooding source stays banned, s.
+    pub flood_ban_secs: u64,
+    /// Sources never rate-limited, banned or locked out (`10.0.0.0/8`, `203.0.113.9`):
+    /// trunks and gateways that send a lot and must not be cut off, without being
+    /// trusted (they still authenticate unless also in `trusted_peers`, which are exempt
+    /// anyway). Bans the cluster learns for them are ignored.
+    pub allow_list: Vec<String>,
+    /// How often the cluster's bans are read from the location service, ms (a ban
+    /// started on one edge is in force on every edge within about this).
+    pub ban_sync_ms: u64,
 }
 
 impl Default for SecurityConfig {
@@ -170,6 +186,11 @@ impl Default for SecurityConfig {
             auth_failure_window_secs: 60,
             source_ban_secs: 300,
             user_lock_secs: 120,
+            flood_drops: 1000,
+            flood_window_secs: 10,
+            flood_ban_secs: 60,
+            allow_list: Vec::new(),
+            ban_sync_ms: 250,
         }
     }
 }
@@ -183,6 +204,14 @@ impl SecurityConfig {
         self.trusted_peers
             .iter()
             .filter(|c| !c.starts_with(TLS_PEER))
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
+    /// The allow-listed blocks (validated at start).
+    pub fn allowed(&self) -> Vec<dispatch_core::Cidr> {
+        self.allow_list
+            .iter()
             .filter_map(|c| c.parse().ok())
             .collect()
     }
@@ -820,6 +849,22 @@ impl EdgeConfig {
             }
         }
         self.tls.validate()?;
+        for c in &self.security.allow_list {
+            if let Err(e) = c.parse::<dispatch_core::Cidr>() {
+                return Err(bad("security.allow_list", e.to_string()));
+            }
+        }
+        if self.security.ban_sync_ms < 50 {
+            return Err(bad("security.ban_sync_ms", "at least 50"));
+        }
+        if self.security.flood_drops > 0
+            && (self.security.flood_window_secs == 0 || self.security.flood_ban_secs == 0)
+        {
+            return Err(bad(
+                "security.flood_window_secs",
+                "flood_window_secs and flood_ban_secs at least 1 while flood_drops is on",
+            ));
+        }
         let cl = &self.call_limits;
         if !(400..=699).contains(&cl.refuse_code) || matches!(cl.refuse_code, 401 | 407) {
             return Err(bad(
@@ -978,6 +1023,8 @@ impl EdgeConfig {
             ws: Vec::new(),
             wss: Vec::new(),
             ws_allowed_origins: Vec::new(),
+            // The edge's runner puts its guard's blocklist here.
+            blocklist: None,
             limits: self.parser_limits(),
             tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
             tcp_message_timeout: Duration::from_secs(l.tcp_message_timeout_secs),

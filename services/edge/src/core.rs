@@ -347,13 +347,25 @@ impl Core {
         let [scanner, banned, rate_limited] = DROP_REASONS;
         let reason = if self.sh.deny.denies_message(msg) {
             scanner
-        } else if o.trusted {
+        } else if o.trusted || self.sh.guard.allowed(o.addr.ip()) {
             return false;
         } else {
             match self.sh.guard.admit(o.addr.ip(), now) {
                 crate::guard::Admit::Yes => return false,
                 crate::guard::Admit::Banned => banned,
                 crate::guard::Admit::RateLimited => rate_limited,
+                crate::guard::Admit::FloodBanned => {
+                    let l = self.sh.guard.flood_lockout(o.addr.ip());
+                    self.sh
+                        .metrics
+                        .lockouts
+                        .get_or_create(&ReasonLabel { reason: l.label() })
+                        .inc();
+                    self.sh.audit.lockout(&l);
+                    // Every other edge is told: the flooder is dropped everywhere.
+                    crate::bans::publish(&self.sh, &l);
+                    rate_limited
+                }
             }
         };
         self.sh

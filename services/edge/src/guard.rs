@@ -2,13 +2,20 @@
 //! limit (a token bucket per IP address, so one flooding source is shed before its
 //! requests cost a transaction), and the brute-force limits (failed logins per source and
 //! per user within a window; past the limit the source is banned, or the user locked,
-//! for a while). In memory on each edge: the cluster-wide version lives in the location
-//! service later. Every table is bounded, so a flood of distinct sources cannot grow it.
+//! for a while), and flood bans (a source shed over its rate too many times in a row is
+//! banned outright, pike-like). Every ban is mirrored into the transports' blocklist, so
+//! a banned source's datagrams are dropped before they are parsed. In a cluster the bans
+//! are shared through the location service (`crate::bans`): [`Guard::apply`] takes
+//! the ones other edges started. Every table is bounded, so a flood of distinct sources
+//! cannot grow it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sip_transport::Blocklist;
+use sip_transport::blocklist::source_key;
 
 use crate::config::SecurityConfig;
 
@@ -26,6 +33,8 @@ pub enum Admit {
     Banned,
     /// Over its request rate: drop without an answer.
     RateLimited,
+    /// Over its rate so often that it is flooding: banned from now (`flood_ban_secs`).
+    FloodBanned,
 }
 
 /// A ban or lock that has just started (for the log line).
@@ -35,18 +44,30 @@ pub enum Lockout {
     Source(IpAddr, Duration),
     /// The user (`user@realm`), for this long.
     User(String, Duration),
+    /// The source address, flooding, for this long.
+    Flood(IpAddr, Duration),
 }
 
 impl Lockout {
     /// Every [`label`](Lockout::label): the `reason` of `sip_lockouts`, what was banned.
-    pub const LABELS: [&'static str; 2] = ["source", "user"];
+    pub const LABELS: [&'static str; 3] = ["source", "user", "flood"];
 
-    /// The metric label: `source` or `user`.
+    /// The metric label: `source`, `user` or `flood`.
     pub fn label(&self) -> &'static str {
-        let [source, user] = Self::LABELS;
+        let [source, user, flood] = Self::LABELS;
         match self {
             Lockout::Source(..) => source,
             Lockout::User(..) => user,
+            Lockout::Flood(..) => flood,
+        }
+    }
+
+    /// The cluster's name for what is banned (`source:<ip>`, `user:<user@realm>`) and
+    /// for how long.
+    pub fn subject(&self) -> (String, Duration) {
+        match self {
+            Lockout::Source(ip, d) | Lockout::Flood(ip, d) => (format!("source:{ip}"), *d),
+            Lockout::User(u, d) => (format!("user:{u}"), *d),
         }
     }
 }
@@ -55,6 +76,9 @@ impl Lockout {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Requests dropped over the rate since `drops_since` (flood detection).
+    drops: u32,
+    drops_since: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,13 +106,29 @@ pub struct Guard {
     window: Duration,
     ban: Duration,
     lock: Duration,
+    flood_drops: u32,
+    flood_window: Duration,
+    flood_ban: Duration,
+    allowed: Vec<dispatch_core::Cidr>,
+    /// Where source bans are mirrored for the transports.
+    blocklist: Arc<Blocklist>,
     state: Mutex<State>,
 }
 
 impl Guard {
-    /// From the configuration.
+    /// From the configuration, with a blocklist of its own.
     pub fn new(cfg: &SecurityConfig) -> Guard {
+        Guard::with_blocklist(cfg, Arc::default())
+    }
+
+    /// From the configuration, mirroring source bans into `blocklist` (the transports').
+    pub fn with_blocklist(cfg: &SecurityConfig, blocklist: Arc<Blocklist>) -> Guard {
         Guard {
+            flood_drops: cfg.flood_drops,
+            flood_window: Duration::from_secs(cfg.flood_window_secs),
+            flood_ban: Duration::from_secs(cfg.flood_ban_secs),
+            allowed: cfg.allowed(),
+            blocklist,
             rate: f64::from(cfg.source_rate),
             burst: f64::from(cfg.source_burst.max(cfg.source_rate)),
             per_source: cfg.auth_failures_per_source,
@@ -132,16 +172,78 @@ impl Guard {
         let b = st.buckets.entry(ip).or_insert(Bucket {
             tokens: self.burst,
             at: now,
+            drops: 0,
+            drops_since: now,
         });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Admit::Yes
-        } else {
-            Admit::RateLimited
+            return Admit::Yes;
         }
+        if self.flood_drops == 0 {
+            return Admit::RateLimited;
+        }
+        if now.saturating_duration_since(b.drops_since) > self.flood_window {
+            b.drops = 0;
+            b.drops_since = now;
+        }
+        b.drops += 1;
+        if b.drops < self.flood_drops {
+            return Admit::RateLimited;
+        }
+        // Flooding: banned outright, its datagrams dropped before they are parsed.
+        b.drops = 0;
+        let until = now + self.flood_ban;
+        st.sources.insert(
+            ip,
+            Failures {
+                count: 0,
+                window_start: now,
+                until: Some(until),
+            },
+        );
+        drop(st);
+        self.blocklist.block(ip, until);
+        Admit::FloodBanned
+    }
+
+    /// The flood ban that just started for `ip` ([`Admit::FloodBanned`]).
+    pub fn flood_lockout(&self, ip: IpAddr) -> Lockout {
+        Lockout::Flood(source_key(ip), self.flood_ban)
+    }
+
+    /// Never limited, banned or locked out (`security.allow_list`).
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        dispatch_core::security::any_contains(&self.allowed, ip)
+    }
+
+    /// A ban the cluster knows of (`source:<ip>` or `user:<user@realm>`), in force until
+    /// `until`: applied here too. True when it is new or longer than the one in force
+    /// (for the log line); an allow-listed source's is ignored.
+    pub fn apply(&self, subject: &str, until: Instant, now: Instant) -> bool {
+        if until <= now {
+            return false;
+        }
+        if let Some(ip) = subject
+            .strip_prefix("source:")
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
+            if self.allowed(ip) {
+                return false;
+            }
+            self.blocklist.block(ip, until);
+            let mut st = self.state();
+            Self::sweep_if_full(&mut st.sources, now);
+            return extend(st.sources.entry(source_key(ip)), until, now);
+        }
+        if let Some(user) = subject.strip_prefix("user:") {
+            let mut st = self.state();
+            Self::sweep_if_full(&mut st.users, now);
+            return extend(st.users.entry(user.to_owned()), until, now);
+        }
+        false
     }
 
     /// Is this user (`user@realm`) locked for failed logins?
@@ -158,10 +260,11 @@ impl Guard {
         let ip = source_key(ip);
         let mut st = self.state();
         let mut out = Vec::new();
-        if self.per_source > 0 {
+        if self.per_source > 0 && !self.allowed(ip) {
             let (window, ban) = (self.window, self.ban);
             Self::sweep_if_full(&mut st.sources, now);
             if count(st.sources.entry(ip), now, window, self.per_source, ban) {
+                self.blocklist.block(ip, now + ban);
                 out.push(Lockout::Source(ip, ban));
             }
         }
@@ -207,16 +310,22 @@ impl Guard {
     }
 }
 
-/// The key a source is limited and banned by: its address, or for IPv6 its /64 (one
-/// host gets a whole /64, so single addresses would give it endless fresh sources).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
-        }
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+/// Ban `entry` until `until` unless a longer ban is in force; true when it changed.
+fn extend<K>(
+    entry: std::collections::hash_map::Entry<'_, K, Failures>,
+    until: Instant,
+    now: Instant,
+) -> bool {
+    let f = entry.or_insert(Failures {
+        count: 0,
+        window_start: now,
+        until: None,
+    });
+    if f.until.is_some_and(|u| u >= until) {
+        return false;
     }
+    f.until = Some(until);
+    true
 }
 
 /// Count one failure into `entry`; true when this one starts a ban.
@@ -353,6 +462,64 @@ mod tests {
             .count();
         assert_eq!(admitted, 20, "one bucket for the /64");
         assert_eq!(g.admit(ip("2001:db8:1:3::1"), t0), Admit::Yes);
+    }
+
+    #[test]
+    fn a_flooding_source_is_banned_on_arrival_and_the_ban_ends() {
+        let mut c = cfg();
+        c.flood_drops = 100;
+        c.flood_window_secs = 10;
+        c.flood_ban_secs = 5;
+        c.allow_list = vec!["192.0.2.200/32".into()];
+        let bl = Arc::new(Blocklist::default());
+        let g = Guard::with_blocklist(&c, bl.clone());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let verdicts: Vec<Admit> = (0..200).map(|_| g.admit(a, t0)).collect();
+        // The burst (20), 99 shed, the 100th shed starts the ban.
+        assert_eq!(verdicts.iter().filter(|v| **v == Admit::Yes).count(), 20);
+        assert_eq!(verdicts[119], Admit::FloodBanned);
+        assert!(verdicts[120..].iter().all(|v| *v == Admit::Banned));
+        assert!(bl.blocked(a, t0), "the transports drop it on arrival");
+        assert_eq!(
+            g.flood_lockout(a),
+            Lockout::Flood(a, Duration::from_secs(5))
+        );
+        assert_eq!(
+            g.flood_lockout(a).subject(),
+            ("source:192.0.2.1".into(), Duration::from_secs(5))
+        );
+        let after = t0 + Duration::from_secs(6);
+        assert!(!bl.blocked(a, after));
+        assert_eq!(g.admit(a, after), Admit::Yes);
+    }
+
+    #[test]
+    fn bans_from_the_cluster_apply_except_to_the_allow_list() {
+        let mut c = cfg();
+        c.allow_list = vec!["192.0.2.200/32".into()];
+        let bl = Arc::new(Blocklist::default());
+        let g = Guard::with_blocklist(&c, bl.clone());
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(30);
+        assert!(g.apply("source:192.0.2.9", until, t0));
+        assert!(!g.apply("source:192.0.2.9", until, t0), "not new");
+        assert_eq!(g.admit(ip("192.0.2.9"), t0), Admit::Banned);
+        assert!(bl.blocked(ip("192.0.2.9"), t0));
+        assert!(g.apply("user:bob@d", until, t0));
+        assert!(g.user_locked("bob@d", t0));
+        assert!(!g.apply("source:192.0.2.200", until, t0), "allow-listed");
+        assert!(!bl.blocked(ip("192.0.2.200"), t0));
+        assert!(g.allowed(ip("192.0.2.200")));
+        assert!(!g.apply("nonsense", until, t0));
+        assert!(!g.apply("source:192.0.2.9", t0, t0), "already over");
+        // Failed logins from an allow-listed source never ban it.
+        for i in 0..50 {
+            assert!(
+                g.auth_failed(ip("192.0.2.200"), &format!("u{i}@d"), t0)
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod ack;
 pub mod anchor;
 pub mod audit;
 pub mod authenticate;
+pub mod bans;
 pub mod config;
 pub mod core;
 pub mod decide;
@@ -236,6 +237,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             nonce_uses: Arc::new(MemoryNonceUses::default()),
             dialogs: Arc::new(dialogs::MemoryDialogs::default()),
             limits: Arc::new(limit::MemoryLimits::default()),
+            bans: None,
         },
         accounting::Destination::Off,
     )
@@ -269,7 +271,8 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             store: client.clone(),
             nonce_uses: client.clone(),
             dialogs: client.clone(),
-            limits: client,
+            limits: client.clone(),
+            bans: Some(client),
         },
         accounting::Destination::Off,
     )
@@ -304,13 +307,16 @@ pub async fn start_with(
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
     let mut tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
     tcfg.capture = hep.sink();
+    // The guard's bans are dropped by the transports on arrival.
+    let blocklist = Arc::new(sip_transport::Blocklist::default());
+    tcfg.blocklist = Some(blocklist.clone());
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
     let secret = match &cfg.auth.nonce_secret {
         Some(s) => s.clone(),
         None => random_hex(32)?,
     };
     let instance = random_hex(6)?;
-    let shared = Arc::new(shared::Shared::new(
+    let mut shared = shared::Shared::new(
         cfg,
         stores,
         Arc::new(transports.clone()),
@@ -319,7 +325,9 @@ pub async fn start_with(
         secret,
         instance.clone(),
         acc.clone(),
-    )?);
+    )?;
+    shared.guard = guard::Guard::with_blocklist(&shared.cfg.security, blocklist);
+    let shared = Arc::new(shared);
     let (cfg, local) = (&shared.cfg, &shared.local);
     let ready = Arc::new(AtomicBool::new(true));
     let mut tasks = tasks;
@@ -373,6 +381,8 @@ pub async fn start_with(
             }
         }));
     }
+    // The cluster's bans in force here, and the gauges of the bans.
+    tasks.push(tokio::spawn(bans::sync_loop(shared.clone())));
     if shared.accounting.is_some() {
         // Calls whose BYE never comes (or whose session timer lapses) end with a CDR.
         tasks.push(tokio::spawn(account::reap_loop(shared.clone())));

@@ -249,6 +249,10 @@ pub struct EdgeMetrics {
     pub dropped_requests: Family<ReasonLabel, Counter>,
     /// Bans started for failed logins: `source` (an address), `user` (an account).
     pub lockouts: Family<ReasonLabel, Counter>,
+    /// Sources banned here now (this edge's bans and the cluster's).
+    pub banned_sources: Gauge,
+    /// Users locked here now.
+    pub locked_users: Gauge,
     /// New calls refused over a call limit, by kind of key (`account`, `domain`,
     /// `trunk`) and limit (`calls`, `cps`).
     pub call_limit_refusals: Family<LimitLabel, Counter>,
@@ -348,6 +352,8 @@ impl Default for EdgeMetrics {
             dropped_requests: Family::default(),
             lockouts: Family::default(),
             call_limit_refusals: Family::default(),
+            banned_sources: Gauge::default(),
+            locked_users: Gauge::default(),
             call_limit_errors: Counter::default(),
             options_stateless: Counter::default(),
             transport: TransportMetrics::default(),
@@ -602,6 +608,16 @@ impl EdgeMetrics {
             "sip_lockouts",
             "Bans started for failed logins, by what was banned (source, user)",
             self.lockouts.clone(),
+        );
+        r.register(
+            "sip_banned_sources",
+            "Sources banned on this edge now (flood, failed logins; this edge's bans and the cluster's)",
+            self.banned_sources.clone(),
+        );
+        r.register(
+            "sip_locked_users",
+            "Users locked on this edge now (failed logins; this edge's locks and the cluster's)",
+            self.locked_users.clone(),
         );
         r.register(
             "sip_call_limit_refusals",

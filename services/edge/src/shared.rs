@@ -57,6 +57,8 @@ pub struct Shared {
     pub accounting: Option<Arc<accounting::Accounting>>,
     /// The cluster-wide call limits' counts, when `[call_limits]` sets any.
     pub limits: Option<Arc<dyn crate::limit::CallLimits>>,
+    /// The cluster's bans (none in the all-in-one and a standalone edge).
+    pub bans: Option<Arc<dyn crate::bans::ClusterBans>>,
 }
 
 /// The stores an edge works over: in memory in the all-in-one, the location service's
@@ -72,6 +74,8 @@ pub struct Stores {
     pub dialogs: Arc<dyn crate::dialogs::DialogStore>,
     /// Call-limit counts (used when `[call_limits]` sets any).
     pub limits: Arc<dyn crate::limit::CallLimits>,
+    /// The cluster's bans, in a cluster.
+    pub bans: Option<Arc<dyn crate::bans::ClusterBans>>,
 }
 
 impl Shared {
@@ -117,6 +121,7 @@ impl Shared {
             dialogs: stores.dialogs,
             accounting,
             limits: cfg.call_limits.any().then_some(stores.limits),
+            bans: stores.bans,
             cfg,
         })
     }

@@ -144,6 +144,7 @@ impl Harness {
                 nonce_uses: Arc::new(sip_auth::MemoryNonceUses::default()),
                 dialogs: Arc::new(edge::dialogs::MemoryDialogs::default()),
                 limits: Arc::new(edge::limit::MemoryLimits::default()),
+                bans: None,
             },
             Arc::new(NoConnections),
             (&[EDGE.parse().unwrap()], &[]),

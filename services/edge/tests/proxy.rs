@@ -73,6 +73,7 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
             nonce_uses: std::sync::Arc::new(sip_auth::MemoryNonceUses::default()),
             dialogs: std::sync::Arc::new(edge::dialogs::MemoryDialogs::default()),
             limits: std::sync::Arc::new(edge::limit::MemoryLimits::default()),
+            bans: None,
         },
         accounting::Destination::Off,
     )

@@ -60,6 +60,10 @@ pub static POLICY: Policy = Policy {
         ("/sipcluster.location.v1.Location/AcquireCall", EDGE),
         ("/sipcluster.location.v1.Location/RefreshCall", EDGE),
         ("/sipcluster.location.v1.Location/ReleaseCall", EDGE),
+        // Bans: started and read by the edges; operators read the list.
+        ("/sipcluster.location.v1.Location/Ban", EDGE),
+        ("/sipcluster.location.v1.Location/ListBans", EDGE_OR_ADMIN),
+        ("/sipcluster.location.v1.Location/CountFailure", EDGE),
         (HEALTH_CHECK, Access::Public),
         (HEALTH_WATCH, EDGE_OR_ADMIN),
     ],
@@ -69,7 +73,7 @@ pub use sip_registrar::unix_now;
 
 /// Every RPC counted in `grpc_calls` and timed in `grpc_call_duration_seconds` (the
 /// `method` each `observed` call names; WatchBindings, a stream, is not one).
-pub(crate) const METHODS: [&str; 20] = [
+pub(crate) const METHODS: [&str; 23] = [
     "Register",
     "RegisterBatch",
     "Lookup",
@@ -90,7 +94,29 @@ pub(crate) const METHODS: [&str; 20] = [
     "AcquireCall",
     "RefreshCall",
     "ReleaseCall",
+    "Ban",
+    "ListBans",
+    "CountFailure",
 ];
+
+/// The longest ban or lock taken, s.
+const MAX_BAN_SECS: u32 = 86_400;
+
+/// A ban's subject, checked: `source:<ip>` or `user:<user@realm>`, bounded.
+fn ban_subject(field: &str, s: &str) -> Result<(), Status> {
+    let ok = s.len() <= MAX_LIMIT_KEY_LEN
+        && (s
+            .strip_prefix("source:")
+            .is_some_and(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            || s.strip_prefix("user:").is_some_and(|u| !u.is_empty()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field}: source:<ip> or user:<user@realm>, at most {MAX_LIMIT_KEY_LEN} bytes"
+        )))
+    }
+}
 
 /// Limits one AcquireCall may check (an account, a domain, a trunk, with room).
 const MAX_CALL_LIMITS: usize = 16;
@@ -704,6 +730,69 @@ impl pb::location_server::Location for LocationService {
         .await
     }
 
+    async fn ban(
+        &self,
+        request: Request<pb::BanRequest>,
+    ) -> Result<Response<pb::BanReply>, Status> {
+        self.edges_only("Ban")?;
+        observed(&self.metrics, "Ban", async {
+            let r = request.get_ref();
+            ban_subject("subject", &r.subject)?;
+            if r.secs == 0 {
+                return Err(Status::invalid_argument("secs is 0"));
+            }
+            let until = sip_registrar::unix_now_ms() + u64::from(r.secs.min(MAX_BAN_SECS)) * 1000;
+            self.backend
+                .ban(&r.subject, until)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::BanReply {})
+        })
+        .await
+    }
+
+    async fn list_bans(
+        &self,
+        _request: Request<pb::ListBansRequest>,
+    ) -> Result<Response<pb::ListBansReply>, Status> {
+        observed(&self.metrics, "ListBans", async {
+            let bans = self
+                .backend
+                .list_bans(sip_registrar::unix_now_ms(), crate::backend::MAX_BANS)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::ListBansReply { bans })
+        })
+        .await
+    }
+
+    async fn count_failure(
+        &self,
+        request: Request<pb::CountFailureRequest>,
+    ) -> Result<Response<pb::CountFailureReply>, Status> {
+        self.edges_only("CountFailure")?;
+        observed(&self.metrics, "CountFailure", async {
+            let r = request.get_ref();
+            if !r.source.is_empty() {
+                ban_subject("source", &r.source)?;
+            }
+            if !r.user.is_empty() {
+                ban_subject("user", &r.user)?;
+            }
+            let mut r = r.clone();
+            r.window_secs = r.window_secs.clamp(1, MAX_BAN_SECS);
+            r.source_ban_secs = r.source_ban_secs.min(MAX_BAN_SECS);
+            r.user_lock_secs = r.user_lock_secs.min(MAX_BAN_SECS);
+            let started = self
+                .backend
+                .count_failure(&r, sip_registrar::unix_now_ms())
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(pb::CountFailureReply { started })
+        })
+        .await
+    }
+
     async fn use_nonce(
         &self,
         request: Request<pb::UseNonceRequest>,
@@ -959,6 +1048,8 @@ mod tests {
             "AcquireCall",
             "RefreshCall",
             "ReleaseCall",
+            "Ban",
+            "CountFailure",
         ] {
             assert_eq!(roles(m), [Edge], "{m}");
         }
@@ -972,7 +1063,13 @@ mod tests {
         ] {
             assert_eq!(roles(m), [Admin], "{m}");
         }
-        for m in ["Lookup", "RemoveBindings", "Stats", "WatchBindings"] {
+        for m in [
+            "Lookup",
+            "RemoveBindings",
+            "Stats",
+            "WatchBindings",
+            "ListBans",
+        ] {
             assert_eq!(roles(m), [Edge, Admin], "{m}");
         }
     }

@@ -740,6 +740,70 @@ async fn call_limits(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
     );
 }
 
+/// Bans through two replicas of one store: a ban from either is in the list of both,
+/// a longer one stays, they end; failed logins counted from both ban at the limit, once.
+async fn bans(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
+    ready(&*a).await;
+    ready(&*b).await;
+    let now = sip_registrar::unix_now_ms();
+    a.ban("source:192.0.2.1", now + 60_000).await.unwrap();
+    b.ban("source:192.0.2.1", now + 5_000).await.unwrap();
+    b.ban("user:bob@x", now + 10_000).await.unwrap();
+    let list = |l: Vec<pb::BanEvent>| {
+        let mut v: Vec<(String, u64)> = l.into_iter().map(|e| (e.subject, e.until_ms)).collect();
+        v.sort();
+        v
+    };
+    let want = vec![
+        ("source:192.0.2.1".to_owned(), now + 60_000),
+        ("user:bob@x".to_owned(), now + 10_000),
+    ];
+    assert_eq!(
+        list(a.list_bans(now, 100).await.unwrap()),
+        want,
+        "a longer ban stays"
+    );
+    assert_eq!(list(b.list_bans(now, 100).await.unwrap()), want);
+    assert_eq!(
+        list(a.list_bans(now + 10_000, 100).await.unwrap()),
+        vec![("source:192.0.2.1".to_owned(), now + 60_000)],
+        "bans end"
+    );
+    assert_eq!(b.list_bans(now, 1).await.unwrap().len(), 1, "bounded");
+    // Five failures spread over the two replicas: the fifth bans, the sixth does not
+    // start another.
+    let r = pb::CountFailureRequest {
+        source: "source:198.51.100.7".into(),
+        user: "user:carol@x".into(),
+        window_secs: 60,
+        per_source: 5,
+        per_user: 3,
+        source_ban_secs: 30,
+        user_lock_secs: 20,
+    };
+    let mut started = Vec::new();
+    for i in 0..6 {
+        let at = now + i;
+        let s = if i % 2 == 0 { &a } else { &b };
+        for e in s.count_failure(&r, at).await.unwrap() {
+            started.push((i, e.subject));
+        }
+    }
+    assert_eq!(
+        started,
+        vec![
+            (2, "user:carol@x".to_owned()),
+            (4, "source:198.51.100.7".to_owned())
+        ]
+    );
+    let l = list(a.list_bans(now + 10, 100).await.unwrap());
+    assert!(
+        l.iter()
+            .any(|(s, u)| s == "source:198.51.100.7" && *u == now + 4 + 30_000),
+        "{l:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conformance() {
     conformance(Arc::new(MemoryBackend::new(
@@ -759,7 +823,8 @@ async fn memory_backend_conformance() {
     .await;
     let m: Arc<dyn Backend> = Arc::new(MemoryBackend::new(policy(), sip_auth::MemoryStore::new()));
     nonce_uses(m.clone(), m.clone()).await;
-    call_limits(m.clone(), m).await;
+    call_limits(m.clone(), m.clone()).await;
+    bans(m.clone(), m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,6 +842,11 @@ async fn redis_backend_conformance() {
     call_limits(
         redis_backend(&r, "limits_redis", policy()),
         redis_backend(&r, "limits_redis", policy()),
+    )
+    .await;
+    bans(
+        redis_backend(&r, "bans_redis", policy()),
+        redis_backend(&r, "bans_redis", policy()),
     )
     .await;
 }
@@ -797,6 +867,11 @@ async fn redis_cluster_backend_conformance() {
     call_limits(
         redis_backend(&r, "limits_cluster", policy()),
         redis_backend(&r, "limits_cluster", policy()),
+    )
+    .await;
+    bans(
+        redis_backend(&r, "bans_cluster", policy()),
+        redis_backend(&r, "bans_cluster", policy()),
     )
     .await;
 }

@@ -646,9 +646,20 @@ fn keepalive_floods_hold_no_transactions_and_a_flooding_source_is_shed() {
         "answered without a transaction: {stateless}"
     );
     assert!(shed >= 1.0, "the flooding source was shed: {shed}");
-    // Each keepalive answered or shed (a few may be lost by the kernel on loopback; the
-    // dispatcher's health probes are answered statelessly too).
-    assert!(stateless + shed >= 2950.0, "{stateless} + {shed}");
+    // 1,000 shed in a row make it a flood (`flood_drops`): banned, the rest dropped (the
+    // all-in-one's edge drops them as banned; the dispatcher in front relays them).
+    let blocked = aio.metric("sipcluster_sip_dropped_requests_total{reason=\"banned\"}")
+        + aio.metric("sipcluster_sip_transport_blocked_total");
+    assert_eq!(
+        aio.metric("sipcluster_sip_lockouts_total{reason=\"flood\"}"),
+        1.0
+    );
+    // Each keepalive answered, shed or blocked (a few may be lost by the kernel on
+    // loopback; the dispatcher's health probes are answered statelessly too).
+    assert!(
+        stateless + shed + blocked >= 2950.0,
+        "{stateless} + {shed} + {blocked}"
+    );
     // Keepalives hold no server transaction (was one for 32 s each).
     let m = aio.scrape();
     assert!(

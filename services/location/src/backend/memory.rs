@@ -29,6 +29,10 @@ pub struct MemoryBackend {
     dialogs: Mutex<HashMap<DialogKey, (pb::Dialog, Instant)>>,
     nonces: sip_auth::MemoryNonceUses,
     slots: Mutex<super::SlotTable>,
+    /// Bans in force: subject → until (Unix ms).
+    bans: Mutex<HashMap<String, u64>>,
+    /// Failed logins: subject → (count, end of its window in Unix ms).
+    failures: Mutex<HashMap<String, (u32, u64)>>,
     events: Events,
 }
 
@@ -46,6 +50,8 @@ impl MemoryBackend {
             dialogs: Mutex::new(HashMap::default()),
             nonces: sip_auth::MemoryNonceUses::default(),
             slots: Mutex::default(),
+            bans: Mutex::default(),
+            failures: Mutex::default(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -338,6 +344,75 @@ impl Backend for MemoryBackend {
 
     async fn release_call(&self, members: &[String], now_ms: u64) -> Result<bool, BackendError> {
         Ok(lock(&self.slots).release(members, now_ms))
+    }
+
+    async fn ban(&self, subject: &str, until_ms: u64) -> Result<(), BackendError> {
+        let mut bans = lock(&self.bans);
+        if bans.len() >= super::MAX_BANS && !bans.contains_key(subject) {
+            let now = unix_now_ms();
+            bans.retain(|_, u| *u > now);
+        }
+        let e = bans.entry(subject.to_owned()).or_insert(until_ms);
+        *e = (*e).max(until_ms);
+        Ok(())
+    }
+
+    async fn list_bans(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::BanEvent>, BackendError> {
+        let mut bans = lock(&self.bans);
+        bans.retain(|_, u| *u > now_ms);
+        let mut out: Vec<pb::BanEvent> = bans
+            .iter()
+            .map(|(s, u)| pb::BanEvent {
+                subject: s.clone(),
+                until_ms: *u,
+            })
+            .collect();
+        // The longest-lasting first when cut.
+        out.sort_by_key(|b| std::cmp::Reverse(b.until_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn count_failure(
+        &self,
+        r: &pb::CountFailureRequest,
+        now_ms: u64,
+    ) -> Result<Vec<pb::BanEvent>, BackendError> {
+        let window_ms = u64::from(r.window_secs.max(1)) * 1000;
+        let mut started = Vec::new();
+        for (subject, limit, secs) in [
+            (&r.source, r.per_source, r.source_ban_secs),
+            (&r.user, r.per_user, r.user_lock_secs),
+        ] {
+            if subject.is_empty() || limit == 0 {
+                continue;
+            }
+            let count = {
+                let mut f = lock(&self.failures);
+                if f.len() >= super::MAX_BANS {
+                    f.retain(|_, (_, end)| *end > now_ms);
+                }
+                let e = f.entry(subject.clone()).or_insert((0, now_ms + window_ms));
+                if e.1 <= now_ms {
+                    *e = (0, now_ms + window_ms);
+                }
+                e.0 += 1;
+                e.0
+            };
+            if count == limit {
+                let until_ms = now_ms + u64::from(secs) * 1000;
+                self.ban(subject, until_ms).await?;
+                started.push(pb::BanEvent {
+                    subject: subject.clone(),
+                    until_ms,
+                });
+            }
+        }
+        Ok(started)
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {

@@ -219,6 +219,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Release the slots of whichever of `members` holds some; true when one did.
     async fn release_call(&self, members: &[String], now_ms: u64) -> Result<bool, BackendError>;
 
+    /// Ban `subject` until `until_ms` (a longer ban in force stays).
+    async fn ban(&self, subject: &str, until_ms: u64) -> Result<(), BackendError>;
+
+    /// The bans in force at `now_ms` (at most `limit`).
+    async fn list_bans(&self, now_ms: u64, limit: usize)
+    -> Result<Vec<pb::BanEvent>, BackendError>;
+
+    /// Count one failure for each non-empty subject within its window; a count reaching
+    /// its limit (exactly: once per window) bans the subject. The bans started.
+    async fn count_failure(
+        &self,
+        r: &pb::CountFailureRequest,
+        now_ms: u64,
+    ) -> Result<Vec<pb::BanEvent>, BackendError>;
+
     /// Counts (may be computed by a scan: call it from metrics, not per request).
     async fn counts(&self, now: u64) -> Result<Counts, BackendError>;
 
@@ -278,6 +293,9 @@ pub fn removal_event(aor: &Aor, left: &[Binding], removed: u32, now: u64) -> pb:
 }
 
 pub use location_client::{TERMINATED, merge_dialog, reaped_reason};
+
+/// Bans (and failure counters) held at most in memory, and listed at most.
+pub const MAX_BANS: usize = 10_000;
 
 /// How long a dialog record stays readable past its reaping deadline: the edges reap every
 /// few seconds, so a record past it by this much had nobody to reap it.

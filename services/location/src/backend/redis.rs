@@ -142,6 +142,15 @@ end
 return 0
 ";
 
+/// Count one failed login: KEYS[1] = the subject's counter, ARGV[1] = the window, ms
+/// (set when the count starts, so the window runs from the first failure). Returns the
+/// count.
+const COUNT_FAILURE: &str = r"
+local c = redis.call('INCR', KEYS[1])
+if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return c
+";
+
 /// Merge fields into a dialog record and set its TTL; ARGV[1] = ttl, ARGV[2] = '0' to
 /// create or update, '1' to update only an existing record, '2' to end one or '3' to
 /// mark one for ending (either only if not ended already: the first end stands), then
@@ -443,6 +452,7 @@ pub struct RedisBackend {
     acquire_call: Script,
     refresh_call: Script,
     release_call: Script,
+    count_failure: Script,
     events: Events,
     channel: String,
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -591,6 +601,7 @@ impl RedisBackend {
             acquire_call: Script::new(ACQUIRE_CALL),
             refresh_call: Script::new(REFRESH_CALL),
             release_call: Script::new(RELEASE_CALL),
+            count_failure: Script::new(COUNT_FAILURE),
             events,
             channel,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -678,6 +689,11 @@ impl RedisBackend {
     /// atomic). The cost: the limits of a whole cluster live on one master.
     fn limit_key(&self, kind: &str, name: &str) -> String {
         format!("{}:{{lim}}:{kind}:{name}", self.opts.prefix)
+    }
+
+    /// The bans in force: one sorted set, subjects scored by when they end.
+    fn bans_key(&self) -> String {
+        format!("{}:bans", self.opts.prefix)
     }
 
     fn dialog_key(&self, call_id: &str, from_tag: &str) -> String {
@@ -1740,6 +1756,103 @@ impl Backend for RedisBackend {
         let mut conn = self.conn()?;
         let released: i64 = inv.invoke_async(&mut conn).await.map_err(rerr)?;
         Ok(released == 1)
+    }
+
+    async fn ban(&self, subject: &str, until_ms: u64) -> Result<(), BackendError> {
+        let mut conn = self.conn()?;
+        let key = self.bans_key();
+        // GT: a longer ban in force stays. Past the cap the soonest-ending go.
+        let (_, n): (i64, i64) = redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg("GT")
+            .arg(until_ms)
+            .arg(subject)
+            .cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        let max = super::MAX_BANS as i64;
+        if n > max {
+            let _: i64 = redis::cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(n - max - 1)
+                .query_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+        }
+        Ok(())
+    }
+
+    async fn list_bans(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::BanEvent>, BackendError> {
+        let mut conn = self.conn()?;
+        let key = self.bans_key();
+        let (_, bans): (i64, Vec<(String, f64)>) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now_ms)
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg("+inf")
+            .arg(format!("({now_ms}"))
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr)?;
+        Ok(bans
+            .into_iter()
+            .map(|(subject, until)| pb::BanEvent {
+                subject,
+                until_ms: until as u64,
+            })
+            .collect())
+    }
+
+    async fn count_failure(
+        &self,
+        r: &pb::CountFailureRequest,
+        now_ms: u64,
+    ) -> Result<Vec<pb::BanEvent>, BackendError> {
+        let window_ms = u64::from(r.window_secs.max(1)) * 1000;
+        let mut started = Vec::new();
+        for (subject, limit, secs) in [
+            (&r.source, r.per_source, r.source_ban_secs),
+            (&r.user, r.per_user, r.user_lock_secs),
+        ] {
+            if subject.is_empty() || limit == 0 {
+                continue;
+            }
+            let mut conn = self.conn()?;
+            let count: u64 = self
+                .count_failure
+                .key(format!("{}:af:{{{subject}}}", self.opts.prefix))
+                .arg(window_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(rerr)?;
+            // Exactly at the limit: once per window, whichever edge counted it.
+            if count == u64::from(limit) {
+                let until_ms = now_ms + u64::from(secs) * 1000;
+                self.ban(subject, until_ms).await?;
+                started.push(pb::BanEvent {
+                    subject: subject.clone(),
+                    until_ms,
+                });
+            }
+        }
+        Ok(started)
     }
 
     async fn counts(&self, now: u64) -> Result<Counts, BackendError> {

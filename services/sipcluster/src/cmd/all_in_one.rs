@@ -226,6 +226,8 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             dialogs: Arc::new(InProcessDialogs(backend.clone())),
             // The whole cluster is this process: its limits are counted in memory.
             limits: Arc::new(edge::limit::MemoryLimits::default()),
+            // One process: its guard's bans are all the cluster's.
+            bans: None,
         },
         accounting::Destination::Jsonl,
     )
