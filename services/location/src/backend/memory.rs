@@ -384,13 +384,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<pb::BanEvent>, BackendError> {
         let window_ms = u64::from(r.window_secs.max(1)) * 1000;
         let mut started = Vec::new();
-        for (subject, limit, secs) in [
-            (&r.source, r.per_source, r.source_ban_secs),
-            (&r.user, r.per_user, r.user_lock_secs),
-        ] {
-            if subject.is_empty() || limit == 0 {
-                continue;
-            }
+        for (subject, limit, secs) in super::failure_subjects(r) {
             let count = {
                 let mut f = lock(&self.failures);
                 if f.len() >= super::MAX_BANS {

@@ -294,6 +294,17 @@ pub fn removal_event(aor: &Aor, left: &[Binding], removed: u32, now: u64) -> pb:
 
 pub use location_client::{TERMINATED, merge_dialog, reaped_reason};
 
+/// What a failed login counts towards: (subject, limit, ban secs) for the source and the
+/// user that are named and have a limit.
+pub fn failure_subjects(r: &pb::CountFailureRequest) -> impl Iterator<Item = (&String, u32, u32)> {
+    [
+        (&r.source, r.per_source, r.source_ban_secs),
+        (&r.user, r.per_user, r.user_lock_secs),
+    ]
+    .into_iter()
+    .filter(|(subject, limit, _)| !subject.is_empty() && *limit > 0)
+}
+
 /// Bans (and failure counters) held at most in memory, and listed at most.
 pub const MAX_BANS: usize = 10_000;
 
