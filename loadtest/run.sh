@@ -25,7 +25,9 @@
 # LOAD_DISPATCH_RATES (calls/s steps of the dispatcher section),
 # LOAD_MEDIA_STREAMS (concurrent G.711 streams, steps of the media section),
 # LOAD_ONLY (a subset of "register call auth overload echo cluster dispatcher media accounting
-# hep tracing", default all), LOAD_HEP_RATES (calls/s steps of the hep section),
+# hep tracing transports", default all), LOAD_HEP_RATES (calls/s steps of the hep section),
+# LOAD_TRANSPORT_RATES (calls/s steps of the transports section), LOAD_TLS_CONNECTIONS
+# (connections held by the transports section, default 2000),
 # LOAD_TRACE_RATES (calls/s steps of the tracing section),
 # LOAD_FLOOD_RATES (REGISTER/s steps of the overload section's search for the peak),
 # LOAD_ECHO_RATE (REGISTER/s of the echo section, default 10000).
@@ -99,7 +101,7 @@ if [ "$QUICK" = 1 ]; then
   DISPATCH_RATES=${LOAD_DISPATCH_RATES:-"100"}
   MEDIA_STREAMS=${LOAD_MEDIA_STREAMS:-"100"}
 fi
-ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting hep tracing}
+ONLY=${LOAD_ONLY:-register call auth overload echo cluster dispatcher media accounting hep tracing transports}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 TICK=$(getconf CLK_TCK)
 DOMAIN=sipcluster.local
@@ -164,7 +166,7 @@ done
 printf '[[user]]\nusername = "callee"\nrealm = "%s"\npassword = "callee-pw"\n' "$DOMAIN" >>"$WORK/users.toml"
 
 echo "building the release binary"
-cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink
+cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink -p tls-conn >/dev/null 2>&1 || cargo build --release --locked -p sipcluster -p rtp-load -p sip-flood -p acct-load -p otlp-sink -p tls-conn
 # Where cargo put them: a worktree may build into its own CARGO_TARGET_DIR.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/sipcluster
@@ -172,6 +174,7 @@ FLOOD=$TARGET/release/sip-flood
 RTP_LOAD=$TARGET/release/rtp-load
 ACCT_LOAD=$TARGET/release/acct-load
 OTLP_SINK=$TARGET/release/otlp-sink
+TLS_CONN=$TARGET/release/tls-conn
 
 # start_sipcluster NAME [flags...]: sets SRV_PID SRV_PORT SRV_METRICS
 start_sipcluster() {
@@ -224,7 +227,8 @@ header() { row server test offered achieved "fail%" "p50ms" "p99ms" "cpu/op" "no
 run_sipp() {
   local name=$1 scen=$2 rate=$3 count=$4 port=$5 target=$6
   shift 6
-  (cd "$WORK" && timeout $((STEP * 3 + 60)) sipp -sf "$scen" -t u1 -i 127.0.0.1 -p "$port" \
+  # SIPP_CALLER_TRANSPORT (default u1): the transports section's callers over TCP.
+  (cd "$WORK" && timeout $((STEP * 3 + 60)) sipp -sf "$scen" -t "${SIPP_CALLER_TRANSPORT:-u1}" -i 127.0.0.1 -p "$port" \
     -r "$rate" -m "$count" -timeout $((STEP * 3 + 30)) -nostdin -max_recv_loops 10000 -buff_size 4194304 \
     -trace_stat -stf "$name.stat" -fd 1 -trace_rtt -rtt_freq 100 -trace_err -error_file "$name.err" \
     "$@" "$target" >/dev/null 2>&1) || true
@@ -300,8 +304,9 @@ call_steps() {
     sleep 0.3
     printf 'SEQUENTIAL\ncaller;%s;callee\n' "$DOMAIN" >"$WORK/caller.csv"
     c0=$(cpu_ticks "$pid")
-    run_sipp "$name" "$ROOT/loadtest/sipp/uac_call.xml" "$rate" "$count" "$(free_port)" "127.0.0.1:$port" \
-      -inf "$WORK/caller.csv"
+    # SIPP_CALLER_PORT: the caller's way in, when not the callee's (a stunnel for TLS).
+    run_sipp "$name" "$ROOT/loadtest/sipp/uac_call.xml" "$rate" "$count" "$(free_port)" \
+      "127.0.0.1:${SIPP_CALLER_PORT:-$port}" -inf "$WORK/caller.csv"
     c1=$(cpu_ticks "$pid")
     stop_pid "$uas_pid"
     measure "$server" "call" "$pid" "$rate" "$name" "$count" $((c1 - c0))
@@ -426,6 +431,102 @@ if want tracing; then
   for label in 1pct 100pct; do
     echo "tracing $label: $(overhead trace "$label" off) % CPU per call over tracing off, at the last step" | tee -a "$RESULTS"
   done
+fi
+
+# --- transports: CPU per call over UDP, TCP and TLS; TLS set-up rate; memory per held
+# TLS and WSS connection ---------------------------------------------------------------------
+# One all-in-one, the same call steps back to back with the caller's leg over UDP, over
+# TCP (one connection per SIPp) and over TLS (SIPp speaks TCP to a local stunnel, which
+# holds one TLS connection to us: Debian's SIPp is built without TLS); the callee stays on
+# UDP. CPU per call is the all-in-one's (stunnel's is its own). Then loadtest/tls-conn
+# opens TLS (and WSS) connections and holds them: the set-up rate, and the all-in-one's
+# resident memory per held connection (VmRSS before and while held).
+if want transports; then
+  TR_RATES=${LOAD_TRANSPORT_RATES:-$CALL_RATES}
+  TR_CONNS=${LOAD_TLS_CONNECTIONS:-2000}
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=load \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >/dev/null 2>&1
+  TLS_PORT=$(free_port)
+  WSS_PORT=$(free_port)
+  start_sipcluster transports --no-auth --accounting off --tls-listen "127.0.0.1:$TLS_PORT" \
+    --wss-listen "127.0.0.1:$WSS_PORT" --tls-cert-file "$WORK/tls.crt" --tls-key-file "$WORK/tls.key"
+  TR_PID=$SRV_PID
+  call_steps transports-udp "$TR_PID" "$SRV_PORT" "$TR_RATES"
+  TR_CPU_UDP=$LAST_CPU_PER_OP
+  SIPP_CALLER_TRANSPORT=t1 call_steps transports-tcp "$TR_PID" "$SRV_PORT" "$TR_RATES"
+  TR_CPU_TCP=$LAST_CPU_PER_OP
+  ST_PORT=$(free_port)
+  printf 'foreground = yes\npid =\nsyslog = no\noutput = %s\n[sip]\nclient = yes\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\nverifyChain = yes\nCAfile = %s\ncheckIP = 127.0.0.1\n' \
+    "$WORK/stunnel.log" "$ST_PORT" "$TLS_PORT" "$WORK/tls.crt" >"$WORK/stunnel.conf"
+  stunnel "$WORK/stunnel.conf" >/dev/null 2>&1 &
+  ST_PID=$!
+  PIDS+=("$ST_PID")
+  sleep 0.3
+  SIPP_CALLER_TRANSPORT=t1 SIPP_CALLER_PORT=$ST_PORT call_steps transports-tls "$TR_PID" "$SRV_PORT" "$TR_RATES"
+  TR_CPU_TLS=$LAST_CPU_PER_OP
+  stop_pid "$ST_PID"
+  echo "transports: CPU per call at the last step: UDP ${TR_CPU_UDP}us, TCP ${TR_CPU_TCP}us ($(awk -v a="$TR_CPU_TCP" -v o="$TR_CPU_UDP" 'BEGIN {printf "%+.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') %), TLS ${TR_CPU_TLS}us ($(awk -v a="$TR_CPU_TLS" -v o="$TR_CPU_UDP" 'BEGIN {printf "%+.1f", (o > 0 ? (a / o - 1) * 100 : 0)}') % over UDP)" | tee -a "$RESULTS"
+  # pss_kb PID: proportional set size of the process and its children (Kamailio's workers
+  # share its memory: PSS counts each shared page once across them), kB
+  pss_kb() {
+    local total=0 p
+    for p in $(pgrep -P "$1") "$1"; do
+      [ -r "/proc/$p/smaps_rollup" ] && total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")))
+    done
+    echo "$total"
+  }
+  group_ticks() {
+    local total=0 p
+    for p in $(pgrep -P "$1") "$1"; do
+      [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+  }
+  # held_conns LABEL PID PORT KIND: open TR_CONNS connections and hold them; prints the
+  # set-up rate, the server's CPU per connection and its memory per held connection
+  held_conns() {
+    local label=$1 pid=$2 port=$3 kind=$4 extra=() r0 r1 c0 c1 tc_pid held
+    [ "$kind" = wss ] && extra=(--ws)
+    sleep 1
+    r0=$(pss_kb "$pid")
+    c0=$(group_ticks "$pid")
+    "$TLS_CONN" --target "127.0.0.1:$port" --connections "$TR_CONNS" --concurrency 50 --ca "$WORK/tls.crt" \
+      --hold-secs 4 "${extra[@]}" >"$WORK/tls-conn-$label-$kind.out" 2>&1 &
+    tc_pid=$!
+    PIDS+=("$tc_pid")
+    for _ in $(seq 300); do grep -q established "$WORK/tls-conn-$label-$kind.out" && break; sleep 0.1; done
+    c1=$(group_ticks "$pid")
+    sleep 1
+    r1=$(pss_kb "$pid")
+    held=$(grep -o 'established [0-9]*' "$WORK/tls-conn-$label-$kind.out" | grep -o '[0-9]*$')
+    wait "$tc_pid" 2>/dev/null || true
+    echo "$label $kind: $(grep established "$WORK/tls-conn-$label-$kind.out"); server CPU per connection set up $(per_op $((c1 - c0)) "${held:-0}"); memory (PSS) per held connection $(awk -v a="$r0" -v b="$r1" -v n="${held:-0}" 'BEGIN {printf "%.1f kB", (n > 0 ? (b - a) / n : 0)}')" | tee -a "$RESULTS"
+  }
+  held_conns sipcluster "$TR_PID" "$TLS_PORT" tls
+  held_conns sipcluster "$TR_PID" "$WSS_PORT" wss
+  stop_pid "$TR_PID"
+  # Kamailio's TLS (OpenSSL) side by side, when its tls module is installed (apt
+  # kamailio-tls-modules); its published figure is 61 kB per TLS connection.
+  if command -v kamailio >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ]; then
+    KT_PORT=$(free_port)
+    mkdir -p "$WORK/kamailio-tls"
+    printf '[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\nprivate_key = %s\ncertificate = %s\n' \
+      "$WORK/tls.key" "$WORK/tls.crt" >"$WORK/kamailio-tls/tls.cfg"
+    kamailio -f "$ROOT/loadtest/kamailio/tls.cfg" -DD -E -m 512 -M 64 -w "$WORK/kamailio-tls" \
+      -l "tls:127.0.0.1:$KT_PORT" -A "TLSCFG=\"$WORK/kamailio-tls/tls.cfg\"" \
+      -P "$WORK/kamailio-tls/kamailio.pid" >"$WORK/kamailio-tls/kamailio.log" 2>&1 &
+    KT_PID=$!
+    PIDS+=("$KT_PID")
+    sleep 1.5
+    if kill -0 "$KT_PID" 2>/dev/null; then
+      held_conns kamailio "$KT_PID" "$KT_PORT" tls
+    else
+      echo "kamailio (tls) did not start: $(tail -3 "$WORK/kamailio-tls/kamailio.log")" | tee -a "$RESULTS"
+    fi
+    stop_pid "$KT_PID"
+  else
+    echo "kamailio tls: not installed (apt kamailio-tls-modules); published: 61 kB per TLS connection" | tee -a "$RESULTS"
+  fi
 fi
 
 if want auth; then

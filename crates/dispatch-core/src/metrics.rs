@@ -38,13 +38,15 @@ pub struct ReasonLabel {
 
 /// Every `reason` of [`Metrics::dropped`] (the relay's `drop` calls): each series exists,
 /// at 0, from the start.
-pub const DROP_REASONS: [&str; 14] = [
+pub const DROP_REASONS: [&str; 16] = [
+    "bad_hidden",
     "bad_next_via",
     "bad_probe_branch",
     "bad_route",
     "bad_via",
     "failover_table_full",
     "foreign_via",
+    "hiding_failed",
     "next_via_dead_edge",
     "next_via_not_an_edge",
     "no_edge",

@@ -67,6 +67,7 @@ fn relay_config() -> RelayConfig {
         deny_user_agents: dispatch_core::UserAgentDeny::new(
             dispatch_core::security::DEFAULT_DENIED_USER_AGENTS,
         ),
+        topology_hiding: false,
     }
 }
 
@@ -1229,4 +1230,162 @@ CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Internal);
     assert_eq!(parse(&out[0].bytes).status(), Some(430));
+}
+
+fn values(m: &SipMessage, name: sip_core::HeaderName) -> Vec<String> {
+    m.header_values(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn topology_hiding_keeps_every_internal_address_inside_and_restores_it_on_the_way_back() {
+    use sip_core::HeaderName::{RecordRoute, Route, Via};
+    let now = Instant::now();
+    let mut r = relay_cfg(|c| c.topology_hiding = true);
+    with_edges(&mut r, 1, now);
+    let edge_addr = udp("10.0.1.1:5060");
+    let flows = Flows(vec![]);
+    let leaks = |b: &Bytes| {
+        let t = String::from_utf8_lossy(b);
+        assert!(
+            !t.contains("10.0."),
+            "an internal address reached a client:\n{t}"
+        );
+    };
+
+    // carol registers (over UDP, not behind a NAT): her Path names her at our public side.
+    let reg = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKcr1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:carol@example.com>;tag=c1\r\nTo: <sip:carol@example.com>\r\n\
+Call-ID: reg-carol\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@203.0.113.9:5060>\r\nContent-Length: 0\r\n\r\n";
+    let out = client_sends(&mut r, reg, udp("203.0.113.9:5060"), now);
+    let path = values(&parse(&out[0].bytes), sip_core::HeaderName::Path)[0].clone();
+
+    // alice calls: her INVITE reaches the edge with our Via and Record-Route.
+    let out = client_sends(&mut r, INVITE, udp("192.0.2.10:5060"), now);
+    let at_edge = parse(&out[0].bytes);
+    let caller_rr = values(&at_edge, RecordRoute)[0].clone();
+    // The edge sends it on to carol through us: its Via and Record-Route on top.
+    let mut fwd = String::from(
+        "INVITE sip:carol@203.0.113.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge1\r\n",
+    );
+    for v in values(&at_edge, Via) {
+        fwd += &format!("Via: {v}\r\n");
+    }
+    fwd += &format!(
+        "Route: {path}\r\nRecord-Route: <sip:10.0.1.1:5060;lr>\r\nRecord-Route: {caller_rr}\r\n\
+Max-Forwards: 68\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n\
+Call-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.168.1.20:5060>\r\nContent-Length: 0\r\n\r\n"
+    );
+    r.handle_message(
+        Side::Internal,
+        parse(&Bytes::from(fwd)),
+        edge_addr,
+        &flows,
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].target, udp("203.0.113.9:5060"));
+    leaks(&out[0].bytes);
+    let to_carol = parse(&out[0].bytes);
+    let vias = values(&to_carol, Via);
+    let rrs = values(&to_carol, RecordRoute);
+    assert_eq!((vias.len(), rrs.len()), (1, 1), "{vias:?} {rrs:?}");
+    assert!(vias[0].contains(";sth=") && rrs[0].contains(";sth="));
+
+    // carol answers: the Vias and Record-Routes are back for the edge, in order.
+    let mut ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nRecord-Route: {}\r\n",
+        vias[0], rrs[0]
+    );
+    ok += "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=c9\r\n\
+Call-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@203.0.113.9:5060>\r\nContent-Length: 0\r\n\r\n";
+    r.handle_message(
+        Side::Public,
+        parse(&Bytes::from(ok)),
+        udp("203.0.113.9:5060"),
+        &flows,
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].target, edge_addr);
+    let at_edge = parse(&out[0].bytes);
+    let restored_vias = values(&at_edge, Via);
+    assert_eq!(restored_vias.len(), 3, "{restored_vias:?}");
+    assert!(restored_vias[0].starts_with("SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge1"));
+    let restored_rr = values(&at_edge, RecordRoute);
+    assert_eq!(restored_rr.len(), 3, "{restored_rr:?}");
+    assert!(!restored_rr[0].contains("sth="));
+    assert_eq!(restored_rr[1], "<sip:10.0.1.1:5060;lr>");
+    assert_eq!(restored_rr[2], caller_rr);
+
+    // The edge relays it back to alice through us: her route set names only us.
+    let mut back = String::from("SIP/2.0 200 OK\r\n");
+    for v in &restored_vias[1..] {
+        back += &format!("Via: {v}\r\n");
+    }
+    for rr in &restored_rr {
+        back += &format!("Record-Route: {rr}\r\n");
+    }
+    back += "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=c9\r\n\
+Call-ID: call-1@192.168.1.20\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@203.0.113.9:5060>\r\nContent-Length: 0\r\n\r\n";
+    r.handle_message(
+        Side::Internal,
+        parse(&Bytes::from(back)),
+        edge_addr,
+        &flows,
+        now,
+    );
+    let out = all(&mut r);
+    assert_eq!(out[0].target, udp("192.0.2.10:5060"));
+    leaks(&out[0].bytes);
+    let at_alice = values(&parse(&out[0].bytes), RecordRoute);
+    assert_eq!(at_alice.len(), 1, "{at_alice:?}");
+    assert!(
+        at_alice[0].starts_with(&caller_rr[..caller_rr.len() - 1]) && at_alice[0].contains(";sth=")
+    );
+
+    // In-dialog requests through us get the route set back: carol's (RR order) ...
+    let bye = |route: &str, from: &str, to: &str, branch: &str, via: &str| {
+        format!(
+            "BYE sip:x@198.51.100.7 SIP/2.0\r\nVia: {via};branch={branch}\r\nRoute: {route}\r\n\
+Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: call-1@192.168.1.20\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let b = bye(
+        &rrs[0],
+        "<sip:bob@example.com>;tag=c9",
+        "<sip:alice@example.com>;tag=a1",
+        "z9hG4bKbye1",
+        "SIP/2.0/UDP 203.0.113.9:5060",
+    );
+    let out = client_sends(&mut r, &b, udp("203.0.113.9:5060"), now);
+    assert_eq!(out[0].side, Side::Internal);
+    assert_eq!(
+        values(&parse(&out[0].bytes), Route),
+        ["<sip:10.0.1.1:5060;lr>".to_owned(), caller_rr.clone()]
+    );
+    // ... and alice's (her Record-Routes reversed: the edge, then carol's side).
+    let b = bye(
+        &at_alice[0],
+        "<sip:alice@example.com>;tag=a1",
+        "<sip:bob@example.com>;tag=c9",
+        "z9hG4bKbye2",
+        "SIP/2.0/UDP 192.168.1.20:5060",
+    );
+    let out = client_sends(&mut r, &b, udp("192.0.2.10:5060"), now);
+    let routes = values(&parse(&out[0].bytes), Route);
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert_eq!(routes[0], "<sip:10.0.1.1:5060;lr>");
+    assert!(routes[1].starts_with("<sip:scd-") && !routes[1].contains("sth="));
+    // A sealed value changed by the client: nothing is relayed.
+    let forged = at_alice[0].replacen(";sth=", ";sth=A", 1);
+    let b = bye(
+        &forged,
+        "<sip:alice@example.com>;tag=a1",
+        "<sip:bob@example.com>;tag=c9",
+        "z9hG4bKbye3",
+        "SIP/2.0/UDP 192.168.1.20:5060",
+    );
+    assert!(client_sends(&mut r, &b, udp("192.0.2.10:5060"), now).is_empty());
 }

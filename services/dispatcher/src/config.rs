@@ -74,6 +74,10 @@ pub struct DispatcherConfig {
     /// A copy of every SIP message, both sides, to a HEP collector (Homer,
     /// heplify-server, sngrep): off by default.
     pub hep: hep::HepConfig,
+    /// Topology hiding: no address inside the cluster reaches a client (the Vias and
+    /// Record-Routes of the edges and of this dispatcher's internal side are sealed into
+    /// ours, and restored on the way back). Off by default.
+    pub topology_hiding: bool,
     /// Tokio worker threads; 0 = one per CPU. Default 1: the relay is one task, and a
     /// second worker mostly adds cross-thread wake-ups (~40 % more CPU per call measured at
     /// 2,000 calls/s); run more dispatcher instances to use more cores.
@@ -218,6 +222,7 @@ impl Default for DispatcherConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             drain_secs: 30,
             hep: hep::HepConfig::default(),
+            topology_hiding: false,
             workers: 1,
         }
     }

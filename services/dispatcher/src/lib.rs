@@ -399,6 +399,7 @@ pub async fn start_authenticated(
         max_failover_entries: cfg.max_failover_entries,
         retry_after: cfg.retry_after_secs,
         deny_user_agents: dispatch_core::UserAgentDeny::new(&cfg.deny_user_agents),
+        topology_hiding: cfg.topology_hiding,
     };
     let metrics = Metrics::default();
     let mut relay = Relay::new(

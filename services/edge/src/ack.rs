@@ -77,7 +77,7 @@ async fn stateless_request(
         // to the user's phones.
         return None;
     }
-    let target = resolve(&sip).await?;
+    let target = resolve(&sh.tokens, &sip).await?;
     let branch = format!("{}.ack", branch_prefix(loop_hash(msg)));
     let via = sh.local.via(target.transport, &branch);
     let mut ed = crate::forward::forwarding_editor(msg)?;

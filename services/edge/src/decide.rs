@@ -119,7 +119,7 @@ async fn decide_for(
             return d;
         }
         if domain.is_none() {
-            return r.to_uri(&target).await;
+            return r.to_uri(sh, &target).await;
         }
     }
     match (domain, target.user) {

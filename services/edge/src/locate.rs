@@ -31,7 +31,7 @@ pub(crate) async fn hops_from_bindings(
             Ok(Uri::Sip(u)) => u.transport().and_then(Transport::from_token),
             _ => None,
         };
-        let token = b.path.first().and_then(|p| dispatcher_token(p));
+        let token = b.path.first().and_then(|p| dispatcher_token(&sh.tokens, p));
         let held = token.as_ref().is_some_and(|t| t.flow.is_some());
         // The dispatcher refuses a SIPS request toward a flow in the clear.
         let secure_flow = token.as_ref().is_some_and(|t| t.secure);
@@ -72,7 +72,7 @@ pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
     });
     let target = if let Some(first) = b.path.first() {
         let na = NameAddr::parse(first.as_bytes(), "Path").ok()?;
-        resolve(&sip_uri(&na)?).await?
+        resolve(&sh.tokens, &sip_uri(&na)?).await?
     } else if let Some(edge_uri) = foreign_flow {
         // The UA is connected to another edge: only that edge's connection reaches it
         // (a NAT or firewall admits nothing else), so the request goes there with the
@@ -80,7 +80,7 @@ pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
         let Ok(Uri::Sip(u)) = Uri::parse(edge_uri.as_bytes()) else {
             return None;
         };
-        let target = resolve(&u).await?;
+        let target = resolve(&sh.tokens, &u).await?;
         let mut routes = vec![format!("<{edge_uri}>")];
         routes.extend(b.path.iter().cloned());
         return Some(Hop {
@@ -108,10 +108,10 @@ pub(crate) async fn hop_for(sh: &Shared, b: &Binding) -> Option<Hop> {
         } else {
             // The connection is gone but the contact is a listening address we can reach
             // (a TCP client that is not behind a NAT): open a new connection to it.
-            resolve(&c).await?
+            resolve(&sh.tokens, &c).await?
         }
     } else {
-        resolve(&c).await?
+        resolve(&sh.tokens, &c).await?
     };
     Some(Hop {
         request_uri: Some(b.contact.clone()),
@@ -158,8 +158,11 @@ pub(crate) async fn to_local_user(
 
 /// The dispatcher flow token in a Path entry (read, not verified: the dispatcher
 /// verifies it before it acts on it).
-fn dispatcher_token(path: &str) -> Option<dispatch_core::token::FlowToken> {
+fn dispatcher_token(
+    tokens: &dispatch_core::TokenKey,
+    path: &str,
+) -> Option<dispatch_core::token::FlowToken> {
     let na = NameAddr::parse(path.as_bytes(), "Path").ok()?;
     let user = sip_uri(&na)?.user?;
-    dispatch_core::token::FlowToken::peek(user)
+    dispatch_core::token::FlowToken::peek_with(tokens, user)
 }

@@ -28,7 +28,7 @@ pub(crate) async fn to_next_route(
     if let Err(d) = admitted {
         return d;
     }
-    match resolve(&next).await {
+    match resolve(&sh.tokens, &next).await {
         Some(target) if sendable(&target) => r.one_hop(target),
         _ => r.respond(503),
     }

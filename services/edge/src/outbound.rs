@@ -61,7 +61,7 @@ pub(crate) async fn to_destination_set(
     let Some((disp, route)) = route else {
         return Some(r.respond(500));
     };
-    Some(match resolve(&disp).await {
+    Some(match resolve(&sh.tokens, &disp).await {
         Some(target) => Decision::Forward {
             txn: r.txn,
             plan: Plan {
@@ -90,5 +90,5 @@ pub(crate) async fn to_foreign_domain(
     if let Err(d) = proved(sh, r, sender).await {
         return d;
     }
-    r.to_uri(target).await
+    r.to_uri(sh, target).await
 }

@@ -56,8 +56,8 @@ pub(crate) fn is_loop(local: &Local, msg: &SipMessage) -> bool {
 /// Where to send a request for `uri` (RFC 3263 without NAPTR/SRV: the transport from
 /// the URI, A/AAAA lookup of a name). `None` when there is nowhere: see [`resolve_or`]
 /// to tell a name that does not exist from a resolver that did not answer.
-pub async fn resolve(uri: &SipUri<'_>) -> Option<Target> {
-    resolve_or(uri).await.ok()
+pub async fn resolve(tokens: &dispatch_core::TokenKey, uri: &SipUri<'_>) -> Option<Target> {
+    resolve_or(tokens, uri).await.ok()
 }
 
 /// Why a URI led nowhere.
@@ -100,13 +100,16 @@ pub(crate) async fn bounded_lookup<A: Iterator<Item = SocketAddr>>(
 }
 
 /// [`resolve`], saying why it led nowhere.
-pub async fn resolve_or(uri: &SipUri<'_>) -> Result<Target, Unresolved> {
+pub async fn resolve_or(
+    tokens: &dispatch_core::TokenKey,
+    uri: &SipUri<'_>,
+) -> Result<Target, Unresolved> {
     // A dispatcher's Path / Record-Route: its public address is for clients; edges
     // send to the internal address of the dispatcher instance the token names.
     if let Some(tok) = uri
         .user
         .filter(|u| u.starts_with(dispatch_core::token::PREFIX))
-        .and_then(dispatch_core::FlowToken::peek)
+        .and_then(|u| dispatch_core::FlowToken::peek_with(tokens, u))
     {
         return Ok(Target {
             transport: if tok.internal_tcp {
@@ -333,8 +336,8 @@ impl<'m> Routing<'m> {
 
     /// Forward to `uri` resolved: 404 when no such host, 503 + Retry-After when the
     /// resolver does not answer, 503 when we cannot send there.
-    pub(crate) async fn to_uri(&self, uri: &SipUri<'_>) -> Decision {
-        match resolve_or(uri).await {
+    pub(crate) async fn to_uri(&self, sh: &Shared, uri: &SipUri<'_>) -> Decision {
+        match resolve_or(&sh.tokens, uri).await {
             Ok(target) if sendable(&target) => self.one_hop(target),
             Ok(_) => self.respond(503),
             Err(Unresolved::Timeout) => retry_later(self.txn, self.msg),

@@ -4,11 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use sip_core::{Editor, Method, SipMessage, Uri};
+use std::fmt::Write as _;
+
+use sip_core::{Editor, HeaderName, Method, SipMessage, Uri};
 use sip_txn::{ClientTxnId, FlowId, Target, Transport, TxnRef};
 
 use super::targets::PoolId;
-use super::{FlowTable, RELAY_BRANCH, Relay, SET_PREFIX, Side, TRACE_HEADER, with_dialog_param};
+use super::{
+    FlowTable, RELAY_BRANCH, Relay, SET_PREFIX, Side, TRACE_HEADER, hiding, with_dialog_param,
+};
 use crate::pool::dialog_key;
 use crate::token::{FlowToken, PREFIX};
 
@@ -163,16 +167,42 @@ impl Relay {
             top.map(|t| Self::branch_hash(msg, &t)).unwrap_or(0)
         };
         let p = &self.cfg.public;
-        let via = format!(
+        let mut via = format!(
             "SIP/2.0/{} {}:{};branch={RELAY_BRANCH}{h:016x}",
             target.transport.as_str(),
             p.host(),
             p.port(target.transport)
         );
+        let mut rr = rr;
         let mut ed = Editor::new(msg);
         if ed.remove_top_route().is_err() {
             self.metrics.drop("bad_route");
             return;
+        }
+        if self.cfg.topology_hiding {
+            // Every Via below ours goes into ours (restored from the client's response);
+            // every Record-Route below ours into ours (the client's route set names us
+            // only; restored as Routes when its requests come back through us).
+            let vias: Vec<&[u8]> = msg.via().filter_map(Result::ok).map(|v| v.raw).collect();
+            let Some(sealed) = self.hider.seal(vias) else {
+                self.metrics.drop("hiding_failed");
+                return;
+            };
+            ed.remove_header(HeaderName::Via);
+            let _ = write!(via, ";{}={sealed}", hiding::HIDDEN_PARAM);
+            let below: Vec<&[u8]> = msg.header_values(HeaderName::RecordRoute).collect();
+            if let Some(ours) = rr.take() {
+                rr = Some(if below.is_empty() {
+                    ours
+                } else {
+                    let Some(sealed) = self.hider.seal(below) else {
+                        self.metrics.drop("hiding_failed");
+                        return;
+                    };
+                    ed.remove_header(HeaderName::RecordRoute);
+                    hiding::with_hidden(&ours, &sealed)
+                });
+            }
         }
         ed.prepend_via(via.as_bytes());
         if ed.decrement_max_forwards().is_err() {

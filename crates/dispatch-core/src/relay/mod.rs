@@ -31,6 +31,7 @@
 //! Record-Route URIs).
 
 mod failover;
+pub mod hiding;
 mod internal;
 mod probes;
 mod public;
@@ -164,6 +165,9 @@ pub struct RelayConfig {
     pub retry_after: u32,
     /// Scanners whose requests are dropped without an answer.
     pub deny_user_agents: crate::security::UserAgentDeny,
+    /// Hide the inside of the cluster from clients ([`hiding`]): internal Vias and
+    /// Record-Routes sealed into ours. What was sealed is restored whatever this says.
+    pub topology_hiding: bool,
 }
 
 /// Liveness of the client connections (the public transports).
@@ -318,6 +322,8 @@ pub struct TargetInfo {
 
 /// The relay.
 pub struct Relay {
+    /// Seals and opens what topology hiding takes out of messages.
+    hider: hiding::Hider,
     cfg: RelayConfig,
     key: TokenKey,
     /// The edges (pool [`EDGE_POOL`]).
@@ -380,6 +386,7 @@ impl Relay {
                 .clone()
         });
         Relay {
+            hider: hiding::Hider::new(key.derive(b"topology hiding")),
             cfg,
             key,
             edges: Pool::new(EDGE_POOL, Algorithm::Hash),

@@ -154,6 +154,21 @@ impl Relay {
             self.metrics.drop("bad_route");
             return;
         }
+        // Our Route carries the route set topology hiding took out of the client's view:
+        // it goes back in, in order, under ours.
+        if pop
+            && let Some(Ok(r)) = msg.routes().next()
+            && let Some(sealed) = super::hiding::hidden_param(r.raw)
+        {
+            let Some(routes) = self.hider.open(sealed) else {
+                self.metrics.drop("bad_hidden");
+                return;
+            };
+            // Several prepends keep call order: the first ends up topmost.
+            for r in routes {
+                ed.prepend_route(r);
+            }
+        }
         if client_via.is_some() && ed.remove_top_via().is_err() {
             self.metrics.drop("bad_via");
             return;

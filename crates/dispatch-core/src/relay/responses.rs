@@ -4,12 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use sip_core::{Editor, SipMessage, Via};
+use sip_core::{Editor, HeaderName, SipMessage, Uri, Via};
 use sip_txn::{Target, TxnRef};
 use smallvec::SmallVec;
 
 use super::stamps::{arrival_of, via_target};
-use super::{Edited, PROBE_BRANCH, RELAY_BRANCH, Relay, Side};
+use super::{Edited, PROBE_BRANCH, RELAY_BRANCH, Relay, Side, hiding};
 use crate::health::State;
 
 impl Relay {
@@ -21,6 +21,17 @@ impl Relay {
         let Some(status) = msg.status() else {
             return;
         };
+        // A client's response to a request whose Vias and Record-Routes we sealed: they go
+        // back in, then it goes the usual way.
+        if side == Side::Public
+            && let Some(sealed) = hiding::hidden_param(top.raw)
+        {
+            match self.unseal_response(msg, top.raw, sealed) {
+                Some(restored) => self.response(side, &restored, source, now),
+                None => self.metrics.drop("bad_hidden"),
+            }
+            return;
+        }
         let branch = top.branch.unwrap_or("");
         if let Some(rest) = branch.strip_prefix(PROBE_BRANCH) {
             self.probe_response(rest, status, now);
@@ -74,8 +85,70 @@ impl Relay {
             self.metrics.drop("bad_via");
             return;
         }
+        if out_side == Side::Public && self.cfg.topology_hiding && !self.seal_routes(msg, &mut ed) {
+            self.metrics.drop("hiding_failed");
+            return;
+        }
         self.relayed[if side == Side::Public { 1 } else { 3 }].inc();
         self.send_edited(out_side, target, Edited::of(&ed), TxnRef::Stateless);
+    }
+
+    /// `msg` with the Vias sealed in our top Via (`via`, its `sealed` parameter) back
+    /// under it, and the Record-Routes sealed in ours back under ours. `None` when what
+    /// is sealed does not open.
+    fn unseal_response(&self, msg: &SipMessage, via: &[u8], sealed: &str) -> Option<SipMessage> {
+        let vias = self.hider.open(sealed)?;
+        let mut ed = Editor::new(msg);
+        ed.remove_top_via().ok()?;
+        for v in vias.into_iter().rev() {
+            ed.prepend_via(v);
+        }
+        ed.prepend_via(hiding::without_hidden(via));
+        let rrs: Vec<&[u8]> = msg.header_values(HeaderName::RecordRoute).collect();
+        if rrs.iter().any(|r| hiding::hidden_param(r).is_some()) {
+            let mut restored = Vec::with_capacity(rrs.len() + 4);
+            for r in rrs {
+                match hiding::hidden_param(r) {
+                    Some(s) => {
+                        restored.push(hiding::without_hidden(r));
+                        restored.extend(self.hider.open(s)?);
+                    }
+                    None => restored.push(r.to_vec()),
+                }
+            }
+            ed.remove_header(HeaderName::RecordRoute);
+            for r in restored {
+                ed.add_record_route(r);
+            }
+        }
+        ed.finish_message().ok()
+    }
+
+    /// Topology hiding of a response going to a client: the Record-Routes above ours
+    /// (the far side's hops, the edge's) sealed into ours, in the order the client's
+    /// route set needs them after ours (reversed: a UAC's route set is the Record-Routes
+    /// reversed). Ours is the lowest naming this dispatcher (the same dispatcher may be
+    /// on both sides of a call). False when sealing failed.
+    fn seal_routes(&self, msg: &SipMessage, ed: &mut Editor<'_, '_>) -> bool {
+        let rrs: Vec<&[u8]> = msg.header_values(HeaderName::RecordRoute).collect();
+        let ours = rrs.iter().rposition(|r| {
+            matches!(
+                sip_core::NameAddr::parse(r, "Record-Route").map(|n| n.parsed_uri()),
+                Ok(Ok(Uri::Sip(u))) if self.is_me(&u)
+            )
+        });
+        let Some(i) = ours.filter(|i| *i > 0) else {
+            return true;
+        };
+        let Some(sealed) = self.hider.seal(rrs[..i].iter().rev().copied()) else {
+            return false;
+        };
+        ed.remove_header(HeaderName::RecordRoute);
+        ed.add_record_route(hiding::with_hidden(rrs[i], &sealed));
+        for r in &rrs[i + 1..] {
+            ed.add_record_route(r.to_vec());
+        }
+        true
     }
 
     /// A current edge that stopped answering probes.

@@ -183,8 +183,13 @@ impl Relay {
             flow: source.flow.map(|f| f.0),
             secure: matches!(source.transport, Transport::Tls | Transport::Wss),
             websocket: matches!(source.transport, Transport::Ws | Transport::Wss),
-        }
-        .encode(&self.key);
+        };
+        // Topology hiding: the internal address in the token is sealed too.
+        let token = if self.cfg.topology_hiding {
+            token.encode_sealed(&self.key)
+        } else {
+            token.encode(&self.key)
+        };
         let p = &self.cfg.public;
         let dlg = dialog
             .map(|d| format!(";{DIALOG_PARAM}={d}"))

@@ -35,6 +35,9 @@ const INTERNAL_TCP: u8 = 2;
 const BEHIND_NAT: u8 = 4;
 const SECURE: u8 = 8;
 const WEBSOCKET: u8 = 16;
+/// The internal address is sealed (topology hiding): only the cluster reads it.
+const SEALED: u8 = 32;
+const SEAL_DOMAIN: &[u8] = b"sipcluster flow token internal address v1\0";
 
 /// The cluster secret, keyed once.
 #[derive(Clone)]
@@ -73,6 +76,12 @@ impl TokenKey {
             m.update(p);
         }
         m.finalize().into_bytes().into()
+    }
+
+    /// A 32-byte key for `label`'s purpose, derived from the cluster secret (HMAC, a
+    /// domain of its own): every dispatcher derives the same.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        self.mac_parts(b"sipcluster key derivation v1\0", &[label])
     }
 
     /// The dialog token of a dialog-creating request: a MAC over its Call-ID and the
@@ -236,6 +245,26 @@ fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
     out.extend_from_slice(&a.port().to_be_bytes());
 }
 
+/// XOR the internal address's bytes (after its family byte) in a token body with a
+/// keystream from the key and the rest of the body (instance, client, flow): sealing and
+/// opening are the same operation. Bodies too short to hold an address are left alone
+/// (they will not parse).
+fn seal_internal(key: &TokenKey, body: &mut [u8]) {
+    let len = match body.get(5) {
+        Some(4) => 6,
+        Some(6) => 18,
+        _ => return,
+    };
+    let (head, tail) = body.split_at_mut(6);
+    let Some((addr, rest)) = (len <= tail.len()).then(|| tail.split_at_mut(len)) else {
+        return;
+    };
+    let stream = key.mac_parts(SEAL_DOMAIN, &[&head[1..5], rest]);
+    for (b, k) in addr.iter_mut().zip(stream) {
+        *b ^= k;
+    }
+}
+
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     if b.len() < n {
         return None;
@@ -286,7 +315,24 @@ impl FlowToken {
 
     /// The signed token text (URI-user safe: `scd-` and lower-case hex).
     pub fn encode(&self, key: &TokenKey) -> String {
-        let body = self.body();
+        self.encode_with(key, false)
+    }
+
+    /// [`encode`](Self::encode) with the internal address sealed (topology hiding): the
+    /// client, who sees the token in its route set, cannot read where inside the
+    /// cluster it leads; edges and dispatchers, who hold the key, can ([`peek_with`]).
+    ///
+    /// [`peek_with`]: Self::peek_with
+    pub fn encode_sealed(&self, key: &TokenKey) -> String {
+        self.encode_with(key, true)
+    }
+
+    fn encode_with(&self, key: &TokenKey, sealed: bool) -> String {
+        let mut body = self.body();
+        if sealed {
+            body[0] |= SEALED;
+            seal_internal(key, &mut body);
+        }
         let mac = key.mac(&body);
         let mut s = String::with_capacity(PREFIX.len() + 2 * (body.len() + MAC_LEN));
         s.push_str(PREFIX);
@@ -298,11 +344,26 @@ impl FlowToken {
     }
 
     /// Parse without checking the MAC: only for reading where a token points (edges
-    /// send there; the dispatcher verifies before acting on it).
+    /// send there; the dispatcher verifies before acting on it). A sealed token needs
+    /// the key: see [`peek_with`](Self::peek_with).
     pub fn peek(token: &str) -> Option<FlowToken> {
         let raw = unhex(token.strip_prefix(PREFIX)?)?;
         let body = raw.get(..raw.len().checked_sub(MAC_LEN)?)?;
+        if body.first().is_some_and(|k| k & SEALED != 0) {
+            return None;
+        }
         Self::parse_body(body)
+    }
+
+    /// [`peek`](Self::peek) that also reads sealed tokens (the key opens their internal
+    /// address; the MAC is still not checked).
+    pub fn peek_with(key: &TokenKey, token: &str) -> Option<FlowToken> {
+        let raw = unhex(token.strip_prefix(PREFIX)?)?;
+        let mut body = raw.get(..raw.len().checked_sub(MAC_LEN)?)?.to_vec();
+        if body.first().is_some_and(|k| k & SEALED != 0) {
+            seal_internal(key, &mut body);
+        }
+        Self::parse_body(&body)
     }
 
     /// Parse and verify; `None` for anything not signed with `key`.
@@ -314,12 +375,17 @@ impl FlowToken {
         if !ct_eq(&want[..MAC_LEN], mac) {
             return None;
         }
+        if body.first().is_some_and(|k| k & SEALED != 0) {
+            let mut body = body.to_vec();
+            seal_internal(key, &mut body);
+            return Self::parse_body(&body);
+        }
         Self::parse_body(body)
     }
 
     fn parse_body(mut b: &[u8]) -> Option<FlowToken> {
         let kind = take(&mut b, 1)?[0];
-        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT | SECURE | WEBSOCKET) != 0 {
+        if kind & !(KIND_TCP | INTERNAL_TCP | BEHIND_NAT | SECURE | WEBSOCKET | SEALED) != 0 {
             return None;
         }
         let instance = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
@@ -425,6 +491,29 @@ mod tests {
             websocket: false,
             client: client.parse().unwrap(),
             flow,
+        }
+    }
+
+    #[test]
+    fn sealed_tokens_hide_the_internal_address_from_whoever_has_no_key() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        for t in [
+            tok(Some(7), "203.0.113.5:40000"),
+            tok(None, "[2001:db8::1]:5060"),
+        ] {
+            let s = t.encode_sealed(&key);
+            // 10.0.0.9:5070 is 0a00000913ce in a plain token.
+            assert!(!s.contains("0a00000913ce"), "{s}");
+            assert!(t.encode(&key).contains("0a00000913ce"));
+            assert_eq!(FlowToken::peek(&s), None, "not readable without the key");
+            assert_eq!(FlowToken::peek_with(&key, &s), Some(t));
+            assert_eq!(FlowToken::decode(&key, &s), Some(t));
+            assert_eq!(
+                FlowToken::decode(&TokenKey::new(b"another secret 0123"), &s),
+                None
+            );
+            // A plain token reads with or without the key.
+            assert_eq!(FlowToken::peek_with(&key, &t.encode(&key)), Some(t));
         }
     }
 

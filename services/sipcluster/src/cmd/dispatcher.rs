@@ -62,6 +62,9 @@ pub struct DispatcherArgs {
     /// Health probe timeout, ms.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_PROBE_TIMEOUT_MS")]
     pub probe_timeout_ms: Option<u64>,
+    /// Topology hiding: no internal address reaches a client (true/false).
+    #[arg(long, env = "SIPCLUSTER_TOPOLOGY_HIDING")]
+    pub topology_hiding: Option<bool>,
     /// Seconds of drain on SIGTERM.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
@@ -136,6 +139,9 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
     }
     if let Some(w) = a.workers {
         cfg.workers = w;
+    }
+    if let Some(h) = a.topology_hiding {
+        cfg.topology_hiding = h;
     }
     a.hep.apply(&mut cfg.hep)?;
     a.tls.apply(&mut cfg.tls);

@@ -423,7 +423,10 @@ impl Server {
         Server::launch_under(dir, name, sub, (sip, metrics), args, wait, &[])
     }
 
-    /// [`Server::launch`] through `wrapper` (a command that execs the rest), if any.
+    /// [`Server::launch`] through `wrapper` (a command that execs the rest), if any. A
+    /// metrics port taken between [`free_addr`] choosing it and the process binding it
+    /// (an outgoing connection's ephemeral port, another test's process) is not the
+    /// test's failure: the process is started again on another one, at most twice.
     fn launch_under(
         dir: &Path,
         name: &str,
@@ -433,6 +436,33 @@ impl Server {
         wait: &str,
         wrapper: &[&str],
     ) -> Server {
+        let mut metrics = metrics;
+        for _ in 0..2 {
+            match Server::try_launch(dir, name, sub, (sip, metrics), args, wait, wrapper) {
+                Ok(s) => return s,
+                Err(log)
+                    if log.contains(&format!("metrics endpoint {metrics}"))
+                        && log.contains("Address already in use") =>
+                {
+                    metrics = free_addr();
+                }
+                Err(log) => panic!("{name} exited at start; log:\n{log}"),
+            }
+        }
+        Server::try_launch(dir, name, sub, (sip, metrics), args, wait, wrapper)
+            .unwrap_or_else(|log| panic!("{name} exited at start; log:\n{log}"))
+    }
+
+    /// One start: the server, or its log when it exited at start.
+    fn try_launch(
+        dir: &Path,
+        name: &str,
+        sub: &str,
+        (sip, metrics): (SocketAddr, SocketAddr),
+        args: &[String],
+        wait: &str,
+        wrapper: &[&str],
+    ) -> Result<Server, String> {
         let log = fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
         let bin = env!("CARGO_BIN_EXE_sipcluster");
         let mut cmd = match wrapper.split_first() {
@@ -496,7 +526,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("{name} exited at start ({st}); log:\n{}", s.log());
+                return Err(format!("({st})\n{}", s.log()));
             }
             if http_get(metrics, wait).is_some_and(|(code, _)| code == 200) {
                 break;
@@ -508,7 +538,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+        Ok(s)
     }
 
     /// Kill with SIGKILL (a crash: no drain) and wait.
