@@ -15,6 +15,9 @@ current Kubernetes; then the checks that catch real mistakes:
   allowed origins, the port on the dispatcher's container, TCP Service and NetworkPolicy;
   the rendered dispatcher of values-tls.yaml upgrades a wss: connection from an allowed
   origin and refuses another origin;
+* topology hiding: dispatcher.topologyHiding sets SIPCLUSTER_TOPOLOGY_HIDING=true on the
+  dispatcher (on in the production example), nothing by default; the dispatcher's resolved
+  configuration says what the chart asked for;
 * call limits: callLimits reach the edges' `[call_limits]` (only when a limit is set),
   a trunk no outbound rule routes to fails the render;
 * every container's flags, environment and ConfigMaps are accepted by the binary's own
@@ -181,6 +184,8 @@ def schema_checks() -> None:
         ({"sip": {"domains": []}}, "/sip/domains"),
         ({"sip": {"authAlgorithms": ["SHA-512"]}}, "/sip/authAlgorithms"),
         ({"dispatcher": {"mode": "nodePort"}}, "/dispatcher/mode"),
+        ({"dispatcher": {"topologyHiding": "true"}}, "/dispatcher/topologyHiding"),
+        ({"dispatcher": {"topologyHiding": 1}}, "/dispatcher/topologyHiding"),
         ({"accounting": {"destination": "kafka"}}, "brokers"),
         ({"accounting": {"spool": {"type": "hostPath"}}}, "/accounting/spool/type"),
         ({"location": {"redis": {"mode": "cluster"}}}, "nodes"),
@@ -459,6 +464,34 @@ def websocket_checks(rendered: dict[str, list[dict]]) -> None:
           "container/Service/NetworkPolicy port; none by default", flush=True)
 
 
+def topology_hiding_checks(rendered: dict[str, list[dict]]) -> None:
+    """dispatcher.topologyHiding: SIPCLUSTER_TOPOLOGY_HIDING=true on the dispatcher (both
+    modes, the production example), on no other container; nothing by default or when false."""
+    def hiding(docs: list[dict]) -> dict[str, list]:
+        out = {}
+        for w in workloads(docs):
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                found = [e for e in c.get("env", []) if e["name"] == "SIPCLUSTER_TOPOLOGY_HIDING"]
+                if found:
+                    out[f"{w['kind']}/{w['metadata']['name']}/{c['name']}"] = found
+        return out
+    on = [{"name": "SIPCLUSTER_TOPOLOGY_HIDING", "value": "true"}]
+    for name, docs, want in (
+        ("defaults", rendered["defaults"], {}),
+        ("hostnetwork", rendered["hostnetwork"], {}),
+        ("false", render({"dispatcher": {"topologyHiding": False}}), {}),
+        ("true", render({"dispatcher": {"topologyHiding": True}}),
+         {"Deployment/sc-sipcluster-dispatcher/dispatcher": on}),
+        ("true, hostNetwork", render({"dispatcher": {"topologyHiding": True, "mode": "hostNetwork"}}),
+         {"DaemonSet/sc-sipcluster-dispatcher/dispatcher": on}),
+        ("production", rendered["production"], {"Deployment/sc-sipcluster-dispatcher/dispatcher": on}),
+    ):
+        got = hiding(docs)
+        check(got == want, f"topology hiding ({name}): SIPCLUSTER_TOPOLOGY_HIDING {got}, expected {want}")
+    print("    topology hiding: SIPCLUSTER_TOPOLOGY_HIDING=true on the dispatcher when asked (both modes, "
+          "production), nowhere by default or when false", flush=True)
+
+
 def call_limits_checks(rendered: dict[str, list[dict]]) -> None:
     """callLimits (values-websocket.yaml) are the edges' [call_limits], snake_case, every
     limit whole; no section when no limit is set; edge.config still wins."""
@@ -586,6 +619,7 @@ def moved_config_files(pod: Pod) -> None:
 
 def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) -> None:
     count = 0
+    hiding = 0
     for name, docs in rendered.items():
         for w in workloads(docs):
             if w["metadata"]["labels"]["app.kubernetes.io/component"] == "redis":
@@ -605,6 +639,12 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                 continue
             count += 1
             resolved = tomllib_loads(r.stdout)
+            if service == "dispatcher":
+                want = pod.env.get("SIPCLUSTER_TOPOLOGY_HIDING") == "true"
+                check(resolved.get("topology_hiding") is want,
+                      f"{name}: the dispatcher resolves topology_hiding {resolved.get('topology_hiding')}, "
+                      f"the chart asked for {want}")
+                hiding += want
             metrics = resolved.get("metrics_listen") or resolved.get("metrics", {}).get("listen")
             check(metrics is not None, f"{name} {service}: no metrics listener in the resolved configuration")
             if metrics is None:
@@ -619,8 +659,10 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                 target = pod.port(target) if isinstance(target, str) else target
                 check(target == port,
                       f"{name} {service}: {probe} hits port {target}, the service listens for HTTP on {port}")
+    check(hiding > 0, "check-config ran no dispatcher with topology hiding on (the production example)")
     print(f"    check-config accepted the flags, environment and ConfigMaps of {count} containers; "
-          f"every probe hits the metrics port the service resolves", flush=True)
+          f"every probe hits the metrics port the service resolves; {hiding} dispatcher(s) resolve "
+          f"topology hiding on as asked, the others off", flush=True)
 
 
 def tomllib_loads(text: str) -> dict:
@@ -1031,6 +1073,7 @@ def main() -> int:
         override_checks(rendered)
         tls_checks(rendered)
         websocket_checks(rendered)
+        topology_hiding_checks(rendered)
         call_limits_checks(rendered)
         pki = make_pki(work)
         TLS_SECRET_FILES.update({"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
