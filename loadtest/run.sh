@@ -444,11 +444,19 @@ fi
 if want transports; then
   TR_RATES=${LOAD_TRANSPORT_RATES:-$CALL_RATES}
   TR_CONNS=${LOAD_TLS_CONNECTIONS:-2000}
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=load \
-    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >/dev/null 2>&1
+  # A CA and a server certificate it signs (rustls refuses a CA certificate as a server's).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=load-ca \
+    -addext basicConstraints=critical,CA:TRUE -keyout "$WORK/ca.key" -out "$WORK/ca.crt" >/dev/null 2>&1
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=load \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$WORK/tls.ext"
+  openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.crt" >/dev/null 2>&1
   TLS_PORT=$(free_port)
   WSS_PORT=$(free_port)
-  start_sipcluster transports --no-auth --accounting off --tls-listen "127.0.0.1:$TLS_PORT" \
+  # The held connections all come from 127.0.0.1: no per-source cap for this run.
+  printf '[limits]\ntcp_max_connections_per_source = 10000\n' >"$WORK/transports.toml"
+  start_sipcluster transports --no-auth --accounting off --config "$WORK/transports.toml" --tls-listen "127.0.0.1:$TLS_PORT" \
     --wss-listen "127.0.0.1:$WSS_PORT" --tls-cert-file "$WORK/tls.crt" --tls-key-file "$WORK/tls.key"
   TR_PID=$SRV_PID
   call_steps transports-udp "$TR_PID" "$SRV_PORT" "$TR_RATES"
@@ -457,7 +465,7 @@ if want transports; then
   TR_CPU_TCP=$LAST_CPU_PER_OP
   ST_PORT=$(free_port)
   printf 'foreground = yes\npid =\nsyslog = no\noutput = %s\n[sip]\nclient = yes\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\nverifyChain = yes\nCAfile = %s\ncheckIP = 127.0.0.1\n' \
-    "$WORK/stunnel.log" "$ST_PORT" "$TLS_PORT" "$WORK/tls.crt" >"$WORK/stunnel.conf"
+    "$WORK/stunnel.log" "$ST_PORT" "$TLS_PORT" "$WORK/ca.crt" >"$WORK/stunnel.conf"
   stunnel "$WORK/stunnel.conf" >/dev/null 2>&1 &
   ST_PID=$!
   PIDS+=("$ST_PID")
@@ -482,29 +490,40 @@ if want transports; then
     done
     echo "$total"
   }
-  # held_conns LABEL PID PORT KIND: open TR_CONNS connections and hold them; prints the
-  # set-up rate, the server's CPU per connection and its memory per held connection
+  # held_conns LABEL PID PORT KIND [MEM_CMD]: open TR_CONNS connections and hold them;
+  # prints the set-up rate, the server's CPU per connection and its memory per held
+  # connection (MEM_CMD prints the memory in kB: default the PSS of PID's processes)
   held_conns() {
-    local label=$1 pid=$2 port=$3 kind=$4 extra=() r0 r1 c0 c1 tc_pid held
+    local label=$1 pid=$2 port=$3 kind=$4 mem=${5:-pss_kb} extra=() r0 r1 c0 c1 tc_pid held
     [ "$kind" = wss ] && extra=(--ws)
-    sleep 1
-    r0=$(pss_kb "$pid")
+    sleep 2
+    r0=$($mem "$pid")
     c0=$(group_ticks "$pid")
-    "$TLS_CONN" --target "127.0.0.1:$port" --connections "$TR_CONNS" --concurrency 50 --ca "$WORK/tls.crt" \
+    "$TLS_CONN" --target "127.0.0.1:$port" --connections "$TR_CONNS" --concurrency 10 --ca "$WORK/ca.crt" \
       --hold-secs 4 "${extra[@]}" >"$WORK/tls-conn-$label-$kind.out" 2>&1 &
     tc_pid=$!
     PIDS+=("$tc_pid")
     for _ in $(seq 300); do grep -q established "$WORK/tls-conn-$label-$kind.out" && break; sleep 0.1; done
     c1=$(group_ticks "$pid")
     sleep 1
-    r1=$(pss_kb "$pid")
-    held=$(grep -o 'established [0-9]*' "$WORK/tls-conn-$label-$kind.out" | grep -o '[0-9]*$')
+    r1=$($mem "$pid")
+    held=$(grep -o 'established [0-9]*' "$WORK/tls-conn-$label-$kind.out" | grep -o '[0-9]*$' || echo 0)
     wait "$tc_pid" 2>/dev/null || true
-    echo "$label $kind: $(grep established "$WORK/tls-conn-$label-$kind.out"); server CPU per connection set up $(per_op $((c1 - c0)) "${held:-0}"); memory (PSS) per held connection $(awk -v a="$r0" -v b="$r1" -v n="${held:-0}" 'BEGIN {printf "%.1f kB", (n > 0 ? (b - a) / n : 0)}')" | tee -a "$RESULTS"
+    grep -m1 'connection failed' "$WORK/tls-conn-$label-$kind.out" | tee -a "$RESULTS" || true
+    echo "$label $kind: $(grep established "$WORK/tls-conn-$label-$kind.out"); server CPU per connection set up $(per_op $((c1 - c0)) "${held:-0}"); memory ($mem) per held connection $(awk -v a="$r0" -v b="$r1" -v n="${held:-0}" 'BEGIN {printf "%.1f kB", (n > 0 ? (b - a) / n : 0)}') ($r0 kB -> $r1 kB)" | tee -a "$RESULTS"
   }
-  held_conns sipcluster "$TR_PID" "$TLS_PORT" tls
-  held_conns sipcluster "$TR_PID" "$WSS_PORT" wss
   stop_pid "$TR_PID"
+  # Each kind against a fresh all-in-one: memory freed by one run must not be counted as
+  # taken by the next.
+  for kind in tls wss; do
+    start_sipcluster "transports-$kind" --no-auth --accounting off --config "$WORK/transports.toml" \
+      --tls-listen "127.0.0.1:$TLS_PORT" --wss-listen "127.0.0.1:$WSS_PORT" \
+      --tls-cert-file "$WORK/tls.crt" --tls-key-file "$WORK/tls.key"
+    port=$TLS_PORT
+    [ "$kind" = wss ] && port=$WSS_PORT
+    held_conns sipcluster "$SRV_PID" "$port" "$kind"
+    stop_pid "$SRV_PID"
+  done
   # Kamailio's TLS (OpenSSL) side by side, when its tls module is installed (apt
   # kamailio-tls-modules); its published figure is 61 kB per TLS connection.
   if command -v kamailio >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ]; then
@@ -514,12 +533,16 @@ if want transports; then
       "$WORK/tls.key" "$WORK/tls.crt" >"$WORK/kamailio-tls/tls.cfg"
     kamailio -f "$ROOT/loadtest/kamailio/tls.cfg" -DD -E -m 512 -M 64 -w "$WORK/kamailio-tls" \
       -l "tls:127.0.0.1:$KT_PORT" -A "TLSCFG=\"$WORK/kamailio-tls/tls.cfg\"" \
+      -A "CTL=\"unix:$WORK/kamailio-tls/ctl\"" \
       -P "$WORK/kamailio-tls/kamailio.pid" >"$WORK/kamailio-tls/kamailio.log" 2>&1 &
     KT_PID=$!
     PIDS+=("$KT_PID")
     sleep 1.5
+    # Kamailio's TLS connections live in its shared memory (the tls module gives OpenSSL
+    # shm_malloc): its own count of shared memory in use.
+    kam_shm_kb() { { kamcmd -s "unix:$WORK/kamailio-tls/ctl" core.shmmem 2>/dev/null || true; } | awk '$1 == "used:" {print int($2 / 1024)}'; }
     if kill -0 "$KT_PID" 2>/dev/null; then
-      held_conns kamailio "$KT_PID" "$KT_PORT" tls
+      held_conns kamailio "$KT_PID" "$KT_PORT" tls kam_shm_kb
     else
       echo "kamailio (tls) did not start: $(tail -3 "$WORK/kamailio-tls/kamailio.log")" | tee -a "$RESULTS"
     fi

@@ -19,6 +19,9 @@ use tokio::task::AbortHandle;
 use crate::limits::Slot;
 use crate::{FlowEntry, Inbound, Inner, deliver, next_flow, report_failure};
 
+/// A connection's read buffer: its size at first, and what it grows by.
+const READ_CHUNK: usize = 4096;
+
 /// Messages queued per connection before a send to it counts as failed.
 const WRITE_QUEUE: usize = 1024;
 
@@ -269,7 +272,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         flow: Some(flow),
     };
     let mut decoder = StreamDecoder::new(inner.config.limits);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Small to start: a held connection (a phone between REGISTERs) keeps this buffer,
+    // and 16 KB of it cost as much as the TLS session itself. It grows by READ_CHUNK when
+    // a message needs more.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // When the message whose first bytes are in `buf` must be complete. The idle timeout
     // alone restarts on every byte: one byte every few seconds would hold the connection
     // for ever.
@@ -283,6 +289,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(d) if d < idle_deadline => (d, "message_timeout"),
             _ => (idle_deadline, "idle_timeout"),
         };
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
         let read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
