@@ -425,6 +425,32 @@ pub(crate) fn peer_name(conn: &rustls::CommonState) -> Option<Arc<str>> {
     Some(Arc::from(name.to_ascii_lowercase()))
 }
 
+/// The TLS handshake of an accepted connection, within the handshake deadline: the
+/// stream and the peer's proven name, or `None` (counted and logged).
+pub(crate) async fn accept(
+    inner: &Inner,
+    tls: &Tls,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            inner.metrics.tls_handshake("ok");
+            let peer = peer_name(s.get_ref().1);
+            Some((s, peer))
+        }
+        Ok(Err(e)) => {
+            handshake_failed(inner, remote, "failed", &e);
+            None
+        }
+        Err(_) => {
+            let e = io::Error::from(io::ErrorKind::TimedOut);
+            handshake_failed(inner, remote, "timeout", &e);
+            None
+        }
+    }
+}
+
 pub(crate) async fn acceptor(inner: Arc<Inner>, tls: Tls, listener: TcpListener) {
     let mut backoff = telemetry::AcceptBackoff::new("sip tls");
     loop {
@@ -441,31 +467,17 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, tls: Tls, listener: TcpListener)
                     let local = stream
                         .local_addr()
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let accepted =
-                        tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                            .await;
-                    match accepted {
-                        Ok(Ok(s)) => {
-                            inner.metrics.tls_handshake("ok");
-                            let peer = peer_name(s.get_ref().1);
-                            let (r, w) = tokio::io::split(s);
-                            crate::tcp::start_connection(
-                                &inner,
-                                r,
-                                w,
-                                (local, remote),
-                                Transport::Tls,
-                                Some(slot),
-                                peer,
-                            );
-                        }
-                        Ok(Err(e)) => handshake_failed(&inner, remote, "failed", &e),
-                        Err(_) => handshake_failed(
+                    if let Some((s, peer)) = accept(&inner, &tls, stream, remote).await {
+                        let (r, w) = tokio::io::split(s);
+                        crate::tcp::start_connection(
                             &inner,
-                            remote,
-                            "timeout",
-                            &io::Error::from(io::ErrorKind::TimedOut),
-                        ),
+                            r,
+                            w,
+                            (local, remote),
+                            Transport::Tls,
+                            Some(slot),
+                            peer,
+                        );
                     }
                 });
             }
@@ -477,12 +489,7 @@ pub(crate) async fn acceptor(inner: Arc<Inner>, tls: Tls, listener: TcpListener)
     }
 }
 
-pub(crate) fn handshake_failed(
-    inner: &Inner,
-    remote: SocketAddr,
-    result: &'static str,
-    e: &io::Error,
-) {
+fn handshake_failed(inner: &Inner, remote: SocketAddr, result: &'static str, e: &io::Error) {
     inner.metrics.tls_handshake(result);
     if let Some(held_back) = inner.log_limits.handshake.allow(Instant::now()) {
         tracing::info!(%remote, error = %e, result, held_back, "tls handshake failed");

@@ -79,22 +79,9 @@ pub(crate) async fn acceptor(
                     let Some(tls) = tls else {
                         return upgrade(inner, stream, ends, Transport::Ws, slot, None).await;
                     };
-                    let accepted =
-                        tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                            .await;
-                    match accepted {
-                        Ok(Ok(s)) => {
-                            inner.metrics.tls_handshake("ok");
-                            let peer = crate::tls::peer_name(s.get_ref().1);
-                            upgrade(inner, s, ends, Transport::Wss, slot, peer).await;
-                        }
-                        Ok(Err(e)) => crate::tls::handshake_failed(&inner, remote, "failed", &e),
-                        Err(_) => crate::tls::handshake_failed(
-                            &inner,
-                            remote,
-                            "timeout",
-                            &std::io::Error::from(std::io::ErrorKind::TimedOut),
-                        ),
+                    if let Some((s, peer)) = crate::tls::accept(&inner, &tls, stream, remote).await
+                    {
+                        upgrade(inner, s, ends, Transport::Wss, slot, peer).await;
                     }
                 });
             }

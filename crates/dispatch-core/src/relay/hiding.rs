@@ -132,17 +132,7 @@ pub fn without_hidden(text: &[u8]) -> Vec<u8> {
 
 /// A name-addr (`<sip:...;lr>`) with `;sth=sealed` added inside the URI.
 pub fn with_hidden(name_addr: &[u8], sealed: &str) -> Vec<u8> {
-    let param = format!(";{HIDDEN_PARAM}={sealed}");
-    let end = name_addr
-        .iter()
-        .position(|&b| b == b'?')
-        .or_else(|| name_addr.iter().rposition(|&b| b == b'>'))
-        .unwrap_or(name_addr.len());
-    let mut out = Vec::with_capacity(name_addr.len() + param.len());
-    out.extend_from_slice(&name_addr[..end]);
-    out.extend_from_slice(param.as_bytes());
-    out.extend_from_slice(&name_addr[end..]);
-    out
+    super::stamps::with_uri_param(name_addr, &format!(";{HIDDEN_PARAM}={sealed}"))
 }
 
 #[cfg(test)]

@@ -125,7 +125,12 @@ pub fn dialog_param<'a>(uri: &sip_core::SipUri<'a>) -> Option<&'a str> {
 /// `<sip:...;lr>` with `;dlg=token` added inside the URI (before its `?headers` or the
 /// closing bracket).
 pub fn with_dialog_param(name_addr: &[u8], token: &str) -> Vec<u8> {
-    let param = format!(";{DIALOG_PARAM}={token}");
+    with_uri_param(name_addr, &format!(";{DIALOG_PARAM}={token}"))
+}
+
+/// `name_addr` with `param` (`;name=value`) added inside its URI: before its `?headers`
+/// or its closing bracket.
+pub(crate) fn with_uri_param(name_addr: &[u8], param: &str) -> Vec<u8> {
     let end = name_addr
         .iter()
         .position(|&b| b == b'?')
