@@ -284,11 +284,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut last_delivered: Option<tokio::time::Instant> = None;
     let mut broken = false;
     'conn: loop {
-        let idle_deadline = tokio::time::Instant::now() + inner.config.tcp_idle_timeout;
-        let (deadline, reason) = match message_deadline {
-            Some(d) if d < idle_deadline => (d, "message_timeout"),
-            _ => (idle_deadline, "idle_timeout"),
-        };
+        let (deadline, reason) = read_deadline(&inner, message_deadline);
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -340,15 +336,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        // What is left is the start of the next message: its clock started with this
-        // read, unless it had started earlier and nothing completed since.
-        message_deadline = if buf.is_empty() {
-            None
-        } else if completed || message_deadline.is_none() {
-            Some(tokio::time::Instant::from_std(received_at) + inner.config.tcp_message_timeout)
-        } else {
-            message_deadline
-        };
+        message_deadline =
+            next_message_deadline(&inner, &buf, completed, message_deadline, received_at);
     }
     if broken && let Some(t) = last_delivered {
         // The requests that came before the broken bytes are still being answered (by an
@@ -360,6 +349,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Dropping our sender lets the writer drain what is queued, then close.
     drop(tx);
     close_flow(&inner, flow);
+}
+
+/// When the next read of a stream must come, and which deadline that is: the deadline of
+/// the message begun in the buffer when sooner than the idle timeout (a stream
+/// connection's two deadlines; WebSocket connections keep the same).
+pub(crate) fn read_deadline(
+    inner: &Inner,
+    message: Option<tokio::time::Instant>,
+) -> (tokio::time::Instant, &'static str) {
+    let idle_deadline = tokio::time::Instant::now() + inner.config.tcp_idle_timeout;
+    match message {
+        Some(d) if d < idle_deadline => (d, "message_timeout"),
+        _ => (idle_deadline, "idle_timeout"),
+    }
+}
+
+/// The message deadline after a turn of decoding `buf`: what is left is the start of the
+/// next message, whose clock started with this read (`received_at`), unless it had
+/// started earlier and nothing `completed` since; none when nothing is left.
+pub(crate) fn next_message_deadline(
+    inner: &Inner,
+    buf: &[u8],
+    completed: bool,
+    previous: Option<tokio::time::Instant>,
+    received_at: Instant,
+) -> Option<tokio::time::Instant> {
+    if buf.is_empty() {
+        None
+    } else if completed || previous.is_none() {
+        Some(tokio::time::Instant::from_std(received_at) + inner.config.tcp_message_timeout)
+    } else {
+        previous
+    }
 }
 
 /// How long a connection whose stream broke stays open for the answers to the messages

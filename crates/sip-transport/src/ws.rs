@@ -52,7 +52,9 @@ impl WebSocketSettings {
         Ok(())
     }
 }
-use crate::tcp::{close_flow, register_flow, timed_out, write_loop};
+use crate::tcp::{
+    close_flow, next_message_deadline, read_deadline, register_flow, timed_out, write_loop,
+};
 use crate::{Inner, deliver};
 
 pub(crate) async fn acceptor(
@@ -214,18 +216,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        message_deadline = if buf.is_empty() {
-            None
-        } else if completed || message_deadline.is_none() {
-            Some(tokio::time::Instant::from_std(received_at) + inner.config.tcp_message_timeout)
-        } else {
-            message_deadline
-        };
-        let idle_deadline = tokio::time::Instant::now() + inner.config.tcp_idle_timeout;
-        let (deadline, reason) = match message_deadline {
-            Some(d) if d < idle_deadline => (d, "message_timeout"),
-            _ => (idle_deadline, "idle_timeout"),
-        };
+        message_deadline =
+            next_message_deadline(&inner, &buf, completed, message_deadline, received_at);
+        let (deadline, reason) = read_deadline(&inner, message_deadline);
         match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Err(_) if reason == "idle_timeout" => {
