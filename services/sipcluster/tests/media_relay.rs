@@ -425,7 +425,9 @@ fn sipp_call_through_the_edge_is_anchored_at_the_relay() {
     let call = caller(sip.sip, &dir, "uac", 4000).spawn(&dir);
     let rt = rt();
     let mut c = rt.block_on(client(&relay));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // The session has two sides once bob answered: SIPp's start, its INVITE, the 407 and
+    // the answer can take seconds on a loaded CI machine (2 cores, tests in parallel).
+    let deadline = Instant::now() + Duration::from_secs(15);
     let session = loop {
         let list = rt
             .block_on(c.list_sessions(pb::ListSessionsRequest {}))

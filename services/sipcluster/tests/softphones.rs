@@ -191,9 +191,22 @@ impl Baresip {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// A console command's answer once it contains `key`: sent again (bounded) while
+    /// baresip's answer is missing, which happens when a loaded machine delays it past a
+    /// read timeout (seen in CI: an empty answer to `/audio_debug`).
+    fn query(&self, cmd: &str, key: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let text = self.command(cmd);
+            if text.contains(key) || Instant::now() >= deadline {
+                return text;
+            }
+        }
+    }
+
     /// RTP packets (sent, received) so far in the call, from `/audio_debug`.
     fn rtp_counts(&self) -> (u64, u64) {
-        let text = self.command("/audio_debug");
+        let text = self.query("/audio_debug", "rcvd=");
         let num = |key: &str| {
             text.split(key)
                 .nth(1)
@@ -208,7 +221,7 @@ impl Baresip {
 
     /// The address the phone sends its RTP to (the other phone, or the relay).
     fn rtp_peer(&self) -> String {
-        let text = self.command("/audio_debug");
+        let text = self.query("/audio_debug", "remote: ");
         text.split("remote: ")
             .nth(1)
             .and_then(|r| r.split(['/', '\n', ' ']).next())
