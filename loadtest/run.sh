@@ -835,7 +835,7 @@ if want dispatcher; then
   start_bg disp "$DISP_METRICS" "$BIN" dispatcher --listen "127.0.0.1:$DISP_PORT" \
     --internal "127.0.0.1:$(free_port)" --edges "127.0.0.1:$DEDGE_PORT" \
     --secret load-test-nonce-secret-0123456789 --metrics "127.0.0.1:$DISP_METRICS" --admin off \
-    --log-level warn
+    --log-level warn --flood-rate 0
   DISP_PID=$BG_PID
   for _ in $(seq 100); do
     [ "$(metric "$DISP_METRICS" sipcluster_dispatcher_target_up)" = 1 ] && break

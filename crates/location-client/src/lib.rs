@@ -14,7 +14,9 @@
 //!   while earlier ones are in flight. Every call carries the caller's bearer token
 //!   ([`ClientConfig::token`]: the edge token for edges, the admin token for the
 //!   operator's commands).
+//! * [`bans`]: the cluster's bans read back on this process's clock.
 
+pub mod bans;
 mod client;
 pub mod convert;
 pub mod limits;

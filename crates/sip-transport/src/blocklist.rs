@@ -75,6 +75,20 @@ impl Blocklist {
     }
 }
 
+/// The prefix of a source ban's subject in the cluster's list (`source:<ip>`; a user's
+/// lock is `user:<user@realm>`).
+const SOURCE_SUBJECT: &str = "source:";
+
+/// The cluster's name for a ban of `ip` (its [`source_key`]).
+pub fn source_subject(ip: IpAddr) -> String {
+    format!("{SOURCE_SUBJECT}{}", source_key(ip))
+}
+
+/// The address a ban subject names, when it is a source ban.
+pub fn subject_source(subject: &str) -> Option<IpAddr> {
+    subject.strip_prefix(SOURCE_SUBJECT)?.parse().ok()
+}
+
 /// The key a source is limited and banned by: its address, or for IPv6 its /64 (one host
 /// gets a whole /64, so single addresses would give it endless fresh sources); an
 /// IPv4-mapped address is its IPv4 address.
@@ -116,5 +130,18 @@ mod tests {
             .unwrap_or_else(|_| unreachable!());
         b.block(ip, t0 + Duration::from_secs(5));
         assert!(b.blocked(mapped, t0));
+    }
+
+    #[test]
+    fn source_subjects_round_trip() {
+        let v6: IpAddr = "2001:db8:1:2::7".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(source_subject(v6), "source:2001:db8:1:2::");
+        assert_eq!(
+            subject_source(&source_subject(v6)),
+            Some(source_key(v6)),
+            "its /64"
+        );
+        assert_eq!(subject_source("user:alice@example.com"), None);
+        assert_eq!(subject_source("source:not-an-address"), None);
     }
 }

@@ -37,6 +37,7 @@
 pub mod admission;
 pub mod blocklist;
 mod capture;
+pub mod flood;
 mod limits;
 mod link;
 mod metrics;
@@ -61,6 +62,7 @@ use tokio::task::JoinHandle;
 
 pub use admission::AdmissionControl;
 pub use blocklist::Blocklist;
+pub use flood::FloodMeter;
 pub use limits::DescriptorBudget;
 pub use link::{LinkError, link_in_process};
 pub use metrics::{ErrorLabel, TransportMetrics};
@@ -86,6 +88,9 @@ pub struct TransportConfig {
     pub ws_allowed_origins: Vec<String>,
     /// Sources whose datagrams and connections are dropped on arrival (banned).
     pub blocklist: Option<Arc<Blocklist>>,
+    /// Flood detection before parsing: a source over its rate is put on `blocklist` (one
+    /// of its own when none is given).
+    pub flood: Option<Arc<FloodMeter>>,
     /// Parser caps for every inbound message.
     pub limits: Limits,
     /// A TCP connection with no inbound bytes for this long is closed.
@@ -119,6 +124,7 @@ impl Default for TransportConfig {
             wss: Vec::new(),
             ws_allowed_origins: Vec::new(),
             blocklist: None,
+            flood: None,
             limits: Limits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
             tcp_message_timeout: Duration::from_secs(10),
@@ -252,6 +258,11 @@ impl Transports {
         events: mpsc::Sender<Inbound>,
         metrics: TransportMetrics,
     ) -> Result<(Transports, Vec<JoinHandle<()>>), TransportError> {
+        let mut config = config;
+        if config.flood.is_some() && config.blocklist.is_none() {
+            // Where the meter's bans are kept.
+            config.blocklist = Some(Arc::default());
+        }
         let mut udp = Vec::new();
         let mut udp_local = Vec::new();
         for &addr in &config.udp {
@@ -567,12 +578,39 @@ pub(crate) fn next_flow(inner: &Inner) -> FlowId {
 /// Hand a parsed message to the core, applying overload control to new requests.
 ///
 /// Returns the stateless 503 to send back when the core's queue is full.
+/// Is a datagram or stream message from `ip` dropped on arrival: its source banned, or
+/// flooding now (which bans it)?
+pub(crate) fn dropped_on_arrival(inner: &Inner, ip: std::net::IpAddr, now: Instant) -> bool {
+    let c = &inner.config;
+    let Some(b) = &c.blocklist else {
+        return false;
+    };
+    if b.blocked(ip, now) {
+        inner.metrics.blocked.inc();
+        return true;
+    }
+    if let Some(f) = &c.flood
+        && f.over(ip, now)
+    {
+        b.block(ip, now + f.ban());
+        inner.metrics.blocked.inc();
+        return true;
+    }
+    false
+}
+
 pub(crate) async fn deliver(
     inner: &Inner,
     msg: SipMessage,
     source: Target,
     received_at: Instant,
 ) -> Option<Bytes> {
+    // A stream's messages are counted here (a datagram before it was parsed): a
+    // connection from a source banned since it was opened, or flooding over it, is
+    // dropped message by message.
+    if source.flow.is_some() && dropped_on_arrival(inner, source.addr.ip(), received_at) {
+        return None;
+    }
     let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
     if new_request
         && inner.gate.closed(&inner.events)

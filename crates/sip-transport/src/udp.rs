@@ -52,12 +52,9 @@ pub(crate) async fn reader(inner: Arc<Inner>, local: SocketAddr, sock: Arc<UdpSo
             }
         };
         let received_at = Instant::now();
-        // A banned source: dropped before anything is done with its bytes.
-        if let Some(b) = &inner.config.blocklist
-            && b.blocked(src.ip(), received_at)
-        {
+        // A banned or flooding source: dropped before anything is done with its bytes.
+        if crate::dropped_on_arrival(&inner, src.ip(), received_at) {
             let _ = buf.split_to(n);
-            inner.metrics.blocked.inc();
             continue;
         }
         let data: Bytes = buf.split_to(n).freeze();

@@ -731,3 +731,79 @@ async fn a_full_linked_receiver_answers_503_and_garbage_gets_400() {
     let (resp, _) = next_message(&mut a_rx).await;
     assert_eq!(resp.status(), Some(400));
 }
+
+/// The flood meter, before parsing: over UDP the datagrams past the rate are dropped and
+/// the source is banned (reported once); over a TCP connection opened before its ban the
+/// messages past the rate are dropped too; another source is served meanwhile.
+#[tokio::test]
+async fn a_flooding_source_is_banned_before_parsing_over_udp_and_tcp() {
+    let (meter, mut bans) = sip_transport::FloodMeter::new(20, Duration::from_secs(30), |_| false);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let metrics = TransportMetrics::default();
+    let cfg = TransportConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        flood: Some(std::sync::Arc::new(meter)),
+        ..TransportConfig::default()
+    };
+    let (t, _tasks) = Transports::bind(cfg, tx, metrics.clone()).await.unwrap();
+    let (udp, tcp) = (t.udp_addrs()[0], t.tcp_addrs()[0]);
+
+    // A TCP connection from 127.0.0.12, opened before the flood from that address.
+    let mut conn = connect_from("127.0.0.12", tcp).await;
+    assert!(send_options(&mut conn, "z9hG4bKtcp-before").await);
+    let (msg, _) = next_message(&mut rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKtcp-before@t"));
+
+    // 100 datagrams from 127.0.0.12 within the second: 19 more get through, then none.
+    let flooder = UdpSocket::bind("127.0.0.12:0").await.unwrap();
+    for i in 0..100 {
+        flooder
+            .send_to(options(&format!("z9hG4bKfl{i}")).as_bytes(), udp)
+            .await
+            .unwrap();
+    }
+    let banned = timeout(WAIT, bans.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        banned,
+        ("127.0.0.12".parse().unwrap(), Duration::from_secs(30))
+    );
+    let mut through = 0;
+    while let Ok(Some(ev)) = timeout(Duration::from_millis(300), rx.recv()).await {
+        if let Inbound::Message { msg, .. } = ev {
+            assert!(msg.call_id().unwrap().starts_with("z9hG4bKfl"), "{msg:?}");
+            through += 1;
+        }
+    }
+    assert_eq!(
+        through, 19,
+        "the rate (20) less the TCP message counted before"
+    );
+    let exposition = |m: &TransportMetrics| {
+        let mut r = prometheus_client::registry::Registry::default();
+        m.register(&mut r);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    };
+    let text = exposition(&metrics);
+    assert!(text.contains("sip_transport_blocked_total 81"), "{text}");
+
+    // The connection opened before the ban: its next message is dropped too.
+    assert!(send_options(&mut conn, "z9hG4bKtcp-after").await);
+    assert!(
+        timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a banned source's stream message delivered"
+    );
+    // Another source is served.
+    let other = UdpSocket::bind("127.0.0.13:0").await.unwrap();
+    other
+        .send_to(options("z9hG4bKother").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (msg, _) = next_message(&mut rx).await;
+    assert_eq!(msg.call_id(), Ok("z9hG4bKother@t"));
+    assert!(bans.try_recv().is_err(), "one ban reported");
+}

@@ -12,6 +12,7 @@
 //! task, the gRPC admin API ([`admin`]) and `/metrics`.
 
 pub mod admin;
+pub mod bans;
 pub mod config;
 pub mod discovery;
 
@@ -139,6 +140,7 @@ struct MetricSet {
     internal: TransportMetrics,
     auth: grpc_auth::AuthMetrics,
     hep: hep::HepMetrics,
+    bans: bans::BanMetrics,
 }
 
 impl MetricSet {
@@ -150,6 +152,7 @@ impl MetricSet {
         self.relay.register(root);
         self.auth.register(root);
         let d = root.sub_registry_with_prefix("dispatcher");
+        self.bans.register(d);
         self.public
             .register(d.sub_registry_with_label(("side".into(), "public".into())));
         self.internal
@@ -303,6 +306,7 @@ pub fn check_before_start(cfg: &DispatcherConfig) -> Result<(), DispatcherError>
     cfg.validate()?;
     discovery_from(cfg)?;
     admin_tokens(cfg)?;
+    bans::client(&cfg.bans)?;
     if let Some(tls) = cfg.tls.config() {
         sip_transport::tls::check_files(&tls)
             .map_err(|e| DispatcherError::Transport(sip_transport::TransportError::Tls(e)))?;
@@ -322,17 +326,27 @@ pub async fn start_with(
 ) -> Result<DispatcherHandle, DispatcherError> {
     cfg.validate()?;
     let tokens = admin_tokens(&cfg)?;
-    start_authenticated(cfg, discovery, tokens, grpc_auth::AuthMetrics::default()).await
+    start_authenticated(
+        cfg,
+        discovery,
+        tokens,
+        grpc_auth::AuthMetrics::default(),
+        None,
+    )
+    .await
 }
 
 /// Start with the admin API's accepted tokens given (a process that made them itself,
 /// the all-in-one; `None` is refused while the API is served) and the counter of its
-/// refusals, which [`DispatcherHandle::register_metrics`] registers.
+/// refusals, which [`DispatcherHandle::register_metrics`] registers. `public_blocklist`:
+/// sources the public side drops on arrival, kept by someone else (the all-in-one's
+/// edge); else this dispatcher keeps its own when `[bans]` names the location service.
 pub async fn start_authenticated(
     cfg: DispatcherConfig,
     discovery: Box<dyn Discovery>,
     admin_tokens: Option<grpc_auth::Tokens>,
     auth_metrics: grpc_auth::AuthMetrics,
+    public_blocklist: Option<Arc<sip_transport::Blocklist>>,
 ) -> Result<DispatcherHandle, DispatcherError> {
     cfg.validate()?;
     // Before anything binds: a served admin API without its token is a start error.
@@ -343,6 +357,11 @@ pub async fn start_authenticated(
         }
     };
     let edge_transport = cfg.edge_transport()?;
+    let ban_client = bans::client(&cfg.bans)?;
+    let flood = bans::flood_meter(&cfg.bans);
+    let blocklist =
+        public_blocklist.or_else(|| (ban_client.is_some() || flood.is_some()).then(Arc::default));
+    let flood_meter = flood.as_ref().map(|(m, _)| m.clone());
     let secret = cfg.secret.clone().unwrap_or_default();
     let mut rnd = [0u8; 4];
     getrandom::fill(&mut rnd).map_err(|e| DispatcherError::Random(e.to_string()))?;
@@ -356,8 +375,10 @@ pub async fn start_authenticated(
         // TLS and WebSocket face clients: the internal side (edges, inside the
         // cluster) has neither.
         tls: if public { cfg.tls.config() } else { None },
-        // Bans are the edges' (they see who failed to log in); the dispatcher relays.
-        blocklist: None,
+        // The edges ban (they see floods and failed logins); the public side drops what
+        // they banned, when this dispatcher reads their list.
+        blocklist: if public { blocklist.clone() } else { None },
+        flood: if public { flood_meter.clone() } else { None },
         ws: if public {
             cfg.websocket.listen.clone()
         } else {
@@ -424,9 +445,29 @@ pub async fn start_authenticated(
         internal: int_m.clone(),
         auth: auth_metrics,
         hep: hep_metrics,
+        bans: bans::BanMetrics::default(),
     };
     let mut registry = Registry::default();
     metric_set.register(&mut registry);
+    if let Some((_, flood_bans)) = flood {
+        tasks.push(tokio::spawn(bans::report_floods(
+            flood_bans,
+            ban_client.clone(),
+            metric_set.bans.clone(),
+        )));
+    }
+    if let Some(client) = ban_client {
+        let every = Duration::from_millis(cfg.bans.sync_ms);
+        let list = blocklist.clone().unwrap_or_default();
+        tasks.push(tokio::spawn(bans::sync_loop(
+            client,
+            list,
+            bans::allowed(&cfg.bans),
+            every,
+            metric_set.bans.clone(),
+        )));
+    }
+    let banned_gauge = metric_set.bans.banned_sources.clone();
 
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_addr = match cfg.metrics_listen {
@@ -513,6 +554,9 @@ pub async fn start_authenticated(
             let now = Instant::now();
             if now >= next_gauge {
                 metrics.flows.set(pub_t.connection_count() as i64);
+                if let Some(b) = &blocklist {
+                    banned_gauge.set(i64::try_from(b.count(now)).unwrap_or(i64::MAX));
+                }
                 next_gauge = now + Duration::from_secs(1);
             }
             let deadline = relay.poll_timeout().map_or(next_gauge, |d| d.min(next_gauge));

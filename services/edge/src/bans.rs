@@ -72,9 +72,8 @@ pub fn count_failure(sh: &Shared, ip: std::net::IpAddr, user: &str) {
         return;
     }
     let s = &sh.cfg.security;
-    let source = sip_transport::blocklist::source_key(ip);
     let r = pb::CountFailureRequest {
-        source: format!("source:{source}"),
+        source: sip_transport::blocklist::source_subject(ip),
         user: if user.is_empty() {
             String::new()
         } else {
@@ -102,11 +101,11 @@ fn apply(sh: &Shared, bans: &[pb::BanEvent]) {
     let now = Instant::now();
     let now_ms = sip_registrar::unix_now_ms();
     for b in bans {
-        let left = Duration::from_millis(b.until_ms.saturating_sub(now_ms));
-        if sh.guard.apply(&b.subject, now + left, now) {
+        let until = location_client::bans::ban_until(b, now, now_ms);
+        if sh.guard.apply(&b.subject, until, now) {
             tracing::info!(
                 subject = %b.subject,
-                secs = left.as_secs(),
+                secs = (until - now).as_secs(),
                 "ban from the cluster now in force on this edge"
             );
         }

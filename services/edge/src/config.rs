@@ -1025,6 +1025,10 @@ impl EdgeConfig {
             ws_allowed_origins: Vec::new(),
             // The edge's runner puts its guard's blocklist here.
             blocklist: None,
+            // The edge's guard counts requests after parsing (a token bucket per source,
+            // flood bans when it sheds too often); it hears clients through dispatchers,
+            // whose own meters count before parsing.
+            flood: None,
             limits: self.parser_limits(),
             tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
             tcp_message_timeout: Duration::from_secs(l.tcp_message_timeout_secs),

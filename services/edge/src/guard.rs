@@ -66,7 +66,9 @@ impl Lockout {
     /// for how long.
     pub fn subject(&self) -> (String, Duration) {
         match self {
-            Lockout::Source(ip, d) | Lockout::Flood(ip, d) => (format!("source:{ip}"), *d),
+            Lockout::Source(ip, d) | Lockout::Flood(ip, d) => {
+                (sip_transport::blocklist::source_subject(*ip), *d)
+            }
             Lockout::User(u, d) => (format!("user:{u}"), *d),
         }
     }
@@ -226,10 +228,7 @@ impl Guard {
         if until <= now {
             return false;
         }
-        if let Some(ip) = subject
-            .strip_prefix("source:")
-            .and_then(|s| s.parse::<IpAddr>().ok())
-        {
+        if let Some(ip) = sip_transport::blocklist::subject_source(subject) {
             if self.allowed(ip) {
                 return false;
             }

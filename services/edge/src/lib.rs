@@ -238,6 +238,7 @@ pub async fn start(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             dialogs: Arc::new(dialogs::MemoryDialogs::default()),
             limits: Arc::new(limit::MemoryLimits::default()),
             bans: None,
+            blocklist: None,
         },
         accounting::Destination::Off,
     )
@@ -273,6 +274,7 @@ pub async fn start_cluster(cfg: EdgeConfig) -> Result<EdgeHandle, EdgeError> {
             dialogs: client.clone(),
             limits: client.clone(),
             bans: Some(client),
+            blocklist: None,
         },
         accounting::Destination::Off,
     )
@@ -307,9 +309,16 @@ pub async fn start_with(
     let (tx, rx) = mpsc::channel(cfg.limits.core_queue);
     let mut tcfg = cfg.transport_config(cfg.sip.udp.clone(), cfg.sip.tcp.clone());
     tcfg.capture = hep.sink();
-    // The guard's bans are dropped by the transports on arrival.
-    let blocklist = Arc::new(sip_transport::Blocklist::default());
-    tcfg.blocklist = Some(blocklist.clone());
+    // The guard's bans are dropped by the transports on arrival: this edge's, or those
+    // that receive the clients' packets before it.
+    let blocklist = match &stores.blocklist {
+        Some(outside) => outside.clone(),
+        None => {
+            let own = Arc::new(sip_transport::Blocklist::default());
+            tcfg.blocklist = Some(own.clone());
+            own
+        }
+    };
     let (transports, tasks) = Transports::bind(tcfg, tx, metrics.transport.clone()).await?;
     let secret = match &cfg.auth.nonce_secret {
         Some(s) => s.clone(),

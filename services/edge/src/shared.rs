@@ -76,6 +76,12 @@ pub struct Stores {
     pub limits: Arc<dyn crate::limit::CallLimits>,
     /// The cluster's bans, in a cluster.
     pub bans: Option<Arc<dyn crate::bans::ClusterBans>>,
+    /// Where the guard's source bans are dropped on arrival when the clients' packets do
+    /// not reach this edge's own transports first (the all-in-one: its dispatcher's
+    /// public side). `None`: this edge's transports. Never both: in the all-in-one the
+    /// edge's transport hears every client from the dispatcher's loopback address, so a
+    /// banned client on that address would cut off everybody.
+    pub blocklist: Option<Arc<sip_transport::Blocklist>>,
 }
 
 impl Shared {

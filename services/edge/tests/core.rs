@@ -145,6 +145,7 @@ impl Harness {
                 dialogs: Arc::new(edge::dialogs::MemoryDialogs::default()),
                 limits: Arc::new(edge::limit::MemoryLimits::default()),
                 bans: None,
+                blocklist: None,
             },
             Arc::new(NoConnections),
             (&[EDGE.parse().unwrap()], &[]),

@@ -74,6 +74,7 @@ async fn start_edge_with_tcp(tcp: bool) -> Edge {
             dialogs: std::sync::Arc::new(edge::dialogs::MemoryDialogs::default()),
             limits: std::sync::Arc::new(edge::limit::MemoryLimits::default()),
             bans: None,
+            blocklist: None,
         },
         accounting::Destination::Off,
     )

@@ -216,6 +216,9 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         .destination_or(accounting::Destination::Jsonl)
         == accounting::Destination::Jsonl)
         .then(|| ecfg.accounting.jsonl_path.clone());
+    // The edge's bans are dropped where clients' packets arrive: the dispatcher's public
+    // side (the edge hears every client from the dispatcher's loopback address).
+    let blocklist = Arc::new(sip_transport::Blocklist::default());
     // The in-process location store also holds the used nonces and the dialog records.
     let edge = edge::start_with(
         ecfg,
@@ -228,6 +231,7 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
             limits: Arc::new(edge::limit::MemoryLimits::default()),
             // One process: its guard's bans are all the cluster's.
             bans: None,
+            blocklist: Some(blocklist.clone()),
         },
         accounting::Destination::Jsonl,
     )
@@ -260,6 +264,12 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         metrics_listen: None,
         drain_secs: cfg.runtime.drain_secs,
         hep: cfg.hep.clone(),
+        // The edge's guard detects floods (with its allow-list) and bans into the
+        // blocklist the public side drops from: one detector, one set of settings.
+        bans: dispatcher::config::BansConfig {
+            flood_rate: 0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let discovery = dispatcher::discovery_from(&dcfg)?;
@@ -269,9 +279,14 @@ async fn serve(cfg: EdgeConfig) -> Result<()> {
         (Some(_), Some((token, _))) => Some(grpc_auth::Tokens::admin(token.clone())),
         _ => None,
     };
-    let disp =
-        dispatcher::start_authenticated(dcfg, discovery, admin_api_tokens, auth_metrics.clone())
-            .await?;
+    let disp = dispatcher::start_authenticated(
+        dcfg,
+        discovery,
+        admin_api_tokens,
+        auth_metrics.clone(),
+        Some(blocklist),
+    )
+    .await?;
     // The dispatcher -> edge hop stays in the process: the same relay and proxy code,
     // with datagrams handed over through each other's queue instead of loopback UDP.
     // (Probes and anything sent before this line went by socket; they still work.)

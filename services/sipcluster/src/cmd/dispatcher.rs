@@ -65,6 +65,16 @@ pub struct DispatcherArgs {
     /// Topology hiding: no internal address reaches a client (true/false).
     #[arg(long, env = "SIPCLUSTER_TOPOLOGY_HIDING")]
     pub topology_hiding: Option<bool>,
+    /// The location service whose ban list this dispatcher applies (e.g.
+    /// http://location:50051): banned sources are dropped on arrival. With the edge token.
+    #[arg(long, env = "SIPCLUSTER_LOCATION")]
+    pub location: Option<String>,
+    #[command(flatten)]
+    pub edge_token: crate::tokens::EdgeTokenArg,
+    /// Messages a second from one source above which it is banned as a flood (0: off;
+    /// default 2000). Put big trunks on bans.allow_list instead of raising it.
+    #[arg(long, env = "SIPCLUSTER_DISPATCHER_FLOOD_RATE")]
+    pub flood_rate: Option<u32>,
     /// Seconds of drain on SIGTERM.
     #[arg(long, env = "SIPCLUSTER_DISPATCHER_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
@@ -142,6 +152,13 @@ pub fn build_dispatcher_config(a: &DispatcherArgs) -> Result<dispatcher::Dispatc
     }
     if let Some(h) = a.topology_hiding {
         cfg.topology_hiding = h;
+    }
+    if a.location.is_some() {
+        cfg.bans.location_endpoint.clone_from(&a.location);
+    }
+    a.edge_token.apply(&mut cfg.bans.token_file);
+    if let Some(r) = a.flood_rate {
+        cfg.bans.flood_rate = r;
     }
     a.hep.apply(&mut cfg.hep)?;
     a.tls.apply(&mut cfg.tls);
