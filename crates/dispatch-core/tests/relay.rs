@@ -693,6 +693,78 @@ Call-ID: pstn-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
     let _ = TxnRef::Stateless;
 }
 
+/// A dialog with a trunk reached over TCP or TLS: the edge's in-dialog requests (routed
+/// by our Record-Route) go to the trunk over that transport again, never over UDP (a
+/// TLS trunk's BYE was once sent in the clear, over UDP, and never answered).
+#[test]
+fn in_dialog_requests_reach_a_set_member_over_its_transport() {
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let now = Instant::now();
+        let mut r = relay();
+        with_edges(&mut r, 1, now);
+        let member = SocketAddr::new(ip("192.0.2.1"), 5061);
+        r.set_sets(
+            vec![(
+                "carrier".into(),
+                Algorithm::Priority,
+                vec![TargetSpec {
+                    id: "gw1".into(),
+                    addr: member,
+                    transport,
+                    weight: 1,
+                    priority: 1,
+                }],
+            )],
+            now,
+        );
+        r.handle_timeout(now);
+        for p in all(&mut r) {
+            let req = parse(&p.bytes);
+            answer(&mut r, Side::Public, &req, 200, p.target, now);
+        }
+        let invite = "INVITE sip:+15551234@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge8\r\nRoute: <sip:set-carrier@10.0.0.9:5070;lr>\r\n\
+Max-Forwards: 69\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:+15551234@example.com>\r\n\
+Call-ID: pstn-2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let edge = udp("10.0.1.1:5060");
+        r.handle_message(
+            Side::Internal,
+            SipMessage::parse(Bytes::from(invite)).unwrap(),
+            edge,
+            &Flows(vec![]),
+            now,
+        );
+        let out = all(&mut r);
+        assert_eq!(out[0].target.transport, transport);
+        let rr = parse(&out[0].bytes)
+            .header(sip_core::HeaderName::RecordRoute)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap();
+        // The BYE the edge sends toward the trunk's Contact, routed by our Record-Route.
+        let bye = format!(
+            "BYE sip:gw@192.0.2.1:5061;transport={t} SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.1:5060;branch=z9hG4bKedge9\r\nRoute: {rr}\r\n\
+Max-Forwards: 69\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:+15551234@example.com>;tag=g1\r\n\
+Call-ID: pstn-2\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            t = transport.as_str().to_ascii_lowercase()
+        );
+        r.handle_message(
+            Side::Internal,
+            SipMessage::parse(Bytes::from(bye)).unwrap(),
+            edge,
+            &Flows(vec![]),
+            now,
+        );
+        let out = all(&mut r);
+        assert_eq!(out.len(), 1, "{transport:?}");
+        assert_eq!(out[0].target.addr, member, "{transport:?}");
+        assert_eq!(
+            out[0].target.transport, transport,
+            "the BYE over {transport:?}"
+        );
+    }
+}
+
 #[test]
 fn options_to_the_dispatcher_and_hostile_input() {
     let now = Instant::now();

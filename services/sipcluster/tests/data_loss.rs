@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
 use common::redis::{Redis, cli, prefix};
-use common::tcp_ua::{header, param};
+use common::tcp_ua::header;
 use common::{RawSip, Server, http_get, status, workdir};
 
 const DOMAIN: &str = "sipcluster.local";
@@ -45,24 +45,7 @@ impl Phone {
 
     /// The Authorization value answering `challenge` for `method` `uri`.
     fn answer(&self, challenge: &str, method: &str, uri: &str) -> String {
-        let realm = param(challenge, "realm").expect("realm");
-        let nonce = param(challenge, "nonce").expect("nonce");
-        let md5 = sip_auth::Algorithm::Md5;
-        let ha1 = sip_auth::ha1(md5, self.user, realm, self.password);
-        let ha2 = sip_auth::ha2(md5, method, uri);
-        let response = md5.hash_joined_hex(&[
-            ha1.as_bytes(),
-            nonce.as_bytes(),
-            b"00000001",
-            b"c0ffee",
-            b"auth",
-            ha2.as_bytes(),
-        ]);
-        format!(
-            "Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-             response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
-            self.user
-        )
+        common::tcp_ua::digest_value(challenge, self.user, self.password, method, uri)
     }
 
     /// REGISTER `contact` (answering a 401 once): the final response, or "" on silence.

@@ -146,14 +146,6 @@ impl Cluster {
 }
 
 /// The sum of every sample whose name starts with `prefix`.
-fn sum(s: &Server, prefix: &str) -> f64 {
-    s.scrape()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 fn register(to: SocketAddr, dir: &Path, user: &str, password: &str, contact_port: u16) {
     Sipp::new(&format!("register-{user}"), "register.xml", Proto::Udp)
         .inf(&format!("{user};{DOMAIN};;127.0.0.1:{contact_port};3600"))
@@ -329,7 +321,7 @@ fn edge_killed_during_200_calls_per_second_loses_almost_nothing() {
         out.successful,
         uas_out.successful,
         uas_out.failed,
-        sum(&c.disp, "sipcluster_dispatcher_failovers_total{"),
+        c.disp.metric_sum("sipcluster_dispatcher_failovers_total{"),
         c.disp
             .metric("sipcluster_dispatcher_responses_rescued_total")
     );
@@ -428,25 +420,10 @@ fn outbound_calls_go_to_a_destination_set_with_priority_failover() {
         ),
     )
     .expect("edge config");
-    let loc = Server::location(&dir, "location", &[]);
-    let edge_addr = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
-    let _edge = Server::edge_at(
-        &dir,
-        "edge",
-        edge_addr,
-        loc.sip,
-        &["--config", &edge_cfg.display().to_string()],
-    );
-    let (disp, admin) = Server::dispatcher_at(
-        &dir,
-        "dispatcher",
-        internal,
-        &[edge_addr],
-        &["--config", &disp_cfg.display().to_string()],
-    );
+    let (_loc, _edge, disp, admin) = Server::one_edge_cluster(&dir, internal, &edge_cfg, &disp_cfg);
     // Both gateways answer probes: up.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sum(&disp, "sipcluster_dispatcher_target_up{set=\"carrier\"") < 2.0 {
+    while disp.metric_sum("sipcluster_dispatcher_target_up{set=\"carrier\"") < 2.0 {
         assert!(Instant::now() < deadline, "{}", disp.scrape());
         std::thread::sleep(Duration::from_millis(50));
     }

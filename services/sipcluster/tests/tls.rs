@@ -11,6 +11,8 @@
 //! * A trunk's client certificate, verified by the dispatcher, makes it a trusted peer
 //!   at the edge (`trusted_peers = ["tls:NAME"]`): its P-Asserted-Identity is kept; the
 //!   same request over TLS with another certificate or none loses it.
+//! * Outbound: a standalone dispatcher reaches a carrier's SBC over mutual TLS, verified
+//!   for its address; SIPS never leaves toward a set reached in the clear.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -20,22 +22,58 @@ mod pki;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::gateway::Gateway;
 use common::tcp_ua::{TcpUa, header};
 use common::{Proto, Server, Sipp, free_addr, status, which, workdir};
 
 const DOMAIN: &str = "sipcluster.local";
 
-/// A `stunnel` client: plain TCP in at `addr`, TLS out to `to`, verifying the server's
-/// certificate against `ca` for 127.0.0.1. Stopped (by its PID) when dropped.
+/// A `stunnel`: a client (plain TCP in at `addr`, TLS out) or a server (TLS in at
+/// `addr`, plain TCP out). Stopped (by its PID) when dropped.
 struct Stunnel {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Stunnel {
+    /// TLS out to `to`, verifying the server's certificate against `ca` for 127.0.0.1.
     fn client(dir: &Path, name: &str, to: SocketAddr, ca: &Path) -> Stunnel {
+        Stunnel::start(
+            dir,
+            name,
+            &format!(
+                "client = yes\nconnect = {to}\nverifyChain = yes\nCAfile = {ca}\n\
+                 checkIP = 127.0.0.1\n",
+                ca = ca.display()
+            ),
+        )
+    }
+
+    /// TLS in with `cert`/`key`, requiring a client certificate that verifies against
+    /// `ca`; plain TCP on to `to` (a trunk's SBC taking mutual TLS).
+    fn server(
+        dir: &Path,
+        name: &str,
+        to: SocketAddr,
+        (cert, key): (&Path, &Path),
+        ca: &Path,
+    ) -> Stunnel {
+        Stunnel::start(
+            dir,
+            name,
+            &format!(
+                "connect = {to}\ncert = {cert}\nkey = {key}\nverifyChain = yes\nCAfile = {ca}\n",
+                cert = cert.display(),
+                key = key.display(),
+                ca = ca.display()
+            ),
+        )
+    }
+
+    fn start(dir: &Path, name: &str, service: &str) -> Stunnel {
         let stunnel = which("stunnel4")
             .or_else(|| which("stunnel"))
             .expect("stunnel (apt stunnel4; ./scripts/test.sh installs it)");
@@ -44,11 +82,8 @@ impl Stunnel {
         std::fs::write(
             &conf,
             format!(
-                "foreground = yes\npid =\nsyslog = no\noutput = {log}\n[sip]\nclient = yes\n\
-                 accept = {addr}\nconnect = {to}\nverifyChain = yes\nCAfile = {ca}\n\
-                 checkIP = 127.0.0.1\n",
+                "foreground = yes\npid =\nsyslog = no\noutput = {log}\n[sip]\naccept = {addr}\n{service}",
                 log = dir.join(format!("{name}.log")).display(),
-                ca = ca.display(),
             ),
         )
         .unwrap();
@@ -376,4 +411,148 @@ fn a_tls_phone_is_called_on_its_connection_sips_is_never_downgraded_and_a_trunk_
         ],
         "(call, P-Asserted-Identity headers bob got)"
     );
+}
+
+/// Outbound TLS through a standalone dispatcher: a carrier's SBC takes mutual TLS (a
+/// `stunnel` server requiring a client certificate from the test CA, in front of our TCP
+/// gateway). The dispatcher verifies it for its IP address and presents its own
+/// certificate: a call from SIPp over UDP to +1… reaches the gateway over TLS and ends
+/// there. An SBC whose certificate names another address is never used (its probes fail
+/// verification: down). A SIPS call toward a set with no TLS member gets 480 and never
+/// reaches that set's gateway (RFC 5630: never downgraded).
+#[test]
+fn calls_leave_for_a_tls_trunk_over_verified_mutual_tls_and_sips_never_leaves_in_the_clear() {
+    let dir = workdir("tls_outbound");
+    let pki = pki::Pki::new(&dir.join("pki"), "test-ca");
+    let (disp_crt, disp_key) = pki.leaf("dispatcher", "IP:127.0.0.1,DNS:sip.cluster.test");
+    let (carrier_crt, carrier_key) = pki.leaf("carrier", "IP:127.0.0.1");
+    let (wrong_crt, wrong_key) = pki.leaf("wrong", "IP:127.0.0.9");
+    let ca = pki.ca();
+    let gw = Gateway::spawn_tcp(200);
+    let sbc = Stunnel::server(&dir, "sbc", gw.addr, (&carrier_crt, &carrier_key), &ca);
+    gw.set_contact(&format!("sip:gw@{};transport=tls", sbc.addr));
+    let gw_wrong = Gateway::spawn_tcp(200);
+    let sbc_wrong = Stunnel::server(
+        &dir,
+        "sbc-wrong",
+        gw_wrong.addr,
+        (&wrong_crt, &wrong_key),
+        &ca,
+    );
+    let clear = Gateway::spawn(200);
+
+    let internal = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let tls = free_addr();
+    let disp_cfg = dir.join("dispatcher.toml");
+    std::fs::write(
+        &disp_cfg,
+        format!(
+            "[tls]\nlisten = [\"{tls}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             client_auth = \"optional\"\nclient_ca_file = \"{}\"\n\
+             [[sets]]\nname = \"carrier\"\ntargets = [{{ address = \"{}\", transport = \"tls\" }}]\n\
+             [[sets]]\nname = \"wrong\"\ntargets = [{{ address = \"{}\", transport = \"tls\" }}]\n\
+             [[sets]]\nname = \"clear\"\ntargets = [{{ address = \"{}\" }}]\n",
+            disp_crt.display(),
+            disp_key.display(),
+            ca.display(),
+            ca.display(),
+            sbc.addr,
+            sbc_wrong.addr,
+            clear.addr,
+        ),
+    )
+    .unwrap();
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "[outbound]\ndispatcher = \"sip:{internal}\"\n\
+             [[outbound.rules]]\nprefix = \"+1\"\nset = \"carrier\"\n\
+             [[outbound.rules]]\nprefix = \"+2\"\nset = \"clear\"\n"
+        ),
+    )
+    .unwrap();
+    let (_loc, _edge, disp, _admin) =
+        Server::one_edge_cluster(&dir, internal, &edge_cfg, &disp_cfg);
+    let up =
+        |set: &str| disp.metric_sum(&format!("sipcluster_dispatcher_target_up{{set=\"{set}\""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up("carrier") < 1.0 || up("clear") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", disp.scrape());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Probes every 200 ms: the wrong SBC has failed several by now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        up("wrong"),
+        0.0,
+        "an SBC with another address's certificate is up"
+    );
+    assert_eq!(
+        gw_wrong.options.load(Ordering::Relaxed),
+        0,
+        "a probe crossed the wrong SBC"
+    );
+    assert!(gw.options.load(Ordering::Relaxed) >= 1, "probes over TLS");
+
+    // A call to +1…: over mutual TLS to the carrier, and the BYE after it.
+    Sipp::new("alice", "uac_call.xml", Proto::Udp)
+        .inf(&format!("alice;{DOMAIN};alice-secret;+15551234"))
+        .auth("alice", "alice-secret", &format!("+15551234@{DOMAIN}"))
+        .to(disp.sip)
+        .run(&dir)
+        .assert_ok(1, "alice calls the carrier over TLS");
+    assert_eq!(gw.invites.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        gw.byes.load(Ordering::Relaxed),
+        1,
+        "the BYE went the same way"
+    );
+    let vias = gw.via.lock().unwrap().clone();
+    let invite_via = vias
+        .iter()
+        .find(|v| v.starts_with("INVITE "))
+        .expect("INVITE seen");
+    assert!(
+        invite_via.starts_with("INVITE SIP/2.0/TLS "),
+        "the dispatcher's Via names TLS: {invite_via}"
+    );
+    assert!(
+        disp.metric("sipcluster_dispatcher_sip_transport_messages_sent_total{side=\"public\",transport=\"tls\"}")
+            >= 3.0,
+        "INVITE, ACK and BYE sent over TLS"
+    );
+
+    // alice over TLS: a SIPS call toward the set with no TLS member gets 480 and nothing
+    // leaves; the same call as sip: reaches that set's gateway (the rule refused it).
+    let mut alice = TcpUa::connect_tls(tls, &ca, None);
+    let sips = alice.invite(
+        "alice",
+        "alice-secret",
+        &format!("sips:+25551234@{DOMAIN}"),
+        "sips-to-clear",
+    );
+    assert_eq!(status(&sips), 480, "{sips}");
+    assert_eq!(
+        clear.invites.load(Ordering::Relaxed),
+        0,
+        "a SIPS call left in the clear"
+    );
+    let plain = alice.invite(
+        "alice",
+        "alice-secret",
+        &format!("sip:+25551234@{DOMAIN}"),
+        "sip-to-clear",
+    );
+    assert_eq!(status(&plain), 200, "{plain}");
+    assert_eq!(clear.invites.load(Ordering::Relaxed), 1);
+    // And a SIPS call to the carrier's TLS set goes through.
+    let secure = alice.invite(
+        "alice",
+        "alice-secret",
+        &format!("sips:+15551234@{DOMAIN}"),
+        "sips-to-carrier",
+    );
+    assert_eq!(status(&secure), 200, "{secure}");
+    assert_eq!(gw.invites.load(Ordering::Relaxed), 2);
 }

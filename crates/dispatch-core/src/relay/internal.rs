@@ -103,9 +103,19 @@ impl Relay {
                         return;
                     }
                 },
+                // No connection of ours: a UDP client, or a set member (a trunk) reached
+                // over the transport its Record-Route names (a TLS one's token is
+                // secure: in-dialog requests to a TLS trunk never go in the clear).
                 // Not behind a NAT: the Request-URI (the Contact) is where it listens.
                 None => Target {
-                    transport: Transport::Udp,
+                    transport: if tok.secure {
+                        Transport::Tls
+                    } else {
+                        match uri.transport().and_then(Transport::from_token) {
+                            Some(Transport::Tcp) => Transport::Tcp,
+                            _ => Transport::Udp,
+                        }
+                    },
                     addr: if tok.nat {
                         tok.client
                     } else {

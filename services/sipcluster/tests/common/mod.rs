@@ -281,6 +281,34 @@ impl Server {
         Server::launch(dir, name, "edge", sip, free_addr(), &args, "/readyz")
     }
 
+    /// A cluster of one edge: a location service (in memory), an edge configured by
+    /// `edge_cfg`, and a dispatcher in front of it on `internal` configured by
+    /// `disp_cfg`. The dispatcher's admin API address comes last.
+    pub fn one_edge_cluster(
+        dir: &Path,
+        internal: SocketAddr,
+        edge_cfg: &Path,
+        disp_cfg: &Path,
+    ) -> (Server, Server, Server, SocketAddr) {
+        let loc = Server::location(dir, "location", &[]);
+        let edge_addr = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let edge = Server::edge_at(
+            dir,
+            "edge",
+            edge_addr,
+            loc.sip,
+            &["--config", &edge_cfg.display().to_string()],
+        );
+        let (disp, admin) = Server::dispatcher_at(
+            dir,
+            "dispatcher",
+            internal,
+            &[edge_addr],
+            &["--config", &disp_cfg.display().to_string()],
+        );
+        (loc, edge, disp, admin)
+    }
+
     /// Start a dispatcher on free loopback ports in front of static `edges`, probing
     /// them every 200 ms. `sip` is its public address; the admin API is on `admin`.
     pub fn dispatcher(
@@ -562,6 +590,16 @@ impl Server {
     /// The value of one sample (`name{labels}` exactly as exposed), 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.scrape(), sample)
+    }
+
+    /// The sum of every sample whose line starts with `prefix` (`name{label="x"` sums
+    /// over the other labels).
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        self.scrape()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 
     /// The still-running check: the process did not die under the test.

@@ -38,6 +38,49 @@ pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The `header_name` line (`Authorization`, `Proxy-Authorization`) answering
+/// `challenge` for `method` on `uri` (MD5, qop=auth, nc=00000001).
+pub fn digest(
+    header_name: &str,
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    format!(
+        "{header_name}: {}\r\n",
+        digest_value(challenge, user, password, method, uri)
+    )
+}
+
+/// The credentials (`Digest username=...`) answering `challenge` for `method` on `uri`.
+pub fn digest_value(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let realm = param(challenge, "realm").expect("realm");
+    let nonce = param(challenge, "nonce").expect("nonce");
+    let md5 = sip_auth::Algorithm::Md5;
+    let ha1 = sip_auth::ha1(md5, user, realm, password);
+    let ha2 = sip_auth::ha2(md5, method, uri);
+    let response = md5.hash_joined_hex(&[
+        ha1.as_bytes(),
+        nonce.as_bytes(),
+        b"00000001",
+        b"c0ffee",
+        b"auth",
+        ha2.as_bytes(),
+    ]);
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+    )
+}
+
 pub fn param<'a>(challenge: &'a str, name: &str) -> Option<&'a str> {
     challenge.split(',').find_map(|p| {
         let (k, v) = p.trim().trim_start_matches("Digest ").split_once('=')?;
@@ -219,27 +262,71 @@ impl TcpUa {
         let challenge = self.next(Duration::from_secs(5)).expect("401");
         assert_eq!(status(&challenge), 401, "{challenge}");
         let www = header(&challenge, "WWW-Authenticate")[0].to_owned();
-        let realm = param(&www, "realm").expect("realm");
-        let nonce = param(&www, "nonce").expect("nonce");
-        let uri = format!("sip:{DOMAIN}");
-        let md5 = sip_auth::Algorithm::Md5;
-        let ha1 = sip_auth::ha1(md5, user, realm, password);
-        let ha2 = sip_auth::ha2(md5, "REGISTER", &uri);
-        let response = md5.hash_joined_hex(&[
-            ha1.as_bytes(),
-            nonce.as_bytes(),
-            b"00000001",
-            b"c0ffee",
-            b"auth",
-            ha2.as_bytes(),
-        ]);
-        let auth = format!(
-            "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", \
-             uri=\"{uri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+        let auth = digest(
+            "Authorization",
+            &www,
+            user,
+            password,
+            "REGISTER",
+            &format!("sip:{DOMAIN}"),
         );
         self.send(&req(2, &auth));
         let ok = self.next(Duration::from_secs(5)).expect("200");
         assert_eq!(status(&ok), 200, "{ok}");
+    }
+
+    /// An INVITE (no body) to `ruri` from `user`, answering the edge's 407 once: the
+    /// final response (provisional ones skipped; the 407 acknowledged).
+    pub fn invite(&mut self, user: &str, password: &str, ruri: &str, call_id: &str) -> String {
+        let local = self.local();
+        let t = self.transport;
+        let scheme = if t == "TLS" { "sips" } else { "sip" };
+        let req = |cseq: u32, branch: &str, auth: &str| {
+            format!(
+                "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch=z9hG4bK-{branch}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=inv-{call_id}\r\nTo: <{ruri}>\r\n\
+                 Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <{scheme}:{user}@{local};transport={}>\r\n\
+                 {auth}Content-Length: 0\r\n\r\n",
+                t.to_ascii_lowercase()
+            )
+        };
+        self.send(&req(1, &format!("{call_id}-1"), ""));
+        let challenge = self.final_response(call_id);
+        if status(&challenge) != 407 {
+            return challenge;
+        }
+        let to = header(&challenge, "To")[0].to_owned();
+        self.send(&format!(
+            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch=z9hG4bK-{call_id}-1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=inv-{call_id}\r\nTo: {to}\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ));
+        let proxy = header(&challenge, "Proxy-Authenticate")[0].to_owned();
+        let auth = digest(
+            "Proxy-Authorization",
+            &proxy,
+            user,
+            password,
+            "INVITE",
+            ruri,
+        );
+        self.send(&req(2, &format!("{call_id}-2"), &auth));
+        self.final_response(call_id)
+    }
+
+    /// The next final response for `call_id`, within 10 s.
+    fn final_response(&mut self, call_id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(m) = self.next(Duration::from_millis(500))
+                && m.starts_with("SIP/2.0")
+                && status(&m) >= 200
+                && header(&m, "Call-ID").first() == Some(&call_id)
+            {
+                return m;
+            }
+        }
+        panic!("no final response for {call_id} within 10 s");
     }
 
     pub fn respond(&mut self, req: &str, code: u16, reason: &str, to_tag: bool) {
