@@ -45,6 +45,7 @@ mod tcp;
 pub mod tls;
 mod udp;
 mod ws;
+pub mod x509;
 
 use foldhash::HashMap;
 use std::io;
@@ -396,6 +397,7 @@ impl Transports {
             tasks.push(tokio::spawn(ws::acceptor(inner.clone(), tls, l)));
         }
         if let Some(tls) = tls {
+            tls.publish_expiry(&inner.metrics);
             for l in tls_listeners {
                 tasks.push(tokio::spawn(tls::acceptor(inner.clone(), tls.clone(), l)));
             }

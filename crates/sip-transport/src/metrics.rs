@@ -96,6 +96,9 @@ pub struct TransportMetrics {
     /// Changes of the certificate files, by result (`ok`: in use; `error`: the previous
     /// pair stays).
     pub tls_reloads: Family<ResultLabel, Counter>,
+    /// When the TLS certificate in use expires, Unix seconds (0: no TLS, or its date
+    /// unreadable).
+    pub tls_certificate_expiry: Gauge,
 }
 
 /// Labels: an outcome.
@@ -173,6 +176,7 @@ impl Default for TransportMetrics {
             tls,
             tls_handshakes: results(&HANDSHAKE_RESULTS),
             tls_reloads: results(&RELOAD_RESULTS),
+            tls_certificate_expiry: Gauge::default(),
             ws,
             wss,
             ws_upgrades: results(&UPGRADE_RESULTS),
@@ -321,6 +325,11 @@ impl TransportMetrics {
             "sip_transport_tls_handshakes",
             "TLS handshakes of inbound connections, by result (ok, failed: refused or broken, timeout: not done within the handshake timeout)",
             self.tls_handshakes.clone(),
+        );
+        registry.register(
+            "sip_transport_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate in use expires (its notAfter), Unix time; 0 without TLS",
+            self.tls_certificate_expiry.clone(),
         );
         registry.register(
             "sip_transport_tls_certificate_reloads",

@@ -367,6 +367,18 @@ impl Tls {
         })
     }
 
+    /// Set the expiry gauge from the certificate in use (its leaf).
+    pub fn publish_expiry(&self, metrics: &crate::TransportMetrics) {
+        let not_after = self
+            .store
+            .get()
+            .and_then(|ck| ck.cert.first().and_then(|c| crate::x509::not_after(c)));
+        if not_after.is_none() {
+            tracing::warn!(cert_file = %self.store.cert_file.display(), "the TLS certificate's expiry date cannot be read: its gauge stays 0");
+        }
+        metrics.tls_certificate_expiry.set(not_after.unwrap_or(0));
+    }
+
     /// Watch the certificate and key files; swap the pair in use when they change and
     /// load. Runs until the process ends.
     pub async fn watch(self, inner: Arc<Inner>) {
@@ -384,6 +396,7 @@ impl Tls {
                     if let Ok(mut cur) = s.current.write() {
                         *cur = Arc::new(ck);
                     }
+                    self.publish_expiry(&inner.metrics);
                     seen = now;
                     failed = None;
                     inner.metrics.tls_reload("ok");

@@ -154,12 +154,26 @@ async fn a_flow_over_tls_and_a_certificate_swapped_on_disk() {
     let dir = tempdir("swap");
     let pki = pki::Pki::new(&dir, "test-ca");
     pki.leaf("first", "DNS:sip.test,IP:127.0.0.1");
-    pki.leaf("second", "DNS:sip.test,IP:127.0.0.1");
+    pki.leaf_for_days("second", "DNS:sip.test,IP:127.0.0.1", 30);
     pki.leaf("stranger", "DNS:other.test");
     serve(&dir, "first");
     let (t, mut rx, metrics) = start(tls_config(&dir, ClientAuth::Off)).await;
     let addr = t.tls_addrs()[0];
     let c = client(&pki.ca(), None);
+    // The expiry gauge: the certificate's notAfter (3 days from its signing).
+    let expires_in = |m: &TransportMetrics| {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        m.tls_certificate_expiry.get() - unix_now
+    };
+    let three_days = 3 * 86_400;
+    let left = expires_in(&metrics);
+    assert!(
+        (three_days - 120..=three_days).contains(&left),
+        "{left} s left"
+    );
 
     // A message in over TLS, a reply out over the same flow.
     let mut a = connect(&c, addr).await.unwrap();
@@ -200,9 +214,19 @@ async fn a_flow_over_tls_and_a_certificate_swapped_on_disk() {
         assert!(tokio::time::Instant::now() < deadline, "never reloaded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Counted once the swap is done (the gauge set before).
+    while counter(&metrics, "sip_transport_tls_certificate_reloads", "ok") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "reload not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         counter(&metrics, "sip_transport_tls_certificate_reloads", "ok"),
         1
+    );
+    let left = expires_in(&metrics);
+    assert!(
+        (30 * 86_400 - 120..=30 * 86_400).contains(&left),
+        "the new certificate's: {left} s left"
     );
     // The connection made before the swap goes on.
     a.write_all(options("z9hG4bKtls2").as_bytes())

@@ -67,6 +67,11 @@ impl Pki {
     /// A leaf `name.crt` / `name.key` for `sans` (`DNS:sip.test,IP:127.0.0.1`), good for
     /// servers and clients.
     pub fn leaf(&self, name: &str, sans: &str) -> (PathBuf, PathBuf) {
+        self.leaf_for_days(name, sans, 3)
+    }
+
+    /// [`Pki::leaf`], valid for `days` from now.
+    pub fn leaf_for_days(&self, name: &str, sans: &str, days: u32) -> (PathBuf, PathBuf) {
         let ext = format!(
             "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
         );
@@ -103,7 +108,7 @@ impl Pki {
                 "-out",
                 &format!("{name}.crt"),
                 "-days",
-                "3",
+                &days.to_string(),
                 "-extfile",
                 &format!("{name}.ext"),
             ],
