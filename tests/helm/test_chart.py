@@ -20,6 +20,11 @@ current Kubernetes; then the checks that catch real mistakes:
   configuration says what the chart asked for;
 * call limits: callLimits reach the edges' `[call_limits]` (only when a limit is set),
   a trunk no outbound rule routes to fails the render;
+* bans: dispatcher.bans reach the dispatcher's `[bans]`; by default (shareWithCluster)
+  its location_endpoint is the URL the edges use (the chart's location service, or
+  edge.externalLocation) and its token_file the edge token of the edges' Secret, mounted
+  read-only in the dispatcher, and the location NetworkPolicy lets the dispatchers in;
+  shareWithCluster false: no endpoint, no edge token in the dispatcher's pod;
 * every container's flags, environment and ConfigMaps are accepted by the binary's own
   validation (`sipcluster check-config <service>` on the rendered files);
 * every probe port is the metrics port the service's resolved configuration listens on,
@@ -70,6 +75,8 @@ VALUE_SETS = {
     "overrides": [ROOT / "tests/helm/values-overrides.yaml"],
     "tls": [ROOT / "tests/helm/values-tls.yaml"],
     "websocket": [ROOT / "tests/helm/values-websocket.yaml"],
+    "bans": [ROOT / "tests/helm/values-bans.yaml"],
+    "bans-external": [ROOT / "tests/helm/values-bans-external.yaml"],
 }
 # What the Downward API gives a pod, for the checks that run the binary outside one.
 FIELD_VALUES = {
@@ -241,6 +248,15 @@ def schema_checks() -> None:
         ({"callLimits": {"accounts": {"alice": {"calls": 2}}}}, "/callLimits/accounts"),
         ({"callLimits": {"domains": {"Example.com": {"calls": 2}}}}, "/callLimits/domains"),
         ({"callLimits": {"limits": {}}}, "limits"),
+        ({"dispatcher": {"bans": {"floodRate": "2000"}}}, "/dispatcher/bans/floodRate"),
+        ({"dispatcher": {"bans": {"floodRate": -1}}}, "/dispatcher/bans/floodRate"),
+        ({"dispatcher": {"bans": {"floodBanSecs": 0}}}, "/dispatcher/bans/floodBanSecs"),
+        ({"dispatcher": {"bans": {"syncMs": 10}}}, "/dispatcher/bans/syncMs"),
+        ({"dispatcher": {"bans": {"shareWithCluster": "true"}}}, "/dispatcher/bans/shareWithCluster"),
+        ({"dispatcher": {"bans": {"allowList": "203.0.113.0/24"}}}, "/dispatcher/bans/allowList"),
+        ({"dispatcher": {"bans": {"allowList": ["trunk.example.net"]}}}, "/dispatcher/bans/allowList/0"),
+        ({"dispatcher": {"bans": {"allowList": ["203.0.113.0/24, 198.51.100.0/24"]}}}, "/dispatcher/bans/allowList/0"),
+        ({"dispatcher": {"bans": {"locationEndpoint": "http://x:50051"}}}, "locationEndpoint"),
     ]
     for vals, where in wrong:
         try:
@@ -273,6 +289,8 @@ def schema_checks() -> None:
         ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}}, "callLimits.trunks.pstn"),
         ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}, "edge": {"outboundRules": [{"prefix": "+", "set": "carrier"}]}},
          "callLimits.trunks.pstn"),
+        # Dispatchers sharing bans with no location service to share them through.
+        ({"location": {"enabled": False}, "edge": {"enabled": False}}, "edge.externalLocation"),
     ]:
         try:
             render(vals)
@@ -521,6 +539,117 @@ def call_limits_checks(rendered: dict[str, list[dict]]) -> None:
           "none without a limit, edge.config over them", flush=True)
 
 
+EDGE_TOKEN_FILE = "/var/run/secrets/sipcluster/edge-token"
+
+
+def edge_token_files(docs: list[dict], w: dict) -> dict[str, dict]:
+    """The files in a workload's first container holding the `edge-token` key of the
+    Secret the edges take theirs from (the chart's or secrets.existingSecret): path ->
+    the volume mount."""
+    edge = next(x for x in workloads(docs) if x["metadata"]["labels"]["app.kubernetes.io/component"] == "edge")
+    edge_secrets = {v["secret"]["secretName"] for v in edge["spec"]["template"]["spec"]["volumes"]
+                    if "secret" in v and any(i["key"] == "edge-token" for i in v["secret"].get("items", []))}
+    check(len(edge_secrets) == 1, f"the edges take their token from one Secret: {edge_secrets}")
+    spec = w["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    out = {}
+    for m in spec["containers"][0].get("volumeMounts", []):
+        sec = volumes[m["name"]].get("secret")
+        if not sec or sec["secretName"] not in edge_secrets:
+            continue
+        items = sec.get("items") or [{"key": "edge-token", "path": "edge-token"}]
+        for it in items:
+            if it["key"] == "edge-token":
+                out[m["mountPath"].rstrip("/") + "/" + it["path"]] = m
+    return out
+
+
+def bans_checks(rendered: dict[str, list[dict]]) -> None:
+    """dispatcher.bans: the dispatcher's [bans]; shared through the location service the
+    edges use with the edges' token (mounted read-only), by default; kept local when
+    shareWithCluster is false; the location NetworkPolicy follows."""
+    import tomllib
+
+    def dispatcher_of(docs: list[dict]) -> tuple[dict, dict, dict]:
+        w = next(x for x in workloads(docs) if x["metadata"]["labels"]["app.kubernetes.io/component"] == "dispatcher")
+        bans = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-dispatcher")["data"]["dispatcher.toml"])["bans"]
+        edge = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+        return w, bans, edge
+
+    def location_callers(docs: list[dict]) -> list[dict]:
+        np = by_kind_name(docs, "NetworkPolicy", "sc-sipcluster-location")["spec"]["ingress"]
+        return next(r["from"] for r in np if {"port": 50051, "protocol": "TCP"} in r["ports"])
+
+    dispatchers = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sipcluster", "app.kubernetes.io/instance": "sc",
+                                                   "app.kubernetes.io/component": "dispatcher"}}}
+    shared = {
+        "defaults": ("http://sc-sipcluster-location:50051", [], 2000, 60, 250),
+        "production": ("http://sc-sipcluster-location:50051", [], 2000, 60, 250),
+        "hostnetwork": ("http://sc-sipcluster-location:50051", [], 2000, 60, 250),
+        "tls": ("http://sc-sipcluster-location:50051", [], 2000, 60, 250),
+        "bans-external": ("http://location.voip-core.svc:50051", ["192.0.2.0/24"], 2000, 60, 250),
+        "bans": (None, ["203.0.113.0/24", "2001:db8:5::/48", "198.51.100.7"], 500, 300, 1000),
+        "allow-list": ("http://sc-sipcluster-location:50051", ["203.0.113.0/24", "198.51.100.7"], 0, 60, 250),
+        "false": (None, [], 2000, 60, 250),
+    }
+    extra = {
+        "allow-list": render({"dispatcher": {"bans": {"allowList": ["203.0.113.0/24", "198.51.100.7"], "floodRate": 0}}}),
+        "false": render({"dispatcher": {"bans": {"shareWithCluster": False}}}),
+    }
+    for name, (endpoint, allow, rate, ban_secs, sync_ms) in shared.items():
+        docs = extra.get(name) or rendered[name]
+        w, bans, edge = dispatcher_of(docs)
+        want = {"flood_rate": rate, "flood_ban_secs": ban_secs, "allow_list": allow, "sync_ms": sync_ms}
+        if endpoint:
+            want |= {"location_endpoint": endpoint, "token_file": EDGE_TOKEN_FILE}
+        check(bans == want, f"bans ({name}): the dispatcher's [bans] {bans}, expected {want}")
+        files = edge_token_files(docs, w)
+        if endpoint:
+            # The same service and the same token as the edges.
+            check(bans.get("location_endpoint") == edge["location"]["endpoint"],
+                  f"bans ({name}): the dispatcher's location {bans.get('location_endpoint')} is the edges' "
+                  f"{edge['location']['endpoint']}")
+            m = files.get(bans.get("token_file", ""))
+            check(m is not None and m.get("readOnly") is True and "subPath" not in m,
+                  f"bans ({name}): the edge token is mounted read-only at {bans.get('token_file')} in the dispatcher: {files}")
+        else:
+            check(not files, f"bans ({name}): no edge token in the dispatcher's pod: {files}")
+            env = {e["name"] for e in w["spec"]["template"]["spec"]["containers"][0]["env"]}
+            check(not env & {"SIPCLUSTER_LOCATION", "SIPCLUSTER_EDGE_TOKEN_FILE"},
+                  f"bans ({name}): no location in the dispatcher's environment: {sorted(env)}")
+        if any(d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sc-sipcluster-location" for d in docs):
+            callers = location_callers(docs)
+            check((dispatchers in callers) == bool(endpoint),
+                  f"bans ({name}): the location NetworkPolicy {'admits' if endpoint else 'keeps out'} the dispatchers: {callers}")
+    # Dispatchers on the host network reach the location service from their node's address.
+    callers = location_callers(rendered["hostnetwork"])
+    check({"ipBlock": {"cidr": "10.0.0.0/16"}} in callers,
+          f"bans (hostnetwork): the location NetworkPolicy admits the nodeCIDRs: {callers}")
+    # The chart's secret (production: an operator's) is the one the edges mount.
+    w, _, _ = dispatcher_of(rendered["production"])
+    secret = next(v["secret"]["secretName"] for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == "tokens")
+    check(secret == "sipcluster-secrets", f"bans (production): the edge token from secrets.existingSecret: {secret}")
+    # dispatcher.config still wins, key by key.
+    docs = render({"dispatcher": {"config": {"bans": {"timeout_ms": 400, "flood_rate": 100}}}})
+    _, bans, _ = dispatcher_of(docs)
+    check(bans.get("timeout_ms") == 400 and bans.get("flood_rate") == 100 and bans.get("location_endpoint"),
+          f"bans: dispatcher.config merged over the chart's [bans]: {bans}")
+    # Without the edges a dispatcher shares bans through edge.externalLocation, and with
+    # neither location service nor sharing it renders (local bans).
+    for vals, want in (
+        ({"location": {"enabled": False}, "edge": {"enabled": False, "externalLocation": "http://loc.core:50051"}},
+         "http://loc.core:50051"),
+        ({"location": {"enabled": False}, "edge": {"enabled": False}, "dispatcher": {"bans": {"shareWithCluster": False}}},
+         None),
+    ):
+        docs = render(vals)
+        bans = tomllib.loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-dispatcher")["data"]["dispatcher.toml"])["bans"]
+        check(bans.get("location_endpoint") == want, f"bans ({vals}): location_endpoint {bans.get('location_endpoint')}, expected {want}")
+    print("    bans: [bans] from dispatcher.bans; shared by default through the edges' location service with "
+          "the edges' token (mounted read-only, NetworkPolicy open to the dispatchers, nodeCIDRs on the host "
+          "network), external location too; local with shareWithCluster false; allowList; config over it", flush=True)
+
+
 # --- the binary's own validation of what the chart passes -------------------------------
 
 
@@ -620,6 +749,7 @@ def moved_config_files(pod: Pod) -> None:
 def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) -> None:
     count = 0
     hiding = 0
+    sharing = local = 0
     for name, docs in rendered.items():
         for w in workloads(docs):
             if w["metadata"]["labels"]["app.kubernetes.io/component"] == "redis":
@@ -645,6 +775,23 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                       f"{name}: the dispatcher resolves topology_hiding {resolved.get('topology_hiding')}, "
                       f"the chart asked for {want}")
                 hiding += want
+                # [bans]: the location service and the edge token the chart names, the
+                # token file read from the mounted Secret.
+                asked = tomllib_loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-dispatcher")
+                                      ["data"]["dispatcher.toml"]).get("bans", {})
+                got = resolved.get("bans", {})
+                check(got.get("location_endpoint") == asked.get("location_endpoint")
+                      and got.get("allow_list", []) == asked.get("allow_list", [])
+                      and got.get("flood_rate") == asked.get("flood_rate"),
+                      f"{name}: the dispatcher resolves bans {got}, the chart asked for {asked}")
+                if asked.get("location_endpoint"):
+                    token = Path(str(got.get("token_file")))
+                    check(token == Path(pod.moved(EDGE_TOKEN_FILE)) and len(token.read_text().strip()) >= 16,
+                          f"{name}: the dispatcher reads the edge token from the mounted Secret: {got}")
+                    sharing += 1
+                else:
+                    check("token_file" not in got, f"{name}: a local dispatcher names no edge token: {got}")
+                    local += 1
             metrics = resolved.get("metrics_listen") or resolved.get("metrics", {}).get("listen")
             check(metrics is not None, f"{name} {service}: no metrics listener in the resolved configuration")
             if metrics is None:
@@ -660,9 +807,11 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                 check(target == port,
                       f"{name} {service}: {probe} hits port {target}, the service listens for HTTP on {port}")
     check(hiding > 0, "check-config ran no dispatcher with topology hiding on (the production example)")
+    check(sharing > 0 and local > 0, f"check-config ran dispatchers sharing bans ({sharing}) and local ones ({local})")
     print(f"    check-config accepted the flags, environment and ConfigMaps of {count} containers; "
           f"every probe hits the metrics port the service resolves; {hiding} dispatcher(s) resolve "
-          f"topology hiding on as asked, the others off", flush=True)
+          f"topology hiding on as asked, the others off; {sharing} dispatcher(s) share bans through the "
+          f"location service with the mounted edge token, {local} keep their own", flush=True)
 
 
 def tomllib_loads(text: str) -> dict:
@@ -1004,9 +1153,10 @@ def _kube_checks(kube: Kube, binary: str, ns: str, workdir: Path) -> None:
     verbs = role["rules"][0]["verbs"]
     check([r["resources"] for r in role["rules"]] == [["pods"]], f"the Role grants pods only: {role['rules']}")
 
-    def discovers(run: str, settle: bool = False) -> tuple[bool, str]:
-        """Whether the dispatcher lists both edge pods (and its log). settle: run the
-        whole 15 s, so that a refused watch after a permitted list shows in the log."""
+    def discovers(run: str, settle: bool = False) -> tuple[bool, str, str]:
+        """Whether the dispatcher lists both edge pods, what it listed, and its whole log.
+        settle: run the whole 15 s, so that a refused watch after a permitted list shows
+        in the log."""
         root = workdir / f"disp-{run}"
         pod = Pod(docs, dispatcher, root, {})
         moved_config_files(pod)
@@ -1037,11 +1187,18 @@ def _kube_checks(kube: Kube, binary: str, ns: str, workdir: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return found, out + log_path.read_text()[-1500:]
+        return found, out, log_path.read_text()
 
-    found, out = discovers("chart-role")
-    check(found and "forbidden" not in out.lower(),
-          f"the dispatcher with the chart's Role finds both edge pods, nothing refused:\n{out}")
+    def shown(out: str, log: str) -> str:
+        # No location service runs here: the chart's dispatcher retries the cluster's ban
+        # list every bans.syncMs and logs each failure; those lines would bury the
+        # discovery's within a few seconds.
+        lines = [ln for ln in log.splitlines() if "location_client" not in ln and "dispatcher::bans" not in ln]
+        return out + "\n".join(lines)[-1500:]
+
+    found, out, log = discovers("chart-role")
+    check(found and "forbidden" not in (out + log).lower(),
+          f"the dispatcher with the chart's Role finds both edge pods, nothing refused:\n{shown(out, log)}")
     print(f"    the dispatcher, holding only its ServiceAccount token, found the 2 edge pods (Role verbs {verbs})", flush=True)
     role_path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/sc-sipcluster-dispatcher"
     for verb in verbs:
@@ -1049,10 +1206,10 @@ def _kube_checks(kube: Kube, binary: str, ns: str, workdir: Path) -> None:
         patch = {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": fewer}]}
         status, body = kube.call("PATCH", role_path, patch, content_type="application/merge-patch+json")
         check(status == 200, f"Role without {verb}: {status} {body.get('message')}")
-        found, out = discovers(f"without-{verb}", settle=True)
-        refused = "forbidden" in out.lower()
+        found, out, log = discovers(f"without-{verb}", settle=True)
+        refused = "forbidden" in (out + log).lower()
         check(refused, f"without the verb {verb} the API server refused nothing the dispatcher asked: "
-                       f"the chart grants more than the code calls\n{out}")
+                       f"the chart grants more than the code calls\n{shown(out, log)}")
         print(f"    without '{verb}' the API server refuses the dispatcher's discovery "
               f"(edges found: {'from the list only' if found else 'none'}): the verb is needed", flush=True)
     kube.call("PATCH", role_path, {"rules": role["rules"]}, content_type="application/merge-patch+json")
@@ -1075,6 +1232,7 @@ def main() -> int:
         websocket_checks(rendered)
         topology_hiding_checks(rendered)
         call_limits_checks(rendered)
+        bans_checks(rendered)
         pki = make_pki(work)
         TLS_SECRET_FILES.update({"tls.crt": pki["server.crt"].read_text(), "tls.key": pki["server.key"].read_text(),
                                  "ca.crt": pki["ca.crt"].read_text()})

@@ -161,17 +161,16 @@ pub struct LocationClient {
     cache: Mutex<CacheMap>,
     /// Started on first use (inside the runtime).
     batcher: OnceLock<mpsc::UnboundedSender<Queued>>,
+    /// Failed calls' warnings: while the service is down every call fails, and one line
+    /// every few seconds says so.
+    failures_log: telemetry::LogLimit,
 }
 
 impl LocationClient {
     /// A client that connects lazily: building it never waits, and an unreachable
     /// service shows up as UNAVAILABLE on the first calls (the edge answers 503).
     pub fn new(cfg: ClientConfig) -> Result<LocationClient, ClientError> {
-        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
-            .map_err(|source| ClientError::Endpoint {
-                endpoint: cfg.endpoint.clone(),
-                source,
-            })?
+        let endpoint = LocationClient::check_endpoint(&cfg.endpoint)?
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .tcp_nodelay(true)
@@ -186,6 +185,16 @@ impl LocationClient {
             cfg,
             cache: Mutex::new(HashMap::new()),
             batcher: OnceLock::new(),
+            failures_log: telemetry::LogLimit::per_minute(6, 3),
+        })
+    }
+
+    /// The endpoint `url` names, checked without connecting (no runtime needed:
+    /// `check-config`).
+    pub fn check_endpoint(url: &str) -> Result<Endpoint, ClientError> {
+        Endpoint::from_shared(url.to_owned()).map_err(|source| ClientError::Endpoint {
+            endpoint: url.to_owned(),
+            source,
         })
     }
 
@@ -232,7 +241,14 @@ impl LocationClient {
                     tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
                 }
                 Err(s) => {
-                    tracing::warn!(call = what, code = ?s.code(), message = s.message(), "location service call failed");
+                    match self.failures_log.allow(std::time::Instant::now()) {
+                        Some(held_back) => {
+                            tracing::warn!(call = what, code = ?s.code(), message = s.message(), held_back, "location service call failed")
+                        }
+                        None => {
+                            tracing::debug!(call = what, code = ?s.code(), message = s.message(), "location service call failed")
+                        }
+                    }
                     return Err(s);
                 }
             }

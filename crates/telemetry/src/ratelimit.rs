@@ -44,6 +44,16 @@ impl LogLimit {
         }
     }
 
+    /// A bucket of `burst` lines refilled at `per_min` lines a minute: for what repeats
+    /// for as long as an outage lasts (a dependency down: one line every few seconds says
+    /// so; every failed call saying it again hides everything else).
+    #[must_use]
+    pub fn per_minute(per_min: u32, burst: u32) -> LogLimit {
+        let mut l = LogLimit::new(0, burst);
+        l.per_sec = f64::from(per_min) / 60.0;
+        l
+    }
+
     /// May a line be logged at `now`? `Some(n)`: yes, and `n` lines were held back since
     /// the last one that passed (say so in the line). `None`: hold this one back.
     pub fn allow(&self, now: Instant) -> Option<u64> {
@@ -89,5 +99,19 @@ mod tests {
         assert_eq!(l.allow(later), Some(0));
         assert_eq!(l.allow(later), Some(0));
         assert_eq!(l.allow(later), None);
+    }
+
+    #[test]
+    fn per_minute_refills_slowly() {
+        let l = LogLimit::per_minute(6, 2);
+        let t0 = Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), Some(0));
+        for _ in 0..40 {
+            assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
+        }
+        // One line every 10 s, saying how many were held back.
+        assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(40));
+        assert_eq!(l.allow(t0 + Duration::from_secs(11)), None);
     }
 }

@@ -56,6 +56,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "sipcluster.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/* The location service's URL, the same for the edges and for the dispatchers that share
+the cluster's bans: the chart's own (location.enabled), else edge.externalLocation. Both
+present the edge token (the Secret's edge-token) to it. */}}
+{{- define "sipcluster.locationEndpoint" -}}
+{{- if .Values.location.enabled -}}
+{{- printf "http://%s-location:%d" (include "sipcluster.fullname" .) (int .Values.location.port) -}}
+{{- else if .Values.edge.externalLocation -}}
+{{- .Values.edge.externalLocation -}}
+{{- else -}}
+{{- fail "edge.externalLocation: with location.enabled false the edges (and the dispatchers sharing bans, dispatcher.bans.shareWithCluster) need your location service's URL (http://host:50051)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the dispatchers read and publish the cluster's bans through the location
+service (dispatcher.bans.shareWithCluster), with the edge token; empty when they keep
+their own. */}}
+{{- define "sipcluster.dispatcherSharesBans" -}}
+{{- if and .Values.dispatcher.enabled .Values.dispatcher.bans.shareWithCluster -}}true{{- end -}}
+{{- end -}}
+
 {{/* Whether an API group/version is served (the cluster's, or apiVersions from values). */}}
 {{- define "sipcluster.hasAPI" -}}
 {{- if or (.root.Capabilities.APIVersions.Has .api) (has .api .root.Values.apiVersions) -}}true{{- end -}}

@@ -63,21 +63,11 @@ impl BanMetrics {
     }
 }
 
-/// The location client that reads the bans, when `[bans]` names the service.
+/// The location client that reads the bans, when `[bans]` names the service. Builds a
+/// lazy connection: inside the runtime.
 pub fn client(cfg: &BansConfig) -> Result<Option<Arc<LocationClient>>, DispatcherError> {
-    let Some(endpoint) = cfg.location_endpoint.clone() else {
+    let Some((endpoint, token)) = settings(cfg)? else {
         return Ok(None);
-    };
-    let token = match &cfg.token_file {
-        Some(f) => {
-            Some(
-                grpc_auth::Token::from_file(f).map_err(|e| grpc_auth::AuthError::Setting {
-                    setting: "bans.token_file",
-                    problem: Box::new(e),
-                })?,
-            )
-        }
-        None => None,
     };
     let client = LocationClient::new(ClientConfig {
         endpoint,
@@ -89,6 +79,31 @@ pub fn client(cfg: &BansConfig) -> Result<Option<Arc<LocationClient>>, Dispatche
     })
     .map_err(|e| telemetry::ConfigError::new("bans.location_endpoint", e.to_string()))?;
     Ok(Some(Arc::new(client)))
+}
+
+/// The location service's URL (checked) and the edge token (read), when `[bans]` names
+/// the service: what [`client`] needs, read without connecting (`check-config` runs
+/// this with no runtime).
+pub fn settings(
+    cfg: &BansConfig,
+) -> Result<Option<(String, Option<grpc_auth::Token>)>, DispatcherError> {
+    let Some(endpoint) = cfg.location_endpoint.clone() else {
+        return Ok(None);
+    };
+    LocationClient::check_endpoint(&endpoint)
+        .map_err(|e| telemetry::ConfigError::new("bans.location_endpoint", e.to_string()))?;
+    let token = match &cfg.token_file {
+        Some(f) => {
+            Some(
+                grpc_auth::Token::from_file(f).map_err(|e| grpc_auth::AuthError::Setting {
+                    setting: "bans.token_file",
+                    problem: Box::new(e),
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(Some((endpoint, token)))
 }
 
 /// The allow-listed blocks (validated at start).

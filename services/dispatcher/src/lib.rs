@@ -306,7 +306,7 @@ pub fn check_before_start(cfg: &DispatcherConfig) -> Result<(), DispatcherError>
     cfg.validate()?;
     discovery_from(cfg)?;
     admin_tokens(cfg)?;
-    bans::client(&cfg.bans)?;
+    bans::settings(&cfg.bans)?;
     if let Some(tls) = cfg.tls.config() {
         sip_transport::tls::check_files(&tls)
             .map_err(|e| DispatcherError::Transport(sip_transport::TransportError::Tls(e)))?;
