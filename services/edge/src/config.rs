@@ -73,8 +73,15 @@ pub struct CallLimitsConfig {
     pub accounts: std::collections::BTreeMap<String, Limit>,
     /// Domains of their own.
     pub domains: std::collections::BTreeMap<String, Limit>,
-    /// Destination sets (trunks) by name: the calls routed to them.
+    /// Trunks by name (their destination sets): the calls routed to them, and the calls
+    /// from their peers (`trunk_peers`).
     pub trunks: std::collections::BTreeMap<String, Limit>,
+    /// Where each trunk's calls come from (`pstn = ["192.0.2.0/24",
+    /// "tls:carrier.example.net"]`: address blocks, as the dispatcher signed the client's
+    /// address, or the name of a client certificate it verified). A call from one counts
+    /// against that trunk's limits as a call to it does: a trunk's channels serve both
+    /// directions.
+    pub trunk_peers: std::collections::BTreeMap<String, Vec<String>>,
     /// How long a call holds its slots until it is answered, s (then the dialog's
     /// time-to-live, `accounting.dialog_ttl_secs` or its session interval, refreshed with
     /// the session). Above Timer C (180 s): a call still ringing keeps its slot.
@@ -100,6 +107,7 @@ impl Default for CallLimitsConfig {
             accounts: Default::default(),
             domains: Default::default(),
             trunks: Default::default(),
+            trunk_peers: Default::default(),
             setup_ttl_secs: 200,
         }
     }
@@ -878,6 +886,21 @@ impl EdgeConfig {
         if cl.setup_ttl_secs == 0 {
             return Err(bad("call_limits.setup_ttl_secs", "at least 1"));
         }
+        for (trunk, peers) in &cl.trunk_peers {
+            if !cl.trunks.contains_key(trunk) {
+                return Err(bad(
+                    "call_limits.trunk_peers",
+                    format!("{trunk:?} has no limit in call_limits.trunks"),
+                ));
+            }
+            for p in peers {
+                if !p.starts_with(TLS_PEER)
+                    && let Err(e) = p.parse::<dispatch_core::Cidr>()
+                {
+                    return Err(bad("call_limits.trunk_peers", e.to_string()));
+                }
+            }
+        }
         self.websocket.validate(&self.tls)?;
         if self.security.auth_failure_window_secs == 0
             && (self.security.auth_failures_per_source > 0
@@ -1058,6 +1081,31 @@ mod tests {
     #[test]
     fn defaults_validate() {
         EdgeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn trunk_peers_name_a_limited_trunk_and_valid_peers() {
+        let c = EdgeConfig::from_toml(
+            "[call_limits]\ntrunks = { pstn = { calls = 30 } }\n\
+             trunk_peers = { pstn = [\"192.0.2.0/24\", \"tls:carrier.example.net\"] }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let no_limit =
+            EdgeConfig::from_toml("[call_limits]\ntrunk_peers = { pstn = [\"192.0.2.0/24\"] }\n")
+                .unwrap();
+        assert_eq!(
+            no_limit.validate().unwrap_err().field,
+            "call_limits.trunk_peers"
+        );
+        let bad_block = EdgeConfig::from_toml(
+            "[call_limits]\ntrunks = { pstn = { calls = 30 } }\ntrunk_peers = { pstn = [\"192.0.2.0/99\"] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bad_block.validate().unwrap_err().field,
+            "call_limits.trunk_peers"
+        );
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub async fn decide(sh: &Shared, txn: ServerTxnId, msg: &SipMessage, source: Tar
             };
             // limit: a new call is admitted against the cluster-wide call limits last,
             // once it is known to go somewhere (nothing is counted for a challenge).
-            if let Some(refused) = crate::limit::admit(sh, txn, msg, &mut plan).await {
+            let from_trunk = sender.origin.trunk.and_then(|i| sh.trunk_peers.name(i));
+            if let Some(refused) = crate::limit::admit(sh, txn, msg, &mut plan, from_trunk).await {
                 return refused;
             }
             Decision::Forward { txn, plan }

@@ -125,15 +125,64 @@ impl CallLimits for MemoryLimits {
     }
 }
 
+/// `call_limits.trunk_peers`, parsed: which trunk a call comes from.
+#[derive(Debug, Default)]
+pub struct TrunkPeers(Vec<(String, Vec<dispatch_core::Cidr>, Vec<String>)>);
+
+impl TrunkPeers {
+    /// From the (validated) configuration.
+    pub fn new(cfg: &CallLimitsConfig) -> TrunkPeers {
+        let tls = crate::config::TLS_PEER;
+        TrunkPeers(
+            cfg.trunk_peers
+                .iter()
+                .map(|(trunk, peers)| {
+                    let blocks = peers.iter().filter_map(|p| p.parse().ok()).collect();
+                    let names = peers
+                        .iter()
+                        .filter_map(|p| p.strip_prefix(tls))
+                        .map(str::to_ascii_lowercase)
+                        .collect();
+                    (trunk.clone(), blocks, names)
+                })
+                .collect(),
+        )
+    }
+
+    /// The trunk a request from `addr` (with the verified certificate name `peer`) comes
+    /// from, the first that names it: its index (see [`TrunkPeers::name`]).
+    pub fn index_of(&self, addr: std::net::IpAddr, peer: Option<&str>) -> Option<usize> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.iter().position(|(_, blocks, names)| {
+            dispatch_core::security::any_contains(blocks, addr)
+                || peer.is_some_and(|p| names.iter().any(|n| n.eq_ignore_ascii_case(p)))
+        })
+    }
+
+    /// The name of the trunk at `index`.
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.0.get(index).map(|(trunk, _, _)| trunk.as_str())
+    }
+
+    /// [`TrunkPeers::index_of`], named.
+    pub fn of(&self, addr: std::net::IpAddr, peer: Option<&str>) -> Option<&str> {
+        self.index_of(addr, peer).and_then(|i| self.name(i))
+    }
+}
+
 /// The kinds of key, for the refusal metric's `limit` label.
 pub const KINDS: [&str; 3] = ["account", "domain", "trunk"];
 
 /// The limits a call is admitted against: its account's (the authenticated user,
-/// `<sip:alice@example.com>`), its domain's, its trunk's (the destination set).
+/// `<sip:alice@example.com>`), its domain's, its trunks' (the destination set it goes
+/// to, the trunk it comes from: one key when they are the same).
 pub fn limits_for(
     cfg: &CallLimitsConfig,
     user: Option<&str>,
     trunk: Option<&str>,
+    from_trunk: Option<&str>,
 ) -> Vec<pb::CallLimit> {
     let mut out = Vec::new();
     let mut push = |kind: &str, name: &str, l: Limit| {
@@ -159,10 +208,13 @@ pub fn limits_for(
             push("domain", domain, d);
         }
     }
-    if let Some(t) = trunk
-        && let Some(l) = cfg.trunks.get(t)
+    for t in trunk
+        .into_iter()
+        .chain(from_trunk.filter(|f| Some(*f) != trunk))
     {
-        push("trunk", t, *l);
+        if let Some(l) = cfg.trunks.get(t) {
+            push("trunk", t, *l);
+        }
     }
     out
 }
@@ -175,6 +227,7 @@ pub(crate) async fn admit(
     txn: sip_txn::ServerTxnId,
     msg: &sip_core::SipMessage,
     plan: &mut crate::decision::Plan,
+    from_trunk: Option<&str>,
 ) -> Option<crate::decision::Decision> {
     let store = sh.limits.as_ref()?;
     if msg.method() != Some(sip_core::Method::Invite) || msg.to_tag().ok().flatten().is_some() {
@@ -184,6 +237,7 @@ pub(crate) async fn admit(
         &sh.cfg.call_limits,
         plan.identity.user.as_deref(),
         plan.destination.as_deref(),
+        from_trunk,
     );
     if limits.is_empty() {
         return None;
@@ -286,7 +340,7 @@ mod tests {
     #[test]
     fn keys_for_account_domain_and_trunk_with_overrides() {
         let mut cfg = CallLimitsConfig::default();
-        assert!(limits_for(&cfg, Some("<sip:alice@example.com>"), Some("pstn")).is_empty());
+        assert!(limits_for(&cfg, Some("<sip:alice@example.com>"), Some("pstn"), None).is_empty());
         cfg.account = Limit { calls: 5, cps: 0 };
         cfg.accounts
             .insert("alice@example.com".into(), Limit { calls: 2, cps: 1 });
@@ -295,7 +349,7 @@ mod tests {
         cfg.trunks
             .insert("pstn".into(), Limit { calls: 30, cps: 5 });
         let keys = |u, t| {
-            limits_for(&cfg, u, t)
+            limits_for(&cfg, u, t, None)
                 .into_iter()
                 .map(|l| (l.key, l.max_calls, l.max_cps))
                 .collect::<Vec<_>>()
@@ -316,5 +370,40 @@ mod tests {
         assert!(keys(None, Some("other-set")).is_empty());
         assert_eq!(kind_of("domain:example.com"), "domain");
         assert_eq!(kind_of("trunk:pstn"), "trunk");
+    }
+
+    #[test]
+    fn a_trunks_calls_in_and_out_share_its_key() {
+        let mut cfg = CallLimitsConfig::default();
+        cfg.trunks
+            .insert("pstn".into(), Limit { calls: 30, cps: 0 });
+        cfg.trunks.insert("pbx".into(), Limit { calls: 5, cps: 0 });
+        cfg.trunk_peers.insert(
+            "pstn".into(),
+            vec!["192.0.2.0/24".into(), "tls:Carrier.example.net".into()],
+        );
+        let peers = TrunkPeers::new(&cfg);
+        let ip = |s: &str| s.parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(peers.of(ip("192.0.2.77"), None), Some("pstn"));
+        assert_eq!(
+            peers.of(ip("198.51.100.1"), Some("carrier.example.net")),
+            Some("pstn")
+        );
+        assert_eq!(
+            peers.of(ip("198.51.100.1"), Some("other.example.net")),
+            None
+        );
+        let keys = |to, from| {
+            limits_for(&cfg, None, to, from)
+                .into_iter()
+                .map(|l| l.key)
+                .collect::<Vec<_>>()
+        };
+        // Out to pstn, in from pstn: the same channels.
+        assert_eq!(keys(Some("pstn"), None), ["trunk:pstn"]);
+        assert_eq!(keys(None, Some("pstn")), ["trunk:pstn"]);
+        // From pstn to pstn (a hairpin) counts once; from pstn to the pbx, both.
+        assert_eq!(keys(Some("pstn"), Some("pstn")), ["trunk:pstn"]);
+        assert_eq!(keys(Some("pbx"), Some("pstn")), ["trunk:pbx", "trunk:pstn"]);
     }
 }

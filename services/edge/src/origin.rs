@@ -28,6 +28,9 @@ pub struct Origin<'m> {
     /// The address is in `security.trusted_peers`, or the dispatcher verified a client
     /// certificate named there (`tls:NAME`).
     pub trusted: bool,
+    /// The trunk the request comes from (`call_limits.trunk_peers`, by address or by
+    /// the client certificate the dispatcher verified): its index there.
+    pub trunk: Option<usize>,
 }
 
 /// The dispatcher's word on a request, when its top Via is a dispatcher's, its signature
@@ -58,12 +61,13 @@ pub fn origin<'m>(sh: &Shared, msg: &'m SipMessage, source: Target) -> Origin<'m
         None => (source.addr, None, None),
     };
     // Trusted by address, or by the certificate the dispatcher verified (`tls:NAME`).
-    let by_name = peer.is_some_and(|p| sh.trusted_names.contains(&p));
+    let by_name = peer.as_ref().is_some_and(|p| sh.trusted_names.contains(p));
     Origin {
         addr,
         relayed: is_relayed,
         dialog,
         trusted: by_name || dispatch_core::security::any_contains(&sh.trusted, addr.ip()),
+        trunk: sh.trunk_peers.index_of(addr.ip(), peer.as_deref()),
     }
 }
 

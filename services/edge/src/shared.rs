@@ -45,6 +45,8 @@ pub struct Shared {
     pub trusted: Vec<dispatch_core::Cidr>,
     /// Peers trusted by the name their verified certificate proves (`tls:NAME`).
     pub trusted_names: Vec<String>,
+    /// Which trunk a call comes from (`call_limits.trunk_peers`).
+    pub trunk_peers: crate::limit::TrunkPeers,
     /// `security.deny_user_agents`.
     pub deny: dispatch_core::UserAgentDeny,
     /// Per-source rate limit, failed-login bans and locks.
@@ -121,6 +123,7 @@ impl Shared {
             tokens,
             trusted: cfg.security.trusted(),
             trusted_names: cfg.security.trusted_names(),
+            trunk_peers: crate::limit::TrunkPeers::new(&cfg.call_limits),
             deny: dispatch_core::UserAgentDeny::new(&cfg.security.deny_user_agents),
             guard: crate::guard::Guard::new(&cfg.security),
             nonce_uses: stores.nonce_uses,

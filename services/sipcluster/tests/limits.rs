@@ -6,7 +6,9 @@
 //! * an edge killed (SIGKILL) mid-call: its calls' slots are held until their
 //!   time-to-live, then free, with no edge giving them back;
 //! * a calls-per-second limit on the domain holds within 5 % with two edges each offered
-//!   1.5 times the limit for 20 s.
+//!   1.5 times the limit for 20 s;
+//! * a trunk's calls from its gateway count against its limit too (both directions
+//!   share its channels).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -114,6 +116,42 @@ fn an_account_limited_to_two_calls_gets_exactly_two_of_five_through_two_edges() 
     callee
         .wait()
         .assert_ok(4, "bob answered the four admitted calls");
+}
+
+/// A trunk's channels serve both directions: the calls from its gateway (a trusted peer
+/// on 127.0.0.5, with no account) count against the trunk's limit as the calls routed to
+/// it do. Three at once, through two edges, for a trunk limited to two: exactly two
+/// answered, one refused (486), counted as the trunk's.
+#[test]
+fn calls_from_a_trunk_count_against_its_limit_across_edges() {
+    let (dir, _redis, _loc, a, b) = cluster(
+        "limits_trunk_in",
+        "[security]\ntrusted_peers = [\"127.0.0.5\"]\n\
+         [call_limits]\ntrunks = { pstn = { calls = 2 } }\ntrunk_peers = { pstn = [\"127.0.0.5\"] }\n",
+    );
+    let callee = bob(&dir, &a, 2, 40);
+    let gateway = |name: &str, edge: &Server, calls: u32| {
+        Sipp::new(name, "uac_trunk_call.xml", Proto::Udp)
+            .inf(&format!("+15550100;{DOMAIN};;bob"))
+            .sending_from("127.0.0.5")
+            .to(edge.sip)
+            .calls(calls)
+            .rate(50)
+            .hold(&dir, 4000)
+    };
+    let via_a = gateway("pstn-a", &a, 2).spawn(&dir);
+    let via_b = gateway("pstn-b", &b, 1).spawn(&dir);
+    let (oa, ob) = (via_a.wait(), via_b.wait());
+    assert_eq!(
+        (oa.successful + ob.successful, oa.failed + ob.failed),
+        (2, 1),
+        "answered and refused across both edges; A: {oa:?}, B: {ob:?}"
+    );
+    assert_eq!(refusals(&[&a, &b], "trunk", "calls"), 1.0);
+    assert_eq!(refusals(&[&a, &b], "account", "calls"), 0.0);
+    callee
+        .wait()
+        .assert_ok(2, "bob answered the two admitted calls");
 }
 
 #[test]

@@ -750,6 +750,8 @@ pub struct Sipp {
     pub calls: u32,
     pub rate: Option<u32>,
     pub timeout_secs: u32,
+    /// The loopback address it sends from (`-i`).
+    pub local_ip: String,
     pub extra: Vec<String>,
 }
 
@@ -787,8 +789,15 @@ impl Sipp {
             calls: 1,
             rate: None,
             timeout_secs: 20,
+            local_ip: "127.0.0.1".into(),
             extra: Vec::new(),
         }
+    }
+
+    /// Send from `ip` (a loopback address: a peer of its own).
+    pub fn sending_from(mut self, ip: &str) -> Sipp {
+        self.local_ip = ip.to_owned();
+        self
     }
 
     /// Injection file rows (without the `SEQUENTIAL` line).
@@ -866,7 +875,7 @@ impl Sipp {
                 "-t",
                 self.proto.sipp_flag(),
                 "-i",
-                "127.0.0.1",
+                &self.local_ip,
                 "-p",
                 &self.port.to_string(),
             ])
