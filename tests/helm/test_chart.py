@@ -19,7 +19,9 @@ current Kubernetes; then the checks that catch real mistakes:
   dispatcher (on in the production example), nothing by default; the dispatcher's resolved
   configuration says what the chart asked for;
 * call limits: callLimits reach the edges' `[call_limits]` (only when a limit is set),
-  a trunk no outbound rule routes to fails the render;
+  trunkPeers as its `trunk_peers` (which check-config accepts); a trunk that no outbound
+  rule routes to and that has no peers fails the render, as do peers of a trunk without
+  a limit;
 * bans: dispatcher.bans reach the dispatcher's `[bans]`; by default (shareWithCluster)
   its location_endpoint is the URL the edges use (the chart's location service, or
   edge.externalLocation) and its token_file the edge token of the edges' Secret, mounted
@@ -77,6 +79,7 @@ VALUE_SETS = {
     "websocket": [ROOT / "tests/helm/values-websocket.yaml"],
     "bans": [ROOT / "tests/helm/values-bans.yaml"],
     "bans-external": [ROOT / "tests/helm/values-bans-external.yaml"],
+    "trunk-peers": [ROOT / "tests/helm/values-trunk-peers.yaml"],
 }
 # What the Downward API gives a pod, for the checks that run the binary outside one.
 FIELD_VALUES = {
@@ -248,6 +251,15 @@ def schema_checks() -> None:
         ({"callLimits": {"accounts": {"alice": {"calls": 2}}}}, "/callLimits/accounts"),
         ({"callLimits": {"domains": {"Example.com": {"calls": 2}}}}, "/callLimits/domains"),
         ({"callLimits": {"limits": {}}}, "limits"),
+        # A trunk's peers: address blocks (IP or CIDR) or tls:NAME, in a list per trunk.
+        ({"callLimits": {"trunkPeers": {"pstn": ["999.1.1.1/8"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["tls:"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["192.0.2.0/33"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["2001:db8::/129"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["2001:db8:::1"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["carrier.example.net"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": ["192.0.2.0/24, 198.51.100.0/24"]}}}, "/callLimits/trunkPeers/pstn/0"),
+        ({"callLimits": {"trunkPeers": {"pstn": "192.0.2.0/24"}}}, "/callLimits/trunkPeers/pstn"),
         ({"dispatcher": {"bans": {"floodRate": "2000"}}}, "/dispatcher/bans/floodRate"),
         ({"dispatcher": {"bans": {"floodRate": -1}}}, "/dispatcher/bans/floodRate"),
         ({"dispatcher": {"bans": {"floodBanSecs": 0}}}, "/dispatcher/bans/floodBanSecs"),
@@ -289,6 +301,13 @@ def schema_checks() -> None:
         ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}}, "callLimits.trunks.pstn"),
         ({"callLimits": {"trunks": {"pstn": {"calls": 30}}}, "edge": {"outboundRules": [{"prefix": "+", "set": "carrier"}]}},
          "callLimits.trunks.pstn"),
+        # No outbound rule and an empty list of peers: still a limit that never applies.
+        ({"callLimits": {"trunks": {"pstn": {"calls": 30}}, "trunkPeers": {"pstn": []}}}, "callLimits.trunks.pstn"),
+        # Peers of a trunk without a limit: the edges would refuse to start.
+        ({"callLimits": {"trunkPeers": {"pstn": ["192.0.2.0/24"]}}}, "callLimits.trunkPeers.pstn"),
+        ({"callLimits": {"trunks": {"carrier": {"calls": 20}},
+                         "trunkPeers": {"carrier": ["tls:carrier.example.net"], "pstn": ["192.0.2.0/24"]}}},
+         "callLimits.trunkPeers.pstn"),
         # Dispatchers sharing bans with no location service to share them through.
         ({"location": {"enabled": False}, "edge": {"enabled": False}}, "edge.externalLocation"),
     ]:
@@ -523,8 +542,22 @@ def call_limits_checks(rendered: dict[str, list[dict]]) -> None:
         "accounts": {"alice@example.com": {"calls": 2, "cps": 1}, "pbx@example.com": {"calls": 0, "cps": 0}},
         "domains": {"example.com": {"calls": 100, "cps": 10}},
         "trunks": {"pstn": {"calls": 30, "cps": 5}},
+        "trunk_peers": {"pstn": ["192.0.2.0/24", "tls:carrier.example.net"]},
     }
     check(edge.get("call_limits") == want, f"websocket: the edges' call_limits {edge.get('call_limits')}, expected {want}")
+    # An inbound-only trunk (values-trunk-peers.yaml): limited by its peers alone, no
+    # outbound rule routing to it (the render would fail for a trunk without either).
+    edge = tomllib.loads(by_kind_name(rendered["trunk-peers"], "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
+    want = {
+        "refuse_code": 486,
+        "setup_ttl_secs": 200,
+        "account": {"calls": 0, "cps": 0},
+        "domain": {"calls": 0, "cps": 0},
+        "trunks": {"carrier": {"calls": 20, "cps": 2}},
+        "trunk_peers": {"carrier": ["192.0.2.0/24", "2001:db8:5::/48", "198.51.100.7", "tls:carrier.example.net"]},
+    }
+    check(edge.get("call_limits") == want, f"trunk-peers: the edges' call_limits {edge.get('call_limits')}, expected {want}")
+    check("outbound" not in edge, f"trunk-peers: no outbound rule, the trunk is inbound only: {edge.get('outbound')}")
     for name in ("defaults", "tls", "production"):
         edge = tomllib.loads(by_kind_name(rendered[name], "ConfigMap", "sc-sipcluster-edge")["data"]["edge.toml"])
         check("call_limits" not in edge, f"{name}: no call_limits without a limit: {edge.get('call_limits')}")
@@ -535,8 +568,9 @@ def call_limits_checks(rendered: dict[str, list[dict]]) -> None:
     want = {"refuse_code": 503, "setup_ttl_secs": 200, "account": {"calls": 0, "cps": 0},
             "domain": {"calls": 0, "cps": 0}, "domains": {"example.com": {"calls": 0, "cps": 10}}}
     check(edge.get("call_limits") == want, f"one domain's limit, edge.config over it: {edge.get('call_limits')}, expected {want}")
-    print("    call limits: every callLimits key in the edges' [call_limits] (values-websocket), "
-          "none without a limit, edge.config over them", flush=True)
+    print("    call limits: every callLimits key in the edges' [call_limits] (values-websocket), trunkPeers "
+          "as trunk_peers (an inbound-only trunk: values-trunk-peers), none without a limit, edge.config "
+          "over them", flush=True)
 
 
 EDGE_TOKEN_FILE = "/var/run/secrets/sipcluster/edge-token"
@@ -750,6 +784,7 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
     count = 0
     hiding = 0
     sharing = local = 0
+    peered = 0
     for name, docs in rendered.items():
         for w in workloads(docs):
             if w["metadata"]["labels"]["app.kubernetes.io/component"] == "redis":
@@ -792,6 +827,16 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                 else:
                     check("token_file" not in got, f"{name}: a local dispatcher names no edge token: {got}")
                     local += 1
+            if service == "edge":
+                # [call_limits]: the trunks' peers and limits as the chart rendered them.
+                asked = tomllib_loads(by_kind_name(docs, "ConfigMap", "sc-sipcluster-edge")
+                                      ["data"]["edge.toml"]).get("call_limits", {})
+                got = resolved.get("call_limits", {})
+                check(got.get("trunk_peers", {}) == asked.get("trunk_peers", {})
+                      and got.get("trunks", {}) == asked.get("trunks", {}),
+                      f"{name}: the edge resolves trunk_peers {got.get('trunk_peers')} and trunks {got.get('trunks')}, "
+                      f"the chart asked for {asked.get('trunk_peers')} and {asked.get('trunks')}")
+                peered += bool(asked.get("trunk_peers"))
             metrics = resolved.get("metrics_listen") or resolved.get("metrics", {}).get("listen")
             check(metrics is not None, f"{name} {service}: no metrics listener in the resolved configuration")
             if metrics is None:
@@ -808,10 +853,12 @@ def check_config(binary: str, rendered: dict[str, list[dict]], workdir: Path) ->
                       f"{name} {service}: {probe} hits port {target}, the service listens for HTTP on {port}")
     check(hiding > 0, "check-config ran no dispatcher with topology hiding on (the production example)")
     check(sharing > 0 and local > 0, f"check-config ran dispatchers sharing bans ({sharing}) and local ones ({local})")
+    check(peered > 0, "check-config ran no edge with trunk peers (values-websocket, values-trunk-peers)")
     print(f"    check-config accepted the flags, environment and ConfigMaps of {count} containers; "
           f"every probe hits the metrics port the service resolves; {hiding} dispatcher(s) resolve "
           f"topology hiding on as asked, the others off; {sharing} dispatcher(s) share bans through the "
-          f"location service with the mounted edge token, {local} keep their own", flush=True)
+          f"location service with the mounted edge token, {local} keep their own; {peered} edge(s) resolve "
+          f"the trunk peers and limits the chart rendered", flush=True)
 
 
 def tomllib_loads(text: str) -> dict:
