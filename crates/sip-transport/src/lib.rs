@@ -43,6 +43,7 @@ mod link;
 mod metrics;
 mod tcp;
 pub mod tls;
+mod trust;
 mod udp;
 mod ws;
 pub mod x509;

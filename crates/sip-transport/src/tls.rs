@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::Inner;
+use crate::trust::{ClientTrust, ServerTrust};
 
 /// Whether a TLS listener asks its clients for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,7 +197,7 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn file_error(path: &Path, why: impl std::fmt::Display) -> TlsError {
+pub(crate) fn file_error(path: &Path, why: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.to_owned(),
         why: why.to_string(),
@@ -282,7 +283,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+pub(crate) fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(path)? {
         roots.add(c).map_err(|e| file_error(path, e))?;
@@ -306,6 +307,11 @@ pub(crate) struct Tls {
     pub acceptor: TlsAcceptor,
     pub connector: TlsConnector,
     store: Arc<CertStore>,
+    /// Client certificates' CA file and what it says now (mutual TLS).
+    client_trust: Option<(Arc<ClientTrust>, PathBuf)>,
+    /// The servers' CA file and what it says now (outbound TLS; the system's roots, read
+    /// at start, when unset).
+    server_trust: Option<(Arc<ServerTrust>, PathBuf)>,
     pub handshake_timeout: Duration,
     reload_interval: Duration,
 }
@@ -321,8 +327,8 @@ impl Tls {
             key_file: config.key_file.clone(),
             provider: provider.clone(),
         });
-        let verifier: Arc<dyn ClientCertVerifier> = match config.client_auth {
-            ClientAuth::Off => WebPkiClientVerifier::no_client_auth(),
+        let client_trust = match config.client_auth {
+            ClientAuth::Off => None,
             mode => {
                 let Some(ca) = &config.client_ca_file else {
                     return Err(file_error(
@@ -330,38 +336,42 @@ impl Tls {
                         "client certificates are asked for but no CA file says which to accept",
                     ));
                 };
-                let roots = Arc::new(read_roots(ca)?);
-                let b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-                let b = if mode == ClientAuth::Optional {
-                    b.allow_unauthenticated()
-                } else {
-                    b
-                };
-                b.build().map_err(|e| file_error(ca, e))?
+                Some((Arc::new(ClientTrust::new(ca, mode, &provider)?), ca.clone()))
             }
+        };
+        let verifier: Arc<dyn ClientCertVerifier> = match &client_trust {
+            Some((trust, _)) => trust.clone(),
+            None => WebPkiClientVerifier::no_client_auth(),
         };
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(store.clone());
-        let roots = match &config.ca_file {
-            Some(p) => read_roots(p)?,
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let (builder, server_trust) = match &config.ca_file {
+            Some(p) => {
+                let trust = Arc::new(ServerTrust::new(p, &provider)?);
+                let b = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(trust.clone());
+                (b, Some((trust, p.clone())))
+            }
             None => {
                 let mut roots = RootCertStore::empty();
                 // Unreadable system certificates are skipped: outbound TLS then fails
                 // verification, which is logged per connection.
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                roots
+                (builder.with_root_certificates(roots), None)
             }
         };
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(store.clone());
+        let client = builder.with_client_cert_resolver(store.clone());
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
             store,
+            client_trust,
+            server_trust,
             handshake_timeout: config.handshake_timeout,
             reload_interval: config.reload_interval,
         })
@@ -383,40 +393,78 @@ impl Tls {
     /// load. Runs until the process ends.
     pub async fn watch(self, inner: Arc<Inner>) {
         let s = &self.store;
-        let mut seen = (stamp(&s.cert_file), stamp(&s.key_file));
-        let mut failed = None;
+        let pair = || (stamp(&s.cert_file), stamp(&s.key_file), None);
+        let mut certificate = Watched::new(pair());
+        let ca = |t: Option<&PathBuf>| (t.and_then(|p| stamp(p)), None, None);
+        let client_ca_file = self.client_trust.as_ref().map(|(_, p)| p);
+        let server_ca_file = self.server_trust.as_ref().map(|(_, p)| p);
+        let mut client_ca = Watched::new(ca(client_ca_file));
+        let mut server_ca = Watched::new(ca(server_ca_file));
         loop {
             tokio::time::sleep(self.reload_interval).await;
-            let now = (stamp(&s.cert_file), stamp(&s.key_file));
-            if now == seen {
-                continue;
-            }
-            match load_pair(&s.cert_file, &s.key_file, &s.provider) {
-                Ok(ck) => {
-                    if let Ok(mut cur) = s.current.write() {
-                        *cur = Arc::new(ck);
-                    }
-                    self.publish_expiry(&inner.metrics);
-                    seen = now;
-                    failed = None;
-                    inner.metrics.tls_reload("ok");
-                    tracing::info!(
-                        cert_file = %s.cert_file.display(),
-                        "tls certificate reloaded: new connections use it"
-                    );
+            certificate.check(&inner, pair(), "certificate", || {
+                let ck = load_pair(&s.cert_file, &s.key_file, &s.provider)?;
+                if let Ok(mut cur) = s.current.write() {
+                    *cur = Arc::new(ck);
                 }
-                Err(e) => {
-                    // Once per change, not every interval while it stays broken (a
-                    // key and certificate written one after the other load on the
-                    // next check).
-                    if failed != Some(now) {
-                        failed = Some(now);
-                        inner.metrics.tls_reload("error");
-                        tracing::warn!(
-                            error = %e,
-                            "tls certificate change not applied: the previous certificate stays in use"
-                        );
-                    }
+                self.publish_expiry(&inner.metrics);
+                Ok(s.cert_file.clone())
+            });
+            if let Some((trust, path)) = &self.client_trust {
+                client_ca.check(&inner, ca(client_ca_file), "client CA file", || {
+                    trust.reload(path, &s.provider).map(|()| path.clone())
+                });
+            }
+            if let Some((trust, path)) = &self.server_trust {
+                server_ca.check(&inner, ca(server_ca_file), "CA file", || {
+                    trust.reload(path, &s.provider).map(|()| path.clone())
+                });
+            }
+        }
+    }
+}
+
+/// What a file (or pair) looked like when last applied, and when a change of it last
+/// failed to load.
+struct Watched {
+    seen: (Stamp, Stamp, Stamp),
+    failed: Option<(Stamp, Stamp, Stamp)>,
+}
+
+impl Watched {
+    fn new(now: (Stamp, Stamp, Stamp)) -> Watched {
+        Watched {
+            seen: now,
+            failed: None,
+        }
+    }
+
+    /// When the files changed, `apply` them: counted and logged either way; a change that
+    /// does not load leaves what is in use (reported once per change, not every interval
+    /// while it stays broken: a key and certificate written one after the other load on
+    /// the next check).
+    fn check(
+        &mut self,
+        inner: &Inner,
+        now: (Stamp, Stamp, Stamp),
+        what: &'static str,
+        apply: impl FnOnce() -> Result<PathBuf, TlsError>,
+    ) {
+        if now == self.seen {
+            return;
+        }
+        match apply() {
+            Ok(file) => {
+                self.seen = now;
+                self.failed = None;
+                inner.metrics.tls_reload("ok");
+                tracing::info!(file = %file.display(), "tls {what} reloaded: new connections use it");
+            }
+            Err(e) => {
+                if self.failed != Some(now) {
+                    self.failed = Some(now);
+                    inner.metrics.tls_reload("error");
+                    tracing::warn!(error = %e, "tls {what} change not applied: the previous one stays in use");
                 }
             }
         }

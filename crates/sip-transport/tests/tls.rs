@@ -374,6 +374,115 @@ async fn an_outbound_tls_connection_verifies_the_server_and_is_reused() {
     let _ = std::fs::remove_dir_all(&bad);
 }
 
+/// The CA files are re-read when they change, as the certificate is: a trunk whose CA
+/// replaces the old one in `client_ca_file` is served and the old CA's refused; a
+/// server whose CA replaces the old one in `ca_file` is reached and the old one no more.
+#[tokio::test]
+async fn ca_files_swapped_on_disk_change_whom_we_trust() {
+    let dir = tempdir("trust");
+    let pki = pki::Pki::new(&dir, "test-ca");
+    pki.leaf("live", "DNS:sip.test,IP:127.0.0.1");
+    let (old_cert, old_key) = pki.leaf("trunk", "DNS:trunk.example.net");
+    let new_pki = pki::Pki::new(&dir.join("new"), "new-ca");
+    let (new_cert, new_key) = new_pki.leaf("trunk", "DNS:trunk.example.net");
+    let (new_live_cert, new_live_key) = new_pki.leaf("live", "DNS:sip.test,IP:127.0.0.1");
+    // The CA files the transports read: the old CA's, replaced later (renamed over).
+    let swap = |path: &Path, with: &Path| {
+        let tmp = path.with_extension("tmp");
+        std::fs::copy(with, &tmp).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let clients_ca = dir.join("clients-ca.crt");
+    let servers_ca = dir.join("servers-ca.crt");
+    swap(&clients_ca, &pki.ca());
+    swap(&servers_ca, &pki.ca());
+    let mut cfg = tls_config(&dir, ClientAuth::Required);
+    cfg.client_ca_file = Some(clients_ca.clone());
+    cfg.ca_file = Some(servers_ca.clone());
+    let (t, _rx, metrics) = start(cfg).await;
+    let addr = t.tls_addrs()[0];
+    let old = (old_cert.as_path(), old_key.as_path());
+    let new = (new_cert.as_path(), new_key.as_path());
+    assert!(connect(&client(&pki.ca(), Some(old)), addr).await.is_ok());
+    assert!(connect(&client(&pki.ca(), Some(new)), addr).await.is_err());
+
+    // Client certificates: the new CA in, the old one out, no restart.
+    swap(&clients_ca, &new_pki.ca());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while connect(&client(&pki.ca(), Some(new)), addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new CA never trusted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        connect(&client(&pki.ca(), Some(old)), addr).await.is_err(),
+        "the replaced CA's client is still served"
+    );
+
+    // Servers: one with a certificate from the new CA is refused, then reached once the
+    // CA file names it.
+    let server_dir = tempdir("trust-server");
+    std::fs::copy(&new_live_cert, server_dir.join("live.crt")).unwrap();
+    std::fs::copy(&new_live_key, server_dir.join("live.key")).unwrap();
+    std::fs::copy(new_pki.ca(), server_dir.join("ca.crt")).unwrap();
+    let (server, mut server_rx, _) = start(tls_config(&server_dir, ClientAuth::Off)).await;
+    let target = Target {
+        transport: Transport::Tls,
+        addr: server.tls_addrs()[0],
+        flow: None,
+    };
+    let send = |branch: &str| {
+        t.send(
+            target,
+            Bytes::from(options(branch).into_bytes()),
+            TxnRef::Stateless,
+        )
+    };
+    send("z9hG4bKtrust1");
+    assert!(
+        timeout(Duration::from_millis(700), server_rx.recv())
+            .await
+            .is_err(),
+        "a server of an untrusted CA was reached"
+    );
+    swap(&servers_ca, &new_pki.ca());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 2;
+    loop {
+        send(&format!("z9hG4bKtrust{n}"));
+        if let Ok(Some(Inbound::Message { .. })) =
+            timeout(Duration::from_millis(300), server_rx.recv()).await
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new server CA never trusted"
+        );
+        n += 1;
+    }
+    assert_eq!(
+        counter(&metrics, "sip_transport_tls_certificate_reloads", "ok"),
+        2,
+        "the two CA files"
+    );
+    // A CA file replaced by something that does not load: refused, counted, kept.
+    swap(&clients_ca, &dir.join("trunk.key"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter(&metrics, "sip_transport_tls_certificate_reloads", "error") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bad CA file not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connect(&client(&pki.ca(), Some(new)), addr).await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&server_dir);
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("sip-transport-tls-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
