@@ -10,7 +10,8 @@
 //!   lookup here, not a parse and a relay to an edge that drops it.
 //!
 //! Users locked for failed logins are the edges' business (they see the credentials);
-//! only source bans apply here. Allow-listed sources are never counted nor banned here.
+//! only source bans apply here. Allow-listed sources and the members of our destination
+//! sets are never counted nor banned here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use sip_transport::{Blocklist, FloodMeter};
 use tokio::sync::mpsc;
 
 use crate::DispatcherError;
-use crate::config::BansConfig;
+use crate::config::{BansConfig, DispatcherConfig};
 
 /// The bans' metrics (`sipcluster_dispatcher_*`).
 #[derive(Clone, Debug, Default)]
@@ -106,25 +107,36 @@ pub fn settings(
     Ok(Some((endpoint, token)))
 }
 
-/// The allow-listed blocks (validated at start).
-pub fn allowed(cfg: &BansConfig) -> Vec<Cidr> {
-    cfg.allow_list
+/// The sources never counted nor banned here: the allow-listed blocks (validated at
+/// start) and the members of our destination sets (the trunks we send calls to: their
+/// answers and calls add up to more than any phone, and cutting one off is an outage).
+pub fn allowed(cfg: &DispatcherConfig) -> Vec<Cidr> {
+    let members = cfg
+        .sets
         .iter()
+        .flat_map(|s| &s.targets)
+        .map(|t| t.address.ip().to_string());
+    cfg.bans
+        .allow_list
+        .iter()
+        .cloned()
+        .chain(members)
         .filter_map(|c| c.parse().ok())
         .collect()
 }
 
 /// The public side's flood meter, when `flood_rate` is set, and where its bans go.
 pub fn flood_meter(
-    cfg: &BansConfig,
+    cfg: &DispatcherConfig,
 ) -> Option<(Arc<FloodMeter>, mpsc::UnboundedReceiver<FloodBan>)> {
-    if cfg.flood_rate == 0 {
+    let b = &cfg.bans;
+    if b.flood_rate == 0 {
         return None;
     }
     let allow = allowed(cfg);
     let (meter, bans) = FloodMeter::new(
-        cfg.flood_rate,
-        Duration::from_secs(cfg.flood_ban_secs),
+        b.flood_rate,
+        Duration::from_secs(b.flood_ban_secs),
         move |ip| dispatch_core::security::any_contains(&allow, ip),
     );
     Some((Arc::new(meter), bans))
@@ -263,5 +275,33 @@ mod tests {
             "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
             now + Duration::from_secs(5)
         ));
+    }
+
+    #[test]
+    fn set_members_and_the_allow_list_are_never_counted() {
+        let mut cfg = DispatcherConfig::default();
+        cfg.bans.flood_rate = 2;
+        cfg.bans.allow_list = vec!["198.51.100.0/24".into()];
+        cfg.sets.push(crate::config::SetConfig {
+            name: "pstn".into(),
+            algorithm: "hash".into(),
+            targets: vec![crate::config::SetTarget {
+                address: "192.0.2.10:5061".parse().unwrap_or_else(|_| unreachable!()),
+                transport: "tls".into(),
+                weight: 1,
+                priority: 0,
+            }],
+        });
+        let (meter, _bans) = flood_meter(&cfg).unwrap_or_else(|| unreachable!());
+        let now = Instant::now();
+        for who in ["192.0.2.10", "198.51.100.7"] {
+            let ip = who.parse().unwrap_or_else(|_| unreachable!());
+            assert!((0..100).all(|_| !meter.over(ip, now)), "{who} counted");
+        }
+        let phone = "203.0.113.5".parse().unwrap_or_else(|_| unreachable!());
+        assert!(
+            (0..3).any(|_| meter.over(phone, now)),
+            "a phone over the rate"
+        );
     }
 }

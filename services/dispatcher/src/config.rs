@@ -109,7 +109,8 @@ pub struct BansConfig {
     /// How long a flooding source stays banned, s.
     pub flood_ban_secs: u64,
     /// Sources never counted or banned here (`10.0.0.0/8`, `203.0.113.9`): trunks and
-    /// gateways that send a lot. Bans the cluster lists for them are ignored too.
+    /// gateways that send a lot (the members of `sets` always are). Bans the cluster
+    /// lists for them are ignored too.
     pub allow_list: Vec<String>,
     /// The location service (`http://location:50051`; `SIPCLUSTER_LOCATION`,
     /// `--location`). `None`: the dispatcher keeps no blocklist.

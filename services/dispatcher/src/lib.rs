@@ -358,7 +358,7 @@ pub async fn start_authenticated(
     };
     let edge_transport = cfg.edge_transport()?;
     let ban_client = bans::client(&cfg.bans)?;
-    let flood = bans::flood_meter(&cfg.bans);
+    let flood = bans::flood_meter(&cfg);
     let blocklist =
         public_blocklist.or_else(|| (ban_client.is_some() || flood.is_some()).then(Arc::default));
     let flood_meter = flood.as_ref().map(|(m, _)| m.clone());
@@ -462,7 +462,7 @@ pub async fn start_authenticated(
         tasks.push(tokio::spawn(bans::sync_loop(
             client,
             list,
-            bans::allowed(&cfg.bans),
+            bans::allowed(&cfg),
             every,
             metric_set.bans.clone(),
         )));
