@@ -608,12 +608,6 @@ pub(crate) async fn deliver(
     source: Target,
     received_at: Instant,
 ) -> Option<Bytes> {
-    // A stream's messages are counted here (a datagram before it was parsed): a
-    // connection from a source banned since it was opened, or flooding over it, is
-    // dropped message by message.
-    if source.flow.is_some() && dropped_on_arrival(inner, source.addr.ip(), received_at) {
-        return None;
-    }
     let new_request = matches!(msg.method(), Some(m) if m != Method::Ack && m != Method::Cancel);
     if new_request
         && inner.gate.closed(&inner.events)

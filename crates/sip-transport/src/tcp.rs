@@ -305,7 +305,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let received_at = Instant::now();
         let mut completed = false;
         loop {
-            match decoder.decode(&mut buf) {
+            let frame = decoder.decode(&mut buf);
+            // A source banned since the connection opened, or flooding over it: closed
+            // (its keep-alives would otherwise hold the connection for ever).
+            if matches!(frame, Ok(Some(_)))
+                && crate::dropped_on_arrival(&inner, remote.ip(), received_at)
+            {
+                break 'conn;
+            }
+            match frame {
                 Ok(None) => break,
                 Ok(Some(Frame::KeepAlive(KeepAlive::Ping))) => {
                     inner.metrics.keepalives.inc();

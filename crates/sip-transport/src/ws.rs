@@ -198,6 +198,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             };
             completed = true;
+            // A source banned since the connection opened, or flooding over it: closed
+            // (its pings would otherwise hold the connection for ever).
+            if !matches!(event, Event::Close(_))
+                && crate::dropped_on_arrival(&inner, remote.ip(), received_at)
+            {
+                let _ = tx.try_send(sip_ws::frame::close(1008));
+                break 'conn;
+            }
             match event {
                 Event::Message(m) => {
                     message(&inner, m, source, local, received_at, &tx, &counters).await;

@@ -733,8 +733,8 @@ async fn a_full_linked_receiver_answers_503_and_garbage_gets_400() {
 }
 
 /// The flood meter, before parsing: over UDP the datagrams past the rate are dropped and
-/// the source is banned (reported once); over a TCP connection opened before its ban the
-/// messages past the rate are dropped too; another source is served meanwhile.
+/// the source is banned (reported once); a TCP connection opened before its ban is
+/// closed at its next message, which is not delivered; another source is served.
 #[tokio::test]
 async fn a_flooding_source_is_banned_before_parsing_over_udp_and_tcp() {
     let (meter, mut bans) = sip_transport::FloodMeter::new(20, Duration::from_secs(30), |_| false);
@@ -789,14 +789,19 @@ async fn a_flooding_source_is_banned_before_parsing_over_udp_and_tcp() {
     let text = exposition(&metrics);
     assert!(text.contains("sip_transport_blocked_total 81"), "{text}");
 
-    // The connection opened before the ban: its next message is dropped too.
+    // The connection opened before the ban: its next message is dropped and the
+    // connection closed (its keep-alives would hold it for ever).
     assert!(send_options(&mut conn, "z9hG4bKtcp-after").await);
     assert!(
-        timeout(Duration::from_millis(300), rx.recv())
+        closed_within(&mut conn, Duration::from_secs(2))
             .await
-            .is_err(),
-        "a banned source's stream message delivered"
+            .is_some(),
+        "a banned source's connection stays open"
     );
+    match timeout(Duration::from_secs(2), rx.recv()).await {
+        Ok(Some(Inbound::FlowClosed { .. })) => {}
+        other => panic!("the flow's end, not {other:?}"),
+    }
     // Another source is served.
     let other = UdpSocket::bind("127.0.0.13:0").await.unwrap();
     other

@@ -195,6 +195,42 @@ async fn a_sip_message_each_way_keepalives_and_the_close() {
     }
 }
 
+/// A browser whose address is banned while its WebSocket is up: its next ping closes the
+/// connection (1008), nothing of it is delivered; another source's connection goes on.
+#[tokio::test]
+async fn a_banned_sources_websocket_is_closed() {
+    let blocklist = std::sync::Arc::new(sip_transport::Blocklist::default());
+    let mut cfg = ws_config();
+    cfg.blocklist = Some(blocklist.clone());
+    let (t, mut rx, _m) = start(cfg).await;
+    let addr = t.ws_addrs()[0];
+    let from = |ip: &str| {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        s.connect(addr)
+    };
+    let mut banned = Client::upgrade(from("127.0.0.14").await.unwrap(), &request(addr))
+        .await
+        .unwrap();
+    let mut other = Client::upgrade(from("127.0.0.15").await.unwrap(), &request(addr))
+        .await
+        .unwrap();
+    blocklist.block(
+        "127.0.0.14".parse().unwrap(),
+        std::time::Instant::now() + Duration::from_secs(60),
+    );
+    banned.send(Opcode::Ping, b"still here").await;
+    assert_eq!(banned.next().await, Some(Event::Close(Some(1008))));
+    assert_eq!(banned.next().await, None);
+    other
+        .send(Opcode::Text, options("z9hG4bKws-other").as_bytes())
+        .await;
+    assert_eq!(
+        next_message(&mut rx).await.0.call_id(),
+        Ok("z9hG4bKws-other@t")
+    );
+}
+
 #[tokio::test]
 async fn refusals_and_protocol_errors() {
     let mut cfg = ws_config();
