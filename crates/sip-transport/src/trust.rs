@@ -22,12 +22,32 @@ use rustls::{DigitallySignedStruct, Error};
 
 use crate::tls::{ClientAuth, TlsError};
 
+/// The verifier built from a CA file's current contents, replaced when it reloads.
+#[derive(Debug)]
+struct Current<T: ?Sized>(RwLock<Arc<T>>);
+
+impl<T: ?Sized> Current<T> {
+    fn get(&self) -> Arc<T> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, v: Arc<T>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+    }
+}
+
 /// Client certificates, verified against `client_ca_file` (never built for
 /// [`ClientAuth::Off`]).
 #[derive(Debug)]
 pub(crate) struct ClientTrust {
     mode: ClientAuth,
-    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    current: Current<dyn ClientCertVerifier>,
 }
 
 impl ClientTrust {
@@ -39,24 +59,18 @@ impl ClientTrust {
     ) -> Result<ClientTrust, TlsError> {
         Ok(ClientTrust {
             mode,
-            current: RwLock::new(client_verifier(ca, mode, provider)?),
+            current: Current(RwLock::new(client_verifier(ca, mode, provider)?)),
         })
     }
 
     /// Re-read the CA file; on an error the verifier in use stays.
     pub fn reload(&self, ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(), TlsError> {
-        let v = client_verifier(ca, self.mode, provider)?;
-        if let Ok(mut cur) = self.current.write() {
-            *cur = v;
-        }
+        self.current.set(client_verifier(ca, self.mode, provider)?);
         Ok(())
     }
 
     fn get(&self) -> Arc<dyn ClientCertVerifier> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.get()
     }
 }
 
@@ -124,31 +138,25 @@ impl ClientCertVerifier for ClientTrust {
 /// The servers we connect to, verified against `ca_file`.
 #[derive(Debug)]
 pub(crate) struct ServerTrust {
-    current: RwLock<Arc<WebPkiServerVerifier>>,
+    current: Current<WebPkiServerVerifier>,
 }
 
 impl ServerTrust {
     /// From the CA file's contents now.
     pub fn new(ca: &Path, provider: &Arc<CryptoProvider>) -> Result<ServerTrust, TlsError> {
         Ok(ServerTrust {
-            current: RwLock::new(server_verifier(ca, provider)?),
+            current: Current(RwLock::new(server_verifier(ca, provider)?)),
         })
     }
 
     /// Re-read the CA file; on an error the verifier in use stays.
     pub fn reload(&self, ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(), TlsError> {
-        let v = server_verifier(ca, provider)?;
-        if let Ok(mut cur) = self.current.write() {
-            *cur = v;
-        }
+        self.current.set(server_verifier(ca, provider)?);
         Ok(())
     }
 
     fn get(&self) -> Arc<WebPkiServerVerifier> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.get()
     }
 }
 

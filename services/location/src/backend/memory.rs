@@ -397,13 +397,9 @@ impl Backend for MemoryBackend {
                 e.0 += 1;
                 e.0
             };
-            if count == limit {
-                let until_ms = now_ms + u64::from(secs) * 1000;
-                self.ban(subject, until_ms).await?;
-                started.push(pb::BanEvent {
-                    subject: subject.clone(),
-                    until_ms,
-                });
+            if let Some(b) = super::ban_at_limit(subject, u64::from(count), limit, secs, now_ms) {
+                self.ban(&b.subject, b.until_ms).await?;
+                started.push(b);
             }
         }
         Ok(started)

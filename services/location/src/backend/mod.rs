@@ -305,6 +305,21 @@ pub fn failure_subjects(r: &pb::CountFailureRequest) -> impl Iterator<Item = (&S
     .filter(|(subject, limit, _)| !subject.is_empty() && *limit > 0)
 }
 
+/// The ban a failed-login count starts: exactly when it reaches its subject's `limit`
+/// (once per window, whichever edge counted it), for `secs` from `now_ms`.
+pub fn ban_at_limit(
+    subject: &str,
+    count: u64,
+    limit: u32,
+    secs: u32,
+    now_ms: u64,
+) -> Option<pb::BanEvent> {
+    (count == u64::from(limit)).then(|| pb::BanEvent {
+        subject: subject.to_owned(),
+        until_ms: now_ms + u64::from(secs) * 1000,
+    })
+}
+
 /// Bans (and failure counters) held at most in memory, and listed at most.
 pub const MAX_BANS: usize = 10_000;
 

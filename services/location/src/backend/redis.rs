@@ -1836,14 +1836,9 @@ impl Backend for RedisBackend {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(rerr)?;
-            // Exactly at the limit: once per window, whichever edge counted it.
-            if count == u64::from(limit) {
-                let until_ms = now_ms + u64::from(secs) * 1000;
-                self.ban(subject, until_ms).await?;
-                started.push(pb::BanEvent {
-                    subject: subject.clone(),
-                    until_ms,
-                });
+            if let Some(b) = super::ban_at_limit(subject, count, limit, secs, now_ms) {
+                self.ban(&b.subject, b.until_ms).await?;
+                started.push(b);
             }
         }
         Ok(started)
